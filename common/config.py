@@ -1,0 +1,243 @@
+"""Configuration: defaults < TOML file (--config or P4BUS_CONFIG) < P4BUS_* environment < CLI flags.
+
+Environment names: ``P4BUS_<FIELD>`` for top-level fields (``P4BUS_PORT_BASE``) and
+``P4BUS_<SECTION>_<FIELD>`` for section fields (``P4BUS_AGENT_SLOTS``). Lists are
+comma-separated; dicts and lists may also be given as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Mapping
+
+import msgspec
+
+ENV_PREFIX = "P4BUS_"
+CONFIG_ENV = "P4BUS_CONFIG"
+DEFAULT_PORT_BASE = 9090
+
+# Offsets from port_base; every endpoint can also be set on its own.
+PORT_OFFSETS = {
+    "master_agents": 0,
+    "master_clients": 1,
+    "broker_xsub": 2,
+    "broker_xpub": 3,
+    "broker_replay": 4,
+    "orchestrator_api": 5,
+}
+
+
+class ConfigError(ValueError):
+    """A configuration problem a person must fix; the message says what, where and how."""
+
+
+DEFAULT_ENV_ALLOWLIST = (
+    "P4PORT", "P4USER", "P4CLIENT", "P4TICKETS", "P4CONFIG", "P4CHARSET", "P4TRUST", "PWD",
+    "P4SIM_FAULT", "P4SIM_FAULT_COUNT", "P4SIM_FAULT_STATE", "P4SIM_DELAY_PER_FILE",
+    "P4SIM_DIE_AFTER_LINES", "LANG", "LC_ALL", "TZ",
+)
+
+
+class BrokerConf(msgspec.Struct, forbid_unknown_fields=True):
+    journal: str = ""  # default: <state_dir>/journal.db
+    journal_max_age_s: float = 7 * 24 * 3600
+    journal_max_bytes: int = 2 << 30
+    prune_interval_s: float = 60.0
+
+
+class MasterConf(msgspec.Struct, forbid_unknown_fields=True):
+    id: str = ""
+    heartbeat_s: float = 1.0
+    # Clients waiting for an agent's reply give up after this long.
+    request_timeout_s: float = 10.0
+
+
+class AgentConf(msgspec.Struct, forbid_unknown_fields=True):
+    id: str = ""
+    masters: list[str] = []  # default: [master_agents]
+    broker: str = ""  # default: broker_xsub
+    pools: list[str] = msgspec.field(default_factory=lambda: ["default"])
+    labels: dict[str, str] = {}
+    slots: int = 4
+    # name -> root directory; every root is also an allowed cwd root
+    workspaces: dict[str, str] = {}
+    workspace_roots: list[str] = []
+    # executable basenames or absolute paths; "*" allows any (development stacks only)
+    allowed_executables: list[str] = msgspec.field(default_factory=lambda: ["p4", "p4sim"])
+    env_allowlist: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_ENV_ALLOWLIST))
+    spool_dir: str = ""  # default: <state_dir>/spool/<agent id>
+    spool_max_age_s: float = 7 * 24 * 3600
+    heartbeat_s: float = 1.0
+    kill_grace_s: float = 5.0
+    capture_bytes: int = 64 * 1024
+    chunk_bytes: int = 256 * 1024
+    flush_ms: float = 5.0
+
+
+class WorkspaceConf(msgspec.Struct, forbid_unknown_fields=True):
+    p4port: str
+    p4user: str
+    p4client: str
+    root: str
+    agent: str | None = None
+    pool: str | None = None
+    p4: str = "p4"
+    # Where the password comes from: the name of an environment variable of the orchestrator
+    # or a file (0600). Never the password itself in the config.
+    password_env: str | None = None
+    password_file: str | None = None
+    tickets_file: str | None = None
+    env: dict[str, str] = {}
+
+
+class OrchestratorConf(msgspec.Struct, forbid_unknown_fields=True):
+    store: str = ""  # default: <state_dir>/jobs.db
+    masters: list[str] = []  # default: [master_clients]
+    workspaces: dict[str, WorkspaceConf] = {}
+    recheck_interval_s: float = 0.0  # auto re-check of WAITING_RESOLVE jobs; 0 = off
+    reconcile_after_s: float = 5.0
+    site: dict[str, Any] = {}  # pre_submit, blocklist, name_check, push, retry
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True):
+    state_dir: str = "~/.p4bus"
+    host: str = "127.0.0.1"
+    port_base: int = DEFAULT_PORT_BASE
+    master_agents: str = ""
+    master_clients: str = ""
+    broker_xsub: str = ""
+    broker_xpub: str = ""
+    broker_replay: str = ""
+    orchestrator_api: str = ""
+    log_level: str = "info"
+    insecure: bool = False
+    broker: BrokerConf = msgspec.field(default_factory=BrokerConf)
+    master: MasterConf = msgspec.field(default_factory=MasterConf)
+    agent: AgentConf = msgspec.field(default_factory=AgentConf)
+    orchestrator: OrchestratorConf = msgspec.field(default_factory=OrchestratorConf)
+
+    # ---- derived values (never stored, so a port_base change moves every endpoint)
+    def endpoint(self, name: str) -> str:
+        explicit = getattr(self, name)
+        if explicit:
+            return explicit
+        return f"tcp://{self.host}:{self.port_base + PORT_OFFSETS[name]}"
+
+    def bind_endpoint(self, name: str) -> str:
+        return self.endpoint(name)
+
+    @property
+    def state_path(self) -> Path:
+        return Path(os.path.expanduser(self.state_dir))
+
+    def agent_masters(self) -> list[str]:
+        return self.agent.masters or [self.endpoint("master_agents")]
+
+    def agent_broker(self) -> str:
+        return self.agent.broker or self.endpoint("broker_xsub")
+
+    def client_masters(self) -> list[str]:
+        return self.orchestrator.masters or [self.endpoint("master_clients")]
+
+
+_SECTIONS = {"broker", "master", "agent", "orchestrator"}
+
+
+def _set_path(tree: dict, path: list[str], value: Any) -> None:
+    for part in path[:-1]:
+        tree = tree.setdefault(part, {})
+    tree[path[-1]] = value
+
+
+def _env_value(raw: str, target_type: Any) -> Any:
+    text = raw.strip()
+    if text[:1] in "[{":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            pass
+    origin = getattr(target_type, "__origin__", None)
+    if origin is list or target_type is list:
+        return [p.strip() for p in text.split(",") if p.strip()]
+    if origin is dict:
+        pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
+        return {k.strip(): v.strip() for k, v in pairs}
+    return text
+
+
+def _fields(struct: type[msgspec.Struct]) -> dict[str, Any]:
+    return {f.name: f.type for f in msgspec.structs.fields(struct)}
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict:
+    """Translate P4BUS_* variables into a nested dict; unknown names are an error."""
+    out: dict = {}
+    top = _fields(Config)
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        key = name[len(ENV_PREFIX):].lower()
+        if key in top and key not in _SECTIONS:
+            _set_path(out, [key], _env_value(raw, top[key]))
+            continue
+        section, _, field = key.partition("_")
+        if section in _SECTIONS:
+            sec_fields = _fields(type(getattr(Config(), section)))
+            if field in sec_fields:
+                _set_path(out, [section, field], _env_value(raw, sec_fields[field]))
+                continue
+        raise ConfigError(
+            f"environment variable {name} is not a p4bus setting "
+            f"(known: P4BUS_<FIELD> or P4BUS_<SECTION>_<FIELD>, see docs/operations.md)"
+        )
+    return out
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "labels":
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load(
+    path: str | os.PathLike | None = None,
+    overrides: dict | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the effective configuration; raise ConfigError naming the file/variable at fault."""
+    environ = os.environ if environ is None else environ
+    path = path or environ.get(CONFIG_ENV) or None
+    tree: dict = {}
+    source = "defaults"
+    if path:
+        p = Path(path).expanduser()
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist (set --config or {CONFIG_ENV} to an existing TOML file)")
+        try:
+            tree = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
+    tree = _merge(tree, env_overrides(environ))
+    tree = _merge(tree, {k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return msgspec.convert(tree, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid configuration ({source} + environment + flags): {exc}") from None
+
+
+def flag_overrides(**flags: Any) -> dict:
+    """CLI flags given as section__field=value (None = not given) -> nested override dict."""
+    out: dict = {}
+    for k, v in flags.items():
+        if v is None or v == () or v == []:
+            continue
+        _set_path(out, k.split("__"), list(v) if isinstance(v, tuple) else v)
+    return out

@@ -1,0 +1,399 @@
+"""The p4bus wire protocol: every message that crosses a socket, and the only codec.
+
+Nothing else in the code base encodes or decodes frames. Messages are msgspec Structs in
+tagged unions (tag field ``t``), encoded as msgpack maps with field names, so a subscriber in
+any language needs only a msgpack decoder (docs/protocol.md is the human-readable spec).
+
+Frame layouts
+- request/reply sockets (agent DEALER <-> master ROUTER, client DEALER <-> master/orchestrator/
+  replay ROUTER): one frame, a msgpack map; ROUTERs see ``[identity, frame]``.
+- events (PUB/XSUB/XPUB): two frames ``[topic, body]``; the topic is UTF-8 text and also
+  appears inside the body, so a journalled body is self-describing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+
+STDOUT = 1
+STDERR = 2
+STREAM_NAMES = {STDOUT: "stdout", STDERR: "stderr"}
+
+
+class Base(msgspec.Struct, tag_field="t", omit_defaults=True, forbid_unknown_fields=False):
+    """Common base: every message carries its type name in ``t``."""
+
+
+# --------------------------------------------------------------------------- shared shapes
+
+
+class CmdSpec(msgspec.Struct, omit_defaults=True):
+    """What an agent runs: an argv list (never a shell string)."""
+
+    argv: list[str]
+    cwd: str | None = None
+    env: dict[str, str] = {}
+    stdin: bytes | None = None
+    # A secret stdin (a password for `p4 login`) is never written to the spool or logged.
+    stdin_secret: bool = False
+    timeout: float | None = None
+
+
+class CmdStatus(msgspec.Struct, omit_defaults=True):
+    """Everything known about one command: the spool's answer and the DONE event's payload."""
+
+    cmd_id: str
+    job_id: str = ""
+    agent: str = ""
+    # unknown: this agent has no such command; running; done
+    state: Literal["unknown", "running", "done"] = "unknown"
+    pid: int | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    timed_out: bool = False
+    killed: bool = False
+    error: str = ""  # could not start (not allowlisted, bad cwd, exec failure)
+    started_at: float = 0.0
+    ended_at: float = 0.0
+    duration: float = 0.0
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
+    # Bounded captures (head and tail of each stream) for interpreters; full output is in the spool.
+    stdout: bytes = b""
+    stderr: bytes = b""
+    truncated: bool = False
+
+
+class AgentInfo(msgspec.Struct, omit_defaults=True):
+    agent_id: str
+    host: str = ""
+    pools: list[str] = []
+    labels: dict[str, str] = {}
+    workspaces: list[str] = []
+    slots: int = 1
+    running: list[str] = []
+    epoch: str = ""
+    last_seen: float = 0.0
+    alive: bool = True
+
+
+# --------------------------------------------------------------------------- agent <-> master
+
+
+class Hello(Base, tag="hello"):
+    """Agent -> master on connect and whenever told to re-register."""
+
+    proto: int
+    agent: AgentInfo
+    heartbeat_s: float
+    # Commands that finished since the agent's spool was last asked; lets a restarted master
+    # (or the orchestrator, via agent.up events) reconcile without waiting.
+    recent_done: list[str] = []
+
+
+class Welcome(Base, tag="welcome"):
+    master_id: str
+    heartbeat_s: float
+
+
+class Heartbeat(Base, tag="hb"):
+    """Both ways. Any message counts as a sign of life; this one is sent when idle."""
+
+    running: list[str] = []
+    free_slots: int = 0
+
+
+class Reregister(Base, tag="rereg"):
+    """Master -> agent it does not know (e.g. after a master restart)."""
+
+    reason: str = ""
+
+
+class Bye(Base, tag="bye"):
+    """Agent -> master on clean shutdown, so it is not reported lost."""
+
+    agent_id: str
+
+
+# --------------------------------------------------------------------------- requests (clients -> master -> agent)
+# The same request types travel client -> master and master -> agent: the master resolves
+# ``agent``/``pool`` and forwards with its own req_id.
+
+
+class Exec(Base, tag="exec"):
+    req_id: str
+    cmd_id: str
+    spec: CmdSpec
+    job_id: str = ""
+    agent: str | None = None
+    pool: str | None = None
+    workspace: str | None = None
+
+
+class Kill(Base, tag="kill"):
+    req_id: str
+    cmd_id: str
+    agent: str | None = None
+
+
+class Query(Base, tag="query"):
+    req_id: str
+    cmd_ids: list[str]
+    agent: str | None = None
+
+
+class Fetch(Base, tag="fetch"):
+    """A byte range of one stream of one command, read from the agent's spool."""
+
+    req_id: str
+    cmd_id: str
+    stream: int
+    offset: int
+    size: int = 1 << 20
+    agent: str | None = None
+
+
+class ListAgents(Base, tag="agents"):
+    req_id: str
+
+
+class Ping(Base, tag="ping"):
+    req_id: str
+
+
+# --------------------------------------------------------------------------- replies
+
+
+class ExecReply(Base, tag="exec_r"):
+    req_id: str
+    cmd_id: str
+    agent: str
+    status: CmdStatus
+    duplicate: bool = False  # the cmd_id was known already: nothing new was started
+
+
+class KillReply(Base, tag="kill_r"):
+    req_id: str
+    cmd_id: str
+    found: bool
+    status: CmdStatus | None = None
+
+
+class QueryReply(Base, tag="query_r"):
+    req_id: str
+    statuses: list[CmdStatus]
+
+
+class FetchReply(Base, tag="fetch_r"):
+    req_id: str
+    cmd_id: str
+    stream: int
+    offset: int
+    data: bytes
+    total: int  # bytes in the spool for that stream so far
+    complete: bool  # the command has finished: total is final
+
+
+class AgentList(Base, tag="agents_r"):
+    req_id: str
+    agents: list[AgentInfo]
+
+
+class Pong(Base, tag="pong"):
+    req_id: str
+    source: str = ""
+
+
+ErrorCode = Literal[
+    "bad_frame",  # undecodable or not a message
+    "unknown_type",
+    "bad_request",  # decodable but invalid (wrong ids, bad parameters)
+    "no_agent",  # no agent fits the dispatch
+    "agent_unreachable",
+    "agent_busy",
+    "forbidden",  # allowlist / workspace root violation
+    "unknown_cmd",
+    "timeout",
+    "internal",
+]
+
+
+class ErrorReply(Base, tag="error"):
+    req_id: str
+    code: str
+    message: str
+
+
+# --------------------------------------------------------------------------- events (PUB)
+
+
+class EventBase(Base):
+    """Every event is stamped by its publisher.
+
+    ``seq`` counts without holes per (source, epoch, topic kind) -- the kind is the topic's
+    first segment (log, cmd, agent, job) -- so a subscriber to all ``cmd.`` events sees a
+    hole exactly when it missed one, whatever else that publisher sends.
+    """
+
+    topic: str
+    source: str
+    epoch: str
+    seq: int
+    ts: float
+
+
+class LogChunk(EventBase, tag="log"):
+    job_id: str
+    cmd_id: str
+    stream: int
+    offset: int  # byte offset of data in that stream of that command
+    data: bytes
+
+
+class CmdStarted(EventBase, tag="cmd_started"):
+    job_id: str
+    cmd_id: str
+    agent: str
+    pid: int
+    argv: list[str]
+
+
+class CmdDone(EventBase, tag="cmd_done"):
+    job_id: str
+    cmd_id: str
+    status: CmdStatus
+
+
+class AgentUp(EventBase, tag="agent_up"):
+    agent: AgentInfo
+    master: str
+    recent_done: list[str] = []
+
+
+class AgentLost(EventBase, tag="agent_lost"):
+    agent_id: str
+    master: str
+    running: list[str] = []
+    reason: str = ""
+
+
+class AgentGone(EventBase, tag="agent_gone"):
+    """The agent said goodbye (clean shutdown)."""
+
+    agent_id: str
+    master: str
+
+
+class JobChanged(EventBase, tag="job"):
+    job_id: str
+    state: str
+    stage: str = ""
+    detail: dict[str, Any] = {}
+
+
+# --------------------------------------------------------------------------- replay (broker)
+
+
+class Replay(Base, tag="replay"):
+    """Stream journalled events whose topic starts with ``prefix``, from journal id ``after``."""
+
+    req_id: str
+    prefix: str = ""
+    after: int = 0
+    since_ts: float = 0.0
+    limit: int = 1000
+
+
+class ReplayPage(Base, tag="replay_r"):
+    req_id: str
+    # (journal id, topic, body) with body the event frame exactly as published
+    events: list[tuple[int, str, bytes]]
+    last_id: int  # highest id in this page (or ``after`` if empty)
+    head_id: int  # newest id in the journal when the page was read
+    more: bool
+
+
+class Stats(Base, tag="stats"):
+    req_id: str
+
+
+class StatsReply(Base, tag="stats_r"):
+    req_id: str
+    source: str
+    counters: dict[str, int]
+
+
+# --------------------------------------------------------------------------- unions and codec
+
+AgentToMaster = Union[Hello, Heartbeat, Bye, ExecReply, KillReply, QueryReply, FetchReply, ErrorReply]
+MasterToAgent = Union[Welcome, Heartbeat, Reregister, Exec, Kill, Query, Fetch, ErrorReply]
+ClientRequest = Union[Exec, Kill, Query, Fetch, ListAgents, Ping, Stats]
+Reply = Union[
+    ExecReply, KillReply, QueryReply, FetchReply, AgentList, Pong, StatsReply, ReplayPage, ErrorReply
+]
+ReplayRequest = Union[Replay, Stats, Ping]
+Event = Union[LogChunk, CmdStarted, CmdDone, AgentUp, AgentLost, AgentGone, JobChanged]
+
+_encoder = msgspec.msgpack.Encoder()
+_decoders: dict[Any, msgspec.msgpack.Decoder] = {}
+
+
+class ProtocolError(ValueError):
+    """A frame that is not a valid message of the expected kind."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def encode(msg: msgspec.Struct) -> bytes:
+    return _encoder.encode(msg)
+
+
+def decode(frame: bytes, kind: Any) -> Any:
+    """Decode one frame as a member of union ``kind``; raise ProtocolError with a precise reason."""
+    dec = _decoders.get(kind)
+    if dec is None:
+        dec = _decoders[kind] = msgspec.msgpack.Decoder(kind)
+    try:
+        return dec.decode(frame)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        if "`$.t`" in text:
+            code = "unknown_type"
+        elif text.startswith("Expected `object`") and "`$." not in text:
+            code = "bad_frame"  # valid msgpack, but not a map: not a message at all
+        else:
+            code = "bad_request"
+        raise ProtocolError(code, text) from None
+    except msgspec.DecodeError as exc:
+        raise ProtocolError("bad_frame", f"undecodable frame: {exc}") from None
+
+
+def encode_event(ev: EventBase) -> list[bytes]:
+    return [ev.topic.encode(), _encoder.encode(ev)]
+
+
+def decode_event(frames: list[bytes]) -> Event:
+    if len(frames) != 2:
+        raise ProtocolError("bad_frame", f"an event has 2 frames (topic, body), got {len(frames)}")
+    ev = decode(frames[1], Event)
+    if ev.topic.encode() != frames[0]:
+        raise ProtocolError("bad_frame", f"topic frame {frames[0]!r} does not match body topic {ev.topic!r}")
+    return ev
+
+
+def req_id_of(frame: bytes) -> str:
+    """Best-effort req_id of a frame that failed to decode, so the error reply can echo it."""
+    try:
+        raw = msgspec.msgpack.decode(frame)
+    except Exception:
+        return ""
+    if isinstance(raw, dict) and isinstance(raw.get("req_id"), str):
+        return raw["req_id"]
+    return ""

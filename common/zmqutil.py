@@ -1,0 +1,101 @@
+"""Socket set-up in one place: linger, ROUTER_MANDATORY/HANDOVER, ZMTP heartbeats, HWMs."""
+
+from __future__ import annotations
+
+import socket as _socket
+
+import zmq
+
+LINGER_MS = 500
+# ZMTP heartbeats kill half-open TCP connections (a peer that vanished without FIN).
+ZMTP_IVL_MS = 2000
+ZMTP_TIMEOUT_MS = 6000
+# Events are notifications backed by durable owners, but we still want a generous queue
+# so a burst of output does not drop on a briefly slow subscriber.
+EVENT_HWM = 200_000
+
+
+class BindError(RuntimeError):
+    pass
+
+
+def _common(sock: zmq.Socket) -> zmq.Socket:
+    sock.setsockopt(zmq.LINGER, LINGER_MS)
+    sock.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_IVL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMTP_TIMEOUT_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, ZMTP_TIMEOUT_MS)
+    return sock
+
+
+def router(ctx: zmq.Context, bind: str) -> zmq.Socket:
+    sock = _common(ctx.socket(zmq.ROUTER))
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    sock.setsockopt(zmq.SNDHWM, 100_000)
+    sock.setsockopt(zmq.RCVHWM, 100_000)
+    bind_to(sock, bind)
+    return sock
+
+
+def dealer(ctx: zmq.Context, connect: str, identity: bytes | None = None) -> zmq.Socket:
+    sock = _common(ctx.socket(zmq.DEALER))
+    if identity:
+        sock.setsockopt(zmq.IDENTITY, identity)
+    sock.setsockopt(zmq.RECONNECT_IVL, 100)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+    sock.setsockopt(zmq.SNDHWM, 100_000)
+    sock.connect(connect)
+    return sock
+
+
+def pub(ctx: zmq.Context, connect: str) -> zmq.Socket:
+    sock = _common(ctx.socket(zmq.PUB))
+    sock.setsockopt(zmq.SNDHWM, EVENT_HWM)
+    sock.setsockopt(zmq.RECONNECT_IVL, 100)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+    sock.connect(connect)
+    return sock
+
+
+def sub(ctx: zmq.Context, connect: str, prefixes: list[str] | tuple[str, ...] = ("",)) -> zmq.Socket:
+    sock = _common(ctx.socket(zmq.SUB))
+    sock.setsockopt(zmq.RCVHWM, EVENT_HWM)
+    for p in prefixes:
+        sock.setsockopt(zmq.SUBSCRIBE, p.encode())
+    sock.connect(connect)
+    return sock
+
+
+def bind_to(sock: zmq.Socket, endpoint: str) -> None:
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        raise BindError(
+            f"cannot bind {endpoint}: {exc.strerror} (is another p4bus service running? "
+            "choose another port with --port-base or the config file)"
+        ) from None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with _socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def free_port_base(count: int = 6, host: str = "127.0.0.1") -> int:
+    """A base port N such that N..N+count-1 are free right now (best effort)."""
+    for _ in range(200):
+        base = free_port(host)
+        if base + count >= 65535:
+            continue
+        ok = True
+        for p in range(base, base + count):
+            with _socket.socket() as s:
+                try:
+                    s.bind((host, p))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no free port range found")
