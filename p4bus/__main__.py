@@ -1,0 +1,3 @@
+from p4bus.cli import main
+
+main()
