@@ -6,7 +6,7 @@ import importlib
 
 import click
 
-COMMANDS = ["services"]
+COMMANDS = ["services", "run", "up", "agents"]
 
 
 def register(group: click.Group) -> None:

@@ -1,0 +1,54 @@
+"""`p4bus up`: broker, master and one local agent on loopback until Ctrl-C."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import click
+
+from common.config import AgentConf
+from p4bus.cli import Ctx, UserError
+from p4bus.localstack import LocalStack, StackError
+
+
+@click.command()
+@click.option("--state-dir", default=None, help="Where journal, spools and logs live (default ~/.p4bus).")
+@click.option("--port-base", "up_port_base", type=int, default=None, help="First of six consecutive ports.")
+@click.option("--workspace-root", multiple=True, help="Directory the local agent may run commands in (repeatable).")
+@click.pass_obj
+def up(obj: Ctx, state_dir: str | None, up_port_base: int | None, workspace_root: tuple[str, ...]) -> None:
+    """Start every service on loopback; Ctrl-C stops them cleanly."""
+    cfg = obj.cfg(state_dir=state_dir, port_base=up_port_base)
+    env: dict[str, str] = {}
+    roots = list(workspace_root) or cfg.agent.workspace_roots or [str(cfg.state_path / "work")]
+    for r in roots:
+        Path(r).mkdir(parents=True, exist_ok=True)
+    env["P4BUS_AGENT_WORKSPACE_ROOTS"] = ",".join(roots)
+    if cfg.agent.allowed_executables == AgentConf().allowed_executables:
+        # A development stack on one's own machine: any executable, as `p4bus run` promises.
+        env["P4BUS_AGENT_ALLOWED_EXECUTABLES"] = "*"
+    stack = LocalStack(cfg, obj.config_path, env=env, log_dir=cfg.state_path / "logs")
+    stop: list[int] = []
+    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    try:
+        stack.start()
+        click.echo("p4bus is up:")
+        for name in ("master_agents", "master_clients", "broker_xsub", "broker_xpub", "broker_replay"):
+            click.echo(f"  {name:15} {cfg.endpoint(name)}")
+        click.echo(f"  state dir       {cfg.state_path}  (logs in {cfg.state_path / 'logs'})")
+        click.echo(f"  workspace roots {', '.join(roots)}")
+        click.echo(f"Try: p4bus --port-base {cfg.port_base} run -- echo hello   (Ctrl-C here stops everything)")
+        while not stop:
+            stack.check_alive()
+            time.sleep(0.2)
+    except StackError as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        stack.stop()
+        click.echo("p4bus stopped.")
+
+
+COMMANDS = [up]
