@@ -1,0 +1,55 @@
+import pytest
+
+from common import config as C
+
+pytestmark = pytest.mark.timeout(10)
+
+
+def test_defaults_derive_endpoints_from_port_base():
+    cfg = C.load(environ={})
+    assert cfg.endpoint("master_agents") == "tcp://127.0.0.1:9090"
+    assert cfg.endpoint("broker_replay") == "tcp://127.0.0.1:9094"
+    assert cfg.agent_masters() == ["tcp://127.0.0.1:9090"]
+
+
+def test_precedence_file_env_flags(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('port_base = 7000\n[agent]\nslots = 2\npools = ["a"]\n[master]\nheartbeat_s = 3\n')
+    env = {"P4BUS_AGENT_SLOTS": "5", "P4BUS_PORT_BASE": "7100"}
+    cfg = C.load(f, overrides={"port_base": 7200}, environ=env)
+    assert cfg.port_base == 7200  # flag beats env beats file
+    assert cfg.agent.slots == 5  # env beats file
+    assert cfg.agent.pools == ["a"]  # file beats default
+    assert cfg.master.heartbeat_s == 3
+    assert C.load(f, environ=env).port_base == 7100
+
+
+def test_config_env_var_names_the_file(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("log_level = 'debug'\n")
+    assert C.load(environ={"P4BUS_CONFIG": str(f)}).log_level == "debug"
+
+
+def test_env_lists_and_json():
+    cfg = C.load(environ={"P4BUS_AGENT_MASTERS": "tcp://a:1, tcp://b:2", "P4BUS_AGENT_LABELS": '{"os": "linux"}'})
+    assert cfg.agent.masters == ["tcp://a:1", "tcp://b:2"]
+    assert cfg.agent.labels == {"os": "linux"}
+
+
+@pytest.mark.parametrize("setup,needle", [
+    (lambda p: {"environ": {"P4BUS_NOPE": "1"}}, "P4BUS_NOPE is not a p4bus setting"),
+    (lambda p: {"path": p / "missing.toml", "environ": {}}, "does not exist"),
+    (lambda p: {"path": _write(p, "x = [\n"), "environ": {}}, "not valid TOML"),
+    (lambda p: {"path": _write(p, "[agent]\nslots = 'many'\n"), "environ": {}}, "agent.slots"),
+    (lambda p: {"path": _write(p, "[agent]\nslotz = 1\n"), "environ": {}}, "slotz"),
+])
+def test_errors_are_precise(tmp_path, setup, needle):
+    with pytest.raises(C.ConfigError) as err:
+        C.load(**setup(tmp_path))
+    assert needle in str(err.value)
+
+
+def _write(p, text):
+    f = p / "bad.toml"
+    f.write_text(text)
+    return f

@@ -1,0 +1,90 @@
+import msgspec
+import pytest
+
+from common import protocol as P
+from common.sequence import GapDetector, Stamper
+
+pytestmark = pytest.mark.timeout(10)
+
+SAMPLES = [
+    P.Hello(proto=1, agent=P.AgentInfo(agent_id="a1", pools=["x"], workspaces=["ws"]), heartbeat_s=1.0),
+    P.Welcome(master_id="m", heartbeat_s=1.0),
+    P.Heartbeat(running=["c1"], free_slots=3),
+    P.Exec(req_id="r1", cmd_id="c1", spec=P.CmdSpec(argv=["p4", "sync"], stdin=b"\x00\xff", env={"P4PORT": "x"})),
+    P.Kill(req_id="r2", cmd_id="c1"),
+    P.Query(req_id="r3", cmd_ids=["c1", "c2"], agent="a1"),
+    P.Fetch(req_id="r4", cmd_id="c1", stream=P.STDERR, offset=10, size=5),
+    P.ExecReply(req_id="r1", cmd_id="c1", agent="a1", status=P.CmdStatus(cmd_id="c1", state="running", pid=5)),
+    P.FetchReply(req_id="r4", cmd_id="c1", stream=2, offset=10, data=b"\xff\xfe", total=12, complete=True),
+    P.ErrorReply(req_id="r9", code="no_agent", message="none"),
+]
+
+
+@pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: type(m).__name__)
+def test_round_trip(msg):
+    data = P.encode(msg)
+    kinds = [P.AgentToMaster, P.MasterToAgent, P.ClientRequest, P.Reply]
+    decoded = [P.decode(data, k) for k in kinds if _fits(data, k)]
+    assert decoded and all(d == msg for d in decoded)
+
+
+def _fits(data, kind):
+    try:
+        P.decode(data, kind)
+        return True
+    except P.ProtocolError:
+        return False
+
+
+def test_reply_echoes_req_id_field_exists_on_every_request_and_reply():
+    for union in (P.ClientRequest, P.Reply):
+        for cls in union.__args__:
+            assert "req_id" in cls.__struct_fields__, cls
+
+
+def test_event_round_trip_and_topic_check():
+    s = Stamper("agent-1", "e1")
+    ev = P.LogChunk(**s.stamp("log.J.c1"), job_id="J", cmd_id="c1", stream=1, offset=0, data=b"\x00abc")
+    frames = P.encode_event(ev)
+    assert frames[0] == b"log.J.c1"
+    assert P.decode_event(frames) == ev
+    with pytest.raises(P.ProtocolError) as err:
+        P.decode_event([b"log.other", frames[1]])
+    assert err.value.code == "bad_frame"
+    with pytest.raises(P.ProtocolError):
+        P.decode_event([frames[0]])
+
+
+@pytest.mark.parametrize("frame,code", [
+    (b"\xc1", "bad_frame"),  # never-used msgpack byte
+    (msgspec.msgpack.encode(5), "bad_frame"),
+    (msgspec.msgpack.encode({"t": "nope", "req_id": "x"}), "unknown_type"),
+    (msgspec.msgpack.encode({"t": "exec", "req_id": "x"}), "bad_request"),
+    (msgspec.msgpack.encode({"t": "kill", "req_id": "x", "cmd_id": 5}), "bad_request"),
+])
+def test_bad_frames_raise_typed_errors(frame, code):
+    with pytest.raises(P.ProtocolError) as err:
+        P.decode(frame, P.ClientRequest)
+    assert err.value.code == code
+
+
+def test_req_id_of_recovers_id_from_invalid_request():
+    assert P.req_id_of(msgspec.msgpack.encode({"t": "exec", "req_id": "abc"})) == "abc"
+    assert P.req_id_of(b"\xc1") == ""
+
+
+def test_stamper_counts_per_kind_without_holes():
+    s = Stamper("a", "e")
+    seqs = [(t, s.stamp(t)["seq"]) for t in ["log.j.c", "cmd.j.c", "log.j.c", "log.j.d", "cmd.j.c"]]
+    assert seqs == [("log.j.c", 1), ("cmd.j.c", 1), ("log.j.c", 2), ("log.j.d", 3), ("cmd.j.c", 2)]
+
+
+def test_gap_detector():
+    g = GapDetector()
+    assert g.observe("a", "cmd.x", "e1", 1) == (True, None, False)
+    assert g.observe("a", "cmd.x", "e1", 2)[1] is None
+    new, gap, _ = g.observe("a", "cmd.y", "e1", 5)
+    assert new and (gap.first_missing, gap.last_missing) == (3, 4)
+    assert g.observe("a", "cmd.x", "e1", 4)[0] is False  # duplicate / old
+    assert g.observe("a", "log.x", "e1", 1)[1] is None  # other kind counts separately
+    assert g.observe("a", "cmd.x", "e2", 1) == (True, None, True)  # restart: new epoch

@@ -1,0 +1,53 @@
+import pytest
+
+from common.protocol import AgentInfo
+from master.registry import NoAgent, Registry
+
+pytestmark = pytest.mark.timeout(10)
+
+
+def _reg():
+    r = Registry()
+    r.register(b"i1", AgentInfo(agent_id="a1", pools=["p"], workspaces=["ws1"], slots=2, epoch="e"), 1.0, now=100)
+    r.register(b"i2", AgentInfo(agent_id="a2", pools=["p", "q"], workspaces=["ws2"], slots=4, epoch="e"), 1.0, now=100)
+    return r
+
+
+def test_select_by_agent_pool_workspace():
+    r = _reg()
+    assert r.select("a1", None, None).agent_id == "a1"
+    assert r.select(None, "q", None).agent_id == "a2"
+    assert r.select(None, None, "ws1").agent_id == "a1"
+    assert r.select(None, "p", None).agent_id == "a2"  # more free slots
+    assert r.select(None, "p", None, exclude={"a2"}).agent_id == "a1"
+
+
+@pytest.mark.parametrize("args,needle", [
+    (("zz", None, None), "agent 'zz' is not connected"),
+    (("a1", None, "ws2"), "has no workspace 'ws2'"),
+    ((None, "nopool", None), "no live agent with pool 'nopool'"),
+    ((None, "p", "ws9"), "pool 'p' and workspace 'ws9'"),
+])
+def test_select_rejections_name_what_exists(args, needle):
+    with pytest.raises(NoAgent) as err:
+        _reg().select(*args)
+    assert needle in str(err.value)
+    if args[0] is None:
+        assert "connected: a1, a2" in str(err.value)
+
+
+def test_expiry_after_three_missed_intervals():
+    r = _reg()
+    r.touch(r.agents["a2"], now=102.5)
+    assert [x.agent_id for x in r.expire(1.0, now=102.9)] == []
+    assert [x.agent_id for x in r.expire(1.0, now=103.1)] == ["a1"]
+    assert r.lookup(b"i1") is None and r.lookup(b"i2").agent_id == "a2"
+
+
+def test_register_reports_new_epoch_and_tracks_owners():
+    r = _reg()
+    assert r.register(b"i1", AgentInfo(agent_id="a1", epoch="e", running=["c1"]), 1.0) is False
+    assert r.owner("c1") == "a1"
+    assert r.register(b"i1", AgentInfo(agent_id="a1", epoch="e2"), 1.0) is True
+    r.assign("c2", r.agents["a2"])
+    assert r.owner("c2") == "a2" and "c2" in r.agents["a2"].snapshot().running
