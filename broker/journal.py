@@ -1,0 +1,325 @@
+"""The event journal: every event that passed through the broker, in SQLite (WAL).
+
+One writer thread owns the write connection and drains a bounded in-memory queue filled by the
+proxy; each drained batch is one transaction. Readers (the replay endpoint) use their own
+connections: WAL lets them read a consistent snapshot beside the writer.
+
+Completeness vs forwarding latency: when the writer falls behind, ``submit`` blocks the proxy
+(back-pressure: forwarding pauses too, publishers' PUB queues absorb the burst) for up to
+``stall_s``. Only if the writer stays stuck that long (disk full, a hung filesystem) are rows
+dropped, counted in ``journal_dropped`` and logged, so a broken disk cannot stop the live bus.
+The agents' spools remain the source of truth for output either way.
+
+``ts`` is the broker's receive time (not the publisher's): ids and ts then grow together, which
+makes age pruning and ``since_ts`` lookups index range scans and immune to publisher clock skew.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from common import logs
+from common.config import BrokerConf
+
+log = logs.get("broker.journal")
+
+# Rows per transaction: large enough to amortise the commit, small enough that a replay barrier
+# (see ``wait_done``) never waits long for one batch.
+BATCH_ROWS = 5000
+# The queue between proxy and writer holds at most this many body bytes (256 KiB chunks: ~256).
+QUEUE_BYTES = 64 << 20
+STALL_S = 5.0
+# Pruning deletes in chunks so a big prune does not hold up inserts for long.
+PRUNE_CHUNK_ROWS = 2000
+# Upper bound of every topic that starts with a prefix: the largest code point, so
+# ``prefix <= topic < prefix + TOPIC_MAX`` is the prefix set for any UTF-8 topic.
+TOPIC_MAX = "\U0010ffff"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    -- AUTOINCREMENT: ids are never reused, even after pruning empties the table, so a
+    -- client's replay cursor ("after id N") stays meaningful across prunes and restarts.
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    topic TEXT NOT NULL,
+    source TEXT NOT NULL,
+    epoch TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_topic ON events(topic);
+CREATE INDEX IF NOT EXISTS events_ts ON events(ts);
+"""
+
+
+class Row(NamedTuple):
+    ts: float
+    topic: str
+    source: str
+    epoch: str
+    seq: int
+    body: bytes | memoryview  # the published body frame, exactly
+
+
+def journal_path(cfg_broker: BrokerConf, state_dir: Path) -> Path:
+    return Path(cfg_broker.journal).expanduser() if cfg_broker.journal else state_dir / "journal.db"
+
+
+def connect(path: Path, *, create: bool = False) -> sqlite3.Connection:
+    # isolation_level=None: transactions are explicit (BEGIN/COMMIT) and visible in the code.
+    db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=True)
+    if create:
+        # 64 KiB pages: a 256 KiB log chunk spans 4 overflow pages instead of 64.
+        # Only effective when the file is new (page size is fixed once WAL is on).
+        db.execute("PRAGMA page_size=65536")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(SCHEMA)
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA busy_timeout=5000")
+    return db
+
+
+class _RowQueue:
+    """Bounded by body bytes; the proxy puts whole batches, the writer takes up to BATCH_ROWS."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._rows: deque[Row] = deque()
+        self._bytes = 0
+        self._max = max_bytes
+        self._cond = threading.Condition()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def put(self, rows: list[Row], size: int, timeout: float) -> bool:
+        """Append, waiting for room up to ``timeout``; False (nothing added) if there is none."""
+        with self._cond:
+            # An oversized batch is admitted into an empty queue so it can never wait forever.
+            ok = self._cond.wait_for(lambda: self._bytes + size <= self._max or not self._rows, timeout)
+            if not ok:
+                return False
+            self._rows.extend(rows)
+            self._bytes += size
+            self._cond.notify_all()
+            return True
+
+    def take(self, timeout: float) -> list[Row]:
+        with self._cond:
+            self._cond.wait_for(lambda: self._rows, timeout)
+            n = min(len(self._rows), BATCH_ROWS)
+            rows = [self._rows.popleft() for _ in range(n)]
+            self._bytes -= sum(len(r.body) for r in rows)
+            self._cond.notify_all()
+            return rows
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+
+@dataclass
+class JournalCounters:
+    journalled: int = 0
+    journal_dropped: int = 0
+    pruned: int = 0
+    journal_rows: int = 0
+    journal_bytes: int = 0  # sum of body sizes: what journal_max_bytes limits
+
+
+class JournalWriter:
+    """The writer thread. ``submit`` is called by the proxy thread only."""
+
+    def __init__(self, path: Path, conf: BrokerConf, queue_bytes: int = QUEUE_BYTES, stall_s: float = STALL_S) -> None:
+        self.path = path
+        self.conf = conf
+        self.stall_s = stall_s
+        self.counters = JournalCounters()
+        self._queue = _RowQueue(queue_bytes)
+        self._stopping = threading.Event()
+        self._done_cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Create the schema here (not in the thread) so readers can open the file right away.
+        db = connect(path, create=True)
+        self.counters.journal_rows, self.counters.journal_bytes = db.execute(
+            "SELECT count(*), coalesce(sum(length(body)), 0) FROM events"
+        ).fetchone()
+        db.close()
+
+    @property
+    def done(self) -> int:
+        """Rows handed to ``submit`` that are committed or were dropped (never pending)."""
+        return self.counters.journalled + self.counters.journal_dropped
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, rows: list[Row]) -> None:
+        size = sum(len(r.body) for r in rows)
+        if self._queue.put(rows, size, self.stall_s):
+            return
+        self.counters.journal_dropped += len(rows)
+        log.warning("journal.dropped", rows=len(rows), bytes=size, stalled_s=self.stall_s,
+                    total_dropped=self.counters.journal_dropped)
+        self._notify_done()
+
+    def wait_done(self, target: int, timeout: float) -> bool:
+        """Wait until the first ``target`` submitted rows are committed (or dropped).
+
+        The replay endpoint calls this before reading, so a client that saw an event live and
+        then asks for history gets that event (and everything before it) from the journal.
+        """
+        with self._done_cond:
+            return self._done_cond.wait_for(lambda: self.done >= target, timeout)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Flush everything queued, then stop."""
+        self._stopping.set()
+        self._queue.wake()
+        self._thread.join(timeout)
+
+    # ------------------------------------------------------------------ writer thread
+
+    def _notify_done(self) -> None:
+        with self._done_cond:
+            self._done_cond.notify_all()
+
+    def _run(self) -> None:
+        db = connect(self.path)
+        next_prune = time.monotonic()
+        try:
+            while True:
+                wait = max(0.0, min(next_prune - time.monotonic(), 0.5))
+                rows = self._queue.take(wait)
+                if rows:
+                    self._insert(db, rows)
+                elif self._stopping.is_set():
+                    break
+                if time.monotonic() >= next_prune:
+                    self.prune(db)
+                    next_prune = time.monotonic() + self.conf.prune_interval_s
+        except Exception:
+            log.exception("journal.writer_failed")
+            raise
+        finally:
+            db.close()
+
+    def _insert(self, db: sqlite3.Connection, rows: list[Row]) -> None:
+        db.execute("BEGIN")
+        db.executemany("INSERT INTO events(ts, topic, source, epoch, seq, body) VALUES (?,?,?,?,?,?)", rows)
+        db.execute("COMMIT")
+        c = self.counters
+        c.journalled += len(rows)
+        c.journal_rows += len(rows)
+        c.journal_bytes += sum(len(r.body) for r in rows)
+        self._notify_done()
+
+    def prune(self, db: sqlite3.Connection) -> None:
+        """Delete rows older than journal_max_age_s, then the oldest until under journal_max_bytes."""
+        cutoff = time.time() - self.conf.journal_max_age_s
+        while self._delete(db, "SELECT id, length(body) FROM events WHERE ts < ? ORDER BY ts LIMIT ?",
+                           (cutoff, PRUNE_CHUNK_ROWS)):
+            pass
+        while self.counters.journal_bytes > self.conf.journal_max_bytes:
+            if not self._delete_oldest_bytes(db, self.counters.journal_bytes - self.conf.journal_max_bytes):
+                break
+
+    def _delete(self, db: sqlite3.Connection, select: str, args: tuple) -> int:
+        victims = db.execute(select, args).fetchall()
+        if not victims:
+            return 0
+        db.execute("BEGIN")
+        db.executemany("DELETE FROM events WHERE id = ?", [(v[0],) for v in victims])
+        db.execute("COMMIT")
+        c = self.counters
+        c.pruned += len(victims)
+        c.journal_rows -= len(victims)
+        c.journal_bytes -= sum(v[1] for v in victims)
+        return len(victims)
+
+    def _delete_oldest_bytes(self, db: sqlite3.Connection, excess: int) -> int:
+        # Walk the oldest rows (one chunk) until their bodies cover the excess.
+        ids: list[int] = []
+        covered = 0
+        for rid, size in db.execute("SELECT id, length(body) FROM events ORDER BY id LIMIT ?", (PRUNE_CHUNK_ROWS,)):
+            ids.append(rid)
+            covered += size
+            if covered >= excess:
+                break
+        if not ids:
+            return 0
+        return self._delete(db, "SELECT id, length(body) FROM events WHERE id <= ? ORDER BY id", (ids[-1],))
+
+
+@dataclass
+class Page:
+    events: list[tuple[int, str, bytes]]
+    last_id: int
+    head_id: int
+    more: bool
+
+
+class JournalReader:
+    """Replay queries on a connection of its own (one per thread)."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = connect(path)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def page(self, prefix: str, after: int, since_ts: float, limit: int, max_bytes: int) -> Page:
+        """Events with topic starting with ``prefix``, id > after, ts >= since_ts, by id.
+
+        A page ends after ``limit`` events or once ``max_bytes`` of bodies are in it (always at
+        least one event), so a page of 256 KiB chunks stays a reasonable message.
+        """
+        db = self._db
+        db.execute("BEGIN")  # one snapshot: the page and head_id agree
+        try:
+            if since_ts > 0:
+                # ts grows with id (broker receive time), so the first id at or after since_ts
+                # is an index lookup; start the scan there instead of filtering every row.
+                first = db.execute("SELECT id FROM events WHERE ts >= ? ORDER BY ts LIMIT 1", (since_ts,)).fetchone()
+                after = max(after, first[0] - 1) if first else max(after, self._head(db))
+            if prefix:
+                # Only the ids come from the topic index, sorted as integers; bodies are then read
+                # for the page alone (a sort over bodies of a whole job log would be wasteful).
+                cur = db.execute(
+                    "SELECT e.id, e.topic, e.body FROM events e WHERE e.id IN ("
+                    " SELECT id FROM events WHERE topic >= ? AND topic < ? AND id > ? ORDER BY id LIMIT ?"
+                    ") ORDER BY e.id",
+                    (prefix, prefix + TOPIC_MAX, after, limit + 1),
+                )
+            else:
+                cur = db.execute("SELECT id, topic, body FROM events WHERE id > ? ORDER BY id LIMIT ?", (after, limit + 1))
+            events: list[tuple[int, str, bytes]] = []
+            size = 0
+            more = False
+            for row in cur:
+                if len(events) >= limit or (events and size >= max_bytes):
+                    more = True
+                    break
+                events.append(row)
+                size += len(row[2])
+            cur.close()
+            head = self._head(db)
+        finally:
+            db.execute("COMMIT")
+        return Page(events, events[-1][0] if events else after, head, more)
+
+    @staticmethod
+    def _head(db: sqlite3.Connection) -> int:
+        # The AUTOINCREMENT high-water mark: right even when pruning has emptied the table.
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        return row[0] if row else 0

@@ -1,0 +1,81 @@
+"""`p4bus broker`: the proxy (main thread), the journal writer and the replay endpoint (threads)."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import socket
+import threading
+
+import zmq
+
+from broker.journal import JournalReader, JournalWriter, journal_path
+from broker.proxy import Proxy
+from broker.replay import ReplayServer
+from common import logs
+from common.config import Config
+
+log = logs.get("broker")
+
+
+class Broker:
+    """Binds everything on construction (a BindError propagates with nothing left open)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.endpoints = {name: cfg.endpoint(name) for name in ("broker_xsub", "broker_xpub", "broker_replay")}
+        self.source = f"broker@{socket.gethostname()}"
+        self.journal = JournalWriter(journal_path(cfg.broker, cfg.state_path), cfg.broker)
+        self.ctx = zmq.Context()
+        self.proxy: Proxy | None = None
+        try:
+            self.proxy = Proxy(self.ctx, self.endpoints["broker_xsub"], self.endpoints["broker_xpub"], self.journal)
+            self.replay = ReplayServer(
+                self.ctx,
+                self.endpoints["broker_replay"],
+                reader_factory=lambda: JournalReader(self.journal.path),
+                barrier=lambda timeout: self.journal.wait_done(self.proxy.counters.events_in, timeout),
+                counters=self.counters,
+                source=self.source,
+            )
+        except Exception:
+            if self.proxy:
+                self.proxy.close()
+            self.ctx.term()
+            raise
+
+    def counters(self) -> dict[str, int]:
+        assert self.proxy is not None
+        out = dataclasses.asdict(self.proxy.counters) | dataclasses.asdict(self.journal.counters)
+        out["journal_queue"] = self.journal.queued
+        out["replay_requests"] = self.replay.requests
+        out["replay_errors"] = self.replay.errors
+        return out
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve until ``stop`` is set; then flush the journal and close every socket."""
+        assert self.proxy is not None
+        self.journal.start()
+        self.replay.start()
+        log.info("broker.ready", xsub=self.endpoints["broker_xsub"], xpub=self.endpoints["broker_xpub"],
+                 replay=self.endpoints["broker_replay"], journal=str(self.journal.path))
+        try:
+            self.proxy.run(stop)
+        finally:
+            self.replay.stop()
+            self.proxy.close()
+            self.journal.stop()
+            self.ctx.term()
+            log.info("broker.stopped", **self.counters())
+
+
+def main(cfg: Config) -> None:
+    broker = Broker(cfg)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("broker.stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    broker.run(stop)
