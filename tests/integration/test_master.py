@@ -1,0 +1,164 @@
+"""The master against real peers: a DEALER playing an agent, a SUB where its PUB connects."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+
+import pytest
+import zmq
+
+from common import protocol as P
+from common import zmqutil
+from p4bus.client import MasterClient, RequestError
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class FakeAgentPeer:
+    """A real DEALER speaking the agent side of the protocol by hand."""
+
+    def __init__(self, endpoint: str, agent_id: str = "peer-1", workspaces=("ws",)) -> None:
+        self.ctx = zmq.Context.instance()
+        self.sock = zmqutil.dealer(self.ctx, endpoint, identity=agent_id.encode())
+        self.info = P.AgentInfo(agent_id=agent_id, host="h", pools=["default"], workspaces=list(workspaces), slots=2,
+                                epoch="e1")
+
+    def send(self, msg) -> None:
+        self.sock.send(P.encode(msg))
+
+    def recv(self, timeout: float = 5.0, skip_heartbeats: bool = True):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.sock.poll(int((deadline - time.monotonic()) * 1000) + 1):
+                msg = P.decode(self.sock.recv(), P.MasterToAgent)
+                if skip_heartbeats and isinstance(msg, P.Heartbeat):
+                    continue
+                return msg
+        raise AssertionError("no message from master")
+
+    def hello(self) -> P.Welcome:
+        self.send(P.Hello(proto=P.PROTOCOL_VERSION, agent=self.info, heartbeat_s=0.2))
+        msg = self.recv()
+        assert isinstance(msg, P.Welcome), msg
+        return msg
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+
+@pytest.fixture
+def master(stack):
+    ctx = zmq.Context.instance()
+    # Stand in for the broker: an XSUB bound where the master's PUB connects, subscribed to all.
+    events = ctx.socket(zmq.XSUB)
+    events.bind(stack.endpoint("broker_xsub"))
+    events.send(b"\x01")
+    stack.start("master")
+    mc = MasterClient([stack.endpoint("master_clients")], timeout=2.0)
+    wait_for(lambda: _pings(mc), what="master to answer")
+    # A bound socket attaches a new peer (and sends it our subscription) only when its own
+    # thread touches it, as the broker's loop always does.
+    events.poll(200)
+    yield mc, events
+    mc.close()
+    events.close(linger=0)
+
+
+def _pings(mc) -> bool:
+    try:
+        mc.ping(timeout=0.3)
+        return True
+    except RequestError:
+        return False
+
+
+def _next_event(sub, kind, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sub.poll(100):
+            ev = P.decode_event(sub.recv_multipart())
+            if isinstance(ev, kind):
+                return ev
+    raise AssertionError(f"no {kind.__name__} event")
+
+
+def test_hello_listed_and_lost_after_missed_heartbeats(stack, master):
+    mc, events = master
+    peer = FakeAgentPeer(stack.endpoint("master_agents"))
+    peer.hello()
+    up = _next_event(events, P.AgentUp)
+    assert up.agent.agent_id == "peer-1" and up.topic == "agent.peer-1"
+    assert [a.agent_id for a in mc.agents()] == ["peer-1"]
+    t0 = time.monotonic()
+    lost = _next_event(events, P.AgentLost)  # the peer sends no heartbeats
+    took = time.monotonic() - t0
+    assert lost.agent_id == "peer-1" and took < 3 * 0.2 + 1.0
+    assert mc.agents() == []
+    # It speaks again without HELLO: it is told to re-register.
+    peer.send(P.Heartbeat())
+    assert isinstance(peer.recv(), P.Reregister)
+    peer.close()
+
+
+def test_exec_forwarded_with_own_req_id_and_reply_relayed(stack, master):
+    mc, _ = master
+    peer = FakeAgentPeer(stack.endpoint("master_agents"))
+    peer.hello()
+    import threading
+
+    result = {}
+    t = threading.Thread(target=lambda: result.update(r=mc.exec(P.CmdSpec(argv=["true"]), cmd_id="c1")))
+    t.start()
+    fwd = peer.recv()
+    assert isinstance(fwd, P.Exec) and fwd.agent == "peer-1" and fwd.cmd_id == "c1"
+    peer.send(P.ExecReply(req_id=fwd.req_id, cmd_id="c1", agent="peer-1",
+                          status=P.CmdStatus(cmd_id="c1", state="running")))
+    t.join(5)
+    assert result["r"].cmd_id == "c1" and result["r"].status.state == "running"
+    # Later requests for c1 find their agent without being told.
+    t = threading.Thread(target=lambda: result.update(k=mc.kill("c1")))
+    t.start()
+    kill = peer.recv()
+    assert isinstance(kill, P.Kill) and kill.cmd_id == "c1"
+    peer.send(P.KillReply(req_id=kill.req_id, cmd_id="c1", found=True))
+    t.join(5)
+    assert result["k"].found
+    peer.close()
+
+
+def test_dispatch_rejections_are_precise(stack, master):
+    mc, _ = master
+    with pytest.raises(RequestError) as err:
+        mc.exec(P.CmdSpec(argv=["true"]), pool="gpu")
+    assert err.value.code == "no_agent" and "pool 'gpu'" in err.value.message
+    with pytest.raises(RequestError) as err:
+        mc.kill("never-dispatched")
+    assert err.value.code == "unknown_cmd"
+
+
+def test_malformed_frames_answered_or_dropped_and_master_keeps_serving(stack, master):
+    mc, _ = master
+    ctx = zmq.Context.instance()
+    rng = random.Random(7)
+    for endpoint in (stack.endpoint("master_clients"), stack.endpoint("master_agents")):
+        s = zmqutil.dealer(ctx, endpoint)
+        replies = 0
+        for i in range(200):
+            frames = [os.urandom(rng.randrange(0, 64)) for _ in range(rng.choice([1, 1, 2, 3]))]
+            s.send_multipart(frames)
+        s.send(b"\x81\xa1t\xa4nope")  # a map with an unknown type
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and s.poll(300):
+            msg = s.recv()
+            replies += 1
+            decoded = P.decode(msg, P.MasterToAgent if endpoint.endswith(str(stack.port_base)) else P.Reply)
+            if isinstance(decoded, P.ErrorReply):
+                assert decoded.code in ("bad_frame", "unknown_type", "bad_request")
+        assert replies > 0
+        s.close(linger=0)
+    assert mc.ping().source
+    stats = mc.stats()
+    assert stats["bad_frames"] >= 200
