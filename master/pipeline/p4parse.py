@@ -1,0 +1,205 @@
+"""Parsers for what p4 prints (see P4-REFERENCE.md). Pure functions over text.
+
+p4 reports warnings with exit code 0 and puts them on stderr (one server printed some on
+stdout), so callers pass both streams where a message may appear in either.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+# ---------------------------------------------------------------------------- -ztag records
+
+
+def parse_ztag(text: str) -> list[dict[str, str]]:
+    """`... key value` lines, records separated by blank lines. A key without a value
+    (`... unresolved`) maps to "". A line without the `... ` prefix continues the previous
+    value (multi-line descriptions)."""
+    records: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    last_key: str | None = None
+    for line in text.splitlines():
+        if not line.strip():
+            if current:
+                records.append(current)
+            current, last_key = {}, None
+        elif line.startswith("... "):
+            key, _, value = line[4:].partition(" ")
+            current[key] = value
+            last_key = key
+        elif last_key is not None:
+            current[last_key] += "\n" + line
+    if current:
+        records.append(current)
+    return records
+
+
+def view_mappings(spec: dict[str, str]) -> list[tuple[str, str]]:
+    """(source, target) pairs of a spec's View0, View1, ... fields, without exclusions
+    (`-//a/... //b/...`); paths containing spaces are double-quoted by p4."""
+    pairs = []
+    for index in range(len(spec)):
+        line = spec.get(f"View{index}")
+        if line is None:
+            break
+        tokens = [a or b for a, b in re.findall(r'"([^"]*)"|(\S+)', line)]
+        if len(tokens) != 2 or tokens[0].startswith("-"):
+            continue
+        pairs.append((tokens[0].lstrip("+"), tokens[1].lstrip("+")))
+    return pairs
+
+
+# ---------------------------------------------------------------------------- change numbers
+
+_CREATED = re.compile(r"^Change (\d+) created\b", re.M)
+_RENAMED = re.compile(r"^Change (\d+) renamed change (\d+) and submitted\.", re.M)
+_SUBMITTED = re.compile(r"^Change (\d+) submitted\.", re.M)
+_ZTAG_SUBMITTED = re.compile(r"^\.\.\. submittedChange (\d+)", re.M)
+
+
+def created_change(text: str) -> int | None:
+    """`Change 123 created.` / `Change 123 created with 2 open file(s).`"""
+    m = _CREATED.search(text)
+    return int(m.group(1)) if m else None
+
+
+def submitted_change(text: str) -> tuple[int, str] | None:
+    """The number the change got when submitted (the server may renumber it), and the line
+    that said so."""
+    for pattern, group in ((_RENAMED, 2), (_SUBMITTED, 1), (_ZTAG_SUBMITTED, 1)):
+        m = pattern.search(text)
+        if m:
+            return int(m.group(group)), m.group(0)
+    return None
+
+
+# ---------------------------------------------------------------------------- resolve
+
+
+class Chunks(NamedTuple):
+    yours: int
+    theirs: int
+    both: int
+    conflicting: int
+
+
+_CHUNKS = re.compile(r"Diff chunks: (\d+) yours \+ (\d+) theirs \+ (\d+) both \+ (\d+) conflicting")
+
+
+def diff_chunks(line: str) -> Chunks | None:
+    m = _CHUNKS.search(line)
+    return Chunks(*map(int, m.groups())) if m else None
+
+
+# Result lines: `<client path> - merge from <source>`, `- copy from`, `- ignored`,
+# `- edit from`, `- resolve skipped.`
+_RESOLVE_RESULT = re.compile(r" - (merge from|copy from|ignored|edit from|resolve skipped\.)")
+_RESULT_NAMES = {"merge from": "merged", "copy from": "copied", "ignored": "ignored",
+                 "edit from": "edited", "resolve skipped.": "skipped"}
+
+
+def resolve_results(text: str) -> dict[str, int]:
+    """How many files each resolve result applied to: merged, copied, ignored, edited, skipped."""
+    counts = dict.fromkeys(_RESULT_NAMES.values(), 0)
+    for line in text.splitlines():
+        m = _RESOLVE_RESULT.search(line)
+        if m:
+            counts[_RESULT_NAMES[m.group(1)]] += 1
+    return counts
+
+
+_RESOLVE_HEADER = re.compile(r"^(.+?) - (?:merging|vs) \S")
+
+
+def pending_resolves(stdout: str) -> list[str]:
+    """Files `resolve -n` lists: clientFile of -ztag records, or the local path of plain
+    header lines (`<local> - merging <source>#4,#5`) when a server ignored -ztag."""
+    files = [r["clientFile"] for r in parse_ztag(stdout) if "clientFile" in r]
+    if files:
+        return files
+    return [m.group(1) for line in stdout.splitlines() if (m := _RESOLVE_HEADER.match(line))]
+
+
+_MUST_RESOLVE = re.compile(r"^(//.+?) - must resolve\b", re.M)
+
+
+def must_resolve(text: str) -> list[str]:
+    """Depot paths from submit's `<depot> - must resolve before submitting` lines."""
+    return _MUST_RESOLVE.findall(text)
+
+
+# ---------------------------------------------------------------------------- messages
+
+# Warnings are not the line that explains a failure; skip them when another line exists.
+_WARNINGS = (
+    "file(s) up-to-date", "no such file(s)", "no file(s) to resolve",
+    "all revision(s) already integrated", "file(s) not opened on this client",
+)
+_CONNECTION = (
+    "connect to server failed", "tcp connect to", "tcp receive failed", "tcp send failed",
+    "partner exited unexpectedly", "connection refused", "connection reset",
+    "ssl receive failed", "ssl send failed",
+)
+_AUTH = (
+    "your session has expired, please login again",
+    "perforce password (p4passwd) invalid or unset",
+)
+
+
+def contains(text: str, fragment: str) -> str | None:
+    """The first line of `text` containing `fragment` (case-insensitive), stripped."""
+    fragment = fragment.lower()
+    for line in text.splitlines():
+        if fragment in line.lower():
+            return line.strip()
+    return None
+
+
+def _messages(stderr: str) -> list[str]:
+    """stderr as messages: a line plus the tab-indented detail lines after it, joined."""
+    messages: list[str] = []
+    for line in stderr.splitlines():
+        if line.startswith("\t") and messages:
+            messages[-1] += " " + line.strip()
+        elif line.strip():
+            messages.append(line.strip())
+    return messages
+
+
+def connection_error(stderr: str) -> str | None:
+    """The whole connection-failure message (`Perforce client error: Connect to server
+    failed; check $P4PORT. TCP connect to ... failed.`), or None."""
+    for message in _messages(stderr):
+        if any(marker in message.lower() for marker in _CONNECTION):
+            return message
+    return None
+
+
+def auth_error(stderr: str) -> str | None:
+    for line in stderr.splitlines():
+        if any(marker in line.lower() for marker in _AUTH):
+            return line.strip()
+    return None
+
+
+def error_line(stderr: str, stdout: str = "") -> str:
+    """The p4 line that matters for a failure: the first stderr line that is not blank, not
+    tab-indented detail and not a known warning; connection failures keep their detail.
+    Falls back to any stderr line, then the last stdout line."""
+    if connection := connection_error(stderr):
+        return connection
+    lines = [line.strip() for line in stderr.splitlines() if line.strip() and not line.startswith("\t")]
+    for line in lines:
+        if not any(w in line.lower() for w in _WARNINGS):
+            return line
+    if lines:
+        return lines[0]
+    return last_line(stdout)
+
+
+def last_line(text: str) -> str:
+    for line in reversed(text.splitlines()):
+        if line.strip():
+            return line.strip()
+    return ""

@@ -1,0 +1,50 @@
+"""Stages made of sub-steps.
+
+A stage's steps are planned from the job context each time (a plan may depend on what earlier
+steps recorded in vars, e.g. a cleanup step that only exists after "already integrated").
+The stage's builder builds step `ctx.step` of the plan, or returns None when the plan has no
+such step — at step 0 that skips the stage, later it ends it. Step interpreters return
+REPEAT to continue with the next step (if any), NEXT to end the stage early.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+from master.pipeline.model import (
+    Builder, CommandResult, CommandSpec, Interpreter, JobContext, Outcome, RetryPolicy, Stage, fail,
+)
+from master.pipeline.rules import guarded
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    build: Callable[[JobContext], CommandSpec]
+    interpret: Interpreter
+
+
+Plan = Callable[[JobContext], Sequence[Step]]
+
+
+def stepwise(plan: Plan) -> tuple[Builder, Interpreter]:
+    def build(ctx: JobContext) -> CommandSpec | None:
+        steps = plan(ctx)
+        return steps[ctx.step].build(ctx) if ctx.step < len(steps) else None
+
+    def interpret(ctx: JobContext, result: CommandResult) -> Outcome:
+        steps = plan(ctx)
+        if ctx.step >= len(steps):
+            return fail(f"{ctx.stage} has no step {ctx.step} for this job")
+        return steps[ctx.step].interpret(ctx, result)
+
+    return build, interpret
+
+
+def make_stage(name: str, plan: Plan, *, retry: RetryPolicy, timeout: float,
+               login_stage: str | None, needs: tuple[str, ...] = (),
+               provides: tuple[str, ...] = (), resume_only: bool = False) -> Stage:
+    build, interpret = stepwise(plan)
+    return Stage(name=name, build=build, interpret=guarded(interpret, retry, login_stage),
+                 retry=retry, timeout=timeout, needs=needs, provides=provides,
+                 resume_only=resume_only)
