@@ -6,7 +6,7 @@ import importlib
 
 import click
 
-COMMANDS = ["services", "run", "up", "agents"]
+COMMANDS = ["services", "run", "up", "agents", "events"]
 
 
 def register(group: click.Group) -> None:
