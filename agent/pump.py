@@ -1,0 +1,400 @@
+"""The output thread: the one owner of every running command's pipes and of the PUB socket.
+
+Why one thread: it keeps event stamping hole-free (one Stamper, one socket, one thread) and
+moves output in big blocks with a single selector instead of a thread per pipe. Per command it
+- reads stdout/stderr in blocks, appends them to the spool, and publishes LogChunk events
+  batched up to ``chunk_bytes`` or ``flush_ms`` (never a message per line);
+- keeps a bounded head+tail capture of each stream for the CmdStatus;
+- writes the optional stdin without blocking;
+- enforces the timeout and kill requests: SIGTERM to the process group, SIGKILL after
+  ``kill_grace_s``;
+- when both pipes hit EOF and the leader has exited: writes the result to the spool, THEN
+  publishes CmdDone, then hands the status to the session thread.
+The session thread talks to it only through ``start``/``kill``/``publish_done``/``shutdown``
+(callables queued to this thread) and reads finished statuses from ``done_fd``/``take_done``.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import selectors
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable
+
+import zmq
+
+from agent import executor
+from agent.capture import Capture
+from agent.spool import Spool
+from common import logs, topics, zmqutil
+from common import protocol as proto
+from common.config import AgentConf
+from common.sequence import Stamper
+
+READ_BYTES = 256 * 1024
+STDIN_BLOCK = 64 * 1024
+# Without pidfd (non-Linux) leader exit is noticed by polling at this period.
+POLL_S = 0.05
+
+log = logs.get("agent.pump")
+
+
+@dataclass
+class Started:
+    """A process the session has spawned and recorded (spec + pid) in the spool."""
+
+    cmd_id: str
+    job_id: str
+    argv: list[str]
+    proc: subprocess.Popen
+    started_at: float  # wall clock
+    timeout: float | None
+    stdin: bytes | None
+
+
+@dataclass
+class _Stream:
+    stream: int
+    pipe: object  # the Popen file object; closing it closes the fd
+    fd: int
+    spool_fd: int
+    capture: Capture
+    offset: int = 0  # bytes read so far == bytes in the spool file
+    pending: bytearray = field(default_factory=bytearray)
+    pending_offset: int = 0
+    pending_since: float = 0.0
+    open: bool = True
+
+
+@dataclass
+class _Running:
+    started: Started
+    streams: list[_Stream]
+    log_topic: str
+    cmd_topic: str
+    deadline: float | None  # monotonic: timeout
+    pidfd: int | None = None
+    exited_at: float | None = None  # monotonic: the leader's exit was noticed
+    kill_at: float | None = None  # monotonic: SIGKILL escalation
+    timed_out: bool = False
+    killed: bool = False
+    error: str = ""
+    stdin: memoryview | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.started.proc.pid
+
+
+class Pump(threading.Thread):
+    def __init__(self, ctx: zmq.Context, broker: str, agent_id: str, epoch: str, spool: Spool, conf: AgentConf) -> None:
+        super().__init__(name="agent-pump", daemon=True)
+        self._ctx = ctx
+        self._broker = broker
+        self._agent_id = agent_id
+        self._stamper = Stamper(source=agent_id, epoch=epoch)
+        self._spool = spool
+        self._chunk = max(1, conf.chunk_bytes)
+        self._flush_s = conf.flush_ms / 1000.0
+        self._grace = conf.kill_grace_s
+        self._capture = conf.capture_bytes
+        self._sel = selectors.DefaultSelector()
+        self._runs: dict[str, _Running] = {}
+        self._control: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[proto.CmdStatus] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = _nonblocking_pipe()
+        self._done_r, self._done_w = _nonblocking_pipe()
+        self._stopping = False
+        self._pub: zmq.Socket | None = None
+        self.published = 0
+
+    # ------------------------------------------------------------------ session-thread API
+    @property
+    def done_fd(self) -> int:
+        return self._done_r
+
+    def start_cmd(self, started: Started) -> None:
+        self._call(partial(self._start, started))
+
+    def kill(self, cmd_id: str) -> None:
+        self._call(partial(self._kill, cmd_id, ""))
+
+    def publish_done(self, status: proto.CmdStatus) -> None:
+        """Publish CmdDone for a command that never ran (refused): the status is already spooled."""
+        self._call(partial(self._send_done, status))
+
+    def shutdown(self) -> None:
+        """Kill every running command, record and publish their ends, then stop the thread."""
+        self._call(self._begin_shutdown)
+
+    def take_done(self) -> list[proto.CmdStatus]:
+        try:
+            os.read(self._done_r, 4096)
+        except BlockingIOError:
+            pass
+        out = []
+        while True:
+            try:
+                out.append(self._done.get_nowait())
+            except queue.Empty:
+                return out
+
+    def _call(self, fn: Callable[[], None]) -> None:
+        self._control.put(fn)
+        _poke(self._wake_w)
+
+    # ------------------------------------------------------------------ thread
+    def run(self) -> None:
+        self._pub = zmqutil.pub(self._ctx, self._broker)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
+        try:
+            while not (self._stopping and not self._runs):
+                for key, _mask in self._sel.select(self._timeout(time.monotonic())):
+                    key.data(key.fd)
+                self._run_control()
+                now = time.monotonic()
+                for run in list(self._runs.values()):
+                    self._enforce(run, now)
+                self._flush_due(now)
+        except Exception:
+            log.exception("output thread failed")
+            raise
+        finally:
+            self._pub.close()
+            _poke(self._done_w)  # let the session notice a dead pump
+
+    def _timeout(self, now: float) -> float | None:
+        due: list[float] = []
+        for run in self._runs.values():
+            due += [t for t in (run.deadline, run.kill_at) if t is not None]
+            if run.exited_at is not None:
+                due.append(run.exited_at + self._grace)
+            elif run.pidfd is None:
+                due.append(now + POLL_S)
+            due += [s.pending_since + self._flush_s for s in run.streams if s.pending]
+        return max(0.0, min(due) - now) if due else None
+
+    def _on_wake(self, fd: int) -> None:
+        try:
+            os.read(fd, 4096)
+        except BlockingIOError:
+            pass
+
+    def _run_control(self) -> None:
+        while True:
+            try:
+                fn = self._control.get_nowait()
+            except queue.Empty:
+                return
+            fn()
+
+    # ------------------------------------------------------------------ start
+    def _start(self, st: Started) -> None:
+        now = time.monotonic()
+        run = _Running(
+            started=st,
+            streams=[],
+            log_topic=topics.log(st.job_id, st.cmd_id),
+            cmd_topic=topics.cmd(st.job_id, st.cmd_id),
+            deadline=now + st.timeout if st.timeout else None,
+        )
+        self._runs[st.cmd_id] = run
+        # CmdStarted precedes every LogChunk of the command: pipes are watched only from here on.
+        self._send(proto.CmdStarted(
+            **self._stamper.stamp(run.cmd_topic), job_id=st.job_id, cmd_id=st.cmd_id,
+            agent=self._agent_id, pid=st.proc.pid, argv=st.argv,
+        ))
+        for stream, pipe in ((proto.STDOUT, st.proc.stdout), (proto.STDERR, st.proc.stderr)):
+            path = self._spool.output_path(st.cmd_id, stream)
+            s = _Stream(stream, pipe, pipe.fileno(), os.open(path, os.O_WRONLY | os.O_APPEND), Capture(self._capture))
+            run.streams.append(s)
+            self._sel.register(s.fd, selectors.EVENT_READ, partial(self._on_readable, run, s))
+        if st.stdin is not None:
+            run.stdin = memoryview(st.stdin)
+            os.set_blocking(st.proc.stdin.fileno(), False)
+            self._sel.register(st.proc.stdin.fileno(), selectors.EVENT_WRITE, partial(self._on_writable, run))
+        try:
+            run.pidfd = os.pidfd_open(st.proc.pid)
+            self._sel.register(run.pidfd, selectors.EVENT_READ, partial(self._on_exit, run))
+        except (AttributeError, OSError):
+            run.pidfd = None  # polled instead (see POLL_S)
+        if self._stopping:
+            self._terminate(run, "agent shut down")
+
+    # ------------------------------------------------------------------ I/O callbacks
+    def _on_readable(self, run: _Running, s: _Stream, fd: int) -> None:
+        # Never read past chunk_bytes pending, so a published chunk never exceeds it.
+        data = os.read(fd, min(READ_BYTES, self._chunk - len(s.pending)))
+        if not data:
+            self._close_stream(s)
+            self._maybe_finish(run)
+            return
+        self._spool_write(run, s, data)
+        s.capture.feed(data)
+        if not s.pending:
+            s.pending_offset = s.offset
+            s.pending_since = time.monotonic()
+        s.pending += data
+        s.offset += len(data)
+        if len(s.pending) >= self._chunk:
+            self._publish_chunk(run, s)
+
+    def _spool_write(self, run: _Running, s: _Stream, data: bytes) -> None:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(s.spool_fd, view):]
+        except OSError as exc:
+            # Keep streaming to subscribers; the result says the spool copy is incomplete.
+            if not run.error:
+                run.error = f"spool write failed: {exc}"
+                log.error("spool write failed", cmd_id=run.started.cmd_id, error=str(exc))
+
+    def _on_writable(self, run: _Running, fd: int) -> None:
+        assert run.stdin is not None
+        try:
+            n = os.write(fd, run.stdin[:STDIN_BLOCK])
+            run.stdin = run.stdin[n:]
+        except BlockingIOError:
+            return
+        except OSError:
+            run.stdin = run.stdin[:0]  # the child closed its stdin: nothing more to give it
+        if not run.stdin:
+            self._sel.unregister(fd)
+            run.started.proc.stdin.close()
+
+    def _on_exit(self, run: _Running, fd: int) -> None:
+        self._sel.unregister(fd)
+        os.close(fd)
+        run.pidfd = None
+        run.started.proc.poll()
+        run.exited_at = time.monotonic()
+        self._maybe_finish(run)
+
+    def _close_stream(self, s: _Stream) -> None:
+        if s.open:
+            s.open = False
+            self._sel.unregister(s.fd)
+            s.pipe.close()
+            os.close(s.spool_fd)
+
+    # ------------------------------------------------------------------ timeouts and kills
+    def _kill(self, cmd_id: str, reason: str) -> None:
+        run = self._runs.get(cmd_id)
+        if run is not None:
+            run.killed = True
+            self._terminate(run, reason)
+
+    def _begin_shutdown(self) -> None:
+        self._stopping = True
+        for run in self._runs.values():
+            run.killed = True
+            self._terminate(run, "agent shut down")
+
+    def _terminate(self, run: _Running, reason: str) -> None:
+        if reason and not run.error:
+            run.error = reason
+        executor.signal_group(run.pid, signal.SIGTERM)
+        if run.kill_at is None:
+            run.kill_at = time.monotonic() + self._grace
+
+    def _enforce(self, run: _Running, now: float) -> None:
+        if run.deadline is not None and now >= run.deadline:
+            run.deadline = None
+            run.timed_out = True
+            self._terminate(run, "")
+        if run.kill_at is not None and now >= run.kill_at:
+            run.kill_at = None
+            executor.signal_group(run.pid, signal.SIGKILL)
+        if run.pidfd is None and run.exited_at is None and run.started.proc.poll() is not None:
+            run.exited_at = now
+            self._maybe_finish(run)
+        if run.exited_at is not None and now >= run.exited_at + self._grace and run.started.cmd_id in self._runs:
+            # The leader is gone but something it left behind still holds the pipes open:
+            # end the rest of the group and stop waiting for its output.
+            executor.signal_group(run.pid, signal.SIGKILL)
+            for s in run.streams:
+                self._close_stream(s)
+            self._maybe_finish(run)
+
+    # ------------------------------------------------------------------ publishing
+    def _flush_due(self, now: float) -> None:
+        for run in self._runs.values():
+            for s in run.streams:
+                if s.pending and now - s.pending_since >= self._flush_s:
+                    self._publish_chunk(run, s)
+
+    def _publish_chunk(self, run: _Running, s: _Stream) -> None:
+        st = run.started
+        self._send(proto.LogChunk(
+            **self._stamper.stamp(run.log_topic), job_id=st.job_id, cmd_id=st.cmd_id,
+            stream=s.stream, offset=s.pending_offset, data=s.pending,
+        ))
+        s.pending = bytearray()
+
+    def _send_done(self, status: proto.CmdStatus) -> None:
+        self._send(proto.CmdDone(
+            **self._stamper.stamp(topics.cmd(status.job_id, status.cmd_id)),
+            job_id=status.job_id, cmd_id=status.cmd_id, status=status,
+        ))
+
+    def _send(self, ev: proto.EventBase) -> None:
+        assert self._pub is not None
+        # PUB never blocks: past the high-water mark ZeroMQ drops, and the spool stays the truth.
+        self._pub.send_multipart(proto.encode_event(ev), copy=False)
+        self.published += 1
+
+    # ------------------------------------------------------------------ the end of a command
+    def _maybe_finish(self, run: _Running) -> None:
+        if any(s.open for s in run.streams) or run.started.proc.returncode is None:
+            return
+        st = run.started
+        for s in run.streams:
+            if s.pending:
+                self._publish_chunk(run, s)
+        if run.stdin is not None and not st.proc.stdin.closed:
+            self._sel.unregister(st.proc.stdin.fileno())
+            st.proc.stdin.close()
+        if run.pidfd is not None:
+            self._sel.unregister(run.pidfd)
+            os.close(run.pidfd)
+        rc = st.proc.returncode
+        out, err = run.streams
+        ended = time.time()
+        status = proto.CmdStatus(
+            cmd_id=st.cmd_id, job_id=st.job_id, agent=self._agent_id, state="done", pid=st.proc.pid,
+            exit_code=rc if rc >= 0 else None, signal=-rc if rc < 0 else None,
+            timed_out=run.timed_out, killed=run.killed, error=run.error,
+            started_at=st.started_at, ended_at=ended, duration=ended - st.started_at,
+            stdout_bytes=out.offset, stderr_bytes=err.offset,
+            stdout=out.capture.value(), stderr=err.capture.value(),
+            truncated=out.capture.truncated or err.capture.truncated,
+        )
+        try:
+            self._spool.write_result(status)
+        except OSError as exc:
+            log.error("cannot write result to the spool", cmd_id=st.cmd_id, error=str(exc))
+        self._send_done(status)
+        del self._runs[st.cmd_id]
+        self._done.put(status)
+        _poke(self._done_w)
+
+
+def _nonblocking_pipe() -> tuple[int, int]:
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    os.set_blocking(w, False)
+    return r, w
+
+
+def _poke(fd: int) -> None:
+    try:
+        os.write(fd, b"\0")
+    except BlockingIOError:
+        pass  # the pipe is full of pokes already: the reader will wake anyway

@@ -1,0 +1,331 @@
+"""The agent's main thread: its masters, its requests, its slots.
+
+One DEALER per master (identity = agent id), all served by one zmq.Poller loop together with
+the output thread's completion fd and the stop fd; every wake-up drains each ready socket in a
+batch. Replies go back on the DEALER the request came from, echoing its req_id.
+
+Outcomes of an Exec (docs/protocol.md repeats this):
+- known cmd_id (running, or in the spool even from before a restart): ExecReply(duplicate=True,
+  status=<known state>); nothing is started again;
+- malformed request (bad cmd_id, empty argv, non-positive timeout): ErrorReply "bad_request";
+- no free slot, or a command already running in the same ``workspace``: ErrorReply
+  "agent_busy" -- nothing is recorded, so the same cmd_id may be sent again later;
+- refused by policy (executable, cwd, env) or not executable: recorded in the spool as a
+  finished command with ``error`` set, ExecReply(status=done) and a CmdDone event, exactly like
+  a command that ran -- one path for the orchestrator, idempotent and queryable;
+- started: ExecReply(status=running, pid), then CmdStarted, LogChunks and CmdDone events.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import zmq
+
+from agent import executor, policy, recovery
+from agent.links import MasterLink
+from agent.pump import Pump, Started
+from agent.spool import Spool, SpoolEntry, valid_cmd_id
+from common import logs, zmqutil
+from common import protocol as proto
+from common.config import Config
+from common.ids import default_agent_id, new_epoch
+
+# Hello.recent_done covers commands that finished this long ago at most.
+RECENT_S = 600.0
+RECENT_MAX = 1000
+# Per wake-up and socket, so one chatty master cannot starve the other.
+DRAIN_BATCH = 256
+MAX_FETCH = 4 << 20
+
+log = logs.get("agent")
+
+
+@dataclass
+class _Slot:
+    job_id: str
+    workspace: str | None
+    pid: int
+    started_at: float
+
+
+class Agent:
+    def __init__(self, cfg: Config, environ: Mapping[str, str] | None = None) -> None:
+        self.conf = cfg.agent
+        self.environ = dict(os.environ if environ is None else environ)
+        self.agent_id = self.conf.id or default_agent_id()
+        self.epoch = new_epoch()
+        self.spool = Spool(self.conf.spool_dir or Path(cfg.state_path) / "spool" / self.agent_id)
+        self.ctx = zmq.Context()
+        ident = self.agent_id.encode()
+        self.links = [
+            MasterLink(ep, zmqutil.dealer(self.ctx, ep, identity=ident), self.conf.heartbeat_s)
+            for ep in cfg.agent_masters()
+        ]
+        self.pump = Pump(self.ctx, cfg.agent_broker(), self.agent_id, self.epoch, self.spool, self.conf)
+        self.running: dict[str, _Slot] = {}
+        self.recent: deque[tuple[float, str]] = deque(
+            self.spool.finished_since(time.time() - RECENT_S)[-RECENT_MAX:], maxlen=RECENT_MAX
+        )
+        self.counters: Counter[str] = Counter()
+        self._stop = False
+        self._stop_r, self._stop_w = os.pipe()
+        os.set_blocking(self._stop_r, False)
+        os.set_blocking(self._stop_w, False)
+        self._prune_every = min(60.0, max(1.0, self.conf.spool_max_age_s / 4))
+        self._next_prune = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def stop_fd(self) -> int:
+        """Write end to wake the loop (for signal.set_wakeup_fd)."""
+        return self._stop_w
+
+    def request_stop(self) -> None:
+        self._stop = True
+
+    def run(self) -> int:
+        recovered = recovery.recover(self.spool, self.agent_id, self.conf.capture_bytes)
+        self.pump.start()
+        for status in recovered:
+            log.warning("command orphaned by a previous agent process", cmd_id=status.cmd_id, killed=status.killed)
+            self._remember_done(status)
+            self.pump.publish_done(status)
+        log.info("agent started", agent_id=self.agent_id, epoch=self.epoch, spool=str(self.spool.root),
+                 masters=[ln.endpoint for ln in self.links])
+        poller = zmq.Poller()
+        for link in self.links:
+            poller.register(link.sock, zmq.POLLIN)
+        poller.register(self.pump.done_fd, zmq.POLLIN)
+        poller.register(self._stop_r, zmq.POLLIN)
+        by_sock = {link.sock: link for link in self.links}
+        self._tick(time.monotonic())  # the first Hellos go out now, not after a poll timeout
+        while not self._stop:
+            ready = dict(poller.poll(self._poll_ms(time.monotonic())))
+            for sock, link in by_sock.items():
+                if sock in ready:
+                    self._drain(link)
+            if self.pump.done_fd in ready:
+                self._on_done(self.pump.take_done())
+            if not self.pump.is_alive():
+                log.error("output thread died; stopping")
+                self._close()
+                return 1
+            self._tick(time.monotonic())
+        self._shutdown()
+        return 0
+
+    def _poll_ms(self, now: float) -> int:
+        t = min([self._next_prune, *(link.next_due(now) for link in self.links)])
+        return max(0, int((t - now) * 1000) + 1)
+
+    def _tick(self, now: float) -> None:
+        for link in self.links:
+            if not link.check_alive(now):
+                log.warning("master silent; saying hello until it answers", master=link.endpoint)
+            due = link.due(now)
+            if due == "hello":
+                link.send(self._hello(), now, "hello")
+            elif due == "heartbeat":
+                link.send(self._heartbeat(), now, "heartbeat")
+        if now >= self._next_prune:
+            self._next_prune = now + self._prune_every
+            removed = self.spool.prune(self.conf.spool_max_age_s)
+            if removed:
+                log.info("spool pruned", removed=len(removed))
+
+    def _shutdown(self) -> None:
+        """Clean stop: say Bye, then end running commands (TERM, KILL after the grace period)
+        and record them killed, so the spool never holds an orphan a later agent cannot watch."""
+        now = time.monotonic()
+        log.info("agent stopping", running=list(self.running))
+        for link in self.links:
+            link.send(proto.Bye(agent_id=self.agent_id), now)
+        self.pump.shutdown()
+        self.pump.join(timeout=self.conf.kill_grace_s + 5.0)
+        self._close()
+
+    def _close(self) -> None:
+        for link in self.links:
+            link.sock.close()
+        self.ctx.term()
+
+    # ------------------------------------------------------------------ messages
+    def _drain(self, link: MasterLink) -> None:
+        for _ in range(DRAIN_BATCH):
+            try:
+                frames = link.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._on_frames(link, frames, time.monotonic())
+
+    def _on_frames(self, link: MasterLink, frames: list[bytes], now: float) -> None:
+        link.heard(now)
+        try:
+            if len(frames) != 1:
+                raise proto.ProtocolError("bad_frame", f"expected one frame, got {len(frames)}")
+            msg = proto.decode(frames[0], proto.MasterToAgent)
+        except proto.ProtocolError as exc:
+            self.counters[exc.code] += 1
+            log.warning("bad frame from master", master=link.endpoint, code=exc.code, error=exc.message)
+            rid = proto.req_id_of(frames[0]) if len(frames) == 1 else ""
+            link.send(proto.ErrorReply(req_id=rid, code=exc.code, message=exc.message), now)
+            return
+        if isinstance(msg, proto.Welcome):
+            link.welcome(msg)
+            log.info("welcomed", master=link.endpoint, master_id=msg.master_id)
+            return
+        if isinstance(msg, proto.Reregister):
+            link.welcomed = False
+            link.send(self._hello(), now, "hello")
+            return
+        if isinstance(msg, proto.ErrorReply):
+            # Never answered: two peers must not trade error replies forever.
+            log.warning("master reported an error", master=link.endpoint, code=msg.code, error=msg.message)
+        elif not isinstance(msg, proto.Heartbeat):
+            link.send(self._request(msg), now)
+        if link.hello_wanted(now):
+            link.send(self._hello(), now, "hello")
+
+    def _request(self, req: proto.Exec | proto.Kill | proto.Query | proto.Fetch) -> proto.Base:
+        try:
+            if isinstance(req, proto.Exec):
+                return self._exec(req)
+            if isinstance(req, proto.Kill):
+                return self._kill(req)
+            if isinstance(req, proto.Query):
+                return proto.QueryReply(req_id=req.req_id, statuses=[self._status(c) for c in req.cmd_ids])
+            return self._fetch(req)
+        except OSError as exc:
+            log.exception("request failed", req_id=req.req_id)
+            return proto.ErrorReply(req_id=req.req_id, code="internal", message=f"agent I/O error: {exc}")
+
+    # ------------------------------------------------------------------ Exec
+    def _exec(self, req: proto.Exec) -> proto.Base:
+        spec = req.spec
+        bad = _malformed(req)
+        if bad:
+            return proto.ErrorReply(req_id=req.req_id, code="bad_request", message=bad)
+        known = self._status(req.cmd_id)
+        if known.state != "unknown":
+            return proto.ExecReply(req_id=req.req_id, cmd_id=req.cmd_id, agent=self.agent_id, status=known, duplicate=True)
+        busy = self._busy(req.workspace)
+        if busy:
+            return proto.ErrorReply(req_id=req.req_id, code="agent_busy", message=busy)
+        self.spool.create(req.cmd_id, SpoolEntry(spec=spec, job_id=req.job_id, workspace=req.workspace, received_at=time.time()))
+        try:
+            launch = policy.check(self.conf, spec, req.workspace, self.environ)
+            proc = executor.spawn(launch, with_stdin=spec.stdin is not None)
+        except policy.Refusal as exc:
+            return self._unstarted(req, str(exc))
+        except (OSError, ValueError) as exc:
+            return self._unstarted(req, f"cannot execute {spec.argv[0]!r}: {exc}")
+        started_at = time.time()
+        self.spool.write_pid(req.cmd_id, proc.pid, executor.start_ticks(proc.pid))
+        self.running[req.cmd_id] = _Slot(req.job_id, req.workspace, proc.pid, started_at)
+        self.pump.start_cmd(Started(req.cmd_id, req.job_id, list(spec.argv), proc, started_at, spec.timeout, spec.stdin))
+        log.info("command started", cmd_id=req.cmd_id, job_id=req.job_id, pid=proc.pid, argv0=spec.argv[0])
+        return proto.ExecReply(req_id=req.req_id, cmd_id=req.cmd_id, agent=self.agent_id, status=self._status(req.cmd_id))
+
+    def _busy(self, workspace: str | None) -> str:
+        if len(self.running) >= self.conf.slots:
+            return f"all {self.conf.slots} slots of agent {self.agent_id} are busy"
+        if workspace:
+            for cmd_id, slot in self.running.items():
+                if slot.workspace == workspace:
+                    return f"workspace {workspace!r} is busy with command {cmd_id}"
+        return ""
+
+    def _unstarted(self, req: proto.Exec, error: str) -> proto.ExecReply:
+        """A command that will never run: its outcome is recorded like any other."""
+        now = time.time()
+        status = proto.CmdStatus(cmd_id=req.cmd_id, job_id=req.job_id, agent=self.agent_id, state="done",
+                                 error=error, started_at=now, ended_at=now)
+        self.spool.write_result(status)
+        self.pump.publish_done(status)
+        self._remember_done(status)
+        log.warning("command refused", cmd_id=req.cmd_id, error=error)
+        return proto.ExecReply(req_id=req.req_id, cmd_id=req.cmd_id, agent=self.agent_id, status=status)
+
+    # ------------------------------------------------------------------ Kill, Query, Fetch
+    def _kill(self, req: proto.Kill) -> proto.KillReply:
+        if req.cmd_id in self.running:
+            self.pump.kill(req.cmd_id)
+        status = self._status(req.cmd_id)
+        return proto.KillReply(req_id=req.req_id, cmd_id=req.cmd_id, found=status.state != "unknown", status=status)
+
+    def _status(self, cmd_id: str) -> proto.CmdStatus:
+        """From the spool: the result if there is one, else the live state of our own process.
+        (Start-up recovery leaves no other kind of spool entry.)"""
+        if valid_cmd_id(cmd_id):
+            result = self.spool.read_result(cmd_id)
+            if result is not None:
+                return result
+            slot = self.running.get(cmd_id)
+            if slot is not None:
+                return proto.CmdStatus(
+                    cmd_id=cmd_id, job_id=slot.job_id, agent=self.agent_id, state="running", pid=slot.pid,
+                    started_at=slot.started_at, duration=time.time() - slot.started_at,
+                    stdout_bytes=self.spool.output_size(cmd_id, proto.STDOUT),
+                    stderr_bytes=self.spool.output_size(cmd_id, proto.STDERR),
+                )
+        return proto.CmdStatus(cmd_id=cmd_id, agent=self.agent_id, state="unknown")
+
+    def _fetch(self, req: proto.Fetch) -> proto.Base:
+        if req.stream not in proto.STREAM_NAMES or req.offset < 0 or req.size <= 0:
+            return proto.ErrorReply(req_id=req.req_id, code="bad_request",
+                                    message="fetch needs stream 1 (stdout) or 2 (stderr), offset >= 0 and size > 0")
+        if not valid_cmd_id(req.cmd_id) or not self.spool.exists(req.cmd_id):
+            return proto.ErrorReply(req_id=req.req_id, code="unknown_cmd", message=f"no command {req.cmd_id!r} in the spool")
+        # Asked before reading: a result written means the output files are final.
+        complete = self.spool.read_result(req.cmd_id) is not None
+        data, total = self.spool.read_range(req.cmd_id, req.stream, req.offset, min(req.size, MAX_FETCH))
+        return proto.FetchReply(req_id=req.req_id, cmd_id=req.cmd_id, stream=req.stream, offset=req.offset,
+                                data=data, total=total, complete=complete)
+
+    # ------------------------------------------------------------------ completions
+    def _on_done(self, statuses: list[proto.CmdStatus]) -> None:
+        for status in statuses:
+            self.running.pop(status.cmd_id, None)
+            self._remember_done(status)
+            log.info("command done", cmd_id=status.cmd_id, exit_code=status.exit_code, signal=status.signal,
+                     timed_out=status.timed_out, killed=status.killed)
+        if statuses:
+            # Tell the masters at once that slots are free, rather than at the next heartbeat.
+            now = time.monotonic()
+            for link in self.links:
+                if link.welcomed:
+                    link.send(self._heartbeat(), now, "heartbeat")
+
+    def _remember_done(self, status: proto.CmdStatus) -> None:
+        self.recent.append((status.ended_at or time.time(), status.cmd_id))
+
+    # ------------------------------------------------------------------ greetings
+    def _hello(self) -> proto.Hello:
+        cutoff = time.time() - RECENT_S
+        info = proto.AgentInfo(
+            agent_id=self.agent_id, host=socket.gethostname(), pools=list(self.conf.pools),
+            labels=dict(self.conf.labels), workspaces=list(self.conf.workspaces), slots=self.conf.slots,
+            running=list(self.running), epoch=self.epoch,
+        )
+        return proto.Hello(proto=proto.PROTOCOL_VERSION, agent=info, heartbeat_s=self.conf.heartbeat_s,
+                           recent_done=[c for t, c in self.recent if t >= cutoff])
+
+    def _heartbeat(self) -> proto.Heartbeat:
+        return proto.Heartbeat(running=list(self.running), free_slots=max(0, self.conf.slots - len(self.running)))
+
+
+def _malformed(req: proto.Exec) -> str:
+    if not valid_cmd_id(req.cmd_id):
+        return f"cmd_id {req.cmd_id!r} must be 1-128 characters of letters, digits, '_', '.', ':' or '-'"
+    if not req.spec.argv or not req.spec.argv[0]:
+        return "argv is empty"
+    if req.spec.timeout is not None and req.spec.timeout <= 0:
+        return f"timeout must be positive, got {req.spec.timeout}"
+    return ""
