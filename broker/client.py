@@ -5,7 +5,8 @@ Splice algorithm (``history_then_live``), for any subscriber that wants "everyth
 1. Subscribe first (SUB on the broker's XPUB, one subscription per prefix), so nothing published
    from now on can fall between history and live.
 2. Replay the journal for each prefix, page after page, until ``more`` is False, and yield those
-   events (merged by journal id). A prefix's cursor then moves to the page's ``head_id``.
+   events (merged by journal id, each prefix read up to the same horizon: the journal head when
+   the catch-up began). A prefix's cursor then moves to that horizon.
 3. Read live events. The first live event of a prefix proves that subscription is active at the
    broker; before yielding it, replay again from the cursors ("catch-up"). The broker answers a
    replay only once the journal holds every event it had accepted when the request arrived
@@ -37,6 +38,8 @@ from common import ids, protocol, topics, zmqutil
 
 PAGE_LIMIT = 1000
 IDLE_MAX_S = 2.0
+# A replay "after" no id can exceed (SQLite's largest integer): an empty page carrying head_id.
+_BEYOND_HEAD = (1 << 63) - 1
 
 
 class ReplayError(RuntimeError):
@@ -164,8 +167,13 @@ class _Splice:
         self.last_seq: dict[tuple[str, str, str], int] = {}
 
     def catch_up(self) -> Iterator[protocol.Event]:
-        """Yield new journalled events after the cursors, all prefixes merged in journal order."""
-        for _id, topic, body in heapq.merge(*(self._stream(p) for p in self.prefixes)):
+        """Yield new journalled events after the cursors, all prefixes merged in journal order.
+
+        Every prefix is read up to one horizon, the journal head when the catch-up starts; else
+        a prefix read later could yield an event newer than ones another prefix still lacks.
+        """
+        horizon = self.client.page(self.prefixes[0], after=_BEYOND_HEAD).head_id
+        for _id, topic, body in heapq.merge(*(self._stream(p, horizon) for p in self.prefixes)):
             try:
                 ev = protocol.decode_event([topic.encode(), body])
             except protocol.ProtocolError:
@@ -173,12 +181,12 @@ class _Splice:
             if self.admit(ev):
                 yield ev
 
-    def _stream(self, prefix: str) -> Iterator[tuple[int, str, bytes]]:
-        while True:
+    def _stream(self, prefix: str, horizon: int) -> Iterator[tuple[int, str, bytes]]:
+        while self.cursor[prefix] < horizon:
             page = self.client.page(prefix, self.cursor[prefix], self.since_ts)
-            yield from page.events
+            yield from (e for e in page.events if e[0] <= horizon)
             # At the end, nothing of this prefix lies between last_id and head_id (one snapshot).
-            self.cursor[prefix] = page.last_id if page.more else max(page.last_id, page.head_id)
+            self.cursor[prefix] = min(horizon, page.last_id if page.more else max(page.last_id, page.head_id))
             if not page.more:
                 return
 

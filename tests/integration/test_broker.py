@@ -1,0 +1,295 @@
+"""The broker as a real process: forwarding, journal, replay, pruning, malformed input, restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import msgspec
+import pytest
+import zmq
+
+from broker.client import ReplayClient, ReplayError
+from common import ids, protocol as P, topics, zmqutil
+from common.sequence import Stamper
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+PROBE_TOPIC = "agent.probe"
+
+
+class Bus:
+    """One broker process plus a publisher, a subscriber and a replay client on loopback."""
+
+    def __init__(self, stack, extra: dict | None = None, subscribe: tuple[str, ...] = ("",)) -> None:
+        self.stack = stack
+        self.extra = extra
+        self.ctx = zmq.Context()
+        self.proc = stack.start("broker", extra=extra)
+        self.replay = ReplayClient(self.ctx, stack.endpoint("broker_replay"), timeout_s=10)
+        self.replay.ping()  # the DEALER delivers once the broker has bound: waits for readiness
+        self.pub = zmqutil.pub(self.ctx, stack.endpoint("broker_xsub"))
+        self.sub = zmqutil.sub(self.ctx, stack.endpoint("broker_xpub"), subscribe)
+        self.stamper = Stamper("test-pub", ids.new_epoch())
+        self.connect()
+
+    def connect(self) -> None:
+        """Publish probes until one comes back: PUB and SUB are then both connected and subscribed."""
+        def probe_arrived() -> bool:
+            self.publish(PROBE_TOPIC)
+            return self.sub.poll(50) and self.drain_until(PROBE_TOPIC)
+        wait_for(probe_arrived, what="a probe event through the broker")
+
+    def event(self, topic: str, data: bytes = b"") -> P.EventBase:
+        if topics.kind(topic) == topics.LOG:
+            return P.LogChunk(**self.stamper.stamp(topic), job_id="J", cmd_id="c", stream=P.STDOUT, offset=0, data=data)
+        return P.JobChanged(**self.stamper.stamp(topic), job_id="J", state="RUNNING")
+
+    def publish(self, topic: str, data: bytes = b"") -> list[bytes]:
+        frames = P.encode_event(self.event(topic, data))
+        self.pub.send_multipart(frames)
+        return frames
+
+    def recv(self, timeout: float = 5.0) -> list[bytes]:
+        assert self.sub.poll(int(timeout * 1000)), "no event from the broker"
+        return self.sub.recv_multipart()
+
+    def drain_until(self, topic: str) -> bool:
+        """Read (and discard) events up to one on ``topic``; False if none is queued."""
+        while self.sub.poll(0):
+            if self.sub.recv_multipart()[0] == topic.encode():
+                return True
+        return False
+
+    def stats(self) -> dict[str, int]:
+        return self.replay.stats()
+
+    def journal(self, prefix: str = "", **kw) -> list[tuple[int, str, bytes]]:
+        return [e for page in self.replay.pages(prefix, **kw) for e in page]
+
+    def close(self) -> None:
+        self.ctx.destroy(linger=0)
+
+
+@pytest.fixture
+def bus(stack):
+    b = Bus(stack)
+    yield b
+    b.close()
+
+
+def test_events_forwarded_byte_identical_and_journalled(bus: Bus) -> None:
+    sizes = [0, 1, 100, 4096, 65536, 256 * 1024]
+    sent = [bus.publish(f"log.J.c{i % 3}", os.urandom(sizes[i % len(sizes)])) for i in range(60)]
+    got = [bus.recv() for _ in sent]
+    assert got == sent
+
+    journalled = bus.journal("log.")
+    assert [[t.encode(), body] for _id, t, body in journalled] == sent
+    ids_ = [i for i, _t, _b in journalled]
+    assert ids_ == sorted(ids_)
+
+    # By prefix, from an id, in small pages.
+    only_c1 = bus.journal("log.J.c1")
+    assert [[t.encode(), b] for _i, t, b in only_c1] == [f for f in sent if f[0] == b"log.J.c1"]
+    assert bus.journal("log.", after=ids_[49]) == journalled[50:]
+    page = bus.replay.page("log.", after=0, limit=7)
+    assert page.events == journalled[:7] and page.more and page.last_id == ids_[6]
+    assert page.head_id >= ids_[-1]
+
+    counters = bus.stats()
+    assert counters["events_in"] == counters["events_out"] >= 60
+    assert counters["journalled"] == counters["events_in"] == counters["journal_rows"]
+    assert counters["bad_frames"] == 0 and counters["replay_requests"] >= 4
+
+
+def test_replay_since_timestamp(bus: Bus) -> None:
+    first = [bus.publish("job.A") for _ in range(5)]
+    [bus.recv() for _ in first]
+    wait_for(lambda: len(bus.journal("job.A")) == 5, what="first batch journalled")
+    # Journal timestamps are the broker's receive time; take the boundary from a later event.
+    boundary = time.time()
+    while time.time() <= boundary:
+        pass
+    second = [bus.publish("job.A") for _ in range(5)]
+    [bus.recv() for _ in second]
+    since = bus.journal("job.A", since_ts=boundary)
+    assert [[t.encode(), b] for _i, t, b in since] == second
+    assert bus.journal("job.A", since_ts=time.time() + 60) == []
+
+
+MALFORMED = [
+    [b"random \x00\xff bytes"],  # one frame
+    [os.urandom(64), os.urandom(64)],  # two frames of noise
+    [b"log.J.c", b"not msgpack \xc1"],  # undecodable body
+    [b"log.J.c", msgspec.msgpack.encode([1, 2, 3])],  # msgpack, not a map
+    [b"log.J.c", msgspec.msgpack.encode({"t": "nope", "topic": "log.J.c", "source": "s", "epoch": "e", "seq": 1})],
+    [b"job.X"] + [b"x"] * 2,  # three frames
+]
+
+
+def test_malformed_events_counted_and_dropped(bus: Bus) -> None:
+    good = bus.event("log.J.c", b"ok")
+    mismatched = [b"log.J.OTHER", P.encode(good)]
+    not_an_event = [b"job.X", P.encode(P.Ping(req_id="r"))]
+    bad = MALFORMED + [mismatched, not_an_event]
+    before = bus.stats()["bad_frames"]
+    for frames in bad:
+        bus.pub.send_multipart(frames)
+    good_frames = P.encode_event(good)
+    bus.pub.send_multipart(good_frames)
+    # Same PUB pipe, in order: once the good event is out, every bad one was handled.
+    assert bus.recv() == good_frames
+    assert not bus.sub.poll(100)
+    counters = bus.stats()
+    assert counters["bad_frames"] - before == len(bad)
+    assert [b for _i, _t, b in bus.journal("log.J.c")] == [good_frames[1]]
+    assert bus.proc.poll() is None
+
+
+def test_malformed_replay_requests_get_errors(bus: Bus) -> None:
+    raw = zmqutil.dealer(bus.ctx, bus.stack.endpoint("broker_replay"))
+
+    def ask(*frames: bytes) -> P.ErrorReply:
+        raw.send_multipart(list(frames))
+        assert raw.poll(5000), f"no reply to {frames!r}"
+        reply = P.decode(raw.recv(), P.Reply)
+        assert isinstance(reply, P.ErrorReply), reply
+        return reply
+
+    assert ask(os.urandom(100)).code == "bad_frame"
+    assert ask(b"").code == "bad_frame"
+    assert ask(b"a", b"b").code == "bad_frame"
+    unknown = ask(msgspec.msgpack.encode({"t": "flush_everything", "req_id": "u1"}))
+    assert (unknown.code, unknown.req_id) == ("unknown_type", "u1")
+    bad_field = ask(msgspec.msgpack.encode({"t": "replay", "req_id": "r2", "after": "yesterday"}))
+    assert (bad_field.code, bad_field.req_id) == ("bad_request", "r2")
+    negative = ask(P.encode(P.Replay(req_id="r3", after=-5)))
+    assert (negative.code, negative.req_id) == ("bad_request", "r3")
+    # A request type of another service: decodable, but not for this endpoint.
+    assert ask(P.encode(P.ListAgents(req_id="r4"))).code == "unknown_type"
+    with pytest.raises(ReplayError):
+        bus.replay.page(limit=0)
+
+    assert bus.replay.ping().source.startswith("broker")
+    assert bus.stats()["replay_errors"] >= 8
+    assert bus.proc.poll() is None
+
+
+def test_prune_by_age(stack) -> None:
+    bus = Bus(stack, extra={"broker": {"journal_max_age_s": 1.0, "prune_interval_s": 0.1}})
+    try:
+        old = [bus.publish("job.old") for _ in range(20)]
+        [bus.recv() for _ in old]
+        wait_for(lambda: bus.stats()["pruned"] >= 20 + 1, what="old events pruned")  # + the probe
+        assert bus.journal("job.old") == []
+        fresh = bus.publish("job.fresh")
+        bus.recv()
+        assert [b for _i, _t, b in bus.journal("job.fresh")] == [fresh[1]]
+    finally:
+        bus.close()
+
+
+def test_prune_by_size_keeps_the_newest(stack) -> None:
+    bus = Bus(stack, extra={"broker": {"journal_max_bytes": 100_000, "prune_interval_s": 0.1}})
+    try:
+        sent = [bus.publish("log.J.c", os.urandom(10_000)) for _ in range(50)]
+        [bus.recv() for _ in sent]
+        wait_for(lambda: bus.stats()["journal_bytes"] <= 100_000, what="journal pruned to its size limit")
+        kept = [b for _i, _t, b in bus.journal("log.")]
+        assert 5 <= len(kept) <= 10
+        assert kept == [f[1] for f in sent[-len(kept):]]
+        assert bus.stats()["pruned"] >= 40
+        # ids are never reused after pruning
+        assert bus.journal("log.")[0][0] > 40
+    finally:
+        bus.close()
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_journal_survives_restart(stack, how: signal.Signals) -> None:
+    bus = Bus(stack)
+    sent = [bus.publish("cmd.J.c") for _ in range(30)]
+    [bus.recv() for _ in sent]
+    wait_for(lambda: bus.stats()["journalled"] >= 31, what="events committed")
+    bus.close()
+    os.killpg(bus.proc.pid, how)
+    assert bus.proc.wait(10) == (0 if how == signal.SIGTERM else -signal.SIGKILL)
+    if how == signal.SIGTERM:
+        assert "broker.stopped" in open(bus.proc.log_path).read()
+
+    again = Bus(stack)
+    try:
+        assert [b for _i, _t, b in again.journal("cmd.")] == [f[1] for f in sent]
+        assert again.stats()["journal_rows"] >= 31
+    finally:
+        again.close()
+
+
+def test_bind_failure_is_reported(bus: Bus) -> None:
+    second = bus.stack.start("broker")
+    assert second.wait(20) != 0
+    assert "cannot bind" in open(second.log_path).read()
+    assert bus.replay.ping()
+
+
+@pytest.mark.parametrize("prefixes", [["log.S", "cmd.S"], ["log.", "cmd."], [""]])
+def test_history_then_live_splices_without_gap_or_duplicate(bus: Bus, prefixes: list[str]) -> None:
+    total = 3000
+    published = threading.Event()
+    sent = threading.Semaphore(0)
+
+    def publisher() -> None:
+        pub = zmqutil.pub(bus.ctx, bus.stack.endpoint("broker_xsub"))
+        stamper = Stamper("splice-pub", ids.new_epoch())
+        # Connected when the test's own subscriber sees this publisher's probe.
+        while not published.is_set():
+            pub.send_multipart(P.encode_event(P.JobChanged(**stamper.stamp("job.probe2"), job_id="p", state="x")))
+            time.sleep(0.01)
+        for i in range(total):
+            topic = "log.S.c" if i % 2 else "cmd.S.c"
+            ev = P.JobChanged(**stamper.stamp(topic), job_id="S", state=str(i))
+            pub.send_multipart(P.encode_event(ev))
+            sent.release()
+            if i % 10 == 0:
+                time.sleep(0.002)  # keep it flowing across the splice (~1 s) rather than one burst
+        pub.close()
+
+    thread = threading.Thread(target=publisher, daemon=True)
+    thread.start()
+    wait_for(lambda: bus.sub.poll(50) and bus.drain_until("job.probe2"), what="splice publisher connected")
+    published.set()
+    for _ in range(total // 4):  # start reading mid-stream
+        assert sent.acquire(timeout=10)
+
+    stream = ReplayClient.history_then_live(bus.ctx, bus.stack.endpoint("broker_xpub"),
+                                            bus.stack.endpoint("broker_replay"), prefixes)
+    got: list[P.Event] = []
+    try:
+        for ev in stream:
+            if ev.topic.endswith(".S.c"):  # not the probes
+                got.append(ev)
+            if len(got) == total:
+                break
+    finally:
+        stream.close()
+    thread.join(10)
+    assert [int(ev.state) for ev in got] == list(range(total))
+
+
+def test_history_then_live_quiet_topic(bus: Bus) -> None:
+    """History only (nothing live follows), then one live event: each arrives once."""
+    old = [bus.publish("job.Q") for _ in range(3)]
+    [bus.recv() for _ in old]
+    stream = ReplayClient.history_then_live(bus.ctx, bus.stack.endpoint("broker_xpub"),
+                                            bus.stack.endpoint("broker_replay"), ["job.Q"])
+    try:
+        history = [next(stream) for _ in old]
+        assert [P.encode(ev) for ev in history] == [f[1] for f in old]
+        live = bus.publish("job.Q")
+        assert P.encode(next(stream)) == live[1]
+    finally:
+        stream.close()
