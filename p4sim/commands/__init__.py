@@ -1,0 +1,75 @@
+"""The p4 command table and p4-style option parsing.
+
+Command modules are imported lazily (only the one being run) to keep each invocation fast.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+from p4sim import messages as msg
+from p4sim.errors import UsageError
+
+Options = dict[str, "str | bool"]
+
+# command name -> module under p4sim.commands that defines it in its COMMANDS table
+_MODULES = {
+    "info": "auth", "login": "auth",
+    "client": "specs", "branch": "specs", "change": "specs",
+    "add": "files", "edit": "files", "delete": "files", "revert": "files",
+    "reopen": "files", "opened": "files", "fstat": "files",
+    "sync": "sync",
+    "integrate": "integrate", "integ": "integrate",
+    "resolve": "resolve",
+    "shelve": "shelve", "unshelve": "shelve",
+    "submit": "submit",
+    "changes": "history", "describe": "history",
+}
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    run: Callable[..., None]  # run(ctx, opts, args)
+    usage: str
+    # Space-separated option names; a trailing ':' means the option takes a value.
+    flags: str = ""
+    min_args: int = 0
+    max_args: int | None = None
+    needs_auth: bool = True
+
+    def parse(self, argv: list[str]) -> tuple[Options, list[str]]:
+        """p4 option syntax: options first (`-c 5` or `-c5`), then arguments."""
+        spec = {f.rstrip(":"): f.endswith(":") for f in self.flags.split()}
+        opts: Options = {}
+        i = 0
+        while i < len(argv) and argv[i].startswith("-") and argv[i] != "-":
+            name = argv[i][1:]
+            if name in spec and not spec[name]:
+                opts[name] = True
+            elif name in spec:
+                if i + 1 >= len(argv):
+                    raise self.usage_error()
+                i += 1
+                opts[name] = argv[i]
+            elif spec.get(name[:1]):
+                opts[name[:1]] = name[1:]
+            else:
+                raise UsageError(msg.INVALID_OPTION.format(option=argv[i]),
+                                 msg.USAGE.format(usage=self.usage))
+            i += 1
+        args = argv[i:]
+        if len(args) < self.min_args or (self.max_args is not None and len(args) > self.max_args):
+            raise self.usage_error()
+        return opts, args
+
+    def usage_error(self) -> UsageError:
+        return UsageError(msg.WRONG_ARGS, msg.USAGE.format(usage=self.usage))
+
+
+def lookup(name: str) -> Command | None:
+    module = _MODULES.get(name)
+    if module is None:
+        return None
+    return importlib.import_module(f"p4sim.commands.{module}").COMMANDS[name]

@@ -1,0 +1,1 @@
+"""The p4sim server side: on-disk storage, authentication and triggers."""
