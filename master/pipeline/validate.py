@@ -36,6 +36,8 @@ def _depot_path_errors(field: str, flag: str, path: str) -> list[str]:
     if "@" in path or "#" in path:
         errors.append(f"{where} contains a revision specifier (@ or #): give the path alone "
                       f"and the source change with --change N")
+    # Judge the rest without the revision part, which is reported above.
+    path = re.split("[@#]", path, maxsplit=1)[0]
     body = path[:-4] if path.endswith("/...") else path
     if "*" in body or "..." in body or "%%" in body:
         errors.append(f"{where} uses a p4 wildcard (*, ... or %%N) other than a trailing "
