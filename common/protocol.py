@@ -295,6 +295,100 @@ class JobChanged(EventBase, tag="job"):
     detail: dict[str, Any] = {}
 
 
+# --------------------------------------------------------------------------- orchestrator API
+
+
+class StageRun(msgspec.Struct, omit_defaults=True):
+    """One command of a job's stage timeline."""
+
+    stage: str
+    step: int
+    attempt: int
+    cmd_id: str
+    state: str  # PENDING DISPATCHED RUNNING DONE LOST CANCELLED
+    agent: str = ""
+    argv: list[str] = []
+    created_at: float = 0.0
+    started_at: float = 0.0
+    ended_at: float = 0.0
+    exit_code: int | None = None
+    signal: int | None = None
+    key_line: str = ""  # the p4 line that mattered
+    outcome: str = ""  # what the interpreter made of it (NEXT, RETRY, FAIL, ...)
+    reason: str = ""
+
+
+class JobView(msgspec.Struct, omit_defaults=True):
+    job_id: str
+    state: str
+    stage: str
+    pipeline: str
+    workspace: str
+    created_at: float
+    updated_at: float
+    agent: str = ""
+    params: dict[str, Any] = {}
+    reason: str = ""
+    key_line: str = ""
+    conflicts: list[str] = []
+    change: int | None = None  # the pending change
+    submitted_change: int | None = None
+    queue_position: int = 0
+    waiting_for: str = ""  # why nothing runs right now (no agent, backoff, a person)
+    timeline: list[StageRun] = []
+
+
+class Submit(Base, tag="submit"):
+    req_id: str
+    workspace: str | None = None
+    source: str | None = None
+    target: str | None = None
+    branch_spec: str | None = None
+    change: int | None = None
+    desc: str = ""
+    agent: str | None = None
+    pool: str | None = None
+    pipeline: str = "p4-integrate"
+
+
+class GetJob(Base, tag="get_job"):
+    req_id: str
+    job_id: str
+
+
+class ListJobs(Base, tag="list_jobs"):
+    req_id: str
+    all: bool = False  # include finished jobs
+    limit: int = 200
+
+
+class Resume(Base, tag="resume"):
+    req_id: str
+    job_id: str
+
+
+class Cancel(Base, tag="cancel"):
+    req_id: str
+    job_id: str
+    revert: bool = False  # also revert the pending change and delete it
+
+
+class RetryJob(Base, tag="retry"):
+    req_id: str
+    job_id: str
+    from_stage: str | None = None
+
+
+class JobReply(Base, tag="job_r"):
+    req_id: str
+    job: JobView
+
+
+class JobList(Base, tag="jobs_r"):
+    req_id: str
+    jobs: list[JobView]
+
+
 # --------------------------------------------------------------------------- replay (broker)
 
 
@@ -333,8 +427,10 @@ AgentToMaster = Union[Hello, Heartbeat, Bye, ExecReply, KillReply, QueryReply, F
 MasterToAgent = Union[Welcome, Heartbeat, Reregister, Exec, Kill, Query, Fetch, ErrorReply]
 ClientRequest = Union[Exec, Kill, Query, Fetch, ListAgents, Ping, Stats]
 Reply = Union[
-    ExecReply, KillReply, QueryReply, FetchReply, AgentList, Pong, StatsReply, ReplayPage, ErrorReply
+    ExecReply, KillReply, QueryReply, FetchReply, AgentList, Pong, StatsReply, ReplayPage, JobReply,
+    JobList, ErrorReply,
 ]
+OrchestratorRequest = Union[Submit, GetJob, ListJobs, Resume, Cancel, RetryJob, Ping, Stats]
 ReplayRequest = Union[Replay, Stats, Ping]
 Event = Union[LogChunk, CmdStarted, CmdDone, AgentUp, AgentLost, AgentGone, JobChanged]
 

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 from common.config import Config
-from p4bus.client import MasterClient, RequestError
+from common.rpc import MasterClient, RequestError
 
-SERVICES = ("broker", "master", "agent")
+SERVICES = ("broker", "master", "orchestrator", "agent")
 
 
 class StackError(RuntimeError):

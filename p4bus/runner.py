@@ -14,7 +14,7 @@ import zmq
 
 from common import ids, topics, zmqutil
 from common import protocol as P
-from p4bus.client import MasterClient
+from common.rpc import MasterClient
 from p4bus.stream import OutputAssembler, Sink
 
 # With no event for this long, ask the agent's spool whether the command has finished.

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from p4bus.cli import Ctx, UserError
-from p4bus.client import MasterClient, RequestError
+from common.rpc import MasterClient, RequestError
 
 
 @click.command()

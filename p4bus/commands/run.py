@@ -9,7 +9,7 @@ import click
 
 from common import protocol as P
 from p4bus.cli import Ctx, UserError
-from p4bus.client import MasterClient, RequestError
+from common.rpc import MasterClient, RequestError
 from p4bus.runner import exit_code_of, run_command
 
 

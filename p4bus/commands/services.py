@@ -24,4 +24,5 @@ COMMANDS = [
     _service("broker", "broker.service"),
     _service("master", "master.service"),
     _service("agent", "agent.service"),
+    _service("orchestrator", "master.orchestrator.service"),
 ]

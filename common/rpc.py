@@ -1,0 +1,148 @@
+"""Request/reply clients: masters (with failover) and the orchestrator's API.
+
+Used by the CLI, the orchestrator and anyone scripting p4bus from Python:
+
+    with MasterClient(["tcp://127.0.0.1:9091"]) as mc:
+        reply = mc.exec(CmdSpec(argv=["p4", "info"]), pool="default")
+        status = mc.query([reply.cmd_id], agent=reply.agent)[0]
+
+A request goes to the current master; on a timeout or an unreachable master it is resent
+through the next one. Dispatch is idempotent by cmd_id, so a resend never runs twice.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import zmq
+
+from common import ids, zmqutil
+from common import protocol as P
+
+
+class RequestError(Exception):
+    """A typed error reply, or no master answered."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{message} [{code}]")
+        self.code = code
+        self.message = message
+
+
+class RpcClient:
+    """Request/reply over a DEALER per endpoint, failing over in order."""
+
+    reply_kind: Any = P.Reply
+
+    def __init__(self, endpoints: list[str], timeout: float = 10.0, ctx: zmq.Context | None = None) -> None:
+        if not endpoints:
+            raise ValueError("at least one endpoint is needed")
+        self.endpoints = list(endpoints)
+        self.timeout = timeout
+        self.ctx = ctx or zmq.Context.instance()
+        self._socks: dict[str, zmq.Socket] = {}
+        self._current = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for s in self._socks.values():
+            s.close(linger=0)
+        self._socks.clear()
+
+    def _sock(self, endpoint: str) -> zmq.Socket:
+        s = self._socks.get(endpoint)
+        if s is None:
+            s = self._socks[endpoint] = zmqutil.dealer(self.ctx, endpoint)
+        return s
+
+    def request(self, msg: P.Base, timeout: float | None = None) -> P.Base:
+        """Send msg (which has a req_id) and return the matching reply; raise RequestError."""
+        timeout = self.timeout if timeout is None else timeout
+        last = "no endpoint tried"
+        for attempt in range(len(self.endpoints)):
+            endpoint = self.endpoints[(self._current + attempt) % len(self.endpoints)]
+            sock = self._sock(endpoint)
+            sock.send(P.encode(msg))
+            deadline = time.monotonic() + timeout
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or not sock.poll(int(left * 1000)):
+                    last = f"{endpoint} did not answer within {timeout:g}s"
+                    # A late reply must not be read as the answer to a later request.
+                    sock.close(linger=0)
+                    del self._socks[endpoint]
+                    break
+                reply = P.decode(sock.recv(), self.reply_kind)
+                if getattr(reply, "req_id", None) != msg.req_id:
+                    continue  # a stale reply to an earlier, timed-out request
+                if isinstance(reply, P.ErrorReply):
+                    if reply.code in ("agent_unreachable",) and len(self.endpoints) > 1:
+                        last = reply.message
+                        break  # another master may still reach the agent
+                    raise RequestError(reply.code, reply.message)
+                self._current = (self._current + attempt) % len(self.endpoints)
+                return reply
+        raise RequestError("timeout", f"no answer: {last} (is the service running? check the endpoints)")
+
+
+class MasterClient(RpcClient):
+    def exec(self, spec: P.CmdSpec, *, cmd_id: str | None = None, job_id: str = "", agent: str | None = None,
+             pool: str | None = None, workspace: str | None = None) -> P.ExecReply:
+        msg = P.Exec(req_id=ids.new_id("r"), cmd_id=cmd_id or ids.new_id("c"), spec=spec, job_id=job_id,
+                     agent=agent, pool=pool, workspace=workspace)
+        return self.request(msg)  # type: ignore[return-value]
+
+    def kill(self, cmd_id: str, agent: str | None = None) -> P.KillReply:
+        return self.request(P.Kill(req_id=ids.new_id("r"), cmd_id=cmd_id, agent=agent))  # type: ignore[return-value]
+
+    def query(self, cmd_ids: list[str], agent: str | None = None) -> list[P.CmdStatus]:
+        reply = self.request(P.Query(req_id=ids.new_id("r"), cmd_ids=cmd_ids, agent=agent))
+        return reply.statuses  # type: ignore[attr-defined]
+
+    def fetch(self, cmd_id: str, stream: int, offset: int, size: int = 1 << 20,
+              agent: str | None = None) -> P.FetchReply:
+        return self.request(P.Fetch(req_id=ids.new_id("r"), cmd_id=cmd_id, stream=stream, offset=offset,
+                                    size=size, agent=agent))  # type: ignore[return-value]
+
+    def agents(self) -> list[P.AgentInfo]:
+        return self.request(P.ListAgents(req_id=ids.new_id("r"))).agents  # type: ignore[attr-defined]
+
+    def ping(self, timeout: float | None = None) -> P.Pong:
+        return self.request(P.Ping(req_id=ids.new_id("r")), timeout)  # type: ignore[return-value]
+
+    def stats(self) -> dict[str, int]:
+        return self.request(P.Stats(req_id=ids.new_id("r"))).counters  # type: ignore[attr-defined]
+
+
+class OrchestratorClient(RpcClient):
+    """Jobs: submit, look at, resume, cancel, retry."""
+
+    def submit(self, **fields) -> P.JobView:
+        return self.request(P.Submit(req_id=ids.new_id("r"), **fields)).job  # type: ignore[attr-defined]
+
+    def job(self, job_id: str) -> P.JobView:
+        return self.request(P.GetJob(req_id=ids.new_id("r"), job_id=job_id)).job  # type: ignore[attr-defined]
+
+    def jobs(self, include_finished: bool = False, limit: int = 200) -> list[P.JobView]:
+        msg = P.ListJobs(req_id=ids.new_id("r"), all=include_finished, limit=limit)
+        return self.request(msg).jobs  # type: ignore[attr-defined]
+
+    def resume(self, job_id: str) -> P.JobView:
+        return self.request(P.Resume(req_id=ids.new_id("r"), job_id=job_id)).job  # type: ignore[attr-defined]
+
+    def cancel(self, job_id: str, revert: bool = False) -> P.JobView:
+        msg = P.Cancel(req_id=ids.new_id("r"), job_id=job_id, revert=revert)
+        return self.request(msg).job  # type: ignore[attr-defined]
+
+    def retry(self, job_id: str, from_stage: str | None = None) -> P.JobView:
+        msg = P.RetryJob(req_id=ids.new_id("r"), job_id=job_id, from_stage=from_stage)
+        return self.request(msg).job  # type: ignore[attr-defined]
+
+    def ping(self, timeout: float | None = None) -> P.Pong:
+        return self.request(P.Ping(req_id=ids.new_id("r")), timeout)  # type: ignore[return-value]

@@ -1,0 +1,249 @@
+"""The orchestrator process: events in, decisions persisted by the engine, commands out.
+
+Edge-triggered for speed (cmd.* and agent.* events), level-triggered for truth (periodic
+reconciliation asks the agents' spools about anything in flight that has gone quiet).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import msgspec
+import zmq
+
+from common import ids, lifecycle, logs, topics, zmqutil
+from common import protocol as P
+from common.config import Config
+from common.sequence import GapDetector, Stamper
+from master.orchestrator.engine import Effects, Engine, JobError
+from master.orchestrator.store import Store
+from common.rpc import MasterClient, RequestError
+
+log = logs.get("orchestrator")
+
+TICK_S = 0.05
+# An agent no master can reach for this long has lost its in-flight commands.
+UNREACHABLE_LOST_S = 10.0
+
+
+class Orchestrator:
+    def __init__(self, cfg: Config, ctx: zmq.Context | None = None) -> None:
+        self.cfg = cfg
+        self.ctx = ctx or zmq.Context.instance()
+        store_path = cfg.orchestrator.store or str(Path(cfg.state_path) / "jobs.db")
+        self.store = Store(store_path)
+        self.engine = Engine(self.store, cfg.orchestrator)
+        self.masters = MasterClient(cfg.client_masters(), timeout=3.0, ctx=self.ctx)
+        self.api = zmqutil.router(self.ctx, cfg.endpoint("orchestrator_api"))
+        self.sub = zmqutil.sub(self.ctx, cfg.endpoint("broker_xpub"), [topics.CMD + ".", topics.AGENT + "."])
+        self.pub = zmqutil.pub(self.ctx, cfg.endpoint("broker_xsub"))
+        self.id = f"orchestrator-{ids.default_agent_id()}"
+        self.stamper = Stamper(self.id, ids.new_epoch())
+        self.gaps = GapDetector()
+        self.unreachable_since: dict[str, float] = {}
+        self.counters = {"events": 0, "bad_events": 0, "requests": 0, "dispatches": 0, "reconciles": 0}
+        self._last_sweep = 0.0
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self, stop: threading.Event) -> None:
+        log.info("orchestrator.ready", api=self.cfg.endpoint("orchestrator_api"), store=str(self.store.path),
+                 masters=self.cfg.client_masters())
+        self.recover()
+        poller = zmq.Poller()
+        poller.register(self.sub, zmq.POLLIN)
+        poller.register(self.api, zmq.POLLIN)
+        while not stop.is_set():
+            ready = dict(poller.poll(int(TICK_S * 1000)))
+            if self.sub in ready:
+                self._drain(self.sub, self.on_event_frames)
+            if self.api in ready:
+                self._drain(self.api, self.on_api_frames)
+            self.tick(time.time())
+        for s in (self.api, self.sub, self.pub):
+            s.close(linger=zmqutil.LINGER_MS)
+        self.masters.close()
+        self.store.close()
+
+    @staticmethod
+    def _drain(sock: zmq.Socket, handler) -> None:
+        for _ in range(1000):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            handler(frames)
+
+    def recover(self) -> None:
+        """Start-up: pick up where the store says we were."""
+        self.execute(self.engine.schedule())
+        for agent in sorted({c.agent for c in self.store.open_commands() if c.agent and c.state != "PENDING"}):
+            self.reconcile(agent)
+        self.dispatch_due(time.time())
+
+    def tick(self, now: float) -> None:
+        self.dispatch_due(now)
+        if now - self._last_sweep >= 1.0:
+            self._last_sweep = now
+            quiet = now - self.cfg.orchestrator.reconcile_after_s
+            agents = {c.agent for c in self.store.open_commands()
+                      if c.state in ("DISPATCHED", "RUNNING") and c.last_contact < quiet}
+            for agent in sorted(agents):
+                self.reconcile(agent)
+            self.execute(self.engine.auto_recheck(now))
+            self.execute(self.engine.schedule())
+
+    # ------------------------------------------------------------------ effects
+
+    def execute(self, eff: Effects) -> None:
+        for job_id in eff.publish:
+            self.publish(job_id)
+        for cmd_id, agent in eff.kill:
+            try:
+                self.masters.kill(cmd_id, agent=agent or None)
+            except RequestError as exc:
+                log.warning("kill.failed", cmd_id=cmd_id, agent=agent, error=exc.message)
+        for cmd_id in eff.dispatch:
+            self.dispatch(cmd_id)
+
+    def dispatch_due(self, now: float) -> None:
+        for cmd in self.engine.due_pending(now):
+            self.dispatch(cmd.cmd_id)
+
+    def dispatch(self, cmd_id: str) -> None:
+        cmd = self.store.command(cmd_id)
+        if cmd is None or cmd.state != "PENDING":
+            return
+        self.counters["dispatches"] += 1
+        try:
+            reply = self.masters.exec(self.engine.dispatch_spec(cmd), cmd_id=cmd_id, **self.engine.route(cmd))
+        except RequestError as exc:
+            self.engine.on_dispatch_refused(cmd_id, exc.message)
+            return
+        self.execute(self.engine.on_dispatched(cmd_id, reply))
+
+    def reconcile(self, agent: str, lost_if_unreachable: bool = False) -> None:
+        """Ask the agent's spool about every command we believe is in flight there."""
+        cmds = self.store.in_flight_on(agent)
+        if not cmds:
+            self.unreachable_since.pop(agent, None)
+            return
+        self.counters["reconciles"] += 1
+        try:
+            statuses = self.masters.query([c.cmd_id for c in cmds], agent=agent)
+        except RequestError as exc:
+            since = self.unreachable_since.setdefault(agent, time.time())
+            if lost_if_unreachable or time.time() - since > UNREACHABLE_LOST_S:
+                log.warning("agent.lost", agent=agent, commands=[c.cmd_id for c in cmds], error=exc.message)
+                self.unreachable_since.pop(agent, None)
+                self.execute(self.engine.lost(agent))
+            return
+        self.unreachable_since.pop(agent, None)
+        for st in statuses:
+            if st.state == "done":
+                self.execute(self.engine.on_done(st.cmd_id, st))
+            elif st.state == "running":
+                self.engine.touch(st.cmd_id)
+            else:
+                log.info("cmd.redispatch", cmd_id=st.cmd_id, agent=agent)
+                self.engine.redispatch(st.cmd_id)
+
+    # ------------------------------------------------------------------ events
+
+    def on_event_frames(self, frames: list[bytes]) -> None:
+        try:
+            ev = P.decode_event(frames)
+        except P.ProtocolError:
+            self.counters["bad_events"] += 1
+            return
+        self.counters["events"] += 1
+        kind = topics.kind(ev.topic)
+        is_new, gap, restarted = self.gaps.observe(ev.source, ev.topic, ev.epoch, ev.seq)
+        if not is_new:
+            return
+        if isinstance(ev, P.CmdDone):
+            self.execute(self.engine.on_done(ev.cmd_id, ev.status, stamp=(ev.source, ev.epoch, kind, ev.seq)))
+        elif isinstance(ev, P.CmdStarted):
+            self.engine.on_started(ev.cmd_id, ev.agent, ev.ts)
+        elif isinstance(ev, P.AgentUp):
+            self.reconcile(ev.agent.agent_id)
+        elif isinstance(ev, P.AgentLost):
+            # One master losing it is not proof (another may still reach it): ask through all.
+            self.reconcile(ev.agent_id, lost_if_unreachable=True)
+        if (gap or restarted) and kind == topics.CMD:
+            # We missed cmd events from this agent: its spool knows what they said.
+            self.reconcile(ev.source)
+
+    def publish(self, job_id: str) -> None:
+        try:
+            view = self.engine.view(job_id)
+        except JobError:
+            return
+        detail = {"reason": view.reason, "key_line": view.key_line, "conflicts": view.conflicts,
+                  "change": view.change, "submitted_change": view.submitted_change, "agent": view.agent,
+                  "waiting_for": view.waiting_for}
+        ev = P.JobChanged(**self.stamper.stamp(topics.job(job_id)), job_id=job_id, state=view.state,
+                          stage=view.stage, detail={k: v for k, v in detail.items() if v not in (None, "", [])})
+        try:
+            self.pub.send_multipart(P.encode_event(ev), zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+
+    # ------------------------------------------------------------------ API
+
+    def on_api_frames(self, frames: list[bytes]) -> None:
+        self.counters["requests"] += 1
+        if len(frames) != 2:
+            return
+        client, frame = frames
+        try:
+            msg = P.decode(frame, P.OrchestratorRequest)
+        except P.ProtocolError as exc:
+            self._reply(client, P.ErrorReply(req_id=P.req_id_of(frame), code=exc.code, message=exc.message))
+            return
+        try:
+            reply = self.handle(msg)
+        except JobError as exc:
+            reply = P.ErrorReply(req_id=msg.req_id, code=exc.code, message=str(exc))
+        except Exception as exc:  # a bug must not take the orchestrator down with it
+            log.exception("api.internal_error", request=type(msg).__name__)
+            reply = P.ErrorReply(req_id=msg.req_id, code="internal", message=f"internal error: {exc}")
+        self._reply(client, reply)
+
+    def handle(self, msg: P.Base) -> P.Base:
+        e = self.engine
+        if isinstance(msg, P.Submit):
+            job_id, eff = e.submit(msg)
+            self.execute(eff)
+            return P.JobReply(req_id=msg.req_id, job=e.view(job_id))
+        if isinstance(msg, P.GetJob):
+            return P.JobReply(req_id=msg.req_id, job=e.view(msg.job_id))
+        if isinstance(msg, P.ListJobs):
+            return P.JobList(req_id=msg.req_id, jobs=e.views(msg.all, msg.limit))
+        if isinstance(msg, P.Resume):
+            self.execute(e.resume(msg.job_id))
+        elif isinstance(msg, P.Cancel):
+            self.execute(e.cancel(msg.job_id, msg.revert))
+        elif isinstance(msg, P.RetryJob):
+            self.execute(e.retry(msg.job_id, msg.from_stage))
+        elif isinstance(msg, P.Ping):
+            return P.Pong(req_id=msg.req_id, source=self.id)
+        elif isinstance(msg, P.Stats):
+            return P.StatsReply(req_id=msg.req_id, source=self.id, counters=dict(self.counters))
+        return P.JobReply(req_id=msg.req_id, job=e.view(msg.job_id))  # type: ignore[attr-defined]
+
+    def _reply(self, client: bytes, msg: P.Base) -> None:
+        try:
+            self.api.send_multipart([client, P.encode(msg)], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # the client went away
+
+
+def main(cfg: Config) -> None:
+    try:
+        orch = Orchestrator(cfg)
+    except JobError as exc:
+        raise SystemExit(f"p4bus orchestrator: {exc}")
+    orch.run(lifecycle.stop_on_signals())
