@@ -1,9 +1,12 @@
 """One agent <-> master link: the DEALER and its registration/liveness schedule.
 
-States: not welcomed (send Hello now and then every ``HELLO_EVERY`` heartbeats until a Welcome
-arrives) and welcomed (send a Heartbeat every heartbeat interval). A welcomed master that has
-been silent for ``DEAD_AFTER`` intervals is considered gone: the socket stays (ZeroMQ
-reconnects by itself) and the link goes back to saying Hello.
+States: not welcomed (send Hello every heartbeat interval until a Welcome arrives) and welcomed
+(send a Heartbeat every heartbeat interval). A welcomed master that has been silent for
+``DEAD_AFTER`` intervals is considered gone: the socket stays (ZeroMQ reconnects by itself) and
+the link goes back to saying Hello. The DEALER is ``immediate``: while the master is
+unreachable, sends are dropped instead of queued, so a returning master gets one fresh Hello
+rather than a backlog of stale Hellos and heartbeats (a reply lost that way is re-asked: every
+request is idempotent).
 """
 
 from __future__ import annotations
@@ -15,9 +18,6 @@ import zmq
 from common import protocol as proto
 
 DEAD_AFTER = 3
-# Hellos sent while a master is down queue in the DEALER and all arrive when it comes back,
-# so they are spaced out more than heartbeats.
-HELLO_EVERY = 3
 
 Due = Literal["hello", "heartbeat"]
 
@@ -57,14 +57,14 @@ class MasterLink:
     def due(self, now: float) -> Due | None:
         if not self.welcomed:
             last = self.last_sent.get("hello")
-            return "hello" if last is None or now - last >= HELLO_EVERY * self.heartbeat_s else None
+            return "hello" if last is None or now - last >= self.heartbeat_s else None
         last = self.last_sent.get("heartbeat")
         return "heartbeat" if last is None or now - last >= self.heartbeat_s else None
 
     def next_due(self, now: float) -> float:
         """Monotonic time of the next scheduled send or liveness check."""
         if not self.welcomed:
-            return self.last_sent.get("hello", now) + HELLO_EVERY * self.heartbeat_s
+            return self.last_sent.get("hello", now) + self.heartbeat_s
         t = self.last_sent.get("heartbeat", now) + self.heartbeat_s
         if self.last_heard is not None:
             t = min(t, self.last_heard + DEAD_AFTER * self._interval + 1e-3)

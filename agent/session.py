@@ -65,7 +65,7 @@ class Agent:
         self.ctx = zmq.Context()
         ident = self.agent_id.encode()
         self.links = [
-            MasterLink(ep, zmqutil.dealer(self.ctx, ep, identity=ident), self.conf.heartbeat_s)
+            MasterLink(ep, zmqutil.dealer(self.ctx, ep, identity=ident, immediate=True), self.conf.heartbeat_s)
             for ep in cfg.agent_masters()
         ]
         self.pump = Pump(self.ctx, cfg.agent_broker(), self.agent_id, self.epoch, self.spool, self.conf)

@@ -37,10 +37,14 @@ def router(ctx: zmq.Context, bind: str) -> zmq.Socket:
     return sock
 
 
-def dealer(ctx: zmq.Context, connect: str, identity: bytes | None = None) -> zmq.Socket:
+def dealer(ctx: zmq.Context, connect: str, identity: bytes | None = None, immediate: bool = False) -> zmq.Socket:
+    """``immediate``: queue nothing while the peer is unreachable (a send fails with EAGAIN), so
+    a reconnecting peer does not receive a backlog of stale messages."""
     sock = _common(ctx.socket(zmq.DEALER))
     if identity:
         sock.setsockopt(zmq.IDENTITY, identity)
+    if immediate:
+        sock.setsockopt(zmq.IMMEDIATE, 1)
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
     sock.setsockopt(zmq.SNDHWM, 100_000)

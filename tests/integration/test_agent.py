@@ -1,0 +1,355 @@
+"""The agent as a real process, driven by a real ROUTER (the test plays the master) and
+observed through a real SUB (the test plays the broker)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+import msgspec
+import pytest
+import zmq
+
+from common import protocol as proto
+from common.ids import new_id
+from tests.conftest import Stack, wait_for
+from test_agent_support import EventSink, MasterPeer, agent_extra, group_members, warm_up
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Rig:
+    """One agent process with its test master(s) and event sink."""
+
+    def __init__(self, stack: Stack, ctx: zmq.Context, masters: int = 1, **agent_conf) -> None:
+        self.stack = stack
+        self.masters = [MasterPeer(ctx, name=f"m{i}") for i in range(masters)]
+        self.sink = EventSink(ctx)
+        self.agent_conf = agent_conf
+        self.proc: subprocess.Popen | None = None
+        self.spool = Path(stack.tree["state_dir"]) / "spool" / "a1"
+
+    @property
+    def master(self) -> MasterPeer:
+        return self.masters[0]
+
+    def start(self, warm: bool = True) -> None:
+        self.proc = self.stack.start("agent", extra=agent_extra(self.masters, self.sink, **self.agent_conf))
+        for m in self.masters:
+            m.handshake()
+        if warm:
+            warm_up(self.master, self.sink)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=20)
+
+    def run(self, argv: list[str], **kw) -> tuple[proto.ExecReply, "proto.CmdStatus", object]:
+        cmd_id = new_id("c")
+        reply = self.master.exec(cmd_id, argv, **kw)
+        assert isinstance(reply, proto.ExecReply), reply
+        t = self.sink.until_done(cmd_id)
+        return reply, t.done.status, t
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context]:
+    c = zmq.Context()
+    yield c
+    c.destroy(linger=0)
+
+
+@pytest.fixture
+def rig(stack: Stack, ctx: zmq.Context) -> Rig:
+    r = Rig(stack, ctx)
+    r.start()
+    return r
+
+
+def read_spool(rig: Rig, cmd_id: str, name: str) -> bytes:
+    return (rig.spool / cmd_id / name).read_bytes()
+
+
+# --------------------------------------------------------------------------- registration
+
+
+def test_hello_welcome_heartbeats_and_reregister(stack: Stack, ctx: zmq.Context) -> None:
+    r = Rig(stack, ctx, slots=3, workspaces={"ws1": str(stack.tmp)})
+    r.start(warm=False)
+    hello = r.master.hellos[0]
+    assert hello.proto == proto.PROTOCOL_VERSION
+    assert (hello.agent.agent_id, hello.agent.slots, hello.agent.workspaces) == ("a1", 3, ["ws1"])
+    assert hello.agent.epoch and hello.agent.running == []
+    hb = r.master.expect(proto.Heartbeat, auto=False)
+    assert hb.free_slots == 3
+    # Say nothing: after 3 silent intervals the agent treats us as gone and greets again.
+    again = r.master.expect(proto.Hello, timeout=5, auto=False)
+    assert again.agent.epoch == hello.agent.epoch
+    r.master.send(proto.Welcome(master_id="m0", heartbeat_s=0.2))
+    r.master.send(proto.Reregister(reason="master restarted"))
+    assert r.master.expect(proto.Hello, timeout=2, auto=False).agent.agent_id == "a1"
+    assert r.stop() == 0
+    assert r.master.expect(proto.Bye, timeout=5).agent_id == "a1"
+
+
+# --------------------------------------------------------------------------- output
+
+
+def test_million_lines_byte_identical_in_spool_and_events(rig: Rig) -> None:
+    expected = subprocess.run(["seq", "1000000"], capture_output=True, check=True).stdout
+    reply, status, t = rig.run(["seq", "1000000"])
+    assert reply.status.state == "running" and reply.status.pid
+    assert (status.exit_code, status.stdout_bytes, status.stderr_bytes) == (0, len(expected), 0)
+    assert read_spool(rig, status.cmd_id, "stdout") == expected
+    assert bytes(t.streams[proto.STDOUT]) == expected
+    # Batched, not a message per line, and never above chunk_bytes (default 256 KiB).
+    assert t.chunks < 200 and t.max_chunk <= 256 * 1024
+    assert status.truncated and status.stdout.startswith(b"1\n2\n") and status.stdout.endswith(b"999999\n1000000\n")
+    assert msgspec.msgpack.decode(read_spool(rig, status.cmd_id, "result"))["exit_code"] == 0
+
+
+def test_binary_output_on_both_streams(rig: Rig, tmp_path: Path) -> None:
+    blob = tmp_path / "blob"
+    blob.write_bytes(os.urandom(3_000_000) + b"\xff\xfe\x00")
+    _, status, t = rig.run(["sh", "-c", f"cat {blob}; cat {blob} >&2"])
+    data = blob.read_bytes()
+    assert status.exit_code == 0 and status.stdout_bytes == status.stderr_bytes == len(data)
+    for stream, name in ((proto.STDOUT, "stdout"), (proto.STDERR, "stderr")):
+        assert read_spool(rig, status.cmd_id, name) == data
+        assert bytes(t.streams[stream]) == data
+
+
+def test_exit_codes_signals_and_stderr(rig: Rig) -> None:
+    _, status, _ = rig.run(["sh", "-c", "echo oops >&2; exit 7"])
+    assert (status.exit_code, status.signal, status.stderr) == (7, None, b"oops\n")
+    _, status, _ = rig.run(["sh", "-c", "kill -9 $$"])
+    assert (status.exit_code, status.signal) == (None, 9)
+
+
+def test_stdin_is_delivered_and_a_secret_one_never_spooled(rig: Rig) -> None:
+    big = b"x" * 300_000 + b"\n"
+    _, status, t = rig.run(["cat"], stdin=big)
+    assert bytes(t.streams[proto.STDOUT]) == big
+    _, status, t = rig.run(["cat"], stdin=b"hunter2-secret\n", stdin_secret=True)
+    assert status.stdout == b"hunter2-secret\n"
+    spec = read_spool(rig, status.cmd_id, "spec")
+    assert b"hunter2" not in spec and msgspec.msgpack.decode(spec)["spec"]["argv"] == ["cat"]
+    assert oct(rig.spool.stat().st_mode & 0o777) == "0o700"
+
+
+def test_fetch_byte_ranges_from_the_spool(rig: Rig) -> None:
+    _, status, _ = rig.run(["seq", "100000"])
+    full = read_spool(rig, status.cmd_id, "stdout")
+    reply = rig.master.request(proto.Fetch(req_id="f1", cmd_id=status.cmd_id, stream=proto.STDOUT, offset=1000, size=5000))
+    assert (reply.data, reply.total, reply.complete) == (full[1000:6000], len(full), True)
+    reply = rig.master.request(proto.Fetch(req_id="f2", cmd_id="nope", stream=proto.STDOUT, offset=0))
+    assert isinstance(reply, proto.ErrorReply) and reply.code == "unknown_cmd"
+
+
+# --------------------------------------------------------------------------- ending commands
+
+
+def test_timeout_ends_the_whole_process_group(rig: Rig) -> None:
+    _, status, _ = rig.run(["sh", "-c", "sleep 100 & sleep 100"], timeout=0.5)
+    assert status.timed_out and status.signal == signal.SIGTERM and not status.killed
+    wait_for(lambda: not group_members(status.pid), timeout=5, what="no survivor in the process group")
+
+
+def test_kill_escalates_to_sigkill_for_a_group_ignoring_term(rig: Rig) -> None:
+    cmd_id = new_id("c")
+    rig.master.exec(cmd_id, ["sh", "-c", "trap '' TERM; sleep 100 & sleep 100"])
+    started = rig.sink.until_started(cmd_id)
+    assert len(group_members(started.pid)) >= 2
+    reply = rig.master.request(proto.Kill(req_id="k1", cmd_id=cmd_id))
+    assert reply.found and reply.status.state == "running"
+    status = rig.sink.until_done(cmd_id).done.status
+    assert status.killed and status.signal == signal.SIGKILL
+    assert status.duration >= 1.0  # kill_grace_s of the test stack
+    wait_for(lambda: not group_members(started.pid), timeout=5, what="no survivor in the process group")
+    assert not rig.master.request(proto.Kill(req_id="k2", cmd_id="unknown-cmd")).found
+
+
+# --------------------------------------------------------------------------- idempotency
+
+
+def test_same_exec_runs_once_also_across_restart(rig: Rig, tmp_path: Path) -> None:
+    marker = tmp_path / "runs"
+    argv = ["sh", "-c", f"echo ran >> {marker}"]
+    first = rig.master.exec("once-1", argv)
+    assert not first.duplicate
+    rig.sink.until_done("once-1")
+    second = rig.master.exec("once-1", argv)
+    assert second.duplicate and second.status.state == "done" and second.status.exit_code == 0
+    assert rig.stop() == 0
+    rig.start()
+    third = rig.master.exec("once-1", argv)
+    assert third.duplicate and third.status.exit_code == 0
+    assert marker.read_text() == "ran\n"
+
+
+def test_duplicate_while_running_reports_running(rig: Rig) -> None:
+    rig.master.exec("dup-run", ["sleep", "100"])
+    again = rig.master.exec("dup-run", ["sleep", "100"])
+    assert again.duplicate and again.status.state == "running"
+    rig.master.request(proto.Kill(req_id="k", cmd_id="dup-run"))
+    assert rig.sink.until_done("dup-run").done.status.killed
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def test_policy_refusals_are_recorded_outcomes(stack: Stack, ctx: zmq.Context, tmp_path: Path) -> None:
+    r = Rig(stack, ctx, allowed_executables=["true", "sh"])
+    r.start()
+    cases = {
+        "ref-exe": (["cat", "/etc/hostname"], {}, "not on this agent's allowed_executables"),
+        "ref-path": (["/tmp/elsewhere/sh"], {}, "not on this agent's allowed_executables"),
+        "ref-cwd": (["true"], {"cwd": "/"}, "outside the workspace roots"),
+        "ref-dotdot": (["true"], {"cwd": str(tmp_path / ".." / "..")}, "outside the workspace roots"),
+        "ref-env": (["true"], {"env": {"LD_PRELOAD": "/x.so", "P4USER": "bob"}}, "LD_PRELOAD not on this agent's env_allowlist"),
+    }
+    for cmd_id, (argv, kw, why) in cases.items():
+        reply = r.master.exec(cmd_id, argv, **kw)
+        assert isinstance(reply, proto.ExecReply) and reply.status.state == "done", reply
+        assert why in reply.status.error and reply.status.pid is None
+        assert r.sink.until_done(cmd_id).done.status.error == reply.status.error
+        assert r.master.query(cmd_id).error == reply.status.error
+        assert r.master.exec(cmd_id, argv, **kw).duplicate
+    (tmp_path / "sub").mkdir()
+    _, status, _ = r.run(["sh", "-c", "pwd; echo $P4USER"], cwd="sub", env={"P4USER": "bob"})
+    assert status.stdout == f"{os.path.realpath(tmp_path / 'sub')}\nbob\n".encode()
+    reply = r.master.exec("bad-argv", [])
+    assert isinstance(reply, proto.ErrorReply) and reply.code == "bad_request"
+    reply = r.master.exec("../escape", ["true"])
+    assert isinstance(reply, proto.ErrorReply) and reply.code == "bad_request"
+
+
+def test_missing_executable_is_a_recorded_failure(rig: Rig) -> None:
+    reply = rig.master.exec("no-such", ["definitely-not-a-program-p4bus"])
+    assert reply.status.state == "done" and "cannot execute" in reply.status.error
+
+
+def test_environment_is_minimal(rig: Rig) -> None:
+    _, status, _ = rig.run(["env"])
+    keys = {line.split(b"=", 1)[0].decode() for line in status.stdout.splitlines()}
+    assert keys <= {"PATH", "HOME", "LANG"} and "PATH" in keys
+
+
+# --------------------------------------------------------------------------- several masters
+
+
+def test_slots_and_workspace_lock_hold_across_two_masters(stack: Stack, ctx: zmq.Context) -> None:
+    r = Rig(stack, ctx, masters=2, slots=2)
+    r.start()
+    a, b = r.masters
+    assert a.exec("s1", ["sleep", "100"], workspace="ws1").status.state == "running"
+    busy = b.exec("s2", ["sleep", "100"], workspace="ws1")
+    assert isinstance(busy, proto.ErrorReply) and busy.code == "agent_busy" and "ws1" in busy.message
+    assert b.exec("s3", ["sleep", "100"], workspace="ws2").status.state == "running"
+    full = a.exec("s4", ["true"])
+    assert isinstance(full, proto.ErrorReply) and full.code == "agent_busy" and "slots" in full.message
+    # Busy is not recorded: the same cmd_id runs once a slot frees up.
+    b.request(proto.Kill(req_id="k", cmd_id="s1"))
+    r.sink.until_done("s1")
+    assert a.exec("s2", ["true"], workspace="ws1").status.state in ("running", "done")
+    assert b.query("s2").state in ("running", "done")
+    assert a.query("s3").state == "running"
+    a.request(proto.Kill(req_id="k3", cmd_id="s3"))
+    r.sink.until_done("s3")
+
+
+# --------------------------------------------------------------------------- masters gone
+
+
+def test_command_outlives_its_masters_and_is_reported_later(stack: Stack, ctx: zmq.Context) -> None:
+    r = Rig(stack, ctx)
+    r.start()
+    cmd_id = new_id("c")
+    r.master.exec(cmd_id, ["sh", "-c", "sleep 1; echo finished"])
+    port = r.master.port
+    r.master.close()
+    status = r.sink.until_done(cmd_id).done.status
+    assert status.stdout == b"finished\n"
+    back = MasterPeer(ctx, name="m0-again", port=port)
+    hello = back.handshake()  # the agent says Hello again once the master is back
+    assert cmd_id in hello.recent_done
+    got = back.query(cmd_id)
+    assert (got.state, got.exit_code, got.stdout) == ("done", 0, b"finished\n")
+
+
+def test_malformed_frames_get_errors_and_the_agent_keeps_serving(rig: Rig) -> None:
+    m = rig.master
+    bad: list[tuple[list[bytes], str, str]] = [
+        ([os.urandom(64)], "bad_frame", ""),
+        ([msgspec.msgpack.encode([1, 2, 3])], "bad_frame", ""),
+        ([msgspec.msgpack.encode({"t": "launch_missiles", "req_id": "r-u"})], "unknown_type", "r-u"),
+        ([msgspec.msgpack.encode({"t": "exec", "req_id": "r-x", "cmd_id": 5})], "bad_request", "r-x"),
+        ([b"two", b"frames"], "bad_frame", ""),
+        ([b""], "bad_frame", ""),
+    ]
+    for frames, code, req_id in bad:
+        m.send_raw(frames)
+        err = m.expect(proto.ErrorReply)
+        assert (err.code, err.req_id) == (code, req_id), err
+    _, status, _ = rig.run(["echo", "still here"])
+    assert status.stdout == b"still here\n"
+    assert rig.proc.poll() is None
+
+
+# --------------------------------------------------------------------------- agent restarts
+
+
+def test_sigkilled_agent_restarts_and_answers_from_the_spool(rig: Rig) -> None:
+    rig.master.exec("orphan", ["sh", "-c", "echo before; sleep 100"])
+    started = rig.sink.until_started("orphan")
+    wait_for(lambda: read_spool(rig, "orphan", "stdout") == b"before\n", what="output in the spool")
+    rig.stop(signal.SIGKILL)
+    assert group_members(started.pid)  # the child outlived the agent
+    rig.start()
+    status = rig.master.query("orphan")
+    assert (status.state, status.error, status.killed) == ("done", "agent restarted while running", True)
+    assert status.stdout == b"before\n" and status.pid == started.pid
+    wait_for(lambda: not group_members(started.pid), timeout=5, what="the orphaned group ended")
+    assert rig.master.exec("orphan", ["true"]).duplicate
+    assert "orphan" in rig.master.hellos[-1].recent_done
+
+
+def test_clean_shutdown_kills_and_records_running_commands(rig: Rig) -> None:
+    rig.master.exec("at-stop", ["sleep", "100"])
+    started = rig.sink.until_started("at-stop")
+    assert rig.stop() == 0
+    done = rig.sink.until_done("at-stop").done.status
+    assert done.killed and done.error == "agent shut down" and done.signal == signal.SIGTERM
+    assert not group_members(started.pid)
+    assert msgspec.msgpack.decode(read_spool(rig, "at-stop", "result"))["killed"] is True
+
+
+def test_spool_is_pruned_by_age(stack: Stack, ctx: zmq.Context) -> None:
+    r = Rig(stack, ctx, spool_max_age_s=1.0)
+    r.start()
+    _, status, _ = r.run(["true"])
+    wait_for(lambda: not (r.spool / status.cmd_id).exists(), timeout=10, what="the finished command pruned")
+    assert r.master.query(status.cmd_id).state == "unknown"
+
+
+# --------------------------------------------------------------------------- throughput (printed, not asserted)
+
+
+def test_throughput_of_100_byte_lines_to_a_subscriber(rig: Rig) -> None:
+    lines = 1_000_000
+    line = b"%099d\n" % 0
+    argv = ["sh", "-c", f"yes {line[:-1].decode()} | head -n {lines}"]
+    cmd_id = new_id("bench")
+    t0 = time.perf_counter()
+    rig.master.exec(cmd_id, argv)
+    t = rig.sink.until_done(cmd_id, timeout=50)
+    elapsed = time.perf_counter() - t0
+    got = bytes(t.streams[proto.STDOUT])
+    assert got == line * lines  # zero loss
+    print(f"\nagent throughput: {lines} lines x 100 B in {elapsed:.3f}s = {lines / elapsed:,.0f} lines/s "
+          f"({len(got) / elapsed / 1e6:.0f} MB/s, {t.chunks} chunks)")
