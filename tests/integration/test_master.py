@@ -11,7 +11,7 @@ import zmq
 
 from common import protocol as P
 from common import zmqutil
-from p4bus.client import MasterClient, RequestError
+from common.rpc import MasterClient, RequestError
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(60)
