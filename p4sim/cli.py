@@ -101,13 +101,17 @@ def _run_command(name: str, args: list[str], values: dict[str, str], env, out: O
     try:
         # Commands record partial progress (e.g. sync up to an unclobberable file) before
         # failing, as p4 does, so an error still commits what was done.
-        with store.transaction():
-            try:
-                if command.needs_auth:
-                    from p4sim.server.auth import check_login
-                    check_login(ctx)
-                command.run(ctx, opts, args)
-            except P4Error as e:
-                out.error("\n".join(e.lines), e.generic)
+        store.begin()
+        try:
+            if command.needs_auth:
+                from p4sim.server.auth import check_login
+                check_login(ctx)
+            command.run(ctx, opts, args)
+        except P4Error as e:
+            out.error("\n".join(e.lines), e.generic)
+        except BaseException:
+            store.rollback()
+            raise
+        store.commit()
     finally:
         store.close()

@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from functools import cached_property
-from pathlib import Path
 
 from p4sim import messages as msg
 from p4sim.errors import P4Error
@@ -16,21 +13,17 @@ from p4sim.workspace import Workspace
 SIM_SCHEME = "sim:"
 
 
-@dataclass
 class Settings:
-    port: str
-    user: str
-    client: str
-    tickets: str
-    password: str | None
-    cwd: str
-    host: str
+    def __init__(self, port: str, user: str, client: str, tickets: str, password: str | None,
+                 cwd: str, host: str):
+        self.port, self.user, self.client, self.tickets = port, user, client, tickets
+        self.password, self.cwd, self.host = password, cwd, host
 
     @property
-    def server_root(self) -> Path | None:
+    def server_root(self) -> str | None:
         """The server directory for `sim:/abs/dir`; None for any real (unreachable) server."""
         if self.port.startswith(SIM_SCHEME) and os.path.isabs(self.port[len(SIM_SCHEME):]):
-            return Path(self.port[len(SIM_SCHEME):])
+            return self.port[len(SIM_SCHEME):]
         return None
 
     @classmethod
@@ -76,10 +69,16 @@ class Context:
         self.store = store
         self.out = out
         self.user = settings.user
+        self._workspace: Workspace | None = None
 
-    @cached_property
+    @property
     def workspace(self) -> Workspace:
         """The current client's workspace; a command needing one fails if it does not exist."""
+        if self._workspace is None:
+            self._workspace = self._load_workspace()
+        return self._workspace
+
+    def _load_workspace(self) -> Workspace:
         spec = self.store.spec("client", self.settings.client)
         if spec is None:
             raise P4Error(msg.CLIENT_UNKNOWN.format(name=self.settings.client))

@@ -11,16 +11,18 @@ P4SIM_DIE_AFTER_LINES=N            after N output lines, SIGKILL ourselves
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+
+# Plain classes rather than dataclasses on the p4 path: importing dataclasses costs more
+# than a whole p4 command should.
 
 
-@dataclass(frozen=True)
 class OutputFaults:
-    delay_per_file: float = 0.0
-    die_after_lines: int | None = None
+    def __init__(self, delay_per_file: float = 0.0, die_after_lines: int | None = None):
+        self.delay_per_file = delay_per_file
+        self.die_after_lines = die_after_lines
 
     @classmethod
-    def from_env(cls, env: os._Environ[str] | dict[str, str]) -> "OutputFaults":
+    def from_env(cls, env) -> "OutputFaults":
         die = env.get("P4SIM_DIE_AFTER_LINES")
         return cls(float(env.get("P4SIM_DELAY_PER_FILE") or 0), int(die) if die else None)
 
@@ -46,7 +48,7 @@ def _consume_budget(state_file: str, count: int) -> bool:
         os.close(fd)
 
 
-def connection_fault(env: os._Environ[str] | dict[str, str], applicable: set[str]) -> str | None:
+def connection_fault(env, applicable: set[str]) -> str | None:
     """The fault this invocation must show ('refused' or 'expired'), if any.
 
     `applicable` names the fault kinds that make sense for the command (an expired ticket does

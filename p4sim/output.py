@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
 
 from p4sim.faults import OutputFaults
 
@@ -17,22 +16,22 @@ INFO, WARNING, ERROR, TEXT, RECORD = "info", "warning", "error", "text", "record
 _SEVERITY = {WARNING: 2, ERROR: 3}
 
 
-@dataclass
 class Entry:
-    kind: str
-    text: str | None = None
-    level: int = 0
-    fields: dict[str, object] | None = None
-    generic: int = 0
-    per_file: bool = False
+    __slots__ = ("kind", "text", "level", "fields", "generic", "per_file")
+
+    def __init__(self, kind: str, text: str | None = None, level: int = 0,
+                 fields: dict[str, object] | None = None, generic: int = 0, per_file: bool = False):
+        self.kind, self.text, self.level, self.fields = kind, text, level, fields
+        self.generic, self.per_file = generic, per_file
 
 
-@dataclass
 class Output:
-    mode: str = "plain"  # plain | s | ztag | G
-    quiet: bool = False
-    faults: OutputFaults = field(default_factory=OutputFaults)
-    entries: list[Entry] = field(default_factory=list)
+    def __init__(self, mode: str = "plain", quiet: bool = False, faults: OutputFaults | None = None):
+        self.mode = mode  # plain | s | ztag | G
+        self.quiet = quiet
+        self.faults = faults or OutputFaults()
+        self.entries: list[Entry] = []
+        self._lines_written = 0
 
     # -- collecting --------------------------------------------------------------------------
     def info(self, text: str, level: int = 0, per_file: bool = False) -> None:
@@ -59,7 +58,6 @@ class Output:
     # -- rendering ---------------------------------------------------------------------------
     def flush(self) -> int:
         code = 1 if self.failed else 0
-        self._lines_written = 0
         for entry in self.entries:
             if entry.per_file and self.faults.delay_per_file:
                 time.sleep(self.faults.delay_per_file)

@@ -121,18 +121,19 @@ def seed(dir: Path, scenario: str, password: str | None = None) -> dict:
     if scenario not in ("clean", "conflict", "nothing-to-do") and not _big_count(scenario):
         raise ValueError(f"unknown scenario {scenario!r} (clean, conflict, nothing-to-do, big:N)")
     ws_root.mkdir(parents=True, exist_ok=True)
-    store = Store(server)
+    store = Store(str(server))
     try:
-        with store.transaction():
-            if password:
-                store.set_password(USER, password)
-            store.save_spec("client", CLIENT, USER, "Created by p4sim seed.\n", str(ws_root),
-                            CLIENT_OPTIONS, f"//depot/... //{CLIENT}/...", int(time.time()))
-            history = _History(store)
-            count = _big_count(scenario)
-            conflicts = [] if count else _small_history(history, scenario)
-            if count:
-                _big_history(history, count)
+        store.begin()
+        if password:
+            store.set_password(USER, password)
+        store.save_spec("client", CLIENT, USER, "Created by p4sim seed.\n", str(ws_root),
+                        CLIENT_OPTIONS, f"//depot/... //{CLIENT}/...", int(time.time()))
+        history = _History(store)
+        count = _big_count(scenario)
+        conflicts = [] if count else _small_history(history, scenario)
+        if count:
+            _big_history(history, count)
+        store.commit()
     finally:
         store.close()
     return {"P4PORT": f"sim:{server}", "P4USER": USER, "P4CLIENT": CLIENT, "root": str(ws_root),

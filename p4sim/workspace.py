@@ -8,23 +8,22 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
-from typing import Callable
 
-from p4sim.view import (Mapping, ViewLine, escape, literal_prefix, pattern_regex, split_revspec,
-                        unescape)
+from p4sim.view import Mapping, Pattern, ViewLine, escape, literal_prefix, split_revspec, unescape
 
 READ_ONLY = 0o444
 WRITABLE = 0o644
 
 
-@dataclass
 class FileArg:
     """One file argument: which depot files it selects and where a query should look."""
-    text: str          # the argument as typed, without its revision specifier
-    revspec: str | None
-    prefixes: list[str]
-    matches: Callable[[str], bool]
+    __slots__ = ("text", "revspec", "prefixes", "matches")
+
+    def __init__(self, text: str, revspec: str | None, prefixes: list[str], matches):
+        self.text = text  # the argument as typed, without its revision specifier
+        self.revspec = revspec
+        self.prefixes = prefixes
+        self.matches = matches  # depot path -> bool
 
 
 class Workspace:
@@ -72,16 +71,16 @@ class Workspace:
         """Resolve one argument (any syntax, wildcards allowed) to a depot-path predicate."""
         path, revspec = split_revspec(arg)
         if self.is_depot_syntax(path):
-            regex = pattern_regex(path)
-            return FileArg(path, revspec, [literal_prefix(path)], lambda d: regex.match(d) is not None)
+            pattern = Pattern(path)
+            return FileArg(path, revspec, [literal_prefix(path)], lambda d: pattern.match(d) is not None)
         client_pattern = self.to_client_syntax(path)
         if client_pattern is None:
             return FileArg(path, revspec, [], lambda d: False)
-        regex = pattern_regex(client_pattern)
+        pattern = Pattern(client_pattern)
 
         def matches(depot: str) -> bool:
             client_path = self.depot_to_client(depot)
-            return client_path is not None and regex.match(client_path) is not None
+            return client_path is not None and pattern.match(client_path) is not None
         return FileArg(path, revspec, self.view.left_prefixes(), matches)
 
     def whole_view(self) -> FileArg:

@@ -5,8 +5,6 @@ Command modules are imported lazily (only the one being run) to keep each invoca
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
-from typing import Callable
 
 from p4sim import messages as msg
 from p4sim.errors import UsageError
@@ -28,16 +26,16 @@ _MODULES = {
 }
 
 
-@dataclass(frozen=True)
 class Command:
-    name: str
-    run: Callable[..., None]  # run(ctx, opts, args)
-    usage: str
-    # Space-separated option names; a trailing ':' means the option takes a value.
-    flags: str = ""
-    min_args: int = 0
-    max_args: int | None = None
-    needs_auth: bool = True
+    def __init__(self, name: str, run, usage: str, flags: str = "", min_args: int = 0,
+                 max_args: int | None = None, needs_auth: bool = True):
+        self.name = name
+        self.run = run  # run(ctx, opts, args)
+        self.usage = usage
+        # Space-separated option names; a trailing ':' means the option takes a value.
+        self.flags = flags
+        self.min_args, self.max_args = min_args, max_args
+        self.needs_auth = needs_auth
 
     def parse(self, argv: list[str]) -> tuple[Options, list[str]]:
         """p4 option syntax: options first (`-c 5` or `-c5`), then arguments."""

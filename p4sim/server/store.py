@@ -6,11 +6,13 @@ contents are stored once per SHA-1 in the `blobs` table (content addressed, dedu
 """
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Iterable, Iterator
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only; typing would slow down every invocation
+    from collections.abc import Iterable
 
 SCHEMA_VERSION = 1
 DB_NAME = "p4sim.db"
@@ -62,11 +64,11 @@ def _range(prefix: str) -> tuple[str, str]:
 
 
 class Store:
-    def __init__(self, root: Path):
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+    def __init__(self, root: str):
+        self.root = str(root)
+        os.makedirs(self.root, exist_ok=True)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves (BEGIN IMMEDIATE below).
-        self.db = sqlite3.connect(root / DB_NAME, timeout=60, isolation_level=None)
+        self.db = sqlite3.connect(os.path.join(self.root, DB_NAME), timeout=60, isolation_level=None)
         self.db.row_factory = sqlite3.Row
         if self.db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
             self._create_schema()
@@ -74,23 +76,23 @@ class Store:
 
     def _create_schema(self) -> None:
         self.db.execute("PRAGMA journal_mode=WAL")
-        with self.transaction():
-            # executescript() would COMMIT first; run the statements inside our transaction.
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    self.db.execute(statement)
-            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self.begin()
+        # executescript() would COMMIT first; run the statements inside our transaction.
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                self.db.execute(statement)
+        self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self.commit()
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """The whole command is one write transaction: concurrent invocations serialise here."""
+    def begin(self) -> None:
+        """A command is one write transaction: concurrent invocations serialise here."""
         self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
+
+    def commit(self) -> None:
         self.db.execute("COMMIT")
+
+    def rollback(self) -> None:
+        self.db.execute("ROLLBACK")
 
     def close(self) -> None:
         self.db.close()

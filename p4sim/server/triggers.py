@@ -11,7 +11,7 @@ Like a p4 change-content trigger, a violation rejects the whole shelve or submit
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import os
 
 from p4sim import messages as msg
 from p4sim.errors import P4Error
@@ -48,10 +48,12 @@ def name_problems(policy: dict, files: list[str], store: Store) -> list[str]:
 
 def validate(store: Store, event: str, files: list[str]) -> None:
     """Run every trigger configured for `event` ('shelve' or 'submit') over the files."""
-    config = Path(store.root) / CONFIG_NAME
-    if not config.exists():
+    config = os.path.join(store.root, CONFIG_NAME)
+    if not os.path.exists(config):
         return
-    for name, policy in json.loads(config.read_text()).items():
+    with open(config) as f:
+        policies = json.load(f)
+    for name, policy in policies.items():
         if event not in policy.get("on", ["shelve", "submit"]):
             continue
         problems = name_problems(policy, files, store)
