@@ -6,7 +6,7 @@ import importlib
 
 import click
 
-COMMANDS = ["services", "run", "up", "agents", "events"]
+COMMANDS = ["services", "run", "up", "agents", "events", "jobs"]
 
 
 def register(group: click.Group) -> None:

@@ -1,0 +1,125 @@
+"""How jobs look in a terminal: the job table, one job's stage timeline, a live log printer.
+
+Shared by `status`, `tail`, `submit --follow` and `demo`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import IO
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from common import protocol as P
+
+STATE_STYLE = {
+    "DONE": "green", "NOTHING_TO_DO": "green", "FAILED": "red", "CANCELLED": "yellow",
+    "WAITING_RESOLVE": "magenta", "RUNNING": "cyan", "RETRY_WAIT": "yellow", "QUEUED": "dim",
+    "LOST": "red", "PENDING": "dim", "DISPATCHED": "cyan",
+}
+END_STATES = ("DONE", "NOTHING_TO_DO", "FAILED", "CANCELLED", "WAITING_RESOLVE")
+
+
+def age(ts: float, now: float | None = None) -> str:
+    s = max(0.0, (now or time.time()) - ts)
+    if s < 60:
+        return f"{s:.0f}s"
+    if s < 3600:
+        return f"{s / 60:.0f}m"
+    if s < 86400:
+        return f"{s / 3600:.1f}h"
+    return f"{s / 86400:.1f}d"
+
+
+def duration(start: float, end: float) -> str:
+    if not start:
+        return "-"
+    d = (end or time.time()) - start
+    return f"{d * 1000:.0f}ms" if d < 1 else f"{d:.1f}s"
+
+
+def styled(state: str) -> Text:
+    return Text(state, style=STATE_STYLE.get(state, ""))
+
+
+def jobs_table(jobs: list[P.JobView]) -> Table:
+    t = Table("job", "state", "stage", "age", "agent", "workspace", "detail")
+    for j in jobs:
+        detail = j.reason or j.waiting_for or (f"change {j.submitted_change}" if j.submitted_change else "")
+        t.add_row(j.job_id, styled(j.state), j.stage, age(j.created_at), j.agent or "-", j.workspace, detail)
+    return t
+
+
+def job_detail(console: Console, j: P.JobView) -> None:
+    head = Text.assemble((j.job_id, "bold"), "  ", styled(j.state), f"  at {j.stage}  ",
+                         (f"workspace {j.workspace}", "dim"), (f"  agent {j.agent}" if j.agent else "", "dim"))
+    console.print(head)
+    what = ", ".join(f"{k}={v}" for k, v in j.params.items())
+    console.print(f"  {what}", style="dim")
+    t = Table("stage", "step", "try", "state", "exit", "duration", "command", "the line that mattered",
+              show_edge=False)
+    for r in j.timeline:
+        code = str(r.exit_code) if r.exit_code is not None else (f"sig {r.signal}" if r.signal else "-")
+        t.add_row(r.stage, str(r.step), str(r.attempt), styled(r.state), code, duration(r.started_at, r.ended_at),
+                  " ".join(r.argv)[:60], r.key_line or r.reason)
+    if j.timeline:
+        console.print(t)
+    if j.change:
+        console.print(f"  pending change: {j.change}")
+    if j.submitted_change:
+        console.print(Text(f"  submitted change: {j.submitted_change}", style="green"))
+    if j.conflicts:
+        console.print(Text("  conflicts (resolve in the workspace, then `p4bus resume " + j.job_id + "`):",
+                           style="magenta"))
+        for c in j.conflicts:
+            console.print(f"    {c}")
+    if j.reason:
+        console.print(Text(f"  reason: {j.reason}", style="red" if j.state == "FAILED" else ""))
+    if j.waiting_for and j.state not in ("DONE", "NOTHING_TO_DO", "FAILED", "CANCELLED"):
+        console.print(f"  waiting for: {j.waiting_for}", style="dim")
+
+
+class LogPrinter:
+    """Writes command output as it arrives: a header per stage command, stderr lines marked."""
+
+    STDERR_MARK = b"stderr| "
+
+    def __init__(self, out: IO[bytes], color: bool = False) -> None:
+        self.out = out
+        self.color = color
+        self.at_line_start: dict[tuple[str, int], bool] = {}
+
+    def header(self, stage: str, step: int, attempt: int, argv: list[str]) -> None:
+        extra = (f" step {step}" if step else "") + (f" attempt {attempt}" if attempt > 1 else "")
+        line = f"── {stage}{extra}: {' '.join(argv)}"
+        self._line(line, "\x1b[1;36m")
+
+    def note(self, text: str) -> None:
+        self._line(f"── {text}", "\x1b[1;35m")
+
+    def _line(self, text: str, color: str) -> None:
+        data = f"{color}{text}\x1b[0m\n" if self.color else text + "\n"
+        self.out.write(data.encode())
+        self.out.flush()
+
+    def write(self, cmd_id: str, stream: int, data: bytes) -> None:
+        if stream == P.STDOUT:
+            self.out.write(data)
+        else:
+            key = (cmd_id, stream)
+            lines = data.split(b"\n")
+            marked = bytearray()
+            for i, part in enumerate(lines):
+                last = i == len(lines) - 1
+                if last and not part:
+                    break
+                if self.at_line_start.get(key, True):
+                    marked += self.STDERR_MARK
+                marked += part
+                if not last:
+                    marked += b"\n"
+                self.at_line_start[key] = not last
+            self.out.write(bytes(marked))
+        self.out.flush()
