@@ -88,8 +88,7 @@ def _branch_view(ctx: JobContext) -> CommandSpec:
 def _branch_view_read(ctx: JobContext, result: CommandResult) -> Outcome:
     if result.exit_code != 0:
         return _failed("p4 branch -o", result)
-    records = p4parse.parse_ztag(result.stdout)
-    spec = records[0] if records else {}
+    spec = p4parse.parse_ztag_spec(result.stdout)
     # `branch -o` of an unknown name prints a template; only a stored spec has Access.
     if "Access" not in spec:
         return fail(f"branch spec {ctx.params.branch_spec!r} does not exist on the server")

@@ -35,6 +35,16 @@ def parse_ztag(text: str) -> list[dict[str, str]]:
     return records
 
 
+def parse_ztag_spec(text: str) -> dict[str, str]:
+    """One spec (`branch -o`, `client -o`): its fields as one dict. A multi-line field such
+    as Description ends with a newline, which -ztag prints as a blank line inside the spec,
+    so the "records" are parts of the same spec."""
+    spec: dict[str, str] = {}
+    for record in parse_ztag(text):
+        spec.update(record)
+    return spec
+
+
 def view_mappings(spec: dict[str, str]) -> list[tuple[str, str]]:
     """(source, target) pairs of a spec's View0, View1, ... fields, without exclusions
     (`-//a/... //b/...`); paths containing spaces are double-quoted by p4."""
@@ -100,12 +110,14 @@ _RESULT_NAMES = {"merge from": "merged", "copy from": "copied", "ignored": "igno
 
 
 def resolve_results(text: str) -> dict[str, int]:
-    """How many files each resolve result applied to: merged, copied, ignored, edited, skipped."""
-    counts = dict.fromkeys(_RESULT_NAMES.values(), 0)
+    """How many files each resolve result applied to (merged, copied, ignored, edited,
+    skipped), and how many had conflicting chunks (why -as/-am skip)."""
+    counts = dict.fromkeys([*_RESULT_NAMES.values(), "conflicting"], 0)
     for line in text.splitlines():
-        m = _RESOLVE_RESULT.search(line)
-        if m:
+        if m := _RESOLVE_RESULT.search(line):
             counts[_RESULT_NAMES[m.group(1)]] += 1
+        elif (chunks := diff_chunks(line)) and chunks.conflicting:
+            counts["conflicting"] += 1
     return counts
 
 

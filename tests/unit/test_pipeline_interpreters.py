@@ -68,8 +68,10 @@ def test_latest_change_none_submitted_fails():
 
 
 def test_branch_view_records_sources_and_targets():
+    # The Description value ends with a newline: -ztag prints a blank line inside the spec.
     stdout = ("... Branch main-to-rel\n... Update 2026/11/01 10:00:00\n... Access 2026/11/01 10:00:00\n"
-              "... Owner bob\n... Options unlocked\n... View0 //depot/main/... //depot/rel/...\n"
+              "... Owner bob\n... Description Created by bob.\n\n"
+              "... Options unlocked\n... View0 //depot/main/... //depot/rel/...\n"
               "... View1 -//depot/main/tmp/... //depot/rel/tmp/...\n"
               '... View2 "//depot/main/my docs/..." "//depot/rel/my docs/..."\n')
     outcome = interpret("GET_LATEST_CL", ok(stdout), vars={}, source=None, target=None,
@@ -196,7 +198,7 @@ def test_resolve_as_records_what_happened():
     assert outcome.kind is K.NEXT
     assert outcome.updates["resolve_as"]["merged"] == 1
     assert outcome.updates["resolve_as"]["skipped"] == 1
-    assert outcome.key_line == "1 merged, 1 skipped"
+    assert outcome.key_line == "1 merged, 1 skipped, 1 conflicting"
 
 
 def test_resolve_am_exit_0_while_skipping_conflicts_advances_to_the_check():

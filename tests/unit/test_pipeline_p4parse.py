@@ -62,7 +62,8 @@ def test_resolve_results_counts_every_result_form():
             "//c/d - edit from //depot/main/d\n"
             "/w/e - merging //depot/main/e#2,#3\nDiff chunks: 0 yours + 0 theirs + 0 both + 1 conflicting\n"
             "//c/e - resolve skipped.\n")
-    assert p4parse.resolve_results(text) == {"merged": 1, "copied": 1, "ignored": 1, "edited": 1, "skipped": 1}
+    assert p4parse.resolve_results(text) == {"merged": 1, "copied": 1, "ignored": 1, "edited": 1, "skipped": 1,
+                                                  "conflicting": 1}
 
 
 def test_must_resolve_lines():
