@@ -1,0 +1,106 @@
+"""`p4bus demo`: a whole integration story against a p4sim depot, live, in a temp directory.
+
+A conflicting integration waits for a person, is resolved the way a person would
+(`p4 resolve -at` in the workspace), resumed and submitted; then a clean one goes straight
+through. Everything runs on loopback and is removed afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from common import config as cfgmod
+from common.zmqutil import free_port_base
+from common.rpc import OrchestratorClient
+from p4bus.cli import Ctx, UserError
+from p4bus.commands.jobs import follow
+from p4bus.localstack import LocalStack, StackError
+from p4sim.seed import seed
+from p4sim.tools import write_shim
+
+
+def _workspace_conf(info: dict) -> dict:
+    return {"p4port": info["P4PORT"], "p4user": info["P4USER"], "p4client": info["P4CLIENT"], "root": info["root"]}
+
+
+@click.command()
+@click.option("--keep", is_flag=True, help="Keep the temporary directory (logs, depots, store) afterwards.")
+@click.pass_obj
+def demo(obj: Ctx, keep: bool) -> None:
+    """Run a conflicting and a clean integration job end to end against p4sim."""
+    console = Console()
+    t0 = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="p4bus-demo-"))
+    console.rule("[bold]p4bus demo")
+    console.print(f"working in {tmp}")
+    seeds = {name: seed(tmp / name, name) for name in ("conflict", "clean")}
+    bin_dir = tmp / "bin"
+    write_shim(bin_dir)
+    path = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {
+        "PATH": path,
+        "P4BUS_AGENT_WORKSPACES": json.dumps({n: s["root"] for n, s in seeds.items()}),
+        "P4BUS_AGENT_WORKSPACE_ROOTS": ",".join(str(tmp / n) for n in seeds),
+        "P4BUS_ORCHESTRATOR_WORKSPACES": json.dumps({n: _workspace_conf(s) for n, s in seeds.items()}),
+    }
+    cfg = cfgmod.load(None, {"state_dir": str(tmp / "state"), "port_base": free_port_base(6)}, environ={})
+    obj._cfg = cfg  # the job commands below talk to this stack
+    stack = LocalStack(cfg, None, env=env, log_dir=tmp / "logs")
+    summary = []
+    try:
+        console.print("starting broker, master, orchestrator and an agent on loopback ...")
+        stack.start()
+        with OrchestratorClient([cfg.endpoint("orchestrator_api")]) as oc:
+            info = seeds["conflict"]
+            console.rule("1. an integration with a real conflict")
+            job = oc.submit(workspace="conflict", source=info["source"], target=info["target"],
+                            desc="demo: integrate dev to main")
+            console.print(f"submitted [bold]{job.job_id}[/]: {info['source']} -> {info['target']}")
+            view = follow(obj, job.job_id)
+            if view.state != "WAITING_RESOLVE":
+                raise UserError(f"expected the job to wait for a resolve, it is {view.state}: {view.reason}")
+            console.rule("a person resolves it in the workspace")
+            argv = ["p4", "resolve", "-at"]
+            console.print(f"$ cd {info['root']} && {' '.join(argv)}")
+            p4env = {**os.environ, "PATH": path, "P4PORT": info["P4PORT"], "P4USER": info["P4USER"],
+                     "P4CLIENT": info["P4CLIENT"], "PWD": info["root"]}
+            done = subprocess.run(argv, cwd=info["root"], env=p4env, capture_output=True, text=True)
+            sys.stdout.write(done.stdout + done.stderr)
+            console.print(f"$ p4bus resume {job.job_id}")
+            oc.resume(job.job_id)
+            view = follow(obj, job.job_id)
+            summary.append(view)
+            console.rule("2. a clean integration goes straight through")
+            info = seeds["clean"]
+            job2 = oc.submit(workspace="clean", source=info["source"], target=info["target"], desc="demo: clean")
+            console.print(f"submitted [bold]{job2.job_id}[/]")
+            summary.append(follow(obj, job2.job_id))
+        console.rule("summary")
+        for v in summary:
+            console.print(f"{v.job_id}  {v.state:15} submitted change {v.submitted_change}  "
+                          f"({len(v.timeline)} commands)")
+        console.print(f"demo took {time.monotonic() - t0:.1f}s")
+        if any(v.state != "DONE" for v in summary):
+            raise UserError("a demo job did not reach DONE; logs are in " + str(tmp / "logs"))
+    except StackError as exc:
+        keep = True
+        raise UserError(f"{exc} (kept {tmp})") from None
+    finally:
+        stack.stop()
+        if keep:
+            console.print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+COMMANDS = [demo]
