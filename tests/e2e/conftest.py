@@ -1,0 +1,108 @@
+"""Whole jobs: real broker, master(s), orchestrator and agents as processes, p4sim depots."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from common import protocol as P
+from common.rpc import MasterClient, OrchestratorClient, RequestError
+from p4sim.seed import seed
+from p4sim.tools import write_shim
+from tests.conftest import Stack, wait_for
+
+TERMINAL = ("DONE", "NOTHING_TO_DO", "FAILED", "CANCELLED")
+
+
+class JobStack:
+    """A Stack whose orchestrator knows p4sim workspaces and whose agents run `p4` from a shim."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.tmp = stack.tmp
+        self.bin = write_shim(self.tmp / "bin").parent
+        self.env = {"PATH": f"{self.bin}{os.pathsep}{os.environ['PATH']}"}
+        self.seeds: dict[str, dict] = {}
+        self.procs: dict[str, object] = {}
+        stack.tree["orchestrator"] = {"workspaces": {}, "reconcile_after_s": 1.0}
+        stack.tree["agent"]["allowed_executables"] = ["p4", "sh", "sleep"]
+
+    def workspace(self, name: str, scenario: str = "clean", **extra) -> dict:
+        info = seed(self.tmp / name, scenario)
+        self.seeds[name] = info
+        self.stack.tree["orchestrator"]["workspaces"][name] = {
+            "p4port": info["P4PORT"], "p4user": info["P4USER"], "p4client": info["P4CLIENT"], "root": info["root"],
+            **extra}
+        return info
+
+    def start(self, *services: str, agents: dict[str, list[str]] | None = None) -> None:
+        """Start services; agents: agent id -> the workspaces it serves (default: one agent, all)."""
+        for svc in services or ("broker", "master", "orchestrator"):
+            self.procs[svc] = self.stack.start(svc, env=self.env)
+        for agent_id, names in (agents or {"agent-1": list(self.seeds)}).items():
+            self.start_agent(agent_id, names)
+        self.wait_ready(len(agents or {"a": 1}))
+
+    def start_agent(self, agent_id: str, names: list[str], extra_env: dict | None = None):
+        extra = {"agent": {"id": agent_id, "workspaces": {n: self.seeds[n]["root"] for n in names},
+                           "workspace_roots": [str(self.tmp / n) for n in names],
+                           "spool_dir": str(self.tmp / "spool" / agent_id)}}
+        p = self.stack.start("agent", extra=extra, env={**self.env, **(extra_env or {})})
+        self.procs[agent_id] = p
+        return p
+
+    def wait_ready(self, n_agents: int) -> None:
+        with MasterClient([self.stack.endpoint("master_clients")], timeout=0.5) as mc:
+            wait_for(lambda: _try(lambda: len(mc.agents()) >= n_agents), 20, "agents to register")
+        with self.orch() as oc:
+            wait_for(lambda: _try(lambda: oc.ping(0.5)), 20, "orchestrator to answer")
+
+    def orch(self) -> OrchestratorClient:
+        return OrchestratorClient([self.stack.endpoint("orchestrator_api")], timeout=5.0)
+
+    def masters(self) -> MasterClient:
+        return MasterClient([self.stack.endpoint("master_clients")], timeout=5.0)
+
+    def submit(self, name: str, **kw) -> str:
+        info = self.seeds[name]
+        with self.orch() as oc:
+            return oc.submit(workspace=name, source=info["source"], target=info["target"], **kw).job_id
+
+    def wait_state(self, job_id: str, states=TERMINAL, timeout: float = 60.0) -> P.JobView:
+        with self.orch() as oc:
+            def reached():
+                try:
+                    v = oc.job(job_id)
+                except RequestError:
+                    return None  # the orchestrator is restarting
+                return v if v.state in states else None
+            return wait_for(reached, timeout, f"{job_id} to reach {states}", interval=0.1)
+
+    def p4(self, name: str, *args: str) -> str:
+        """Run p4sim as a person would in the workspace; returns stdout."""
+        import subprocess
+
+        info = self.seeds[name]
+        env = {**os.environ, **self.env, "P4PORT": info["P4PORT"], "P4USER": info["P4USER"],
+               "P4CLIENT": info["P4CLIENT"], "PWD": info["root"]}
+        done = subprocess.run(["p4", *args], cwd=info["root"], env=env, capture_output=True, text=True, timeout=30)
+        return done.stdout + done.stderr
+
+    def spool_runs(self, agent_id: str) -> list[Path]:
+        root = self.tmp / "spool" / agent_id
+        return sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []
+
+
+def _try(fn) -> bool:
+    try:
+        return bool(fn())
+    except RequestError:
+        return False
+
+
+@pytest.fixture
+def jobs(stack) -> JobStack:
+    return JobStack(stack)

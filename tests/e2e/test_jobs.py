@@ -1,0 +1,98 @@
+"""Whole integration jobs through the real bus against p4sim depots."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_clean_job_is_done_with_content_in_main(jobs):
+    jobs.workspace("ws1", "clean")
+    jobs.start()
+    job_id = jobs.submit("ws1", desc="e2e clean")
+    view = jobs.wait_state(job_id)
+    assert view.state == "DONE", (view.reason, view.key_line)
+    change = view.submitted_change
+    assert change and isinstance(change, int)
+    described = jobs.p4("ws1", "describe", "-s", str(change))
+    assert f"Change {change} by" in described and "//depot/main/" in described
+    # The integrated content is in //depot/main at that change: sync it and compare with dev.
+    jobs.p4("ws1", "sync", "-f", f"//depot/main/...@{change}")
+    jobs.p4("ws1", "sync", "-f", "//depot/dev/...")
+    root = jobs.seeds["ws1"]["root"]
+    import pathlib
+    main, dev = pathlib.Path(root, "main"), pathlib.Path(root, "dev")
+    only_dev = [p.relative_to(dev) for p in dev.rglob("*") if p.is_file() and not (main / p.relative_to(dev)).exists()]
+    assert only_dev == [], f"files of dev not integrated into main: {only_dev}"
+    stages = [r.stage for r in view.timeline]
+    for stage in ("SYNC", "CREATE_CHANGE", "INTEGRATE", "RESOLVE_PASS_1", "RESOLVE_PASS_2", "NEEDS_RESOLVE",
+                  "PRE_SUBMIT", "SHELVE", "NC_FIX", "P4PUSH"):
+        assert stage in stages
+    assert all(r.state == "DONE" for r in view.timeline)
+
+
+def test_conflict_waits_then_resolve_and_resume_finishes(jobs):
+    info = jobs.workspace("ws1", "conflict")
+    jobs.start()
+    job_id = jobs.submit("ws1")
+    view = jobs.wait_state(job_id, ("WAITING_RESOLVE",) + ("FAILED",))
+    assert view.state == "WAITING_RESOLVE", view.reason
+    assert any("conflict.c" in c for c in view.conflicts), view.conflicts
+    # Resume without resolving: still conflicted, waits again.
+    with jobs.orch() as oc:
+        oc.resume(job_id)
+    view = jobs.wait_state(job_id, ("WAITING_RESOLVE", "FAILED", "DONE"))
+    assert view.state == "WAITING_RESOLVE" and view.stage == "RESOLVE_CHECK"
+    out = jobs.p4("ws1", "resolve", "-at")
+    assert "copy from" in out
+    with jobs.orch() as oc:
+        oc.resume(job_id)
+    view = jobs.wait_state(job_id)
+    assert view.state == "DONE", view.reason
+    assert view.submitted_change
+
+
+def test_already_integrated_is_nothing_to_do(jobs):
+    jobs.workspace("ws1", "nothing-to-do")
+    jobs.start()
+    view = jobs.wait_state(jobs.submit("ws1"))
+    assert view.state == "NOTHING_TO_DO", view.reason
+    integrate = [r for r in view.timeline if r.stage == "INTEGRATE"]
+    assert "already integrated" in integrate[0].key_line
+    # The empty pending change was deleted again.
+    assert [r.argv[1:3] for r in integrate[1:]] == [["change", "-d"]]
+
+
+def test_two_jobs_on_one_workspace_run_one_after_the_other(jobs):
+    jobs.workspace("ws1", "clean")
+    jobs.start()
+    first = jobs.submit("ws1")
+    second = jobs.submit("ws1")
+    with jobs.orch() as oc:
+        assert oc.job(second).state == "QUEUED"
+    v1 = jobs.wait_state(first)
+    v2 = jobs.wait_state(second)
+    assert v1.state == "DONE"
+    assert v2.state == "NOTHING_TO_DO"  # the first one integrated everything
+    first_end = max(r.ended_at for r in v1.timeline)
+    second_start = min(r.created_at for r in v2.timeline)
+    assert second_start >= first_end
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("source", "//depot/dev/...;rm -rf /", "shell"),
+    ("workspace", "nope", "not configured"),
+    ("source", "depot/dev/...", "not a depot path"),
+])
+def test_bad_parameters_refused_at_submit(jobs, field, value, needle):
+    jobs.workspace("ws1", "clean")
+    jobs.start()
+    from common.rpc import RequestError
+
+    args = {"workspace": "ws1", "source": "//depot/dev/...", "target": "//depot/main/...", field: value}
+    with jobs.orch() as oc:
+        with pytest.raises(RequestError) as err:
+            oc.submit(**args)
+        assert needle in err.value.message
+        assert oc.jobs(include_finished=True) == []
