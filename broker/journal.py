@@ -37,6 +37,14 @@ QUEUE_BYTES = 64 << 20
 STALL_S = 5.0
 # Pruning deletes in chunks so a big prune does not hold up inserts for long.
 PRUNE_CHUNK_ROWS = 2000
+# Checkpointing (copying the WAL into the database file, with fsyncs) runs in a thread of its
+# own every CHECKPOINT_S, so the writer's commits never wait for the disk during a burst. The
+# writer's own auto-checkpoint only kicks in if the WAL reaches WAL_MAX_BYTES (sustained load
+# faster than the disk): that one blocks, finishes the copy and lets the WAL start over, so the
+# WAL file stays bounded.
+CHECKPOINT_S = 0.1
+WAL_MAX_BYTES = 512 << 20
+PAGE_SIZE = 65536
 # Upper bound of every topic that starts with a prefix: the largest code point, so
 # ``prefix <= topic < prefix + TOPIC_MAX`` is the prefix set for any UTF-8 topic.
 TOPIC_MAX = "\U0010ffff"
@@ -77,7 +85,7 @@ def connect(path: Path, *, create: bool = False) -> sqlite3.Connection:
     if create:
         # 64 KiB pages: a 256 KiB log chunk spans 4 overflow pages instead of 64.
         # Only effective when the file is new (page size is fixed once WAL is on).
-        db.execute("PRAGMA page_size=65536")
+        db.execute(f"PRAGMA page_size={PAGE_SIZE}")
         db.execute("PRAGMA journal_mode=WAL")
         db.executescript(SCHEMA)
     db.execute("PRAGMA synchronous=NORMAL")
@@ -144,6 +152,7 @@ class JournalWriter:
         self._stopping = threading.Event()
         self._done_cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
+        self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="journal-checkpoint", daemon=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         # Create the schema here (not in the thread) so readers can open the file right away.
         db = connect(path, create=True)
@@ -163,6 +172,7 @@ class JournalWriter:
 
     def start(self) -> None:
         self._thread.start()
+        self._checkpointer.start()
 
     def submit(self, rows: list[Row]) -> None:
         size = sum(len(r.body) for r in rows)
@@ -187,6 +197,7 @@ class JournalWriter:
         self._stopping.set()
         self._queue.wake()
         self._thread.join(timeout)
+        self._checkpointer.join(timeout)
 
     # ------------------------------------------------------------------ writer thread
 
@@ -194,8 +205,20 @@ class JournalWriter:
         with self._done_cond:
             self._done_cond.notify_all()
 
+    def _checkpoint_loop(self) -> None:
+        db = connect(self.path)
+        try:
+            while self._thread.is_alive():
+                self._thread.join(CHECKPOINT_S)  # the tick; ends early once the writer is done
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            # The writer has stopped: copy everything and truncate the WAL for a tidy shutdown.
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            db.close()
+
     def _run(self) -> None:
         db = connect(self.path)
+        db.execute(f"PRAGMA wal_autocheckpoint={WAL_MAX_BYTES // PAGE_SIZE}")
         next_prune = time.monotonic()
         try:
             while True:
