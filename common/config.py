@@ -99,6 +99,8 @@ class OrchestratorConf(msgspec.Struct, forbid_unknown_fields=True):
     workspaces: dict[str, WorkspaceConf] = {}
     recheck_interval_s: float = 0.0  # auto re-check of WAITING_RESOLVE jobs; 0 = off
     reconcile_after_s: float = 5.0
+    # An agent that no master can reach for this long has lost its in-flight commands.
+    lost_after_s: float = 5.0
     site: dict[str, Any] = {}  # pre_submit, blocklist, name_check, push, retry
 
 

@@ -218,7 +218,8 @@ class Engine:
             self.store.update_command(
                 cmd_id, state="LOST" if lost else "DONE", ended_at=status.ended_at or time.time(),
                 started_at=cmd.started_at or status.started_at, exit_code=status.exit_code, signal=status.signal,
-                status=msgspec.msgpack.encode(status), agent=status.agent or cmd.agent)
+                status=msgspec.msgpack.encode(msgspec.structs.replace(status, stdout=b"", stderr=b"")),
+                agent=status.agent or cmd.agent)
             job = self.store.job(cmd.job_id)
             assert job is not None
             if cmd.kind == "cleanup":
@@ -336,6 +337,9 @@ class Engine:
                 pipeline = PIPELINES[job.pipeline]
                 for spec in pipeline.cleanup(self.ctx(job)):
                     self._insert_command(job.id, "cleanup", "CLEANUP", 0, 1, spec)
+                # The pending change is gone after the cleanup: a retry must create a new one.
+                vars = {k: v for k, v in job.vars_dict().items() if k != "change"}
+                self.store.update_job(job.id, vars=msgspec.json.encode(vars))
                 eff.dispatch += self._next_cleanup(job.id)
             eff.add(self._schedule_workspace(job.workspace))
             return eff

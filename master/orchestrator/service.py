@@ -24,8 +24,8 @@ from common.rpc import MasterClient, RequestError
 log = logs.get("orchestrator")
 
 TICK_S = 0.05
-# An agent no master can reach for this long has lost its in-flight commands.
-UNREACHABLE_LOST_S = 10.0
+# Up to this much output is fetched whole from the spool for interpreters when a capture was cut.
+FULL_OUTPUT_MAX = 32 << 20
 
 
 class Orchestrator:
@@ -90,6 +90,7 @@ class Orchestrator:
             quiet = now - self.cfg.orchestrator.reconcile_after_s
             agents = {c.agent for c in self.store.open_commands()
                       if c.state in ("DISPATCHED", "RUNNING") and c.last_contact < quiet}
+            agents |= set(self.unreachable_since)
             for agent in sorted(agents):
                 self.reconcile(agent)
             self.execute(self.engine.auto_recheck(now))
@@ -124,8 +125,12 @@ class Orchestrator:
             return
         self.execute(self.engine.on_dispatched(cmd_id, reply))
 
-    def reconcile(self, agent: str, lost_if_unreachable: bool = False) -> None:
-        """Ask the agent's spool about every command we believe is in flight there."""
+    def reconcile(self, agent: str) -> None:
+        """Ask the agent's spool about every command we believe is in flight there.
+
+        An agent that no master can reach for lost_after_s has lost them; a busy agent that
+        merely missed heartbeats re-registers within that time and nothing is lost.
+        """
         cmds = self.store.in_flight_on(agent)
         if not cmds:
             self.unreachable_since.pop(agent, None)
@@ -135,7 +140,7 @@ class Orchestrator:
             statuses = self.masters.query([c.cmd_id for c in cmds], agent=agent)
         except RequestError as exc:
             since = self.unreachable_since.setdefault(agent, time.time())
-            if lost_if_unreachable or time.time() - since > UNREACHABLE_LOST_S:
+            if time.time() - since >= self.cfg.orchestrator.lost_after_s:
                 log.warning("agent.lost", agent=agent, commands=[c.cmd_id for c in cmds], error=exc.message)
                 self.unreachable_since.pop(agent, None)
                 self.execute(self.engine.lost(agent))
@@ -143,12 +148,40 @@ class Orchestrator:
         self.unreachable_since.pop(agent, None)
         for st in statuses:
             if st.state == "done":
-                self.execute(self.engine.on_done(st.cmd_id, st))
+                self.done(st)
             elif st.state == "running":
                 self.engine.touch(st.cmd_id)
             else:
                 log.info("cmd.redispatch", cmd_id=st.cmd_id, agent=agent)
                 self.engine.redispatch(st.cmd_id)
+
+    def done(self, status: P.CmdStatus, stamp: tuple[str, str, str, int] | None = None) -> None:
+        self.execute(self.engine.on_done(status.cmd_id, self.whole_output(status), stamp=stamp))
+
+    def whole_output(self, status: P.CmdStatus) -> P.CmdStatus:
+        """Interpreters that must see every line (opened-file lists) get the spool's full output
+        when the event's capture was cut; a huge output (a big sync) keeps its head and tail."""
+        if not status.truncated or status.stdout_bytes + status.stderr_bytes > FULL_OUTPUT_MAX:
+            return status
+        cmd = self.store.command(status.cmd_id)
+        if cmd is None or cmd.state not in ("PENDING", "DISPATCHED", "RUNNING"):
+            return status
+        try:
+            out = [self._read_all(status, stream, size)
+                   for stream, size in ((P.STDOUT, status.stdout_bytes), (P.STDERR, status.stderr_bytes))]
+        except RequestError as exc:
+            log.warning("fetch.failed", cmd_id=status.cmd_id, error=exc.message)
+            return status
+        return msgspec.structs.replace(status, stdout=out[0], stderr=out[1], truncated=False)
+
+    def _read_all(self, status: P.CmdStatus, stream: int, size: int) -> bytes:
+        data = bytearray()
+        while len(data) < size:
+            r = self.masters.fetch(status.cmd_id, stream, len(data), size - len(data), agent=status.agent or None)
+            if not r.data:
+                break
+            data += r.data
+        return bytes(data)
 
     # ------------------------------------------------------------------ events
 
@@ -164,14 +197,15 @@ class Orchestrator:
         if not is_new:
             return
         if isinstance(ev, P.CmdDone):
-            self.execute(self.engine.on_done(ev.cmd_id, ev.status, stamp=(ev.source, ev.epoch, kind, ev.seq)))
+            self.done(ev.status, stamp=(ev.source, ev.epoch, kind, ev.seq))
         elif isinstance(ev, P.CmdStarted):
             self.engine.on_started(ev.cmd_id, ev.agent, ev.ts)
         elif isinstance(ev, P.AgentUp):
             self.reconcile(ev.agent.agent_id)
         elif isinstance(ev, P.AgentLost):
-            # One master losing it is not proof (another may still reach it): ask through all.
-            self.reconcile(ev.agent_id, lost_if_unreachable=True)
+            # One master losing it is not proof (another may still reach it, or it may be
+            # back in a moment): ask through all, and keep asking until lost_after_s.
+            self.reconcile(ev.agent_id)
         if (gap or restarted) and kind == topics.CMD:
             # We missed cmd events from this agent: its spool knows what they said.
             self.reconcile(ev.source)

@@ -23,11 +23,22 @@ class JobStack:
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
         self.tmp = stack.tmp
-        self.bin = write_shim(self.tmp / "bin").parent
+        real = write_shim(self.tmp / "p4sim-bin")
+        # Every p4 execution is logged (port + argv), so tests can prove nothing ran twice.
+        self.exec_log = self.tmp / "p4-executions.log"
+        self.bin = self.tmp / "bin"
+        self.bin.mkdir()
+        wrapper = self.bin / "p4"
+        wrapper.write_text(f'#!/bin/sh\necho "$P4PORT $*" >> {self.exec_log}\nexec {real} "$@"\n')
+        wrapper.chmod(0o755)
         self.env = {"PATH": f"{self.bin}{os.pathsep}{os.environ['PATH']}"}
         self.seeds: dict[str, dict] = {}
         self.procs: dict[str, object] = {}
-        stack.tree["orchestrator"] = {"workspaces": {}, "reconcile_after_s": 1.0}
+        self.agent_workspaces: dict[str, list[str]] = {}
+        stack.tree["orchestrator"] = {"workspaces": {}, "reconcile_after_s": 1.0, "lost_after_s": 2.0}
+        # Whole jobs load both cores: heartbeats a little slower than the unit-level 0.2 s.
+        stack.tree["master"]["heartbeat_s"] = 0.5
+        stack.tree["agent"]["heartbeat_s"] = 0.5
         stack.tree["agent"]["allowed_executables"] = ["p4", "sh", "sleep"]
 
     def workspace(self, name: str, scenario: str = "clean", **extra) -> dict:
@@ -47,6 +58,7 @@ class JobStack:
         self.wait_ready(len(agents or {"a": 1}))
 
     def start_agent(self, agent_id: str, names: list[str], extra_env: dict | None = None):
+        self.agent_workspaces[agent_id] = names
         extra = {"agent": {"id": agent_id, "workspaces": {n: self.seeds[n]["root"] for n in names},
                            "workspace_roots": [str(self.tmp / n) for n in names],
                            "spool_dir": str(self.tmp / "spool" / agent_id)}}
@@ -91,9 +103,28 @@ class JobStack:
         done = subprocess.run(["p4", *args], cwd=info["root"], env=env, capture_output=True, text=True, timeout=30)
         return done.stdout + done.stderr
 
-    def spool_runs(self, agent_id: str) -> list[Path]:
-        root = self.tmp / "spool" / agent_id
-        return sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []
+    def executions(self, name: str) -> list[str]:
+        """argv (after `p4`) of every p4 run against workspace `name`'s server, in order."""
+        port = self.seeds[name]["P4PORT"]
+        if not self.exec_log.exists():
+            return []
+        return [line[len(port) + 1:] for line in self.exec_log.read_text().splitlines() if line.startswith(port + " ")]
+
+    def restart(self, name: str, extra: dict | None = None):
+        """SIGKILL a service (or agent id) and start it again with the same settings."""
+        import signal
+
+        p = self.procs[name]
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(10)
+        return self.kill_and_start(name, extra)
+
+    def kill_and_start(self, name: str, extra: dict | None = None):
+        if name in ("broker", "master", "orchestrator"):
+            self.procs[name] = self.stack.start(name, env=self.env, extra=extra)
+        else:
+            self.start_agent(name, self.agent_workspaces[name])
+        return self.procs[name]
 
 
 def _try(fn) -> bool:

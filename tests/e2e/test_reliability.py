@@ -1,0 +1,158 @@
+"""Jobs survive dying processes and flaky servers: nothing lost, nothing run twice."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+
+import pytest
+
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.timeout(240)
+
+FAST_RETRY = {"max_attempts": 3, "backoff_s": 0.2, "factor": 1.0}
+
+
+def _fast_retries(jobs, *stages):
+    jobs.stack.tree["orchestrator"]["site"] = {"retry": {s: FAST_RETRY for s in stages}}
+
+
+def test_refused_connection_retried_then_failed_with_p4_error_line(jobs):
+    _fast_retries(jobs, "GET_LATEST_CL")
+    jobs.workspace("ws1", "clean", env={"P4SIM_FAULT": "refused"})
+    jobs.start()
+    view = jobs.wait_state(jobs.submit("ws1"))
+    assert view.state == "FAILED"
+    assert "gave up after 3 attempts" in view.reason
+    assert "Connect to server failed" in view.key_line or "Connect to server failed" in view.timeline[-1].key_line
+    assert [r.attempt for r in view.timeline] == [1, 2, 3]
+
+
+def test_transient_refusal_is_retried_to_done(jobs, tmp_path):
+    _fast_retries(jobs, "GET_LATEST_CL")
+    state = tmp_path / "fault-state"
+    jobs.workspace("ws1", "clean", env={"P4SIM_FAULT": "refused", "P4SIM_FAULT_COUNT": "2",
+                                        "P4SIM_FAULT_STATE": str(state)})
+    jobs.start()
+    view = jobs.wait_state(jobs.submit("ws1"))
+    assert view.state == "DONE", view.reason
+    first = [r for r in view.timeline if r.stage == "GET_LATEST_CL"]
+    assert [r.outcome for r in first] == ["RETRY", "RETRY", "REPEAT"] or first[-1].state == "DONE"
+
+
+def _pid_of(jobs, agent: str, cmd_id: str) -> int:
+    pid_file = jobs.tmp / "spool" / agent / cmd_id / "pid"
+    wait_for(pid_file.exists, 10, "the command's pid file")
+    return int(pid_file.read_text().split()[0])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+def _running_cmd(jobs, job_id: str, stage: str):
+    def find():
+        with jobs.orch() as oc:
+            v = oc.job(job_id)
+        runs = [r for r in v.timeline if r.stage == stage and r.state == "RUNNING"]
+        return runs[0] if runs else None
+    return wait_for(find, 30, f"{job_id} to be running {stage}", interval=0.05)
+
+
+def test_cancel_during_sync_kills_process_group_and_frees_workspace(jobs):
+    jobs.workspace("ws1", "big:40", env={"P4SIM_DELAY_PER_FILE": "0.5"})
+    jobs.start()
+    job_id = jobs.submit("ws1")
+    run = _running_cmd(jobs, job_id, "SYNC")
+    pid = _pid_of(jobs, "agent-1", run.cmd_id)
+    assert _alive(pid)
+    with jobs.orch() as oc:
+        assert oc.cancel(job_id, revert=True).state == "CANCELLED"
+    wait_for(lambda: not _alive(pid), 10, "the sync process to die")
+    view = jobs.wait_state(job_id)
+    assert view.state == "CANCELLED"
+    assert [r.state for r in view.timeline if r.stage == "SYNC"] == ["CANCELLED"]
+    # The workspace is free again: the next job runs (without the slow fault this time).
+    with jobs.masters() as mc:
+        assert mc.query([run.cmd_id], agent="agent-1")[0].killed
+    second = jobs.submit("ws1")
+    with jobs.orch() as oc:
+        wait_for(lambda: oc.job(second).state != "QUEUED", 10, "the next job to start")
+
+
+def test_twenty_jobs_across_three_agents_all_done(jobs):
+    names = [f"ws{i}" for i in range(20)]
+    for n in names:
+        jobs.workspace(n, "clean")
+    agents = {f"agent-{a}": names[a::3] for a in range(3)}
+    jobs.start(agents=agents)
+    ids = [jobs.submit(n) for n in names]
+    views = [jobs.wait_state(j, timeout=180) for j in ids]
+    assert [v.state for v in views] == ["DONE"] * 20, [(v.job_id, v.reason) for v in views if v.state != "DONE"]
+    used = {v.agent for v in views}
+    assert used == set(agents)
+    for n, v in zip(names, views):
+        assert v.agent in [a for a, ws in agents.items() if n in ws]
+
+
+def _assert_each_command_ran_once(jobs, name: str, view) -> None:
+    ran = jobs.executions(name)
+    planned = [" ".join(r.argv[1:]) for r in view.timeline if r.state == "DONE"]
+    assert sorted(ran) == sorted(planned), f"{name}: ran {ran}, timeline {planned}"
+    assert sum(1 for a in ran if a.startswith("submit")) == 1
+    assert sum(1 for a in ran if a.startswith("change -i")) == 1
+
+
+def test_orchestrator_sigkilled_repeatedly_jobs_finish_nothing_runs_twice(jobs):
+    names = [f"ws{i}" for i in range(6)]
+    for n in names:
+        jobs.workspace(n, "clean", env={"P4SIM_DELAY_PER_FILE": "0.03"})
+    jobs.start(agents={"agent-1": names[:3], "agent-2": names[3:]})
+    ids = [jobs.submit(n) for n in names]
+    rng = random.Random(int(os.environ.get("P4BUS_TEST_SEED", "1234")))
+    for _ in range(4):
+        time.sleep(rng.uniform(0.2, 1.2))  # a random point in the jobs' lives, not a synchronisation
+        jobs.restart("orchestrator")
+    views = [jobs.wait_state(j, timeout=120) for j in ids]
+    assert [v.state for v in views] == ["DONE"] * 6, [(v.job_id, v.stage, v.reason) for v in views]
+    for n, v in zip(names, views):
+        _assert_each_command_ran_once(jobs, n, v)
+        assert all(r.attempt == 1 for r in v.timeline)
+
+
+def test_agent_sigkilled_during_stage_is_lost_then_retried(jobs):
+    jobs.stack.tree["orchestrator"]["site"] = {"retry": {"SYNC": {"max_attempts": 3, "backoff_s": 0.5}}}
+    jobs.workspace("ws1", "big:30", env={"P4SIM_DELAY_PER_FILE": "0.1"})
+    jobs.start()
+    job_id = jobs.submit("ws1")
+    run = _running_cmd(jobs, job_id, "SYNC")
+    pid = _pid_of(jobs, "agent-1", run.cmd_id)
+    os.killpg(jobs.procs["agent-1"].pid, signal.SIGKILL)
+    with jobs.orch() as oc:
+        wait_for(lambda: any(r.state == "LOST" for r in oc.job(job_id).timeline), 15, "the command to be LOST")
+        assert oc.job(job_id).state in ("RETRY_WAIT", "RUNNING")
+    wait_for(lambda: not _alive(pid), 30, "the orphaned sync to end")
+    jobs.kill_and_start("agent-1")
+    view = jobs.wait_state(job_id, timeout=120)
+    assert view.state == "DONE", view.reason
+    sync = [r for r in view.timeline if r.stage == "SYNC"]
+    assert [r.state for r in sync] == ["LOST", "DONE"] and sync[1].attempt == 2
+
+
+def test_master_sigkilled_and_restarted_during_job_finishes(jobs):
+    jobs.workspace("ws1", "big:30", env={"P4SIM_DELAY_PER_FILE": "0.05"})
+    jobs.start()
+    job_id = jobs.submit("ws1")
+    _running_cmd(jobs, job_id, "SYNC")
+    jobs.restart("master")
+    view = jobs.wait_state(job_id, timeout=120)
+    assert view.state == "DONE", view.reason
+    assert all(r.attempt == 1 for r in view.timeline)
+    _assert_each_command_ran_once(jobs, "ws1", view)
