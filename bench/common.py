@@ -1,0 +1,215 @@
+"""What every bench shares: a p4bus stack in a temp dir, the ssh baseline, stats and tables.
+
+Numbers are printed as a markdown table so they can be pasted into docs/performance.md as is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import zmq
+
+from bench.sshd import Sshd, SshTarget, SshUnavailable
+from common import config as cfgmod
+from common import protocol as P
+from common import topics, zmqutil
+from common.rpc import MasterClient, OrchestratorClient
+from p4bus.localstack import LocalStack
+
+START_TIMEOUT_S = 30.0
+
+
+# ---------------------------------------------------------------------------- statistics
+@dataclass
+class Latency:
+    n: int
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+
+
+def latency(samples_s: Sequence[float]) -> Latency:
+    ordered = sorted(samples_s)
+    # Nearest-rank percentile: with N=30 the p99 is the slowest sample, as it should be.
+    def pct(p: float) -> float:
+        return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))] * 1000
+    return Latency(len(ordered), pct(50), pct(99), statistics.fmean(ordered) * 1000)
+
+
+def timed(fn: Callable[[], object], n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    def cell(v: object) -> str:
+        return f"{v:,.2f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- the machine
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor() or "unknown")
+    mem_kib = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                       if line.startswith("MemTotal")))
+    return (f"{os.cpu_count()} CPUs ({cpu}), {mem_kib / 2**20:.1f} GiB RAM, Linux {platform.release()}, "
+            f"Python {platform.python_version()}, pyzmq {zmq.pyzmq_version()} / libzmq {zmq.zmq_version()}")
+
+
+@dataclass
+class ProcUsage:
+    cpu_s: float  # user + system, this process only
+    peak_rss_mib: float  # VmHWM
+
+
+def proc_usage(pid: int) -> ProcUsage:
+    # /proc/<pid>/stat: fields 14 and 15 (utime, stime) in clock ticks; the command name in
+    # parentheses may contain spaces, so split after its closing parenthesis.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    hwm_kib = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                   if line.startswith("VmHWM:"))
+    return ProcUsage(cpu, hwm_kib / 1024)
+
+
+# ---------------------------------------------------------------------------- arguments
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0])
+    p.add_argument("--install-ssh", action="store_true",
+                   help="apt-get install openssh-server if sshd is missing (for the ssh baseline rows)")
+    p.add_argument("--no-ssh", action="store_true", help="skip the ssh baseline rows")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir (service logs, spools)")
+    return p
+
+
+@contextlib.contextmanager
+def ssh_baseline(args: argparse.Namespace) -> Iterator[SshTarget | None]:
+    """The throwaway sshd, or None with the reason printed (the ssh rows are then missing)."""
+    if args.no_ssh:
+        print("ssh rows skipped (--no-ssh)")
+        yield None
+        return
+    try:
+        with Sshd(install=args.install_ssh) as target:
+            yield target
+    except SshUnavailable as exc:
+        print(f"ssh rows missing: {exc}")
+        yield None
+
+
+@contextlib.contextmanager
+def workdir(args: argparse.Namespace, prefix: str) -> Iterator[Path]:
+    tmp = Path(tempfile.mkdtemp(prefix=f"p4bus-bench-{prefix}-"))
+    try:
+        yield tmp
+    finally:
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- the p4bus stack
+@dataclass
+class AgentSpec:
+    id: str
+    workspaces: dict[str, str]  # name -> root
+    roots: list[str]
+    allowed: list[str]
+
+
+class BusStack:
+    """broker + master (+ orchestrator) + agents as child processes on free loopback ports."""
+
+    def __init__(self, tmp: Path, agents: list[AgentSpec], orchestrator: dict | None = None,
+                 path_prefix: str | None = None) -> None:
+        self.tmp = tmp
+        self.cfg = cfgmod.load(None, {"state_dir": str(tmp / "state"), "port_base": zmqutil.free_port_base(6)},
+                               environ={})
+        self.agents = agents
+        self.env = {"P4BUS_LOG_LEVEL": "warning"}
+        if path_prefix:
+            self.env["PATH"] = f"{path_prefix}{os.pathsep}{os.environ['PATH']}"
+        if orchestrator is not None:
+            self.env["P4BUS_ORCHESTRATOR_WORKSPACES"] = json.dumps(orchestrator)
+        services = ("broker", "master") + (("orchestrator",) if orchestrator is not None else ())
+        self.core = LocalStack(self.cfg, None, services, env=self.env, log_dir=tmp / "logs")
+        self.agent_stacks: list[LocalStack] = []
+
+    def endpoint(self, name: str) -> str:
+        return self.cfg.endpoint(name)
+
+    def pid(self, service: str) -> int:
+        return self.core.procs[service].pid
+
+    def __enter__(self) -> "BusStack":
+        try:
+            self.core.start(START_TIMEOUT_S)
+            for a in self.agents:
+                env = {**self.env, "P4BUS_AGENT_ID": a.id, "P4BUS_AGENT_WORKSPACES": json.dumps(a.workspaces),
+                       "P4BUS_AGENT_WORKSPACE_ROOTS": json.dumps(a.roots),
+                       "P4BUS_AGENT_ALLOWED_EXECUTABLES": json.dumps(a.allowed)}
+                stack = LocalStack(self.cfg, None, ("agent",), env=env, log_dir=self.tmp / "logs" / a.id)
+                self.agent_stacks.append(stack)
+                stack.start(START_TIMEOUT_S)
+            self._wait_agents()
+            if "orchestrator" in self.core.services:
+                with OrchestratorClient([self.endpoint("orchestrator_api")]) as oc:
+                    oc.ping(START_TIMEOUT_S)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _wait_agents(self) -> None:
+        """Every agent registered: woken by agent.* events, decided by the master's list."""
+        want = {a.id for a in self.agents}
+        sub = zmqutil.sub(zmq.Context.instance(), self.endpoint("broker_xpub"), [topics.AGENT + "."])
+        deadline = time.monotonic() + START_TIMEOUT_S
+        try:
+            with MasterClient([self.endpoint("master_clients")]) as mc:
+                while not want <= {a.agent_id for a in mc.agents() if a.alive}:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"agents {sorted(want)} did not register (logs in {self.tmp / 'logs'})")
+                    if sub.poll(200):
+                        sub.recv_multipart()
+        finally:
+            sub.close(linger=0)
+
+    def __exit__(self, *exc: object) -> None:
+        for stack in self.agent_stacks:
+            stack.stop()
+        self.core.stop()
+
+
+def single_agent(tmp: Path, allowed: list[str]) -> BusStack:
+    """The stack for the transport benches: one agent whose only root is ``tmp``."""
+    return BusStack(tmp, [AgentSpec("bench-agent", {}, [str(tmp)], allowed)])
+
+
+def null_sink(_stream: int, _data: bytes) -> None:
+    """run_command's sink when only the round trip matters."""
+
+
+def ok(status: P.CmdStatus, what: str) -> None:
+    if status.exit_code != 0 or status.error:
+        raise RuntimeError(f"{what} failed: exit {status.exit_code} error {status.error!r}")

@@ -1,0 +1,87 @@
+"""Round trip of a trivial command (`true`) through p4bus, beside `ssh localhost true`.
+
+p4bus rows (one agent on loopback, after a warm-up):
+- run_command: the Python client API path of `p4bus run` -- subscribe to the command's topics,
+  Exec through the master, follow events to CmdDone (a new SUB socket per command);
+- exec + CmdDone: Exec through the master, then wait for CmdDone on one long-lived SUB
+  subscribed to every ``cmd.`` event -- what a resident client such as the orchestrator does.
+ssh rows: a fresh connection per command, and one ControlMaster connection reused.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import zmq
+
+from bench import common as B
+from common import ids, topics, zmqutil
+from common import protocol as P
+from common.rpc import MasterClient
+from p4bus.runner import run_command
+
+N_BUS = 300
+N_WARMUP = 30
+N_SSH_FRESH = 30
+N_SSH_MUX = 100
+TARGET_P50_MS = 3.0
+
+TRUE = P.CmdSpec(argv=["true"])
+
+
+def bench_run_command(mc: MasterClient, xpub: str) -> list[float]:
+    def once() -> None:
+        B.ok(run_command(mc, xpub, TRUE, B.null_sink).status, "run_command true")
+    B.timed(once, N_WARMUP)
+    return B.timed(once, N_BUS)
+
+
+def bench_exec_done(mc: MasterClient, xpub: str) -> list[float]:
+    sub = zmqutil.sub(zmq.Context.instance(), xpub, [topics.CMD + "."])
+    try:
+        def once() -> None:
+            cmd_id = ids.new_id("c")
+            mc.exec(TRUE, cmd_id=cmd_id)
+            while True:  # other commands' events cannot occur here: this bench is the only client
+                ev = P.decode_event(sub.recv_multipart())
+                if isinstance(ev, P.CmdDone) and ev.cmd_id == cmd_id:
+                    B.ok(ev.status, "exec true")
+                    return
+        # The first command also proves the subscription reached the broker before timing starts.
+        B.timed(once, N_WARMUP)
+        return B.timed(once, N_BUS)
+    finally:
+        sub.close(linger=0)
+
+
+def bench_ssh(argv: list[str], n: int) -> list[float]:
+    def once() -> None:
+        subprocess.run(argv + ["true"], check=True, stdin=subprocess.DEVNULL)
+    once()  # warm-up; with ControlMaster this also opens the master connection
+    return B.timed(once, n)
+
+
+def main() -> None:
+    args = B.parser(__doc__).parse_args()
+    print(B.machine())
+    rows: list[tuple[str, B.Latency]] = []
+    with B.workdir(args, "dispatch") as tmp:
+        with B.single_agent(tmp, ["true"]) as stack:
+            xpub = stack.endpoint("broker_xpub")
+            with MasterClient([stack.endpoint("master_clients")]) as mc:
+                rows.append(("p4bus run_command (Python client API)", B.latency(bench_run_command(mc, xpub))))
+                rows.append(("p4bus exec + CmdDone (resident SUB)", B.latency(bench_exec_done(mc, xpub))))
+        with B.ssh_baseline(args) as ssh:
+            if ssh is not None:
+                rows.append(("ssh localhost true, fresh connection", B.latency(bench_ssh(ssh.fresh(), N_SSH_FRESH))))
+                rows.append(("ssh localhost true, ControlMaster", B.latency(bench_ssh(ssh.multiplexed(), N_SSH_MUX))))
+    print(B.table(["path", "N", "p50 ms", "p99 ms", "mean ms"],
+                  [(name, s.n, s.p50_ms, s.p99_ms, s.mean_ms) for name, s in rows]))
+    bus = rows[0][1]
+    for name, s in rows[2:]:
+        print(f"{name}: {s.p50_ms / bus.p50_ms:.0f}x the p50 of run_command")
+    verdict = "met" if bus.p50_ms <= TARGET_P50_MS else "NOT met"
+    print(f"target run_command p50 <= {TARGET_P50_MS:g} ms: {verdict} ({bus.p50_ms:.2f} ms)")
+
+
+if __name__ == "__main__":
+    main()
