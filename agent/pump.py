@@ -23,7 +23,7 @@ import signal
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
@@ -58,18 +58,21 @@ class Started:
     stdin: bytes | None
 
 
-@dataclass
 class _Stream:
-    stream: int
-    pipe: object  # the Popen file object; closing it closes the fd
-    fd: int
-    spool_fd: int
-    capture: Capture
-    offset: int = 0  # bytes read so far == bytes in the spool file
-    pending: bytearray = field(default_factory=bytearray)
-    pending_offset: int = 0
-    pending_since: float = 0.0
-    open: bool = True
+    """One pipe of one command. Output is read straight into a fixed chunk-sized buffer (no
+    per-read allocation or copy); a full buffer, or one older than flush_ms, is published."""
+
+    def __init__(self, stream: int, pipe: object, spool_fd: int, chunk: int, capture: Capture) -> None:
+        self.stream = stream
+        self.pipe = pipe  # the Popen file object; closing it closes the fd
+        self.fd: int = pipe.fileno()  # type: ignore[attr-defined]
+        self.spool_fd = spool_fd
+        self.capture = capture
+        self.buf = memoryview(bytearray(chunk))
+        self.fill = 0  # bytes in buf not yet published
+        self.offset = 0  # bytes read so far == bytes in the spool file
+        self.pending_since = 0.0
+        self.open = True
 
 
 @dataclass
@@ -177,7 +180,7 @@ class Pump(threading.Thread):
                 due.append(run.exited_at + self._grace)
             elif run.pidfd is None:
                 due.append(now + POLL_S)
-            due += [s.pending_since + self._flush_s for s in run.streams if s.pending]
+            due += [s.pending_since + self._flush_s for s in run.streams if s.fill]
         return max(0.0, min(due) - now) if due else None
 
     def _on_wake(self, fd: int) -> None:
@@ -211,8 +214,8 @@ class Pump(threading.Thread):
             agent=self._agent_id, pid=st.proc.pid, argv=st.argv,
         ))
         for stream, pipe in ((proto.STDOUT, st.proc.stdout), (proto.STDERR, st.proc.stderr)):
-            path = self._spool.output_path(st.cmd_id, stream)
-            s = _Stream(stream, pipe, pipe.fileno(), os.open(path, os.O_WRONLY | os.O_APPEND), Capture(self._capture))
+            spool_fd = os.open(self._spool.output_path(st.cmd_id, stream), os.O_WRONLY | os.O_APPEND)
+            s = _Stream(stream, pipe, spool_fd, self._chunk, Capture(self._capture))
             run.streams.append(s)
             self._sel.register(s.fd, selectors.EVENT_READ, partial(self._on_readable, run, s))
         if st.stdin is not None:
@@ -229,27 +232,25 @@ class Pump(threading.Thread):
 
     # ------------------------------------------------------------------ I/O callbacks
     def _on_readable(self, run: _Running, s: _Stream, fd: int) -> None:
-        # Never read past chunk_bytes pending, so a published chunk never exceeds it.
-        data = os.read(fd, min(READ_BYTES, self._chunk - len(s.pending)))
-        if not data:
+        n = os.readv(fd, [s.buf[s.fill:]])
+        if not n:
             self._close_stream(s)
             self._maybe_finish(run)
             return
+        data = s.buf[s.fill:s.fill + n]
         self._spool_write(run, s, data)
         s.capture.feed(data)
-        if not s.pending:
-            s.pending_offset = s.offset
+        if not s.fill:
             s.pending_since = time.monotonic()
-        s.pending += data
-        s.offset += len(data)
-        if len(s.pending) >= self._chunk:
+        s.fill += n
+        s.offset += n
+        if s.fill == len(s.buf):
             self._publish_chunk(run, s)
 
-    def _spool_write(self, run: _Running, s: _Stream, data: bytes) -> None:
+    def _spool_write(self, run: _Running, s: _Stream, data: memoryview) -> None:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(s.spool_fd, view):]
+            while data:
+                data = data[os.write(s.spool_fd, data):]
         except OSError as exc:
             # Keep streaming to subscribers; the result says the spool copy is incomplete.
             if not run.error:
@@ -327,16 +328,16 @@ class Pump(threading.Thread):
     def _flush_due(self, now: float) -> None:
         for run in self._runs.values():
             for s in run.streams:
-                if s.pending and now - s.pending_since >= self._flush_s:
+                if s.fill and now - s.pending_since >= self._flush_s:
                     self._publish_chunk(run, s)
 
     def _publish_chunk(self, run: _Running, s: _Stream) -> None:
         st = run.started
         self._send(proto.LogChunk(
             **self._stamper.stamp(run.log_topic), job_id=st.job_id, cmd_id=st.cmd_id,
-            stream=s.stream, offset=s.pending_offset, data=s.pending,
+            stream=s.stream, offset=s.offset - s.fill, data=s.buf[:s.fill],
         ))
-        s.pending = bytearray()
+        s.fill = 0  # encoding copied the bytes: the buffer is free again
 
     def _send_done(self, status: proto.CmdStatus) -> None:
         self._send(proto.CmdDone(
@@ -356,7 +357,7 @@ class Pump(threading.Thread):
             return
         st = run.started
         for s in run.streams:
-            if s.pending:
+            if s.fill:
                 self._publish_chunk(run, s)
         if run.stdin is not None and not st.proc.stdin.closed:
             self._sel.unregister(st.proc.stdin.fileno())

@@ -234,10 +234,14 @@ class Agent:
         return proto.ExecReply(req_id=req.req_id, cmd_id=req.cmd_id, agent=self.agent_id, status=self._status(req.cmd_id))
 
     def _busy(self, workspace: str | None) -> str:
-        if len(self.running) >= self.conf.slots:
+        # A command with a result on disk has finished even if the output thread's notice has
+        # not reached this thread yet: CmdDone -- which may well have prompted this very Exec --
+        # is published only after the result is written.
+        live = {c: slot for c, slot in self.running.items() if not self.spool.has_result(c)}
+        if len(live) >= self.conf.slots:
             return f"all {self.conf.slots} slots of agent {self.agent_id} are busy"
         if workspace:
-            for cmd_id, slot in self.running.items():
+            for cmd_id, slot in live.items():
                 if slot.workspace == workspace:
                     return f"workspace {workspace!r} is busy with command {cmd_id}"
         return ""

@@ -116,6 +116,9 @@ class Spool:
     def write_result(self, status: proto.CmdStatus) -> None:
         _write_atomic(self.dir(status.cmd_id) / "result", proto.encode(status))
 
+    def has_result(self, cmd_id: str) -> bool:
+        return (self.dir(cmd_id) / "result").exists()
+
     def read_result(self, cmd_id: str) -> proto.CmdStatus | None:
         try:
             return proto.decode((self.dir(cmd_id) / "result").read_bytes(), proto.CmdStatus)
@@ -126,7 +129,7 @@ class Spool:
         return [p.name for p in self.root.iterdir() if p.is_dir() and valid_cmd_id(p.name)]
 
     def unfinished(self) -> list[str]:
-        return [c for c in self.cmd_ids() if not (self.root / c / "result").exists()]
+        return [c for c in self.cmd_ids() if not self.has_result(c)]
 
     def finished_since(self, since: float) -> list[tuple[float, str]]:
         """(finish time, cmd_id) of results written at or after ``since`` (wall clock), oldest first."""
