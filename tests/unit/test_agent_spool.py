@@ -1,0 +1,56 @@
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.spool import Spool, SpoolEntry, valid_cmd_id
+from common import protocol as proto
+
+
+def test_layout_permissions_and_secret_stdin(tmp_path: Path) -> None:
+    s = Spool(tmp_path / "spool")
+    assert oct(s.root.stat().st_mode & 0o777) == "0o700"
+    s.create("c1", SpoolEntry(spec=proto.CmdSpec(argv=["p4", "login"], stdin=b"pw", stdin_secret=True), job_id="J"))
+    s.create("c2", SpoolEntry(spec=proto.CmdSpec(argv=["cat"], stdin=b"data")))
+    assert b"pw" not in (s.root / "c1" / "spec").read_bytes()
+    assert s.read_spec("c1").spec.stdin is None and s.read_spec("c1").job_id == "J"
+    assert s.read_spec("c2").spec.stdin == b"data"
+    with pytest.raises(FileExistsError):
+        s.create("c1", SpoolEntry(spec=proto.CmdSpec(argv=["x"])))
+    assert s.output_size("c1", proto.STDOUT) == 0
+
+
+def test_pid_result_and_ranges(tmp_path: Path) -> None:
+    s = Spool(tmp_path)
+    s.create("c", SpoolEntry(spec=proto.CmdSpec(argv=["x"])))
+    s.write_pid("c", 123, 456)
+    assert s.read_pid("c") == (123, 456)
+    s.output_path("c", proto.STDERR).write_bytes(b"0123456789")
+    assert s.read_range("c", proto.STDERR, 3, 4) == (b"3456", 10)
+    assert s.read_range("c", proto.STDERR, 8, 100) == (b"89", 10)
+    assert s.read_range("c", proto.STDERR, 50, 10) == (b"", 10)
+    assert s.unfinished() == ["c"] and s.read_result("c") is None
+    s.write_result(proto.CmdStatus(cmd_id="c", state="done", exit_code=3))
+    assert s.read_result("c").exit_code == 3 and s.unfinished() == []
+    assert not list(tmp_path.glob("c/*.tmp"))
+
+
+def test_prune_removes_only_old_finished(tmp_path: Path) -> None:
+    s = Spool(tmp_path)
+    for c in ("old", "new", "running"):
+        s.create(c, SpoolEntry(spec=proto.CmdSpec(argv=["x"])))
+    for c in ("old", "new"):
+        s.write_result(proto.CmdStatus(cmd_id=c, state="done"))
+    long_ago = time.time() - 3600
+    os.utime(s.dir("old") / "result", (long_ago, long_ago))
+    os.utime(s.dir("running") / "spec", (long_ago, long_ago))
+    assert s.prune(600) == ["old"]
+    assert sorted(s.cmd_ids()) == ["new", "running"]
+    assert [c for _, c in s.finished_since(time.time() - 60)] == ["new"]
+
+
+@pytest.mark.parametrize("cmd_id,ok", [("c-1.a:b_2", True), ("", False), ("..", False), ("a/b", False),
+                                       (".hidden", False), ("x" * 129, False), ("ü", False)])
+def test_cmd_ids_are_safe_directory_names(cmd_id: str, ok: bool) -> None:
+    assert valid_cmd_id(cmd_id) is ok
