@@ -186,9 +186,6 @@ class Store:
         self.db.executemany("INSERT OR IGNORE INTO blobs VALUES(?,?)", rows)
         return digests
 
-    def put_blob(self, data: bytes) -> str:
-        return self.put_blobs([data])[0]
-
     def blob(self, digest: str | None) -> bytes:
         if digest is None:
             return b""
@@ -312,9 +309,6 @@ class Store:
             "SELECT * FROM integs WHERE (from_file>=? AND from_file<? AND to_file>=? AND to_file<?)"
             " OR (from_file>=? AND from_file<? AND to_file>=? AND to_file<?)",
             (s_lo, s_hi, t_lo, t_hi, t_lo, t_hi, s_lo, s_hi)).fetchall()
-
-    def integs_in_change(self, change: int) -> list[Row]:
-        return self.db.execute("SELECT * FROM integs WHERE change=?", (change,)).fetchall()
 
     # -- shelves ---------------------------------------------------------------------------------
     def shelved(self, change: int) -> list[Row]:
