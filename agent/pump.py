@@ -37,7 +37,6 @@ from common import protocol as proto
 from common.config import AgentConf
 from common.sequence import Stamper
 
-READ_BYTES = 256 * 1024
 STDIN_BLOCK = 64 * 1024
 # Without pidfd (non-Linux) leader exit is noticed by polling at this period.
 POLL_S = 0.05
@@ -115,7 +114,6 @@ class Pump(threading.Thread):
         self._done_r, self._done_w = _nonblocking_pipe()
         self._stopping = False
         self._pub: zmq.Socket | None = None
-        self.published = 0
 
     # ------------------------------------------------------------------ session-thread API
     @property
@@ -159,7 +157,10 @@ class Pump(threading.Thread):
         try:
             while not (self._stopping and not self._runs):
                 for key, _mask in self._sel.select(self._timeout(time.monotonic())):
-                    key.data(key.fd)
+                    # An earlier callback of this batch may have finished the command and
+                    # unregistered (closed) this fd already.
+                    if self._sel.get_map().get(key.fd) is key:
+                        key.data(key.fd)
                 self._run_control()
                 now = time.monotonic()
                 for run in list(self._runs.values()):
@@ -349,7 +350,6 @@ class Pump(threading.Thread):
         assert self._pub is not None
         # PUB never blocks: past the high-water mark ZeroMQ drops, and the spool stays the truth.
         self._pub.send_multipart(proto.encode_event(ev), copy=False)
-        self.published += 1
 
     # ------------------------------------------------------------------ the end of a command
     def _maybe_finish(self, run: _Running) -> None:
@@ -362,9 +362,6 @@ class Pump(threading.Thread):
         if run.stdin is not None and not st.proc.stdin.closed:
             self._sel.unregister(st.proc.stdin.fileno())
             st.proc.stdin.close()
-        if run.pidfd is not None:
-            self._sel.unregister(run.pidfd)
-            os.close(run.pidfd)
         rc = st.proc.returncode
         out, err = run.streams
         ended = time.time()

@@ -154,6 +154,10 @@ class Agent:
     def _close(self) -> None:
         for link in self.links:
             link.sock.close()
+        if self.pump.is_alive():
+            # term() would wait forever for the PUB the stuck thread still owns.
+            log.error("output thread did not finish; exiting without flushing its events")
+            return
         self.ctx.term()
 
     # ------------------------------------------------------------------ messages
