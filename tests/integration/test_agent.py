@@ -174,6 +174,13 @@ def test_kill_escalates_to_sigkill_for_a_group_ignoring_term(rig: Rig) -> None:
     assert not rig.master.request(proto.Kill(req_id="k2", cmd_id="unknown-cmd")).found
 
 
+def test_leftover_holding_the_pipes_is_ended_after_the_leader_exits(rig: Rig) -> None:
+    _, status, _ = rig.run(["sh", "-c", "sleep 100 & echo leader done"])
+    assert (status.exit_code, status.stdout) == (0, b"leader done\n")
+    assert status.duration >= 1.0  # kill_grace_s of the test stack: the leftover had that long
+    wait_for(lambda: not group_members(status.pid), timeout=5, what="the leftover sleep ended")
+
+
 # --------------------------------------------------------------------------- idempotency
 
 
@@ -196,6 +203,8 @@ def test_duplicate_while_running_reports_running(rig: Rig) -> None:
     rig.master.exec("dup-run", ["sleep", "100"])
     again = rig.master.exec("dup-run", ["sleep", "100"])
     assert again.duplicate and again.status.state == "running"
+    partial = rig.master.request(proto.Fetch(req_id="f", cmd_id="dup-run", stream=proto.STDOUT, offset=0))
+    assert (partial.data, partial.complete) == (b"", False)
     rig.master.request(proto.Kill(req_id="k", cmd_id="dup-run"))
     assert rig.sink.until_done("dup-run").done.status.killed
 
