@@ -135,11 +135,12 @@ def fstat(ctx, opts, args) -> None:
             files = [f for f in files if f in opened]
         records = []
         for depot in files:
-            pending = [r for r in store.resolves(client, depot) if r["how"] is None]
+            resolves = store.resolves(client, depot)
+            pending = [r for r in resolves if r["how"] is None]
             if only_unresolved and not pending:
                 continue
             records.append(_fstat_fields(ws, depot, heads.get(depot), have.get(depot),
-                                         opened.get(depot), pending, store.resolves(client, depot)))
+                                         opened.get(depot), pending, resolves))
         if not records:
             warning = msg.NO_RESOLVE if only_unresolved else msg.NOT_OPENED if only_opened else msg.NO_SUCH_FILES
             ctx.out.warning(msg.per_arg(warning, fa.text))

@@ -208,7 +208,6 @@ def test_sync_lines(clean):
     assert not (p4.cwd / "main/src/both.c").exists()
     lines_ok(p4("sync", "//depot/main/src/both.c@1"),
              out=[f"//depot/main/src/both.c#1 - added as {root}/main/src/both.c"], err=[])
-    assert not os.access(p4.cwd / "main/src/both.c", os.W_OK) or os.geteuid() == 0
     assert stat.S_IMODE((p4.cwd / "main/src/both.c").stat().st_mode) == 0o444
     lines_ok(p4("sync", "//depot/main/src/both.c"),
              out=[f"//depot/main/src/both.c#2 - updating {root}/main/src/both.c"], err=[])
@@ -238,7 +237,7 @@ def test_sync_cannot_clobber_writable_file(clean):
     assert r.rc == 1
     assert r.out_lines == [f"//depot/main/README.txt#1 - added as {info['root']}/main/README.txt"]
     assert r.err_lines == [f"Can't clobber writable file {info['root']}/main/src/both.c"]
-    assert p4("have" if False else "fstat", "//depot/main/README.txt").out.count("haveRev 1") == 1
+    assert "... haveRev 1" in p4("fstat", "//depot/main/README.txt").out_lines
 
 
 def test_sync_of_opened_file_behind_head_schedules_resolve(clean):
@@ -286,7 +285,7 @@ def test_integrate_warnings(clean):
     lines_ok(p4("integrate", "//depot/nosuch/...", "//depot/main/..."), out=[],
              err=["//depot/nosuch/... - no such file(s)."])
     lines_ok(p4("integrate", "//depot/dev/...@1", "//depot/main/..."), out=[],
-             err=["//depot/nosuch/... - no such file(s)."][:0] + ["//depot/dev/...@1 - no such file(s)."])
+             err=["//depot/dev/...@1 - no such file(s)."])
     lines_ok(p4("integrate", "-b", "nosuch"), out=[],
              err=["Branch 'nosuch' unknown - use 'branch' command to create it."], rc=1)
 
@@ -431,5 +430,6 @@ def test_name_check_trigger_on_shelve_and_submit(clean):
     r = p4("submit", "-c", str(change))
     assert r.rc == 1 and r.err_lines[-1] == "Submit validation failed -- fix problems then try again."
     p4("revert", "//depot/main/CON.txt", "//depot/main/README.TXT", "//depot/main/a%40b.c")
-    p4("add", "-c", str(change), "main/fine.txt") if (p4.cwd / "main/fine.txt").write_text("ok\n") else None
+    (p4.cwd / "main/fine.txt").write_text("ok\n")
+    assert p4("add", "-c", str(change), "main/fine.txt").rc == 0
     assert p4("shelve", "-c", str(change)).rc == 0
