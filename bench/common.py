@@ -58,6 +58,8 @@ def timed(fn: Callable[[], object], n: int) -> list[float]:
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     def cell(v: object) -> str:
+        if isinstance(v, bool):
+            return "yes" if v else "NO"
         return f"{v:,.2f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v)
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
@@ -71,7 +73,8 @@ def machine() -> str:
     mem_kib = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
                        if line.startswith("MemTotal")))
     return (f"{os.cpu_count()} CPUs ({cpu}), {mem_kib / 2**20:.1f} GiB RAM, Linux {platform.release()}, "
-            f"Python {platform.python_version()}, pyzmq {zmq.pyzmq_version()} / libzmq {zmq.zmq_version()}")
+            f"Python {platform.python_version()}, pyzmq {zmq.pyzmq_version()} / libzmq {zmq.zmq_version()}; "
+            f"load average {os.getloadavg()[0]:.2f} at start (other work on the machine skews every row)")
 
 
 @dataclass
@@ -160,6 +163,9 @@ class BusStack:
 
     def pid(self, service: str) -> int:
         return self.core.procs[service].pid
+
+    def agent_pid(self, index: int) -> int:
+        return self.agent_stacks[index].procs["agent"].pid
 
     def __enter__(self) -> "BusStack":
         try:

@@ -11,6 +11,7 @@ ssh rows: a fresh connection per command, and one ControlMaster connection reuse
 from __future__ import annotations
 
 import subprocess
+
 import zmq
 
 from bench import common as B
@@ -28,29 +29,44 @@ TARGET_P50_MS = 3.0
 TRUE = P.CmdSpec(argv=["true"])
 
 
-def bench_run_command(mc: MasterClient, xpub: str) -> list[float]:
-    def once() -> None:
+class ExecDone:
+    """Exec, then wait for CmdDone on one long-lived SUB subscribed to every ``cmd.`` event."""
+
+    def __init__(self, mc: MasterClient, xpub: str) -> None:
+        self.mc = mc
+        self.sub = zmqutil.sub(zmq.Context.instance(), xpub, [topics.CMD + "."])
+
+    def __call__(self) -> None:
+        cmd_id = ids.new_id("c")
+        self.mc.exec(TRUE, cmd_id=cmd_id)
+        while True:  # this bench is the only client: no other command's events arrive here
+            ev = P.decode_event(self.sub.recv_multipart())
+            if isinstance(ev, P.CmdDone) and ev.cmd_id == cmd_id:
+                B.ok(ev.status, "exec true")
+                return
+
+    def close(self) -> None:
+        self.sub.close(linger=0)
+
+
+def bench_bus(mc: MasterClient, xpub: str) -> tuple[list[float], list[float]]:
+    """(run_command samples, exec + CmdDone samples), interleaved one by one so that load
+    from anything else on the machine falls on both alike."""
+    def run() -> None:
         B.ok(run_command(mc, xpub, TRUE, B.null_sink).status, "run_command true")
-    B.timed(once, N_WARMUP)
-    return B.timed(once, N_BUS)
-
-
-def bench_exec_done(mc: MasterClient, xpub: str) -> list[float]:
-    sub = zmqutil.sub(zmq.Context.instance(), xpub, [topics.CMD + "."])
+    exec_done = ExecDone(mc, xpub)
     try:
-        def once() -> None:
-            cmd_id = ids.new_id("c")
-            mc.exec(TRUE, cmd_id=cmd_id)
-            while True:  # other commands' events cannot occur here: this bench is the only client
-                ev = P.decode_event(sub.recv_multipart())
-                if isinstance(ev, P.CmdDone) and ev.cmd_id == cmd_id:
-                    B.ok(ev.status, "exec true")
-                    return
-        # The first command also proves the subscription reached the broker before timing starts.
-        B.timed(once, N_WARMUP)
-        return B.timed(once, N_BUS)
+        # The warm-up's first ExecDone also proves the subscription reached the broker.
+        for _ in range(N_WARMUP):
+            run(), exec_done()
+        a: list[float] = []
+        b: list[float] = []
+        for _ in range(N_BUS):
+            a += B.timed(run, 1)
+            b += B.timed(exec_done, 1)
+        return a, b
     finally:
-        sub.close(linger=0)
+        exec_done.close()
 
 
 def bench_ssh(argv: list[str], n: int) -> list[float]:
@@ -68,8 +84,9 @@ def main() -> None:
         with B.single_agent(tmp, ["true"]) as stack:
             xpub = stack.endpoint("broker_xpub")
             with MasterClient([stack.endpoint("master_clients")]) as mc:
-                rows.append(("p4bus run_command (Python client API)", B.latency(bench_run_command(mc, xpub))))
-                rows.append(("p4bus exec + CmdDone (resident SUB)", B.latency(bench_exec_done(mc, xpub))))
+                run, exec_done = bench_bus(mc, xpub)
+                rows.append(("p4bus run_command (Python client API)", B.latency(run)))
+                rows.append(("p4bus exec + CmdDone (resident SUB)", B.latency(exec_done)))
         with B.ssh_baseline(args) as ssh:
             if ssh is not None:
                 rows.append(("ssh localhost true, fresh connection", B.latency(bench_ssh(ssh.fresh(), N_SSH_FRESH))))
