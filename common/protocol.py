@@ -459,16 +459,22 @@ def decode(frame: bytes, kind: Any) -> Any:
     try:
         return dec.decode(frame)
     except msgspec.ValidationError as exc:
-        text = str(exc)
-        if "`$.t`" in text:
-            code = "unknown_type"
-        elif text.startswith("Expected `object`") and "`$." not in text:
-            code = "bad_frame"  # valid msgpack, but not a map: not a message at all
-        else:
-            code = "bad_request"
-        raise ProtocolError(code, text) from None
+        raise ProtocolError(_classify(frame, kind), str(exc)) from None
     except msgspec.DecodeError as exc:
         raise ProtocolError("bad_frame", f"undecodable frame: {exc}") from None
+
+
+def _classify(frame: bytes, kind: Any) -> str:
+    """Why a decodable frame is not a valid message here: not a message at all, a type this
+    socket does not take, or a known type with bad fields."""
+    try:
+        raw = msgspec.msgpack.decode(frame)
+    except msgspec.DecodeError:
+        return "bad_frame"
+    if not isinstance(raw, dict) or not isinstance(raw.get("t"), str):
+        return "bad_frame"
+    known = {cls.__struct_config__.tag for cls in getattr(kind, "__args__", (kind,))}
+    return "bad_request" if raw["t"] in known else "unknown_type"
 
 
 def encode_event(ev: EventBase) -> list[bytes]:

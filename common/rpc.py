@@ -78,7 +78,10 @@ class RpcClient:
                     sock.close(linger=0)
                     del self._socks[endpoint]
                     break
-                reply = P.decode(sock.recv(), self.reply_kind)
+                try:
+                    reply = P.decode(sock.recv(), self.reply_kind)
+                except P.ProtocolError:
+                    continue  # not a reply (a misbehaving peer): keep waiting for ours
                 if getattr(reply, "req_id", None) != msg.req_id:
                     continue  # a stale reply to an earlier, timed-out request
                 if isinstance(reply, P.ErrorReply):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket as _socket
 
 import zmq
@@ -80,26 +81,38 @@ def bind_to(sock: zmq.Socket, endpoint: str) -> None:
         ) from None
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = open("/proc/sys/net/ipv4/ip_local_port_range").read().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _bindable(host: str, port: int) -> bool:
     with _socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
 
 
 def free_port_base(count: int = 6, host: str = "127.0.0.1") -> int:
-    """A base port N such that N..N+count-1 are free right now (best effort)."""
-    for _ in range(200):
-        base = free_port(host)
-        if base + count >= 65535:
-            continue
-        ok = True
-        for p in range(base, base + count):
-            with _socket.socket() as s:
-                try:
-                    s.bind((host, p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
+    """A base port N such that N..N+count-1 are free right now (best effort).
+
+    Chosen below the kernel's ephemeral range: a client reconnecting to a not-yet-bound port
+    inside that range can be handed that very port as its own source port and connect to
+    itself (TCP simultaneous open), and would then read its own requests as replies.
+    """
+    low, _ = _ephemeral_range()
+    rng = random.Random()
+    for _ in range(500):
+        base = rng.randrange(10000, max(10001, low - count))
+        if all(_bindable(host, p) for p in range(base, base + count)):
             return base
-    raise RuntimeError("no free port range found")
+    raise RuntimeError("no free port range found below the ephemeral range")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    return free_port_base(1, host)

@@ -85,8 +85,13 @@ class Stack:
             stdout=log, stderr=subprocess.STDOUT, env=penv, cwd=str(REPO), start_new_session=True,
         )
         p.log_path = log.name  # type: ignore[attr-defined]
+        p.service = args[0]  # type: ignore[attr-defined]
         self.procs.append(p)
         return p
+
+    def proc(self, service: str) -> subprocess.Popen:
+        """The most recently started process of a service."""
+        return [p for p in self.procs if p.service == service][-1]  # type: ignore[attr-defined]
 
     def endpoint(self, name: str) -> str:
         return self.config().endpoint(name)

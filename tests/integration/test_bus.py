@@ -1,0 +1,166 @@
+"""The command bus end to end: broker, master(s) and agents as processes, used like a person would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from common import protocol as P
+from common.rpc import MasterClient, RequestError
+from common.zmqutil import free_port
+from tests.conftest import REPO, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _agents(mc: MasterClient) -> list[str]:
+    try:
+        return [a.agent_id for a in mc.agents()]
+    except RequestError:
+        return []
+
+
+@pytest.fixture
+def bus(stack):
+    stack.start("broker")
+    stack.start("master")
+    stack.start("agent", extra={"agent": {"id": "a1"}})
+    mc = MasterClient([stack.endpoint("master_clients")], timeout=5.0)
+    wait_for(lambda: _agents(mc) == ["a1"], 20, "the agent to register")
+    yield stack, mc
+    mc.close()
+
+
+def cli(stack, *args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "p4bus", "--config", str(stack.config_file()), *args],
+                          capture_output=True, timeout=timeout, cwd=REPO, **kw)
+
+
+def test_run_streams_a_million_lines_and_exit_codes(bus):
+    stack, _ = bus
+    done = cli(stack, "run", "--", "seq", "1000000")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b"".join(b"%d\n" % i for i in range(1, 1000001))
+    done = cli(stack, "run", "--", "sh", "-c", "echo oops >&2; exit 7")
+    assert (done.returncode, done.stdout, done.stderr) == (7, b"", b"oops\n")
+    done = cli(stack, "run", "--", "sh", "-c", "kill -TERM $$")
+    assert done.returncode == 128 + signal.SIGTERM
+
+
+def test_binary_output_arrives_byte_identical(bus, tmp_path):
+    stack, _ = bus
+    blob = os.urandom(3_000_000) + b"\xff\xfe\x00 not utf-8 \xc3\x28"
+    (tmp_path / "blob").write_bytes(blob)
+    done = cli(stack, "run", "--cwd", str(tmp_path), "--", "cat", "blob")
+    assert done.returncode == 0 and done.stdout == blob
+
+
+def test_ctrl_c_kills_the_remote_process_group(bus, tmp_path):
+    stack, mc = bus
+    marker = tmp_path / "grandchild.pid"
+    p = subprocess.Popen([sys.executable, "-m", "p4bus", "--config", str(stack.config_file()), "run", "--",
+                          "sh", "-c", f"sleep 100 & echo $! > {marker}; wait"], cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for(lambda: marker.exists() and marker.read_text().strip(), 20, "the grandchild to start")
+    grandchild = int(marker.read_text())
+    p.send_signal(signal.SIGINT)
+    assert p.wait(20) == 128 + signal.SIGTERM
+    wait_for(lambda: not _alive(grandchild), 10, "the grandchild to be killed")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_cli_errors_are_one_line_and_non_zero(bus, tmp_path):
+    stack, _ = bus
+    done = cli(stack, "run", "--pool", "gpu", "--", "true")
+    assert done.returncode == 2 and done.stderr.count(b"\n") == 1 and b"pool 'gpu'" in done.stderr
+    done = cli(stack, "run", "--cwd", "/etc", "--", "true")
+    assert done.returncode != 0 and done.stderr.count(b"\n") == 1 and b"outside the workspace roots" in done.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[agent]\nslots = 'x'\n")
+    done = subprocess.run([sys.executable, "-m", "p4bus", "--config", str(bad), "agents"], capture_output=True,
+                          cwd=REPO, timeout=30)
+    assert done.returncode == 2 and b"agent.slots" in done.stderr and b"Traceback" not in done.stderr
+
+
+def test_agents_and_events_commands(bus):
+    stack, mc = bus
+    done = cli(stack, "agents", "--json")
+    assert done.returncode == 0 and b'"agent_id":"a1"' in done.stdout.replace(b" ", b"")
+    assert cli(stack, "run", "--", "echo", "hello").returncode == 0
+    p = subprocess.Popen([sys.executable, "-m", "p4bus", "--config", str(stack.config_file()), "events", "--topic",
+                          "cmd."], cwd=REPO, stdout=subprocess.PIPE)
+    try:
+        line = p.stdout.readline()
+        assert b'"t":"cmd_started"' in line and b'"argv":["echo","hello"]' in line
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_agent_sigkilled_reported_lost_within_three_heartbeats(bus):
+    stack, mc = bus
+    agent = stack.proc("agent")
+    os.killpg(agent.pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    wait_for(lambda: _agents(mc) == [], 10, "the agent to be dropped", interval=0.01)
+    assert time.monotonic() - t0 < 3 * 0.2 + 0.6
+
+
+def test_master_restart_gets_agents_back_and_results_of_commands_finished_meanwhile(bus, tmp_path):
+    stack, mc = bus
+    reply = mc.exec(P.CmdSpec(argv=["sh", "-c", "sleep 1; echo finished"], cwd=str(tmp_path)))
+    master = stack.proc("master")
+    os.killpg(master.pid, signal.SIGKILL)
+    master.wait()
+    time.sleep(1.5)  # the command finishes while no master exists (that is the point, not a sync)
+    stack.start("master")
+    wait_for(lambda: _agents(mc) == ["a1"], 20, "the agent to re-register")
+    status = mc.query([reply.cmd_id], agent="a1")[0]
+    assert status.state == "done" and status.exit_code == 0 and status.stdout == b"finished\n"
+
+
+def test_same_exec_twice_runs_once(bus, tmp_path):
+    stack, mc = bus
+    counter = tmp_path / "count"
+    spec = P.CmdSpec(argv=["sh", "-c", f"echo x >> {counter}"], cwd=str(tmp_path))
+    first = mc.exec(spec, cmd_id="c-once")
+    second = mc.exec(spec, cmd_id="c-once")
+    assert second.duplicate and not first.duplicate
+    wait_for(lambda: mc.query(["c-once"], agent="a1")[0].state == "done", 10, "the command to finish")
+    assert counter.read_text() == "x\n"
+
+
+def test_two_masters_share_one_agent_and_its_slot_limit(stack, tmp_path):
+    p_agents, p_clients = free_port(), free_port()
+    second = {"master_agents": f"tcp://127.0.0.1:{p_agents}", "master_clients": f"tcp://127.0.0.1:{p_clients}",
+              "master": {"id": "m2"}}
+    stack.start("broker")
+    stack.start("master", extra={"master": {"id": "m1"}})
+    stack.start("master", extra=second)
+    stack.start("agent", extra={"agent": {"id": "shared", "slots": 1,
+                                          "masters": [stack.endpoint("master_agents"), second["master_agents"]]}})
+    m1 = MasterClient([stack.endpoint("master_clients")], timeout=5.0)
+    m2 = MasterClient([second["master_clients"]], timeout=5.0)
+    wait_for(lambda: _agents(m1) == ["shared"] and _agents(m2) == ["shared"], 20, "both masters to see it")
+    long = m1.exec(P.CmdSpec(argv=["sleep", "30"], cwd=str(tmp_path)))
+    with pytest.raises(RequestError) as err:
+        m2.exec(P.CmdSpec(argv=["true"], cwd=str(tmp_path)))
+    assert err.value.code == "agent_busy"
+    # Either master can reach the command: kill it through the other one.
+    assert m2.kill(long.cmd_id, agent="shared").found
+    wait_for(lambda: m2.query([long.cmd_id], agent="shared")[0].state == "done", 10, "the kill")
+    ok = m2.exec(P.CmdSpec(argv=["true"], cwd=str(tmp_path)))
+    assert ok.agent == "shared"
+    m1.close()
+    m2.close()
