@@ -1,0 +1,289 @@
+"""Whole p4-integrate jobs through the orchestrator, beside the same p4 commands over ssh.
+
+Every job integrates for real: each workspace is a freshly seeded p4sim `clean` scenario used
+by exactly one job (a second clean job on an integrated workspace would end NOTHING_TO_DO
+after a few stages and flatter the numbers). Seeding takes ~10 ms per workspace.
+
+1. One job alone (after a warm-up job): wall time from submit to its terminal JobChanged event,
+   minus the time spent inside its p4 commands (timeline started_at..ended_at, as the agent saw
+   them) = p4bus overhead; the gaps are shown per stage.
+2. 100 jobs across 4 agents (25 workspaces each), all submitted at once: jobs per minute,
+   stage transitions per second, orchestrator CPU seconds and peak RSS.
+3. The lone job's p4 commands replayed one by one on two more fresh seeds: locally (the p4
+   time) and over `ssh localhost` with a fresh connection per command (the way p4bus
+   replaces); ssh overhead per command = ssh wall - local p4 time.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import zmq
+
+from agent.spool import Spool
+from bench import common as B
+from bench.sshd import SshTarget
+from common import topics, zmqutil
+from common import protocol as P
+from common.rpc import OrchestratorClient
+from p4sim.seed import seed
+from p4sim.tools import write_shim
+
+N_JOBS = 100
+N_AGENTS = 4
+JOB_TIMEOUT_S = 150.0
+# States in which a job stops moving by itself.
+STOPPED = ("DONE", "NOTHING_TO_DO", "FAILED", "CANCELLED", "WAITING_RESOLVE")
+TARGET_STAGE_MS = 5.0
+TARGET_RATIO = 10.0
+
+
+# ---------------------------------------------------------------------------- workspaces
+def seed_all(tmp: Path, names: list[str]) -> dict[str, dict]:
+    return {name: seed(tmp / "ws" / name, "clean") for name in names}
+
+
+def orchestrator_workspaces(seeds: dict[str, dict]) -> dict[str, dict]:
+    return {n: {"p4port": s["P4PORT"], "p4user": s["P4USER"], "p4client": s["P4CLIENT"], "root": s["root"]}
+            for n, s in seeds.items()}
+
+
+def p4_env(info: dict, shim_dir: Path) -> dict[str, str]:
+    return {"P4PORT": info["P4PORT"], "P4USER": info["P4USER"], "P4CLIENT": info["P4CLIENT"],
+            "PWD": info["root"], "PATH": f"{shim_dir}{os.pathsep}{os.environ['PATH']}"}
+
+
+# ---------------------------------------------------------------------------- following jobs
+class JobWatcher:
+    """Ends of jobs from `job.*` events (publisher timestamps); if the bus is quiet for a
+    second, the orchestrator is asked, so a dropped event cannot hang the bench."""
+
+    def __init__(self, stack: B.BusStack, oc: OrchestratorClient) -> None:
+        self.oc = oc
+        self.sub = zmqutil.sub(zmq.Context.instance(), stack.endpoint("broker_xpub"), [topics.JOB + "."])
+        self.events = 0
+
+    def wait(self, job_ids: list[str]) -> dict[str, float]:
+        """job id -> wall-clock time it stopped."""
+        pending, ends = set(job_ids), {}
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while pending:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{len(pending)} jobs did not finish within {JOB_TIMEOUT_S:g}s")
+            if not self.sub.poll(1000):
+                for job_id in list(pending):
+                    view = self.oc.job(job_id)
+                    if view.state in STOPPED:
+                        ends[job_id] = view.updated_at
+                        pending.discard(job_id)
+                continue
+            while self.sub.poll(0):
+                ev = P.decode_event(self.sub.recv_multipart())
+                self.events += 1
+                if isinstance(ev, P.JobChanged) and ev.job_id in pending and ev.state in STOPPED:
+                    ends[ev.job_id] = ev.ts
+                    pending.discard(ev.job_id)
+        return ends
+
+    def close(self) -> None:
+        self.sub.close(linger=0)
+
+
+def submit(oc: OrchestratorClient, name: str, info: dict) -> str:
+    return oc.submit(workspace=name, source=info["source"], target=info["target"], desc="bench").job_id
+
+
+def require_done(views: list[P.JobView]) -> None:
+    bad = [f"{v.job_id} {v.state} {v.reason}" for v in views if v.state != "DONE"]
+    if bad:
+        raise RuntimeError(f"{len(bad)} jobs did not reach DONE: {bad[:3]}")
+
+
+# ---------------------------------------------------------------------------- one job
+@dataclass
+class Gap:
+    stage: str
+    p4_ms: float  # inside the p4 command, as the agent timed it
+    gap_ms: float  # p4bus time before this command started (after the previous one ended)
+
+
+def gaps(view: P.JobView, submitted: float, ended: float) -> tuple[list[Gap], float]:
+    """Per command: its p4 time and the p4bus time before it; plus the time after the last."""
+    out, prev = [], submitted
+    for run in view.timeline:
+        out.append(Gap(run.stage, (run.ended_at - run.started_at) * 1000, (run.started_at - prev) * 1000))
+        prev = run.ended_at
+    return out, (ended - prev) * 1000
+
+
+def lone_job(oc: OrchestratorClient, watcher: JobWatcher, name: str, info: dict) -> tuple[P.JobView, float, float]:
+    submitted = time.time()
+    job_id = submit(oc, name, info)
+    ended = watcher.wait([job_id])[job_id]
+    view = oc.job(job_id)
+    require_done([view])
+    return view, submitted, ended
+
+
+# ---------------------------------------------------------------------------- many jobs
+@dataclass
+class Throughput:
+    jobs: int
+    seconds: float
+    transitions: int
+    orch_cpu_s: float
+    orch_peak_rss_mib: float
+
+
+def many_jobs(oc: OrchestratorClient, watcher: JobWatcher, seeds: dict[str, dict], orch_pid: int) -> Throughput:
+    cpu_before = B.proc_usage(orch_pid).cpu_s
+    t0 = time.time()
+    job_ids = [submit(oc, name, info) for name, info in seeds.items()]
+    ends = watcher.wait(job_ids)
+    seconds = max(ends.values()) - t0
+    usage = B.proc_usage(orch_pid)
+    views = [oc.job(j) for j in job_ids]
+    require_done(views)
+    # A transition = entering a stage (one timeline command each) or the terminal state.
+    transitions = sum(len(v.timeline) + 1 for v in views)
+    return Throughput(len(job_ids), seconds, transitions, usage.cpu_s - cpu_before, usage.peak_rss_mib)
+
+
+# ---------------------------------------------------------------------------- the same commands elsewhere
+@dataclass
+class Command:
+    stage: str
+    argv: list[str]
+    stdin: bytes | None
+    exit_code: int | None
+
+
+def job_commands(view: P.JobView, spool_root: Path) -> list[Command]:
+    """The job's commands: argv from its timeline; stdin (the change spec of `change -i`) is
+    not in the timeline, so it comes from the agent's spool record of the same command."""
+    out = []
+    for run in view.timeline:
+        entry = Spool(spool_root / run.agent).read_spec(run.cmd_id)
+        out.append(Command(run.stage, run.argv, entry.spec.stdin if entry else None, run.exit_code))
+    return out
+
+
+Runner = Callable[[Command, dict, Path], float]  # (command, seed info, shim dir) -> seconds
+
+
+def run_local(cmd: Command, info: dict, shim_dir: Path) -> float:
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd.argv, cwd=info["root"], env={**os.environ, **p4_env(info, shim_dir)},
+                          input=cmd.stdin or b"", capture_output=True)
+    seconds = time.perf_counter() - t0
+    _same_exit(cmd, done, "locally")
+    return seconds
+
+
+def ssh_runner(ssh: SshTarget) -> Runner:
+    def run(cmd: Command, info: dict, shim_dir: Path) -> float:
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in p4_env(info, shim_dir).items())
+        remote = f"cd {shlex.quote(info['root'])} && env {env} {shlex.join(cmd.argv)}"
+        t0 = time.perf_counter()
+        done = subprocess.run(ssh.fresh() + [remote], input=cmd.stdin or b"", capture_output=True)
+        seconds = time.perf_counter() - t0
+        _same_exit(cmd, done, "over ssh")
+        return seconds
+    return run
+
+
+def _same_exit(cmd: Command, done: subprocess.CompletedProcess, where: str) -> None:
+    """The replay must do the job's work: same exit code as on the agent."""
+    if done.returncode != cmd.exit_code:
+        raise RuntimeError(f"{cmd.stage} {cmd.argv} exited {done.returncode} {where} "
+                           f"(the job's exit: {cmd.exit_code}): {done.stderr.decode(errors='replace')[-300:]}")
+
+
+def replay(cmds: list[Command], info: dict, shim_dir: Path, runner: Runner) -> list[float]:
+    return [runner(c, info, shim_dir) for c in cmds]
+
+
+# ---------------------------------------------------------------------------- report
+def main() -> None:
+    args = B.parser(__doc__).parse_args()
+    print(B.machine())
+    with B.workdir(args, "jobs") as tmp:
+        shim_dir = write_shim(tmp / "bin").parent
+        names = [f"ws{i:03d}" for i in range(N_JOBS)]
+        t0 = time.monotonic()
+        seeds = seed_all(tmp, ["warm", "lone", "replay-local", "replay-ssh"] + names)
+        print(f"seeded {len(seeds)} p4sim servers in {time.monotonic() - t0:.1f}s")
+        bus_seeds = {n: seeds[n] for n in ["warm", "lone"] + names}
+        per_agent = [names[i::N_AGENTS] for i in range(N_AGENTS)]
+        per_agent[0] += ["warm", "lone"]
+        agents = [B.AgentSpec(f"agent-{i + 1}", {n: seeds[n]["root"] for n in ws}, [str(tmp / "ws")], ["p4"])
+                  for i, ws in enumerate(per_agent)]
+        with B.BusStack(tmp, agents, orchestrator_workspaces(bus_seeds), path_prefix=str(shim_dir)) as stack, \
+                OrchestratorClient([stack.endpoint("orchestrator_api")], timeout=30.0) as oc:
+            watcher = JobWatcher(stack, oc)
+            try:
+                lone_job(oc, watcher, "warm", seeds["warm"])
+                view, submitted, ended = lone_job(oc, watcher, "lone", seeds["lone"])
+                tp = many_jobs(oc, watcher, {n: seeds[n] for n in names}, stack.pid("orchestrator"))
+            finally:
+                watcher.close()
+            cmds = job_commands(view, tmp / "state" / "spool")
+        report_lone(view, submitted, ended)
+        report_throughput(tp)
+        local = replay(cmds, seeds["replay-local"], shim_dir, run_local)
+        with B.ssh_baseline(args) as ssh:
+            remote = replay(cmds, seeds["replay-ssh"], shim_dir, ssh_runner(ssh)) if ssh else None
+        report_replay(view, submitted, ended, cmds, local, remote)
+
+
+def report_lone(view: P.JobView, submitted: float, ended: float) -> None:
+    rows, tail = gaps(view, submitted, ended)
+    print(f"\none job alone ({view.job_id}, {len(rows)} commands), times in ms:")
+    print(B.table(["stage", "p4 command (agent-timed)", "p4bus before it"], [(g.stage, g.p4_ms, g.gap_ms) for g in rows]
+                  + [("(to the DONE event)", "", tail)]))
+
+
+def bus_overhead_ms(view: P.JobView, submitted: float, ended: float) -> tuple[float, float]:
+    """(wall ms, p4bus overhead ms) of one job."""
+    rows, _ = gaps(view, submitted, ended)
+    wall = (ended - submitted) * 1000
+    return wall, wall - sum(g.p4_ms for g in rows)
+
+
+def report_throughput(tp: Throughput) -> None:
+    print(f"\n{tp.jobs} jobs across {N_AGENTS} agents:")
+    print(B.table(["jobs", "wall s", "jobs/min", "stage transitions", "transitions/s", "orchestrator CPU s",
+                   "orchestrator peak RSS MiB"],
+                  [(tp.jobs, tp.seconds, tp.jobs / tp.seconds * 60, tp.transitions, tp.transitions / tp.seconds,
+                    tp.orch_cpu_s, tp.orch_peak_rss_mib)]))
+
+
+def report_replay(view: P.JobView, submitted: float, ended: float, cmds: list[Command], local: list[float],
+                  remote: list[float] | None) -> None:
+    n = len(cmds)
+    wall, bus = bus_overhead_ms(view, submitted, ended)
+    p4_local = sum(local) * 1000
+    rows = [("p4bus (one job alone)", n, wall, wall - bus, bus, bus / n)]
+    if remote is not None:
+        ssh_wall = sum(remote) * 1000
+        rows.append(("ssh localhost per command, fresh", n, ssh_wall, p4_local, ssh_wall - p4_local,
+                     (ssh_wall - p4_local) / n))
+    print("\nthe same job's commands, overhead = wall - time inside p4 (ms):")
+    print(B.table(["path", "commands", "wall", "inside p4", "overhead", "overhead per stage"], rows))
+    per_stage = bus / n
+    print(f"target <= {TARGET_STAGE_MS:g} ms p4bus overhead per stage: "
+          f"{'met' if per_stage <= TARGET_STAGE_MS else 'NOT met'} ({per_stage:.1f} ms)")
+    if remote is not None:
+        ratio = (sum(remote) * 1000 - p4_local) / bus
+        print(f"target >= {TARGET_RATIO:g}x less overhead than ssh per command: "
+              f"{'met' if ratio >= TARGET_RATIO else 'NOT met'} ({ratio:.1f}x)")
+
+
+if __name__ == "__main__":
+    main()
