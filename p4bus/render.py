@@ -22,6 +22,13 @@ STATE_STYLE = {
 END_STATES = ("DONE", "NOTHING_TO_DO", "FAILED", "CANCELLED", "WAITING_RESOLVE")
 
 
+def console() -> Console:
+    """A terminal console, or a wide plain one when piped: a table cut to 80 columns and
+    wrapped mid-id is useless to grep."""
+    c = Console()
+    return c if c.is_terminal else Console(width=200, no_color=True)
+
+
 def age(ts: float, now: float | None = None) -> str:
     s = max(0.0, (now or time.time()) - ts)
     if s < 60:
@@ -46,6 +53,8 @@ def styled(state: str) -> Text:
 
 def jobs_table(jobs: list[P.JobView]) -> Table:
     t = Table("job", "state", "stage", "age", "agent", "workspace", "detail")
+    for col in t.columns[:6]:
+        col.no_wrap = True
     for j in jobs:
         detail = j.reason or j.waiting_for or (f"change {j.submitted_change}" if j.submitted_change else "")
         t.add_row(j.job_id, styled(j.state), j.stage, age(j.created_at), j.agent or "-", j.workspace, detail)

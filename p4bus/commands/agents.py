@@ -7,10 +7,10 @@ import time
 
 import click
 import msgspec
-from rich.console import Console
 from rich.table import Table
 
 from p4bus.cli import Ctx, UserError
+from p4bus.render import console
 from common.rpc import MasterClient, RequestError
 
 
@@ -40,7 +40,7 @@ def agents(obj: Ctx, as_json: bool) -> None:
     for master, a in rows:
         table.add_row(a.agent_id, master, a.host, ",".join(a.pools), f"{a.slots - len(a.running)}/{a.slots} free",
                       str(len(a.running)), ",".join(a.workspaces) or "-", f"{now - a.last_seen:.1f}s ago")
-    Console().print(table)
+    console().print(table)
     for e in errors:
         click.echo(f"p4bus: {e}", err=True)
 

@@ -6,12 +6,11 @@ import sys
 
 import click
 import msgspec
-from rich.console import Console
 
 from common import protocol as P
 from common.rpc import OrchestratorClient, RequestError
 from p4bus.cli import Ctx, UserError
-from p4bus.render import LogPrinter, job_detail, jobs_table
+from p4bus.render import LogPrinter, console, job_detail, jobs_table
 from p4bus.tailer import JobTail
 
 
@@ -34,15 +33,22 @@ def _print_json(value) -> None:
 def follow(obj: Ctx, job_id: str) -> P.JobView:
     """Stream a job's output until it ends or waits for a person; print its timeline."""
     printer = LogPrinter(sys.stdout.buffer, color=sys.stdout.isatty())
-    tail = JobTail(obj.cfg(), job_id, printer,
-                   on_state=lambda ev: printer.note(f"{ev.job_id} {ev.state} {ev.stage}"))
+    last: list[tuple[str, str]] = []
+
+    def on_state(ev: P.JobChanged) -> None:
+        # Only moves are news (an event also comes when, say, the job's agent is pinned).
+        if not last or last[-1] != (ev.state, ev.stage):
+            last.append((ev.state, ev.stage))
+            printer.note(f"{ev.job_id} {ev.state} {ev.stage}")
+
+    tail = JobTail(obj.cfg(), job_id, printer, on_state=on_state)
     try:
         view = tail.follow()
     except RequestError as exc:
         raise UserError(exc.message) from None
     finally:
         tail.close()
-    job_detail(Console(), view)
+    job_detail(console(), view)
     return view
 
 
@@ -87,13 +93,13 @@ def status(obj: Ctx, job_id: str | None, include_all: bool, as_json: bool) -> No
     """A table of jobs, or one job's stage timeline."""
     if job_id:
         view = _call(obj, lambda oc: oc.job(job_id))
-        _print_json(view) if as_json else job_detail(Console(), view)
+        _print_json(view) if as_json else job_detail(console(), view)
         return
     jobs = _call(obj, lambda oc: oc.jobs(include_all))
     if as_json:
         _print_json(jobs)
     elif jobs:
-        Console().print(jobs_table(jobs))
+        console().print(jobs_table(jobs))
     else:
         click.echo("no active jobs" + ("" if include_all else " (--all shows finished ones)"))
 

@@ -1,0 +1,120 @@
+"""The job commands as a person uses them: submit, status, tail, resume, cancel, retry, demo."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def p4bus(jobs, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "p4bus", "--config", str(jobs.stack.config_file()), *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def _sections(text: str) -> list[tuple[str, list[str]]]:
+    """(header, body lines) per `── header` line, up to the job's closing summary."""
+    out: list[tuple[str, list[str]]] = []
+    for line in text.splitlines(keepends=True):
+        if line.startswith("── "):
+            out.append((line[3:].rstrip("\n"), []))
+        elif out and not line.startswith("INT-"):
+            out[-1][1].append(line)
+        elif out:
+            break  # the timeline printed at the end
+    return out
+
+
+def _spool(jobs, run, stream: str) -> str:
+    return (jobs.tmp / "spool" / run.agent / run.cmd_id / stream).read_text()
+
+
+def test_submit_follow_then_tail_shows_every_byte_once(jobs):
+    info = jobs.workspace("ws1", "clean")
+    jobs.start()
+    done = p4bus(jobs, "submit", "--workspace", "ws1", "--source", info["source"], "--target", info["target"],
+                 "--follow")
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.splitlines()[0]
+    assert job_id.startswith("INT-")
+    tail = p4bus(jobs, "tail", job_id)
+    assert tail.returncode == 0, tail.stderr
+    with jobs.orch() as oc:
+        view = oc.job(job_id)
+    sections = _sections(tail.stdout)
+    assert [h for h, _ in sections if not h.startswith(job_id)] == [
+        f"{r.stage}" + (f" step {r.step}" if r.step else "") + f": {' '.join(r.argv)}" for r in view.timeline]
+    bodies = [body for h, body in sections if not h.startswith(job_id)]
+    for run, body in zip(view.timeline, bodies):
+        # Exactly the spool's bytes: nothing missing, nothing twice, stderr marked.
+        out = "".join(line for line in body if not line.startswith("stderr| "))
+        err = "".join(line[len("stderr| "):] for line in body if line.startswith("stderr| "))
+        assert (out, err) == (_spool(jobs, run, "stdout"), _spool(jobs, run, "stderr")), run.stage
+    assert "DONE" in tail.stdout and str(view.submitted_change) in tail.stdout
+
+
+def test_status_table_timeline_and_json(jobs):
+    info = jobs.workspace("ws1", "conflict")
+    jobs.start()
+    job_id = jobs.submit("ws1")
+    jobs.wait_state(job_id, ("WAITING_RESOLVE",))
+    table = p4bus(jobs, "status")
+    assert job_id in table.stdout and "WAITING_RESOLVE" in table.stdout
+    one = p4bus(jobs, "status", job_id)
+    assert "conflict.c" in one.stdout and "RESOLVE_PASS_2" in one.stdout and "p4bus resume" in one.stdout
+    data = json.loads(p4bus(jobs, "status", job_id, "--json").stdout)
+    assert data["state"] == "WAITING_RESOLVE" and data["conflicts"]
+    # tail of a waiting job ends (exit 3: waiting for a person) instead of hanging
+    assert p4bus(jobs, "tail", job_id).returncode == 3
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--change", "abc"], "is not a valid integer"),
+    (["--source", "//depot/dev/...|x"], "shell metacharacters"),
+    (["--workspace", "nope"], "not configured"),
+])
+def test_submit_refuses_bad_parameters_with_one_line(jobs, args, needle):
+    info = jobs.workspace("ws1", "clean")
+    jobs.start()
+    base = {"--source": info["source"], "--target": info["target"], "--workspace": "ws1"}
+    for flag, value in zip(args[::2], args[1::2]):
+        base[flag] = value
+    done = p4bus(jobs, "submit", *[x for kv in base.items() for x in kv])
+    assert done.returncode == 2 and needle in done.stderr and "Traceback" not in done.stderr
+    assert "no active jobs" in p4bus(jobs, "status").stdout
+
+
+def test_cancel_and_retry_from_cli(jobs):
+    jobs.workspace("ws1", "conflict")
+    jobs.start()
+    job_id = jobs.submit("ws1")
+    jobs.wait_state(job_id, ("WAITING_RESOLVE",))
+    assert p4bus(jobs, "cancel", job_id, "--revert").returncode == 0
+    view = jobs.wait_state(job_id, ("CANCELLED",))
+    # The cleanup reverted and deleted the pending change: nothing is left opened.
+    with jobs.orch() as oc:
+        from tests.conftest import wait_for
+        wait_for(lambda: all(r.state == "DONE" for r in oc.job(job_id).timeline if r.stage == "CLEANUP"), 30,
+                 "the cleanup")
+    assert "not opened" in jobs.p4("ws1", "opened")
+    bad = p4bus(jobs, "retry", job_id, "--from", "NOPE")
+    assert bad.returncode == 2 and "unknown stage" in bad.stderr
+    # Its change is gone, so it cannot go on where it stopped; from an earlier stage it can.
+    stuck = p4bus(jobs, "retry", job_id)
+    assert stuck.returncode == 2 and "retry from CREATE_CHANGE or earlier" in stuck.stderr
+    assert p4bus(jobs, "retry", job_id, "--from", "SYNC").returncode == 0
+    assert jobs.wait_state(job_id, ("WAITING_RESOLVE", "FAILED")).state == "WAITING_RESOLVE"
+
+
+def test_demo_runs_end_to_end():
+    done = subprocess.run([sys.executable, "-m", "p4bus", "demo"], capture_output=True, text=True, timeout=150,
+                          cwd=REPO)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "WAITING_RESOLVE" in done.stdout and "conflict.c" in done.stdout
+    assert done.stdout.count("DONE            submitted change") == 2
