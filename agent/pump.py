@@ -86,7 +86,7 @@ class _Running:
     kill_at: float | None = None  # monotonic: SIGKILL escalation
     timed_out: bool = False
     killed: bool = False
-    error: str = ""
+    spool_failed: bool = False
     stdin: memoryview | None = None
 
     @property
@@ -124,7 +124,7 @@ class Pump(threading.Thread):
         self._call(partial(self._start, started))
 
     def kill(self, cmd_id: str) -> None:
-        self._call(partial(self._kill, cmd_id, ""))
+        self._call(partial(self._kill, cmd_id))
 
     def publish_done(self, status: proto.CmdStatus) -> None:
         """Publish CmdDone for a command that never ran (refused): the status is already spooled."""
@@ -229,7 +229,8 @@ class Pump(threading.Thread):
         except (AttributeError, OSError):
             run.pidfd = None  # polled instead (see POLL_S)
         if self._stopping:
-            self._terminate(run, "agent shut down")
+            run.killed = True
+            self._terminate(run)
 
     # ------------------------------------------------------------------ I/O callbacks
     def _on_readable(self, run: _Running, s: _Stream, fd: int) -> None:
@@ -253,9 +254,10 @@ class Pump(threading.Thread):
             while data:
                 data = data[os.write(s.spool_fd, data):]
         except OSError as exc:
-            # Keep streaming to subscribers; the result says the spool copy is incomplete.
-            if not run.error:
-                run.error = f"spool write failed: {exc}"
+            # Keep streaming to subscribers. ``error`` is reserved for "never started", so the
+            # short spool copy shows as a file smaller than the result's byte counts.
+            if not run.spool_failed:
+                run.spool_failed = True
                 log.error("spool write failed", cmd_id=run.started.cmd_id, error=str(exc))
 
     def _on_writable(self, run: _Running, fd: int) -> None:
@@ -287,21 +289,19 @@ class Pump(threading.Thread):
             os.close(s.spool_fd)
 
     # ------------------------------------------------------------------ timeouts and kills
-    def _kill(self, cmd_id: str, reason: str) -> None:
+    def _kill(self, cmd_id: str) -> None:
         run = self._runs.get(cmd_id)
         if run is not None:
             run.killed = True
-            self._terminate(run, reason)
+            self._terminate(run)
 
     def _begin_shutdown(self) -> None:
         self._stopping = True
         for run in self._runs.values():
             run.killed = True
-            self._terminate(run, "agent shut down")
+            self._terminate(run)
 
-    def _terminate(self, run: _Running, reason: str) -> None:
-        if reason and not run.error:
-            run.error = reason
+    def _terminate(self, run: _Running) -> None:
         executor.signal_group(run.pid, signal.SIGTERM)
         if run.kill_at is None:
             run.kill_at = time.monotonic() + self._grace
@@ -310,7 +310,7 @@ class Pump(threading.Thread):
         if run.deadline is not None and now >= run.deadline:
             run.deadline = None
             run.timed_out = True
-            self._terminate(run, "")
+            self._terminate(run)
         if run.kill_at is not None and now >= run.kill_at:
             run.kill_at = None
             executor.signal_group(run.pid, signal.SIGKILL)
@@ -368,7 +368,7 @@ class Pump(threading.Thread):
         status = proto.CmdStatus(
             cmd_id=st.cmd_id, job_id=st.job_id, agent=self._agent_id, state="done", pid=st.proc.pid,
             exit_code=rc if rc >= 0 else None, signal=-rc if rc < 0 else None,
-            timed_out=run.timed_out, killed=run.killed, error=run.error,
+            timed_out=run.timed_out, killed=run.killed,
             started_at=st.started_at, ended_at=ended, duration=ended - st.started_at,
             stdout_bytes=out.offset, stderr_bytes=err.offset,
             stdout=out.capture.value(), stderr=err.capture.value(),

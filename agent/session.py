@@ -142,7 +142,8 @@ class Agent:
 
     def _shutdown(self) -> None:
         """Clean stop: say Bye, then end running commands (TERM, KILL after the grace period)
-        and record them killed, so the spool never holds an orphan a later agent cannot watch."""
+        and record them ``killed`` (``error`` stays empty: they did start), so the spool never
+        holds an orphan that a later agent could not watch."""
         now = time.monotonic()
         log.info("agent stopping", running=list(self.running))
         for link in self.links:
