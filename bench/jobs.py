@@ -66,8 +66,9 @@ class JobWatcher:
 
     def __init__(self, stack: B.BusStack, oc: OrchestratorClient) -> None:
         self.oc = oc
-        self.sub = zmqutil.sub(zmq.Context.instance(), stack.endpoint("broker_xpub"), [topics.JOB + "."])
-        self.events = 0
+        self.sub = zmqutil.sub(zmq.Context.instance(), stack.endpoint("broker_xpub"),
+                               [topics.JOB + ".", topics.CMD + "."])
+        self.done_ts: dict[str, float] = {}  # cmd id -> when the agent published CmdDone
 
     def wait(self, job_ids: list[str]) -> dict[str, float]:
         """job id -> wall-clock time it stopped."""
@@ -85,8 +86,9 @@ class JobWatcher:
                 continue
             while self.sub.poll(0):
                 ev = P.decode_event(self.sub.recv_multipart())
-                self.events += 1
-                if isinstance(ev, P.JobChanged) and ev.job_id in pending and ev.state in STOPPED:
+                if isinstance(ev, P.CmdDone):
+                    self.done_ts[ev.cmd_id] = ev.ts
+                elif isinstance(ev, P.JobChanged) and ev.job_id in pending and ev.state in STOPPED:
                     ends[ev.job_id] = ev.ts
                     pending.discard(ev.job_id)
         return ends
@@ -108,18 +110,28 @@ def require_done(views: list[P.JobView]) -> None:
 # ---------------------------------------------------------------------------- one job
 @dataclass
 class Gap:
+    """One command of a job and the p4bus time before it, split by who spent it (wall clocks
+    of one machine: the agent's ended_at/started_at, CmdDone's publish time, the spool's
+    received_at of the next Exec)."""
+
     stage: str
     p4_ms: float  # inside the p4 command, as the agent timed it
-    gap_ms: float  # p4bus time before this command started (after the previous one ended)
+    gap_ms: float  # previous command's end (or the submit) -> this command's start
+    finish_ms: float  # agent: previous command's result written + CmdDone published
+    route_ms: float  # CmdDone published -> orchestrator persists and dispatches -> master -> agent
+    start_ms: float  # agent: spool record + spawn, up to the process start
 
 
-def gaps(view: P.JobView, submitted: float, ended: float) -> tuple[list[Gap], float]:
+def gaps(view: P.JobView, cmds: list[Command], done_ts: dict[str, float], submitted: float,
+         ended: float) -> tuple[list[Gap], float]:
     """Per command: its p4 time and the p4bus time before it; plus the time after the last."""
-    out, prev = [], submitted
-    for run in view.timeline:
-        out.append(Gap(run.stage, (run.ended_at - run.started_at) * 1000, (run.started_at - prev) * 1000))
-        prev = run.ended_at
-    return out, (ended - prev) * 1000
+    out, prev_end, prev_done = [], submitted, submitted
+    for run, cmd in zip(view.timeline, cmds):
+        out.append(Gap(run.stage, (run.ended_at - run.started_at) * 1000, (run.started_at - prev_end) * 1000,
+                       (prev_done - prev_end) * 1000, (cmd.received_at - prev_done) * 1000,
+                       (run.started_at - cmd.received_at) * 1000))
+        prev_end, prev_done = run.ended_at, done_ts.get(run.cmd_id, run.ended_at)
+    return out, (ended - prev_end) * 1000
 
 
 def lone_job(oc: OrchestratorClient, watcher: JobWatcher, name: str, info: dict) -> tuple[P.JobView, float, float]:
@@ -162,6 +174,7 @@ class Command:
     argv: list[str]
     stdin: bytes | None
     exit_code: int | None
+    received_at: float  # when the agent recorded the Exec in its spool
 
 
 def job_commands(view: P.JobView, spool_root: Path) -> list[Command]:
@@ -170,7 +183,9 @@ def job_commands(view: P.JobView, spool_root: Path) -> list[Command]:
     out = []
     for run in view.timeline:
         entry = Spool(spool_root / run.agent).read_spec(run.cmd_id)
-        out.append(Command(run.stage, run.argv, entry.spec.stdin if entry else None, run.exit_code))
+        if entry is None:
+            raise RuntimeError(f"no spool record of {run.cmd_id} on {run.agent}")
+        out.append(Command(run.stage, run.argv, entry.spec.stdin, run.exit_code, entry.received_at))
     return out
 
 
@@ -234,26 +249,24 @@ def main() -> None:
             finally:
                 watcher.close()
             cmds = job_commands(view, tmp / "state" / "spool")
-        report_lone(view, submitted, ended)
+        rows, tail = gaps(view, cmds, watcher.done_ts, submitted, ended)
+        report_lone(view, rows, tail)
         report_throughput(tp)
         local = replay(cmds, seeds["replay-local"], shim_dir, run_local)
         with B.ssh_baseline(args) as ssh:
             remote = replay(cmds, seeds["replay-ssh"], shim_dir, ssh_runner(ssh)) if ssh else None
-        report_replay(view, submitted, ended, cmds, local, remote)
+        report_replay(rows, submitted, ended, local, remote)
 
 
-def report_lone(view: P.JobView, submitted: float, ended: float) -> None:
-    rows, tail = gaps(view, submitted, ended)
+def report_lone(view: P.JobView, rows: list[Gap], tail: float) -> None:
     print(f"\none job alone ({view.job_id}, {len(rows)} commands), times in ms:")
-    print(B.table(["stage", "p4 command (agent-timed)", "p4bus before it"], [(g.stage, g.p4_ms, g.gap_ms) for g in rows]
-                  + [("(to the DONE event)", "", tail)]))
-
-
-def bus_overhead_ms(view: P.JobView, submitted: float, ended: float) -> tuple[float, float]:
-    """(wall ms, p4bus overhead ms) of one job."""
-    rows, _ = gaps(view, submitted, ended)
-    wall = (ended - submitted) * 1000
-    return wall, wall - sum(g.p4_ms for g in rows)
+    print(B.table(["stage", "inside p4", "p4bus before it", "agent: result + CmdDone", "orchestrator + master",
+                   "agent: spool + spawn"],
+                  [(g.stage, g.p4_ms, g.gap_ms, g.finish_ms, g.route_ms, g.start_ms) for g in rows]
+                  + [("(to the DONE event)", "", tail, "", "", "")]))
+    n = len(rows)
+    parts = (("agent finish", "finish_ms"), ("orchestrator + master", "route_ms"), ("agent start", "start_ms"))
+    print("mean per stage: " + ", ".join(f"{name} {sum(getattr(g, attr) for g in rows) / n:.1f}" for name, attr in parts))
 
 
 def report_throughput(tp: Throughput) -> None:
@@ -264,10 +277,11 @@ def report_throughput(tp: Throughput) -> None:
                     tp.orch_cpu_s, tp.orch_peak_rss_mib)]))
 
 
-def report_replay(view: P.JobView, submitted: float, ended: float, cmds: list[Command], local: list[float],
+def report_replay(rows: list[Gap], submitted: float, ended: float, local: list[float],
                   remote: list[float] | None) -> None:
-    n = len(cmds)
-    wall, bus = bus_overhead_ms(view, submitted, ended)
+    n = len(rows)
+    wall = (ended - submitted) * 1000
+    bus = wall - sum(g.p4_ms for g in rows)
     p4_local = sum(local) * 1000
     rows = [("p4bus (one job alone)", n, wall, wall - bus, bus, bus / n)]
     if remote is not None:
