@@ -3,10 +3,32 @@
 from __future__ import annotations
 
 import importlib
+from urllib.parse import urlsplit
 
 import click
 
-from p4bus.cli import Ctx, configure_logging
+from common.config import Config
+from common.zmqutil import BindError
+from p4bus.cli import Ctx, UserError, configure_logging
+
+
+# The endpoints each service binds; the agent binds none.
+BINDS = {
+    "broker": ("broker_xsub", "broker_xpub", "broker_replay"),
+    "master": ("master_agents", "master_clients"),
+    "orchestrator": ("orchestrator_api",),
+    "agent": (),
+}
+
+
+def exposed_endpoints(cfg: Config, service: str) -> list[str]:
+    """Endpoints of ``service`` that would listen beyond loopback."""
+    out = []
+    for name in BINDS[service]:
+        host = urlsplit(cfg.endpoint(name).replace("tcp://", "http://", 1)).hostname or ""
+        if not (host == "localhost" or host.startswith("127.") or host == "::1"):
+            out.append(cfg.endpoint(name))
+    return out
 
 
 def _service(name: str, module: str):
@@ -14,15 +36,25 @@ def _service(name: str, module: str):
     @click.pass_obj
     def run(obj: Ctx) -> None:
         cfg = obj.cfg()
+        exposed = exposed_endpoints(cfg, name)
+        if exposed and not cfg.insecure:
+            # CurveZMQ authentication is not built yet: listening beyond loopback would let
+            # anyone on the network run commands. Require an explicit, visible opt-in.
+            raise UserError(f"{name} would listen beyond loopback on {', '.join(exposed)} without "
+                            "authentication; bind to 127.0.0.1, or set insecure = true in the config "
+                            "(P4BUS_INSECURE=1) on a trusted network", 2)
         configure_logging(cfg, name)
-        importlib.import_module(module).main(cfg)
+        try:
+            importlib.import_module(module).main(cfg)
+        except BindError as exc:
+            raise UserError(str(exc)) from None
 
     return run
 
 
-COMMANDS = [
-    _service("broker", "broker.service"),
-    _service("master", "master.service"),
-    _service("agent", "agent.service"),
-    _service("orchestrator", "master.orchestrator.service"),
-]
+COMMANDS = [_service(name, module) for name, module in (
+    ("broker", "broker.service"),
+    ("master", "master.service"),
+    ("agent", "agent.service"),
+    ("orchestrator", "master.orchestrator.service"),
+)]

@@ -53,3 +53,16 @@ def _write(p, text):
     f = p / "bad.toml"
     f.write_text(text)
     return f
+
+
+@pytest.mark.parametrize("name", ["one-host.toml", "multi-host-master.toml", "multi-host-agent.toml"])
+def test_shipped_example_configs_load(name):
+    from pathlib import Path
+
+    import msgspec
+
+    from master.pipeline import SiteConfig, validate_site
+
+    cfg = C.load(Path(__file__).parents[2] / "ops" / "examples" / name, environ={})
+    assert cfg.agent.id or cfg.orchestrator.workspaces
+    assert validate_site(msgspec.convert(cfg.orchestrator.site, SiteConfig, strict=False)) == []
