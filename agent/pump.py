@@ -69,7 +69,7 @@ class _Stream:
         self.capture = capture
         self.buf = memoryview(bytearray(chunk))
         self.fill = 0  # bytes in buf not yet published
-        self.offset = 0  # bytes read so far == bytes in the spool file
+        self.offset = 0  # bytes read so far == bytes spooled + fill
         self.pending_since = 0.0
         self.open = True
 
@@ -236,12 +236,10 @@ class Pump(threading.Thread):
     def _on_readable(self, run: _Running, s: _Stream, fd: int) -> None:
         n = os.readv(fd, [s.buf[s.fill:]])
         if not n:
-            self._close_stream(s)
+            self._close_stream(run, s)
             self._maybe_finish(run)
             return
-        data = s.buf[s.fill:s.fill + n]
-        self._spool_write(run, s, data)
-        s.capture.feed(data)
+        s.capture.feed(s.buf[s.fill:s.fill + n])
         if not s.fill:
             s.pending_since = time.monotonic()
         s.fill += n
@@ -281,8 +279,10 @@ class Pump(threading.Thread):
         run.exited_at = time.monotonic()
         self._maybe_finish(run)
 
-    def _close_stream(self, s: _Stream) -> None:
+    def _close_stream(self, run: _Running, s: _Stream) -> None:
         if s.open:
+            if s.fill:
+                self._publish_chunk(run, s)  # the rest of the stream goes out at once
             s.open = False
             self._sel.unregister(s.fd)
             s.pipe.close()
@@ -322,7 +322,7 @@ class Pump(threading.Thread):
             # end the rest of the group and stop waiting for its output.
             executor.signal_group(run.pid, signal.SIGKILL)
             for s in run.streams:
-                self._close_stream(s)
+                self._close_stream(run, s)
             self._maybe_finish(run)
 
     # ------------------------------------------------------------------ publishing
@@ -333,6 +333,8 @@ class Pump(threading.Thread):
                     self._publish_chunk(run, s)
 
     def _publish_chunk(self, run: _Running, s: _Stream) -> None:
+        # Spool first, in one write per chunk: whoever sees the event can Fetch its bytes.
+        self._spool_write(run, s, s.buf[:s.fill])
         st = run.started
         self._send(proto.LogChunk(
             **self._stamper.stamp(run.log_topic), job_id=st.job_id, cmd_id=st.cmd_id,
@@ -356,9 +358,6 @@ class Pump(threading.Thread):
         if any(s.open for s in run.streams) or run.started.proc.returncode is None:
             return
         st = run.started
-        for s in run.streams:
-            if s.fill:
-                self._publish_chunk(run, s)
         if run.stdin is not None and not st.proc.stdin.closed:
             self._sel.unregister(st.proc.stdin.fileno())
             st.proc.stdin.close()
