@@ -5,12 +5,19 @@ from __future__ import annotations
 import signal
 import sys
 
+import zmq
+
 from agent.session import Agent
-from common.config import Config
+from common.config import Config, ConfigError
 
 
 def main(cfg: Config) -> None:
-    agent = Agent(cfg)
+    try:
+        agent = Agent(cfg)
+    except zmq.ZMQError as exc:
+        raise ConfigError(f"agent endpoints {cfg.agent_masters()} / {cfg.agent_broker()}: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"agent spool directory: {exc}") from None
     # Signals only set a flag; the wake-up fd interrupts the poll so the loop notices at once.
     signal.set_wakeup_fd(agent.stop_fd, warn_on_full_buffer=False)
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -23,7 +23,6 @@ import socket
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Mapping
 
 import zmq
@@ -61,7 +60,7 @@ class Agent:
         self.environ = dict(os.environ if environ is None else environ)
         self.agent_id = self.conf.id or default_agent_id()
         self.epoch = new_epoch()
-        self.spool = Spool(self.conf.spool_dir or Path(cfg.state_path) / "spool" / self.agent_id)
+        self.spool = Spool(self.conf.spool_dir or cfg.state_path / "spool" / self.agent_id)
         self.ctx = zmq.Context()
         ident = self.agent_id.encode()
         self.links = [
