@@ -2,15 +2,16 @@
 
 Why one thread: it keeps event stamping hole-free (one Stamper, one socket, one thread) and
 moves output in big blocks with a single selector instead of a thread per pipe. Per command it
-- reads stdout/stderr in blocks, appends them to the spool, and publishes LogChunk events
-  batched up to ``chunk_bytes`` or ``flush_ms`` (never a message per line);
+- reads stdout/stderr in blocks into a chunk buffer; a chunk (full at ``chunk_bytes``, or
+  older than ``flush_ms``, never a message per line) is appended to the spool and THEN
+  published as a LogChunk, so every byte an event announces can already be fetched;
 - keeps a bounded head+tail capture of each stream for the CmdStatus;
 - writes the optional stdin without blocking;
 - enforces the timeout and kill requests: SIGTERM to the process group, SIGKILL after
   ``kill_grace_s``;
 - when both pipes hit EOF and the leader has exited: writes the result to the spool, THEN
   publishes CmdDone, then hands the status to the session thread.
-The session thread talks to it only through ``start``/``kill``/``publish_done``/``shutdown``
+The session thread talks to it only through ``start_cmd``/``kill``/``publish_done``/``shutdown``
 (callables queued to this thread) and reads finished statuses from ``done_fd``/``take_done``.
 """
 
