@@ -18,13 +18,14 @@ from bench import common as B
 from common import ids, topics, zmqutil
 from common import protocol as P
 from common.rpc import MasterClient
-from p4bus.runner import run_command
+from p4bus.runner import IDLE_QUERY_S, run_command
 
 N_BUS = 300
 N_WARMUP = 30
 N_SSH_FRESH = 30
 N_SSH_MUX = 100
 TARGET_P50_MS = 3.0
+QUIET_MS = 1000
 
 TRUE = P.CmdSpec(argv=["true"])
 
@@ -38,8 +39,16 @@ class ExecDone:
 
     def __call__(self) -> None:
         cmd_id = ids.new_id("c")
-        self.mc.exec(TRUE, cmd_id=cmd_id)
-        while True:  # this bench is the only client: no other command's events arrive here
+        reply = self.mc.exec(TRUE, cmd_id=cmd_id)
+        while True:
+            if not self.sub.poll(QUIET_MS):
+                # Only if the event was missed (e.g. the subscription was not up yet): ask.
+                status = self.mc.query([cmd_id], agent=reply.agent)[0]
+                if status.state == "done":
+                    B.ok(status, "exec true")
+                    return
+                continue
+            # run_command's events arrive here too (all cmd.*): skip anything else.
             ev = P.decode_event(self.sub.recv_multipart())
             if isinstance(ev, P.CmdDone) and ev.cmd_id == cmd_id:
                 B.ok(ev.status, "exec true")
@@ -56,9 +65,9 @@ def bench_bus(mc: MasterClient, xpub: str) -> tuple[list[float], list[float]]:
         B.ok(run_command(mc, xpub, TRUE, B.null_sink).status, "run_command true")
     exec_done = ExecDone(mc, xpub)
     try:
-        # The warm-up's first ExecDone also proves the subscription reached the broker.
         for _ in range(N_WARMUP):
-            run(), exec_done()
+            run()
+            exec_done()
         a: list[float] = []
         b: list[float] = []
         for _ in range(N_BUS):
@@ -85,6 +94,10 @@ def main() -> None:
             xpub = stack.endpoint("broker_xpub")
             with MasterClient([stack.endpoint("master_clients")]) as mc:
                 run, exec_done = bench_bus(mc, xpub)
+                # A run this slow missed its events (subscription not up in time) and was
+                # rescued by the runner's query: correctness held, latency did not.
+                print(f"run_command samples that needed the {IDLE_QUERY_S:g} s query fallback: "
+                      f"{sum(t >= IDLE_QUERY_S for t in run)} of {len(run)}")
                 rows.append(("p4bus run_command (Python client API)", B.latency(run)))
                 rows.append(("p4bus exec + CmdDone (resident SUB)", B.latency(exec_done)))
         with B.ssh_baseline(args) as ssh:
