@@ -108,7 +108,7 @@ def main() -> None:
                   [(name, s.n, s.p50_ms, s.p99_ms, s.mean_ms) for name, s in rows]))
     bus = rows[0][1]
     for name, s in rows[2:]:
-        print(f"{name}: {s.p50_ms / bus.p50_ms:.0f}x the p50 of run_command")
+        print(f"{name}: {s.p50_ms / bus.p50_ms:.1f}x the p50 of run_command")
     verdict = "met" if bus.p50_ms <= TARGET_P50_MS else "NOT met"
     print(f"target run_command p50 <= {TARGET_P50_MS:g} ms: {verdict} ({bus.p50_ms:.2f} ms)")
 
