@@ -164,8 +164,8 @@ def test_kill_escalates_to_sigkill_for_a_group_ignoring_term(rig: Rig) -> None:
     cmd_id = new_id("c")
     rig.master.exec(cmd_id, ["sh", "-c", "trap '' TERM; sleep 100 & sleep 100"])
     started = rig.sink.until_started(cmd_id)
-    # Both sleeps exist only once the shell has set its trap and forked.
-    wait_for(lambda: len(group_members(started.pid)) >= 3, what="the shell and both sleeps")
+    # A sleep exists only once the shell has set its trap (sh may exec the last one itself).
+    wait_for(lambda: len(group_members(started.pid)) >= 2, what="the trap set and a sleep forked")
     reply = rig.master.request(proto.Kill(req_id="k1", cmd_id=cmd_id))
     assert reply.found and reply.status.state == "running"
     status = rig.sink.until_done(cmd_id).done.status
