@@ -161,35 +161,45 @@ class Engine:
 
     # ------------------------------------------------------------------ command lifecycle
 
-    def on_started(self, cmd_id: str, agent: str, started_at: float) -> None:
-        with self.store.tx():
+    def on_started(self, cmd_id: str, agent: str, started_at: float) -> Effects:
+        with self.store.tx(durable=False):
             cmd = self.store.command(cmd_id)
-            if cmd and cmd.state in ("PENDING", "DISPATCHED"):
-                self.store.update_command(cmd_id, state="RUNNING", agent=agent, started_at=started_at,
-                                          last_contact=time.time())
+            if cmd is None or cmd.state not in ("PENDING", "DISPATCHED"):
+                return Effects()
+            self.store.update_command(cmd_id, state="RUNNING", agent=agent, started_at=started_at,
+                                      last_contact=time.time(), waiting_for="")
+            return self._running_on(cmd, agent)
 
     def on_dispatched(self, cmd_id: str, reply: P.ExecReply) -> Effects:
-        """The agent accepted (or already knew) the command."""
-        with self.store.tx():
+        """The agent accepted (or already knew) the command. Its STARTED event may have come first."""
+        with self.store.tx(durable=False):
             cmd = self.store.command(cmd_id)
-            if cmd is None or cmd.state != "PENDING":
+            if cmd is None or cmd.state not in ("PENDING", "DISPATCHED", "RUNNING"):
                 return Effects()
             now = time.time()
-            state = "RUNNING" if reply.status.state == "running" else "DISPATCHED"
-            self.store.update_command(cmd_id, state=state, agent=reply.agent, dispatched_at=now, last_contact=now,
-                                      waiting_for="")
-            job = self.store.job(cmd.job_id)
-            assert job is not None
-            changes: dict = {}
-            if not job.agent:
-                changes["agent"] = reply.agent  # the workspace lives there: later stages follow
-            if job.state == JobState.RETRY_WAIT:
-                changes["state"] = JobState.RUNNING
-            if changes:
-                self.store.update_job(job.id, **changes)
+            changes: dict = {"dispatched_at": now, "last_contact": now, "waiting_for": "", "agent": reply.agent}
+            if cmd.state == "PENDING":
+                changes["state"] = "RUNNING" if reply.status.state == "running" else "DISPATCHED"
+            self.store.update_command(cmd_id, **changes)
+            eff = self._running_on(cmd, reply.agent)
         if reply.status.state == "done":
-            return self.on_done(cmd_id, reply.status)
-        return Effects(publish=[cmd.job_id] if changes else [])
+            eff.add(self.on_done(cmd_id, reply.status))
+        return eff
+
+    def _running_on(self, cmd: CommandRow, agent: str) -> Effects:
+        """A job's command reached its agent: pin the job there (its workspace lives there, later
+        stages follow) and leave RETRY_WAIT."""
+        job = self.store.job(cmd.job_id)
+        assert job is not None
+        changes: dict = {}
+        if not job.agent:
+            changes["agent"] = agent
+        if job.state == JobState.RETRY_WAIT and cmd.kind == "stage":
+            changes["state"] = JobState.RUNNING
+        if changes:
+            self.store.update_job(job.id, **changes)
+            return Effects(publish=[job.id])
+        return Effects()
 
     def redispatch(self, cmd_id: str) -> None:
         """The agent does not know a command we think it has (never arrived): send it again."""
@@ -197,12 +207,12 @@ class Engine:
             self.store.update_command(cmd_id, state="PENDING", not_before=0, waiting_for="")
 
     def touch(self, cmd_id: str) -> None:
-        with self.store.tx():
+        with self.store.tx(durable=False):
             self.store.update_command(cmd_id, last_contact=time.time())
 
     def on_dispatch_refused(self, cmd_id: str, why: str) -> None:
         """No agent took it (none fits, all busy, masters down): stay PENDING and say why."""
-        with self.store.tx():
+        with self.store.tx(durable=False):
             self.store.update_command(cmd_id, waiting_for=why, not_before=time.time() + 1.0)
 
     def on_done(self, cmd_id: str, status: P.CmdStatus, lost: bool = False,

@@ -17,6 +17,7 @@ from common import ids, lifecycle, logs, topics, zmqutil
 from common import protocol as P
 from common.config import Config
 from common.sequence import GapDetector, Stamper
+from master.orchestrator.dispatcher import Dispatcher
 from master.orchestrator.engine import Effects, Engine, JobError
 from master.orchestrator.store import Store
 from common.rpc import MasterClient, RequestError
@@ -36,6 +37,7 @@ class Orchestrator:
         self.store = Store(store_path)
         self.engine = Engine(self.store, cfg.orchestrator)
         self.masters = MasterClient(cfg.client_masters(), timeout=3.0, ctx=self.ctx)
+        self.dispatcher = Dispatcher(self.ctx, cfg.client_masters(), timeout_s=5.0)
         self.api = zmqutil.router(self.ctx, cfg.endpoint("orchestrator_api"))
         self.sub = zmqutil.sub(self.ctx, cfg.endpoint("broker_xpub"), [topics.CMD + ".", topics.AGENT + "."])
         self.pub = zmqutil.pub(self.ctx, cfg.endpoint("broker_xsub"))
@@ -55,15 +57,22 @@ class Orchestrator:
         poller = zmq.Poller()
         poller.register(self.sub, zmq.POLLIN)
         poller.register(self.api, zmq.POLLIN)
+        for s in self.dispatcher.socks:
+            poller.register(s, zmq.POLLIN)
         while not stop.is_set():
             ready = dict(poller.poll(int(TICK_S * 1000)))
             if self.sub in ready:
                 self._drain(self.sub, self.on_event_frames)
             if self.api in ready:
                 self._drain(self.api, self.on_api_frames)
+            for s in self.dispatcher.socks:
+                if s in ready:
+                    self.on_dispatch_replies(self.dispatcher.drain(s))
+            self.on_dispatch_replies(self.dispatcher.expire())
             self.tick(time.time())
         for s in (self.api, self.sub, self.pub):
             s.close(linger=zmqutil.LINGER_MS)
+        self.dispatcher.close()
         self.masters.close()
         self.store.close()
 
@@ -114,16 +123,21 @@ class Orchestrator:
             self.dispatch(cmd.cmd_id)
 
     def dispatch(self, cmd_id: str) -> None:
+        """Send a PENDING command's Exec; the reply is handled when it arrives."""
+        if self.dispatcher.busy(cmd_id):
+            return
         cmd = self.store.command(cmd_id)
         if cmd is None or cmd.state != "PENDING":
             return
         self.counters["dispatches"] += 1
-        try:
-            reply = self.masters.exec(self.engine.dispatch_spec(cmd), cmd_id=cmd_id, **self.engine.route(cmd))
-        except RequestError as exc:
-            self.engine.on_dispatch_refused(cmd_id, exc.message)
-            return
-        self.execute(self.engine.on_dispatched(cmd_id, reply))
+        self.dispatcher.exec(cmd_id, self.engine.dispatch_spec(cmd), **self.engine.route(cmd))
+
+    def on_dispatch_replies(self, replies: list) -> None:
+        for cmd_id, reply in replies:
+            if isinstance(reply, P.ExecReply):
+                self.execute(self.engine.on_dispatched(cmd_id, reply))
+            else:
+                self.engine.on_dispatch_refused(cmd_id, reply.message)
 
     def reconcile(self, agent: str) -> None:
         """Ask the agent's spool about every command we believe is in flight there.
@@ -199,7 +213,7 @@ class Orchestrator:
         if isinstance(ev, P.CmdDone):
             self.done(ev.status, stamp=(ev.source, ev.epoch, kind, ev.seq))
         elif isinstance(ev, P.CmdStarted):
-            self.engine.on_started(ev.cmd_id, ev.agent, ev.ts)
+            self.execute(self.engine.on_started(ev.cmd_id, ev.agent, ev.ts))
         elif isinstance(ev, P.AgentUp):
             self.reconcile(ev.agent.agent_id)
         elif isinstance(ev, P.AgentLost):
@@ -237,36 +251,39 @@ class Orchestrator:
         except P.ProtocolError as exc:
             self._reply(client, P.ErrorReply(req_id=P.req_id_of(frame), code=exc.code, message=exc.message))
             return
+        eff = Effects()
         try:
-            reply = self.handle(msg)
+            reply, eff = self.handle(msg)
         except JobError as exc:
             reply = P.ErrorReply(req_id=msg.req_id, code=exc.code, message=str(exc))
         except Exception as exc:  # a bug must not take the orchestrator down with it
             log.exception("api.internal_error", request=type(msg).__name__)
             reply = P.ErrorReply(req_id=msg.req_id, code="internal", message=f"internal error: {exc}")
+        # The decision is committed: answer the person first, then act on it.
         self._reply(client, reply)
+        self.execute(eff)
 
-    def handle(self, msg: P.Base) -> P.Base:
+    def handle(self, msg: P.Base) -> tuple[P.Base, Effects]:
         e = self.engine
+        eff = Effects()
         if isinstance(msg, P.Submit):
             job_id, eff = e.submit(msg)
-            self.execute(eff)
-            return P.JobReply(req_id=msg.req_id, job=e.view(job_id))
+            return P.JobReply(req_id=msg.req_id, job=e.view(job_id)), eff
         if isinstance(msg, P.GetJob):
-            return P.JobReply(req_id=msg.req_id, job=e.view(msg.job_id))
+            return P.JobReply(req_id=msg.req_id, job=e.view(msg.job_id)), eff
         if isinstance(msg, P.ListJobs):
-            return P.JobList(req_id=msg.req_id, jobs=e.views(msg.all, msg.limit))
+            return P.JobList(req_id=msg.req_id, jobs=e.views(msg.all, msg.limit)), eff
+        if isinstance(msg, P.Ping):
+            return P.Pong(req_id=msg.req_id, source=self.id), eff
+        if isinstance(msg, P.Stats):
+            return P.StatsReply(req_id=msg.req_id, source=self.id, counters=dict(self.counters)), eff
         if isinstance(msg, P.Resume):
-            self.execute(e.resume(msg.job_id))
+            eff = e.resume(msg.job_id)
         elif isinstance(msg, P.Cancel):
-            self.execute(e.cancel(msg.job_id, msg.revert))
+            eff = e.cancel(msg.job_id, msg.revert)
         elif isinstance(msg, P.RetryJob):
-            self.execute(e.retry(msg.job_id, msg.from_stage))
-        elif isinstance(msg, P.Ping):
-            return P.Pong(req_id=msg.req_id, source=self.id)
-        elif isinstance(msg, P.Stats):
-            return P.StatsReply(req_id=msg.req_id, source=self.id, counters=dict(self.counters))
-        return P.JobReply(req_id=msg.req_id, job=e.view(msg.job_id))  # type: ignore[attr-defined]
+            eff = e.retry(msg.job_id, msg.from_stage)
+        return P.JobReply(req_id=msg.req_id, job=e.view(msg.job_id)), eff  # type: ignore[attr-defined]
 
     def _reply(self, client: bytes, msg: P.Base) -> None:
         try:
