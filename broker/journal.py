@@ -153,13 +153,6 @@ class JournalWriter:
         self._done_cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
         self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="journal-checkpoint", daemon=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Create the schema here (not in the thread) so readers can open the file right away.
-        db = connect(path, create=True)
-        self.counters.journal_rows, self.counters.journal_bytes = db.execute(
-            "SELECT count(*), coalesce(sum(length(body)), 0) FROM events"
-        ).fetchone()
-        db.close()
 
     @property
     def done(self) -> int:
@@ -171,6 +164,13 @@ class JournalWriter:
         return len(self._queue)
 
     def start(self) -> None:
+        """Open (or create) the journal, then start writing. Readers may open it from now on."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = connect(self.path, create=True)
+        self.counters.journal_rows, self.counters.journal_bytes = db.execute(
+            "SELECT count(*), coalesce(sum(length(body)), 0) FROM events"
+        ).fetchone()
+        db.close()
         self._thread.start()
         self._checkpointer.start()
 

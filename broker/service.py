@@ -19,7 +19,8 @@ log = logs.get("broker")
 
 
 class Broker:
-    """Binds everything on construction (a BindError propagates with nothing left open)."""
+    """Binds everything on construction (a BindError propagates with nothing left open); the
+    journal is opened by ``run``, so a second broker on the same ports fails before touching it."""
 
     def __init__(self, cfg: Config) -> None:
         self.endpoints = {name: cfg.endpoint(name) for name in ("broker_xsub", "broker_xpub", "broker_replay")}
@@ -38,9 +39,8 @@ class Broker:
                 source=self.source,
             )
         except Exception:
-            if self.proxy:
-                self.proxy.close()
-            self.ctx.term()
+            # destroy, not term: a socket whose bind failed inside a helper is still open.
+            self.ctx.destroy(linger=0)
             raise
 
     def counters(self) -> dict[str, int]:

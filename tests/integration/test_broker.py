@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 
@@ -180,7 +181,7 @@ def test_malformed_replay_requests_get_errors(bus: Bus) -> None:
 
 
 def test_prune_by_age(stack) -> None:
-    bus = Bus(stack, extra={"broker": {"journal_max_age_s": 1.0, "prune_interval_s": 0.1}})
+    bus = Bus(stack, extra={"broker": {"journal_max_age_s": 2.0, "prune_interval_s": 0.1}})
     try:
         old = [bus.publish("job.old") for _ in range(20)]
         [bus.recv() for _ in old]
@@ -234,6 +235,19 @@ def test_bind_failure_is_reported(bus: Bus) -> None:
     assert second.wait(20) != 0
     assert "cannot bind" in open(second.log_path).read()
     assert bus.replay.ping()
+
+
+def test_bind_failure_of_the_last_endpoint_exits(stack) -> None:
+    """XSUB and XPUB bind, replay does not: the process must exit, not hang on open sockets."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", int(stack.endpoint("broker_replay").rsplit(":", 1)[1])))
+    taken.listen()
+    try:
+        proc = stack.start("broker")
+        assert proc.wait(20) != 0
+        assert "cannot bind" in open(proc.log_path).read()
+    finally:
+        taken.close()
 
 
 @pytest.mark.parametrize("prefixes", [["log.S", "cmd.S"], ["log.", "cmd."], [""]])
