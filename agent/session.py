@@ -34,7 +34,7 @@ from agent.spool import Spool, SpoolEntry, valid_cmd_id
 from common import logs, zmqutil
 from common import protocol as proto
 from common.config import Config
-from common.ids import default_agent_id, new_epoch
+from common.ids import host_id, new_epoch
 
 # Hello.recent_done covers commands that finished this long ago at most.
 RECENT_S = 600.0
@@ -58,7 +58,7 @@ class Agent:
     def __init__(self, cfg: Config, environ: Mapping[str, str] | None = None) -> None:
         self.conf = cfg.agent
         self.environ = dict(os.environ if environ is None else environ)
-        self.agent_id = self.conf.id or default_agent_id()
+        self.agent_id = self.conf.id or host_id()
         self.epoch = new_epoch()
         self.spool = Spool(self.conf.spool_dir or cfg.state_path / "spool" / self.agent_id)
         self.ctx = zmq.Context()

@@ -18,5 +18,7 @@ def new_epoch() -> str:
     return new_id()
 
 
-def default_agent_id() -> str:
-    return f"{socket.gethostname().split('.')[0]}-{os.getpid()}"
+def host_id() -> str:
+    """The host's short name: stable across restarts, which the spool's idempotency relies on.
+    Two agents on one host need ids of their own in their configuration."""
+    return socket.gethostname().split(".")[0]

@@ -39,7 +39,7 @@ class Pending:
 class Master:
     def __init__(self, cfg: Config, ctx: zmq.Context | None = None) -> None:
         self.cfg = cfg
-        self.id = cfg.master.id or f"master-{ids.default_agent_id()}"
+        self.id = cfg.master.id or f"master-{ids.host_id()}"
         self.hb = cfg.master.heartbeat_s
         self.ctx = ctx or zmq.Context.instance()
         self.registry = Registry()

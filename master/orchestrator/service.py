@@ -41,7 +41,7 @@ class Orchestrator:
         self.api = zmqutil.router(self.ctx, cfg.endpoint("orchestrator_api"))
         self.sub = zmqutil.sub(self.ctx, cfg.endpoint("broker_xpub"), [topics.CMD + ".", topics.AGENT + "."])
         self.pub = zmqutil.pub(self.ctx, cfg.endpoint("broker_xsub"))
-        self.id = f"orchestrator-{ids.default_agent_id()}"
+        self.id = f"orchestrator-{ids.host_id()}"
         self.stamper = Stamper(self.id, ids.new_epoch())
         self.gaps = GapDetector()
         self.unreachable_since: dict[str, float] = {}
