@@ -222,40 +222,54 @@ class JournalWriter:
         next_prune = time.monotonic()
         try:
             while True:
-                wait = max(0.0, min(next_prune - time.monotonic(), 0.5))
-                rows = self._queue.take(wait)
+                rows = self._queue.take(max(0.0, min(next_prune - time.monotonic(), 0.5)))
                 if rows:
                     self._insert(db, rows)
                 elif self._stopping.is_set():
                     break
                 if time.monotonic() >= next_prune:
-                    self.prune(db)
-                    next_prune = time.monotonic() + self.conf.prune_interval_s
-        except Exception:
-            log.exception("journal.writer_failed")
-            raise
+                    # One chunk at a time, inserts in between: a large prune (say the first
+                    # after a long downtime) must not hold up the proxy.
+                    more = self._prune_step(db)
+                    next_prune = time.monotonic() + (0 if more else self.conf.prune_interval_s)
         finally:
             db.close()
 
     def _insert(self, db: sqlite3.Connection, rows: list[Row]) -> None:
-        db.execute("BEGIN")
-        db.executemany("INSERT INTO events(ts, topic, source, epoch, seq, body) VALUES (?,?,?,?,?,?)", rows)
-        db.execute("COMMIT")
-        c = self.counters
-        c.journalled += len(rows)
-        c.journal_rows += len(rows)
-        c.journal_bytes += sum(len(r.body) for r in rows)
+        try:
+            db.execute("BEGIN")
+            db.executemany("INSERT INTO events(ts, topic, source, epoch, seq, body) VALUES (?,?,?,?,?,?)", rows)
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            # Disk full, I/O error...: lose this batch loudly but keep the writer (and so the
+            # proxy, which would otherwise stall on a full queue) going.
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            self.counters.journal_dropped += len(rows)
+            log.error("journal.write_failed", error=str(exc), rows=len(rows),
+                      total_dropped=self.counters.journal_dropped)
+        else:
+            c = self.counters
+            c.journalled += len(rows)
+            c.journal_rows += len(rows)
+            c.journal_bytes += sum(len(r.body) for r in rows)
         self._notify_done()
 
-    def prune(self, db: sqlite3.Connection) -> None:
-        """Delete rows older than journal_max_age_s, then the oldest until under journal_max_bytes."""
-        cutoff = time.time() - self.conf.journal_max_age_s
-        while self._delete(db, "SELECT id, length(body) FROM events WHERE ts < ? ORDER BY ts LIMIT ?",
-                           (cutoff, PRUNE_CHUNK_ROWS)):
-            pass
-        while self.counters.journal_bytes > self.conf.journal_max_bytes:
-            if not self._delete_oldest_bytes(db, self.counters.journal_bytes - self.conf.journal_max_bytes):
-                break
+    def _prune_step(self, db: sqlite3.Connection) -> bool:
+        """Delete one chunk of rows older than journal_max_age_s or, failing that, of the oldest
+        rows beyond journal_max_bytes. True if a chunk was deleted (there may be more)."""
+        try:
+            cutoff = time.time() - self.conf.journal_max_age_s
+            if self._delete(db, "SELECT id, length(body) FROM events WHERE ts < ? ORDER BY ts LIMIT ?",
+                            (cutoff, PRUNE_CHUNK_ROWS)):
+                return True
+            excess = self.counters.journal_bytes - self.conf.journal_max_bytes
+            return excess > 0 and self._delete_oldest_bytes(db, excess) > 0
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            log.error("journal.prune_failed", error=str(exc))
+            return False
 
     def _delete(self, db: sqlite3.Connection, select: str, args: tuple) -> int:
         victims = db.execute(select, args).fetchall()
