@@ -216,7 +216,8 @@ class Pump(threading.Thread):
             agent=self._agent_id, pid=st.proc.pid, argv=st.argv,
         ))
         for stream, pipe in ((proto.STDOUT, st.proc.stdout), (proto.STDERR, st.proc.stderr)):
-            spool_fd = os.open(self._spool.output_path(st.cmd_id, stream), os.O_WRONLY | os.O_APPEND)
+            spool_fd = os.open(self._spool.output_path(st.cmd_id, stream), os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                               0o600)
             s = _Stream(stream, pipe, spool_fd, self._chunk, Capture(self._capture))
             run.streams.append(s)
             self._sel.register(s.fd, selectors.EVENT_READ, partial(self._on_readable, run, s))

@@ -37,23 +37,32 @@ def valid_cmd_id(cmd_id: str) -> bool:
     return bool(_SAFE_ID.match(cmd_id))
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def _write_atomic(path: Path, data: bytes, durable: bool) -> None:
+    """Readers see the old file or the new one, never a torn one (tmp + rename).
+
+    ``durable`` also survives a power cut (fsync of file and directory). Only the spec needs
+    that: it is what makes a resent EXEC a duplicate instead of a second run. The pid and the
+    result survive a crash of the agent process without it (the page cache is the kernel's),
+    and a power cut kills the command anyway; sparing their fsyncs keeps them off the
+    dispatch round trip.
+    """
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    # fsync the directory too, so the rename itself survives a power cut.
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    if durable:
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
 
 class Spool:
@@ -77,9 +86,8 @@ class Spool:
         d.mkdir(mode=0o700)
         if entry.spec.stdin_secret:
             entry = msgspec.structs.replace(entry, spec=msgspec.structs.replace(entry.spec, stdin=None))
-        _write_atomic(d / "spec", proto.encode(entry))
-        for name in STREAM_FILES.values():
-            (d / name).touch(mode=0o600)
+        _write_atomic(d / "spec", proto.encode(entry), durable=True)
+        # The output files are created by the output thread when it opens them, off this path.
 
     def read_spec(self, cmd_id: str) -> SpoolEntry | None:
         try:
@@ -88,7 +96,7 @@ class Spool:
             return None
 
     def write_pid(self, cmd_id: str, pid: int, start_ticks: int | None) -> None:
-        _write_atomic(self.dir(cmd_id) / "pid", f"{pid} {start_ticks or 0}\n".encode())
+        _write_atomic(self.dir(cmd_id) / "pid", f"{pid} {start_ticks or 0}\n".encode(), durable=False)
 
     def read_pid(self, cmd_id: str) -> tuple[int, int | None] | None:
         try:
@@ -108,13 +116,17 @@ class Spool:
 
     def read_range(self, cmd_id: str, stream: int, offset: int, size: int) -> tuple[bytes, int]:
         """(bytes at [offset, offset+size), current total size of the stream)."""
-        with open(self.output_path(cmd_id, stream), "rb") as f:
+        try:
+            f = open(self.output_path(cmd_id, stream), "rb")
+        except FileNotFoundError:
+            return b"", 0  # known command, nothing written yet
+        with f:
             total = os.fstat(f.fileno()).st_size
             f.seek(offset)
             return f.read(max(0, min(size, total - offset))), total
 
     def write_result(self, status: proto.CmdStatus) -> None:
-        _write_atomic(self.dir(status.cmd_id) / "result", proto.encode(status))
+        _write_atomic(self.dir(status.cmd_id) / "result", proto.encode(status), durable=False)
 
     def has_result(self, cmd_id: str) -> bool:
         return (self.dir(cmd_id) / "result").exists()
