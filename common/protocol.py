@@ -460,7 +460,7 @@ def decode(frame: bytes, kind: Any) -> Any:
         return dec.decode(frame)
     except msgspec.ValidationError as exc:
         raise ProtocolError(_classify(frame, kind), str(exc)) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, ValueError) as exc:  # ValueError: invalid UTF-8 in a str
         raise ProtocolError("bad_frame", f"undecodable frame: {exc}") from None
 
 
@@ -469,7 +469,7 @@ def _classify(frame: bytes, kind: Any) -> str:
     socket does not take, or a known type with bad fields."""
     try:
         raw = msgspec.msgpack.decode(frame)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, ValueError):  # ValueError: invalid UTF-8 in a str
         return "bad_frame"
     if not isinstance(raw, dict) or not isinstance(raw.get("t"), str):
         return "bad_frame"
@@ -488,6 +488,21 @@ def decode_event(frames: list[bytes]) -> Event:
     if ev.topic.encode() != frames[0]:
         raise ProtocolError("bad_frame", f"topic frame {frames[0]!r} does not match body topic {ev.topic!r}")
     return ev
+
+
+def decode_routed(frames: list[bytes], kind: Any) -> tuple[bytes | None, Any, "ErrorReply | None"]:
+    """What a ROUTER received: ``[identity, frame]`` -> (identity, message, None), or
+    (identity, None, the error to answer) -- identity None when there is nobody to answer."""
+    if len(frames) != 2:
+        if len(frames) < 2:
+            return None, None, None
+        return frames[0], None, ErrorReply(req_id="", code="bad_frame",
+                                           message=f"expected one frame per message, got {len(frames) - 1}")
+    identity, frame = frames
+    try:
+        return identity, decode(frame, kind), None
+    except ProtocolError as exc:
+        return identity, None, ErrorReply(req_id=req_id_of(frame), code=exc.code, message=exc.message)
 
 
 def req_id_of(frame: bytes) -> str:

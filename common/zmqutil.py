@@ -71,6 +71,17 @@ def sub(ctx: zmq.Context, connect: str, prefixes: list[str] | tuple[str, ...] = 
     return sock
 
 
+def drain(sock: zmq.Socket, handler, limit: int = 10_000) -> None:
+    """Hand every message waiting on ``sock`` to ``handler`` (one poll wake-up, many messages;
+    ``limit`` keeps one busy socket from starving the others)."""
+    for _ in range(limit):
+        try:
+            frames = sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        handler(frames)
+
+
 def bind_to(sock: zmq.Socket, endpoint: str) -> None:
     try:
         sock.bind(endpoint)

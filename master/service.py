@@ -66,24 +66,15 @@ class Master:
             ready = dict(poller.poll(timeout=min(100, int(self.hb * 1000 / 2))))
             # Drain each socket per wake-up rather than one message per poll.
             if self.agents_sock in ready:
-                self._drain(self.agents_sock, self._on_agent_frames)
+                zmqutil.drain(self.agents_sock, self._on_agent_frames)
             if self.clients_sock in ready:
-                self._drain(self.clients_sock, self._on_client_frames)
+                zmqutil.drain(self.clients_sock, self._on_client_frames)
             self._tick(time.time())
         self.close()
 
     def close(self) -> None:
         for s in (self.agents_sock, self.clients_sock, self.pub):
             s.close(linger=zmqutil.LINGER_MS)
-
-    @staticmethod
-    def _drain(sock: zmq.Socket, handler) -> None:
-        for _ in range(10_000):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            handler(frames)
 
     def _tick(self, now: float) -> None:
         if now - self._last_hb_sent >= self.hb:
@@ -107,16 +98,11 @@ class Master:
 
     def _on_agent_frames(self, frames: list[bytes]) -> None:
         self.counters["agent_msgs"] += 1
-        if len(frames) != 2:
+        identity, msg, error = P.decode_routed(frames, P.AgentToMaster)
+        if msg is None:
             self.counters["bad_frames"] += 1
-            return
-        identity, frame = frames
-        try:
-            msg = P.decode(frame, P.AgentToMaster)
-        except P.ProtocolError as exc:
-            self.counters["bad_frames"] += 1
-            self._send(self.agents_sock, identity, P.ErrorReply(req_id=P.req_id_of(frame), code=exc.code,
-                                                                message=exc.message))
+            if identity is not None and error is not None:
+                self._send(self.agents_sock, identity, error)
             return
         if isinstance(msg, P.Hello):
             self._on_hello(identity, msg)
@@ -171,18 +157,11 @@ class Master:
 
     def _on_client_frames(self, frames: list[bytes]) -> None:
         self.counters["client_msgs"] += 1
-        if len(frames) != 2:
+        client, msg, error = P.decode_routed(frames, P.ClientRequest)
+        if msg is None:
             self.counters["bad_frames"] += 1
-            if len(frames) > 2:
-                self._reply(frames[0], P.ErrorReply(req_id="", code="bad_frame",
-                                                    message=f"expected one frame per request, got {len(frames) - 1}"))
-            return
-        client, frame = frames
-        try:
-            msg = P.decode(frame, P.ClientRequest)
-        except P.ProtocolError as exc:
-            self.counters["bad_frames"] += 1
-            self._reply(client, P.ErrorReply(req_id=P.req_id_of(frame), code=exc.code, message=exc.message))
+            if client is not None and error is not None:
+                self._reply(client, error)
             return
         if isinstance(msg, P.Ping):
             self._reply(client, P.Pong(req_id=msg.req_id, source=self.id))

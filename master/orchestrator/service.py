@@ -45,7 +45,7 @@ class Orchestrator:
         self.stamper = Stamper(self.id, ids.new_epoch())
         self.gaps = GapDetector()
         self.unreachable_since: dict[str, float] = {}
-        self.counters = {"events": 0, "bad_events": 0, "requests": 0, "dispatches": 0, "reconciles": 0}
+        self.counters = {"events": 0, "bad_events": 0, "requests": 0, "bad_requests": 0, "dispatches": 0, "reconciles": 0}
         self._last_sweep = 0.0
 
     # ------------------------------------------------------------------ loop
@@ -62,9 +62,9 @@ class Orchestrator:
         while not stop.is_set():
             ready = dict(poller.poll(int(TICK_S * 1000)))
             if self.sub in ready:
-                self._drain(self.sub, self.on_event_frames)
+                zmqutil.drain(self.sub, self.on_event_frames, 1000)
             if self.api in ready:
-                self._drain(self.api, self.on_api_frames)
+                zmqutil.drain(self.api, self.on_api_frames, 1000)
             for s in self.dispatcher.socks:
                 if s in ready:
                     self.on_dispatch_replies(self.dispatcher.drain(s))
@@ -75,15 +75,6 @@ class Orchestrator:
         self.dispatcher.close()
         self.masters.close()
         self.store.close()
-
-    @staticmethod
-    def _drain(sock: zmq.Socket, handler) -> None:
-        for _ in range(1000):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            handler(frames)
 
     def recover(self) -> None:
         """Start-up: pick up where the store says we were."""
@@ -243,13 +234,11 @@ class Orchestrator:
 
     def on_api_frames(self, frames: list[bytes]) -> None:
         self.counters["requests"] += 1
-        if len(frames) != 2:
-            return
-        client, frame = frames
-        try:
-            msg = P.decode(frame, P.OrchestratorRequest)
-        except P.ProtocolError as exc:
-            self._reply(client, P.ErrorReply(req_id=P.req_id_of(frame), code=exc.code, message=exc.message))
+        client, msg, error = P.decode_routed(frames, P.OrchestratorRequest)
+        if msg is None:
+            self.counters["bad_requests"] += 1
+            if client is not None and error is not None:
+                self._reply(client, error)
             return
         eff = Effects()
         try:

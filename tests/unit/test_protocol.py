@@ -88,3 +88,20 @@ def test_gap_detector():
     assert g.observe("a", "cmd.x", "e1", 4)[0] is False  # duplicate / old
     assert g.observe("a", "log.x", "e1", 1)[1] is None  # other kind counts separately
     assert g.observe("a", "cmd.x", "e2", 1) == (True, None, True)  # restart: new epoch
+
+
+def test_random_bytes_never_escape_as_anything_but_protocol_errors():
+    import random
+
+    rng = random.Random(11)
+    for _ in range(20000):
+        frame = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 48)))
+        for kind in (P.ClientRequest, P.AgentToMaster, P.MasterToAgent, P.Reply, P.OrchestratorRequest):
+            try:
+                P.decode(frame, kind)
+            except P.ProtocolError as exc:
+                assert exc.code in ("bad_frame", "unknown_type", "bad_request")
+        try:
+            P.decode_event([b"log.x", frame])
+        except P.ProtocolError:
+            pass
