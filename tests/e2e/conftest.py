@@ -41,8 +41,8 @@ class JobStack:
         stack.tree["agent"]["heartbeat_s"] = 0.5
         stack.tree["agent"]["allowed_executables"] = ["p4", "sh", "sleep"]
 
-    def workspace(self, name: str, scenario: str = "clean", **extra) -> dict:
-        info = seed(self.tmp / name, scenario)
+    def workspace(self, name: str, scenario: str = "clean", password: str | None = None, **extra) -> dict:
+        info = seed(self.tmp / name, scenario, password=password)
         self.seeds[name] = info
         self.stack.tree["orchestrator"]["workspaces"][name] = {
             "p4port": info["P4PORT"], "p4user": info["P4USER"], "p4client": info["P4CLIENT"], "root": info["root"],
