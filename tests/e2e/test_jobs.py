@@ -96,3 +96,20 @@ def test_bad_parameters_refused_at_submit(jobs, field, value, needle):
             oc.submit(**args)
         assert needle in err.value.message
         assert oc.jobs(include_finished=True) == []
+
+
+def test_automatic_recheck_continues_once_resolved(jobs):
+    jobs.stack.tree["orchestrator"]["recheck_interval_s"] = 0.5
+    jobs.workspace("ws1", "conflict")
+    jobs.start()
+    job_id = jobs.submit("ws1")
+    view = jobs.wait_state(job_id, ("WAITING_RESOLVE",))
+    assert view.stage == "NEEDS_RESOLVE"
+    # Nobody resolved yet: the re-check finds the conflict again and keeps waiting.
+    view = jobs.wait_state(job_id, ("WAITING_RESOLVE",))
+    with jobs.orch() as oc:
+        from tests.conftest import wait_for
+        wait_for(lambda: oc.job(job_id).stage == "RESOLVE_CHECK", 20, "an automatic re-check")
+    jobs.p4("ws1", "resolve", "-at")
+    view = jobs.wait_state(job_id, timeout=60)
+    assert view.state == "DONE", view.reason
