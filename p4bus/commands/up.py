@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from common.config import AgentConf
+from common.config import PORT_OFFSETS, AgentConf
 from p4bus.cli import Ctx, UserError
 from p4bus.localstack import LocalStack, StackError
 
@@ -36,10 +36,10 @@ def up(obj: Ctx, state_dir: str | None, up_port_base: int | None, workspace_root
     try:
         stack.start()
         click.echo("p4bus is up:")
-        for name in ("master_agents", "master_clients", "broker_xsub", "broker_xpub", "broker_replay"):
-            click.echo(f"  {name:15} {cfg.endpoint(name)}")
-        click.echo(f"  state dir       {cfg.state_path}  (logs in {cfg.state_path / 'logs'})")
-        click.echo(f"  workspace roots {', '.join(roots)}")
+        for name in PORT_OFFSETS:
+            click.echo(f"  {name:16} {cfg.endpoint(name)}")
+        click.echo(f"  state dir        {cfg.state_path}  (logs in {cfg.state_path / 'logs'})")
+        click.echo(f"  workspace roots  {', '.join(roots)}")
         click.echo(f"Try: p4bus --port-base {cfg.port_base} run -- echo hello   (Ctrl-C here stops everything)")
         while not stop:
             stack.check_alive()
