@@ -164,3 +164,29 @@ def test_two_masters_share_one_agent_and_its_slot_limit(stack, tmp_path):
     assert ok.agent == "shared"
     m1.close()
     m2.close()
+
+
+def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path):
+    from common.zmqutil import free_port_base
+
+    base = free_port_base(6)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("P4BUS_")}
+    up = subprocess.Popen([sys.executable, "-m", "p4bus", "up", "--state-dir", str(tmp_path / "s"), "--port-base",
+                           str(base)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO, env=env,
+                          start_new_session=True)
+    lines = []
+    while not any(line.startswith(b"Try:") for line in lines):
+        line = up.stdout.readline()
+        assert line, b"".join(lines)
+        lines.append(line)
+    assert any(f"tcp://127.0.0.1:{base + 5}".encode() in line for line in lines)
+    done = subprocess.run([sys.executable, "-m", "p4bus", "--port-base", str(base), "run", "--", "seq", "1000000"],
+                          capture_output=True, cwd=REPO, env=env, timeout=60)
+    assert done.returncode == 0 and done.stdout.endswith(b"\n1000000\n")
+    children = [int(p) for p in subprocess.run(["pgrep", "-P", str(up.pid)], capture_output=True,
+                                                 text=True).stdout.split()]
+    assert len(children) == 4  # broker, master, orchestrator, agent
+    up.send_signal(signal.SIGINT)
+    assert up.wait(30) == 0
+    assert b"p4bus stopped." in up.stdout.read()
+    assert [p for p in children if _alive(p)] == []
