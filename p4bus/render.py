@@ -57,7 +57,8 @@ def jobs_table(jobs: list[P.JobView]) -> Table:
         col.no_wrap = True
     for j in jobs:
         detail = j.reason or j.waiting_for or (f"change {j.submitted_change}" if j.submitted_change else "")
-        t.add_row(j.job_id, styled(j.state), j.stage, age(j.created_at), j.agent or "-", j.workspace, detail)
+        stage = "-" if j.state == "QUEUED" else j.stage  # nothing has run yet
+        t.add_row(j.job_id, styled(j.state), stage, age(j.created_at), j.agent or "-", j.workspace, detail)
     return t
 
 

@@ -390,6 +390,7 @@ class Engine:
         vars = job.vars_dict()
         params = msgspec.json.decode(job.params)
         waiting = ""
+        position = 0
         open_cmds = [c for c in (cmds or self.store.open_commands(job.id)) if c.state == "PENDING"]
         if job.state == JobState.WAITING_RESOLVE:
             waiting = "a person to resolve the conflicts, then `p4bus resume`"
@@ -398,14 +399,17 @@ class Engine:
         elif job.state == JobState.RETRY_WAIT:
             waiting = "backoff before the next attempt"
         elif job.state == JobState.QUEUED:
+            position = [q.id for q in self.store.queued(job.workspace)].index(job.id) + 1
             active = self.store.active_job(job.workspace)
-            waiting = f"job {active.id} on workspace {job.workspace}" if active else "a free workspace"
+            ahead = f"job {active.id}" if active else "the workspace"
+            waiting = f"{ahead} on workspace {job.workspace} (number {position} in its queue)"
         return P.JobView(
             job_id=job.id, state=job.state, stage=job.stage, pipeline=job.pipeline, workspace=job.workspace,
             created_at=job.created_at, updated_at=job.updated_at, agent=job.agent or "",
             params={k: v for k, v in params.items() if k != "workspace" and v not in (None, "")},
             reason=job.reason, key_line=job.key_line, conflicts=list(vars.get(CONFLICTS_KEY, [])),
             change=vars.get("change"), submitted_change=vars.get("submitted_change"), waiting_for=waiting,
+            queue_position=position,
             timeline=[self._run(c) for c in cmds])
 
     @staticmethod

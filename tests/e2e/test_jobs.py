@@ -70,7 +70,8 @@ def test_two_jobs_on_one_workspace_run_one_after_the_other(jobs):
     first = jobs.submit("ws1")
     second = jobs.submit("ws1")
     with jobs.orch() as oc:
-        assert oc.job(second).state == "QUEUED"
+        queued = oc.job(second)
+        assert queued.state == "QUEUED" and queued.queue_position == 1 and first in queued.waiting_for
     v1 = jobs.wait_state(first)
     v2 = jobs.wait_state(second)
     assert v1.state == "DONE"
