@@ -33,13 +33,13 @@ def _print_json(value) -> None:
 def follow(obj: Ctx, job_id: str) -> P.JobView:
     """Stream a job's output until it ends or waits for a person; print its timeline."""
     printer = LogPrinter(sys.stdout.buffer, color=sys.stdout.isatty())
-    last: list[tuple[str, str]] = []
+    last: list[str] = []
 
     def on_state(ev: P.JobChanged) -> None:
-        # Only moves are news (an event also comes when, say, the job's agent is pinned).
-        if not last or last[-1] != (ev.state, ev.stage):
-            last.append((ev.state, ev.stage))
-            printer.note(f"{ev.job_id} {ev.state} {ev.stage}")
+        # Stage moves show in the command headers; a note is for a new job state.
+        if not last or last[-1] != ev.state:
+            last.append(ev.state)
+            printer.note(f"{ev.job_id} {ev.state} at {ev.stage}")
 
     tail = JobTail(obj.cfg(), job_id, printer, on_state=on_state)
     try:
