@@ -10,20 +10,39 @@ import fcntl
 import os
 import signal
 import subprocess
+from typing import Protocol
 
 from agent.policy import Launch
+from common.protocol import CmdStatus
 
 # A bigger pipe means fewer wake-ups of the output thread per megabyte (Linux only; the
 # default 64 KiB works, just slower).
 PIPE_BYTES = 1 << 20
 
 
+class Control(Protocol):
+    """How the pump ends and concludes a command that is not a local process group of its own
+    (agent/ssh_exec.py); a local command has none."""
+
+    def signal(self, sig: int) -> bool:
+        """Deliver ``sig`` to the command's whole process group; False if it is gone."""
+
+    def finish(self, status: CmdStatus) -> CmdStatus:
+        """The final status, given the one the pump derived from the local process."""
+
+
 def spawn(launch: Launch, with_stdin: bool) -> subprocess.Popen:
     """Start the command without a shell; raises OSError/ValueError if it cannot be executed."""
+    return popen_piped(launch.argv, with_stdin, cwd=launch.cwd, env=launch.env)
+
+
+def popen_piped(argv: list[str], with_stdin: bool, cwd: str | None = None,
+                env: dict[str, str] | None = None) -> subprocess.Popen:
+    """argv in a session of its own, output on enlarged pipes for the pump."""
     proc = subprocess.Popen(
-        launch.argv,
-        cwd=launch.cwd,
-        env=launch.env,
+        argv,
+        cwd=cwd,
+        env=env,
         stdin=subprocess.PIPE if with_stdin else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -68,6 +87,22 @@ def signal_group(pgid: int, sig: int) -> bool:
 
 def group_alive(pgid: int) -> bool:
     return signal_group(pgid, 0)
+
+
+def pid_alive(pid: int) -> bool:
+    """Running (not a zombie): a killed process that is not our child may wait long to be reaped."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return True  # no /proc: trust kill()
+    return stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3] != b"Z"
 
 
 def end_orphan(pid: int, ticks: int | None) -> bool:

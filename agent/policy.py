@@ -42,7 +42,7 @@ def roots(conf: AgentConf) -> list[str]:
     return out
 
 
-def _inside(path: str, root: str) -> bool:
+def inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
@@ -55,17 +55,21 @@ def resolve_cwd(conf: AgentConf, cwd: str | None, workspace: str | None) -> str:
         base = os.path.realpath(os.path.expanduser(conf.workspaces[workspace]))
     # realpath resolves symlinks and "..", so a link inside a root pointing outside is caught.
     real = os.path.realpath(os.path.join(base, os.path.expanduser(cwd)) if cwd else base)
-    if not any(_inside(real, r) for r in allowed):
+    if not any(inside(real, r) for r in allowed):
         raise Refusal(f"cwd {cwd or real!r} resolves to {real}, outside the workspace roots {allowed}")
     if not os.path.isdir(real):
         raise Refusal(f"cwd {real} does not exist or is not a directory")
     return real
 
 
-def build_env(conf: AgentConf, overlay: Mapping[str, str], agent_env: Mapping[str, str]) -> dict[str, str]:
+def check_overlay(conf: AgentConf, overlay: Mapping[str, str]) -> None:
     rejected = sorted(k for k in overlay if k not in conf.env_allowlist)
     if rejected:
         raise Refusal(f"environment variable(s) {', '.join(rejected)} not on this agent's env_allowlist")
+
+
+def build_env(conf: AgentConf, overlay: Mapping[str, str], agent_env: Mapping[str, str]) -> dict[str, str]:
+    check_overlay(conf, overlay)
     env = {k: agent_env[k] for k in BASE_ENV_KEYS if k in agent_env}
     env.setdefault("PATH", DEFAULT_PATH)
     env.update(overlay)

@@ -56,6 +56,9 @@ class Started:
     started_at: float  # wall clock
     timeout: float | None
     stdin: bytes | None
+    # Set when the process is not the command's own group (the SSH executor): signals go
+    # through it, and it has the last word on the result.
+    control: executor.Control | None = None
 
 
 class _Stream:
@@ -303,8 +306,15 @@ class Pump(threading.Thread):
             run.killed = True
             self._terminate(run)
 
+    def _signal(self, run: _Running, sig: int) -> None:
+        control = run.started.control
+        if control is not None:
+            control.signal(sig)
+        else:
+            executor.signal_group(run.pid, sig)
+
     def _terminate(self, run: _Running) -> None:
-        executor.signal_group(run.pid, signal.SIGTERM)
+        self._signal(run, signal.SIGTERM)
         if run.kill_at is None:
             run.kill_at = time.monotonic() + self._grace
 
@@ -315,14 +325,14 @@ class Pump(threading.Thread):
             self._terminate(run)
         if run.kill_at is not None and now >= run.kill_at:
             run.kill_at = None
-            executor.signal_group(run.pid, signal.SIGKILL)
+            self._signal(run, signal.SIGKILL)
         if run.pidfd is None and run.exited_at is None and run.started.proc.poll() is not None:
             run.exited_at = now
             self._maybe_finish(run)
         if run.exited_at is not None and now >= run.exited_at + self._grace and run.started.cmd_id in self._runs:
             # The leader is gone but something it left behind still holds the pipes open:
             # end the rest of the group and stop waiting for its output.
-            executor.signal_group(run.pid, signal.SIGKILL)
+            self._signal(run, signal.SIGKILL)
             for s in run.streams:
                 self._close_stream(run, s)
             self._maybe_finish(run)
@@ -375,6 +385,8 @@ class Pump(threading.Thread):
             stdout=out.capture.value(), stderr=err.capture.value(),
             truncated=out.capture.truncated or err.capture.truncated,
         )
+        if st.control is not None:
+            status = st.control.finish(status)
         try:
             self._spool.write_result(status)
         except OSError as exc:

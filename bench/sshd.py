@@ -16,6 +16,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.ssh import option_args
 from common.zmqutil import free_port
 
 SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/local/sbin/sshd")
@@ -50,9 +51,17 @@ class SshTarget:
     control_path: Path
     user: str
 
+    def options(self) -> list[str]:
+        """The client settings as ssh -o values (p4bus agent.ssh_options, deploy-agent --ssh-option)."""
+        return [f"IdentityFile={self.key}", "IdentitiesOnly=yes", "StrictHostKeyChecking=no",
+                "UserKnownHostsFile=/dev/null", "BatchMode=yes", "LogLevel=ERROR"]
+
+    def url(self) -> str:
+        """The p4bus agent --exec-via destination."""
+        return f"ssh://{self.user}@127.0.0.1:{self.port}"
+
     def _base(self) -> list[str]:
-        return ["ssh", "-i", str(self.key), "-p", str(self.port), "-o", "StrictHostKeyChecking=no",
-                "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR"]
+        return ["ssh", "-p", str(self.port), *option_args(self.options())]
 
     def fresh(self) -> list[str]:
         """A new TCP connection, key exchange and authentication per command."""

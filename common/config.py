@@ -75,6 +75,11 @@ class AgentConf(msgspec.Struct, forbid_unknown_fields=True):
     capture_bytes: int = 64 * 1024
     chunk_bytes: int = 256 * 1024
     flush_ms: float = 5.0
+    # "ssh://[user@]host[:port]": run commands on that host over one reused SSH connection
+    # instead of locally (agent/ssh_exec.py); workspace roots and executables are remote paths.
+    exec_via: str = ""
+    # ssh(1) -o options for exec_via (ssh_config syntax), e.g. ["IdentityFile=/path/key", "ProxyJump=bastion"].
+    ssh_options: list[str] = []
 
 
 class WorkspaceConf(msgspec.Struct, forbid_unknown_fields=True):

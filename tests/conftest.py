@@ -117,6 +117,17 @@ def _deep_merge(a: dict, b: dict) -> dict:
     return out
 
 
+@pytest.fixture(scope="session")
+def sshd():
+    """A throwaway sshd on a loopback port (bench/sshd.py), shared by the whole session."""
+    from bench.sshd import Sshd, find_sshd
+
+    if find_sshd() is None:
+        pytest.skip("sshd is not installed (apt-get install openssh-server; .ci/run does)")
+    with Sshd() as target:
+        yield target
+
+
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
     s = Stack(tmp_path)

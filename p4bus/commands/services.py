@@ -31,11 +31,22 @@ def exposed_endpoints(cfg: Config, service: str) -> list[str]:
     return out
 
 
+# Per-service flags; each dest is a config path (section__field), so a flag overrides the file.
+FLAGS = {
+    "agent": [
+        click.option("--exec-via", "agent__exec_via", metavar="ssh://[USER@]HOST[:PORT]", default=None,
+                     help="Run commands on that host over one reused SSH connection (agent.exec_via)."),
+        click.option("--ssh-option", "agent__ssh_options", metavar="KEY=VALUE", multiple=True,
+                     help="An ssh -o option for --exec-via, repeatable (agent.ssh_options)."),
+    ],
+}
+
+
 def _service(name: str, module: str):
     @click.command(name=name, help=f"Run the {name} service in the foreground.")
     @click.pass_obj
-    def run(obj: Ctx) -> None:
-        cfg = obj.cfg()
+    def run(obj: Ctx, **flags: object) -> None:
+        cfg = obj.cfg(**flags)
         exposed = exposed_endpoints(cfg, name)
         if exposed and not cfg.insecure:
             # CurveZMQ authentication is not built yet: listening beyond loopback would let
@@ -49,6 +60,8 @@ def _service(name: str, module: str):
         except BindError as exc:
             raise UserError(str(exc)) from None
 
+    for flag in FLAGS.get(name, []):
+        run = flag(run)
     return run
 
 

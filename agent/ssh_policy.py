@@ -1,0 +1,71 @@
+"""agent/policy.py for commands that run on another host: the same rules, on remote paths.
+
+The agent cannot look at the remote filesystem, so the checks here are lexical (``..`` is
+collapsed, nothing is resolved) and the remote wrapper repeats the cwd check on the physical
+path before it runs anything (agent/ssh_exec.py): a symlink inside a root pointing outside is
+still caught there. Environment: only the request's allowlisted overlay is sent; PATH, HOME
+and LANG come from the remote login, as they would for a person logging in there.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+
+from agent.policy import Refusal, check_overlay, inside
+from common.config import AgentConf
+from common.protocol import CmdSpec
+
+
+@dataclass(frozen=True)
+class RemoteLaunch:
+    argv: list[str]
+    cwd: str
+    env: dict[str, str]  # the overlay only
+    roots: list[str]
+
+
+def roots(conf: AgentConf) -> list[str]:
+    out: list[str] = []
+    for r in [*conf.workspace_roots, *conf.workspaces.values()]:
+        if not posixpath.isabs(r):
+            raise Refusal(f"workspace root {r!r} must be an absolute path on the remote host (exec_via)")
+        norm = posixpath.normpath(r)
+        if norm not in out:
+            out.append(norm)
+    if not out:
+        raise Refusal("this agent has no workspace roots configured (agent.workspace_roots / agent.workspaces)")
+    return out
+
+
+def resolve_cwd(conf: AgentConf, allowed: list[str], cwd: str | None, workspace: str | None) -> str:
+    base = allowed[0]
+    if workspace and workspace in conf.workspaces:
+        base = posixpath.normpath(conf.workspaces[workspace])
+    path = posixpath.normpath(posixpath.join(base, cwd) if cwd else base)
+    if not any(inside(path, r) for r in allowed):
+        raise Refusal(f"cwd {cwd or path!r} resolves to {path}, outside the workspace roots {allowed}")
+    return path
+
+
+def check_executable(conf: AgentConf, argv0: str, cwd: str) -> None:
+    """A bare name must be on the allowlist as is; a path must equal an absolute entry."""
+    # env(1) starts the command remotely: it would take "A=b" for an assignment, "-x" for an option.
+    if "=" in argv0 or argv0.startswith("-"):
+        raise Refusal(f"executable {argv0!r} cannot be run remotely (no '=' or leading '-')")
+    allowed = conf.allowed_executables
+    if "*" in allowed or ("/" not in argv0 and argv0 in allowed):
+        return
+    if "/" in argv0:
+        path = posixpath.normpath(posixpath.join(cwd, argv0))
+        if any(posixpath.isabs(a) and posixpath.normpath(a) == path for a in allowed):
+            return
+    raise Refusal(f"executable {argv0!r} is not on this agent's allowed_executables {allowed}")
+
+
+def check(conf: AgentConf, spec: CmdSpec, workspace: str | None) -> RemoteLaunch:
+    allowed = roots(conf)
+    cwd = resolve_cwd(conf, allowed, spec.cwd, workspace)
+    check_overlay(conf, spec.env)
+    check_executable(conf, spec.argv[0], cwd)
+    return RemoteLaunch(argv=list(spec.argv), cwd=cwd, env=dict(spec.env), roots=allowed)
