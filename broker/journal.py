@@ -1,8 +1,24 @@
-"""The event journal: every event that passed through the broker, in SQLite (WAL).
+"""The event journal: every event that passed through the broker.
 
-One writer thread owns the write connection and drains a bounded in-memory queue filled by the
-proxy; each drained batch is one transaction. Readers (the replay endpoint) use their own
-connections: WAL lets them read a consistent snapshot beside the writer.
+An index row per event in SQLite (WAL): id, ts, topic, source, epoch, seq and where the body
+is. Bodies larger than INLINE_MAX bytes (log chunks) are appended to segment files beside the
+database (``broker.segments``: plain buffered appends, no fsync, pruned a whole file at a time);
+small bodies (job, cmd, agent events) stay inline in the row, where a replay page reads them
+with the rows. So a log byte is written once, to the page cache, instead of twice (WAL, then
+checkpoint) into SQLite.
+
+One writer thread owns the write connection and the open segment, and drains a bounded
+in-memory queue filled by the proxy; each drained batch is one segment append followed by one
+transaction, so a committed row never points past what was written. Readers (the replay
+endpoint) use their own connections: WAL lets them read a consistent snapshot beside the
+writer, and they pread bodies from the segments.
+
+Durability: neither the segments nor SQLite are fsynced at commit (``synchronous=NORMAL`` in
+WAL mode: a process crash loses nothing committed, a power loss may lose the last commits).
+The journal is history for late subscribers; the agents' spools are the truth for output.
+Start-up repairs what a crash can leave (``JournalWriter._recover``): bytes past the last
+committed row of the newest segment are cut, rows whose bytes did not reach the disk are
+dropped, segments no row points at are removed.
 
 Completeness vs forwarding latency: when the writer falls behind, ``submit`` blocks the proxy
 (back-pressure: forwarding pauses too, publishers' PUB queues absorb the burst) for up to
@@ -16,6 +32,7 @@ makes age pruning and ``since_ts`` lookups index range scans and immune to publi
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -24,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from broker import segments
+from broker.segments import Segment, SegmentReader
 from common import logs
 from common.config import BrokerConf
 
@@ -44,7 +63,14 @@ PRUNE_CHUNK_ROWS = 2000
 # WAL file stays bounded.
 CHECKPOINT_S = 0.1
 WAL_MAX_BYTES = 512 << 20
-PAGE_SIZE = 65536
+# Bodies up to this size stay inline in their row; larger ones go to a segment.
+INLINE_MAX = 1024
+# A segment is closed for appends (a new one started) once it holds this much; pruning frees
+# disk a segment at a time, so segments are also kept at or below an eighth of
+# journal_max_bytes (dead bytes on disk: less than one segment), but not below the minimum.
+SEGMENT_BYTES = 64 << 20
+MIN_SEGMENT_BYTES = 64 << 10
+SCHEMA_VERSION = 2
 # Upper bound of every topic that starts with a prefix: the largest code point, so
 # ``prefix <= topic < prefix + TOPIC_MAX`` is the prefix set for any UTF-8 topic.
 TOPIC_MAX = "\U0010ffff"
@@ -59,7 +85,10 @@ CREATE TABLE IF NOT EXISTS events (
     source TEXT NOT NULL,
     epoch TEXT NOT NULL,
     seq INTEGER NOT NULL,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,  -- the body when inline, else empty
+    seg INTEGER,  -- the segment holding the body (its first id), NULL when inline
+    off INTEGER,  -- the body's offset in that segment
+    len INTEGER  -- the body's length, inline or not
 );
 CREATE INDEX IF NOT EXISTS events_topic ON events(topic);
 CREATE INDEX IF NOT EXISTS events_ts ON events(ts);
@@ -79,18 +108,42 @@ def journal_path(cfg_broker: BrokerConf, state_dir: Path) -> Path:
     return Path(cfg_broker.journal).expanduser() if cfg_broker.journal else state_dir / "journal.db"
 
 
+def segment_bytes(conf: BrokerConf) -> int:
+    return max(MIN_SEGMENT_BYTES, min(SEGMENT_BYTES, conf.journal_max_bytes // 8))
+
+
 def connect(path: Path, *, create: bool = False) -> sqlite3.Connection:
     # isolation_level=None: transactions are explicit (BEGIN/COMMIT) and visible in the code.
     db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=True)
-    if create:
-        # 64 KiB pages: a 256 KiB log chunk spans 4 overflow pages instead of 64.
-        # Only effective when the file is new (page size is fixed once WAL is on).
-        db.execute(f"PRAGMA page_size={PAGE_SIZE}")
-        db.execute("PRAGMA journal_mode=WAL")
-        db.executescript(SCHEMA)
-    db.execute("PRAGMA synchronous=NORMAL")
     db.execute("PRAGMA busy_timeout=5000")
+    if create:
+        db.execute("PRAGMA journal_mode=WAL")
+        _migrate(db)
+    db.execute("PRAGMA synchronous=NORMAL")
     return db
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Create the schema, or bring a version-1 journal (every body inline, no seg/off/len
+    columns) to version 2: its rows simply become inline rows."""
+    if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(events)")}
+        if columns and "seg" not in columns:
+            for column in ("seg", "off", "len"):
+                db.execute(f"ALTER TABLE events ADD COLUMN {column} INTEGER")
+            db.execute("UPDATE events SET len = length(body)")
+            log.info("journal.migrated", to_version=SCHEMA_VERSION)
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 class _RowQueue:
@@ -100,6 +153,7 @@ class _RowQueue:
         self._rows: deque[Row] = deque()
         self._bytes = 0
         self._max = max_bytes
+        self._closed = False
         self._cond = threading.Condition()
 
     def __len__(self) -> int:
@@ -119,15 +173,17 @@ class _RowQueue:
 
     def take(self, timeout: float) -> list[Row]:
         with self._cond:
-            self._cond.wait_for(lambda: self._rows, timeout)
+            self._cond.wait_for(lambda: self._rows or self._closed, timeout)
             n = min(len(self._rows), BATCH_ROWS)
             rows = [self._rows.popleft() for _ in range(n)]
             self._bytes -= sum(len(r.body) for r in rows)
             self._cond.notify_all()
             return rows
 
-    def wake(self) -> None:
+    def close(self) -> None:
+        """Wake the writer: ``take`` returns at once from now on (what is left, then nothing)."""
         with self._cond:
+            self._closed = True
             self._cond.notify_all()
 
 
@@ -145,6 +201,7 @@ class JournalWriter:
 
     def __init__(self, path: Path, conf: BrokerConf, queue_bytes: int = QUEUE_BYTES, stall_s: float = STALL_S) -> None:
         self.path = path
+        self.segments_dir = segments.segments_dir(path)
         self.conf = conf
         self.stall_s = stall_s
         self.counters = JournalCounters()
@@ -153,6 +210,13 @@ class JournalWriter:
         self._done_cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
         self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="journal-checkpoint", daemon=True)
+        # Writer thread only (after start): the segments, oldest first, the last one being the
+        # one appended to; the id the next row gets (ids are assigned here, not by SQLite, so a
+        # new segment can be named by the first id it holds).
+        self._segments: list[int] = []
+        self._active: Segment | None = None
+        self._segment_bytes = segment_bytes(conf)
+        self._next_id = 1
 
     @property
     def done(self) -> int:
@@ -164,13 +228,21 @@ class JournalWriter:
         return len(self._queue)
 
     def start(self) -> None:
-        """Open (or create) the journal, then start writing. Readers may open it from now on."""
+        """Open (or create) the journal, repair what a crash left, then start writing.
+        Readers may open it from now on."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.segments_dir.mkdir(exist_ok=True)
         db = connect(self.path, create=True)
-        self.counters.journal_rows, self.counters.journal_bytes = db.execute(
-            "SELECT count(*), coalesce(sum(length(body)), 0) FROM events"
-        ).fetchone()
-        db.close()
+        try:
+            self._recover(db)
+            self.counters.journal_rows, self.counters.journal_bytes = db.execute(
+                "SELECT count(*), coalesce(sum(len), 0) FROM events"
+            ).fetchone()
+            self._next_id = JournalReader._head(db) + 1
+        finally:
+            db.close()
+        if self._segments:
+            self._active = Segment(self.segments_dir, self._segments[-1])
         self._thread.start()
         self._checkpointer.start()
 
@@ -195,9 +267,47 @@ class JournalWriter:
     def stop(self, timeout: float = 30.0) -> None:
         """Flush everything queued, then stop."""
         self._stopping.set()
-        self._queue.wake()
+        self._queue.close()
         self._thread.join(timeout)
         self._checkpointer.join(timeout)
+
+    # ------------------------------------------------------------------ start-up
+
+    def _recover(self, db: sqlite3.Connection) -> None:
+        """Make the newest segment end exactly where its last committed row ends.
+
+        Bodies are written before their rows are committed, so after a crash the newest segment
+        may hold bytes no row points at (cut here; a segment with no row at all is removed).
+        After a power loss the opposite can happen too (rows committed, their bytes never reached
+        the disk): those rows are deleted. Only the newest segment can be affected: a new
+        segment is started between batches, once the previous one's rows are committed.
+        Segments that pruning left behind (older than every row) go at the first prune step.
+        """
+        segs = segments.list_segments(self.segments_dir)
+        while segs:
+            seg = segs[-1]
+            path = self.segments_dir / segments.name(seg)
+            # A segment's rows all have ids >= its name, and offsets grow with ids.
+            last = db.execute(
+                "SELECT off + len FROM events WHERE id >= ? AND seg = ? ORDER BY id DESC LIMIT 1", (seg, seg)
+            ).fetchone()
+            if last is None:
+                path.unlink(missing_ok=True)
+                log.info("journal.segment_removed", segment=seg, reason="no committed rows")
+                segs.pop()
+                continue
+            size = path.stat().st_size
+            if size > last[0]:
+                os.truncate(path, last[0])
+                log.info("journal.segment_tail_cut", segment=seg, bytes=size - last[0])
+            elif size < last[0]:
+                lost = db.execute(
+                    "DELETE FROM events WHERE id >= ? AND seg = ? AND off + len > ?", (seg, seg, size)
+                ).rowcount
+                log.warning("journal.rows_lost", segment=seg, rows=lost,
+                            reason="their bodies are missing from the segment (a crash before the disk had them)")
+            break
+        self._segments = segs
 
     # ------------------------------------------------------------------ writer thread
 
@@ -218,7 +328,7 @@ class JournalWriter:
 
     def _run(self) -> None:
         db = connect(self.path)
-        db.execute(f"PRAGMA wal_autocheckpoint={WAL_MAX_BYTES // PAGE_SIZE}")
+        db.execute(f"PRAGMA wal_autocheckpoint={WAL_MAX_BYTES // db.execute('PRAGMA page_size').fetchone()[0]}")
         next_prune = time.monotonic()
         try:
             while True:
@@ -234,68 +344,136 @@ class JournalWriter:
                     next_prune = time.monotonic() + (0 if more else self.conf.prune_interval_s)
         finally:
             db.close()
+            if self._active is not None:
+                self._active.close()
+                self._active = None
+
+    def _segment_for_append(self) -> Segment:
+        active = self._active
+        if active is None or active.size >= self._segment_bytes:
+            # The previous segment's rows are all committed (a batch never spans two segments),
+            # which is what start-up recovery relies on.
+            if active is not None:
+                self._active = None
+                active.close()
+            active = self._active = Segment(self.segments_dir, self._next_id)
+            if not self._segments or self._segments[-1] != active.first_id:
+                self._segments.append(active.first_id)
+        return active
 
     def _insert(self, db: sqlite3.Connection, rows: list[Row]) -> None:
+        first = self._next_id
+        seg: Segment | None = None
+        start = 0
         try:
+            params = []
+            bodies = []
+            off = 0
+            for i, r in enumerate(rows):
+                size = len(r.body)
+                if size <= INLINE_MAX:
+                    params.append((first + i, r.ts, r.topic, r.source, r.epoch, r.seq, r.body, None, None, size))
+                    continue
+                if seg is None:
+                    seg = self._segment_for_append()
+                    start = off = seg.size
+                params.append((first + i, r.ts, r.topic, r.source, r.epoch, r.seq, b"", seg.first_id, off, size))
+                bodies.append(r.body)
+                off += size
+            if seg is not None:
+                seg.append(bodies)  # before the commit: a committed row never points past the end
             db.execute("BEGIN")
-            db.executemany("INSERT INTO events(ts, topic, source, epoch, seq, body) VALUES (?,?,?,?,?,?)", rows)
+            db.executemany(
+                "INSERT INTO events(id, ts, topic, source, epoch, seq, body, seg, off, len) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                params,
+            )
             db.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             # Disk full, I/O error...: lose this batch loudly but keep the writer (and so the
             # proxy, which would otherwise stall on a full queue) going.
             if db.in_transaction:
                 db.execute("ROLLBACK")
+            if seg is not None:
+                seg.truncate(start)  # the next batch reuses these ids and this space
             self.counters.journal_dropped += len(rows)
             log.error("journal.write_failed", error=str(exc), rows=len(rows),
                       total_dropped=self.counters.journal_dropped)
         else:
+            self._next_id = first + len(rows)
             c = self.counters
             c.journalled += len(rows)
             c.journal_rows += len(rows)
-            c.journal_bytes += sum(len(r.body) for r in rows)
+            c.journal_bytes += sum(p[-1] for p in params)
         self._notify_done()
 
     def _prune_step(self, db: sqlite3.Connection) -> bool:
         """Delete one chunk of rows older than journal_max_age_s or, failing that, of the oldest
-        rows beyond journal_max_bytes. True if a chunk was deleted (there may be more)."""
+        rows beyond journal_max_bytes, then the segments no row points at any more. True if a
+        chunk was deleted (there may be more)."""
         try:
             cutoff = time.time() - self.conf.journal_max_age_s
-            if self._delete(db, "SELECT id, length(body) FROM events WHERE ts < ? ORDER BY ts LIMIT ?",
-                            (cutoff, PRUNE_CHUNK_ROWS)):
-                return True
-            excess = self.counters.journal_bytes - self.conf.journal_max_bytes
-            return excess > 0 and self._delete_oldest_bytes(db, excess) > 0
+            victims = db.execute("SELECT id, len FROM events WHERE ts < ? ORDER BY ts LIMIT ?",
+                                 (cutoff, PRUNE_CHUNK_ROWS)).fetchall()
+            if victims:
+                self._delete(db, "DELETE FROM events WHERE id = ?", [(v[0],) for v in victims], victims)
+            else:
+                excess = self.counters.journal_bytes - self.conf.journal_max_bytes
+                if excess > 0:
+                    victims = self._oldest_covering(db, excess)
+                    if victims:
+                        self._delete(db, "DELETE FROM events WHERE id <= ?", [(victims[-1][0],)], victims)
+            self._drop_dead_segments(db)
+            return bool(victims)
         except sqlite3.Error as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             log.error("journal.prune_failed", error=str(exc))
             return False
 
-    def _delete(self, db: sqlite3.Connection, select: str, args: tuple) -> int:
-        victims = db.execute(select, args).fetchall()
-        if not victims:
-            return 0
+    def _delete(self, db: sqlite3.Connection, delete: str, args: list[tuple], victims: list[tuple[int, int]]) -> None:
         db.execute("BEGIN")
-        db.executemany("DELETE FROM events WHERE id = ?", [(v[0],) for v in victims])
+        db.executemany(delete, args)
         db.execute("COMMIT")
         c = self.counters
         c.pruned += len(victims)
         c.journal_rows -= len(victims)
         c.journal_bytes -= sum(v[1] for v in victims)
-        return len(victims)
 
-    def _delete_oldest_bytes(self, db: sqlite3.Connection, excess: int) -> int:
-        # Walk the oldest rows (one chunk) until their bodies cover the excess.
-        ids: list[int] = []
+    @staticmethod
+    def _oldest_covering(db: sqlite3.Connection, excess: int) -> list[tuple[int, int]]:
+        """The oldest rows (one chunk at most) whose bodies cover ``excess`` bytes."""
+        victims: list[tuple[int, int]] = []
         covered = 0
-        for rid, size in db.execute("SELECT id, length(body) FROM events ORDER BY id LIMIT ?", (PRUNE_CHUNK_ROWS,)):
-            ids.append(rid)
+        for rid, size in db.execute("SELECT id, len FROM events ORDER BY id LIMIT ?", (PRUNE_CHUNK_ROWS,)):
+            victims.append((rid, size))
             covered += size
             if covered >= excess:
                 break
-        if not ids:
-            return 0
-        return self._delete(db, "SELECT id, length(body) FROM events WHERE id <= ? ORDER BY id", (ids[-1],))
+        return victims
+
+    def _drop_dead_segments(self, db: sqlite3.Connection) -> None:
+        """Remove the segments every row of which is gone. A segment's rows have ids below the
+        next segment's name, so one is dead once the oldest row left is at or past that name;
+        the newest one only once the journal is empty."""
+        row = db.execute("SELECT id FROM events ORDER BY id LIMIT 1").fetchone()
+        oldest = row[0] if row else None
+        dead: list[int] = []
+        while len(self._segments) > 1 and (oldest is None or oldest >= self._segments[1]):
+            dead.append(self._segments.pop(0))
+        if oldest is None and self._segments:
+            dead.append(self._segments.pop())
+            if self._active is not None:
+                self._active.close()
+                self._active = None  # the next body starts a segment named by its id
+        for seg in dead:
+            try:
+                (self.segments_dir / segments.name(seg)).unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.error("journal.segment_unlink_failed", segment=seg, error=str(exc))
+        if dead:
+            log.debug("journal.segments_pruned", segments=len(dead))
 
 
 @dataclass
@@ -307,13 +485,15 @@ class Page:
 
 
 class JournalReader:
-    """Replay queries on a connection of its own (one per thread)."""
+    """Replay queries on a connection of its own, bodies read from the segments (one thread)."""
 
     def __init__(self, path: Path) -> None:
         self._db = connect(path)
+        self._segments = SegmentReader(segments.segments_dir(path))
 
     def close(self) -> None:
         self._db.close()
+        self._segments.close()
 
     def page(self, prefix: str, after: int, since_ts: float, limit: int, max_bytes: int) -> Page:
         """Events with topic starting with ``prefix``, id > after, ts >= since_ts, by id.
@@ -322,6 +502,7 @@ class JournalReader:
         least one event), so a page of 256 KiB chunks stays a reasonable message.
         """
         db = self._db
+        self._segments.sweep()
         db.execute("BEGIN")  # one snapshot: the page and head_id agree
         try:
             if since_ts > 0:
@@ -330,30 +511,43 @@ class JournalReader:
                 first = db.execute("SELECT id FROM events WHERE ts >= ? ORDER BY ts LIMIT 1", (since_ts,)).fetchone()
                 after = max(after, first[0] - 1) if first else max(after, self._head(db))
             if prefix:
-                # Only the ids come from the topic index, sorted as integers; bodies are then read
-                # for the page alone (a sort over bodies of a whole job log would be wasteful).
+                # Only the ids come from the topic index, sorted as integers; the rows are then
+                # read for the page alone (a sort over the rows of a whole job log would be wasteful).
                 cur = db.execute(
-                    "SELECT e.id, e.topic, e.body FROM events e WHERE e.id IN ("
+                    "SELECT e.id, e.topic, e.body, e.seg, e.off, e.len FROM events e WHERE e.id IN ("
                     " SELECT id FROM events WHERE topic >= ? AND topic < ? AND id > ? ORDER BY id LIMIT ?"
                     ") ORDER BY e.id",
                     (prefix, prefix + TOPIC_MAX, after, limit + 1),
                 )
             else:
-                cur = db.execute("SELECT id, topic, body FROM events WHERE id > ? ORDER BY id LIMIT ?", (after, limit + 1))
+                cur = db.execute("SELECT id, topic, body, seg, off, len FROM events WHERE id > ? ORDER BY id LIMIT ?",
+                                 (after, limit + 1))
             events: list[tuple[int, str, bytes]] = []
             size = 0
+            scanned = 0
+            last = after
             more = False
-            for row in cur:
+            for rid, topic, body, seg, off, length in cur:
                 if len(events) >= limit or (events and size >= max_bytes):
                     more = True
                     break
-                events.append(row)
-                size += len(row[2])
+                scanned += 1
+                last = rid
+                if seg is not None:
+                    body = self._segments.read(seg, off, length)
+                    if body is None:
+                        # Pruned since this snapshot began, or lost in a crash: not in the
+                        # journal any more, as if pruned before the request.
+                        continue
+                events.append((rid, topic, body))
+                size += length
             cur.close()
+            # Every fetched row was consumed but some were gone: there may be rows past them.
+            more = more or scanned > limit
             head = self._head(db)
         finally:
             db.execute("COMMIT")
-        return Page(events, events[-1][0] if events else after, head, more)
+        return Page(events, last, head, more)
 
     @staticmethod
     def _head(db: sqlite3.Connection) -> int:
