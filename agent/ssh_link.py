@@ -50,13 +50,20 @@ class ControlMaster:
         self.dest = dest
         self.path = control_path(state_dir, dest)
         self.pid: int | None = None
-        self._base = ["ssh", *option_args(options), *dest.options(), *option_args(DEFAULT_OPTIONS),
-                      "-o", f"ControlPath={self.path}"]
+        # Shared by ssh and scp (both take -o options).
+        self.args = [*option_args(options), *dest.options(), *option_args(DEFAULT_OPTIONS),
+                     "-o", f"ControlPath={self.path}"]
+        self._base = ["ssh", *self.args]
 
     def session(self, remote_command: str) -> list[str]:
         """argv of one command as a new session on the master; no tty (-T), so bytes pass
         untouched, and LogLevel=ERROR so no ssh notice lands in the command's stderr."""
         return [*self._base, "-T", "-o", "ControlMaster=no", "-o", "LogLevel=ERROR", self.dest.host, remote_command]
+
+    def copy(self, files: list[str], remote_dir: str) -> list[str]:
+        """argv of an scp of ``files`` into ``remote_dir`` over the master."""
+        host = f"[{self.dest.host}]" if ":" in self.dest.host else self.dest.host
+        return ["scp", "-q", *self.args, "-o", "ControlMaster=no", *files, f"{host}:{remote_dir}/"]
 
     def alive(self) -> bool:
         return self.pid is not None and self.path.exists() and executor.pid_alive(self.pid)

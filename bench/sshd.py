@@ -117,7 +117,7 @@ class Sshd:
             "ListenAddress 127.0.0.1", f"Port {port}", f"HostKey {self.tmp / 'host_key'}",
             f"AuthorizedKeysFile {self.tmp / 'authorized_keys'}", f"PidFile {self.tmp / 'sshd.pid'}",
             "StrictModes no", "UsePAM no", "PasswordAuthentication no", "PermitRootLogin prohibit-password",
-            f"SetEnv HOME={self.tmp / 'home'}", "LogLevel INFO", "MaxStartups 100:30:200", "MaxSessions 100", "",
+            f"SetEnv HOME={self.tmp / 'home'}", "Subsystem sftp internal-sftp", "LogLevel INFO", "MaxStartups 100:30:200", "MaxSessions 100", "",
         ]))
         self.proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(conf)], stdin=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True)

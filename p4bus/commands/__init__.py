@@ -6,7 +6,7 @@ import importlib
 
 import click
 
-COMMANDS = ["services", "run", "up", "agents", "events", "jobs", "demo"]
+COMMANDS = ["services", "run", "up", "agents", "events", "jobs", "demo", "deploy"]
 
 
 def register(group: click.Group) -> None:

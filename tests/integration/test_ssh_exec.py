@@ -47,7 +47,7 @@ def marker_sleep() -> str:
 
 
 def remote_procs(marker: str) -> list[str]:
-    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
+    ps = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
     return [line for line in ps.splitlines() if marker in line and "ps -eo" not in line]
 
 
