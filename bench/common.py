@@ -14,7 +14,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -138,6 +138,7 @@ class AgentSpec:
     workspaces: dict[str, str]  # name -> root
     roots: list[str]
     allowed: list[str]
+    env: dict[str, str] = field(default_factory=dict)  # more P4BUS_AGENT_* settings
 
 
 class BusStack:
@@ -173,7 +174,7 @@ class BusStack:
             for a in self.agents:
                 env = {**self.env, "P4BUS_AGENT_ID": a.id, "P4BUS_AGENT_WORKSPACES": json.dumps(a.workspaces),
                        "P4BUS_AGENT_WORKSPACE_ROOTS": json.dumps(a.roots),
-                       "P4BUS_AGENT_ALLOWED_EXECUTABLES": json.dumps(a.allowed)}
+                       "P4BUS_AGENT_ALLOWED_EXECUTABLES": json.dumps(a.allowed), **a.env}
                 stack = LocalStack(self.cfg, None, ("agent",), env=env, log_dir=self.tmp / "logs" / a.id)
                 self.agent_stacks.append(stack)
                 stack.start(START_TIMEOUT_S)

@@ -33,13 +33,14 @@ TRUE = P.CmdSpec(argv=["true"])
 class ExecDone:
     """Exec, then wait for CmdDone on one long-lived SUB subscribed to every ``cmd.`` event."""
 
-    def __init__(self, mc: MasterClient, xpub: str) -> None:
+    def __init__(self, mc: MasterClient, xpub: str, agent: str | None = None) -> None:
         self.mc = mc
+        self.agent = agent
         self.sub = zmqutil.sub(zmq.Context.instance(), xpub, [topics.CMD + "."])
 
     def __call__(self) -> None:
         cmd_id = ids.new_id("c")
-        reply = self.mc.exec(TRUE, cmd_id=cmd_id)
+        reply = self.mc.exec(TRUE, cmd_id=cmd_id, agent=self.agent)
         while True:
             if not self.sub.poll(QUIET_MS):
                 # Only if the event was missed (e.g. the subscription was not up yet): ask.
@@ -48,7 +49,7 @@ class ExecDone:
                     B.ok(status, "exec true")
                     return
                 continue
-            # run_command's events arrive here too (all cmd.*): skip anything else.
+            # Other commands' events arrive here too (all cmd.*): skip them.
             ev = P.decode_event(self.sub.recv_multipart())
             if isinstance(ev, P.CmdDone) and ev.cmd_id == cmd_id:
                 B.ok(ev.status, "exec true")
