@@ -15,6 +15,7 @@ import pytest
 from common import protocol as P
 from common.rpc import MasterClient
 from p4bus import deploy as dp
+from ssh_support import processes_with
 from tests.conftest import REPO, Stack, wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -51,8 +52,7 @@ def deploy_args(stack: Stack, sshd, wheelhouse: Path, remote: Path, *extra: str)
 
 
 def agent_processes(remote: Path) -> list[str]:
-    ps = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
-    return [line for line in ps.splitlines() if f"{remote}/agent.toml" in line]
+    return processes_with(f"{remote}/agent.toml")
 
 
 def run_on(mc: MasterClient, agent: str, argv: list[str]) -> P.CmdStatus:

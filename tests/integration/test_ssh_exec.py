@@ -17,6 +17,7 @@ from agent.ssh_link import control_path
 from common import protocol as proto
 from common.ids import new_id
 from common.ssh import SshDest
+from ssh_support import processes_with
 from tests.conftest import Stack, wait_for
 from test_agent import Rig, read_spool
 
@@ -44,11 +45,6 @@ def rig(stack: Stack, ctx: zmq.Context, sshd) -> Rig:
 def marker_sleep() -> str:
     """A `sleep` argument no other process has: ps finds exactly our remote processes."""
     return f"{random.randint(500, 999)}.{random.randint(10**8, 10**9 - 1)}"
-
-
-def remote_procs(marker: str) -> list[str]:
-    ps = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
-    return [line for line in ps.splitlines() if marker in line and "ps -eo" not in line]
 
 
 def spooled(rig: Rig, cmd_id: str) -> bytes:
@@ -122,7 +118,7 @@ def test_timeout_ends_the_remote_process_group(rig: Rig) -> None:
     m = marker_sleep()
     _, status, _ = rig.run(["sh", "-c", f"sleep {m} & sleep {m}"], timeout=1.0)
     assert status.timed_out and status.signal == signal.SIGTERM and status.exit_code is None
-    wait_for(lambda: not remote_procs(m), timeout=5, what="no remote survivor")
+    wait_for(lambda: not processes_with(m), timeout=5, what="no remote survivor")
 
 
 def test_kill_escalates_to_sigkill_on_the_remote_group(rig: Rig) -> None:
@@ -130,19 +126,20 @@ def test_kill_escalates_to_sigkill_on_the_remote_group(rig: Rig) -> None:
     cmd_id = new_id("c")
     rig.master.exec(cmd_id, ["sh", "-c", f"trap '' TERM; sleep {m} & sleep {m}"])
     rig.sink.until_started(cmd_id)
-    wait_for(lambda: len(remote_procs(m)) >= 2, what="both remote sleeps running")
+    # (The local ssh client's command line holds the marker too: count the sleeps themselves.)
+    wait_for(lambda: sum(p.split(" ")[1] == "sleep" for p in processes_with(m)) >= 2, what="both remote sleeps running")
     reply = rig.master.request(proto.Kill(req_id="k1", cmd_id=cmd_id))
     assert reply.found and reply.status.state == "running"
     status = rig.sink.until_done(cmd_id).done.status
     assert status.killed and status.signal == signal.SIGKILL and status.duration >= 1.0  # kill_grace_s
-    wait_for(lambda: not remote_procs(m), timeout=5, what="no remote survivor")
+    wait_for(lambda: not processes_with(m), timeout=5, what="no remote survivor")
 
 
 def test_leftover_is_ended_after_the_leader_exits(rig: Rig) -> None:
     m = marker_sleep()
     _, status, _ = rig.run(["sh", "-c", f"sleep {m} & echo leader done"])
     assert (status.exit_code, status.stdout) == (0, b"leader done\n")
-    assert not remote_procs(m)
+    assert not processes_with(m)
 
 
 # --------------------------------------------------------------------------- the connection goes away
@@ -158,7 +155,7 @@ def test_cut_master_connection_fails_the_command_and_cleans_up(stack: Stack, rig
     status = rig.sink.until_done(cmd_id, timeout=15).done.status
     assert status.exit_code == 255 and status.error.startswith("ssh connection lost: the connection to ssh://")
     assert status.stdout == b"before\n"
-    wait_for(lambda: not remote_procs(m), timeout=10, what="the remote group ended")
+    wait_for(lambda: not processes_with(m), timeout=10, what="the remote group ended")
     # The next command starts a new master.
     _, status, _ = rig.run(["echo", "again"])
     assert (status.exit_code, status.stdout) == (0, b"again\n") and master_pid(stack, sshd) != old
@@ -169,17 +166,17 @@ def test_killed_ssh_client_and_killed_agent_leave_nothing_remote(rig: Rig) -> No
     cmd_id = new_id("c")
     rig.master.exec(cmd_id, ["sleep", m])
     started = rig.sink.until_started(cmd_id)
-    wait_for(lambda: remote_procs(m), what="the remote sleep")
+    wait_for(lambda: processes_with(m), what="the remote sleep")
     os.kill(started.pid, signal.SIGKILL)  # the local ssh session process
     status = rig.sink.until_done(cmd_id).done.status
     assert status.error == "ssh connection lost: the ssh client was ended by signal 9"
-    wait_for(lambda: not remote_procs(m), timeout=10, what="the remote sleep ended")
+    wait_for(lambda: not processes_with(m), timeout=10, what="the remote sleep ended")
 
     m = marker_sleep()
     rig.master.exec("at-crash", ["sleep", m])
-    wait_for(lambda: remote_procs(m), what="the remote sleep")
+    wait_for(lambda: processes_with(m), what="the remote sleep")
     rig.stop(signal.SIGKILL)  # the session's stdin closes with the agent
-    wait_for(lambda: not remote_procs(m), timeout=10, what="the remote sleep ended with the agent")
+    wait_for(lambda: not processes_with(m), timeout=10, what="the remote sleep ended with the agent")
     rig.start()
     assert rig.master.query("at-crash").error == "agent restarted while running"
 
