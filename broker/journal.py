@@ -171,12 +171,17 @@ class _RowQueue:
             self._cond.notify_all()
             return True
 
-    def take(self, timeout: float) -> list[Row]:
+    def take(self, timeout: float, max_bytes: int) -> list[Row]:
+        """Up to BATCH_ROWS rows, ending at the first that brings the batch to ``max_bytes``."""
         with self._cond:
             self._cond.wait_for(lambda: self._rows or self._closed, timeout)
-            n = min(len(self._rows), BATCH_ROWS)
-            rows = [self._rows.popleft() for _ in range(n)]
-            self._bytes -= sum(len(r.body) for r in rows)
+            rows: list[Row] = []
+            size = 0
+            while self._rows and len(rows) < BATCH_ROWS and size < max_bytes:
+                row = self._rows.popleft()
+                rows.append(row)
+                size += len(row.body)
+            self._bytes -= size
             self._cond.notify_all()
             return rows
 
@@ -216,6 +221,9 @@ class JournalWriter:
         self._segments: list[int] = []
         self._active: Segment | None = None
         self._segment_bytes = segment_bytes(conf)
+        # A batch is appended to one segment (see _segment_for_append), so batches are kept to a
+        # quarter of a segment: a segment then ends at most that much (plus a body) past its size.
+        self._batch_bytes = max(1, self._segment_bytes // 4)
         self._next_id = 1
 
     @property
@@ -306,6 +314,7 @@ class JournalWriter:
                 ).rowcount
                 log.warning("journal.rows_lost", segment=seg, rows=lost,
                             reason="their bodies are missing from the segment (a crash before the disk had them)")
+                continue  # again: cut a partly written body, or remove a segment left without rows
             break
         self._segments = segs
 
@@ -332,7 +341,7 @@ class JournalWriter:
         next_prune = time.monotonic()
         try:
             while True:
-                rows = self._queue.take(max(0.0, min(next_prune - time.monotonic(), 0.5)))
+                rows = self._queue.take(max(0.0, min(next_prune - time.monotonic(), 0.5)), self._batch_bytes)
                 if rows:
                     self._insert(db, rows)
                 elif self._stopping.is_set():
@@ -348,7 +357,8 @@ class JournalWriter:
                 self._active.close()
                 self._active = None
 
-    def _segment_for_append(self) -> Segment:
+    def _segment_for_append(self, first_id: int) -> Segment:
+        """The segment to append a batch to, whose first body has id ``first_id``."""
         active = self._active
         if active is None or active.size >= self._segment_bytes:
             # The previous segment's rows are all committed (a batch never spans two segments),
@@ -356,7 +366,7 @@ class JournalWriter:
             if active is not None:
                 self._active = None
                 active.close()
-            active = self._active = Segment(self.segments_dir, self._next_id)
+            active = self._active = Segment(self.segments_dir, first_id)
             if not self._segments or self._segments[-1] != active.first_id:
                 self._segments.append(active.first_id)
         return active
@@ -375,7 +385,7 @@ class JournalWriter:
                     params.append((first + i, r.ts, r.topic, r.source, r.epoch, r.seq, r.body, None, None, size))
                     continue
                 if seg is None:
-                    seg = self._segment_for_append()
+                    seg = self._segment_for_append(first + i)
                     start = off = seg.size
                 params.append((first + i, r.ts, r.topic, r.source, r.epoch, r.seq, b"", seg.first_id, off, size))
                 bodies.append(r.body)
@@ -394,7 +404,7 @@ class JournalWriter:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             if seg is not None:
-                seg.truncate(start)  # the next batch reuses these ids and this space
+                self._cut_back(seg, start)
             self.counters.journal_dropped += len(rows)
             log.error("journal.write_failed", error=str(exc), rows=len(rows),
                       total_dropped=self.counters.journal_dropped)
@@ -405,6 +415,22 @@ class JournalWriter:
             c.journal_rows += len(rows)
             c.journal_bytes += sum(p[-1] for p in params)
         self._notify_done()
+
+    def _cut_back(self, seg: Segment, start: int) -> None:
+        """Undo a failed batch's appends: the next batch reuses these ids and this space. A
+        segment this batch started goes entirely, so a segment's name stays the smallest id in
+        it (the next batch's first body may have another id)."""
+        if start > 0:
+            seg.truncate(start)
+            return
+        seg.close()
+        self._active = None
+        if self._segments and self._segments[-1] == seg.first_id:
+            self._segments.pop()
+        try:
+            seg.path.unlink()
+        except OSError as exc:
+            log.error("journal.segment_unlink_failed", segment=seg.first_id, error=str(exc))
 
     def _prune_step(self, db: sqlite3.Connection) -> bool:
         """Delete one chunk of rows older than journal_max_age_s or, failing that, of the oldest

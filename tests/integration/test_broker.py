@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import threading
@@ -12,6 +13,7 @@ import msgspec
 import pytest
 import zmq
 
+from broker import segments
 from broker.client import ReplayClient, ReplayError
 from common import ids, protocol as P, topics, zmqutil
 from common.sequence import Stamper
@@ -183,10 +185,12 @@ def test_malformed_replay_requests_get_errors(bus: Bus) -> None:
 def test_prune_by_age(stack) -> None:
     bus = Bus(stack, extra={"broker": {"journal_max_age_s": 2.0, "prune_interval_s": 0.1}})
     try:
-        old = [bus.publish("job.old") for _ in range(20)]
+        old = [bus.publish("job.old") for _ in range(20)] + [bus.publish("log.old", os.urandom(50_000)) for _ in range(5)]
         [bus.recv() for _ in old]
-        wait_for(lambda: bus.stats()["pruned"] >= 20 + 1, what="old events pruned")  # + the probe
-        assert bus.journal("job.old") == []
+        wait_for(lambda: segment_files(stack), what="bodies in a segment")
+        wait_for(lambda: bus.stats()["pruned"] >= 25 + 1, what="old events pruned")  # + the probe
+        assert bus.journal("job.old") == [] and bus.journal("log.old") == []
+        assert segment_files(stack) == []  # every row gone: every segment too
         fresh = bus.publish("job.fresh")
         bus.recv()
         assert [b for _i, _t, b in bus.journal("job.fresh")] == [fresh[1]]
@@ -194,12 +198,19 @@ def test_prune_by_age(stack) -> None:
         bus.close()
 
 
+def journalled_and_pruned(bus: Bus, limit: int) -> bool:
+    """Everything forwarded is journalled (or the check could pass between two batches) and
+    the journal is within ``limit``."""
+    c = bus.stats()
+    return c["journalled"] == c["events_in"] and c["journal_bytes"] <= limit
+
+
 def test_prune_by_size_keeps_the_newest(stack) -> None:
     bus = Bus(stack, extra={"broker": {"journal_max_bytes": 100_000, "prune_interval_s": 0.1}})
     try:
         sent = [bus.publish("log.J.c", os.urandom(10_000)) for _ in range(50)]
         [bus.recv() for _ in sent]
-        wait_for(lambda: bus.stats()["journal_bytes"] <= 100_000, what="journal pruned to its size limit")
+        wait_for(lambda: journalled_and_pruned(bus, 100_000), what="journal pruned to its size limit")
         kept = [b for _i, _t, b in bus.journal("log.")]
         assert 5 <= len(kept) <= 10
         assert kept == [f[1] for f in sent[-len(kept):]]
@@ -208,6 +219,100 @@ def test_prune_by_size_keeps_the_newest(stack) -> None:
         assert bus.journal("log.")[0][0] > 40
     finally:
         bus.close()
+
+
+def segments_dir(stack):
+    return segments.segments_dir(stack.tmp / "state" / "journal.db")
+
+
+def segment_files(stack) -> list[int]:
+    return segments.list_segments(segments_dir(stack))
+
+
+def test_prune_by_size_drops_whole_segments(stack) -> None:
+    """1 MiB of journal: 128 KiB segments; 4 MB published, the oldest segments unlinked."""
+    limit = 1 << 20
+    bus = Bus(stack, extra={"broker": {"journal_max_bytes": limit, "prune_interval_s": 0.1}})
+    try:
+        sent = [bus.publish("log.J.c", os.urandom(40_000)) for _ in range(100)]
+        [bus.recv() for _ in sent]
+        wait_for(lambda: journalled_and_pruned(bus, limit), what="journal pruned to its size limit")
+        kept = [b for _i, _t, b in bus.journal("log.")]
+        assert limit - len(kept[0]) < sum(map(len, kept)) <= limit  # the newest that fit
+        assert kept == [f[1] for f in sent[-len(kept):]]
+        files = segment_files(stack)
+        on_disk = sum(f.stat().st_size for f in segments_dir(stack).iterdir())
+        # Only the kept bodies and what is left of one segment whose rows are partly pruned.
+        assert on_disk < limit + 128 * 1024 + 2 * 40_000, (on_disk, files)
+        assert files[0] > 1 and len(files) <= 10
+    finally:
+        bus.close()
+
+
+def test_replay_crosses_segment_boundaries(stack) -> None:
+    """8 MiB of journal: 1 MiB segments; bodies of up to 256 KiB, small ones between them,
+    replayed whole, by prefix and in small pages: every body exact across every boundary."""
+    bus = Bus(stack, extra={"broker": {"journal_max_bytes": 8 << 20}})
+    try:
+        rnd = random.Random(7)
+        sent = []
+        for i in range(40):
+            sent.append(bus.publish(f"log.J.c{i % 3}", rnd.randbytes(rnd.choice([2000, 60_000, 150_000, 256 * 1024]))))
+            sent.append(bus.publish("job.J"))
+            bus.recv(), bus.recv()
+        assert sum(len(f[1]) for f in sent) < 8 << 20  # nothing pruned
+        wait_for(lambda: len(bus.journal("job.J")) == 40, what="all journalled")
+        assert len(segment_files(stack)) >= 3
+        everything = [e for e in bus.journal("") if e[1] != PROBE_TOPIC]
+        assert [[t.encode(), b] for _i, t, b in everything] == sent
+        for prefix in ("log.J.c1", "log.", "job.J"):
+            assert [[t.encode(), b] for _i, t, b in bus.journal(prefix)] == [f for f in sent if f[0].startswith(prefix.encode())]
+        paged, after = [], 0
+        while True:
+            page = bus.replay.page("log.", after=after, limit=3)
+            paged += page.events
+            after = page.last_id
+            if not page.more:
+                break
+        assert [[t.encode(), b] for _i, t, b in paged] == [f for f in sent if f[0].startswith(b"log.")]
+    finally:
+        bus.close()
+
+
+def test_restart_with_a_torn_segment_tail(stack) -> None:
+    """SIGKILL, then what a crash between writing bodies and committing their rows leaves: junk
+    after the newest segment's last body, and a segment no row points at. The restarted broker
+    cuts both, replays exactly what was committed, and appends new bodies at the cut."""
+    bus = Bus(stack)
+    sent = [bus.publish("log.T.c", os.urandom(30_000)) for _ in range(10)]
+    [bus.recv() for _ in sent]
+    wait_for(lambda: len(bus.journal("log.T.")) == 10, what="events committed")
+    head = bus.replay.page(after=1 << 62).head_id
+    bus.close()
+    os.killpg(bus.proc.pid, signal.SIGKILL)
+    bus.proc.wait(10)
+    files = segment_files(stack)
+    newest = segments_dir(stack) / segments.name(files[-1])
+    size = newest.stat().st_size
+    with open(newest, "ab") as f:
+        f.write(os.urandom(12_345))
+    orphan = segments_dir(stack) / segments.name(head + 1)
+    orphan.write_bytes(os.urandom(5000))
+
+    again = Bus(stack)
+    try:
+        assert newest.stat().st_size == size and not orphan.exists()
+        assert [b for _i, _t, b in again.journal("log.T.")] == [f[1] for f in sent]
+        more = [again.publish("log.T.c", os.urandom(30_000)) for _ in range(5)]
+        [again.recv() for _ in more]
+        wait_for(lambda: len(again.journal("log.T.")) == 15, what="new events committed")
+        assert [b for _i, _t, b in again.journal("log.T.")] == [f[1] for f in sent + more]
+        # One 64 MiB segment: the new bodies follow the old ones, right where the junk was cut.
+        assert segment_files(stack) == files
+        assert size == sum(len(f[1]) for f in sent)
+        assert newest.stat().st_size == sum(len(f[1]) for f in sent + more)
+    finally:
+        again.close()
 
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
