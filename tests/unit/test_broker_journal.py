@@ -342,3 +342,22 @@ def test_a_failed_first_write_to_a_new_segment_removes_it(jr: Journal, monkeypat
     jr.writer.stop()
     jr.writer = jr.start()  # recovery finds the segment's rows by its name
     assert [(t, b) for _i, t, b in jr.read()] == sent
+
+
+def test_restart_repairs_an_older_segment_too(jr: Journal) -> None:
+    """A power loss soon after a rotation can leave the previous segment short as well."""
+    sent = [("log.J.c", b) for b in bodies(30, 5000, 9000)]
+    jr.write(sent, batch=2)
+    got = jr.read()
+    segs = jr.segment_files()
+    assert len(segs) >= 3
+    jr.writer.stop()
+    db = sqlite3.connect(jr.path)
+    in_first = [i for (i,) in db.execute("SELECT id FROM events WHERE seg = ? ORDER BY id", (segs[0],))]
+    db.close()
+    first = jr.dir / S.name(segs[0])
+    os.truncate(first, 100)  # only the start of its first body survived
+    jr.writer = jr.start()
+    lost = set(in_first)
+    assert jr.read() == [e for e in got if e[0] not in lost]
+    assert not first.exists()  # no row pointed at it any more
