@@ -409,7 +409,8 @@ class JournalWriter:
                 seg.append(bodies)  # before the commit: a committed row never points past the end
             db.execute("BEGIN")
             db.executemany(
-                "INSERT INTO events(id, ts, topic, source, epoch, seq, body, seg, off, len) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO events(id, ts, topic, source, epoch, seq, body, seg, off, len)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?)",
                 params,
             )
             db.execute("COMMIT")

@@ -185,7 +185,8 @@ def test_malformed_replay_requests_get_errors(bus: Bus) -> None:
 def test_prune_by_age(stack) -> None:
     bus = Bus(stack, extra={"broker": {"journal_max_age_s": 2.0, "prune_interval_s": 0.1}})
     try:
-        old = [bus.publish("job.old") for _ in range(20)] + [bus.publish("log.old", os.urandom(50_000)) for _ in range(5)]
+        old = [bus.publish("job.old") for _ in range(20)]
+        old += [bus.publish("log.old", os.urandom(50_000)) for _ in range(5)]  # bodies in a segment
         [bus.recv() for _ in old]
         wait_for(lambda: segment_files(stack), what="bodies in a segment")
         wait_for(lambda: bus.stats()["pruned"] >= 25 + 1, what="old events pruned")  # + the probe
@@ -266,7 +267,8 @@ def test_replay_crosses_segment_boundaries(stack) -> None:
         everything = [e for e in bus.journal("") if e[1] != PROBE_TOPIC]
         assert [[t.encode(), b] for _i, t, b in everything] == sent
         for prefix in ("log.J.c1", "log.", "job.J"):
-            assert [[t.encode(), b] for _i, t, b in bus.journal(prefix)] == [f for f in sent if f[0].startswith(prefix.encode())]
+            expected = [f for f in sent if f[0].startswith(prefix.encode())]
+            assert [[t.encode(), b] for _i, t, b in bus.journal(prefix)] == expected
         paged, after = [], 0
         while True:
             page = bus.replay.page("log.", after=after, limit=3)

@@ -50,7 +50,8 @@ class Journal:
         self.sent += events
         assert self.writer.wait_done(self.submitted, 10)
 
-    def read(self, prefix: str = "", after: int = 0, limit: int = 1000, max_bytes: int = 8 << 20) -> list[tuple[int, str, bytes]]:
+    def read(self, prefix: str = "", after: int = 0, limit: int = 1000,
+             max_bytes: int = 8 << 20) -> list[tuple[int, str, bytes]]:
         reader = JournalReader(self.path)
         try:
             out = []
