@@ -55,6 +55,11 @@ def spooled(rig: Rig, cmd_id: str) -> bytes:
         return b""
 
 
+def remote_sleeps(marker: str) -> list[str]:
+    """The remote `sleep MARKER` processes (the local ssh client's command line has the marker too)."""
+    return [p for p in processes_with(marker) if p.split(" ")[1] == "sleep"]
+
+
 def master_pid(stack: Stack, sshd) -> int:
     path = control_path(Path(stack.tree["state_dir"]), SshDest.parse(sshd.url()))
     done = subprocess.run(["ssh", "-o", f"ControlPath={path}", "-O", "check", "127.0.0.1"],
@@ -126,8 +131,7 @@ def test_kill_escalates_to_sigkill_on_the_remote_group(rig: Rig) -> None:
     cmd_id = new_id("c")
     rig.master.exec(cmd_id, ["sh", "-c", f"trap '' TERM; sleep {m} & sleep {m}"])
     rig.sink.until_started(cmd_id)
-    # (The local ssh client's command line holds the marker too: count the sleeps themselves.)
-    wait_for(lambda: sum(p.split(" ")[1] == "sleep" for p in processes_with(m)) >= 2, what="both remote sleeps running")
+    wait_for(lambda: len(remote_sleeps(m)) >= 2, what="both remote sleeps running")
     reply = rig.master.request(proto.Kill(req_id="k1", cmd_id=cmd_id))
     assert reply.found and reply.status.state == "running"
     status = rig.sink.until_done(cmd_id).done.status
@@ -166,7 +170,7 @@ def test_killed_ssh_client_and_killed_agent_leave_nothing_remote(rig: Rig) -> No
     cmd_id = new_id("c")
     rig.master.exec(cmd_id, ["sleep", m])
     started = rig.sink.until_started(cmd_id)
-    wait_for(lambda: processes_with(m), what="the remote sleep")
+    wait_for(lambda: remote_sleeps(m), what="the remote sleep")
     os.kill(started.pid, signal.SIGKILL)  # the local ssh session process
     status = rig.sink.until_done(cmd_id).done.status
     assert status.error == "ssh connection lost: the ssh client was ended by signal 9"
@@ -174,7 +178,7 @@ def test_killed_ssh_client_and_killed_agent_leave_nothing_remote(rig: Rig) -> No
 
     m = marker_sleep()
     rig.master.exec("at-crash", ["sleep", m])
-    wait_for(lambda: processes_with(m), what="the remote sleep")
+    wait_for(lambda: remote_sleeps(m), what="the remote sleep")
     rig.stop(signal.SIGKILL)  # the session's stdin closes with the agent
     wait_for(lambda: not processes_with(m), timeout=10, what="the remote sleep ended with the agent")
     rig.start()
