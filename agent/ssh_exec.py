@@ -70,8 +70,10 @@ def remote_command(launch: ssh_policy.RemoteLaunch, stdin_bytes: int, grace_s: f
     steps += [
         f'setsid sh -c {q(inner_script(launch))} p4bus-cmd <"$src" & pg=$!',
         # The lifeline reader (see the module docstring); its output goes nowhere, so it never
-        # holds the session open.
-        f'{{ {feed}while read -r r; do case $r in TERM|KILL) kill -"$r" -"$pg";; esac; done; kill -KILL -"$pg"; }}'
+        # holds the session open. k() retries while the child lives but has not yet called
+        # setsid (an EOF can come that early): a kill of the not-yet-existing group would fail.
+        'k() { while ! kill -"$1" -"$pg" 2>/dev/null; do kill -0 "$pg" 2>/dev/null || return; sleep 0.05; done; }',
+        f'{{ {feed}while read -r r; do case $r in TERM|KILL) k "$r";; esac; done; k KILL; }}'
         ' <&3 >/dev/null 2>&1 & w=$!',
         "exec 3<&-",
         'wait "$pg"; rc=$?',

@@ -20,8 +20,9 @@ from agent import executor
 from common import logs
 from common.ssh import SshDest, option_args
 
-# An idle master (no session) exits after this long; the agent restarts it on the next command.
-MASTER_IDLE_S = 600
+# An idle master (no session) exits after this long, so one left behind by a SIGKILLed agent
+# goes soon; a live agent restarts it on its next command (one login, ~0.3 s on loopback).
+MASTER_IDLE_S = 60
 # After the user's own options: ssh keeps the first value it sees for each option.
 DEFAULT_OPTIONS = ("BatchMode=yes", "ConnectTimeout=5", "ServerAliveInterval=5", "ServerAliveCountMax=3")
 START_TIMEOUT_S = 60.0

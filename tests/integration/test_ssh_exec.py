@@ -170,7 +170,7 @@ def test_killed_ssh_client_and_killed_agent_leave_nothing_remote(rig: Rig) -> No
     cmd_id = new_id("c")
     rig.master.exec(cmd_id, ["sleep", m])
     started = rig.sink.until_started(cmd_id)
-    wait_for(lambda: remote_sleeps(m), what="the remote sleep")
+    # At once: the cut may come before the remote command has its process group.
     os.kill(started.pid, signal.SIGKILL)  # the local ssh session process
     status = rig.sink.until_done(cmd_id).done.status
     assert status.error == "ssh connection lost: the ssh client was ended by signal 9"
