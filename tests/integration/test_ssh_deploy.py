@@ -34,6 +34,15 @@ def wheelhouse(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture
+def remote(stack: Stack):
+    """The deploy's remote dir; an agent a failed test left running there is stopped."""
+    path = stack.tmp / "remote"
+    yield path
+    if (path / "agentctl").exists():
+        subprocess.run([str(path / "agentctl"), "stop"], timeout=30)
+
+
 def p4bus(*args: str, timeout: float = 150) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("P4BUS_")}
     return subprocess.run([sys.executable, "-m", "p4bus", *args], capture_output=True, text=True, cwd=REPO,
@@ -61,10 +70,9 @@ def run_on(mc: MasterClient, agent: str, argv: list[str]) -> P.CmdStatus:
                     10, "the command to finish")
 
 
-def test_deploy_run_upgrade_remove(stack: Stack, sshd, wheelhouse: Path) -> None:
+def test_deploy_run_upgrade_remove(stack: Stack, sshd, wheelhouse: Path, remote: Path) -> None:
     stack.start("broker")
     stack.start("master")
-    remote = stack.tmp / "remote"
     args = deploy_args(stack, sshd, wheelhouse, remote, "--agent-id", "deployed-1")
     t0 = time.monotonic()
     first = p4bus(*args)
@@ -96,10 +104,9 @@ def test_deploy_run_upgrade_remove(stack: Stack, sshd, wheelhouse: Path) -> None
         assert "deployed-1" not in [a.agent_id for a in mc.agents()]
 
 
-def test_failures_are_one_precise_line(stack: Stack, sshd, wheelhouse: Path, tmp_path: Path) -> None:
+def test_failures_are_one_precise_line(stack: Stack, sshd, wheelhouse: Path, remote: Path, tmp_path: Path) -> None:
     stack.start("broker")
     stack.start("master")
-    remote = stack.tmp / "remote"
 
     def fails(*args: str) -> str:
         done = p4bus(*args)
