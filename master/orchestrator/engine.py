@@ -201,11 +201,6 @@ class Engine:
             return Effects(publish=[job.id])
         return Effects()
 
-    def redispatch(self, cmd_id: str) -> None:
-        """The agent does not know a command we think it has (never arrived): send it again."""
-        with self.store.tx():
-            self.store.update_command(cmd_id, state="PENDING", not_before=0, waiting_for="")
-
     def touch(self, cmd_id: str) -> None:
         with self.store.tx(durable=False):
             self.store.update_command(cmd_id, last_contact=time.time())

@@ -157,8 +157,11 @@ class Orchestrator:
             elif st.state == "running":
                 self.engine.touch(st.cmd_id)
             else:
-                log.info("cmd.redispatch", cmd_id=st.cmd_id, agent=agent)
-                self.engine.redispatch(st.cmd_id)
+                # It accepted this command (we saw its reply or its STARTED event), yet its spool
+                # does not know it: the record is gone with whatever ran. Sending it again could
+                # run it twice, so it is LOST and the stage's policy decides.
+                log.warning("cmd.unknown_to_agent", cmd_id=st.cmd_id, agent=agent)
+                self.execute(self.engine.on_done(st.cmd_id, st, lost=True))
 
     def done(self, status: P.CmdStatus, stamp: tuple[str, str, str, int] | None = None) -> None:
         self.execute(self.engine.on_done(status.cmd_id, self.whole_output(status), stamp=stamp))

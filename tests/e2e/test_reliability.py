@@ -156,3 +156,26 @@ def test_master_sigkilled_and_restarted_during_job_finishes(jobs):
     assert view.state == "DONE", view.reason
     assert all(r.attempt == 1 for r in view.timeline)
     _assert_each_command_ran_once(jobs, "ws1", view)
+
+
+def test_command_missing_from_a_restarted_agents_spool_is_lost_not_resent(jobs):
+    """The agent accepted the command, then lost its record (a wiped disk): running it again
+    could run it twice, so it is LOST and the stage policy (retry, for SYNC) decides."""
+    import shutil
+
+    jobs.stack.tree["orchestrator"]["lost_after_s"] = 60.0  # only the spool's answer may decide
+    jobs.stack.tree["orchestrator"]["site"] = {"retry": {"SYNC": {"max_attempts": 3, "backoff_s": 0.2}}}
+    jobs.workspace("ws1", "big:30", env={"P4SIM_DELAY_PER_FILE": "0.1"})
+    jobs.start()
+    job_id = jobs.submit("ws1")
+    run = _running_cmd(jobs, job_id, "SYNC")
+    pid = _pid_of(jobs, "agent-1", run.cmd_id)
+    os.killpg(jobs.procs["agent-1"].pid, signal.SIGKILL)
+    wait_for(lambda: not _alive(pid), 30, "the orphaned sync to end")
+    shutil.rmtree(jobs.tmp / "spool" / "agent-1" / run.cmd_id)
+    jobs.kill_and_start("agent-1")
+    view = jobs.wait_state(job_id, timeout=120)
+    assert view.state == "DONE", view.reason
+    sync = [r for r in view.timeline if r.stage == "SYNC"]
+    assert [r.state for r in sync] == ["LOST", "DONE"]
+    assert sum(1 for a in jobs.executions("ws1") if a.startswith("sync")) == 2  # the lost one, and its retry
