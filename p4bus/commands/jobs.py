@@ -15,7 +15,7 @@ from p4bus.tailer import JobTail
 
 
 def _client(obj: Ctx) -> OrchestratorClient:
-    return OrchestratorClient([obj.cfg().endpoint("orchestrator_api")], timeout=10.0)
+    return OrchestratorClient([obj.cfg().endpoint("orchestrator_api")], timeout=5.0)
 
 
 def _call(obj: Ctx, fn):
