@@ -72,7 +72,9 @@ def rig(stack: Stack, ctx: zmq.Context) -> Rig:
 
 
 def read_spool(rig: Rig, cmd_id: str, name: str) -> bytes:
-    return (rig.spool / cmd_id / name).read_bytes()
+    path = rig.spool / cmd_id / name
+    # The output thread creates the output files when it takes the command over.
+    return path.read_bytes() if path.exists() else b""
 
 
 # --------------------------------------------------------------------------- registration
