@@ -127,14 +127,20 @@ def test_orchestrator_sigkilled_repeatedly_jobs_finish_nothing_runs_twice(jobs):
         assert all(r.attempt == 1 for r in v.timeline)
 
 
-def test_agent_sigkilled_during_stage_is_lost_then_retried(jobs):
-    jobs.stack.tree["orchestrator"]["site"] = {"retry": {"SYNC": {"max_attempts": 3, "backoff_s": 0.5}}}
+def _agent_killed_during_slow_sync(jobs):
+    """A job whose agent is SIGKILLed while SYNC runs: (job id, the SYNC run, its pid)."""
+    jobs.stack.tree["orchestrator"]["site"] = {"retry": {"SYNC": {"max_attempts": 3, "backoff_s": 0.3}}}
     jobs.workspace("ws1", "big:30", env={"P4SIM_DELAY_PER_FILE": "0.1"})
     jobs.start()
     job_id = jobs.submit("ws1")
     run = _running_cmd(jobs, job_id, "SYNC")
     pid = _pid_of(jobs, "agent-1", run.cmd_id)
     os.killpg(jobs.procs["agent-1"].pid, signal.SIGKILL)
+    return job_id, run, pid
+
+
+def test_agent_sigkilled_during_stage_is_lost_then_retried(jobs):
+    job_id, run, pid = _agent_killed_during_slow_sync(jobs)
     with jobs.orch() as oc:
         wait_for(lambda: any(r.state == "LOST" for r in oc.job(job_id).timeline), 15, "the command to be LOST")
         assert oc.job(job_id).state in ("RETRY_WAIT", "RUNNING")
@@ -164,13 +170,7 @@ def test_command_missing_from_a_restarted_agents_spool_is_lost_not_resent(jobs):
     import shutil
 
     jobs.stack.tree["orchestrator"]["lost_after_s"] = 60.0  # only the spool's answer may decide
-    jobs.stack.tree["orchestrator"]["site"] = {"retry": {"SYNC": {"max_attempts": 3, "backoff_s": 0.2}}}
-    jobs.workspace("ws1", "big:30", env={"P4SIM_DELAY_PER_FILE": "0.1"})
-    jobs.start()
-    job_id = jobs.submit("ws1")
-    run = _running_cmd(jobs, job_id, "SYNC")
-    pid = _pid_of(jobs, "agent-1", run.cmd_id)
-    os.killpg(jobs.procs["agent-1"].pid, signal.SIGKILL)
+    job_id, run, pid = _agent_killed_during_slow_sync(jobs)
     wait_for(lambda: not _alive(pid), 30, "the orphaned sync to end")
     shutil.rmtree(jobs.tmp / "spool" / "agent-1" / run.cmd_id)
     jobs.kill_and_start("agent-1")
