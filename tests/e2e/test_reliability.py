@@ -179,3 +179,24 @@ def test_command_missing_from_a_restarted_agents_spool_is_lost_not_resent(jobs):
     sync = [r for r in view.timeline if r.stage == "SYNC"]
     assert [r.state for r in sync] == ["LOST", "DONE"]
     assert sum(1 for a in jobs.executions("ws1") if a.startswith("sync")) == 2  # the lost one, and its retry
+
+
+def test_orchestrator_fails_over_to_the_second_master(jobs):
+    from common.zmqutil import free_port_base
+
+    base = free_port_base(2)
+    second = {"master_agents": f"tcp://127.0.0.1:{base}", "master_clients": f"tcp://127.0.0.1:{base + 1}",
+              "master": {"id": "m2"}}
+    first_agents, first_clients = jobs.stack.endpoint("master_agents"), jobs.stack.endpoint("master_clients")
+    jobs.stack.tree["orchestrator"]["masters"] = [first_clients, second["master_clients"]]
+    jobs.stack.tree["agent"]["masters"] = [first_agents, second["master_agents"]]
+    jobs.workspace("ws1", "big:30", env={"P4SIM_DELAY_PER_FILE": "0.05"})
+    jobs.procs["m2"] = jobs.stack.start("master", extra=second, env=jobs.env)
+    jobs.start()
+    job_id = jobs.submit("ws1")
+    _running_cmd(jobs, job_id, "SYNC")
+    os.killpg(jobs.procs["master"].pid, signal.SIGKILL)  # and it stays down
+    view = jobs.wait_state(job_id, timeout=120)
+    assert view.state == "DONE", view.reason
+    assert all(r.attempt == 1 for r in view.timeline)
+    _assert_each_command_ran_once(jobs, "ws1", view)
