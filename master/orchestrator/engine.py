@@ -378,7 +378,7 @@ class Engine:
     def views(self, include_finished: bool, limit: int) -> list[P.JobView]:
         where = "1" if include_finished else f"state NOT IN ({','.join('?' * len(TERMINAL))})"
         args = () if include_finished else tuple(str(s) for s in TERMINAL)
-        jobs = self.store.jobs(where, args, 1_000_000)[-limit:]
+        jobs = self.store.jobs(where, args, limit, newest=True)
         return [self._view(j, []) for j in jobs]
 
     def _view(self, job: JobRow, cmds: list[CommandRow]) -> P.JobView:

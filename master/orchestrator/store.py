@@ -223,10 +223,13 @@ class Store:
         r = self.db.execute(f"SELECT {','.join(_JOB_COLS)} FROM jobs WHERE id=?", (job_id,)).fetchone()
         return JobRow(*r) if r else None
 
-    def jobs(self, where: str = "1", args: tuple = (), limit: int = 10_000) -> list[JobRow]:
-        rows = self.db.execute(f"SELECT {','.join(_JOB_COLS)} FROM jobs WHERE {where} ORDER BY n LIMIT ?",
+    def jobs(self, where: str = "1", args: tuple = (), limit: int = 10_000, newest: bool = False) -> list[JobRow]:
+        """Matching jobs, oldest first: the first ``limit``, or with ``newest`` the last ``limit``."""
+        order = "DESC" if newest else "ASC"
+        rows = self.db.execute(f"SELECT {','.join(_JOB_COLS)} FROM jobs WHERE {where} ORDER BY n {order} LIMIT ?",
                                (*args, limit)).fetchall()
-        return [JobRow(*r) for r in rows]
+        jobs = [JobRow(*r) for r in rows]
+        return jobs[::-1] if newest else jobs
 
     def next_job_number(self) -> int:
         return self.db.execute("SELECT COALESCE(MAX(n), 0) + 1 FROM jobs").fetchone()[0]
