@@ -133,9 +133,6 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
             return explicit
         return f"tcp://{self.host}:{self.port_base + PORT_OFFSETS[name]}"
 
-    def bind_endpoint(self, name: str) -> str:
-        return self.endpoint(name)
-
     @property
     def state_path(self) -> Path:
         return Path(os.path.expanduser(self.state_dir))

@@ -208,21 +208,14 @@ class Pong(Base, tag="pong"):
     source: str = ""
 
 
-ErrorCode = Literal[
-    "bad_frame",  # undecodable or not a message
-    "unknown_type",
-    "bad_request",  # decodable but invalid (wrong ids, bad parameters)
-    "no_agent",  # no agent fits the dispatch
-    "agent_unreachable",
-    "agent_busy",
-    "forbidden",  # allowlist / workspace root violation
-    "unknown_cmd",
-    "timeout",
-    "internal",
-]
 
 
 class ErrorReply(Base, tag="error"):
+    """``code`` is one of: bad_frame (undecodable, not a message, wrong frame count),
+    unknown_type, bad_request (decodable but invalid), no_agent (no live agent fits a dispatch),
+    agent_unreachable, agent_busy, unknown_cmd, unknown_job, timeout, internal. A plain str on
+    the wire, so a newer peer's code does not make the reply undecodable."""
+
     req_id: str
     code: str
     message: str

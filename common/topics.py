@@ -7,7 +7,6 @@ LOG = "log"
 CMD = "cmd"
 JOB = "job"
 AGENT = "agent"
-KINDS = (LOG, CMD, JOB, AGENT)
 NO_JOB = "-"
 
 

@@ -47,6 +47,7 @@ class Orchestrator:
         self.unreachable_since: dict[str, float] = {}
         self.counters = {"events": 0, "bad_events": 0, "requests": 0, "bad_requests": 0, "dispatches": 0, "reconciles": 0}
         self._last_sweep = 0.0
+        self._last_prune = 0.0
 
     # ------------------------------------------------------------------ loop
 
@@ -95,6 +96,11 @@ class Orchestrator:
                 self.reconcile(agent)
             self.execute(self.engine.auto_recheck(now))
             self.execute(self.engine.schedule())
+        if now - self._last_prune >= 3600:
+            # A duplicate event arrives within seconds or minutes (replays, resends); a day of
+            # handled-event records is plenty to recognise one.
+            self._last_prune = now
+            self.store.prune_events(now - 86400)
 
     # ------------------------------------------------------------------ effects
 
