@@ -105,8 +105,7 @@ class Orchestrator:
     # ------------------------------------------------------------------ effects
 
     def execute(self, eff: Effects) -> None:
-        for job_id in eff.publish:
-            self.publish(job_id)
+        # The next command first: job events are for people and can wait a millisecond.
         for cmd_id, agent in eff.kill:
             try:
                 self.masters.kill(cmd_id, agent=agent or None)
@@ -114,6 +113,8 @@ class Orchestrator:
                 log.warning("kill.failed", cmd_id=cmd_id, agent=agent, error=exc.message)
         for cmd_id in eff.dispatch:
             self.dispatch(cmd_id)
+        for job_id in eff.publish:
+            self.publish(job_id)
 
     def dispatch_due(self, now: float) -> None:
         for cmd in self.engine.due_pending(now):
