@@ -200,3 +200,44 @@ def test_orchestrator_fails_over_to_the_second_master(jobs):
     assert view.state == "DONE", view.reason
     assert all(r.attempt == 1 for r in view.timeline)
     _assert_each_command_ran_once(jobs, "ws1", view)
+
+
+def test_a_hole_in_an_agents_cmd_sequence_makes_the_orchestrator_ask_its_spool(jobs):
+    import zmq
+
+    from common import ids
+    from common import protocol as P
+    from common import zmqutil
+
+    jobs.stack.tree["orchestrator"]["reconcile_after_s"] = 600.0  # no periodic sweep: only the hole may ask
+    jobs.workspace("ws1", "big:30", env={"P4SIM_DELAY_PER_FILE": "0.1"})
+    jobs.start()
+    job_id = jobs.submit("ws1")
+    _running_cmd(jobs, job_id, "SYNC")
+
+    def reconciles() -> int:
+        with jobs.orch() as oc:
+            return oc.request(P.Stats(req_id=ids.new_id("r"))).counters["reconciles"]
+
+    def cmd_event(seq: int) -> list[bytes]:
+        return P.encode_event(P.CmdStarted(topic=f"cmd.other.c{seq}", source="agent-1", epoch="another-start",
+                                           seq=seq, ts=time.time(), job_id="other", cmd_id=f"c{seq}",
+                                           agent="agent-1", pid=1, argv=["x"]))
+
+    pub = zmqutil.pub(zmq.Context.instance(), jobs.stack.endpoint("broker_xsub"))
+    try:
+        # A new epoch from agent-1 (it restarted, as far as anyone can tell): a hole of unknown size.
+        before = reconciles()
+
+        def restart_seen() -> bool:
+            pub.send_multipart(cmd_event(1))  # resent until it arrives; repeats are duplicates
+            return reconciles() > before
+
+        wait_for(restart_seen, 20, "a reconciliation after the new epoch", interval=0.2)
+        # Then seq 1 -> 50 in that epoch: 48 cmd events were missed.
+        before = reconciles()
+        pub.send_multipart(cmd_event(50))
+        wait_for(lambda: reconciles() > before, 20, "a reconciliation after the hole", interval=0.1)
+    finally:
+        pub.close(linger=0)
+    assert jobs.wait_state(job_id, timeout=120).state == "DONE"
