@@ -7,6 +7,8 @@ import socket as _socket
 
 import zmq
 
+from common import protocol
+
 LINGER_MS = 500
 # ZMTP heartbeats kill half-open TCP connections (a peer that vanished without FIN).
 ZMTP_IVL_MS = 2000
@@ -80,6 +82,20 @@ def drain(sock: zmq.Socket, handler, limit: int = 10_000) -> None:
         except zmq.Again:
             return
         handler(frames)
+
+
+def routed(sock: zmq.Socket, frames: list[bytes], kind) -> tuple[bytes, object] | None:
+    """A ROUTER's incoming message as (peer identity, decoded message), or None after
+    answering the peer with the typed error (when there is a peer to answer)."""
+    identity, msg, error = protocol.decode_routed(frames, kind)
+    if msg is not None:
+        return identity, msg
+    if identity is not None and error is not None:
+        try:
+            sock.send_multipart([identity, protocol.encode(error)], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # the peer is gone (ROUTER_MANDATORY) or not reading: nothing more to do
+    return None
 
 
 def bind_to(sock: zmq.Socket, endpoint: str) -> None:

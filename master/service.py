@@ -98,12 +98,11 @@ class Master:
 
     def _on_agent_frames(self, frames: list[bytes]) -> None:
         self.counters["agent_msgs"] += 1
-        identity, msg, error = P.decode_routed(frames, P.AgentToMaster)
-        if msg is None:
+        got = zmqutil.routed(self.agents_sock, frames, P.AgentToMaster)
+        if got is None:
             self.counters["bad_frames"] += 1
-            if identity is not None and error is not None:
-                self._send(self.agents_sock, identity, error)
             return
+        identity, msg = got
         if isinstance(msg, P.Hello):
             self._on_hello(identity, msg)
             return
@@ -157,12 +156,11 @@ class Master:
 
     def _on_client_frames(self, frames: list[bytes]) -> None:
         self.counters["client_msgs"] += 1
-        client, msg, error = P.decode_routed(frames, P.ClientRequest)
-        if msg is None:
+        got = zmqutil.routed(self.clients_sock, frames, P.ClientRequest)
+        if got is None:
             self.counters["bad_frames"] += 1
-            if client is not None and error is not None:
-                self._reply(client, error)
             return
+        client, msg = got
         if isinstance(msg, P.Ping):
             self._reply(client, P.Pong(req_id=msg.req_id, source=self.id))
         elif isinstance(msg, P.Stats):

@@ -244,12 +244,11 @@ class Orchestrator:
 
     def on_api_frames(self, frames: list[bytes]) -> None:
         self.counters["requests"] += 1
-        client, msg, error = P.decode_routed(frames, P.OrchestratorRequest)
-        if msg is None:
+        got = zmqutil.routed(self.api, frames, P.OrchestratorRequest)
+        if got is None:
             self.counters["bad_requests"] += 1
-            if client is not None and error is not None:
-                self._reply(client, error)
             return
+        client, msg = got
         eff = Effects()
         try:
             reply, eff = self.handle(msg)
