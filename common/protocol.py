@@ -5,7 +5,7 @@ tagged unions (tag field ``t``), encoded as msgpack maps with field names, so a 
 any language needs only a msgpack decoder (docs/protocol.md is the human-readable spec).
 
 Frame layouts
-- request/reply sockets (agent DEALER <-> master ROUTER, client DEALER <-> master/orchestrator/
+- request/reply sockets (agent DEALER <-> master ROUTER, client DEALER <-> orchestrator/
   replay ROUTER): one frame, a msgpack map; ROUTERs see ``[identity, frame]``.
 - events (PUB/XSUB/XPUB): two frames ``[topic, body]``; the topic is UTF-8 text and also
   appears inside the body, so a journalled body is self-describing.

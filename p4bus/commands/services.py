@@ -69,5 +69,5 @@ COMMANDS = [_service(name, module) for name, module in (
     ("broker", "broker.service"),
     ("master", "master.service"),
     ("agent", "agent.service"),
-    ("orchestrator", "master.orchestrator.service"),
+    ("orchestrator", "orchestrator.service"),
 )]

@@ -61,7 +61,7 @@ def test_shipped_example_configs_load(name):
 
     import msgspec
 
-    from master.pipeline import SiteConfig, validate_site
+    from orchestrator.pipeline import SiteConfig, validate_site
 
     cfg = C.load(Path(__file__).parents[2] / "ops" / "examples" / name, environ={})
     assert cfg.agent.id or cfg.orchestrator.workspaces

@@ -2,7 +2,7 @@ import sqlite3
 
 import pytest
 
-from master.orchestrator.store import MIGRATIONS, JobRow, Store
+from orchestrator.store import MIGRATIONS, JobRow, Store
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from master.pipeline import PIPELINES, CommandSpec, SiteConfig, validate_params
-from master.pipeline.p4_integrate import change_spec
+from orchestrator.pipeline import PIPELINES, CommandSpec, SiteConfig, validate_params
+from orchestrator.pipeline.p4_integrate import change_spec
 from test_pipeline_helpers import PASSWORD, build, ctx, params, workspace
 
 pytestmark = pytest.mark.timeout(10)

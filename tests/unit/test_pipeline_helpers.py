@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from master.pipeline import (
+from orchestrator.pipeline import (
     PIPELINES, CommandResult, CommandSpec, JobContext, JobParams, Outcome,
     SiteConfig, Workspace,
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from master.pipeline import CommandResult, OutcomeKind, SiteConfig
+from orchestrator.pipeline import CommandResult, OutcomeKind, SiteConfig
 from test_pipeline_helpers import CONNECTION_REFUSED, err, interpret, ok
 
 pytestmark = pytest.mark.timeout(10)
@@ -505,7 +505,7 @@ def test_lost_follows_the_stage_policy(stage, kind):
 
 
 def test_site_policy_can_make_lost_fatal():
-    from master.pipeline import RetryPolicy
+    from orchestrator.pipeline import RetryPolicy
     site = SiteConfig(retry={"SYNC": RetryPolicy(on_lost="fail")})
     assert interpret("SYNC", CommandResult(lost=True), site=site).kind is K.FAIL
 

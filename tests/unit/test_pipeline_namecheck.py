@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from master.pipeline import NameCheckPolicy
-from master.pipeline.namecheck import Offender, find_offenders
+from orchestrator.pipeline import NameCheckPolicy
+from orchestrator.pipeline.namecheck import Offender, find_offenders
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from master.pipeline import p4parse
-from master.pipeline.paths import matches, unescape
+from orchestrator.pipeline import p4parse
+from orchestrator.pipeline.paths import matches, unescape
 from test_pipeline_helpers import CONNECTION_REFUSED
 
 pytestmark = pytest.mark.timeout(10)

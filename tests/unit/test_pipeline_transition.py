@@ -7,11 +7,11 @@ import dataclasses
 
 import pytest
 
-from master.pipeline import (
+from orchestrator.pipeline import (
     JobState, Outcome, OutcomeKind, RefusedTransition, RetryPolicy, SiteConfig, resume_transition,
     retry_from, start, transition,
 )
-from master.pipeline.model import fail, next_, repeat, retry
+from orchestrator.pipeline.model import fail, next_, repeat, retry
 from test_pipeline_helpers import CONNECTION_REFUSED, PASSWORD, PIPELINE, ctx, err, ok
 
 pytestmark = pytest.mark.timeout(10)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from master.pipeline import SiteConfig, validate_params, validate_site
+from orchestrator.pipeline import SiteConfig, validate_params, validate_site
 from test_pipeline_helpers import params, workspace
 
 pytestmark = pytest.mark.timeout(10)

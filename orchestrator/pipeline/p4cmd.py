@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from master.pipeline.model import CommandSpec, JobContext, Workspace
+from orchestrator.pipeline.model import CommandSpec, JobContext, Workspace
 
 
 def p4_env(ws: Workspace) -> dict[str, str]:

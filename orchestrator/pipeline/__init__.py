@@ -23,16 +23,16 @@ a Transition returns for storing can contain it. `RefusedTransition` carries a m
 the person who asked; `validate_params` / `validate_site` return messages to show as they are.
 """
 
-from master.pipeline.model import (
+from orchestrator.pipeline.model import (
     PASSWORD_SECRET, BuildError, CommandResult, CommandSpec, JobContext, JobParams,
     NameCheckPolicy, Outcome, OutcomeKind, Pipeline, RetryPolicy, SiteConfig, Stage, Workspace,
 )
-from master.pipeline.p4_integrate import P4_INTEGRATE
-from master.pipeline.transition import (
+from orchestrator.pipeline.p4_integrate import P4_INTEGRATE
+from orchestrator.pipeline.transition import (
     TERMINAL, JobState, RefusedTransition, Transition, resume_transition, retry_from, start,
     transition,
 )
-from master.pipeline.validate import validate_params, validate_site
+from orchestrator.pipeline.validate import validate_params, validate_site
 
 PIPELINES: dict[str, Pipeline] = {P4_INTEGRATE.name: P4_INTEGRATE}
 

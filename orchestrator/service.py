@@ -17,9 +17,9 @@ from common import ids, lifecycle, logs, topics, zmqutil
 from common import protocol as P
 from common.config import Config
 from common.sequence import GapDetector, Stamper
-from master.orchestrator.dispatcher import Dispatcher
-from master.orchestrator.engine import Effects, Engine, JobError
-from master.orchestrator.store import Store
+from orchestrator.dispatcher import Dispatcher
+from orchestrator.engine import Effects, Engine, JobError
+from orchestrator.store import Store
 from common.rpc import MasterClient, RequestError
 
 log = logs.get("orchestrator")

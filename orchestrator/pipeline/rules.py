@@ -4,8 +4,8 @@ process (lost, timed out, killed), and p4 failures that mean the same in every c
 
 from __future__ import annotations
 
-from master.pipeline import p4parse
-from master.pipeline.model import (
+from orchestrator.pipeline import p4parse
+from orchestrator.pipeline.model import (
     CommandResult, Interpreter, JobContext, Outcome, OutcomeKind, RetryPolicy, fail, retry,
 )
 

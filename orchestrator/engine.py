@@ -20,13 +20,13 @@ import msgspec
 from common import ids
 from common import protocol as P
 from common.config import OrchestratorConf, WorkspaceConf
-from master.orchestrator.store import CommandRow, JobRow, Store
-from master.pipeline import (
+from orchestrator.store import CommandRow, JobRow, Store
+from orchestrator.pipeline import (
     PASSWORD_SECRET, PIPELINES, TERMINAL, CommandResult, CommandSpec, JobContext, JobParams, JobState,
     Outcome, RefusedTransition, SiteConfig, Transition, Workspace, resume_transition, retry_from, start,
     transition, validate_params, validate_site,
 )
-from master.pipeline.transition import CONFLICTS_KEY
+from orchestrator.pipeline.transition import CONFLICTS_KEY
 
 
 class JobError(Exception):

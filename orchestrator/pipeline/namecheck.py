@@ -12,8 +12,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from master.pipeline.model import NameCheckPolicy
-from master.pipeline.paths import unescape
+from orchestrator.pipeline.model import NameCheckPolicy
+from orchestrator.pipeline.paths import unescape
 
 
 class Offender(NamedTuple):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection
 
-from master.pipeline.model import JobParams, SiteConfig
+from orchestrator.pipeline.model import JobParams, SiteConfig
 
 _SHELL_CHARS = ";|&$`<>()'\"\\"
 _TEMPLATE_FIELDS = {"change", "workspace"}

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from master.pipeline import p4cmd, p4parse
-from master.pipeline.model import (
+from orchestrator.pipeline import p4cmd, p4parse
+from orchestrator.pipeline.model import (
     PASSWORD_SECRET, BuildError, CommandResult, CommandSpec, JobContext, Outcome, OutcomeKind, Pipeline,
     RetryPolicy, Stage, fail, next_, repeat,
 )
-from master.pipeline.namecheck import find_offenders
-from master.pipeline.paths import matches
-from master.pipeline.steps import Plan, Step, make_stage
+from orchestrator.pipeline.namecheck import find_offenders
+from orchestrator.pipeline.paths import matches
+from orchestrator.pipeline.steps import Plan, Step, make_stage
 
 LOGIN = "LOGIN"
 _CHANGE = ("change",)

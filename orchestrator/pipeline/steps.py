@@ -12,10 +12,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 
-from master.pipeline.model import (
+from orchestrator.pipeline.model import (
     Builder, CommandResult, CommandSpec, Interpreter, JobContext, Outcome, RetryPolicy, Stage, fail,
 )
-from master.pipeline.rules import guarded
+from orchestrator.pipeline.rules import guarded
 
 
 @dataclasses.dataclass(frozen=True)

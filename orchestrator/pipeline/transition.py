@@ -14,10 +14,10 @@ from typing import Any
 
 import msgspec
 
-from master.pipeline.model import (
+from orchestrator.pipeline.model import (
     BuildError, CommandSpec, JobContext, Outcome, OutcomeKind, Pipeline,
 )
-from master.pipeline.rules import RETURNED_KEY
+from orchestrator.pipeline.rules import RETURNED_KEY
 
 # Where a `come_back` call returns to; lives in vars while the called stage runs.
 RETURN_KEY = "_return"
