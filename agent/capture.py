@@ -34,7 +34,7 @@ class Capture:
         if not data or not self.tail_limit:
             return
         if len(data) >= self.tail_limit:
-            self.tail = bytearray(data[-self.tail_limit:])
+            self.tail = bytearray(data[-self.tail_limit :])
             return
         self.tail += data
         # Trim lazily (at twice the limit) so a stream of small reads costs amortised O(1).
@@ -46,7 +46,7 @@ class Capture:
         return self.total > self.head_limit + self.tail_limit
 
     def value(self) -> bytes:
-        tail = bytes(self.tail[-self.tail_limit:]) if self.tail_limit else b""
+        tail = bytes(self.tail[-self.tail_limit :]) if self.tail_limit else b""
         if not self.truncated:
             return bytes(self.head) + tail
         return bytes(self.head) + _marker(self.total - len(self.head) - len(tail)) + tail

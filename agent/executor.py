@@ -36,8 +36,9 @@ def spawn(launch: Launch, with_stdin: bool) -> subprocess.Popen:
     return popen_piped(launch.argv, with_stdin, cwd=launch.cwd, env=launch.env)
 
 
-def popen_piped(argv: list[str], with_stdin: bool, cwd: str | None = None,
-                env: dict[str, str] | None = None) -> subprocess.Popen:
+def popen_piped(
+    argv: list[str], with_stdin: bool, cwd: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen:
     """argv in a session of its own, output on enlarged pipes for the pump."""
     proc = subprocess.Popen(
         argv,
@@ -73,7 +74,7 @@ def start_ticks(pid: int) -> int | None:
     except OSError:
         return None
     # Field 22; the command name (field 2) may contain spaces, so split after its ')'.
-    return int(stat[stat.rindex(b")") + 2:].split()[19])
+    return int(stat[stat.rindex(b")") + 2 :].split()[19])
 
 
 def signal_group(pgid: int, sig: int) -> bool:
@@ -102,7 +103,7 @@ def pid_alive(pid: int) -> bool:
             stat = f.read()
     except OSError:
         return True  # no /proc: trust kill()
-    return stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3] != b"Z"
+    return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] != b"Z"
 
 
 def end_orphan(pid: int, ticks: int | None) -> bool:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from common.config import AgentConf
 from common.protocol import CmdSpec

@@ -24,9 +24,10 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
+from typing import Any
 
 import zmq
 
@@ -36,7 +37,7 @@ from agent.spool import Spool
 from common import logs, topics, zmqutil
 from common import protocol as proto
 from common.config import AgentConf
-from common.sequence import Stamper
+from common.publisher import Publisher
 
 STDIN_BLOCK = 64 * 1024
 # Without pidfd (non-Linux) leader exit is noticed by polling at this period.
@@ -104,7 +105,7 @@ class Pump(threading.Thread):
         self._ctx = ctx
         self._broker = broker
         self._agent_id = agent_id
-        self._stamper = Stamper(source=agent_id, epoch=epoch)
+        self._epoch = epoch
         self._spool = spool
         self._chunk = max(1, conf.chunk_bytes)
         self._flush_s = conf.flush_ms / 1000.0
@@ -117,7 +118,7 @@ class Pump(threading.Thread):
         self._wake_r, self._wake_w = _nonblocking_pipe()
         self._done_r, self._done_w = _nonblocking_pipe()
         self._stopping = False
-        self._pub: zmq.Socket | None = None
+        self._events: Publisher | None = None
 
     # ------------------------------------------------------------------ session-thread API
     @property
@@ -156,7 +157,7 @@ class Pump(threading.Thread):
 
     # ------------------------------------------------------------------ thread
     def run(self) -> None:
-        self._pub = zmqutil.pub(self._ctx, self._broker)
+        self._events = Publisher(zmqutil.pub(self._ctx, self._broker), self._agent_id, self._epoch)
         self._sel.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
         try:
             while not (self._stopping and not self._runs):
@@ -174,7 +175,7 @@ class Pump(threading.Thread):
             log.exception("output thread failed")
             raise
         finally:
-            self._pub.close()
+            self._events.close()
             _poke(self._done_w)  # let the session notice a dead pump
 
     def _timeout(self, now: float) -> float | None:
@@ -214,13 +215,19 @@ class Pump(threading.Thread):
         )
         self._runs[st.cmd_id] = run
         # CmdStarted precedes every LogChunk of the command: pipes are watched only from here on.
-        self._send(proto.CmdStarted(
-            **self._stamper.stamp(run.cmd_topic), job_id=st.job_id, cmd_id=st.cmd_id,
-            agent=self._agent_id, pid=st.proc.pid, argv=st.argv,
-        ))
+        self._publish(
+            proto.CmdStarted,
+            run.cmd_topic,
+            job_id=st.job_id,
+            cmd_id=st.cmd_id,
+            agent=self._agent_id,
+            pid=st.proc.pid,
+            argv=st.argv,
+        )
         for stream, pipe in ((proto.STDOUT, st.proc.stdout), (proto.STDERR, st.proc.stderr)):
-            spool_fd = os.open(self._spool.output_path(st.cmd_id, stream), os.O_WRONLY | os.O_APPEND | os.O_CREAT,
-                               0o600)
+            spool_fd = os.open(
+                self._spool.output_path(st.cmd_id, stream), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600
+            )
             s = _Stream(stream, pipe, spool_fd, self._chunk, Capture(self._capture))
             run.streams.append(s)
             self._sel.register(s.fd, selectors.EVENT_READ, partial(self._on_readable, run, s))
@@ -239,12 +246,12 @@ class Pump(threading.Thread):
 
     # ------------------------------------------------------------------ I/O callbacks
     def _on_readable(self, run: _Running, s: _Stream, fd: int) -> None:
-        n = os.readv(fd, [s.buf[s.fill:]])
+        n = os.readv(fd, [s.buf[s.fill :]])
         if not n:
             self._close_stream(run, s)
             self._maybe_finish(run)
             return
-        s.capture.feed(s.buf[s.fill:s.fill + n])
+        s.capture.feed(s.buf[s.fill : s.fill + n])
         if not s.fill:
             s.pending_since = time.monotonic()
         s.fill += n
@@ -255,7 +262,7 @@ class Pump(threading.Thread):
     def _spool_write(self, run: _Running, s: _Stream, data: memoryview) -> None:
         try:
             while data:
-                data = data[os.write(s.spool_fd, data):]
+                data = data[os.write(s.spool_fd, data) :]
         except OSError as exc:
             # Keep streaming to subscribers. ``error`` is reserved for "never started", so the
             # short spool copy shows as a file smaller than the result's byte counts.
@@ -346,24 +353,31 @@ class Pump(threading.Thread):
 
     def _publish_chunk(self, run: _Running, s: _Stream) -> None:
         # Spool first, in one write per chunk: whoever sees the event can Fetch its bytes.
-        self._spool_write(run, s, s.buf[:s.fill])
+        self._spool_write(run, s, s.buf[: s.fill])
         st = run.started
-        self._send(proto.LogChunk(
-            **self._stamper.stamp(run.log_topic), job_id=st.job_id, cmd_id=st.cmd_id,
-            stream=s.stream, offset=s.offset - s.fill, data=s.buf[:s.fill],
-        ))
+        self._publish(
+            proto.LogChunk,
+            run.log_topic,
+            job_id=st.job_id,
+            cmd_id=st.cmd_id,
+            stream=s.stream,
+            offset=s.offset - s.fill,
+            data=s.buf[: s.fill],
+        )
         s.fill = 0  # encoding copied the bytes: the buffer is free again
 
     def _send_done(self, status: proto.CmdStatus) -> None:
-        self._send(proto.CmdDone(
-            **self._stamper.stamp(topics.cmd(status.job_id, status.cmd_id)),
-            job_id=status.job_id, cmd_id=status.cmd_id, status=status,
-        ))
+        self._publish(
+            proto.CmdDone,
+            topics.cmd(status.job_id, status.cmd_id),
+            job_id=status.job_id,
+            cmd_id=status.cmd_id,
+            status=status,
+        )
 
-    def _send(self, ev: proto.EventBase) -> None:
-        assert self._pub is not None
-        # PUB never blocks: past the high-water mark ZeroMQ drops, and the spool stays the truth.
-        self._pub.send_multipart(proto.encode_event(ev), copy=False)
+    def _publish(self, cls: type[proto.EventBase], topic: str, **fields: Any) -> None:
+        assert self._events is not None
+        self._events.publish(cls, topic, **fields)
 
     # ------------------------------------------------------------------ the end of a command
     def _maybe_finish(self, run: _Running) -> None:
@@ -377,12 +391,22 @@ class Pump(threading.Thread):
         out, err = run.streams
         ended = time.time()
         status = proto.CmdStatus(
-            cmd_id=st.cmd_id, job_id=st.job_id, agent=self._agent_id, state="done", pid=st.proc.pid,
-            exit_code=rc if rc >= 0 else None, signal=-rc if rc < 0 else None,
-            timed_out=run.timed_out, killed=run.killed,
-            started_at=st.started_at, ended_at=ended, duration=ended - st.started_at,
-            stdout_bytes=out.offset, stderr_bytes=err.offset,
-            stdout=out.capture.value(), stderr=err.capture.value(),
+            cmd_id=st.cmd_id,
+            job_id=st.job_id,
+            agent=self._agent_id,
+            state="done",
+            pid=st.proc.pid,
+            exit_code=rc if rc >= 0 else None,
+            signal=-rc if rc < 0 else None,
+            timed_out=run.timed_out,
+            killed=run.killed,
+            started_at=st.started_at,
+            ended_at=ended,
+            duration=ended - st.started_at,
+            stdout_bytes=out.offset,
+            stderr_bytes=err.offset,
+            stdout=out.capture.value(),
+            stderr=err.capture.value(),
             truncated=out.capture.truncated or err.capture.truncated,
         )
         if st.control is not None:

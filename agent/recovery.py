@@ -29,11 +29,21 @@ def recover(spool: Spool, agent_id: str, capture_bytes: int) -> list[proto.CmdSt
         started = entry.received_at if entry else 0.0
         now = time.time()
         status = proto.CmdStatus(
-            cmd_id=cmd_id, job_id=entry.job_id if entry else "", agent=agent_id, state="done",
-            pid=pid[0] if pid else None, killed=killed, error=RESTARTED,
-            started_at=started, ended_at=now, duration=max(0.0, now - started) if started else 0.0,
-            stdout_bytes=caps[0].total, stderr_bytes=caps[1].total,
-            stdout=caps[0].value(), stderr=caps[1].value(), truncated=caps[0].truncated or caps[1].truncated,
+            cmd_id=cmd_id,
+            job_id=entry.job_id if entry else "",
+            agent=agent_id,
+            state="done",
+            pid=pid[0] if pid else None,
+            killed=killed,
+            error=RESTARTED,
+            started_at=started,
+            ended_at=now,
+            duration=max(0.0, now - started) if started else 0.0,
+            stdout_bytes=caps[0].total,
+            stderr_bytes=caps[1].total,
+            stdout=caps[0].value(),
+            stderr=caps[1].value(),
+            truncated=caps[0].truncated or caps[1].truncated,
         )
         spool.write_result(status)
         out.append(status)

@@ -22,8 +22,8 @@ import os
 import socket
 import time
 from collections import Counter, deque
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import zmq
 
@@ -101,8 +101,13 @@ class Agent:
             log.warning("command orphaned by a previous agent process", cmd_id=status.cmd_id, killed=status.killed)
             self._remember_done(status)
             self.pump.publish_done(status)
-        log.info("agent started", agent_id=self.agent_id, epoch=self.epoch, spool=str(self.spool.root),
-                 masters=[ln.endpoint for ln in self.links])
+        log.info(
+            "agent started",
+            agent_id=self.agent_id,
+            epoch=self.epoch,
+            spool=str(self.spool.root),
+            masters=[ln.endpoint for ln in self.links],
+        )
         poller = zmq.Poller()
         for link in self.links:
             poller.register(link.sock, zmq.POLLIN)
@@ -225,11 +230,15 @@ class Agent:
             return proto.ErrorReply(req_id=req.req_id, code="bad_request", message=bad)
         known = self._status(req.cmd_id)
         if known.state != "unknown":
-            return proto.ExecReply(req_id=req.req_id, cmd_id=req.cmd_id, agent=self.agent_id, status=known, duplicate=True)
+            return proto.ExecReply(
+                req_id=req.req_id, cmd_id=req.cmd_id, agent=self.agent_id, status=known, duplicate=True
+            )
         busy = self._busy(req.workspace)
         if busy:
             return proto.ErrorReply(req_id=req.req_id, code="agent_busy", message=busy)
-        self.spool.create(req.cmd_id, SpoolEntry(spec=spec, job_id=req.job_id, workspace=req.workspace, received_at=time.time()))
+        self.spool.create(
+            req.cmd_id, SpoolEntry(spec=spec, job_id=req.job_id, workspace=req.workspace, received_at=time.time())
+        )
         control: executor.Control | None = None
         try:
             if self.remote is None:
@@ -244,13 +253,20 @@ class Agent:
         started_at = time.time()
         self.spool.write_pid(req.cmd_id, proc.pid, executor.start_ticks(proc.pid))
         self.running[req.cmd_id] = _Slot(req.job_id, req.workspace, proc.pid, started_at)
-        self.pump.start_cmd(Started(req.cmd_id, req.job_id, list(spec.argv), proc, started_at, spec.timeout, spec.stdin,
-                                    control))
+        self.pump.start_cmd(
+            Started(req.cmd_id, req.job_id, list(spec.argv), proc, started_at, spec.timeout, spec.stdin, control)
+        )
         # Debug only: the CmdStarted event (journalled by the broker) is the record, and a log
         # line per command costs measurable time on the dispatch round trip.
         log.debug("command started", cmd_id=req.cmd_id, job_id=req.job_id, pid=proc.pid, argv0=spec.argv[0])
-        status = proto.CmdStatus(cmd_id=req.cmd_id, job_id=req.job_id, agent=self.agent_id, state="running",
-                                 pid=proc.pid, started_at=started_at)
+        status = proto.CmdStatus(
+            cmd_id=req.cmd_id,
+            job_id=req.job_id,
+            agent=self.agent_id,
+            state="running",
+            pid=proc.pid,
+            started_at=started_at,
+        )
         return proto.ExecReply(req_id=req.req_id, cmd_id=req.cmd_id, agent=self.agent_id, status=status)
 
     def _busy(self, workspace: str | None) -> str:
@@ -269,8 +285,15 @@ class Agent:
     def _unstarted(self, req: proto.Exec, error: str) -> proto.ExecReply:
         """A command that will never run: its outcome is recorded like any other."""
         now = time.time()
-        status = proto.CmdStatus(cmd_id=req.cmd_id, job_id=req.job_id, agent=self.agent_id, state="done",
-                                 error=error, started_at=now, ended_at=now)
+        status = proto.CmdStatus(
+            cmd_id=req.cmd_id,
+            job_id=req.job_id,
+            agent=self.agent_id,
+            state="done",
+            error=error,
+            started_at=now,
+            ended_at=now,
+        )
         self.spool.write_result(status)
         self.pump.publish_done(status)
         self._remember_done(status)
@@ -294,8 +317,13 @@ class Agent:
             slot = self.running.get(cmd_id)
             if slot is not None:
                 return proto.CmdStatus(
-                    cmd_id=cmd_id, job_id=slot.job_id, agent=self.agent_id, state="running", pid=slot.pid,
-                    started_at=slot.started_at, duration=time.time() - slot.started_at,
+                    cmd_id=cmd_id,
+                    job_id=slot.job_id,
+                    agent=self.agent_id,
+                    state="running",
+                    pid=slot.pid,
+                    started_at=slot.started_at,
+                    duration=time.time() - slot.started_at,
                     stdout_bytes=self.spool.output_size(cmd_id, proto.STDOUT),
                     stderr_bytes=self.spool.output_size(cmd_id, proto.STDERR),
                 )
@@ -303,23 +331,41 @@ class Agent:
 
     def _fetch(self, req: proto.Fetch) -> proto.Base:
         if req.stream not in proto.STREAM_NAMES or req.offset < 0 or req.size <= 0:
-            return proto.ErrorReply(req_id=req.req_id, code="bad_request",
-                                    message="fetch needs stream 1 (stdout) or 2 (stderr), offset >= 0 and size > 0")
+            return proto.ErrorReply(
+                req_id=req.req_id,
+                code="bad_request",
+                message="fetch needs stream 1 (stdout) or 2 (stderr), offset >= 0 and size > 0",
+            )
         if not valid_cmd_id(req.cmd_id) or not self.spool.exists(req.cmd_id):
-            return proto.ErrorReply(req_id=req.req_id, code="unknown_cmd", message=f"no command {req.cmd_id!r} in the spool")
+            return proto.ErrorReply(
+                req_id=req.req_id, code="unknown_cmd", message=f"no command {req.cmd_id!r} in the spool"
+            )
         # Asked before reading: a result written means the output files are final.
         complete = self.spool.read_result(req.cmd_id) is not None
         data, total = self.spool.read_range(req.cmd_id, req.stream, req.offset, min(req.size, MAX_FETCH))
-        return proto.FetchReply(req_id=req.req_id, cmd_id=req.cmd_id, stream=req.stream, offset=req.offset,
-                                data=data, total=total, complete=complete)
+        return proto.FetchReply(
+            req_id=req.req_id,
+            cmd_id=req.cmd_id,
+            stream=req.stream,
+            offset=req.offset,
+            data=data,
+            total=total,
+            complete=complete,
+        )
 
     # ------------------------------------------------------------------ completions
     def _on_done(self, statuses: list[proto.CmdStatus]) -> None:
         for status in statuses:
             self.running.pop(status.cmd_id, None)
             self._remember_done(status)
-            log.info("command done", cmd_id=status.cmd_id, exit_code=status.exit_code, signal=status.signal,
-                     timed_out=status.timed_out, killed=status.killed)
+            log.info(
+                "command done",
+                cmd_id=status.cmd_id,
+                exit_code=status.exit_code,
+                signal=status.signal,
+                timed_out=status.timed_out,
+                killed=status.killed,
+            )
         if statuses:
             # Tell the masters at once that slots are free, rather than at the next heartbeat.
             now = time.monotonic()
@@ -334,12 +380,21 @@ class Agent:
     def _hello(self) -> proto.Hello:
         cutoff = time.time() - RECENT_S
         info = proto.AgentInfo(
-            agent_id=self.agent_id, host=socket.gethostname(), pools=list(self.conf.pools),
-            labels=dict(self.conf.labels), workspaces=list(self.conf.workspaces), slots=self.conf.slots,
-            running=list(self.running), epoch=self.epoch,
+            agent_id=self.agent_id,
+            host=socket.gethostname(),
+            pools=list(self.conf.pools),
+            labels=dict(self.conf.labels),
+            workspaces=list(self.conf.workspaces),
+            slots=self.conf.slots,
+            running=list(self.running),
+            epoch=self.epoch,
         )
-        return proto.Hello(proto=proto.PROTOCOL_VERSION, agent=info, heartbeat_s=self.conf.heartbeat_s,
-                           recent_done=[c for t, c in self.recent if t >= cutoff])
+        return proto.Hello(
+            proto=proto.PROTOCOL_VERSION,
+            agent=info,
+            heartbeat_s=self.conf.heartbeat_s,
+            recent_done=[c for t, c in self.recent if t >= cutoff],
+        )
 
     def _heartbeat(self) -> proto.Heartbeat:
         return proto.Heartbeat(running=list(self.running), free_slots=max(0, self.conf.slots - len(self.running)))

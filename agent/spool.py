@@ -51,7 +51,7 @@ def _write_atomic(path: Path, data: bytes, durable: bool) -> None:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         if durable:
             os.fsync(fd)
     finally:

@@ -49,15 +49,17 @@ def inner_script(launch: ssh_policy.RemoteLaunch) -> str:
     roots = " ".join(q(r) for r in launch.roots)
     env = " ".join(q(f"{k}={v}") for k, v in launch.env.items())
     argv = " ".join(q(a) for a in launch.argv)
-    return "; ".join([
-        f"cd -P -- {q(launch.cwd)} 2>/dev/null || {{ printf 'p4bus: cannot enter %s on the remote host\\n' "
-        f"{q(launch.cwd)} >&2; exit 126; }}",
-        "d=$PWD; ok=",
-        f'for r in {roots}; do cd -P -- "$r" 2>/dev/null && case "$d/" in "${{PWD%/}}"/*) ok=1; break;; esac; done',
-        f"[ -n \"$ok\" ] || {{ printf 'p4bus: cwd %s is outside the workspace roots %s\\n' \"$d\" {q(' '.join(launch.roots))}"
-        " >&2; exit 126; }",
-        f'cd -- "$d" && exec env -i ${{PATH+"PATH=$PATH"}} ${{HOME+"HOME=$HOME"}} ${{LANG+"LANG=$LANG"}} {env} {argv}',
-    ])
+    return "; ".join(
+        [
+            f"cd -P -- {q(launch.cwd)} 2>/dev/null || {{ printf 'p4bus: cannot enter %s on the remote host\\n' "
+            f"{q(launch.cwd)} >&2; exit 126; }}",
+            "d=$PWD; ok=",
+            f'for r in {roots}; do cd -P -- "$r" 2>/dev/null && case "$d/" in "${{PWD%/}}"/*) ok=1; break;; esac; done',
+            f'[ -n "$ok" ] || {{ printf \'p4bus: cwd %s is outside the workspace roots %s\\n\' "$d" {q(" ".join(launch.roots))}'
+            " >&2; exit 126; }",
+            f'cd -- "$d" && exec env -i ${{PATH+"PATH=$PATH"}} ${{HOME+"HOME=$HOME"}} ${{LANG+"LANG=$LANG"}} {env} {argv}',
+        ]
+    )
 
 
 def remote_command(launch: ssh_policy.RemoteLaunch, stdin_bytes: int, grace_s: float) -> str:
@@ -74,7 +76,7 @@ def remote_command(launch: ssh_policy.RemoteLaunch, stdin_bytes: int, grace_s: f
         # setsid (an EOF can come that early): a kill of the not-yet-existing group would fail.
         'k() { while ! kill -"$1" -"$pg" 2>/dev/null; do kill -0 "$pg" 2>/dev/null || return; sleep 0.05; done; }',
         f'{{ {feed}while read -r r; do case $r in TERM|KILL) k "$r";; esac; done; k KILL; }}'
-        ' <&3 >/dev/null 2>&1 & w=$!',
+        " <&3 >/dev/null 2>&1 & w=$!",
         "exec 3<&-",
         'wait "$pg"; rc=$?',
         f'i=0; while kill -0 -"$pg" 2>/dev/null && [ $i -lt {max(1, round(grace_s * 10))} ]; do sleep 0.1; i=$((i+1)); done',
@@ -127,7 +129,9 @@ class RemoteRun:
         if rc is not None and rc < 0:
             return self._lost(status, f"the ssh client was ended by signal {-rc}")
         if rc == 255 and not executor.pid_alive(self.master_pid):
-            return self._lost(status, f"the connection to {self.dest} closed (ssh master pid {self.master_pid} is gone)")
+            return self._lost(
+                status, f"the connection to {self.dest} closed (ssh master pid {self.master_pid} is gone)"
+            )
         if (status.killed or status.timed_out) and rc is not None and 128 < rc <= 128 + 64:
             # sh reports a leader killed by signal N as 128+N; we sent it, so say so as locally.
             return msgspec.structs.replace(status, exit_code=None, signal=rc - 128)
@@ -165,4 +169,3 @@ class RemoteExecutor:
 
     def close(self) -> None:
         self.master.stop()
-

@@ -52,8 +52,13 @@ class ControlMaster:
         self.path = control_path(state_dir, dest)
         self.pid: int | None = None
         # Shared by ssh and scp (both take -o options).
-        self.args = [*option_args(options), *dest.options(), *option_args(DEFAULT_OPTIONS),
-                     "-o", f"ControlPath={self.path}"]
+        self.args = [
+            *option_args(options),
+            *dest.options(),
+            *option_args(DEFAULT_OPTIONS),
+            "-o",
+            f"ControlPath={self.path}",
+        ]
         self._base = ["ssh", *self.args]
 
     def session(self, remote_command: str) -> list[str]:
@@ -91,8 +96,9 @@ class ControlMaster:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         argv = [*self._base, "-M", "-N", "-f", "-o", f"ControlPersist={MASTER_IDLE_S}", self.dest.host]
         try:
-            done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                  timeout=START_TIMEOUT_S)
+            done = subprocess.run(
+                argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=START_TIMEOUT_S
+            )
         except subprocess.TimeoutExpired:
             raise SshError(f"ssh to {self.dest} did not log in within {START_TIMEOUT_S:.0f}s") from None
         except FileNotFoundError:
@@ -112,8 +118,13 @@ class ControlMaster:
 
     def _control(self, op: str) -> subprocess.CompletedProcess:
         with contextlib.suppress(subprocess.TimeoutExpired):
-            return subprocess.run([*self._base, "-O", op, self.dest.host], stdin=subprocess.DEVNULL,
-                                  capture_output=True, text=True, timeout=10)
+            return subprocess.run(
+                [*self._base, "-O", op, self.dest.host],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
         return subprocess.CompletedProcess([], 255, "", "timed out")
 
 

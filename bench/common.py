@@ -14,9 +14,9 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import zmq
 
@@ -41,9 +41,11 @@ class Latency:
 
 def latency(samples_s: Sequence[float]) -> Latency:
     ordered = sorted(samples_s)
+
     # Nearest-rank percentile: with N=30 the p99 is the slowest sample, as it should be.
     def pct(p: float) -> float:
         return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))] * 1000
+
     return Latency(len(ordered), pct(50), pct(99), statistics.fmean(ordered) * 1000)
 
 
@@ -61,6 +63,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
         if isinstance(v, bool):
             return "yes" if v else "NO"
         return f"{v:,.2f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v)
+
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -68,13 +71,22 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 # ---------------------------------------------------------------------------- the machine
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown")
-    mem_kib = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
-                       if line.startswith("MemTotal")))
-    return (f"{os.cpu_count()} CPUs ({cpu}), {mem_kib / 2**20:.1f} GiB RAM, Linux {platform.release()}, "
-            f"Python {platform.python_version()}, pyzmq {zmq.pyzmq_version()} / libzmq {zmq.zmq_version()}; "
-            f"load average {os.getloadavg()[0]:.2f} at start (other work on the machine skews every row)")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown",
+    )
+    mem_kib = int(
+        next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
+    )
+    return (
+        f"{os.cpu_count()} CPUs ({cpu}), {mem_kib / 2**20:.1f} GiB RAM, Linux {platform.release()}, "
+        f"Python {platform.python_version()}, pyzmq {zmq.pyzmq_version()} / libzmq {zmq.zmq_version()}; "
+        f"load average {os.getloadavg()[0]:.2f} at start (other work on the machine skews every row)"
+    )
 
 
 @dataclass
@@ -89,16 +101,22 @@ def proc_usage(pid: int) -> ProcUsage:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     cpu = (int(fields[11]) + int(fields[12])) / ticks
-    hwm_kib = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                   if line.startswith("VmHWM:"))
+    hwm_kib = next(
+        int(line.split()[1])
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if line.startswith("VmHWM:")
+    )
     return ProcUsage(cpu, hwm_kib / 1024)
 
 
 # ---------------------------------------------------------------------------- arguments
 def parser(doc: str | None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0])
-    p.add_argument("--install-ssh", action="store_true",
-                   help="apt-get install openssh-server if sshd is missing (for the ssh baseline rows)")
+    p.add_argument(
+        "--install-ssh",
+        action="store_true",
+        help="apt-get install openssh-server if sshd is missing (for the ssh baseline rows)",
+    )
     p.add_argument("--no-ssh", action="store_true", help="skip the ssh baseline rows")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (service logs, spools)")
     return p
@@ -144,11 +162,13 @@ class AgentSpec:
 class BusStack:
     """broker + master (+ orchestrator) + agents as child processes on free loopback ports."""
 
-    def __init__(self, tmp: Path, agents: list[AgentSpec], orchestrator: dict | None = None,
-                 path_prefix: str | None = None) -> None:
+    def __init__(
+        self, tmp: Path, agents: list[AgentSpec], orchestrator: dict | None = None, path_prefix: str | None = None
+    ) -> None:
         self.tmp = tmp
-        self.cfg = cfgmod.load(None, {"state_dir": str(tmp / "state"), "port_base": zmqutil.free_port_base(6)},
-                               environ={})
+        self.cfg = cfgmod.load(
+            None, {"state_dir": str(tmp / "state"), "port_base": zmqutil.free_port_base(6)}, environ={}
+        )
         self.agents = agents
         self.env = {"P4BUS_LOG_LEVEL": "warning"}
         if path_prefix:
@@ -168,13 +188,18 @@ class BusStack:
     def agent_pid(self, index: int) -> int:
         return self.agent_stacks[index].procs["agent"].pid
 
-    def __enter__(self) -> "BusStack":
+    def __enter__(self) -> BusStack:
         try:
             self.core.start(START_TIMEOUT_S)
             for a in self.agents:
-                env = {**self.env, "P4BUS_AGENT_ID": a.id, "P4BUS_AGENT_WORKSPACES": json.dumps(a.workspaces),
-                       "P4BUS_AGENT_WORKSPACE_ROOTS": json.dumps(a.roots),
-                       "P4BUS_AGENT_ALLOWED_EXECUTABLES": json.dumps(a.allowed), **a.env}
+                env = {
+                    **self.env,
+                    "P4BUS_AGENT_ID": a.id,
+                    "P4BUS_AGENT_WORKSPACES": json.dumps(a.workspaces),
+                    "P4BUS_AGENT_WORKSPACE_ROOTS": json.dumps(a.roots),
+                    "P4BUS_AGENT_ALLOWED_EXECUTABLES": json.dumps(a.allowed),
+                    **a.env,
+                }
                 stack = LocalStack(self.cfg, None, ("agent",), env=env, log_dir=self.tmp / "logs" / a.id)
                 self.agent_stacks.append(stack)
                 stack.start(START_TIMEOUT_S)

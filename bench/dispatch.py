@@ -62,8 +62,10 @@ class ExecDone:
 def bench_bus(mc: MasterClient, xpub: str) -> tuple[list[float], list[float]]:
     """(run_command samples, exec + CmdDone samples), interleaved one by one so that load
     from anything else on the machine falls on both alike."""
+
     def run() -> None:
         B.ok(run_command(mc, xpub, TRUE, B.null_sink).status, "run_command true")
+
     exec_done = ExecDone(mc, xpub)
     try:
         for _ in range(N_WARMUP):
@@ -82,6 +84,7 @@ def bench_bus(mc: MasterClient, xpub: str) -> tuple[list[float], list[float]]:
 def bench_ssh(argv: list[str], n: int) -> list[float]:
     def once() -> None:
         subprocess.run(argv + ["true"], check=True, stdin=subprocess.DEVNULL)
+
     once()  # warm-up; with ControlMaster this also opens the master connection
     return B.timed(once, n)
 
@@ -97,16 +100,22 @@ def main() -> None:
                 run, exec_done = bench_bus(mc, xpub)
                 # A run this slow missed its events (subscription not up in time) and was
                 # rescued by the runner's query: correctness held, latency did not.
-                print(f"run_command samples that needed the {IDLE_QUERY_S:g} s query fallback: "
-                      f"{sum(t >= IDLE_QUERY_S for t in run)} of {len(run)}")
+                print(
+                    f"run_command samples that needed the {IDLE_QUERY_S:g} s query fallback: "
+                    f"{sum(t >= IDLE_QUERY_S for t in run)} of {len(run)}"
+                )
                 rows.append(("p4bus run_command (Python client API)", B.latency(run)))
                 rows.append(("p4bus exec + CmdDone (resident SUB)", B.latency(exec_done)))
         with B.ssh_baseline(args) as ssh:
             if ssh is not None:
                 rows.append(("ssh localhost true, fresh connection", B.latency(bench_ssh(ssh.fresh(), N_SSH_FRESH))))
                 rows.append(("ssh localhost true, ControlMaster", B.latency(bench_ssh(ssh.multiplexed(), N_SSH_MUX))))
-    print(B.table(["path", "N", "p50 ms", "p99 ms", "mean ms"],
-                  [(name, s.n, s.p50_ms, s.p99_ms, s.mean_ms) for name, s in rows]))
+    print(
+        B.table(
+            ["path", "N", "p50 ms", "p99 ms", "mean ms"],
+            [(name, s.n, s.p50_ms, s.p99_ms, s.mean_ms) for name, s in rows],
+        )
+    )
     bus = rows[0][1]
     for name, s in rows[2:]:
         print(f"{name}: {s.p50_ms / bus.p50_ms:.1f}x the p50 of run_command")

@@ -20,17 +20,17 @@ import os
 import shlex
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import zmq
 
 from agent.spool import Spool
 from bench import common as B
 from bench.sshd import SshTarget
-from common import topics, zmqutil
 from common import protocol as P
+from common import topics, zmqutil
 from common.rpc import OrchestratorClient
 from p4sim.seed import seed
 from p4sim.tools import write_shim
@@ -50,13 +50,20 @@ def seed_all(tmp: Path, names: list[str]) -> dict[str, dict]:
 
 
 def orchestrator_workspaces(seeds: dict[str, dict]) -> dict[str, dict]:
-    return {n: {"p4port": s["P4PORT"], "p4user": s["P4USER"], "p4client": s["P4CLIENT"], "root": s["root"]}
-            for n, s in seeds.items()}
+    return {
+        n: {"p4port": s["P4PORT"], "p4user": s["P4USER"], "p4client": s["P4CLIENT"], "root": s["root"]}
+        for n, s in seeds.items()
+    }
 
 
 def p4_env(info: dict, shim_dir: Path) -> dict[str, str]:
-    return {"P4PORT": info["P4PORT"], "P4USER": info["P4USER"], "P4CLIENT": info["P4CLIENT"],
-            "PWD": info["root"], "PATH": f"{shim_dir}{os.pathsep}{os.environ['PATH']}"}
+    return {
+        "P4PORT": info["P4PORT"],
+        "P4USER": info["P4USER"],
+        "P4CLIENT": info["P4CLIENT"],
+        "PWD": info["root"],
+        "PATH": f"{shim_dir}{os.pathsep}{os.environ['PATH']}",
+    }
 
 
 # ---------------------------------------------------------------------------- following jobs
@@ -66,8 +73,9 @@ class JobWatcher:
 
     def __init__(self, stack: B.BusStack, oc: OrchestratorClient) -> None:
         self.oc = oc
-        self.sub = zmqutil.sub(zmq.Context.instance(), stack.endpoint("broker_xpub"),
-                               [topics.JOB + ".", topics.CMD + "."])
+        self.sub = zmqutil.sub(
+            zmq.Context.instance(), stack.endpoint("broker_xpub"), [topics.JOB + ".", topics.CMD + "."]
+        )
         self.done_ts: dict[str, float] = {}  # cmd id -> when the agent published CmdDone
 
     def wait(self, job_ids: list[str]) -> dict[str, float]:
@@ -122,14 +130,22 @@ class Gap:
     start_ms: float  # agent: spool record + spawn, up to the process start
 
 
-def gaps(view: P.JobView, cmds: list[Command], done_ts: dict[str, float], submitted: float,
-         ended: float) -> tuple[list[Gap], float]:
+def gaps(
+    view: P.JobView, cmds: list[Command], done_ts: dict[str, float], submitted: float, ended: float
+) -> tuple[list[Gap], float]:
     """Per command: its p4 time and the p4bus time before it; plus the time after the last."""
     out, prev_end, prev_done = [], submitted, submitted
-    for run, cmd in zip(view.timeline, cmds):
-        out.append(Gap(run.stage, (run.ended_at - run.started_at) * 1000, (run.started_at - prev_end) * 1000,
-                       (prev_done - prev_end) * 1000, (cmd.received_at - prev_done) * 1000,
-                       (run.started_at - cmd.received_at) * 1000))
+    for run, cmd in zip(view.timeline, cmds, strict=False):
+        out.append(
+            Gap(
+                run.stage,
+                (run.ended_at - run.started_at) * 1000,
+                (run.started_at - prev_end) * 1000,
+                (prev_done - prev_end) * 1000,
+                (cmd.received_at - prev_done) * 1000,
+                (run.started_at - cmd.received_at) * 1000,
+            )
+        )
         prev_end, prev_done = run.ended_at, done_ts.get(run.cmd_id, run.ended_at)
     return out, (ended - prev_end) * 1000
 
@@ -194,8 +210,13 @@ Runner = Callable[[Command, dict, Path], float]  # (command, seed info, shim dir
 
 def run_local(cmd: Command, info: dict, shim_dir: Path) -> float:
     t0 = time.perf_counter()
-    done = subprocess.run(cmd.argv, cwd=info["root"], env={**os.environ, **p4_env(info, shim_dir)},
-                          input=cmd.stdin or b"", capture_output=True)
+    done = subprocess.run(
+        cmd.argv,
+        cwd=info["root"],
+        env={**os.environ, **p4_env(info, shim_dir)},
+        input=cmd.stdin or b"",
+        capture_output=True,
+    )
     seconds = time.perf_counter() - t0
     _same_exit(cmd, done, "locally")
     return seconds
@@ -210,14 +231,17 @@ def ssh_runner(ssh: SshTarget) -> Runner:
         seconds = time.perf_counter() - t0
         _same_exit(cmd, done, "over ssh")
         return seconds
+
     return run
 
 
 def _same_exit(cmd: Command, done: subprocess.CompletedProcess, where: str) -> None:
     """The replay must do the job's work: same exit code as on the agent."""
     if done.returncode != cmd.exit_code:
-        raise RuntimeError(f"{cmd.stage} {cmd.argv} exited {done.returncode} {where} "
-                           f"(the job's exit: {cmd.exit_code}): {done.stderr.decode(errors='replace')[-300:]}")
+        raise RuntimeError(
+            f"{cmd.stage} {cmd.argv} exited {done.returncode} {where} "
+            f"(the job's exit: {cmd.exit_code}): {done.stderr.decode(errors='replace')[-300:]}"
+        )
 
 
 def replay(cmds: list[Command], info: dict, shim_dir: Path, runner: Runner) -> list[float]:
@@ -237,10 +261,14 @@ def main() -> None:
         bus_seeds = {n: seeds[n] for n in ["warm", "lone"] + names}
         per_agent = [names[i::N_AGENTS] for i in range(N_AGENTS)]
         per_agent[0] += ["warm", "lone"]
-        agents = [B.AgentSpec(f"agent-{i + 1}", {n: seeds[n]["root"] for n in ws}, [str(tmp / "ws")], ["p4"])
-                  for i, ws in enumerate(per_agent)]
-        with B.BusStack(tmp, agents, orchestrator_workspaces(bus_seeds), path_prefix=str(shim_dir)) as stack, \
-                OrchestratorClient([stack.endpoint("orchestrator_api")], timeout=30.0) as oc:
+        agents = [
+            B.AgentSpec(f"agent-{i + 1}", {n: seeds[n]["root"] for n in ws}, [str(tmp / "ws")], ["p4"])
+            for i, ws in enumerate(per_agent)
+        ]
+        with (
+            B.BusStack(tmp, agents, orchestrator_workspaces(bus_seeds), path_prefix=str(shim_dir)) as stack,
+            OrchestratorClient([stack.endpoint("orchestrator_api")], timeout=30.0) as oc,
+        ):
             watcher = JobWatcher(stack, oc)
             try:
                 lone_job(oc, watcher, "warm", seeds["warm"])
@@ -260,25 +288,58 @@ def main() -> None:
 
 def report_lone(view: P.JobView, rows: list[Gap], tail: float) -> None:
     print(f"\none job alone ({view.job_id}, {len(rows)} commands), times in ms:")
-    print(B.table(["stage", "inside p4", "p4bus before it", "agent: result + CmdDone", "orchestrator + master",
-                   "agent: spool + spawn"],
-                  [(g.stage, g.p4_ms, g.gap_ms, g.finish_ms, g.route_ms, g.start_ms) for g in rows]
-                  + [("(to the DONE event)", "", tail, "", "", "")]))
+    print(
+        B.table(
+            [
+                "stage",
+                "inside p4",
+                "p4bus before it",
+                "agent: result + CmdDone",
+                "orchestrator + master",
+                "agent: spool + spawn",
+            ],
+            [(g.stage, g.p4_ms, g.gap_ms, g.finish_ms, g.route_ms, g.start_ms) for g in rows]
+            + [("(to the DONE event)", "", tail, "", "", "")],
+        )
+    )
     n = len(rows)
     parts = (("agent finish", "finish_ms"), ("orchestrator + master", "route_ms"), ("agent start", "start_ms"))
-    print("mean per stage: " + ", ".join(f"{name} {sum(getattr(g, attr) for g in rows) / n:.1f}" for name, attr in parts))
+    print(
+        "mean per stage: " + ", ".join(f"{name} {sum(getattr(g, attr) for g in rows) / n:.1f}" for name, attr in parts)
+    )
 
 
 def report_throughput(tp: Throughput) -> None:
     print(f"\n{tp.jobs} jobs across {N_AGENTS} agents:")
-    print(B.table(["jobs", "wall s", "jobs/min", "stage transitions", "transitions/s", "orchestrator CPU s",
-                   "orchestrator peak RSS MiB"],
-                  [(tp.jobs, tp.seconds, tp.jobs / tp.seconds * 60, tp.transitions, tp.transitions / tp.seconds,
-                    tp.orch_cpu_s, tp.orch_peak_rss_mib)]))
+    print(
+        B.table(
+            [
+                "jobs",
+                "wall s",
+                "jobs/min",
+                "stage transitions",
+                "transitions/s",
+                "orchestrator CPU s",
+                "orchestrator peak RSS MiB",
+            ],
+            [
+                (
+                    tp.jobs,
+                    tp.seconds,
+                    tp.jobs / tp.seconds * 60,
+                    tp.transitions,
+                    tp.transitions / tp.seconds,
+                    tp.orch_cpu_s,
+                    tp.orch_peak_rss_mib,
+                )
+            ],
+        )
+    )
 
 
-def report_replay(rows: list[Gap], submitted: float, ended: float, local: list[float],
-                  remote: list[float] | None) -> None:
+def report_replay(
+    rows: list[Gap], submitted: float, ended: float, local: list[float], remote: list[float] | None
+) -> None:
     n = len(rows)
     wall = (ended - submitted) * 1000
     bus = wall - sum(g.p4_ms for g in rows)
@@ -286,17 +347,22 @@ def report_replay(rows: list[Gap], submitted: float, ended: float, local: list[f
     rows = [("p4bus (one job alone)", n, wall, wall - bus, bus, bus / n)]
     if remote is not None:
         ssh_wall = sum(remote) * 1000
-        rows.append(("ssh localhost per command, fresh", n, ssh_wall, p4_local, ssh_wall - p4_local,
-                     (ssh_wall - p4_local) / n))
+        rows.append(
+            ("ssh localhost per command, fresh", n, ssh_wall, p4_local, ssh_wall - p4_local, (ssh_wall - p4_local) / n)
+        )
     print("\nthe same job's commands, overhead = wall - time inside p4 (ms):")
     print(B.table(["path", "commands", "wall", "inside p4", "overhead", "overhead per stage"], rows))
     per_stage = bus / n
-    print(f"target <= {TARGET_STAGE_MS:g} ms p4bus overhead per stage: "
-          f"{'met' if per_stage <= TARGET_STAGE_MS else 'NOT met'} ({per_stage:.1f} ms)")
+    print(
+        f"target <= {TARGET_STAGE_MS:g} ms p4bus overhead per stage: "
+        f"{'met' if per_stage <= TARGET_STAGE_MS else 'NOT met'} ({per_stage:.1f} ms)"
+    )
     if remote is not None:
         ratio = (sum(remote) * 1000 - p4_local) / bus
-        print(f"target >= {TARGET_RATIO:g}x less overhead than ssh per command: "
-              f"{'met' if ratio >= TARGET_RATIO else 'NOT met'} ({ratio:.1f}x)")
+        print(
+            f"target >= {TARGET_RATIO:g}x less overhead than ssh per command: "
+            f"{'met' if ratio >= TARGET_RATIO else 'NOT met'} ({ratio:.1f}x)"
+        )
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ from __future__ import annotations
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from bench import common as B
 from common import protocol as P
@@ -112,29 +112,49 @@ def main() -> None:
     with B.workdir(args, "logs") as tmp:
         path = tmp / "lines.txt"
         expected = write_lines(path)
-        with B.single_agent(tmp, ["cat"]) as stack:
-            with MasterClient([stack.endpoint("master_clients")]) as mc:
-                results[BUS] = repeat(lambda: via_bus(mc, stack, path, expected))
+        with B.single_agent(tmp, ["cat"]) as stack, MasterClient([stack.endpoint("master_clients")]) as mc:
+            results[BUS] = repeat(lambda: via_bus(mc, stack, path, expected))
         results["raw pipe (cat, Python reads the pipe)"] = repeat(lambda: via_pipe(["cat", str(path)], expected))
         with B.ssh_baseline(args) as ssh:
             if ssh is not None:
                 results["ssh localhost cat, fresh connection"] = repeat(
-                    lambda: via_pipe(ssh.fresh() + ["cat", str(path)], expected))
+                    lambda: via_pipe(ssh.fresh() + ["cat", str(path)], expected)
+                )
     rows = []
     for name, runs in results.items():
         med = statistics.median(r.lines_s for r in runs)
-        rows.append((name, f"{med / 1e6:.2f} M", ", ".join(f"{r.lines_s / 1e6:.2f}" for r in runs),
-                     max(r.lost_lines for r in runs), all(r.identical for r in runs),
-                     ", ".join(f"{r.fetched_bytes:,}" for r in runs)))
-    print(B.table(["path", "lines/s (median)", "each run, M lines/s", "lost lines", "byte-identical",
-                   "bytes fetched from spool"], rows))
+        rows.append(
+            (
+                name,
+                f"{med / 1e6:.2f} M",
+                ", ".join(f"{r.lines_s / 1e6:.2f}" for r in runs),
+                max(r.lost_lines for r in runs),
+                all(r.identical for r in runs),
+                ", ".join(f"{r.fetched_bytes:,}" for r in runs),
+            )
+        )
+    print(
+        B.table(
+            [
+                "path",
+                "lines/s (median)",
+                "each run, M lines/s",
+                "lost lines",
+                "byte-identical",
+                "bytes fetched from spool",
+            ],
+            rows,
+        )
+    )
     print("CPU seconds per p4bus run (wall / agent / broker / client):")
     for r in results[BUS]:
         print(f"  {r.seconds:.2f} s / " + " / ".join(f"{name} {cpu:.2f}" for name, cpu in r.cpu_s.items()))
     bus = statistics.median(r.lines_s for r in results[BUS])
     lost = max(r.lost_lines for r in results[BUS])
     verdict = "met" if bus >= TARGET_LINES_S and lost == 0 else "NOT met"
-    print(f"target >= {TARGET_LINES_S / 1e6:g} M lines/s with 0 lost: {verdict} ({bus / 1e6:.2f} M lines/s, {lost} lost)")
+    print(
+        f"target >= {TARGET_LINES_S / 1e6:g} M lines/s with 0 lost: {verdict} ({bus / 1e6:.2f} M lines/s, {lost} lost)"
+    )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,10 @@ def main() -> None:
         if ssh is None:
             return  # the reason was printed: without sshd there is no SSH executor to measure
         via_ssh = {"P4BUS_AGENT_EXEC_VIA": ssh.url(), "P4BUS_AGENT_SSH_OPTIONS": json.dumps(ssh.options())}
-        agents = [B.AgentSpec("local", {}, [str(tmp)], ["true"]),
-                  B.AgentSpec("via-ssh", {}, [str(tmp)], ["true"], env=via_ssh)]
+        agents = [
+            B.AgentSpec("local", {}, [str(tmp)], ["true"]),
+            B.AgentSpec("via-ssh", {}, [str(tmp)], ["true"], env=via_ssh),
+        ]
         with B.BusStack(tmp, agents) as stack, MasterClient([stack.endpoint("master_clients")]) as mc:
             paths = [ExecDone(mc, stack.endpoint("broker_xpub"), agent=a.id) for a in agents]
             try:
@@ -43,15 +45,23 @@ def main() -> None:
             finally:
                 for p in paths:
                     p.close()
-        rows = [("p4bus, local agent (exec + CmdDone)", B.latency(samples[0])),
-                ("p4bus, SSH-executor agent (exec + CmdDone)", B.latency(samples[1])),
-                ("ssh localhost true, fresh connection", B.latency(bench_ssh(ssh.fresh(), N_SSH_FRESH))),
-                ("ssh localhost true, ControlMaster", B.latency(bench_ssh(ssh.multiplexed(), N_SSH_MUX)))]
-    print(B.table(["path", "N", "p50 ms", "p99 ms", "mean ms"],
-                  [(name, s.n, s.p50_ms, s.p99_ms, s.mean_ms) for name, s in rows]))
+        rows = [
+            ("p4bus, local agent (exec + CmdDone)", B.latency(samples[0])),
+            ("p4bus, SSH-executor agent (exec + CmdDone)", B.latency(samples[1])),
+            ("ssh localhost true, fresh connection", B.latency(bench_ssh(ssh.fresh(), N_SSH_FRESH))),
+            ("ssh localhost true, ControlMaster", B.latency(bench_ssh(ssh.multiplexed(), N_SSH_MUX))),
+        ]
+    print(
+        B.table(
+            ["path", "N", "p50 ms", "p99 ms", "mean ms"],
+            [(name, s.n, s.p50_ms, s.p99_ms, s.mean_ms) for name, s in rows],
+        )
+    )
     via, fresh = rows[1][1], rows[2][1]
-    print(f"SSH-executor agent p50 = {via.p50_ms / fresh.p50_ms:.2f}x a fresh ssh; "
-          f"{via.p50_ms - rows[0][1].p50_ms:+.1f} ms against the local agent")
+    print(
+        f"SSH-executor agent p50 = {via.p50_ms / fresh.p50_ms:.2f}x a fresh ssh; "
+        f"{via.p50_ms - rows[0][1].p50_ms:+.1f} ms against the local agent"
+    )
 
 
 if __name__ == "__main__":

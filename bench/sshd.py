@@ -53,8 +53,14 @@ class SshTarget:
 
     def options(self) -> list[str]:
         """The client settings as ssh -o values (p4bus agent.ssh_options, deploy-agent --ssh-option)."""
-        return [f"IdentityFile={self.key}", "IdentitiesOnly=yes", "StrictHostKeyChecking=no",
-                "UserKnownHostsFile=/dev/null", "BatchMode=yes", "LogLevel=ERROR"]
+        return [
+            f"IdentityFile={self.key}",
+            "IdentitiesOnly=yes",
+            "StrictHostKeyChecking=no",
+            "UserKnownHostsFile=/dev/null",
+            "BatchMode=yes",
+            "LogLevel=ERROR",
+        ]
 
     def url(self) -> str:
         """The p4bus agent --exec-via destination."""
@@ -69,8 +75,15 @@ class SshTarget:
 
     def multiplexed(self) -> list[str]:
         """Commands as new channels on one persistent master connection (ControlMaster)."""
-        return self._base() + ["-o", "ControlMaster=auto", "-o", f"ControlPath={self.control_path}",
-                               "-o", "ControlPersist=120", f"{self.user}@127.0.0.1"]
+        return self._base() + [
+            "-o",
+            "ControlMaster=auto",
+            "-o",
+            f"ControlPath={self.control_path}",
+            "-o",
+            "ControlPersist=120",
+            f"{self.user}@127.0.0.1",
+        ]
 
 
 class Sshd:
@@ -86,8 +99,10 @@ class Sshd:
         sshd = find_sshd()
         if sshd is None:
             if not self.install:
-                raise SshUnavailable("sshd is not installed (run the bench with --install-ssh to apt-get "
-                                     "install openssh-server, or install it yourself)")
+                raise SshUnavailable(
+                    "sshd is not installed (run the bench with --install-ssh to apt-get "
+                    "install openssh-server, or install it yourself)"
+                )
             install_openssh()
             sshd = find_sshd()
             if sshd is None:
@@ -113,14 +128,34 @@ class Sshd:
         (self.tmp / "home").mkdir()
         port = free_port()
         conf = self.tmp / "sshd_config"
-        conf.write_text("\n".join([
-            "ListenAddress 127.0.0.1", f"Port {port}", f"HostKey {self.tmp / 'host_key'}",
-            f"AuthorizedKeysFile {self.tmp / 'authorized_keys'}", f"PidFile {self.tmp / 'sshd.pid'}",
-            "StrictModes no", "UsePAM no", "PasswordAuthentication no", "PermitRootLogin prohibit-password",
-            f"SetEnv HOME={self.tmp / 'home'}", "Subsystem sftp internal-sftp", "LogLevel INFO", "MaxStartups 100:30:200", "MaxSessions 100", "",
-        ]))
-        self.proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(conf)], stdin=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True)
+        conf.write_text(
+            "\n".join(
+                [
+                    "ListenAddress 127.0.0.1",
+                    f"Port {port}",
+                    f"HostKey {self.tmp / 'host_key'}",
+                    f"AuthorizedKeysFile {self.tmp / 'authorized_keys'}",
+                    f"PidFile {self.tmp / 'sshd.pid'}",
+                    "StrictModes no",
+                    "UsePAM no",
+                    "PasswordAuthentication no",
+                    "PermitRootLogin prohibit-password",
+                    f"SetEnv HOME={self.tmp / 'home'}",
+                    "Subsystem sftp internal-sftp",
+                    "LogLevel INFO",
+                    "MaxStartups 100:30:200",
+                    "MaxSessions 100",
+                    "",
+                ]
+            )
+        )
+        self.proc = subprocess.Popen(
+            [sshd, "-D", "-e", "-f", str(conf)],
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         self._wait_listening()
         self.target = SshTarget(self.tmp / "client_key", port, self.tmp / "cm.sock", getpass.getuser())
         probe = subprocess.run(self.target.fresh() + ["true"], capture_output=True, text=True, timeout=30)

@@ -30,7 +30,7 @@ prefix was confirmed and that no later hole reveals can be missed (see 5).
 from __future__ import annotations
 
 import heapq
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import zmq
 
@@ -65,7 +65,7 @@ class ReplayClient:
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> "ReplayClient":
+    def __enter__(self) -> ReplayClient:
         return self
 
     def __exit__(self, *_exc: object) -> None:
@@ -85,8 +85,12 @@ class ReplayClient:
             return reply
         raise ReplayTimeout(f"no reply from the broker's replay endpoint {self.endpoint} within {self.timeout_s}s")
 
-    def page(self, prefix: str = "", after: int = 0, since_ts: float = 0.0, limit: int = PAGE_LIMIT) -> protocol.ReplayPage:
-        return self.request(protocol.Replay(req_id=ids.new_id(), prefix=prefix, after=after, since_ts=since_ts, limit=limit))
+    def page(
+        self, prefix: str = "", after: int = 0, since_ts: float = 0.0, limit: int = PAGE_LIMIT
+    ) -> protocol.ReplayPage:
+        return self.request(
+            protocol.Replay(req_id=ids.new_id(), prefix=prefix, after=after, since_ts=since_ts, limit=limit)
+        )
 
     def pages(self, prefix: str = "", after: int = 0, since_ts: float = 0.0) -> Iterator[list[tuple[int, str, bytes]]]:
         """Every journalled event of ``prefix`` after id ``after`` (and at/after ``since_ts``), as

@@ -268,8 +268,13 @@ class JournalWriter:
         if self._queue.put(rows, size, self.stall_s):
             return
         self.counters.journal_dropped += len(rows)
-        log.warning("journal.dropped", rows=len(rows), bytes=size, stalled_s=self.stall_s,
-                    total_dropped=self.counters.journal_dropped)
+        log.warning(
+            "journal.dropped",
+            rows=len(rows),
+            bytes=size,
+            stalled_s=self.stall_s,
+            total_dropped=self.counters.journal_dropped,
+        )
         self._notify_done()
 
     def wait_done(self, target: int, timeout: float) -> bool:
@@ -323,8 +328,12 @@ class JournalWriter:
                         "DELETE FROM events WHERE id >= ? AND id < ? AND seg = ? AND off + len > ?",
                         (seg, upper, seg, size),
                     ).rowcount
-                    log.warning("journal.rows_lost", segment=seg, rows=lost,
-                                reason="their bodies are missing from the segment (a crash before the disk had them)")
+                    log.warning(
+                        "journal.rows_lost",
+                        segment=seg,
+                        rows=lost,
+                        reason="their bodies are missing from the segment (a crash before the disk had them)",
+                    )
                     continue  # again: cut a partly written body, or remove a segment left without rows
                 if size > last[0]:
                     os.truncate(path, last[0])
@@ -422,8 +431,9 @@ class JournalWriter:
             if seg is not None:
                 self._cut_back(seg, start)
             self.counters.journal_dropped += len(rows)
-            log.error("journal.write_failed", error=str(exc), rows=len(rows),
-                      total_dropped=self.counters.journal_dropped)
+            log.error(
+                "journal.write_failed", error=str(exc), rows=len(rows), total_dropped=self.counters.journal_dropped
+            )
         else:
             self._next_id = first + len(rows)
             c = self.counters
@@ -454,8 +464,9 @@ class JournalWriter:
         chunk was deleted (there may be more)."""
         try:
             cutoff = time.time() - self.conf.journal_max_age_s
-            victims = db.execute("SELECT id, len FROM events WHERE ts < ? ORDER BY ts LIMIT ?",
-                                 (cutoff, PRUNE_CHUNK_ROWS)).fetchall()
+            victims = db.execute(
+                "SELECT id, len FROM events WHERE ts < ? ORDER BY ts LIMIT ?", (cutoff, PRUNE_CHUNK_ROWS)
+            ).fetchall()
             if victims:
                 self._delete(db, "DELETE FROM events WHERE id = ?", [(v[0],) for v in victims], victims)
             else:
@@ -562,8 +573,10 @@ class JournalReader:
                     (prefix, prefix + TOPIC_MAX, after, limit + 1),
                 )
             else:
-                cur = db.execute("SELECT id, topic, body, seg, off, len FROM events WHERE id > ? ORDER BY id LIMIT ?",
-                                 (after, limit + 1))
+                cur = db.execute(
+                    "SELECT id, topic, body, seg, off, len FROM events WHERE id > ? ORDER BY id LIMIT ?",
+                    (after, limit + 1),
+                )
             events: list[tuple[int, str, bytes]] = []
             size = 0
             scanned = 0

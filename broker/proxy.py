@@ -15,8 +15,8 @@ from typing import get_args
 import msgspec
 import zmq
 
-from common import logs, protocol, zmqutil
 from broker.journal import JournalWriter, Row
+from common import logs, protocol, zmqutil
 
 log = logs.get("broker.proxy")
 

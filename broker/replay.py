@@ -13,7 +13,7 @@ on this.
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import zmq
 
@@ -70,15 +70,18 @@ class ReplayServer:
         identity, body = frames[0], frames[1:]
         if len(body) != 1:
             self.errors += 1
-            self._send(identity, protocol.ErrorReply(
-                req_id="", code="bad_frame", message=f"a request is one frame, got {len(body)}"))
+            self._send(
+                identity,
+                protocol.ErrorReply(req_id="", code="bad_frame", message=f"a request is one frame, got {len(body)}"),
+            )
             return
         try:
             req = protocol.decode(body[0], protocol.ReplayRequest)
         except protocol.ProtocolError as exc:
             self.errors += 1
-            self._send(identity, protocol.ErrorReply(
-                req_id=protocol.req_id_of(body[0]), code=exc.code, message=exc.message))
+            self._send(
+                identity, protocol.ErrorReply(req_id=protocol.req_id_of(body[0]), code=exc.code, message=exc.message)
+            )
             return
         self._send(identity, self._answer(reader, req))
 
@@ -90,7 +93,9 @@ class ReplayServer:
         self.requests += 1
         if req.after < 0 or req.limit < 1:
             self.errors += 1
-            return protocol.ErrorReply(req_id=req.req_id, code="bad_request", message="after must be >= 0 and limit >= 1")
+            return protocol.ErrorReply(
+                req_id=req.req_id, code="bad_request", message="after must be >= 0 and limit >= 1"
+            )
         if not self._barrier(BARRIER_TIMEOUT_S):
             # Still answer: the page is complete up to what is committed, the client catches up later.
             log.warning("replay.barrier_timeout", timeout_s=BARRIER_TIMEOUT_S)

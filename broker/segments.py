@@ -19,11 +19,11 @@ truncates them.
 
 from __future__ import annotations
 
-import os
 import errno
+import os
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 SUFFIX = ".seg"
 # Buffers per writev call (Linux IOV_MAX).

@@ -56,8 +56,13 @@ class Broker:
         assert self.proxy is not None
         self.journal.start()
         self.replay.start()
-        log.info("broker.ready", xsub=self.endpoints["broker_xsub"], xpub=self.endpoints["broker_xpub"],
-                 replay=self.endpoints["broker_replay"], journal=str(self.journal.path))
+        log.info(
+            "broker.ready",
+            xsub=self.endpoints["broker_xsub"],
+            xpub=self.endpoints["broker_xpub"],
+            replay=self.endpoints["broker_replay"],
+            journal=str(self.journal.path),
+        )
         try:
             self.proxy.run(stop)
         finally:

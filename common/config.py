@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import msgspec
 
@@ -35,9 +36,22 @@ class ConfigError(ValueError):
 
 
 DEFAULT_ENV_ALLOWLIST = (
-    "P4PORT", "P4USER", "P4CLIENT", "P4TICKETS", "P4CONFIG", "P4CHARSET", "P4TRUST", "PWD",
-    "P4SIM_FAULT", "P4SIM_FAULT_COUNT", "P4SIM_FAULT_STATE", "P4SIM_DELAY_PER_FILE",
-    "P4SIM_DIE_AFTER_LINES", "LANG", "LC_ALL", "TZ",
+    "P4PORT",
+    "P4USER",
+    "P4CLIENT",
+    "P4TICKETS",
+    "P4CONFIG",
+    "P4CHARSET",
+    "P4TRUST",
+    "PWD",
+    "P4SIM_FAULT",
+    "P4SIM_FAULT_COUNT",
+    "P4SIM_FAULT_STATE",
+    "P4SIM_DELAY_PER_FILE",
+    "P4SIM_DIE_AFTER_LINES",
+    "LANG",
+    "LC_ALL",
+    "TZ",
 )
 
 
@@ -183,7 +197,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict:
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
             continue
-        key = name[len(ENV_PREFIX):].lower()
+        key = name[len(ENV_PREFIX) :].lower()
         if key in top and key not in _SECTIONS:
             _set_path(out, [key], _env_value(raw, top[key]))
             continue

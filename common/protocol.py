@@ -13,7 +13,7 @@ Frame layouts
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import msgspec
 
@@ -206,8 +206,6 @@ class AgentList(Base, tag="agents_r"):
 class Pong(Base, tag="pong"):
     req_id: str
     source: str = ""
-
-
 
 
 class ErrorReply(Base, tag="error"):
@@ -416,16 +414,25 @@ class StatsReply(Base, tag="stats_r"):
 
 # --------------------------------------------------------------------------- unions and codec
 
-AgentToMaster = Union[Hello, Heartbeat, Bye, ExecReply, KillReply, QueryReply, FetchReply, ErrorReply]
-MasterToAgent = Union[Welcome, Heartbeat, Reregister, Exec, Kill, Query, Fetch, ErrorReply]
-ClientRequest = Union[Exec, Kill, Query, Fetch, ListAgents, Ping, Stats]
-Reply = Union[
-    ExecReply, KillReply, QueryReply, FetchReply, AgentList, Pong, StatsReply, ReplayPage, JobReply,
-    JobList, ErrorReply,
-]
-OrchestratorRequest = Union[Submit, GetJob, ListJobs, Resume, Cancel, RetryJob, Ping, Stats]
-ReplayRequest = Union[Replay, Stats, Ping]
-Event = Union[LogChunk, CmdStarted, CmdDone, AgentUp, AgentLost, AgentGone, JobChanged]
+AgentToMaster = Hello | Heartbeat | Bye | ExecReply | KillReply | QueryReply | FetchReply | ErrorReply
+MasterToAgent = Welcome | Heartbeat | Reregister | Exec | Kill | Query | Fetch | ErrorReply
+ClientRequest = Exec | Kill | Query | Fetch | ListAgents | Ping | Stats
+Reply = (
+    ExecReply
+    | KillReply
+    | QueryReply
+    | FetchReply
+    | AgentList
+    | Pong
+    | StatsReply
+    | ReplayPage
+    | JobReply
+    | JobList
+    | ErrorReply
+)
+OrchestratorRequest = Submit | GetJob | ListJobs | Resume | Cancel | RetryJob | Ping | Stats
+ReplayRequest = Replay | Stats | Ping
+Event = LogChunk | CmdStarted | CmdDone | AgentUp | AgentLost | AgentGone | JobChanged
 
 _encoder = msgspec.msgpack.Encoder()
 _decoders: dict[Any, msgspec.msgpack.Decoder] = {}
@@ -483,14 +490,17 @@ def decode_event(frames: list[bytes]) -> Event:
     return ev
 
 
-def decode_routed(frames: list[bytes], kind: Any) -> tuple[bytes | None, Any, "ErrorReply | None"]:
+def decode_routed(frames: list[bytes], kind: Any) -> tuple[bytes | None, Any, ErrorReply | None]:
     """What a ROUTER received: ``[identity, frame]`` -> (identity, message, None), or
     (identity, None, the error to answer) -- identity None when there is nobody to answer."""
     if len(frames) != 2:
         if len(frames) < 2:
             return None, None, None
-        return frames[0], None, ErrorReply(req_id="", code="bad_frame",
-                                           message=f"expected one frame per message, got {len(frames) - 1}")
+        return (
+            frames[0],
+            None,
+            ErrorReply(req_id="", code="bad_frame", message=f"expected one frame per message, got {len(frames) - 1}"),
+        )
     identity, frame = frames
     try:
         return identity, decode(frame, kind), None

@@ -95,10 +95,25 @@ class RpcClient:
 
 
 class MasterClient(RpcClient):
-    def exec(self, spec: P.CmdSpec, *, cmd_id: str | None = None, job_id: str = "", agent: str | None = None,
-             pool: str | None = None, workspace: str | None = None) -> P.ExecReply:
-        msg = P.Exec(req_id=ids.new_id("r"), cmd_id=cmd_id or ids.new_id("c"), spec=spec, job_id=job_id,
-                     agent=agent, pool=pool, workspace=workspace)
+    def exec(
+        self,
+        spec: P.CmdSpec,
+        *,
+        cmd_id: str | None = None,
+        job_id: str = "",
+        agent: str | None = None,
+        pool: str | None = None,
+        workspace: str | None = None,
+    ) -> P.ExecReply:
+        msg = P.Exec(
+            req_id=ids.new_id("r"),
+            cmd_id=cmd_id or ids.new_id("c"),
+            spec=spec,
+            job_id=job_id,
+            agent=agent,
+            pool=pool,
+            workspace=workspace,
+        )
         return self.request(msg)  # type: ignore[return-value]
 
     def kill(self, cmd_id: str, agent: str | None = None) -> P.KillReply:
@@ -108,10 +123,12 @@ class MasterClient(RpcClient):
         reply = self.request(P.Query(req_id=ids.new_id("r"), cmd_ids=cmd_ids, agent=agent))
         return reply.statuses  # type: ignore[attr-defined]
 
-    def fetch(self, cmd_id: str, stream: int, offset: int, size: int = 1 << 20,
-              agent: str | None = None) -> P.FetchReply:
-        return self.request(P.Fetch(req_id=ids.new_id("r"), cmd_id=cmd_id, stream=stream, offset=offset,
-                                    size=size, agent=agent))  # type: ignore[return-value]
+    def fetch(
+        self, cmd_id: str, stream: int, offset: int, size: int = 1 << 20, agent: str | None = None
+    ) -> P.FetchReply:
+        return self.request(
+            P.Fetch(req_id=ids.new_id("r"), cmd_id=cmd_id, stream=stream, offset=offset, size=size, agent=agent)
+        )  # type: ignore[return-value]
 
     def agents(self) -> list[P.AgentInfo]:
         return self.request(P.ListAgents(req_id=ids.new_id("r"))).agents  # type: ignore[attr-defined]

@@ -7,8 +7,8 @@ User and port travel as ``-o User=`` / ``-o Port=`` options rather than ``user@h
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 from urllib.parse import urlsplit
 
 from common.config import ConfigError
@@ -21,7 +21,7 @@ class SshDest:
     port: int | None = None
 
     @classmethod
-    def parse(cls, text: str) -> "SshDest":
+    def parse(cls, text: str) -> SshDest:
         """``ssh://[user@]host[:port]`` or ``[user@]host``; ConfigError naming the value otherwise."""
         url = text if text.startswith("ssh://") else f"ssh://{text}"
         try:

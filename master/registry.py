@@ -30,9 +30,16 @@ class AgentRecord:
     def snapshot(self) -> AgentInfo:
         info = self.info
         return AgentInfo(
-            agent_id=info.agent_id, host=info.host, pools=info.pools, labels=info.labels,
-            workspaces=info.workspaces, slots=info.slots, running=sorted(self.running),
-            epoch=info.epoch, last_seen=self.last_seen, alive=True,
+            agent_id=info.agent_id,
+            host=info.host,
+            pools=info.pools,
+            labels=info.labels,
+            workspaces=info.workspaces,
+            slots=info.slots,
+            running=sorted(self.running),
+            epoch=info.epoch,
+            last_seen=self.last_seen,
+            alive=True,
         )
 
 
@@ -51,8 +58,14 @@ class Registry:
         """Add or refresh an agent; returns True when it is new (or came back with a new epoch)."""
         now = time.time() if now is None else now
         old = self.agents.get(info.agent_id)
-        rec = AgentRecord(info=info, identity=identity, heartbeat_s=heartbeat_s, last_seen=now,
-                          running=set(info.running), free_slots=max(0, info.slots - len(info.running)))
+        rec = AgentRecord(
+            info=info,
+            identity=identity,
+            heartbeat_s=heartbeat_s,
+            last_seen=now,
+            running=set(info.running),
+            free_slots=max(0, info.slots - len(info.running)),
+        )
         self.agents[info.agent_id] = rec
         self.by_identity[identity] = info.agent_id
         for cmd in info.running:
@@ -82,25 +95,33 @@ class Registry:
     def expire(self, master_hb: float, now: float | None = None) -> list[AgentRecord]:
         """Agents silent for MISSED_HEARTBEATS of their (or our, if longer) interval are dead."""
         now = time.time() if now is None else now
-        dead = [r for r in self.agents.values()
-                if now - r.last_seen > MISSED_HEARTBEATS * max(r.heartbeat_s, master_hb)]
+        dead = [
+            r for r in self.agents.values() if now - r.last_seen > MISSED_HEARTBEATS * max(r.heartbeat_s, master_hb)
+        ]
         for r in dead:
             self.remove(r.agent_id)
         return dead
 
-    def select(self, agent: str | None, pool: str | None, workspace: str | None,
-               exclude: set[str] = frozenset()) -> AgentRecord:
+    def select(
+        self, agent: str | None, pool: str | None, workspace: str | None, exclude: set[str] = frozenset()
+    ) -> AgentRecord:
         """Pick the agent for a dispatch: a named agent, else the least busy that fits."""
         if agent:
             rec = self.agents.get(agent)
             if rec is None:
                 raise NoAgent(f"agent {agent!r} is not connected to this master (connected: {self._names()})")
             if workspace and workspace not in rec.info.workspaces:
-                raise NoAgent(f"agent {agent!r} has no workspace {workspace!r} (it has: {', '.join(rec.info.workspaces) or 'none'})")
+                raise NoAgent(
+                    f"agent {agent!r} has no workspace {workspace!r} (it has: {', '.join(rec.info.workspaces) or 'none'})"
+                )
             return rec
-        fits = [r for r in self.agents.values() if r.agent_id not in exclude
-                and (pool is None or pool in r.info.pools)
-                and (workspace is None or workspace in r.info.workspaces)]
+        fits = [
+            r
+            for r in self.agents.values()
+            if r.agent_id not in exclude
+            and (pool is None or pool in r.info.pools)
+            and (workspace is None or workspace in r.info.workspaces)
+        ]
         if not fits:
             want = " and ".join(x for x in (pool and f"pool {pool!r}", workspace and f"workspace {workspace!r}") if x)
             raise NoAgent(f"no live agent with {want or 'any pool'} (connected: {self._names()})")

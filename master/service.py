@@ -18,7 +18,7 @@ import zmq
 from common import ids, lifecycle, logs, topics, zmqutil
 from common import protocol as P
 from common.config import Config
-from common.sequence import Stamper
+from common.publisher import Publisher
 from master.registry import AgentRecord, NoAgent, Registry
 
 log = logs.get("master")
@@ -45,13 +45,18 @@ class Master:
         self.registry = Registry()
         self.pending: dict[str, Pending] = {}
         self.counters: dict[str, int] = {
-            "agent_msgs": 0, "client_msgs": 0, "bad_frames": 0, "dispatched": 0, "rejected": 0,
-            "agents_lost": 0, "unreachable": 0,
+            "agent_msgs": 0,
+            "client_msgs": 0,
+            "bad_frames": 0,
+            "dispatched": 0,
+            "rejected": 0,
+            "agents_lost": 0,
+            "unreachable": 0,
         }
-        self.stamper = Stamper(self.id, ids.new_epoch())
         self.agents_sock = zmqutil.router(self.ctx, cfg.endpoint("master_agents"))
         self.clients_sock = zmqutil.router(self.ctx, cfg.endpoint("master_clients"))
-        self.pub = zmqutil.pub(self.ctx, cfg.endpoint("broker_xsub"))
+        # Events are notifications; the registry (ask LIST_AGENTS) is the truth.
+        self.events = Publisher(zmqutil.pub(self.ctx, cfg.endpoint("broker_xsub")), self.id, ids.new_epoch())
         self._last_hb_sent = 0.0
 
     # ------------------------------------------------------------------ loop
@@ -60,8 +65,12 @@ class Master:
         poller = zmq.Poller()
         poller.register(self.agents_sock, zmq.POLLIN)
         poller.register(self.clients_sock, zmq.POLLIN)
-        log.info("master.ready", id=self.id, agents=self.cfg.endpoint("master_agents"),
-                 clients=self.cfg.endpoint("master_clients"))
+        log.info(
+            "master.ready",
+            id=self.id,
+            agents=self.cfg.endpoint("master_agents"),
+            clients=self.cfg.endpoint("master_clients"),
+        )
         while not stop.is_set():
             ready = dict(poller.poll(timeout=min(100, int(self.hb * 1000 / 2))))
             # Drain each socket per wake-up rather than one message per poll.
@@ -73,7 +82,7 @@ class Master:
         self.close()
 
     def close(self) -> None:
-        for s in (self.agents_sock, self.clients_sock, self.pub):
+        for s in (self.agents_sock, self.clients_sock, self.events.sock):
             s.close(linger=zmqutil.LINGER_MS)
 
     def _tick(self, now: float) -> None:
@@ -84,15 +93,26 @@ class Master:
         for rec in self.registry.expire(self.hb, now):
             self.counters["agents_lost"] += 1
             log.warning("agent.lost", agent=rec.agent_id, running=sorted(rec.running))
-            self._publish(P.AgentLost, topics.agent(rec.agent_id), agent_id=rec.agent_id, master=self.id,
-                          running=sorted(rec.running), reason="missed heartbeats")
+            self.events.publish(
+                P.AgentLost,
+                topics.agent(rec.agent_id),
+                agent_id=rec.agent_id,
+                master=self.id,
+                running=sorted(rec.running),
+                reason="missed heartbeats",
+            )
             self._fail_pending_for(rec.agent_id, "agent_unreachable", f"agent {rec.agent_id} stopped answering")
         for req_id, p in list(self.pending.items()):
             if now > p.deadline:
                 del self.pending[req_id]
-                self._reply(p.client, P.ErrorReply(req_id=p.client_req_id, code="timeout",
-                                                   message=f"agent {p.agent_id} did not answer within "
-                                                           f"{self.cfg.master.request_timeout_s}s"))
+                self._reply(
+                    p.client,
+                    P.ErrorReply(
+                        req_id=p.client_req_id,
+                        code="timeout",
+                        message=f"agent {p.agent_id} did not answer within {self.cfg.master.request_timeout_s}s",
+                    ),
+                )
 
     # ------------------------------------------------------------------ agents
 
@@ -117,31 +137,42 @@ class Master:
             self.registry.heartbeat(rec, msg.running, msg.free_slots)
         elif isinstance(msg, P.Bye):
             self.registry.remove(rec.agent_id)
-            self._publish(P.AgentGone, topics.agent(rec.agent_id), agent_id=rec.agent_id, master=self.id)
+            self.events.publish(P.AgentGone, topics.agent(rec.agent_id), agent_id=rec.agent_id, master=self.id)
             self._fail_pending_for(rec.agent_id, "agent_unreachable", f"agent {rec.agent_id} shut down")
         else:
             self._on_agent_reply(rec, msg)
 
     def _on_hello(self, identity: bytes, msg: P.Hello) -> None:
         if msg.proto != P.PROTOCOL_VERSION:
-            self._send(self.agents_sock, identity, P.ErrorReply(
-                req_id="", code="bad_request",
-                message=f"protocol {msg.proto} not supported (master speaks {P.PROTOCOL_VERSION}); upgrade the agent"))
+            self._send(
+                self.agents_sock,
+                identity,
+                P.ErrorReply(
+                    req_id="",
+                    code="bad_request",
+                    message=f"protocol {msg.proto} not supported (master speaks {P.PROTOCOL_VERSION}); upgrade the agent",
+                ),
+            )
             return
         is_new = self.registry.register(identity, msg.agent, msg.heartbeat_s)
         self._send(self.agents_sock, identity, P.Welcome(master_id=self.id, heartbeat_s=self.hb))
         rec = self.registry.agents[msg.agent.agent_id]
         log.info("agent.up", agent=rec.agent_id, host=msg.agent.host, new=is_new, running=len(rec.running))
-        self._publish(P.AgentUp, topics.agent(rec.agent_id), agent=rec.snapshot(), master=self.id,
-                      recent_done=msg.recent_done)
+        self.events.publish(
+            P.AgentUp, topics.agent(rec.agent_id), agent=rec.snapshot(), master=self.id, recent_done=msg.recent_done
+        )
 
     def _on_agent_reply(self, rec: AgentRecord, msg: P.Base) -> None:
         req_id = getattr(msg, "req_id", "")
         p = self.pending.pop(req_id, None)
         if p is None:
             return  # late reply to a request that timed out
-        if isinstance(msg, P.ErrorReply) and msg.code == "agent_busy" and isinstance(p.msg, P.Exec) \
-                and p.msg.agent is None:
+        if (
+            isinstance(msg, P.ErrorReply)
+            and msg.code == "agent_busy"
+            and isinstance(p.msg, P.Exec)
+            and p.msg.agent is None
+        ):
             # A pool dispatch: another agent in the pool may have room.
             p.tried.add(rec.agent_id)
             if self._dispatch(p):
@@ -164,11 +195,16 @@ class Master:
         if isinstance(msg, P.Ping):
             self._reply(client, P.Pong(req_id=msg.req_id, source=self.id))
         elif isinstance(msg, P.Stats):
-            self._reply(client, P.StatsReply(req_id=msg.req_id, source=self.id,
-                                             counters={**self.counters, "agents": len(self.registry.agents)}))
+            self._reply(
+                client,
+                P.StatsReply(
+                    req_id=msg.req_id, source=self.id, counters={**self.counters, "agents": len(self.registry.agents)}
+                ),
+            )
         elif isinstance(msg, P.ListAgents):
-            self._reply(client, P.AgentList(req_id=msg.req_id,
-                                            agents=[r.snapshot() for r in self.registry.agents.values()]))
+            self._reply(
+                client, P.AgentList(req_id=msg.req_id, agents=[r.snapshot() for r in self.registry.agents.values()])
+            )
         elif isinstance(msg, P.Exec):
             self._on_exec(client, msg)
         else:
@@ -176,8 +212,10 @@ class Master:
 
     def _on_exec(self, client: bytes, msg: P.Exec) -> None:
         if not msg.cmd_id or not msg.spec.argv:
-            self._reply(client, P.ErrorReply(req_id=msg.req_id, code="bad_request",
-                                             message="exec needs a cmd_id and a non-empty argv"))
+            self._reply(
+                client,
+                P.ErrorReply(req_id=msg.req_id, code="bad_request", message="exec needs a cmd_id and a non-empty argv"),
+            )
             return
         p = Pending(client=client, client_req_id=msg.req_id, msg=msg, agent_id="", deadline=0.0)
         if not self._dispatch(p):
@@ -202,25 +240,44 @@ class Master:
             owners = {msg.agent} if msg.agent else {self.registry.owner(c) for c in msg.cmd_ids}
             owners.discard(None)
             if len(owners) > 1:
-                self._reply(client, P.ErrorReply(req_id=msg.req_id, code="bad_request",
-                                                 message="query commands of one agent at a time (give agent=)"))
+                self._reply(
+                    client,
+                    P.ErrorReply(
+                        req_id=msg.req_id,
+                        code="bad_request",
+                        message="query commands of one agent at a time (give agent=)",
+                    ),
+                )
                 return
             agent_id = owners.pop() if owners else None
             if agent_id is None:
                 # No owner known here: honestly unknown (ask with agent= to reach the spool).
-                self._reply(client, P.QueryReply(req_id=msg.req_id,
-                                                 statuses=[P.CmdStatus(cmd_id=c) for c in msg.cmd_ids]))
+                self._reply(
+                    client, P.QueryReply(req_id=msg.req_id, statuses=[P.CmdStatus(cmd_id=c) for c in msg.cmd_ids])
+                )
                 return
         else:
             agent_id = msg.agent or self.registry.owner(msg.cmd_id)
             if agent_id is None:
-                self._reply(client, P.ErrorReply(req_id=msg.req_id, code="unknown_cmd",
-                                                 message=f"no agent known for command {msg.cmd_id}; pass its agent id"))
+                self._reply(
+                    client,
+                    P.ErrorReply(
+                        req_id=msg.req_id,
+                        code="unknown_cmd",
+                        message=f"no agent known for command {msg.cmd_id}; pass its agent id",
+                    ),
+                )
                 return
         rec = self.registry.agents.get(agent_id)
         if rec is None:
-            self._reply(client, P.ErrorReply(req_id=msg.req_id, code="agent_unreachable",
-                                             message=f"agent {agent_id} is not connected to this master"))
+            self._reply(
+                client,
+                P.ErrorReply(
+                    req_id=msg.req_id,
+                    code="agent_unreachable",
+                    message=f"agent {agent_id} is not connected to this master",
+                ),
+            )
             return
         p = Pending(client=client, client_req_id=msg.req_id, msg=msg, agent_id=agent_id, deadline=0.0)
         self._forward(p, rec, msgspec.structs.replace(msg, agent=agent_id))
@@ -229,8 +286,12 @@ class Master:
         fwd_id = ids.new_id("m")
         p.deadline = time.time() + self.cfg.master.request_timeout_s
         if not self._to_agent(rec, msgspec.structs.replace(msg, req_id=fwd_id)):
-            self._reply(p.client, P.ErrorReply(req_id=p.client_req_id, code="agent_unreachable",
-                                               message=f"agent {rec.agent_id} is not reachable"))
+            self._reply(
+                p.client,
+                P.ErrorReply(
+                    req_id=p.client_req_id, code="agent_unreachable", message=f"agent {rec.agent_id} is not reachable"
+                ),
+            )
             return False
         self.pending[fwd_id] = p
         return True
@@ -257,13 +318,6 @@ class Master:
 
     def _reply(self, client: bytes, msg: P.Base) -> None:
         self._send(self.clients_sock, client, msg)
-
-    def _publish(self, cls: type[P.EventBase], topic: str, **fields) -> None:
-        ev = cls(**self.stamper.stamp(topic), **fields)
-        try:
-            self.pub.send_multipart(P.encode_event(ev), zmq.NOBLOCK)
-        except zmq.Again:
-            pass  # events are notifications; the registry (ask LIST_AGENTS) is the truth
 
 
 def msg_with_req_id(msg: P.Base, req_id: str) -> P.Base:

@@ -62,8 +62,11 @@ class Dispatcher:
             p = self.pending.get(getattr(reply, "req_id", ""))
             if p is None:
                 continue  # a late answer to a request already resent elsewhere
-            if isinstance(reply, P.ErrorReply) and reply.code in ("agent_unreachable", "timeout") \
-                    and p.tries < len(self.socks):
+            if (
+                isinstance(reply, P.ErrorReply)
+                and reply.code in ("agent_unreachable", "timeout")
+                and p.tries < len(self.socks)
+            ):
                 self._resend(p)  # another master may still reach the agent
                 continue
             out.append(self._finish(p, reply))
@@ -75,9 +78,16 @@ class Dispatcher:
             if p.tries < len(self.socks):
                 self._resend(p)
             else:
-                out.append(self._finish(p, P.ErrorReply(
-                    req_id=p.msg.req_id, code="timeout",
-                    message=f"no master answered within {self.timeout_s:g}s ({', '.join(self.endpoints)})")))
+                out.append(
+                    self._finish(
+                        p,
+                        P.ErrorReply(
+                            req_id=p.msg.req_id,
+                            code="timeout",
+                            message=f"no master answered within {self.timeout_s:g}s ({', '.join(self.endpoints)})",
+                        ),
+                    )
+                )
         return out
 
     def _resend(self, p: _Pending) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
@@ -20,13 +20,29 @@ import msgspec
 from common import ids
 from common import protocol as P
 from common.config import OrchestratorConf, WorkspaceConf
-from orchestrator.store import CommandRow, JobRow, Store
 from orchestrator.pipeline import (
-    PASSWORD_SECRET, PIPELINES, TERMINAL, CommandResult, CommandSpec, JobContext, JobParams, JobState,
-    Outcome, RefusedTransition, SiteConfig, Transition, Workspace, resume_transition, retry_from, start,
-    transition, validate_params, validate_site,
+    PASSWORD_SECRET,
+    PIPELINES,
+    TERMINAL,
+    CommandResult,
+    CommandSpec,
+    JobContext,
+    JobParams,
+    JobState,
+    Outcome,
+    RefusedTransition,
+    SiteConfig,
+    Transition,
+    Workspace,
+    resume_transition,
+    retry_from,
+    start,
+    transition,
+    validate_params,
+    validate_site,
 )
 from orchestrator.pipeline.transition import CONFLICTS_KEY
+from orchestrator.store import CommandRow, JobRow, Store
 
 
 class JobError(Exception):
@@ -43,7 +59,7 @@ class Effects:
     kill: list[tuple[str, str]] = field(default_factory=list)  # (cmd_id, agent)
     publish: list[str] = field(default_factory=list)  # job ids whose state changed
 
-    def add(self, other: "Effects") -> "Effects":
+    def add(self, other: Effects) -> Effects:
         self.dispatch += other.dispatch
         self.kill += other.kill
         self.publish += [j for j in other.publish if j not in self.publish]
@@ -52,9 +68,15 @@ class Effects:
 
 def result_of(status: P.CmdStatus, lost: bool = False) -> CommandResult:
     return CommandResult(
-        exit_code=status.exit_code, signal=status.signal, timed_out=status.timed_out, killed=status.killed,
-        lost=lost, stdout=status.stdout.decode("utf-8", "replace"), stderr=status.stderr.decode("utf-8", "replace"),
-        truncated=status.truncated, error=status.error,
+        exit_code=status.exit_code,
+        signal=status.signal,
+        timed_out=status.timed_out,
+        killed=status.killed,
+        lost=lost,
+        stdout=status.stdout.decode("utf-8", "replace"),
+        stderr=status.stderr.decode("utf-8", "replace"),
+        truncated=status.truncated,
+        error=status.error,
     )
 
 
@@ -75,16 +97,27 @@ class Engine:
 
     def workspace(self, name: str) -> Workspace:
         wc = self._ws_conf(name)
-        return Workspace(name=name, p4port=wc.p4port, p4user=wc.p4user, p4client=wc.p4client, root=wc.root,
-                         p4=wc.p4, password_set=bool(wc.password_env or wc.password_file),
-                         tickets_file=wc.tickets_file, env=dict(wc.env))
+        return Workspace(
+            name=name,
+            p4port=wc.p4port,
+            p4user=wc.p4user,
+            p4client=wc.p4client,
+            root=wc.root,
+            p4=wc.p4,
+            password_set=bool(wc.password_env or wc.password_file),
+            tickets_file=wc.tickets_file,
+            env=dict(wc.env),
+        )
 
     def _ws_conf(self, name: str) -> WorkspaceConf:
         wc = self.conf.workspaces.get(name)
         if wc is None:
             known = ", ".join(sorted(self.conf.workspaces)) or "none"
-            raise JobError(f"workspace {name!r} is not configured (known: {known}): add "
-                           f"[orchestrator.workspaces.{name}] to the config", "bad_request")
+            raise JobError(
+                f"workspace {name!r} is not configured (known: {known}): add "
+                f"[orchestrator.workspaces.{name}] to the config",
+                "bad_request",
+            )
         return wc
 
     def _secrets(self, workspace: str) -> dict[str, str]:
@@ -99,9 +132,16 @@ class Engine:
         return {}
 
     def ctx(self, job: JobRow) -> JobContext:
-        return JobContext(params=msgspec.json.decode(job.params, type=JobParams), site=self.site, stage=job.stage,
-                          step=job.step, attempt=job.attempt, vars=job.vars_dict(), job_id=job.id,
-                          secrets=self._secrets(job.workspace))
+        return JobContext(
+            params=msgspec.json.decode(job.params, type=JobParams),
+            site=self.site,
+            stage=job.stage,
+            step=job.step,
+            attempt=job.attempt,
+            vars=job.vars_dict(),
+            job_id=job.id,
+            secrets=self._secrets(job.workspace),
+        )
 
     # ------------------------------------------------------------------ submit and schedule
 
@@ -110,22 +150,44 @@ class Engine:
             raise JobError(f"unknown pipeline {req.pipeline!r} (known: {', '.join(PIPELINES)})")
         name = req.workspace or self._default_workspace()
         ws = self.workspace(name)
-        params = JobParams(workspace=ws, source=req.source, target=req.target, branch_spec=req.branch_spec,
-                           change=req.change, desc=req.desc)
+        params = JobParams(
+            workspace=ws,
+            source=req.source,
+            target=req.target,
+            branch_spec=req.branch_spec,
+            change=req.change,
+            desc=req.desc,
+        )
         errors = validate_params(params, self.conf.workspaces.keys())
         if errors:
             raise JobError("; ".join(errors))
         wc = self._ws_conf(name)
-        day = datetime.now(timezone.utc).strftime("%Y%m%d")
+        day = datetime.now(UTC).strftime("%Y%m%d")
         now = time.time()
         with self.store.tx():
             job_id = f"INT-{day}-{self.store.next_counter('job-' + day):04d}"
             first = PIPELINES[req.pipeline].first().name
-            self.store.insert_job(JobRow(
-                id=job_id, n=self.store.next_job_number(), pipeline=req.pipeline, workspace=name,
-                agent=req.agent or wc.agent, pool=req.pool or wc.pool, params=msgspec.json.encode(params),
-                state=JobState.QUEUED, stage=first, step=0, attempt=1, vars=b"{}", reason="", key_line="",
-                retry_from=None, created_at=now, updated_at=now))
+            self.store.insert_job(
+                JobRow(
+                    id=job_id,
+                    n=self.store.next_job_number(),
+                    pipeline=req.pipeline,
+                    workspace=name,
+                    agent=req.agent or wc.agent,
+                    pool=req.pool or wc.pool,
+                    params=msgspec.json.encode(params),
+                    state=JobState.QUEUED,
+                    stage=first,
+                    step=0,
+                    attempt=1,
+                    vars=b"{}",
+                    reason="",
+                    key_line="",
+                    retry_from=None,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
             eff = Effects(publish=[job_id])
             eff.add(self._schedule_workspace(name))
         return job_id, eff
@@ -133,8 +195,10 @@ class Engine:
     def _default_workspace(self) -> str:
         if len(self.conf.workspaces) == 1:
             return next(iter(self.conf.workspaces))
-        raise JobError("no workspace given and more than one is configured: pass --workspace "
-                       f"({', '.join(sorted(self.conf.workspaces)) or 'none configured'})")
+        raise JobError(
+            "no workspace given and more than one is configured: pass --workspace "
+            f"({', '.join(sorted(self.conf.workspaces)) or 'none configured'})"
+        )
 
     def schedule(self) -> Effects:
         eff = Effects()
@@ -166,8 +230,9 @@ class Engine:
             cmd = self.store.command(cmd_id)
             if cmd is None or cmd.state not in ("PENDING", "DISPATCHED"):
                 return Effects()
-            self.store.update_command(cmd_id, state="RUNNING", agent=agent, started_at=started_at,
-                                      last_contact=time.time(), waiting_for="")
+            self.store.update_command(
+                cmd_id, state="RUNNING", agent=agent, started_at=started_at, last_contact=time.time(), waiting_for=""
+            )
             return self._running_on(cmd, agent)
 
     def on_dispatched(self, cmd_id: str, reply: P.ExecReply) -> Effects:
@@ -210,8 +275,9 @@ class Engine:
         with self.store.tx(durable=False):
             self.store.update_command(cmd_id, waiting_for=why, not_before=time.time() + 1.0)
 
-    def on_done(self, cmd_id: str, status: P.CmdStatus, lost: bool = False,
-                stamp: tuple[str, str, str, int] | None = None) -> Effects:
+    def on_done(
+        self, cmd_id: str, status: P.CmdStatus, lost: bool = False, stamp: tuple[str, str, str, int] | None = None
+    ) -> Effects:
         """A command finished (from its DONE event, a query, or the agent's loss): interpret it,
         move the job, and write the next command row -- with the event, in one transaction."""
         with self.store.tx():
@@ -221,22 +287,31 @@ class Engine:
             if cmd is None or cmd.state not in ("PENDING", "DISPATCHED", "RUNNING"):
                 return Effects()  # unknown, or handled before: events are idempotent
             self.store.update_command(
-                cmd_id, state="LOST" if lost else "DONE", ended_at=status.ended_at or time.time(),
-                started_at=cmd.started_at or status.started_at, exit_code=status.exit_code, signal=status.signal,
+                cmd_id,
+                state="LOST" if lost else "DONE",
+                ended_at=status.ended_at or time.time(),
+                started_at=cmd.started_at or status.started_at,
+                exit_code=status.exit_code,
+                signal=status.signal,
                 status=msgspec.msgpack.encode(msgspec.structs.replace(status, stdout=b"", stderr=b"")),
-                agent=status.agent or cmd.agent)
+                agent=status.agent or cmd.agent,
+            )
             job = self.store.job(cmd.job_id)
             assert job is not None
             if cmd.kind == "cleanup":
                 return Effects(dispatch=self._next_cleanup(job.id)).add(self._schedule_workspace(job.workspace))
-            if job.state not in (JobState.RUNNING, JobState.RETRY_WAIT) or \
-                    (job.stage, job.step, job.attempt) != (cmd.stage, cmd.step, cmd.attempt):
+            if job.state not in (JobState.RUNNING, JobState.RETRY_WAIT) or (job.stage, job.step, job.attempt) != (
+                cmd.stage,
+                cmd.step,
+                cmd.attempt,
+            ):
                 return Effects()  # a command the job has moved past (cancelled, superseded)
             pipeline = PIPELINES[job.pipeline]
             ctx = self.ctx(job)
             outcome = pipeline.stage(job.stage).interpret(ctx, result_of(status, lost))
-            self.store.update_command(cmd_id, outcome=str(outcome.kind), key_line=outcome.key_line,
-                                      reason=outcome.reason)
+            self.store.update_command(
+                cmd_id, outcome=str(outcome.kind), key_line=outcome.key_line, reason=outcome.reason
+            )
             return self._apply(job, transition(pipeline, ctx, outcome), outcome)
 
     def lost(self, agent: str) -> Effects:
@@ -248,8 +323,14 @@ class Engine:
 
     def _apply(self, job: JobRow, tr: Transition, outcome: Outcome | None) -> Effects:
         """Persist a transition (and the next command row) inside the caller's transaction."""
-        changes = dict(state=tr.state, stage=tr.stage, step=tr.step, attempt=tr.attempt,
-                       vars=msgspec.json.encode(tr.vars), retry_from=None)
+        changes = {
+            "state": tr.state,
+            "stage": tr.stage,
+            "step": tr.step,
+            "attempt": tr.attempt,
+            "vars": msgspec.json.encode(tr.vars),
+            "retry_from": None,
+        }
         # A reason explains a failure or a pending retry; a job that moves on has none.
         changes["reason"] = tr.reason if tr.state in (JobState.FAILED, JobState.RETRY_WAIT) else ""
         if tr.key_line:
@@ -264,15 +345,38 @@ class Engine:
             eff.add(self._schedule_workspace(job.workspace))
         return eff
 
-    def _insert_command(self, job_id: str, kind: str, stage: str, step: int, attempt: int, spec: CommandSpec,
-                        delay_s: float = 0.0) -> str:
+    def _insert_command(
+        self, job_id: str, kind: str, stage: str, step: int, attempt: int, spec: CommandSpec, delay_s: float = 0.0
+    ) -> str:
         cmd_id = ids.new_id("c")
         now = time.time()
-        self.store.insert_command(CommandRow(
-            cmd_id=cmd_id, job_id=job_id, kind=kind, stage=stage, step=step, attempt=attempt,
-            spec=msgspec.json.encode(spec.for_storage()), secret=int(spec.stdin_secret), state="PENDING", agent="",
-            not_before=now + delay_s, created_at=now, dispatched_at=0, started_at=0, ended_at=0, last_contact=0,
-            exit_code=None, signal=None, status=None, key_line="", outcome="", reason="", waiting_for=""))
+        self.store.insert_command(
+            CommandRow(
+                cmd_id=cmd_id,
+                job_id=job_id,
+                kind=kind,
+                stage=stage,
+                step=step,
+                attempt=attempt,
+                spec=msgspec.json.encode(spec.for_storage()),
+                secret=int(spec.stdin_secret),
+                state="PENDING",
+                agent="",
+                not_before=now + delay_s,
+                created_at=now,
+                dispatched_at=0,
+                started_at=0,
+                ended_at=0,
+                last_contact=0,
+                exit_code=None,
+                signal=None,
+                status=None,
+                key_line="",
+                outcome="",
+                reason="",
+                waiting_for="",
+            )
+        )
         return cmd_id
 
     def dispatch_spec(self, cmd: CommandRow) -> P.CmdSpec:
@@ -285,8 +389,14 @@ class Engine:
             rebuilt = PIPELINES[job.pipeline].stage(cmd.stage).build(ctx)
             if rebuilt is not None:
                 spec = rebuilt
-        return P.CmdSpec(argv=spec.argv, cwd=spec.cwd, env=dict(spec.env), stdin=spec.stdin,
-                         stdin_secret=spec.stdin_secret, timeout=spec.timeout)
+        return P.CmdSpec(
+            argv=spec.argv,
+            cwd=spec.cwd,
+            env=dict(spec.env),
+            stdin=spec.stdin,
+            stdin_secret=spec.stdin_secret,
+            timeout=spec.timeout,
+        )
 
     def due_pending(self, now: float) -> list[CommandRow]:
         """PENDING commands that may go now: at most one open command per job, oldest first."""
@@ -335,8 +445,9 @@ class Engine:
             for cmd in self.store.open_commands(job.id):
                 if cmd.state in ("DISPATCHED", "RUNNING"):
                     eff.kill.append((cmd.cmd_id, cmd.agent))
-                self.store.update_command(cmd.cmd_id, state="CANCELLED", ended_at=time.time(),
-                                          reason="cancelled by request")
+                self.store.update_command(
+                    cmd.cmd_id, state="CANCELLED", ended_at=time.time(), reason="cancelled by request"
+                )
             self.store.update_job(job.id, state=JobState.CANCELLED, reason="cancelled by request")
             if revert and job.state != JobState.QUEUED:
                 pipeline = PIPELINES[job.pipeline]
@@ -399,18 +510,42 @@ class Engine:
             ahead = f"job {active.id}" if active else "the workspace"
             waiting = f"{ahead} on workspace {job.workspace} (number {position} in its queue)"
         return P.JobView(
-            job_id=job.id, state=job.state, stage=job.stage, pipeline=job.pipeline, workspace=job.workspace,
-            created_at=job.created_at, updated_at=job.updated_at, agent=job.agent or "",
+            job_id=job.id,
+            state=job.state,
+            stage=job.stage,
+            pipeline=job.pipeline,
+            workspace=job.workspace,
+            created_at=job.created_at,
+            updated_at=job.updated_at,
+            agent=job.agent or "",
             params={k: v for k, v in params.items() if k != "workspace" and v not in (None, "")},
-            reason=job.reason, key_line=job.key_line, conflicts=list(vars.get(CONFLICTS_KEY, [])),
-            change=vars.get("change"), submitted_change=vars.get("submitted_change"), waiting_for=waiting,
+            reason=job.reason,
+            key_line=job.key_line,
+            conflicts=list(vars.get(CONFLICTS_KEY, [])),
+            change=vars.get("change"),
+            submitted_change=vars.get("submitted_change"),
+            waiting_for=waiting,
             queue_position=position,
-            timeline=[self._run(c) for c in cmds])
+            timeline=[self._run(c) for c in cmds],
+        )
 
     @staticmethod
     def _run(c: CommandRow) -> P.StageRun:
         spec = msgspec.json.decode(c.spec)
-        return P.StageRun(stage=c.stage, step=c.step, attempt=c.attempt, cmd_id=c.cmd_id, state=c.state,
-                          agent=c.agent, argv=spec.get("argv", []), created_at=c.created_at,
-                          started_at=c.started_at, ended_at=c.ended_at, exit_code=c.exit_code, signal=c.signal,
-                          key_line=c.key_line, outcome=c.outcome, reason=c.reason)
+        return P.StageRun(
+            stage=c.stage,
+            step=c.step,
+            attempt=c.attempt,
+            cmd_id=c.cmd_id,
+            state=c.state,
+            agent=c.agent,
+            argv=spec.get("argv", []),
+            created_at=c.created_at,
+            started_at=c.started_at,
+            ended_at=c.ended_at,
+            exit_code=c.exit_code,
+            signal=c.signal,
+            key_line=c.key_line,
+            outcome=c.outcome,
+            reason=c.reason,
+        )

@@ -16,11 +16,12 @@ import zmq
 from common import ids, lifecycle, logs, topics, zmqutil
 from common import protocol as P
 from common.config import Config
-from common.sequence import GapDetector, Stamper
+from common.publisher import Publisher
+from common.rpc import MasterClient, RequestError
+from common.sequence import GapDetector
 from orchestrator.dispatcher import Dispatcher
 from orchestrator.engine import Effects, Engine, JobError
 from orchestrator.store import Store
-from common.rpc import MasterClient, RequestError
 
 log = logs.get("orchestrator")
 
@@ -40,20 +41,30 @@ class Orchestrator:
         self.dispatcher = Dispatcher(self.ctx, cfg.client_masters(), timeout_s=5.0)
         self.api = zmqutil.router(self.ctx, cfg.endpoint("orchestrator_api"))
         self.sub = zmqutil.sub(self.ctx, cfg.endpoint("broker_xpub"), [topics.CMD + ".", topics.AGENT + "."])
-        self.pub = zmqutil.pub(self.ctx, cfg.endpoint("broker_xsub"))
         self.id = f"orchestrator-{ids.host_id()}"
-        self.stamper = Stamper(self.id, ids.new_epoch())
+        self.events = Publisher(zmqutil.pub(self.ctx, cfg.endpoint("broker_xsub")), self.id, ids.new_epoch())
         self.gaps = GapDetector()
         self.unreachable_since: dict[str, float] = {}
-        self.counters = {"events": 0, "bad_events": 0, "requests": 0, "bad_requests": 0, "dispatches": 0, "reconciles": 0}
+        self.counters = {
+            "events": 0,
+            "bad_events": 0,
+            "requests": 0,
+            "bad_requests": 0,
+            "dispatches": 0,
+            "reconciles": 0,
+        }
         self._last_sweep = 0.0
         self._last_prune = 0.0
 
     # ------------------------------------------------------------------ loop
 
     def run(self, stop: threading.Event) -> None:
-        log.info("orchestrator.ready", api=self.cfg.endpoint("orchestrator_api"), store=str(self.store.path),
-                 masters=self.cfg.client_masters())
+        log.info(
+            "orchestrator.ready",
+            api=self.cfg.endpoint("orchestrator_api"),
+            store=str(self.store.path),
+            masters=self.cfg.client_masters(),
+        )
         self.recover()
         poller = zmq.Poller()
         poller.register(self.sub, zmq.POLLIN)
@@ -71,7 +82,7 @@ class Orchestrator:
                     self.on_dispatch_replies(self.dispatcher.drain(s))
             self.on_dispatch_replies(self.dispatcher.expire())
             self.tick(time.time())
-        for s in (self.api, self.sub, self.pub):
+        for s in (self.api, self.sub, self.events.sock):
             s.close(linger=zmqutil.LINGER_MS)
         self.dispatcher.close()
         self.masters.close()
@@ -89,8 +100,11 @@ class Orchestrator:
         if now - self._last_sweep >= 1.0:
             self._last_sweep = now
             quiet = now - self.cfg.orchestrator.reconcile_after_s
-            agents = {c.agent for c in self.store.open_commands()
-                      if c.state in ("DISPATCHED", "RUNNING") and c.last_contact < quiet}
+            agents = {
+                c.agent
+                for c in self.store.open_commands()
+                if c.state in ("DISPATCHED", "RUNNING") and c.last_contact < quiet
+            }
             agents |= set(self.unreachable_since)
             for agent in sorted(agents):
                 self.reconcile(agent)
@@ -182,8 +196,10 @@ class Orchestrator:
         if cmd is None or cmd.state not in ("PENDING", "DISPATCHED", "RUNNING"):
             return status
         try:
-            out = [self._read_all(status, stream, size)
-                   for stream, size in ((P.STDOUT, status.stdout_bytes), (P.STDERR, status.stderr_bytes))]
+            out = [
+                self._read_all(status, stream, size)
+                for stream, size in ((P.STDOUT, status.stdout_bytes), (P.STDERR, status.stderr_bytes))
+            ]
         except RequestError as exc:
             log.warning("fetch.failed", cmd_id=status.cmd_id, error=exc.message)
             return status
@@ -230,15 +246,23 @@ class Orchestrator:
             view = self.engine.view(job_id)
         except JobError:
             return
-        detail = {"reason": view.reason, "key_line": view.key_line, "conflicts": view.conflicts,
-                  "change": view.change, "submitted_change": view.submitted_change, "agent": view.agent,
-                  "waiting_for": view.waiting_for}
-        ev = P.JobChanged(**self.stamper.stamp(topics.job(job_id)), job_id=job_id, state=view.state,
-                          stage=view.stage, detail={k: v for k, v in detail.items() if v not in (None, "", [])})
-        try:
-            self.pub.send_multipart(P.encode_event(ev), zmq.NOBLOCK)
-        except zmq.Again:
-            pass
+        detail = {
+            "reason": view.reason,
+            "key_line": view.key_line,
+            "conflicts": view.conflicts,
+            "change": view.change,
+            "submitted_change": view.submitted_change,
+            "agent": view.agent,
+            "waiting_for": view.waiting_for,
+        }
+        self.events.publish(
+            P.JobChanged,
+            topics.job(job_id),
+            job_id=job_id,
+            state=view.state,
+            stage=view.stage,
+            detail={k: v for k, v in detail.items() if v not in (None, "", [])},
+        )
 
     # ------------------------------------------------------------------ API
 
@@ -294,5 +318,5 @@ def main(cfg: Config) -> None:
     try:
         orch = Orchestrator(cfg)
     except JobError as exc:
-        raise SystemExit(f"p4bus orchestrator: {exc}")
+        raise SystemExit(f"p4bus orchestrator: {exc}") from None
     orch.run(lifecycle.stop_on_signals())

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import msgspec
 
@@ -157,8 +158,10 @@ class Store:
     def migrate(self) -> None:
         version = self.schema_version()
         if version > len(MIGRATIONS):
-            raise RuntimeError(f"store {self.path} has schema version {version}, newer than this p4bus "
-                               f"({len(MIGRATIONS)}): upgrade p4bus")
+            raise RuntimeError(
+                f"store {self.path} has schema version {version}, newer than this p4bus "
+                f"({len(MIGRATIONS)}): upgrade p4bus"
+            )
         for i in range(version, len(MIGRATIONS)):
             with self.tx():
                 for statement in _split_sql(MIGRATIONS[i]):
@@ -194,14 +197,17 @@ class Store:
 
     def next_counter(self, name: str) -> int:
         with self.tx():
-            self.db.execute("INSERT INTO counters(name, value) VALUES (?, 1) "
-                            "ON CONFLICT(name) DO UPDATE SET value = value + 1", (name,))
+            self.db.execute(
+                "INSERT INTO counters(name, value) VALUES (?, 1) ON CONFLICT(name) DO UPDATE SET value = value + 1",
+                (name,),
+            )
             return self.db.execute("SELECT value FROM counters WHERE name=?", (name,)).fetchone()[0]
 
     def record_event(self, source: str, epoch: str, kind: str, seq: int) -> bool:
         """False when this event was handled before (events are handled exactly once)."""
-        cur = self.db.execute("INSERT OR IGNORE INTO handled_events VALUES (?,?,?,?,?)",
-                              (source, epoch, kind, seq, time.time()))
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO handled_events VALUES (?,?,?,?,?)", (source, epoch, kind, seq, time.time())
+        )
         return cur.rowcount == 1
 
     def prune_events(self, older_than: float) -> None:
@@ -211,8 +217,10 @@ class Store:
     # ------------------------------------------------------------------ jobs
 
     def insert_job(self, row: JobRow) -> None:
-        self.db.execute(f"INSERT INTO jobs({','.join(_JOB_COLS)}) VALUES ({','.join('?' * len(_JOB_COLS))})",
-                        [getattr(row, c) for c in _JOB_COLS])
+        self.db.execute(
+            f"INSERT INTO jobs({','.join(_JOB_COLS)}) VALUES ({','.join('?' * len(_JOB_COLS))})",
+            [getattr(row, c) for c in _JOB_COLS],
+        )
 
     def update_job(self, job_id: str, **changes: Any) -> None:
         changes["updated_at"] = time.time()
@@ -226,8 +234,9 @@ class Store:
     def jobs(self, where: str = "1", args: tuple = (), limit: int = 10_000, newest: bool = False) -> list[JobRow]:
         """Matching jobs, oldest first: the first ``limit``, or with ``newest`` the last ``limit``."""
         order = "DESC" if newest else "ASC"
-        rows = self.db.execute(f"SELECT {','.join(_JOB_COLS)} FROM jobs WHERE {where} ORDER BY n {order} LIMIT ?",
-                               (*args, limit)).fetchall()
+        rows = self.db.execute(
+            f"SELECT {','.join(_JOB_COLS)} FROM jobs WHERE {where} ORDER BY n {order} LIMIT ?", (*args, limit)
+        ).fetchall()
         jobs = [JobRow(*r) for r in rows]
         return jobs[::-1] if newest else jobs
 
@@ -246,8 +255,10 @@ class Store:
     # ------------------------------------------------------------------ commands
 
     def insert_command(self, row: CommandRow) -> None:
-        self.db.execute(f"INSERT INTO commands({','.join(_CMD_COLS)}) VALUES ({','.join('?' * len(_CMD_COLS))})",
-                        [getattr(row, c) for c in _CMD_COLS])
+        self.db.execute(
+            f"INSERT INTO commands({','.join(_CMD_COLS)}) VALUES ({','.join('?' * len(_CMD_COLS))})",
+            [getattr(row, c) for c in _CMD_COLS],
+        )
 
     def update_command(self, cmd_id: str, **changes: Any) -> None:
         sets = ", ".join(f"{k}=?" for k in changes)
@@ -258,8 +269,9 @@ class Store:
         return CommandRow(*r) if r else None
 
     def commands(self, where: str = "1", args: tuple = ()) -> list[CommandRow]:
-        rows = self.db.execute(f"SELECT {','.join(_CMD_COLS)} FROM commands WHERE {where} "
-                               f"ORDER BY created_at, rowid", args).fetchall()
+        rows = self.db.execute(
+            f"SELECT {','.join(_CMD_COLS)} FROM commands WHERE {where} ORDER BY created_at, rowid", args
+        ).fetchall()
         return [CommandRow(*r) for r in rows]
 
     def job_commands(self, job_id: str) -> list[CommandRow]:
@@ -277,9 +289,14 @@ class Store:
         """A job holds it, or some job's command (e.g. a cancel's cleanup) is still open there."""
         if self.active_job(workspace):
             return True
-        return self.db.execute(
-            f"SELECT 1 FROM commands c JOIN jobs j ON j.id=c.job_id WHERE j.workspace=? "
-            f"AND c.state IN ({_q(OPEN)}) LIMIT 1", (workspace, *OPEN)).fetchone() is not None
+        return (
+            self.db.execute(
+                f"SELECT 1 FROM commands c JOIN jobs j ON j.id=c.job_id WHERE j.workspace=? "
+                f"AND c.state IN ({_q(OPEN)}) LIMIT 1",
+                (workspace, *OPEN),
+            ).fetchone()
+            is not None
+        )
 
 
 def _q(values: tuple) -> str:

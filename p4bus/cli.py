@@ -52,8 +52,13 @@ class UserError(Exception):
 
 
 @click.group(cls=P4busGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", envvar=cfgmod.CONFIG_ENV, type=click.Path(dir_okay=False),
-              help="TOML config file (also P4BUS_CONFIG).")
+@click.option(
+    "--config",
+    "config_path",
+    envvar=cfgmod.CONFIG_ENV,
+    type=click.Path(dir_okay=False),
+    help="TOML config file (also P4BUS_CONFIG).",
+)
 @click.option("--port-base", type=int, default=None, help="Base port of the default endpoints (default 9090).")
 @click.option("--log-level", default=None, type=click.Choice(["debug", "info", "warning", "error"]))
 @click.pass_context

@@ -19,9 +19,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 from urllib.parse import urlsplit
 
 from agent.ssh_link import ControlMaster, SshError
@@ -86,7 +86,7 @@ class Remote:
     def __init__(self, dest: SshDest, options: list[str], local_dir: Path) -> None:
         self.master = ControlMaster(dest, options, local_dir)
 
-    def __enter__(self) -> "Remote":
+    def __enter__(self) -> Remote:
         try:
             self.master.ensure()
         except SshError as exc:
@@ -128,25 +128,38 @@ import ensurepip, venv; print("venv=yes")' 2>/dev/null || true
 
 
 def probe(remote: Remote, python: str) -> Host:
-    facts = dict(line.split("=", 1) for line in remote.sh(PROBE.format(python=q(python)), "probing").splitlines()
-                 if "=" in line)
-    return Host(home=facts.get("home", ""), node=facts.get("node", "").split(".")[0], systemd="systemd" in facts,
-                python=facts.get("python", ""), machine=facts.get("machine", ""), venv="venv" in facts,
-                version=tuple(int(x) for x in facts["version"].split(".")) if "version" in facts else ())
+    facts = dict(
+        line.split("=", 1) for line in remote.sh(PROBE.format(python=q(python)), "probing").splitlines() if "=" in line
+    )
+    return Host(
+        home=facts.get("home", ""),
+        node=facts.get("node", "").split(".")[0],
+        systemd="systemd" in facts,
+        python=facts.get("python", ""),
+        machine=facts.get("machine", ""),
+        venv="venv" in facts,
+        version=tuple(int(x) for x in facts["version"].split(".")) if "version" in facts else (),
+    )
 
 
 def check_python(host: Host, python: str, dest: SshDest) -> None:
     want = ".".join(map(str, MIN_PYTHON))
     if not host.python:
-        raise DeployError(f"{dest} has no {python} on its PATH; install Python >= {want} there "
-                          f"(e.g. apt-get install python3 python3-venv) or pass --python")
+        raise DeployError(
+            f"{dest} has no {python} on its PATH; install Python >= {want} there "
+            f"(e.g. apt-get install python3 python3-venv) or pass --python"
+        )
     if host.version < MIN_PYTHON:
         found = ".".join(map(str, host.version)) or "an unknown version"
-        raise DeployError(f"{dest} has {python} {found} at {host.python}, p4bus needs >= {want}; install "
-                          f"python{want} there (e.g. apt-get install python{want} python{want}-venv) and pass --python python{want}")
+        raise DeployError(
+            f"{dest} has {python} {found} at {host.python}, p4bus needs >= {want}; install "
+            f"python{want} there (e.g. apt-get install python{want} python{want}-venv) and pass --python python{want}"
+        )
     if not host.venv:
-        raise DeployError(f"{python} on {dest} cannot create virtual environments; install its venv module "
-                          f"(Debian/Ubuntu: apt-get install python{host.version[0]}.{host.version[1]}-venv)")
+        raise DeployError(
+            f"{python} on {dest} cannot create virtual environments; install its venv module "
+            f"(Debian/Ubuntu: apt-get install python{host.version[0]}.{host.version[1]}-venv)"
+        )
 
 
 # ---------------------------------------------------------------------------- wheels
@@ -177,12 +190,27 @@ def _retarget(out: Path, host: Host) -> None:
     binary = [w for w in out.glob("*.whl") if not w.name.endswith("-none-any.whl")]
     names = [w.name.split("-")[0].replace("_", "-") for w in binary]
     tags = [f"manylinux_2_{n}_{host.machine}" for n in (28, 27, 26, 24, 17)] + [f"manylinux2014_{host.machine}"]
-    cmd = [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "--dest", str(out),
-           "--python-version", pyver, "--implementation", "cp", *(a for t in tags for a in ("--platform", t)), *names]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "-q",
+        "--only-binary=:all:",
+        "--dest",
+        str(out),
+        "--python-version",
+        pyver,
+        "--implementation",
+        "cp",
+        *(a for t in tags for a in ("--platform", t)),
+        *names,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
-        raise DeployError(f"fetching wheels of {', '.join(names)} for Python {pyver} on {host.machine} failed: "
-                          f"{_last(done.stderr)}")
+        raise DeployError(
+            f"fetching wheels of {', '.join(names)} for Python {pyver} on {host.machine} failed: {_last(done.stderr)}"
+        )
     for w in binary:
         w.unlink()
 
@@ -197,15 +225,22 @@ def agent_toml(plan: Plan, agent_id: str, remote_dir: str) -> str:
     def lst(vs: list[str]) -> str:
         return "[" + ", ".join(s(v) for v in vs) + "]"
 
-    return "\n".join([
-        "# Written by p4bus deploy-agent; re-running it overwrites this file.",
-        f"state_dir = {s(remote_dir + '/state')}",
-        "", "[agent]",
-        f"id = {s(agent_id)}", f"masters = {lst(plan.masters)}", f"broker = {s(plan.broker)}",
-        f"pools = {lst(plan.pools)}", f"slots = {plan.slots}",
-        f"workspace_roots = {lst(plan.workspace_roots)}", f"allowed_executables = {lst(plan.allowed_executables)}",
-        "",
-    ])
+    return "\n".join(
+        [
+            "# Written by p4bus deploy-agent; re-running it overwrites this file.",
+            f"state_dir = {s(remote_dir + '/state')}",
+            "",
+            "[agent]",
+            f"id = {s(agent_id)}",
+            f"masters = {lst(plan.masters)}",
+            f"broker = {s(plan.broker)}",
+            f"pools = {lst(plan.pools)}",
+            f"slots = {plan.slots}",
+            f"workspace_roots = {lst(plan.workspace_roots)}",
+            f"allowed_executables = {lst(plan.allowed_executables)}",
+            "",
+        ]
+    )
 
 
 def agentctl(remote_dir: str, agent_id: str, systemd: bool) -> str:
@@ -248,8 +283,10 @@ def _abs_dir(remote_dir: str, home: str) -> str:
     path = home + remote_dir[1:] if remote_dir == "~" or remote_dir.startswith("~/") else remote_dir
     # Plain paths only: agentctl and the systemd unit embed it unquoted.
     if not path.startswith("/") or q(path) != path:
-        raise DeployError(f"--remote-dir {remote_dir!r} must be absolute (or start with ~/) and contain no "
-                          "spaces or shell metacharacters")
+        raise DeployError(
+            f"--remote-dir {remote_dir!r} must be absolute (or start with ~/) and contain no "
+            "spaces or shell metacharacters"
+        )
     return path
 
 
@@ -265,8 +302,10 @@ def _master_check(endpoint: str) -> None:
         try:
             mc.ping()
         except RequestError as exc:
-            raise DeployError(f"the master's client endpoint {endpoint} does not answer from here "
-                              f"({exc.message}); start the master or pass --master-clients") from None
+            raise DeployError(
+                f"the master's client endpoint {endpoint} does not answer from here "
+                f"({exc.message}); start the master or pass --master-clients"
+            ) from None
 
 
 def wait_registered(endpoint: str, agent_id: str, old_epoch: str, timeout: float) -> P.AgentInfo | None:
@@ -306,7 +345,10 @@ def deploy(plan: Plan, say: Say) -> str:
     """Install (or upgrade in place) and start the agent; returns its id once registered."""
     clients = plan.master_clients or clients_endpoint(plan.masters[0])
     _master_check(clients)
-    with tempfile.TemporaryDirectory(prefix="p4bus-deploy-") as tmp, Remote(plan.dest, plan.ssh_options, Path(tmp)) as remote:
+    with (
+        tempfile.TemporaryDirectory(prefix="p4bus-deploy-") as tmp,
+        Remote(plan.dest, plan.ssh_options, Path(tmp)) as remote,
+    ):
         host = probe(remote, plan.python)
         check_python(host, plan.python, plan.dest)
         agent_id = plan.agent_id or host.node
@@ -324,18 +366,29 @@ def deploy(plan: Plan, say: Say) -> str:
         with MasterClient([clients], timeout=3.0) as mc:
             old = _registered(mc, agent_id)
         d = rdir
-        remote.sh(f"mkdir -p {d} && chmod 700 {d} && {{ [ ! -x {d}/agentctl ] || {d}/agentctl stop; }} "
-                  f"&& rm -rf {d}/wheels && mkdir {d}/wheels", "stopping the old agent")
+        remote.sh(
+            f"mkdir -p {d} && chmod 700 {d} && {{ [ ! -x {d}/agentctl ] || {d}/agentctl stop; }} "
+            f"&& rm -rf {d}/wheels && mkdir {d}/wheels",
+            "stopping the old agent",
+        )
         if old is not None:
             say(f"stopped agent {agent_id} (upgrade)")
         remote.copy(wheels, f"{rdir}/wheels")
-        remote.sh(f"{{ [ -x {d}/venv/bin/python ] || {q(host.python)} -m venv {d}/venv; }} && "
-                  f"{d}/venv/bin/python -m pip install -q --no-index --find-links {d}/wheels --force-reinstall p4bus",
-                  "installing p4bus")
-        remote.sh(f"umask 077 && cat > {d}/agent.toml && chmod 600 {d}/agent.toml",
-                  "writing the agent config", stdin=agent_toml(plan, agent_id, rdir).encode())
-        remote.sh(f"cat > {d}/agentctl && chmod 755 {d}/agentctl && {d}/agentctl start", "starting the agent",
-                  stdin=agentctl(rdir, agent_id, host.systemd).encode())
+        remote.sh(
+            f"{{ [ -x {d}/venv/bin/python ] || {q(host.python)} -m venv {d}/venv; }} && "
+            f"{d}/venv/bin/python -m pip install -q --no-index --find-links {d}/wheels --force-reinstall p4bus",
+            "installing p4bus",
+        )
+        remote.sh(
+            f"umask 077 && cat > {d}/agent.toml && chmod 600 {d}/agent.toml",
+            "writing the agent config",
+            stdin=agent_toml(plan, agent_id, rdir).encode(),
+        )
+        remote.sh(
+            f"cat > {d}/agentctl && chmod 755 {d}/agentctl && {d}/agentctl start",
+            "starting the agent",
+            stdin=agentctl(rdir, agent_id, host.systemd).encode(),
+        )
         how = "systemd user unit" if host.systemd else "supervised background process"
         say(f"installed in {plan.dest.host}:{rdir}, started as a {how}; waiting for it to register")
         if wait_registered(clients, agent_id, old.epoch if old else "", plan.register_timeout) is None:
@@ -344,7 +397,8 @@ def deploy(plan: Plan, say: Say) -> str:
             raise DeployError(
                 f"agent {agent_id} started on {plan.dest.host} but did not register with {clients} within "
                 f"{plan.register_timeout:.0f}s: check that {plan.dest.host} can reach {', '.join(plan.masters)} "
-                f"and {plan.broker} (log {rdir}/agent.log: {last})")
+                f"and {plan.broker} (log {rdir}/agent.log: {last})"
+            )
     return agent_id
 
 
@@ -353,8 +407,9 @@ def remove(dest: SshDest, ssh_options: list[str], remote_dir: str, clients: str 
     with tempfile.TemporaryDirectory(prefix="p4bus-deploy-") as tmp, Remote(dest, ssh_options, Path(tmp)) as remote:
         home = remote.sh('echo "$HOME"', "probing").strip()
         d = _abs_dir(remote_dir, home)
-        agent_id = remote.sh(f"sed -n 's/^id = \"\\(.*\\)\"$/\\1/p' {d}/agent.toml 2>/dev/null || true",
-                             "reading the agent config").strip()
+        agent_id = remote.sh(
+            f"sed -n 's/^id = \"\\(.*\\)\"$/\\1/p' {d}/agent.toml 2>/dev/null || true", "reading the agent config"
+        ).strip()
         remote.sh(f"{{ [ ! -x {d}/agentctl ] || {d}/agentctl stop; }} && rm -rf {d}", "removing the agent")
     if agent_id and clients and not wait_dropped(clients, agent_id, STOP_WAIT_S):
         raise DeployError(f"agent {agent_id} was removed from {dest.host} but {clients} still lists it")

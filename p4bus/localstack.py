@@ -20,8 +20,14 @@ class StackError(RuntimeError):
 
 
 class LocalStack:
-    def __init__(self, cfg: Config, config_path: str | None, services: tuple[str, ...] = SERVICES,
-                 env: dict[str, str] | None = None, log_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        config_path: str | None,
+        services: tuple[str, ...] = SERVICES,
+        env: dict[str, str] | None = None,
+        log_dir: Path | None = None,
+    ) -> None:
         self.cfg = cfg
         self.config_path = config_path
         self.services = services
@@ -43,8 +49,9 @@ class LocalStack:
         if self.log_dir:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             out = open(self.log_dir / f"{name}.log", "ab")
-        self.procs[name] = subprocess.Popen(args + [name], env=env, stdout=out, stderr=out or None,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+        self.procs[name] = subprocess.Popen(
+            args + [name], env=env, stdout=out, stderr=out or None, stdin=subprocess.DEVNULL, start_new_session=True
+        )
 
     def wait_ready(self, timeout: float) -> None:
         """Ready = the master answers and lists at least one agent (if we started one)."""
@@ -59,15 +66,19 @@ class LocalStack:
                 except RequestError:
                     pass
                 if time.monotonic() > deadline:
-                    raise StackError(f"services did not become ready within {timeout:g}s"
-                                     + (f" (logs in {self.log_dir})" if self.log_dir else ""))
+                    raise StackError(
+                        f"services did not become ready within {timeout:g}s"
+                        + (f" (logs in {self.log_dir})" if self.log_dir else "")
+                    )
                 time.sleep(0.05)
 
     def check_alive(self) -> None:
         for name, p in self.procs.items():
             if p.poll() is not None:
-                raise StackError(f"{name} exited with code {p.returncode}"
-                                 + (f" (see {self.log_dir / (name + '.log')})" if self.log_dir else ""))
+                raise StackError(
+                    f"{name} exited with code {p.returncode}"
+                    + (f" (see {self.log_dir / (name + '.log')})" if self.log_dir else "")
+                )
 
     def stop(self, grace: float = 5.0) -> None:
         for p in self.procs.values():
@@ -81,7 +92,7 @@ class LocalStack:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
 
-    def __enter__(self) -> "LocalStack":
+    def __enter__(self) -> LocalStack:
         self.start()
         return self
 

@@ -15,9 +15,17 @@ from rich.text import Text
 from common import protocol as P
 
 STATE_STYLE = {
-    "DONE": "green", "NOTHING_TO_DO": "green", "FAILED": "red", "CANCELLED": "yellow",
-    "WAITING_RESOLVE": "magenta", "RUNNING": "cyan", "RETRY_WAIT": "yellow", "QUEUED": "dim",
-    "LOST": "red", "PENDING": "dim", "DISPATCHED": "cyan",
+    "DONE": "green",
+    "NOTHING_TO_DO": "green",
+    "FAILED": "red",
+    "CANCELLED": "yellow",
+    "WAITING_RESOLVE": "magenta",
+    "RUNNING": "cyan",
+    "RETRY_WAIT": "yellow",
+    "QUEUED": "dim",
+    "LOST": "red",
+    "PENDING": "dim",
+    "DISPATCHED": "cyan",
 }
 END_STATES = ("DONE", "NOTHING_TO_DO", "FAILED", "CANCELLED", "WAITING_RESOLVE")
 
@@ -63,17 +71,30 @@ def jobs_table(jobs: list[P.JobView]) -> Table:
 
 
 def job_detail(console: Console, j: P.JobView) -> None:
-    head = Text.assemble((j.job_id, "bold"), "  ", styled(j.state), f"  at {j.stage}  ",
-                         (f"workspace {j.workspace}", "dim"), (f"  agent {j.agent}" if j.agent else "", "dim"))
+    head = Text.assemble(
+        (j.job_id, "bold"),
+        "  ",
+        styled(j.state),
+        f"  at {j.stage}  ",
+        (f"workspace {j.workspace}", "dim"),
+        (f"  agent {j.agent}" if j.agent else "", "dim"),
+    )
     console.print(head)
     what = ", ".join(f"{k}={v}" for k, v in j.params.items())
     console.print(f"  {what}", style="dim")
-    t = Table("stage", "step", "try", "state", "exit", "duration", "command", "the line that mattered",
-              show_edge=False)
+    t = Table("stage", "step", "try", "state", "exit", "duration", "command", "the line that mattered", show_edge=False)
     for r in j.timeline:
         code = str(r.exit_code) if r.exit_code is not None else (f"sig {r.signal}" if r.signal else "-")
-        t.add_row(r.stage, str(r.step), str(r.attempt), styled(r.state), code, duration(r.started_at, r.ended_at),
-                  " ".join(r.argv)[:60], r.key_line or r.reason)
+        t.add_row(
+            r.stage,
+            str(r.step),
+            str(r.attempt),
+            styled(r.state),
+            code,
+            duration(r.started_at, r.ended_at),
+            " ".join(r.argv)[:60],
+            r.key_line or r.reason,
+        )
     if j.timeline:
         console.print(t)
     if j.change:
@@ -81,8 +102,9 @@ def job_detail(console: Console, j: P.JobView) -> None:
     if j.submitted_change:
         console.print(Text(f"  submitted change: {j.submitted_change}", style="green"))
     if j.conflicts:
-        console.print(Text("  conflicts (resolve in the workspace, then `p4bus resume " + j.job_id + "`):",
-                           style="magenta"))
+        console.print(
+            Text("  conflicts (resolve in the workspace, then `p4bus resume " + j.job_id + "`):", style="magenta")
+        )
         for c in j.conflicts:
             console.print(f"    {c}")
     if j.reason:

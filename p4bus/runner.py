@@ -7,8 +7,8 @@ recovered from the agent's spool (Fetch, Query), so nothing is lost even when PU
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import zmq
 

@@ -7,8 +7,8 @@ the agent's spool, which always has the full output.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from common import protocol as P
 
@@ -30,7 +30,7 @@ class Cursor:
             return b"", None  # already seen
         if offset > self.next:
             return b"", (self.next, offset)
-        out = data[self.next - offset:]
+        out = data[self.next - offset :]
         self.next = end
         return out, None
 

@@ -6,13 +6,13 @@ live stream lacks is fetched from the agent's spool: no gap, no duplicate.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import zmq
 
 from broker.client import history_then_live
-from common import topics
 from common import protocol as P
+from common import topics
 from common.config import Config
 from common.rpc import MasterClient, OrchestratorClient, RequestError
 from p4bus.render import END_STATES, LogPrinter
@@ -20,8 +20,9 @@ from p4bus.stream import OutputAssembler
 
 
 class JobTail:
-    def __init__(self, cfg: Config, job_id: str, printer: LogPrinter,
-                 on_state: Callable[[P.JobChanged], None] | None = None) -> None:
+    def __init__(
+        self, cfg: Config, job_id: str, printer: LogPrinter, on_state: Callable[[P.JobChanged], None] | None = None
+    ) -> None:
         self.cfg = cfg
         self.job_id = job_id
         self.printer = printer
@@ -41,8 +42,9 @@ class JobTail:
         """Print everything until the job reaches one of ``until``; returns its final view."""
         view = self.orch.job(self.job_id)  # fails early and clearly for an unknown job
         prefixes = [f"{topics.LOG}.{self.job_id}.", f"{topics.CMD}.{self.job_id}.", topics.job(self.job_id)]
-        stream = history_then_live(zmq.Context.instance(), self.cfg.endpoint("broker_xpub"),
-                                   self.cfg.endpoint("broker_replay"), prefixes)
+        stream = history_then_live(
+            zmq.Context.instance(), self.cfg.endpoint("broker_xpub"), self.cfg.endpoint("broker_replay"), prefixes
+        )
         try:
             for ev in stream:
                 if isinstance(ev, P.JobChanged):
@@ -75,7 +77,8 @@ class JobTail:
                 self.printer.header(run.stage, run.step, run.attempt, run.argv)
             out = self.outputs[cmd_id] = OutputAssembler(
                 lambda stream, offset, size: self._fetch(cmd_id, stream, offset, size),
-                lambda stream, data: self.printer.write(cmd_id, stream, data))
+                lambda stream, data: self.printer.write(cmd_id, stream, data),
+            )
         return out
 
     def _run(self, cmd_id: str) -> P.StageRun | None:

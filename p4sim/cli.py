@@ -3,6 +3,7 @@
 Only the standard library is imported on the p4 path, and only what the command needs,
 because callers run many short p4 invocations.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,16 @@ from p4sim.faults import OutputFaults, connection_fault
 from p4sim.output import Output
 
 TOOLS = ("seed", "shim")
-_VALUE_OPTIONS = {"p": "port", "u": "user", "c": "client", "P": "password", "d": "cwd",
-                  "x": "xfile", "H": "host", "C": "charset"}
+_VALUE_OPTIONS = {
+    "p": "port",
+    "u": "user",
+    "c": "client",
+    "P": "password",
+    "d": "cwd",
+    "x": "xfile",
+    "H": "host",
+    "C": "charset",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = argv[1:]
     if prog != "p4" and args[:1] and args[0] in TOOLS:
         from p4sim import tools
+
         return tools.main(args)
     return run_p4(args, os.environ)
 
@@ -37,7 +47,7 @@ def _parse_globals(argv: list[str]) -> tuple[dict[str, str], set[str], list[str]
         arg = argv[i]
         if arg in ("-s", "-G", "-q"):
             switches.add(arg[1])
-        elif arg == "-ztag" or (arg == "-z" and argv[i + 1:i + 2] == ["tag"]):
+        elif arg == "-ztag" or (arg == "-z" and argv[i + 1 : i + 2] == ["tag"]):
             switches.add("ztag")
             i += arg == "-z"
         elif arg[1] in _VALUE_OPTIONS:
@@ -81,12 +91,15 @@ def run_p4(argv: list[str], env) -> int:
 
 def _run_command(name: str, args: list[str], values: dict[str, str], env, out: Output) -> None:
     from p4sim.context import Context, Settings
-    settings = Settings.resolve(env, values.get("port"), values.get("user"), values.get("client"),
-                                values.get("password"), values.get("cwd"))
+
+    settings = Settings.resolve(
+        env, values.get("port"), values.get("user"), values.get("client"), values.get("password"), values.get("cwd")
+    )
     root = settings.server_root
     if root is None or connection_fault(env, {"refused"}):
         raise P4Error(msg.CONNECT_FAILED.format(port=settings.port), generic=38)
     from p4sim.commands import lookup
+
     command = lookup(name)
     if command is None:
         raise P4Error(msg.UNKNOWN_COMMAND, generic=1)
@@ -96,6 +109,7 @@ def _run_command(name: str, args: list[str], values: dict[str, str], env, out: O
     if command.needs_auth and connection_fault(env, {"expired"}):
         raise P4Error(msg.SESSION_EXPIRED, generic=6)
     from p4sim.server.store import Store
+
     store = Store(root)
     ctx = Context(settings, store, out)
     try:
@@ -105,6 +119,7 @@ def _run_command(name: str, args: list[str], values: dict[str, str], env, out: O
         try:
             if command.needs_auth:
                 from p4sim.server.auth import check_login
+
                 check_login(ctx)
             command.run(ctx, opts, args)
         except P4Error as e:

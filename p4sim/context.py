@@ -1,4 +1,5 @@
 """Who is running what where: connection settings and the per-invocation command context."""
+
 from __future__ import annotations
 
 import os
@@ -14,22 +15,27 @@ SIM_SCHEME = "sim:"
 
 
 class Settings:
-    def __init__(self, port: str, user: str, client: str, tickets: str, password: str | None,
-                 cwd: str, host: str):
+    def __init__(self, port: str, user: str, client: str, tickets: str, password: str | None, cwd: str, host: str):
         self.port, self.user, self.client, self.tickets = port, user, client, tickets
         self.password, self.cwd, self.host = password, cwd, host
 
     @property
     def server_root(self) -> str | None:
         """The server directory for `sim:/abs/dir`; None for any real (unreachable) server."""
-        if self.port.startswith(SIM_SCHEME) and os.path.isabs(self.port[len(SIM_SCHEME):]):
-            return self.port[len(SIM_SCHEME):]
+        if self.port.startswith(SIM_SCHEME) and os.path.isabs(self.port[len(SIM_SCHEME) :]):
+            return self.port[len(SIM_SCHEME) :]
         return None
 
     @classmethod
-    def resolve(cls, env: dict[str, str], port: str | None = None, user: str | None = None,
-                client: str | None = None, password: str | None = None,
-                cwd: str | None = None) -> "Settings":
+    def resolve(
+        cls,
+        env: dict[str, str],
+        port: str | None = None,
+        user: str | None = None,
+        client: str | None = None,
+        password: str | None = None,
+        cwd: str | None = None,
+    ) -> Settings:
         """Command-line flags beat P4CONFIG files, which beat the environment (as in p4)."""
         cwd = cwd or env.get("PWD") or os.getcwd()
         if not os.path.isdir(cwd):
@@ -44,7 +50,9 @@ class Settings:
             client=client or values.get("P4CLIENT") or host,
             tickets=values.get("P4TICKETS") or os.path.join(env.get("HOME", "/"), ".p4tickets"),
             password=password or values.get("P4PASSWD"),
-            cwd=cwd, host=host)
+            cwd=cwd,
+            host=host,
+        )
 
 
 def _read_p4config(cwd: str, name: str) -> dict[str, str]:

@@ -1,4 +1,5 @@
 """Exceptions that end a p4 command with an error message (exit 1)."""
+
 from __future__ import annotations
 
 

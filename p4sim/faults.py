@@ -8,6 +8,7 @@ P4SIM_FAULT_ONCE=FILE              shorthand for P4SIM_FAULT_COUNT=1 P4SIM_FAULT
 P4SIM_DELAY_PER_FILE=SECONDS       sleep before each per-file output line, flushing as it goes
 P4SIM_DIE_AFTER_LINES=N            after N output lines, SIGKILL ourselves
 """
+
 from __future__ import annotations
 
 import os
@@ -22,18 +23,20 @@ class OutputFaults:
         self.die_after_lines = die_after_lines
 
     @classmethod
-    def from_env(cls, env) -> "OutputFaults":
+    def from_env(cls, env) -> OutputFaults:
         die = env.get("P4SIM_DIE_AFTER_LINES")
         return cls(float(env.get("P4SIM_DELAY_PER_FILE") or 0), int(die) if die else None)
 
     def die(self) -> None:
         import signal
+
         os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _consume_budget(state_file: str, count: int) -> bool:
     """True while fewer than `count` invocations have failed; counts this one if so."""
     import fcntl
+
     fd = os.open(state_file, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # concurrent invocations must not both take the last slot

@@ -3,6 +3,7 @@
 Pure functions on lists of byte lines: no I/O, no p4 state. `resolve` feeds it the base,
 theirs (source) and yours (target workspace) contents and prints the counts it returns.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -22,8 +23,10 @@ class MergeResult:
 
     @property
     def chunk_line(self) -> str:
-        return (f"Diff chunks: {self.yours} yours + {self.theirs} theirs + "
-                f"{self.both} both + {self.conflicting} conflicting")
+        return (
+            f"Diff chunks: {self.yours} yours + {self.theirs} theirs + "
+            f"{self.both} both + {self.conflicting} conflicting"
+        )
 
     @property
     def content(self) -> bytes:
@@ -33,9 +36,10 @@ class MergeResult:
 @dataclass(frozen=True)
 class MarkerLabels:
     """Names shown on the -af conflict marker lines."""
+
     original: str  # e.g. //depot/dev/foo.c#3
-    theirs: str    # e.g. //depot/dev/foo.c#5
-    yours: str     # client path, e.g. //ws/main/foo.c
+    theirs: str  # e.g. //depot/dev/foo.c#5
+    yours: str  # client path, e.g. //ws/main/foo.c
 
 
 def split_lines(data: bytes) -> Lines:
@@ -65,7 +69,7 @@ def _chunks(base: Lines, yours: Lines, theirs: Lines):
         while i + n < len(base) and my.get(i + n) == a + n and th.get(i + n) == b + n:
             n += 1
         if n:
-            yield "stable", base[i:i + n], yours[a:a + n], theirs[b:b + n]
+            yield "stable", base[i : i + n], yours[a : a + n], theirs[b : b + n]
             i, a, b = i + n, a + n, b + n
             continue
         j = i
@@ -75,7 +79,7 @@ def _chunks(base: Lines, yours: Lines, theirs: Lines):
             if i < len(base) or a < len(yours) or b < len(theirs):
                 yield "unstable", base[i:], yours[a:], theirs[b:]
             return
-        yield "unstable", base[i:j], yours[a:my[j]], theirs[b:th[j]]
+        yield "unstable", base[i:j], yours[a : my[j]], theirs[b : th[j]]
         i, a, b = j, my[j], th[j]
 
 

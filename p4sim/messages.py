@@ -3,6 +3,7 @@
 Messages that p4 prints in two forms (`File(s) up-to-date.` without a file argument,
 `//a/... - file(s) up-to-date.` with one) are stored in the bare form; `per_arg` builds the other.
 """
+
 from __future__ import annotations
 
 
@@ -11,8 +12,10 @@ def per_arg(message: str, arg: str | None) -> str:
 
 
 # Connection and authentication
-CONNECT_FAILED = ("Perforce client error:\n\tConnect to server failed; check $P4PORT.\n"
-                  "\tTCP connect to {port} failed.\n\tconnect: {port}: Connection refused")
+CONNECT_FAILED = (
+    "Perforce client error:\n\tConnect to server failed; check $P4PORT.\n"
+    "\tTCP connect to {port} failed.\n\tconnect: {port}: Connection refused"
+)
 PASSWORD_UNSET = "Perforce password (P4PASSWD) invalid or unset."
 SESSION_EXPIRED = "Your session has expired, please login again."
 PASSWORD_INVALID = "Password invalid."

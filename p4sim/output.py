@@ -5,6 +5,7 @@ stdout plus `exit: N`), `-ztag` (records as `... key value` blocks), `-G` (Pytho
 dicts on stdout). Output is rendered after the command's transaction commits, so a slow
 reader never holds the server lock; fault injection paces and truncates it here.
 """
+
 from __future__ import annotations
 
 import sys
@@ -17,10 +18,17 @@ _SEVERITY = {WARNING: 2, ERROR: 3}
 
 
 class Entry:
-    __slots__ = ("kind", "text", "level", "fields", "generic", "per_file")
+    __slots__ = ("fields", "generic", "kind", "level", "per_file", "text")
 
-    def __init__(self, kind: str, text: str | None = None, level: int = 0,
-                 fields: dict[str, object] | None = None, generic: int = 0, per_file: bool = False):
+    def __init__(
+        self,
+        kind: str,
+        text: str | None = None,
+        level: int = 0,
+        fields: dict[str, object] | None = None,
+        generic: int = 0,
+        per_file: bool = False,
+    ):
         self.kind, self.text, self.level, self.fields = kind, text, level, fields
         self.generic, self.per_file = generic, per_file
 
@@ -46,8 +54,7 @@ class Output:
     def error(self, text: str, generic: int = 0) -> None:
         self.entries.append(Entry(ERROR, text, generic=generic))
 
-    def record(self, fields: dict[str, object], text: str | None = None, level: int = 0,
-               per_file: bool = True) -> None:
+    def record(self, fields: dict[str, object], text: str | None = None, level: int = 0, per_file: bool = True) -> None:
         """One result: `fields` for -ztag/-G, `text` (may be None) for plain mode."""
         self.entries.append(Entry(RECORD, text, level, fields, per_file=per_file))
 
@@ -80,7 +87,8 @@ class Output:
             return
         if self.mode == "s":
             tag = {WARNING: "warning", ERROR: "error", TEXT: "text"}.get(
-                e.kind, "info" if e.level == 0 else f"info{e.level}")
+                e.kind, "info" if e.level == 0 else f"info{e.level}"
+            )
             return self._write(sys.stdout, "\n".join(f"{tag}: {line}" for line in e.text.split("\n")))
         stream = sys.stderr if e.kind in (WARNING, ERROR) else sys.stdout
         self._write(stream, e.text)
@@ -89,8 +97,12 @@ class Output:
         if e.kind == RECORD and e.fields is not None:
             return {b"code": b"stat", **{k.encode(): _b(v) for k, v in e.fields.items()}}
         if e.kind in (WARNING, ERROR):
-            return {b"code": b"error", b"data": _b(f"{e.text}\n"),
-                    b"severity": _SEVERITY[e.kind], b"generic": e.generic}
+            return {
+                b"code": b"error",
+                b"data": _b(f"{e.text}\n"),
+                b"severity": _SEVERITY[e.kind],
+                b"generic": e.generic,
+            }
         if e.kind == TEXT:
             return {b"code": b"text", b"data": _b(f"{e.text}\n")}
         return {b"code": b"info", b"data": _b(e.text or ""), b"level": e.level}
@@ -102,6 +114,7 @@ class Output:
 
     def _write_marshal(self, record: dict[bytes, object]) -> None:
         import marshal
+
         sys.stdout.buffer.write(marshal.dumps(record, 0))
         self._count_line()
 

@@ -10,6 +10,7 @@ seconds. Every scenario: user bob, client `ws` (Root DIR/ws, view //depot/... //
   big:N          N files edited in dev only (N to sync in main, N to integrate)
 The workspace has synced nothing yet.
 """
+
 from __future__ import annotations
 
 import time
@@ -45,8 +46,7 @@ class _History:
         self.store = store
         self.when = int(time.time()) - 3600
 
-    def commit(self, description: str, revisions: list[NewRevision],
-               integs: list[IntegRecord] = ()) -> dict[str, int]:
+    def commit(self, description: str, revisions: list[NewRevision], integs: list[IntegRecord] = ()) -> dict[str, int]:
         self.when += 60
         change = self.store.create_change(CLIENT, USER, description + "\n", "submitted", self.when)
         return add_revisions(self.store, change, revisions, list(integs), self.when)
@@ -72,7 +72,7 @@ def _small_history(h: _History, scenario: str) -> list[str]:
     }
     if scenario == "conflict":
         base[CONFLICT_FILE] = _lines("conflict", 8)
-    h.commit("Initial import of main.", [NewRevision(MAIN + n, "add", _text(l)) for n, l in base.items()])
+    h.commit("Initial import of main.", [NewRevision(MAIN + n, "add", _text(line)) for n, line in base.items()])
     h.branch(sorted(base), "Branch main to dev.")
     dev = {
         "src/only_dev.c": _edit(base["src/only_dev.c"], 1, "only_dev line 2 changed in dev\n"),
@@ -81,17 +81,27 @@ def _small_history(h: _History, scenario: str) -> list[str]:
     }
     if scenario == "conflict":
         dev[CONFLICT_FILE] = _edit(base[CONFLICT_FILE], 3, "conflict line 4 as dev wants it\n")
-    edits = [NewRevision(DEV + n, "edit", _text(l)) for n, l in dev.items()]
+    edits = [NewRevision(DEV + n, "edit", _text(line)) for n, line in dev.items()]
     edits.append(NewRevision(DEV + "src/new_in_dev.c", "add", _text(_lines("new_in_dev", 5))))
     dev_revs = h.commit("Work on dev.", edits)
     if scenario == "nothing-to-do":
         # main takes dev's work verbatim: every dev revision is credited to main.
-        copies = [NewRevision(MAIN + n, "integrate", _text(l)) for n, l in dev.items()]
+        copies = [NewRevision(MAIN + n, "integrate", _text(line)) for n, line in dev.items()]
         copies.append(NewRevision(MAIN + "src/new_in_dev.c", "branch", _text(_lines("new_in_dev", 5))))
-        h.commit("Integrate dev to main.", copies,
-                 [IntegRecord(r.file, DEV + r.file[len(MAIN):], 0 if r.action == "branch" else 1,
-                              dev_revs[DEV + r.file[len(MAIN):]],
-                              "branch from" if r.action == "branch" else "copy from") for r in copies])
+        h.commit(
+            "Integrate dev to main.",
+            copies,
+            [
+                IntegRecord(
+                    r.file,
+                    DEV + r.file[len(MAIN) :],
+                    0 if r.action == "branch" else 1,
+                    dev_revs[DEV + r.file[len(MAIN) :]],
+                    "branch from" if r.action == "branch" else "copy from",
+                )
+                for r in copies
+            ],
+        )
         return []
     main = {
         "src/both.c": _edit(base["src/both.c"], 17, "both line 18 changed in main\n"),
@@ -100,7 +110,7 @@ def _small_history(h: _History, scenario: str) -> list[str]:
     }
     if scenario == "conflict":
         main[CONFLICT_FILE] = _edit(base[CONFLICT_FILE], 3, "conflict line 4 as main wants it\n")
-    h.commit("Work on main.", [NewRevision(MAIN + n, "edit", _text(l)) for n, l in main.items()])
+    h.commit("Work on main.", [NewRevision(MAIN + n, "edit", _text(line)) for n, line in main.items()])
     return [MAIN + CONFLICT_FILE] if scenario == "conflict" else []
 
 
@@ -108,8 +118,10 @@ def _big_history(h: _History, count: int) -> None:
     names = [f"big/f{i:06d}.txt" for i in range(count)]
     h.commit(f"Import {count} files.", [NewRevision(MAIN + n, "add", f"{n}\nbody\n".encode()) for n in names])
     h.branch(names, "Branch main to dev.")
-    h.commit("Edit every file in dev.",
-             [NewRevision(DEV + n, "edit", f"{n}\nbody\nchanged in dev\n".encode()) for n in names])
+    h.commit(
+        "Edit every file in dev.",
+        [NewRevision(DEV + n, "edit", f"{n}\nbody\nchanged in dev\n".encode()) for n in names],
+    )
 
 
 def seed(dir: Path, scenario: str, password: str | None = None) -> dict:
@@ -126,8 +138,16 @@ def seed(dir: Path, scenario: str, password: str | None = None) -> dict:
         store.begin()
         if password:
             store.set_password(USER, password)
-        store.save_spec("client", CLIENT, USER, "Created by p4sim seed.\n", str(ws_root),
-                        CLIENT_OPTIONS, f"//depot/... //{CLIENT}/...", int(time.time()))
+        store.save_spec(
+            "client",
+            CLIENT,
+            USER,
+            "Created by p4sim seed.\n",
+            str(ws_root),
+            CLIENT_OPTIONS,
+            f"//depot/... //{CLIENT}/...",
+            int(time.time()),
+        )
         history = _History(store)
         count = _big_count(scenario)
         conflicts = [] if count else _small_history(history, scenario)
@@ -136,8 +156,15 @@ def seed(dir: Path, scenario: str, password: str | None = None) -> dict:
         store.commit()
     finally:
         store.close()
-    return {"P4PORT": f"sim:{server}", "P4USER": USER, "P4CLIENT": CLIENT, "root": str(ws_root),
-            "source": DEV + "...", "target": MAIN + "...", "conflicts": conflicts}
+    return {
+        "P4PORT": f"sim:{server}",
+        "P4USER": USER,
+        "P4CLIENT": CLIENT,
+        "root": str(ws_root),
+        "source": DEV + "...",
+        "target": MAIN + "...",
+        "conflicts": conflicts,
+    }
 
 
 def _big_count(scenario: str) -> int:

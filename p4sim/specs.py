@@ -3,6 +3,7 @@
 A form is `Field:\tvalue` lines or `Field:` followed by tab-indented lines, separated by blank
 lines, after a `#` comment header. Parsed values are str (one-line fields) or list[str].
 """
+
 from __future__ import annotations
 
 import time

@@ -1,4 +1,5 @@
 """The p4sim-only subcommands: `p4sim seed` and `p4sim shim`."""
+
 from __future__ import annotations
 
 import argparse
@@ -43,6 +44,7 @@ def main(argv: list[str]) -> int:
         print(write_shim(args.dir))
         return 0
     from p4sim.seed import seed
+
     try:
         facts = seed(args.dir, args.scenario, args.password)
     except ValueError as e:

@@ -7,6 +7,7 @@ excludes. Depot and client paths keep p4's escapes (%40 for @ ...); local paths 
 The usual patterns (a literal path, or a literal prefix followed by `...`) are matched with
 string operations; `re` is imported only for anything fancier, which keeps p4 startup fast.
 """
+
 from __future__ import annotations
 
 _ESCAPES = {"%": "%25", "@": "%40", "#": "%23", "*": "%2A"}
@@ -24,7 +25,7 @@ def unescape(name: str) -> str:
         return name
     out, i = [], 0
     while i < len(name):
-        code = name[i:i + 3].upper()
+        code = name[i : i + 3].upper()
         if code in _UNESCAPES:
             out.append(_UNESCAPES[code])
             i += 3
@@ -43,7 +44,7 @@ def tokens(pattern: str) -> list[str]:
             wildcard, i = ELLIPSIS, i + 3
         elif pattern[i] == "*":
             wildcard, i = STAR, i + 1
-        elif pattern.startswith("%%", i) and pattern[i + 2:i + 3].isdigit():
+        elif pattern.startswith("%%", i) and pattern[i + 2 : i + 3].isdigit():
             wildcard, i = STAR, i + 3
         else:
             literal.append(pattern[i])
@@ -89,15 +90,16 @@ class Pattern:
         self._regex = None
         if self._exact is None and self._prefix is None:
             import re
-            self._regex = re.compile("".join(
-                "(.*)" if p == ELLIPSIS else "([^/]*)" if p == STAR else re.escape(p)
-                for p in parts) + r"\Z")
+
+            self._regex = re.compile(
+                "".join("(.*)" if p == ELLIPSIS else "([^/]*)" if p == STAR else re.escape(p) for p in parts) + r"\Z"
+            )
 
     def match(self, path: str) -> tuple[str, ...] | None:
         if self._exact is not None:
             return () if path == self._exact else None
         if self._prefix is not None:
-            return (path[len(self._prefix):],) if path.startswith(self._prefix) else None
+            return (path[len(self._prefix) :],) if path.startswith(self._prefix) else None
         m = self._regex.match(path)
         return m.groups() if m else None
 
@@ -108,13 +110,13 @@ class Pattern:
 
 
 class ViewLine:
-    __slots__ = ("left", "right", "exclude")
+    __slots__ = ("exclude", "left", "right")
 
     def __init__(self, left: str, right: str, exclude: bool = False):
         self.left, self.right, self.exclude = left, right, exclude
 
     @classmethod
-    def parse(cls, text: str) -> "ViewLine":
+    def parse(cls, text: str) -> ViewLine:
         left, right = text.split()
         return cls(left.lstrip("-+"), right.lstrip("-+"), left.startswith("-"))
 
@@ -124,7 +126,7 @@ class Mapping:
 
     def __init__(self, lines: list[ViewLine]):
         self.lines = lines
-        self._compiled = [(Pattern(l.left), Pattern(l.right), l) for l in lines]
+        self._compiled = [(Pattern(vl.left), Pattern(vl.right), vl) for vl in lines]
 
     def translate(self, path: str, reverse: bool = False) -> str | None:
         for left, right, line in reversed(self._compiled):
@@ -136,4 +138,4 @@ class Mapping:
 
     def left_prefixes(self) -> list[str]:
         """Literal prefixes of the included left sides, for narrowing database queries."""
-        return sorted({literal_prefix(l.left) for l in self.lines if not l.exclude})
+        return sorted({literal_prefix(vl.left) for vl in self.lines if not vl.exclude})

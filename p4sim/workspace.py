@@ -4,6 +4,7 @@ Converts between the three path syntaxes p4 accepts (depot `//depot/x`, client `
 local `/root/x` or relative to the current directory) and resolves file arguments to
 predicates over depot paths. Synced files are read-only, as with p4's default `noallwrite`.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,7 +18,8 @@ WRITABLE = 0o644
 
 class FileArg:
     """One file argument: which depot files it selects and where a query should look."""
-    __slots__ = ("text", "revspec", "prefixes", "matches")
+
+    __slots__ = ("matches", "prefixes", "revspec", "text")
 
     def __init__(self, text: str, revspec: str | None, prefixes: list[str], matches):
         self.text = text  # the argument as typed, without its revision specifier
@@ -42,7 +44,7 @@ class Workspace:
         return self.view.translate(client_path, reverse=True)
 
     def client_to_local(self, client_path: str) -> str:
-        return os.path.join(self.root, unescape(client_path[len(self._client_prefix):]))
+        return os.path.join(self.root, unescape(client_path[len(self._client_prefix) :]))
 
     def depot_to_local(self, depot: str) -> str | None:
         client_path = self.depot_to_client(depot)
@@ -57,7 +59,7 @@ class Workspace:
             return self._client_prefix[:-1]
         if not local.startswith(self.root + "/"):
             return None
-        rel = local[len(self.root) + 1:]
+        rel = local[len(self.root) + 1 :]
         return self._client_prefix + (escape(rel) if escape_names else rel)
 
     def local_to_depot(self, arg: str, escape_names: bool = False) -> str | None:
@@ -81,11 +83,13 @@ class Workspace:
         def matches(depot: str) -> bool:
             client_path = self.depot_to_client(depot)
             return client_path is not None and pattern.match(client_path) is not None
+
         return FileArg(path, revspec, self.view.left_prefixes(), matches)
 
     def whole_view(self) -> FileArg:
-        return FileArg(f"//{self.name}/...", None, self.view.left_prefixes(),
-                       lambda d: self.depot_to_client(d) is not None)
+        return FileArg(
+            f"//{self.name}/...", None, self.view.left_prefixes(), lambda d: self.depot_to_client(d) is not None
+        )
 
 
 # -- the real files ------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
@@ -37,7 +37,12 @@ def write_toml(path: Path, tree: dict) -> Path:
     lines: list[str] = []
 
     def table(prefix: str, t: dict) -> None:
-        scalars = {k: v for k, v in t.items() if not isinstance(v, dict) or k in ("labels", "env", "workspaces") and all(not isinstance(x, dict) for x in v.values())}
+        scalars = {
+            k: v
+            for k, v in t.items()
+            if not isinstance(v, dict)
+            or (k in ("labels", "env", "workspaces") and all(not isinstance(x, dict) for x in v.values()))
+        }
         if prefix:
             lines.append(f"[{prefix}]")
         for k, v in scalars.items():
@@ -61,7 +66,12 @@ class Stack:
             "state_dir": str(tmp_path / "state"),
             "port_base": self.port_base,
             "master": {"heartbeat_s": 0.2},
-            "agent": {"heartbeat_s": 0.2, "allowed_executables": ["*"], "workspace_roots": [str(tmp_path)], "kill_grace_s": 1.0},
+            "agent": {
+                "heartbeat_s": 0.2,
+                "allowed_executables": ["*"],
+                "workspace_roots": [str(tmp_path)],
+                "kill_grace_s": 1.0,
+            },
         }
         self.procs: list[subprocess.Popen] = []
         self._n = 0
@@ -82,7 +92,11 @@ class Stack:
         penv.update(env or {})
         p = subprocess.Popen(
             [sys.executable, "-m", "p4bus", "--config", str(cfg), *args],
-            stdout=log, stderr=subprocess.STDOUT, env=penv, cwd=str(REPO), start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=penv,
+            cwd=str(REPO),
+            start_new_session=True,
         )
         p.log_path = log.name  # type: ignore[attr-defined]
         p.service = args[0]  # type: ignore[attr-defined]

@@ -24,12 +24,30 @@ the person who asked; `validate_params` / `validate_site` return messages to sho
 """
 
 from orchestrator.pipeline.model import (
-    PASSWORD_SECRET, BuildError, CommandResult, CommandSpec, JobContext, JobParams,
-    NameCheckPolicy, Outcome, OutcomeKind, Pipeline, RetryPolicy, SiteConfig, Stage, Workspace,
+    PASSWORD_SECRET,
+    BuildError,
+    CommandResult,
+    CommandSpec,
+    JobContext,
+    JobParams,
+    NameCheckPolicy,
+    Outcome,
+    OutcomeKind,
+    Pipeline,
+    RetryPolicy,
+    SiteConfig,
+    Stage,
+    Workspace,
 )
 from orchestrator.pipeline.p4_integrate import P4_INTEGRATE
 from orchestrator.pipeline.transition import (
-    TERMINAL, JobState, RefusedTransition, Transition, resume_transition, retry_from, start,
+    TERMINAL,
+    JobState,
+    RefusedTransition,
+    Transition,
+    resume_transition,
+    retry_from,
+    start,
     transition,
 )
 from orchestrator.pipeline.validate import validate_params, validate_site
@@ -37,9 +55,29 @@ from orchestrator.pipeline.validate import validate_params, validate_site
 PIPELINES: dict[str, Pipeline] = {P4_INTEGRATE.name: P4_INTEGRATE}
 
 __all__ = [
-    "PASSWORD_SECRET", "PIPELINES", "TERMINAL", "BuildError", "CommandResult", "CommandSpec",
-    "JobContext", "JobParams", "JobState", "NameCheckPolicy", "Outcome", "OutcomeKind",
-    "Pipeline", "RefusedTransition", "RetryPolicy", "SiteConfig", "Stage", "Transition",
-    "Workspace", "resume_transition", "retry_from", "start", "transition", "validate_params",
+    "PASSWORD_SECRET",
+    "PIPELINES",
+    "TERMINAL",
+    "BuildError",
+    "CommandResult",
+    "CommandSpec",
+    "JobContext",
+    "JobParams",
+    "JobState",
+    "NameCheckPolicy",
+    "Outcome",
+    "OutcomeKind",
+    "Pipeline",
+    "RefusedTransition",
+    "RetryPolicy",
+    "SiteConfig",
+    "Stage",
+    "Transition",
+    "Workspace",
+    "resume_transition",
+    "retry_from",
+    "start",
+    "transition",
+    "validate_params",
     "validate_site",
 ]

@@ -92,7 +92,10 @@ class JobParams(msgspec.Struct, frozen=True, kw_only=True):
 # ---------------------------------------------------------------------------- site policy
 
 WINDOWS_RESERVED_NAMES = (
-    "CON", "PRN", "AUX", "NUL",
+    "CON",
+    "PRN",
+    "AUX",
+    "NUL",
     *(f"COM{i}" for i in range(1, 10)),
     *(f"LPT{i}" for i in range(1, 10)),
 )
@@ -255,7 +258,7 @@ class Pipeline:
         return self.names().index(self.stage(name).name)
 
     def next_after(self, name: str) -> Stage | None:
-        for s in self.stages[self.index(name) + 1:]:
+        for s in self.stages[self.index(name) + 1 :]:
             if not s.resume_only:
                 return s
         return None

@@ -12,8 +12,19 @@ from typing import Any
 
 from orchestrator.pipeline import p4cmd, p4parse
 from orchestrator.pipeline.model import (
-    PASSWORD_SECRET, BuildError, CommandResult, CommandSpec, JobContext, Outcome, OutcomeKind, Pipeline,
-    RetryPolicy, Stage, fail, next_, repeat,
+    PASSWORD_SECRET,
+    BuildError,
+    CommandResult,
+    CommandSpec,
+    JobContext,
+    Outcome,
+    OutcomeKind,
+    Pipeline,
+    RetryPolicy,
+    Stage,
+    fail,
+    next_,
+    repeat,
 )
 from orchestrator.pipeline.namecheck import find_offenders
 from orchestrator.pipeline.paths import matches
@@ -24,8 +35,7 @@ _CHANGE = ("change",)
 
 
 def _failed(what: str, result: CommandResult) -> Outcome:
-    return fail(f"{what} failed (exit {result.exit_code})",
-                p4parse.error_line(result.stderr, result.stdout))
+    return fail(f"{what} failed (exit {result.exit_code})", p4parse.error_line(result.stderr, result.stdout))
 
 
 def _both(result: CommandResult) -> str:
@@ -38,12 +48,15 @@ def _opened_records(what: str, result: CommandResult) -> list[dict[str, str]] | 
     if result.exit_code != 0:
         return _failed(what, result)
     if result.truncated:
-        return fail(f"{what}: the list of opened files was too long to capture whole, so it "
-                    f"cannot be checked; raise the agent's capture_bytes")
+        return fail(
+            f"{what}: the list of opened files was too long to capture whole, so it "
+            f"cannot be checked; raise the agent's capture_bytes"
+        )
     records = [r for r in p4parse.parse_ztag(result.stdout) if "depotFile" in r]
     if not records:
-        return fail(f"{what}: no opened files where some were expected",
-                    p4parse.error_line(result.stderr, result.stdout))
+        return fail(
+            f"{what}: no opened files where some were expected", p4parse.error_line(result.stderr, result.stdout)
+        )
     return records
 
 
@@ -62,8 +75,10 @@ def _source_change(ctx: JobContext) -> int | None:
 def _login(ctx: JobContext) -> CommandSpec:
     password = ctx.secrets.get(PASSWORD_SECRET)
     if password is None:
-        raise BuildError(f"workspace {ctx.params.workspace.name!r} is configured with a password, "
-                         f"but the orchestrator supplied none (secret {PASSWORD_SECRET!r})")
+        raise BuildError(
+            f"workspace {ctx.params.workspace.name!r} is configured with a password, "
+            f"but the orchestrator supplied none (secret {PASSWORD_SECRET!r})"
+        )
     return p4cmd.p4(ctx, "login", stdin=password.encode() + b"\n", secret=True)
 
 
@@ -95,8 +110,11 @@ def _branch_view_read(ctx: JobContext, result: CommandResult) -> Outcome:
     pairs = p4parse.view_mappings(spec)
     if not pairs:
         return fail(f"branch spec {ctx.params.branch_spec!r} has no view mappings")
-    return repeat(f"branch {ctx.params.branch_spec}: {len(pairs)} mapping(s)",
-                  branch_sources=[s for s, _ in pairs], branch_targets=[t for _, t in pairs])
+    return repeat(
+        f"branch {ctx.params.branch_spec}: {len(pairs)} mapping(s)",
+        branch_sources=[s for s, _ in pairs],
+        branch_targets=[t for _, t in pairs],
+    )
 
 
 def _latest_change(ctx: JobContext) -> CommandSpec:
@@ -109,11 +127,12 @@ def _latest_change_read(ctx: JobContext, result: CommandResult) -> Outcome:
         return _failed("p4 changes", result)
     records = [r for r in p4parse.parse_ztag(result.stdout) if r.get("change", "").isdigit()]
     if not records:
-        return fail("the source has no submitted changes",
-                    p4parse.error_line(result.stderr, result.stdout))
+        return fail("the source has no submitted changes", p4parse.error_line(result.stderr, result.stdout))
     latest = records[0]
-    return next_(f"Change {latest['change']} by {latest.get('user', '?')}@{latest.get('client', '?')}",
-                 source_change=int(latest["change"]))
+    return next_(
+        f"Change {latest['change']} by {latest.get('user', '?')}@{latest.get('client', '?')}",
+        source_change=int(latest["change"]),
+    )
 
 
 def _latest_plan(ctx: JobContext) -> list[Step]:
@@ -150,8 +169,9 @@ def _sync_read(ctx: JobContext, result: CommandResult) -> Outcome:
 def _description(ctx: JobContext) -> str:
     if ctx.params.desc.strip():
         return ctx.params.desc
-    what = (f"branch {ctx.params.branch_spec}" if ctx.params.branch_spec
-            else f"{ctx.params.source} to {ctx.params.target}")
+    what = (
+        f"branch {ctx.params.branch_spec}" if ctx.params.branch_spec else f"{ctx.params.source} to {ctx.params.target}"
+    )
     at = f" at change {_source_change(ctx)}" if _source_change(ctx) else ""
     job = f" (p4bus job {ctx.job_id})" if ctx.job_id else ""
     return f"Integrate {what}{at}{job}"
@@ -161,8 +181,7 @@ def change_spec(ctx: JobContext) -> str:
     ws = ctx.params.workspace
     # Every description line is tab-indented, so no line of it can start another field.
     body = "\n".join("\t" + line for line in _description(ctx).splitlines())
-    return (f"Change:\tnew\n\nClient:\t{ws.p4client}\n\nUser:\t{ws.p4user}\n\n"
-            f"Status:\tnew\n\nDescription:\n{body}\n")
+    return f"Change:\tnew\n\nClient:\t{ws.p4client}\n\nUser:\t{ws.p4user}\n\nStatus:\tnew\n\nDescription:\n{body}\n"
 
 
 def _create_change(ctx: JobContext) -> CommandSpec:
@@ -223,8 +242,11 @@ def _delete_change_read(ctx: JobContext, result: CommandResult) -> Outcome:
         return next_(line, integrate_followup=None)
     deleted = p4parse.contains(text, "deleted") or p4parse.contains(text, "unknown")
     reason = "" if deleted else f"the empty pending change {ctx.vars['change']} could not be deleted"
-    return Outcome(kind=OutcomeKind.NOTHING_TO_DO, reason=reason,
-                   key_line=deleted or p4parse.error_line(result.stderr, result.stdout))
+    return Outcome(
+        kind=OutcomeKind.NOTHING_TO_DO,
+        reason=reason,
+        key_line=deleted or p4parse.error_line(result.stderr, result.stdout),
+    )
 
 
 def _check_opened(ctx: JobContext) -> CommandSpec:
@@ -238,9 +260,11 @@ def _check_opened_read(ctx: JobContext, result: CommandResult) -> Outcome:
     change = p4cmd.change(ctx)
     for record in records:
         if record.get("change") != change:
-            return fail(f"{record.get('depotFile')} is already opened on this client in change "
-                        f"{record.get('change')}: revert it or submit that change, then retry",
-                        record.get("depotFile", ""))
+            return fail(
+                f"{record.get('depotFile')} is already opened on this client in change "
+                f"{record.get('change')}: revert it or submit that change, then retry",
+                record.get("depotFile", ""),
+            )
     return next_(f"target files already opened in change {change}", integrate_followup=None)
 
 
@@ -283,12 +307,14 @@ def _pending_read(ctx: JobContext, result: CommandResult) -> Outcome:
         return _failed("p4 resolve -n", result)
     files = p4parse.pending_resolves(result.stdout)
     if not files:
-        return next_(p4parse.contains(_both(result), "no file(s) to resolve") or "nothing to resolve",
-                     conflicts=[])
+        return next_(p4parse.contains(_both(result), "no file(s) to resolve") or "nothing to resolve", conflicts=[])
     more = " (list cut short)" if result.truncated else ""
-    return Outcome(kind=OutcomeKind.WAIT_RESOLVE, conflicts=files,
-                   reason=f"{len(files)} file(s) need a person to resolve{more}",
-                   key_line=f"{files[0]} - needs resolve")
+    return Outcome(
+        kind=OutcomeKind.WAIT_RESOLVE,
+        conflicts=files,
+        reason=f"{len(files)} file(s) need a person to resolve{more}",
+        key_line=f"{files[0]} - needs resolve",
+    )
 
 
 # ---------------------------------------------------------------------------- PRE_SUBMIT
@@ -312,9 +338,10 @@ def _blocklist_read(ctx: JobContext, result: CommandResult) -> Outcome:
 def _hook_step(template: list[str]) -> Step:
     def read(ctx: JobContext, result: CommandResult) -> Outcome:
         if result.exit_code != 0:
-            return fail(f"pre-submit command {' '.join(p4cmd.expand(template, ctx))} exited "
-                        f"{result.exit_code}",
-                        p4parse.last_line(result.stderr) or p4parse.last_line(result.stdout))
+            return fail(
+                f"pre-submit command {' '.join(p4cmd.expand(template, ctx))} exited {result.exit_code}",
+                p4parse.last_line(result.stderr) or p4parse.last_line(result.stdout),
+            )
         return repeat(p4parse.last_line(result.stdout))
 
     return Step(lambda ctx: p4cmd.site_command(ctx, template), read)
@@ -335,10 +362,10 @@ def _shelve_read(ctx: JobContext, result: CommandResult) -> Outcome:
     text = _both(result)
     if "validation failed" in text:
         # The trigger's own line says what is wrong; the generic one follows it.
-        trigger = next((line.strip() for line in text.splitlines()
-                        if "validation failed:" in line), None)
-        return fail("a server trigger rejected the shelve",
-                    trigger or p4parse.contains(text, "validation failed") or "")
+        trigger = next((line.strip() for line in text.splitlines() if "validation failed:" in line), None)
+        return fail(
+            "a server trigger rejected the shelve", trigger or p4parse.contains(text, "validation failed") or ""
+        )
     if result.exit_code != 0:
         return _failed("p4 shelve", result)
     return next_(p4parse.contains(result.stdout, "files shelved") or p4parse.last_line(result.stdout))
@@ -351,8 +378,10 @@ _OFFENDERS = "name_check_offenders"
 
 def _offenders_found(ctx: JobContext, offenders: list[dict[str, str]]) -> Outcome:
     first = offenders[0]
-    return repeat(f"{first['path']}: {first['reason']}" + (f" (+{len(offenders) - 1} more)"
-                  if len(offenders) > 1 else ""), **{_OFFENDERS: offenders})
+    return repeat(
+        f"{first['path']}: {first['reason']}" + (f" (+{len(offenders) - 1} more)" if len(offenders) > 1 else ""),
+        **{_OFFENDERS: offenders},
+    )
 
 
 def _builtin_check_read(ctx: JobContext, result: CommandResult) -> Outcome:
@@ -363,8 +392,10 @@ def _builtin_check_read(ctx: JobContext, result: CommandResult) -> Outcome:
     if not offenders:
         return next_(f"name check: {len(paths)} file(s) pass", **{_OFFENDERS: []})
     if len(offenders) == len(paths):
-        return fail("every opened file fails the name check; nothing would be left to submit",
-                    f"{offenders[0]['path']}: {offenders[0]['reason']}")
+        return fail(
+            "every opened file fails the name check; nothing would be left to submit",
+            f"{offenders[0]['path']}: {offenders[0]['reason']}",
+        )
     return _offenders_found(ctx, offenders)
 
 
@@ -378,8 +409,10 @@ def _external_check_read(ctx: JobContext, result: CommandResult) -> Outcome:
         return next_(f"name check: {command} found nothing", **{_OFFENDERS: []})
     paths = [line.strip() for line in result.stdout.splitlines() if line.strip().startswith("//")]
     if result.exit_code != 1 or not paths:
-        return fail(f"name check command {command} failed (exit {result.exit_code})",
-                    p4parse.error_line(result.stderr, result.stdout))
+        return fail(
+            f"name check command {command} failed (exit {result.exit_code})",
+            p4parse.error_line(result.stderr, result.stdout),
+        )
     return _offenders_found(ctx, [{"path": p, "reason": f"rejected by {command}"} for p in paths])
 
 
@@ -400,8 +433,11 @@ def _reshelve(ctx: JobContext) -> CommandSpec:
 
 
 def _name_check_plan(ctx: JobContext) -> list[Step]:
-    check = (Step(_opened, _builtin_check_read) if ctx.site.name_check == "builtin"
-             else Step(_external_check, _external_check_read))
+    check = (
+        Step(_opened, _builtin_check_read)
+        if ctx.site.name_check == "builtin"
+        else Step(_external_check, _external_check_read)
+    )
     fix = [Step(_revert_offenders, _revert_read), Step(_reshelve, _shelve_read)]
     return [check] + (fix if ctx.vars.get(_OFFENDERS) else [])
 
@@ -433,20 +469,33 @@ def _push_read(ctx: JobContext, result: CommandResult) -> Outcome:
     if line := p4parse.contains(text, "merges still pending"):
         # Something changed in the workspace since RESOLVE_CHECK. A person fixes this the way
         # they fix a conflict, and resume re-runs every check from RESOLVE_CHECK on.
-        return Outcome(kind=OutcomeKind.WAIT_RESOLVE, conflicts=p4parse.must_resolve(text),
-                       reason="the submit found files that still need resolving", key_line=line)
-    if (line := p4parse.contains(text, "out of date files")):
-        return fail("target files changed since the sync: run p4 sync and p4 resolve in the "
-                    "workspace, then retry from RESOLVE_CHECK", line)
+        return Outcome(
+            kind=OutcomeKind.WAIT_RESOLVE,
+            conflicts=p4parse.must_resolve(text),
+            reason="the submit found files that still need resolving",
+            key_line=line,
+        )
+    if line := p4parse.contains(text, "out of date files"):
+        return fail(
+            "target files changed since the sync: run p4 sync and p4 resolve in the "
+            "workspace, then retry from RESOLVE_CHECK",
+            line,
+        )
     if result.exit_code != 0:
         if ctx.attempt > 1 and (line := p4parse.contains(text, "unknown")):
-            return fail(f"change {ctx.vars['change']} no longer exists: an earlier attempt may "
-                        f"have submitted it; check p4 changes before retrying", line)
+            return fail(
+                f"change {ctx.vars['change']} no longer exists: an earlier attempt may "
+                f"have submitted it; check p4 changes before retrying",
+                line,
+            )
         return _failed(p4cmd.expand(ctx.site.push, ctx)[0] + " (push)", result)
     # The push exited 0, so it happened; the site's command just did not print p4's line.
-    return Outcome(kind=OutcomeKind.DONE, key_line=p4parse.last_line(result.stdout),
-                   reason="the push did not report a submitted change number",
-                   updates={"submitted_change": None})
+    return Outcome(
+        kind=OutcomeKind.DONE,
+        key_line=p4parse.last_line(result.stdout),
+        reason="the push did not report a submitted change number",
+        updates={"submitted_change": None},
+    )
 
 
 def _push_plan(ctx: JobContext) -> list[Step]:
@@ -463,8 +512,11 @@ def cleanup(ctx: JobContext) -> list[CommandSpec]:
     if "change" not in ctx.vars:
         return []
     n = p4cmd.change(ctx)
-    return [p4cmd.p4(ctx, "revert", "-c", n, "//..."), p4cmd.p4(ctx, "shelve", "-d", "-c", n),
-            p4cmd.p4(ctx, "change", "-d", n)]
+    return [
+        p4cmd.p4(ctx, "revert", "-c", n, "//..."),
+        p4cmd.p4(ctx, "shelve", "-d", "-c", n),
+        p4cmd.p4(ctx, "change", "-d", n),
+    ]
 
 
 # ---------------------------------------------------------------------------- the pipeline
@@ -476,8 +528,7 @@ _SUBMIT = RetryPolicy(max_attempts=2, backoff_s=10.0, on_lost="fail")
 
 
 def _stage(name: str, plan: Plan, retry: RetryPolicy, timeout: float, **flags: Any) -> Stage:
-    return make_stage(name, plan, retry=retry, timeout=timeout,
-                      login_stage=None if name == LOGIN else LOGIN, **flags)
+    return make_stage(name, plan, retry=retry, timeout=timeout, login_stage=None if name == LOGIN else LOGIN, **flags)
 
 
 def _build_pipeline() -> Pipeline:
@@ -485,14 +536,14 @@ def _build_pipeline() -> Pipeline:
         _stage(LOGIN, _login_plan, _READ, 60),
         _stage("GET_LATEST_CL", _latest_plan, _READ, 300, provides=("source_change",)),
         _stage("SYNC", lambda ctx: [Step(_sync, _sync_read)], _WRITE, 4 * 3600),
-        _stage("CREATE_CHANGE", lambda ctx: [Step(_create_change, _create_change_read)], _WRITE, 120,
-               provides=_CHANGE),
+        _stage("CREATE_CHANGE", lambda ctx: [Step(_create_change, _create_change_read)], _WRITE, 120, provides=_CHANGE),
         _stage("INTEGRATE", _integrate_plan, _WRITE, 3600, needs=_CHANGE),
         _stage("RESOLVE_PASS_1", _resolve_pass("-as"), _WRITE, 3600, needs=_CHANGE),
         _stage("RESOLVE_PASS_2", _resolve_pass("-am"), _WRITE, 3600, needs=_CHANGE),
         _stage("NEEDS_RESOLVE", lambda ctx: [Step(_pending, _pending_read)], _READ, 600, needs=_CHANGE),
-        _stage("RESOLVE_CHECK", lambda ctx: [Step(_pending, _pending_read)], _READ, 600, needs=_CHANGE,
-               resume_only=True),
+        _stage(
+            "RESOLVE_CHECK", lambda ctx: [Step(_pending, _pending_read)], _READ, 600, needs=_CHANGE, resume_only=True
+        ),
         _stage("PRE_SUBMIT", _pre_submit_plan, _READ, 4 * 3600, needs=_CHANGE),
         _stage("SHELVE", lambda ctx: [Step(_shelve, _shelve_read)], _WRITE, 3600, needs=_CHANGE),
         _stage("NC_FIX", _name_check_plan, _WRITE, 1800, needs=_CHANGE),

@@ -17,8 +17,7 @@ def p4_env(ws: Workspace) -> dict[str, str]:
 
 def p4(ctx: JobContext, *args: str, stdin: bytes | None = None, secret: bool = False) -> CommandSpec:
     ws = ctx.params.workspace
-    return CommandSpec(argv=[ws.p4, *args], stdin=stdin, stdin_secret=secret,
-                       env=p4_env(ws), cwd=ws.root)
+    return CommandSpec(argv=[ws.p4, *args], stdin=stdin, stdin_secret=secret, env=p4_env(ws), cwd=ws.root)
 
 
 def change(ctx: JobContext) -> str:

@@ -105,8 +105,13 @@ def diff_chunks(line: str) -> Chunks | None:
 # Result lines: `<client path> - merge from <source>`, `- copy from`, `- ignored`,
 # `- edit from`, `- resolve skipped.`
 _RESOLVE_RESULT = re.compile(r" - (merge from|copy from|ignored|edit from|resolve skipped\.)")
-_RESULT_NAMES = {"merge from": "merged", "copy from": "copied", "ignored": "ignored",
-                 "edit from": "edited", "resolve skipped.": "skipped"}
+_RESULT_NAMES = {
+    "merge from": "merged",
+    "copy from": "copied",
+    "ignored": "ignored",
+    "edit from": "edited",
+    "resolve skipped.": "skipped",
+}
 
 
 def resolve_results(text: str) -> dict[str, int]:
@@ -145,13 +150,22 @@ def must_resolve(text: str) -> list[str]:
 
 # Warnings are not the line that explains a failure; skip them when another line exists.
 _WARNINGS = (
-    "file(s) up-to-date", "no such file(s)", "no file(s) to resolve",
-    "all revision(s) already integrated", "file(s) not opened on this client",
+    "file(s) up-to-date",
+    "no such file(s)",
+    "no file(s) to resolve",
+    "all revision(s) already integrated",
+    "file(s) not opened on this client",
 )
 _CONNECTION = (
-    "connect to server failed", "tcp connect to", "tcp receive failed", "tcp send failed",
-    "partner exited unexpectedly", "connection refused", "connection reset",
-    "ssl receive failed", "ssl send failed",
+    "connect to server failed",
+    "tcp connect to",
+    "tcp receive failed",
+    "tcp send failed",
+    "partner exited unexpectedly",
+    "connection refused",
+    "connection reset",
+    "ssl receive failed",
+    "ssl send failed",
 )
 _AUTH = (
     "your session has expired, please login again",

@@ -18,9 +18,7 @@ def unescape(depot_path: str) -> str:
 @functools.lru_cache(maxsize=256)
 def _pattern(pattern: str) -> re.Pattern[str]:
     parts = re.split(r"(\.\.\.|\*)", pattern)
-    regex = "".join(
-        ".*" if part == "..." else "[^/]*" if part == "*" else re.escape(part) for part in parts
-    )
+    regex = "".join(".*" if part == "..." else "[^/]*" if part == "*" else re.escape(part) for part in parts)
     return re.compile(regex + r"\Z")
 
 

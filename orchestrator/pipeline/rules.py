@@ -6,7 +6,14 @@ from __future__ import annotations
 
 from orchestrator.pipeline import p4parse
 from orchestrator.pipeline.model import (
-    CommandResult, Interpreter, JobContext, Outcome, OutcomeKind, RetryPolicy, fail, retry,
+    CommandResult,
+    Interpreter,
+    JobContext,
+    Outcome,
+    OutcomeKind,
+    RetryPolicy,
+    fail,
+    retry,
 )
 
 # Set by the transition on the first command after coming back from a `come_back` call.
@@ -17,8 +24,10 @@ def _process(ctx: JobContext, result: CommandResult, policy: RetryPolicy) -> Out
     if result.lost:
         if policy.on_lost == "retry":
             return retry("the agent was lost while the command ran")
-        return fail(f"the agent was lost while {ctx.stage} ran; it may or may not have "
-                    f"completed, so it is not run again automatically (check, then retry)")
+        return fail(
+            f"the agent was lost while {ctx.stage} ran; it may or may not have "
+            f"completed, so it is not run again automatically (check, then retry)"
+        )
     if result.error:
         return fail(f"the command could not be started: {result.error}", result.error)
     if result.timed_out:
@@ -26,8 +35,7 @@ def _process(ctx: JobContext, result: CommandResult, policy: RetryPolicy) -> Out
     if result.killed:
         return fail("the command was killed", p4parse.error_line(result.stderr, result.stdout))
     if result.signal is not None:
-        return retry(f"the command died of signal {result.signal}",
-                     p4parse.error_line(result.stderr, result.stdout))
+        return retry(f"the command died of signal {result.signal}", p4parse.error_line(result.stderr, result.stdout))
     if result.exit_code is None:
         return fail("the command ended without an exit status")
     return None
@@ -42,12 +50,20 @@ def _session(ctx: JobContext, result: CommandResult, login_stage: str | None) ->
     if login_stage is None:
         return fail("the Perforce server did not accept the credentials", line)
     if not ctx.params.workspace.password_set:
-        return fail("not logged in to Perforce and no password is configured for workspace "
-                    f"{ctx.params.workspace.name!r}: log in on the agent or configure one", line)
+        return fail(
+            "not logged in to Perforce and no password is configured for workspace "
+            f"{ctx.params.workspace.name!r}: log in on the agent or configure one",
+            line,
+        )
     if ctx.vars.get(RETURNED_KEY) == ctx.stage:
         return fail("still not logged in right after logging in again", line)
-    return Outcome(kind=OutcomeKind.NEXT, goto=login_stage, come_back=True,
-                   reason="ticket expired: logging in again", key_line=line)
+    return Outcome(
+        kind=OutcomeKind.NEXT,
+        goto=login_stage,
+        come_back=True,
+        reason="ticket expired: logging in again",
+        key_line=line,
+    )
 
 
 def guarded(interpret: Interpreter, default_policy: RetryPolicy, login_stage: str | None) -> Interpreter:
@@ -56,7 +72,6 @@ def guarded(interpret: Interpreter, default_policy: RetryPolicy, login_stage: st
 
     def run(ctx: JobContext, result: CommandResult) -> Outcome:
         policy = ctx.site.policy_for(ctx.stage, default_policy)
-        return (_process(ctx, result, policy) or _session(ctx, result, login_stage)
-                or interpret(ctx, result))
+        return _process(ctx, result, policy) or _session(ctx, result, login_stage) or interpret(ctx, result)
 
     return run

@@ -13,7 +13,15 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 from orchestrator.pipeline.model import (
-    Builder, CommandResult, CommandSpec, Interpreter, JobContext, Outcome, RetryPolicy, Stage, fail,
+    Builder,
+    CommandResult,
+    CommandSpec,
+    Interpreter,
+    JobContext,
+    Outcome,
+    RetryPolicy,
+    Stage,
+    fail,
 )
 from orchestrator.pipeline.rules import guarded
 
@@ -41,10 +49,25 @@ def stepwise(plan: Plan) -> tuple[Builder, Interpreter]:
     return build, interpret
 
 
-def make_stage(name: str, plan: Plan, *, retry: RetryPolicy, timeout: float,
-               login_stage: str | None, needs: tuple[str, ...] = (),
-               provides: tuple[str, ...] = (), resume_only: bool = False) -> Stage:
+def make_stage(
+    name: str,
+    plan: Plan,
+    *,
+    retry: RetryPolicy,
+    timeout: float,
+    login_stage: str | None,
+    needs: tuple[str, ...] = (),
+    provides: tuple[str, ...] = (),
+    resume_only: bool = False,
+) -> Stage:
     build, interpret = stepwise(plan)
-    return Stage(name=name, build=build, interpret=guarded(interpret, retry, login_stage),
-                 retry=retry, timeout=timeout, needs=needs, provides=provides,
-                 resume_only=resume_only)
+    return Stage(
+        name=name,
+        build=build,
+        interpret=guarded(interpret, retry, login_stage),
+        retry=retry,
+        timeout=timeout,
+        needs=needs,
+        provides=provides,
+        resume_only=resume_only,
+    )

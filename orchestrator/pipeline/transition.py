@@ -15,7 +15,12 @@ from typing import Any
 import msgspec
 
 from orchestrator.pipeline.model import (
-    BuildError, CommandSpec, JobContext, Outcome, OutcomeKind, Pipeline,
+    BuildError,
+    CommandSpec,
+    JobContext,
+    Outcome,
+    OutcomeKind,
+    Pipeline,
 )
 from orchestrator.pipeline.rules import RETURNED_KEY
 
@@ -77,11 +82,20 @@ class _Walk:
 
     def result(self, state: JobState, stage: str, step: int = 0, attempt: int = 1, **kw: Any) -> Transition:
         kw.setdefault("reason", self.reason)
-        return Transition(state=state, stage=stage, step=step, attempt=attempt, vars=self.vars,
-                          key_line=self.key_line, skipped=tuple(self.skipped), **kw)
+        return Transition(
+            state=state,
+            stage=stage,
+            step=step,
+            attempt=attempt,
+            vars=self.vars,
+            key_line=self.key_line,
+            skipped=tuple(self.skipped),
+            **kw,
+        )
 
-    def dispatch(self, stage: str, step: int = 0, attempt: int = 1,
-                 state: JobState = JobState.RUNNING, delay_s: float = 0.0) -> Transition:
+    def dispatch(
+        self, stage: str, step: int = 0, attempt: int = 1, state: JobState = JobState.RUNNING, delay_s: float = 0.0
+    ) -> Transition:
         """Run (stage, step) if it builds a command; otherwise that stage is over."""
         definition = self.pipeline.stage(stage)
         try:
@@ -131,16 +145,23 @@ def transition(pipeline: Pipeline, ctx: JobContext, outcome: Outcome) -> Transit
         case OutcomeKind.RETRY:
             policy = ctx.site.policy_for(ctx.stage, pipeline.stage(ctx.stage).retry)
             if ctx.attempt >= policy.max_attempts:
-                return walk.result(JobState.FAILED, ctx.stage, ctx.step, ctx.attempt,
-                                   reason=f"{outcome.reason} (gave up after {ctx.attempt} attempts)")
-            return walk.dispatch(ctx.stage, ctx.step, ctx.attempt + 1, JobState.RETRY_WAIT,
-                                 policy.delay(ctx.attempt))
+                return walk.result(
+                    JobState.FAILED,
+                    ctx.stage,
+                    ctx.step,
+                    ctx.attempt,
+                    reason=f"{outcome.reason} (gave up after {ctx.attempt} attempts)",
+                )
+            return walk.dispatch(ctx.stage, ctx.step, ctx.attempt + 1, JobState.RETRY_WAIT, policy.delay(ctx.attempt))
         case OutcomeKind.WAIT_RESOLVE:
             vars[CONFLICTS_KEY] = list(outcome.conflicts)
             return walk.result(JobState.WAITING_RESOLVE, ctx.stage, ctx.step, ctx.attempt)
         case OutcomeKind.DONE | OutcomeKind.NOTHING_TO_DO | OutcomeKind.FAIL:
-            state = {OutcomeKind.DONE: JobState.DONE, OutcomeKind.NOTHING_TO_DO: JobState.NOTHING_TO_DO,
-                     OutcomeKind.FAIL: JobState.FAILED}[outcome.kind]
+            state = {
+                OutcomeKind.DONE: JobState.DONE,
+                OutcomeKind.NOTHING_TO_DO: JobState.NOTHING_TO_DO,
+                OutcomeKind.FAIL: JobState.FAILED,
+            }[outcome.kind]
             return walk.result(state, ctx.stage, ctx.step, ctx.attempt)
     raise ValueError(f"unknown outcome kind {outcome.kind!r}")
 
@@ -148,8 +169,9 @@ def transition(pipeline: Pipeline, ctx: JobContext, outcome: Outcome) -> Transit
 def resume_transition(pipeline: Pipeline, ctx: JobContext, state: JobState) -> Transition:
     """WAITING_RESOLVE -> the pipeline's re-check stage (after a person resolved)."""
     if state is not JobState.WAITING_RESOLVE:
-        raise RefusedTransition(f"the job is {state}, not WAITING_RESOLVE: only a job waiting "
-                                f"for a resolve can be resumed")
+        raise RefusedTransition(
+            f"the job is {state}, not WAITING_RESOLVE: only a job waiting for a resolve can be resumed"
+        )
     if pipeline.resume_stage is None:
         raise RefusedTransition(f"pipeline {pipeline.name} has no stage to resume at")
     walk = _Walk(pipeline, ctx, _transient_free(dict(ctx.vars)), None)
@@ -167,16 +189,19 @@ def retry_from(pipeline: Pipeline, ctx: JobContext, state: JobState, stage: str 
     target = stage or ctx.stage
     names = pipeline.names()
     if target not in names:
-        raise RefusedTransition(f"unknown stage {target!r}: the stages of {pipeline.name} are "
-                                f"{', '.join(names)}")
+        raise RefusedTransition(f"unknown stage {target!r}: the stages of {pipeline.name} are {', '.join(names)}")
     stopped = names.index(ctx.stage)
     if names.index(target) > stopped:
-        skipped = ", ".join(names[stopped:names.index(target)])
-        raise RefusedTransition(f"cannot retry from {target}: the job stopped at {ctx.stage} and "
-                                f"would skip {skipped}; retry from {ctx.stage} or an earlier stage")
+        skipped = ", ".join(names[stopped : names.index(target)])
+        raise RefusedTransition(
+            f"cannot retry from {target}: the job stopped at {ctx.stage} and "
+            f"would skip {skipped}; retry from {ctx.stage} or an earlier stage"
+        )
     for key in pipeline.stage(target).needs:
         if key not in ctx.vars:
             producer = next((s.name for s in pipeline.stages if key in s.provides), "an earlier stage")
-            raise RefusedTransition(f"cannot retry from {target}: it needs the {key} that {producer} "
-                                    f"records, and this job has none; retry from {producer} or earlier")
+            raise RefusedTransition(
+                f"cannot retry from {target}: it needs the {key} that {producer} "
+                f"records, and this job has none; retry from {producer} or earlier"
+            )
     return _Walk(pipeline, ctx, _transient_free(dict(ctx.vars)), None).dispatch(target)

@@ -25,43 +25,52 @@ def _describe(char: str) -> str:
 def _depot_path_errors(field: str, flag: str, path: str) -> list[str]:
     where = f"{field} {path!r}"
     if not path.startswith("//") or len(path) < 3 or path[2] == "/":
-        return [f"{where} is not a depot path: it must start with // and a depot name, "
-                f"e.g. {flag} //depot/main/..."]
+        return [f"{where} is not a depot path: it must start with // and a depot name, e.g. {flag} //depot/main/..."]
     errors = []
     bad = sorted({c for c in path if c in _SHELL_CHARS or ord(c) < 32 or ord(c) == 127})
     if bad:
-        errors.append(f"{where} contains {', '.join(map(_describe, bad))}: depot paths passed "
-                      f"to p4bus may not contain shell metacharacters, quotes or control "
-                      f"characters; remove them")
+        errors.append(
+            f"{where} contains {', '.join(map(_describe, bad))}: depot paths passed "
+            f"to p4bus may not contain shell metacharacters, quotes or control "
+            f"characters; remove them"
+        )
     if "@" in path or "#" in path:
-        errors.append(f"{where} contains a revision specifier (@ or #): give the path alone "
-                      f"and the source change with --change N")
+        errors.append(
+            f"{where} contains a revision specifier (@ or #): give the path alone and the source change with --change N"
+        )
     # Judge the rest without the revision part, which is reported above.
     path = re.split("[@#]", path, maxsplit=1)[0]
     body = path[:-4] if path.endswith("/...") else path
     if "*" in body or "..." in body or "%%" in body:
-        errors.append(f"{where} uses a p4 wildcard (*, ... or %%N) other than a trailing "
-                      f"/...: name a directory as //depot/dir/... or a single file")
+        errors.append(
+            f"{where} uses a p4 wildcard (*, ... or %%N) other than a trailing "
+            f"/...: name a directory as //depot/dir/... or a single file"
+        )
     segments = body[2:].split("/")
     if any(s in ("", ".", "..") for s in segments):
-        errors.append(f"{where} has an empty, '.' or '..' path segment: write the path "
-                      f"without //, /./, /../ after the depot name or a trailing /")
+        errors.append(
+            f"{where} has an empty, '.' or '..' path segment: write the path "
+            f"without //, /./, /../ after the depot name or a trailing /"
+        )
     return errors
 
 
 def _branch_spec_errors(name: str) -> list[str]:
     if _SPEC_NAME.match(name) and not name.isdigit():
         return []
-    return [f"branch spec {name!r} is not a valid name: use letters, digits, '_', '.' and "
-            f"'-' (not first), not only digits, e.g. --branch-spec main-to-rel"]
+    return [
+        f"branch spec {name!r} is not a valid name: use letters, digits, '_', '.' and "
+        f"'-' (not first), not only digits, e.g. --branch-spec main-to-rel"
+    ]
 
 
 def _change_errors(change: object) -> list[str]:
     if change is None:
         return []
     if isinstance(change, bool) or not isinstance(change, int):
-        return [f"change {change!r} is not a number: give the source changelist as a "
-                f"positive integer, e.g. --change 12345"]
+        return [
+            f"change {change!r} is not a number: give the source changelist as a positive integer, e.g. --change 12345"
+        ]
     if change <= 0:
         return [f"change {change} is not a changelist number: changelists start at 1"]
     return []
@@ -73,16 +82,17 @@ def _what_errors(params: JobParams) -> list[str]:
         return ["give either --source and --target, or --branch-spec, not both"]
     if params.branch_spec is not None:
         return _branch_spec_errors(params.branch_spec)
-    missing = [flag for flag, value in (("--source", params.source), ("--target", params.target))
-               if value is None]
+    missing = [flag for flag, value in (("--source", params.source), ("--target", params.target)) if value is None]
     if missing:
-        return [f"missing {' and '.join(missing)}: an integration needs --source and "
-                f"--target depot paths, or --branch-spec NAME"]
-    errors = (_depot_path_errors("source", "--source", params.source)
-              + _depot_path_errors("target", "--target", params.target))
+        return [
+            f"missing {' and '.join(missing)}: an integration needs --source and "
+            f"--target depot paths, or --branch-spec NAME"
+        ]
+    errors = _depot_path_errors("source", "--source", params.source) + _depot_path_errors(
+        "target", "--target", params.target
+    )
     if params.source == params.target:
-        errors.append(f"source and target are the same path {params.source!r}: "
-                      f"integrate into a different branch")
+        errors.append(f"source and target are the same path {params.source!r}: integrate into a different branch")
     return errors
 
 
@@ -93,18 +103,22 @@ def validate_params(params: JobParams, known_workspaces: Collection[str] | None 
     name = params.workspace.name
     if known_workspaces is not None and name not in known_workspaces:
         known = ", ".join(sorted(known_workspaces)) or "none"
-        errors.append(f"workspace {name!r} is not configured (known: {known}): pick one with "
-                      f"--workspace or add [orchestrator.workspaces.{name}] to the config")
+        errors.append(
+            f"workspace {name!r} is not configured (known: {known}): pick one with "
+            f"--workspace or add [orchestrator.workspaces.{name}] to the config"
+        )
     return errors
 
 
 def _template_errors(where: str, template: list[str]) -> list[str]:
     if not template or not template[0]:
-        return [f"{where} is empty: give an argv list such as [\"p4push\", \"-c\", \"{{change}}\"]"]
+        return [f'{where} is empty: give an argv list such as ["p4push", "-c", "{{change}}"]']
     unknown = sorted({f for arg in template for f in re.findall(r"\{(\w*)\}", arg)} - _TEMPLATE_FIELDS)
     if unknown:
-        return [f"{where} uses unknown placeholder(s) {', '.join('{' + u + '}' for u in unknown)}: "
-                f"only {{change}} and {{workspace}} are substituted"]
+        return [
+            f"{where} uses unknown placeholder(s) {', '.join('{' + u + '}' for u in unknown)}: "
+            f"only {{change}} and {{workspace}} are substituted"
+        ]
     return []
 
 
@@ -117,6 +131,8 @@ def validate_site(site: SiteConfig) -> list[str]:
         errors += _template_errors("site.name_check", site.name_check)
     for pattern in site.blocklist:
         if not pattern.startswith("//"):
-            errors.append(f"site.blocklist entry {pattern!r} is not a depot path pattern: "
-                          f"write it as //depot/path/... (wildcards ... and *)")
+            errors.append(
+                f"site.blocklist entry {pattern!r} is not a depot path pattern: "
+                f"write it as //depot/path/... (wildcards ... and *)"
+            )
     return errors

@@ -20,8 +20,8 @@ import click
 from rich.console import Console
 
 from common import config as cfgmod
-from common.zmqutil import free_port_base
 from common.rpc import OrchestratorClient
+from common.zmqutil import free_port_base
 from p4bus.cli import Ctx, UserError
 from p4bus.commands.jobs import follow
 from p4bus.localstack import LocalStack, StackError
@@ -63,8 +63,9 @@ def demo(obj: Ctx, keep: bool) -> None:
         with OrchestratorClient([cfg.endpoint("orchestrator_api")]) as oc:
             info = seeds["conflict"]
             console.rule("1. an integration with a real conflict")
-            job = oc.submit(workspace="conflict", source=info["source"], target=info["target"],
-                            desc="demo: integrate dev to main")
+            job = oc.submit(
+                workspace="conflict", source=info["source"], target=info["target"], desc="demo: integrate dev to main"
+            )
             console.print(f"submitted [bold]{job.job_id}[/]: {info['source']} -> {info['target']}")
             view = follow(obj, job.job_id)
             if view.state != "WAITING_RESOLVE":
@@ -72,8 +73,14 @@ def demo(obj: Ctx, keep: bool) -> None:
             console.rule("a person resolves it in the workspace")
             argv = ["p4", "resolve", "-at"]
             console.print(f"$ cd {info['root']} && {' '.join(argv)}")
-            p4env = {**os.environ, "PATH": path, "P4PORT": info["P4PORT"], "P4USER": info["P4USER"],
-                     "P4CLIENT": info["P4CLIENT"], "PWD": info["root"]}
+            p4env = {
+                **os.environ,
+                "PATH": path,
+                "P4PORT": info["P4PORT"],
+                "P4USER": info["P4USER"],
+                "P4CLIENT": info["P4CLIENT"],
+                "PWD": info["root"],
+            }
             done = subprocess.run(argv, cwd=info["root"], env=p4env, capture_output=True, text=True)
             sys.stdout.write(done.stdout + done.stderr)
             console.print(f"$ p4bus resume {job.job_id}")
@@ -87,8 +94,9 @@ def demo(obj: Ctx, keep: bool) -> None:
             summary.append(follow(obj, job2.job_id))
         console.rule("summary")
         for v in summary:
-            console.print(f"{v.job_id}  {v.state:15} submitted change {v.submitted_change}  "
-                          f"({len(v.timeline)} commands)")
+            console.print(
+                f"{v.job_id}  {v.state:15} submitted change {v.submitted_change}  ({len(v.timeline)} commands)"
+            )
         console.print(f"demo took {time.monotonic() - t0:.1f}s")
         if any(v.state != "DONE" for v in summary):
             raise UserError("a demo job did not reach DONE; logs are in " + str(tmp / "logs"))

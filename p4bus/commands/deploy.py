@@ -15,31 +15,75 @@ from p4bus.cli import Ctx, UserError
 
 @click.command(name="deploy-agent")
 @click.argument("host", metavar="[USER@]HOST")
-@click.option("--master", "masters", multiple=True, metavar="ENDPOINT",
-              help="A master's agent endpoint as the host reaches it (tcp://HOST:9090), repeatable.")
-@click.option("--broker", metavar="ENDPOINT", help="The broker's XSUB endpoint as the host reaches it (tcp://HOST:9092).")
-@click.option("--master-clients", metavar="ENDPOINT",
-              help="The master's client endpoint as this machine reaches it (default: the first --master's port + 1).")
-@click.option("--workspace-root", "roots", multiple=True, metavar="DIR", help="A workspace root on the host, repeatable.")
+@click.option(
+    "--master",
+    "masters",
+    multiple=True,
+    metavar="ENDPOINT",
+    help="A master's agent endpoint as the host reaches it (tcp://HOST:9090), repeatable.",
+)
+@click.option(
+    "--broker", metavar="ENDPOINT", help="The broker's XSUB endpoint as the host reaches it (tcp://HOST:9092)."
+)
+@click.option(
+    "--master-clients",
+    metavar="ENDPOINT",
+    help="The master's client endpoint as this machine reaches it (default: the first --master's port + 1).",
+)
+@click.option(
+    "--workspace-root", "roots", multiple=True, metavar="DIR", help="A workspace root on the host, repeatable."
+)
 @click.option("--pool", "pools", multiple=True, metavar="P", help="A pool of the agent, repeatable (default: default).")
 @click.option("--slots", type=int, default=4, show_default=True, help="Commands the agent runs at once.")
-@click.option("--allow", "allowed", multiple=True, metavar="EXE",
-              help="An executable the agent may run, repeatable (default: p4).")
+@click.option(
+    "--allow",
+    "allowed",
+    multiple=True,
+    metavar="EXE",
+    help="An executable the agent may run, repeatable (default: p4).",
+)
 @click.option("--agent-id", default="", help="The agent's id (default: the host's short name).")
-@click.option("--remote-dir", default=dp.DEFAULT_REMOTE_DIR, show_default=True, help="Where everything goes on the host.")
+@click.option(
+    "--remote-dir", default=dp.DEFAULT_REMOTE_DIR, show_default=True, help="Where everything goes on the host."
+)
 @click.option("--python", default="python3", show_default=True, help="The host's Python (>= 3.11, with venv).")
-@click.option("--ssh-option", "ssh_options", multiple=True, metavar="KEY=VALUE",
-              help="An ssh -o option (also used by scp), repeatable; ~/.ssh/config applies as well.")
-@click.option("--wheelhouse", type=click.Path(file_okay=False, exists=True, path_type=Path),
-              help="Install these wheels instead of building p4bus and its dependencies here.")
-@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for the agent to register.")
+@click.option(
+    "--ssh-option",
+    "ssh_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="An ssh -o option (also used by scp), repeatable; ~/.ssh/config applies as well.",
+)
+@click.option(
+    "--wheelhouse",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="Install these wheels instead of building p4bus and its dependencies here.",
+)
+@click.option(
+    "--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for the agent to register."
+)
 @click.option("--remove", is_flag=True, help="Stop the agent on HOST and delete its remote dir.")
 @click.pass_obj
-def deploy_agent(obj: Ctx, host: str, masters: tuple[str, ...], broker: str | None, master_clients: str | None,
-                 roots: tuple[str, ...], pools: tuple[str, ...], slots: int, allowed: tuple[str, ...], agent_id: str,
-                 remote_dir: str, python: str, ssh_options: tuple[str, ...], wheelhouse: Path | None,
-                 timeout: float, remove: bool) -> None:
+def deploy_agent(
+    obj: Ctx,
+    host: str,
+    masters: tuple[str, ...],
+    broker: str | None,
+    master_clients: str | None,
+    roots: tuple[str, ...],
+    pools: tuple[str, ...],
+    slots: int,
+    allowed: tuple[str, ...],
+    agent_id: str,
+    remote_dir: str,
+    python: str,
+    ssh_options: tuple[str, ...],
+    wheelhouse: Path | None,
+    timeout: float,
+    remove: bool,
+) -> None:
     """Install, upgrade (re-run) or remove a p4bus agent on HOST over SSH; prints the agent id."""
+
     def say(line: str) -> None:
         click.echo(f"deploy-agent: {line}", err=True)
 
@@ -51,13 +95,27 @@ def deploy_agent(obj: Ctx, host: str, masters: tuple[str, ...], broker: str | No
             clients = master_clients or (dp.clients_endpoint(masters[0]) if masters else None)
             dp.remove(dest, list(ssh_options), remote_dir, clients, say)
             return
-        missing = [flag for flag, v in (("--master", masters), ("--broker", broker), ("--workspace-root", roots)) if not v]
+        missing = [
+            flag for flag, v in (("--master", masters), ("--broker", broker), ("--workspace-root", roots)) if not v
+        ]
         if missing:
             raise UserError(f"deploy-agent needs {', '.join(missing)}", 2)
-        plan = dp.Plan(dest=dest, masters=list(masters), broker=broker or "", workspace_roots=list(roots),
-                       master_clients=master_clients or "", pools=list(pools) or ["default"], slots=slots,
-                       agent_id=agent_id, allowed_executables=list(allowed) or ["p4"], ssh_options=list(ssh_options),
-                       remote_dir=remote_dir, python=python, wheelhouse=wheelhouse, register_timeout=timeout)
+        plan = dp.Plan(
+            dest=dest,
+            masters=list(masters),
+            broker=broker or "",
+            workspace_roots=list(roots),
+            master_clients=master_clients or "",
+            pools=list(pools) or ["default"],
+            slots=slots,
+            agent_id=agent_id,
+            allowed_executables=list(allowed) or ["p4"],
+            ssh_options=list(ssh_options),
+            remote_dir=remote_dir,
+            python=python,
+            wheelhouse=wheelhouse,
+            register_timeout=timeout,
+        )
         click.echo(dp.deploy(plan, say))
     except (dp.DeployError, ConfigError) as exc:
         raise UserError(str(exc)) from None

@@ -33,7 +33,9 @@ def parse_since(text: str, now: float | None = None) -> float:
     try:
         return datetime.fromisoformat(text).timestamp()
     except ValueError:
-        raise click.BadParameter(f"{text!r}: use 'all', a duration like 10m / 2h / 1d, an ISO time or a Unix timestamp")
+        raise click.BadParameter(
+            f"{text!r}: use 'all', a duration like 10m / 2h / 1d, an ISO time or a Unix timestamp"
+        ) from None
 
 
 @click.command()
@@ -46,8 +48,13 @@ def events(obj: Ctx, prefixes: tuple[str, ...], since: str) -> None:
     since_ts = time.time() if since == "now" else parse_since(since)
     enc = msgspec.json.Encoder()
     out = sys.stdout.buffer
-    stream = history_then_live(zmq.Context.instance(), cfg.endpoint("broker_xpub"), cfg.endpoint("broker_replay"),
-                               prefixes or ("",), since_ts=since_ts)
+    stream = history_then_live(
+        zmq.Context.instance(),
+        cfg.endpoint("broker_xpub"),
+        cfg.endpoint("broker_replay"),
+        prefixes or ("",),
+        since_ts=since_ts,
+    )
     try:
         for ev in stream:
             out.write(enc.encode(ev) + b"\n")

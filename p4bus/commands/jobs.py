@@ -74,8 +74,19 @@ def submit(obj: Ctx, source, target, branch_spec, change, workspace, agent, pool
         raise UserError("give either --branch-spec or --source and --target, not both", 2)
     if not branch_spec and not (source and target):
         raise UserError("give --source and --target (or --branch-spec)", 2)
-    view = _call(obj, lambda oc: oc.submit(source=source, target=target, branch_spec=branch_spec, change=change,
-                                           workspace=workspace, agent=agent, pool=pool, desc=desc))
+    view = _call(
+        obj,
+        lambda oc: oc.submit(
+            source=source,
+            target=target,
+            branch_spec=branch_spec,
+            change=change,
+            workspace=workspace,
+            agent=agent,
+            pool=pool,
+            desc=desc,
+        ),
+    )
     if as_json:
         _print_json(view)
     else:

@@ -8,8 +8,8 @@ import sys
 import click
 
 from common import protocol as P
-from p4bus.cli import Ctx, UserError
 from common.rpc import MasterClient, RequestError
+from p4bus.cli import Ctx, UserError
 from p4bus.runner import exit_code_of, run_command
 
 
@@ -20,8 +20,9 @@ from p4bus.runner import exit_code_of, run_command
 @click.option("--timeout", type=float, default=None, help="Seconds before the command's process group is ended.")
 @click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_obj
-def run(obj: Ctx, agent: str | None, pool: str | None, cwd: str | None, timeout: float | None,
-        argv: tuple[str, ...]) -> None:
+def run(
+    obj: Ctx, agent: str | None, pool: str | None, cwd: str | None, timeout: float | None, argv: tuple[str, ...]
+) -> None:
     """Run a command on an agent, streaming its output live; exits with its exit code.
 
     Ctrl-C kills the remote process group.
@@ -46,8 +47,16 @@ def run(obj: Ctx, agent: str | None, pool: str | None, cwd: str | None, timeout:
                 mc.kill(started[0].cmd_id, agent=started[0].agent)
 
         try:
-            result = run_command(mc, cfg.endpoint("broker_xpub"), P.CmdSpec(argv=list(argv), cwd=cwd, timeout=timeout),
-                                 sink, agent=agent, pool=pool, on_started=started.append, on_tick=on_tick)
+            result = run_command(
+                mc,
+                cfg.endpoint("broker_xpub"),
+                P.CmdSpec(argv=list(argv), cwd=cwd, timeout=timeout),
+                sink,
+                agent=agent,
+                pool=pool,
+                on_started=started.append,
+                on_tick=on_tick,
+            )
         except RequestError as exc:
             raise UserError(exc.message, 2 if exc.code in ("no_agent", "bad_request") else 1) from None
     if result.status.error:

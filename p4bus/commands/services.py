@@ -11,7 +11,6 @@ from common.config import Config
 from common.zmqutil import BindError
 from p4bus.cli import Ctx, UserError, configure_logging
 
-
 # The endpoints each service binds; the agent binds none.
 BINDS = {
     "broker": ("broker_xsub", "broker_xpub", "broker_replay"),
@@ -34,10 +33,20 @@ def exposed_endpoints(cfg: Config, service: str) -> list[str]:
 # Per-service flags; each dest is a config path (section__field), so a flag overrides the file.
 FLAGS = {
     "agent": [
-        click.option("--exec-via", "agent__exec_via", metavar="ssh://[USER@]HOST[:PORT]", default=None,
-                     help="Run commands on that host over one reused SSH connection (agent.exec_via)."),
-        click.option("--ssh-option", "agent__ssh_options", metavar="KEY=VALUE", multiple=True,
-                     help="An ssh -o option for --exec-via, repeatable (agent.ssh_options)."),
+        click.option(
+            "--exec-via",
+            "agent__exec_via",
+            metavar="ssh://[USER@]HOST[:PORT]",
+            default=None,
+            help="Run commands on that host over one reused SSH connection (agent.exec_via).",
+        ),
+        click.option(
+            "--ssh-option",
+            "agent__ssh_options",
+            metavar="KEY=VALUE",
+            multiple=True,
+            help="An ssh -o option for --exec-via, repeatable (agent.ssh_options).",
+        ),
     ],
 }
 
@@ -51,9 +60,12 @@ def _service(name: str, module: str):
         if exposed and not cfg.insecure:
             # CurveZMQ authentication is not built yet: listening beyond loopback would let
             # anyone on the network run commands. Require an explicit, visible opt-in.
-            raise UserError(f"{name} would listen beyond loopback on {', '.join(exposed)} without "
-                            "authentication; bind to 127.0.0.1, or set insecure = true in the config "
-                            "(P4BUS_INSECURE=1) on a trusted network", 2)
+            raise UserError(
+                f"{name} would listen beyond loopback on {', '.join(exposed)} without "
+                "authentication; bind to 127.0.0.1, or set insecure = true in the config "
+                "(P4BUS_INSECURE=1) on a trusted network",
+                2,
+            )
         configure_logging(cfg, name)
         try:
             importlib.import_module(module).main(cfg)
@@ -65,9 +77,12 @@ def _service(name: str, module: str):
     return run
 
 
-COMMANDS = [_service(name, module) for name, module in (
-    ("broker", "broker.service"),
-    ("master", "master.service"),
-    ("agent", "agent.service"),
-    ("orchestrator", "orchestrator.service"),
-)]
+COMMANDS = [
+    _service(name, module)
+    for name, module in (
+        ("broker", "broker.service"),
+        ("master", "master.service"),
+        ("agent", "agent.service"),
+        ("orchestrator", "orchestrator.service"),
+    )
+]

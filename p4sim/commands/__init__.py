@@ -2,6 +2,7 @@
 
 Command modules are imported lazily (only the one being run) to keep each invocation fast.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -13,22 +14,41 @@ Options = dict[str, "str | bool"]
 
 # command name -> module under p4sim.commands that defines it in its COMMANDS table
 _MODULES = {
-    "info": "auth", "login": "auth",
-    "client": "specs", "branch": "specs", "change": "specs",
-    "add": "files", "edit": "files", "delete": "files", "revert": "files",
-    "reopen": "files", "opened": "files", "fstat": "files",
+    "info": "auth",
+    "login": "auth",
+    "client": "specs",
+    "branch": "specs",
+    "change": "specs",
+    "add": "files",
+    "edit": "files",
+    "delete": "files",
+    "revert": "files",
+    "reopen": "files",
+    "opened": "files",
+    "fstat": "files",
     "sync": "sync",
-    "integrate": "integrate", "integ": "integrate",
+    "integrate": "integrate",
+    "integ": "integrate",
     "resolve": "resolve",
-    "shelve": "shelve", "unshelve": "shelve",
+    "shelve": "shelve",
+    "unshelve": "shelve",
     "submit": "submit",
-    "changes": "history", "describe": "history",
+    "changes": "history",
+    "describe": "history",
 }
 
 
 class Command:
-    def __init__(self, name: str, run, usage: str, flags: str = "", min_args: int = 0,
-                 max_args: int | None = None, needs_auth: bool = True):
+    def __init__(
+        self,
+        name: str,
+        run,
+        usage: str,
+        flags: str = "",
+        min_args: int = 0,
+        max_args: int | None = None,
+        needs_auth: bool = True,
+    ):
         self.name = name
         self.run = run  # run(ctx, opts, args)
         self.usage = usage
@@ -54,8 +74,7 @@ class Command:
             elif spec.get(name[:1]):
                 opts[name[:1]] = name[1:]
             else:
-                raise UsageError(msg.INVALID_OPTION.format(option=argv[i]),
-                                 msg.USAGE.format(usage=self.usage))
+                raise UsageError(msg.INVALID_OPTION.format(option=argv[i]), msg.USAGE.format(usage=self.usage))
             i += 1
         args = argv[i:]
         if len(args) < self.min_args or (self.max_args is not None and len(args) > self.max_args):

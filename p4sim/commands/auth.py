@@ -1,4 +1,5 @@
 """info and login."""
+
 from __future__ import annotations
 
 import secrets
@@ -30,10 +31,21 @@ def info(ctx, opts, args) -> None:
         "serverLicense": "none",
         "caseHandling": "sensitive",
     }
-    labels = ["User name", "Client name", "Client host", "Client root", "Current directory",
-              "Client address", "Server address", "Server root", "Server date", "Server version",
-              "Server license", "Case Handling"]
-    lines = [f"{label}: {value}" for label, value in zip(labels, fields.values()) if value is not None]
+    labels = [
+        "User name",
+        "Client name",
+        "Client host",
+        "Client root",
+        "Current directory",
+        "Client address",
+        "Server address",
+        "Server root",
+        "Server date",
+        "Server version",
+        "Server license",
+        "Case Handling",
+    ]
+    lines = [f"{label}: {value}" for label, value in zip(labels, fields.values(), strict=False) if value is not None]
     if not spec:
         lines[1] = "Client unknown."
     ctx.out.record({k: v for k, v in fields.items() if v is not None}, "\n".join(lines), per_file=False)
@@ -68,6 +80,5 @@ def login(ctx, opts, args) -> None:
 
 COMMANDS = {
     "info": Command("info", info, "info [ -s ]", flags="s", max_args=0, needs_auth=False),
-    "login": Command("login", login, "login [ -a -p -s ] [ user ]", flags="a p s", max_args=1,
-                     needs_auth=False),
+    "login": Command("login", login, "login [ -a -p -s ] [ user ]", flags="a p s", max_args=1, needs_auth=False),
 }

@@ -1,4 +1,5 @@
 """Opening and inspecting files: add, edit, delete, revert, reopen, opened, fstat."""
+
 from __future__ import annotations
 
 from p4sim import messages as msg
@@ -7,7 +8,7 @@ from p4sim.commands.select import display_rev, file_args, opened_matching
 from p4sim.errors import P4Error
 from p4sim.output import format_tagged
 from p4sim.view import has_wildcard
-from p4sim.workspace import read_file, remove_file, set_writable, write_file
+from p4sim.workspace import remove_file, set_writable, write_file
 
 FILE_TYPE = "text"
 
@@ -28,17 +29,25 @@ def add(ctx, opts, args) -> None:
             continue
         opened = ctx.store.opened_file(ctx.settings.client, depot)
         if opened:
-            ctx.out.warning(msg.CURRENTLY_OPENED.format(depot=depot, rev=display_rev(opened["rev"]),
-                                                        action=opened["action"]))
+            ctx.out.warning(
+                msg.CURRENTLY_OPENED.format(depot=depot, rev=display_rev(opened["rev"]), action=opened["action"])
+            )
             continue
         head = ctx.store.head(depot)
         if head and head["action"] != "delete":
             ctx.out.warning(msg.CANT_ADD_EXISTING.format(depot=depot))
             continue
         _open(ctx, depot, "add", change, 0)
-        ctx.out.record({"depotFile": depot, "clientFile": ws.depot_to_local(depot), "workRev": 1,
-                        "action": "add", "type": FILE_TYPE},
-                       msg.OPENED_FOR.format(depot=depot, rev=1, action="add"))
+        ctx.out.record(
+            {
+                "depotFile": depot,
+                "clientFile": ws.depot_to_local(depot),
+                "workRev": 1,
+                "action": "add",
+                "type": FILE_TYPE,
+            },
+            msg.OPENED_FOR.format(depot=depot, rev=1, action="add"),
+        )
 
 
 def _open_synced(ctx, opts, args, action: str) -> None:
@@ -52,8 +61,9 @@ def _open_synced(ctx, opts, args, action: str) -> None:
         for depot in hits:
             opened = ctx.store.opened_file(client, depot)
             if opened:
-                ctx.out.warning(msg.CURRENTLY_OPENED.format(depot=depot, rev=display_rev(opened["rev"]),
-                                                            action=opened["action"]))
+                ctx.out.warning(
+                    msg.CURRENTLY_OPENED.format(depot=depot, rev=display_rev(opened["rev"]), action=opened["action"])
+                )
                 continue
             rev, local = have[depot], ws.depot_to_local(depot)
             _open(ctx, depot, action, change, rev)
@@ -61,9 +71,10 @@ def _open_synced(ctx, opts, args, action: str) -> None:
                 remove_file(local)
             else:
                 set_writable(local, True)
-            ctx.out.record({"depotFile": depot, "clientFile": local, "workRev": rev,
-                            "action": action, "type": FILE_TYPE},
-                           msg.OPENED_FOR.format(depot=depot, rev=rev, action=action))
+            ctx.out.record(
+                {"depotFile": depot, "clientFile": local, "workRev": rev, "action": action, "type": FILE_TYPE},
+                msg.OPENED_FOR.format(depot=depot, rev=rev, action=action),
+            )
 
 
 def edit(ctx, opts, args) -> None:
@@ -90,9 +101,16 @@ def revert(ctx, opts, args) -> None:
             elif not new_file and depot in have:
                 write_file(local, ctx.store.blob(ctx.store.rev(depot, have[depot])["digest"]))
         template = msg.ABANDONED if new_file else msg.REVERTED
-        ctx.out.record({"depotFile": depot, "clientFile": local, "haveRev": have.get(depot, "none"),
-                        "oldAction": action, "action": "abandoned" if new_file else "reverted"},
-                       template.format(depot=depot, rev=display_rev(row["rev"]), action=action))
+        ctx.out.record(
+            {
+                "depotFile": depot,
+                "clientFile": local,
+                "haveRev": have.get(depot, "none"),
+                "oldAction": action,
+                "action": "abandoned" if new_file else "reverted",
+            },
+            template.format(depot=depot, rev=display_rev(row["rev"]), action=action),
+        )
     ctx.store.close_files(client, [r["file"] for r in rows])
 
 
@@ -101,9 +119,15 @@ def reopen(ctx, opts, args) -> None:
     label = f"change {change}" if change else "default change"
     for row in opened_matching(ctx, args):
         ctx.store.reopen(ctx.settings.client, row["file"], change)
-        ctx.out.record({"depotFile": row["file"], "workRev": display_rev(row["rev"]),
-                        "action": row["action"], "change": change or "default"},
-                       msg.REOPENED.format(depot=row["file"], rev=display_rev(row["rev"]), change=label))
+        ctx.out.record(
+            {
+                "depotFile": row["file"],
+                "workRev": display_rev(row["rev"]),
+                "action": row["action"],
+                "change": change or "default",
+            },
+            msg.REOPENED.format(depot=row["file"], rev=display_rev(row["rev"]), change=label),
+        )
 
 
 def opened(ctx, opts, args) -> None:
@@ -114,12 +138,19 @@ def opened(ctx, opts, args) -> None:
         label = f"change {row['change']}" if row["change"] else "default change"
         rev = display_rev(row["rev"])
         ctx.out.record(
-            {"depotFile": row["file"], "clientFile": ws.depot_to_client(row["file"]), "rev": rev,
-             "haveRev": have.get(row["file"], "none"), "action": row["action"],
-             "change": row["change"] or "default", "type": row["type"], "user": row["user"],
-             "client": row["client"]},
-            msg.OPENED_LINE.format(depot=row["file"], rev=rev, action=row["action"], change=label,
-                                   type=row["type"]))
+            {
+                "depotFile": row["file"],
+                "clientFile": ws.depot_to_client(row["file"]),
+                "rev": rev,
+                "haveRev": have.get(row["file"], "none"),
+                "action": row["action"],
+                "change": row["change"] or "default",
+                "type": row["type"],
+                "user": row["user"],
+                "client": row["client"],
+            },
+            msg.OPENED_LINE.format(depot=row["file"], rev=rev, action=row["action"], change=label, type=row["type"]),
+        )
 
 
 def fstat(ctx, opts, args) -> None:
@@ -139,8 +170,9 @@ def fstat(ctx, opts, args) -> None:
             pending = [r for r in resolves if r["how"] is None]
             if only_unresolved and not pending:
                 continue
-            records.append(_fstat_fields(ws, depot, heads.get(depot), have.get(depot),
-                                         opened.get(depot), pending, resolves))
+            records.append(
+                _fstat_fields(ws, depot, heads.get(depot), have.get(depot), opened.get(depot), pending, resolves)
+            )
         if not records:
             warning = msg.NO_RESOLVE if only_unresolved else msg.NOT_OPENED if only_opened else msg.NO_SUCH_FILES
             ctx.out.warning(msg.per_arg(warning, fa.text))
@@ -149,17 +181,26 @@ def fstat(ctx, opts, args) -> None:
 
 
 def _fstat_fields(ws, depot, head, have_rev, opened, pending, resolves) -> dict[str, object]:
-    fields: dict[str, object] = {"depotFile": depot, "clientFile": ws.depot_to_local(depot),
-                                 "isMapped": ""}
+    fields: dict[str, object] = {"depotFile": depot, "clientFile": ws.depot_to_local(depot), "isMapped": ""}
     if head:
-        fields.update(headAction=head["action"], headType=head["type"], headTime=head["time"],
-                      headRev=head["rev"], headChange=head["change"], headModTime=head["time"])
+        fields.update(
+            headAction=head["action"],
+            headType=head["type"],
+            headTime=head["time"],
+            headRev=head["rev"],
+            headChange=head["change"],
+            headModTime=head["time"],
+        )
     if have_rev:
         fields["haveRev"] = have_rev
     if opened:
-        fields.update(action=opened["action"], change=opened["change"] or "default",
-                      type=opened["type"], actionOwner=opened["user"],
-                      workRev=display_rev(opened["rev"]))
+        fields.update(
+            action=opened["action"],
+            change=opened["change"] or "default",
+            type=opened["type"],
+            actionOwner=opened["user"],
+            workRev=display_rev(opened["rev"]),
+        )
         if pending:
             fields["unresolved"] = ""
         elif resolves:
@@ -168,19 +209,24 @@ def _fstat_fields(ws, depot, head, have_rev, opened, pending, resolves) -> dict[
 
 
 COMMANDS = {
-    "add": Command("add", add, "add [ -c changelist# -d -f -I -n ] [ -t type ] file ...",
-                   flags="c: f n t:", min_args=1),
-    "edit": Command("edit", edit, "edit [ -c changelist# -k -n ] [ -t type ] file ...",
-                    flags="c: k n t:", min_args=1),
-    "delete": Command("delete", delete, "delete [ -c changelist# -n -v -k ] file ...",
-                      flags="c: n k", min_args=1),
-    "revert": Command("revert", revert, "revert [ -a -n -k -w -c changelist# -C client ] file ...",
-                      flags="a n k c:", min_args=1),
-    "reopen": Command("reopen", reopen, "reopen [ -c changelist# ] [ -t type ] file ...",
-                      flags="c: t:", min_args=1),
-    "opened": Command("opened", opened, "opened [ -a -c changelist# -C client -u user -m max -s ] [ file ... ]",
-                      flags="a c: m: s"),
-    "fstat": Command("fstat", fstat, "fstat [ -F filter -T fields -m max -r ] [ -c | -e changelist# ] "
-                     "[ -Ox -Rx -Sx ] [-A pattern] [ -U ] file[rev] ...",
-                     flags="Ru Ro Rr T: m: r", min_args=1),
+    "add": Command(
+        "add", add, "add [ -c changelist# -d -f -I -n ] [ -t type ] file ...", flags="c: f n t:", min_args=1
+    ),
+    "edit": Command("edit", edit, "edit [ -c changelist# -k -n ] [ -t type ] file ...", flags="c: k n t:", min_args=1),
+    "delete": Command("delete", delete, "delete [ -c changelist# -n -v -k ] file ...", flags="c: n k", min_args=1),
+    "revert": Command(
+        "revert", revert, "revert [ -a -n -k -w -c changelist# -C client ] file ...", flags="a n k c:", min_args=1
+    ),
+    "reopen": Command("reopen", reopen, "reopen [ -c changelist# ] [ -t type ] file ...", flags="c: t:", min_args=1),
+    "opened": Command(
+        "opened", opened, "opened [ -a -c changelist# -C client -u user -m max -s ] [ file ... ]", flags="a c: m: s"
+    ),
+    "fstat": Command(
+        "fstat",
+        fstat,
+        "fstat [ -F filter -T fields -m max -r ] [ -c | -e changelist# ] "
+        "[ -Ox -Rx -Sx ] [-A pattern] [ -U ] file[rev] ...",
+        flags="Ru Ro Rr T: m: r",
+        min_args=1,
+    ),
 }

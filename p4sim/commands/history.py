@@ -1,4 +1,5 @@
 """changes and describe: the change list and one change in detail."""
+
 from __future__ import annotations
 
 import time
@@ -28,31 +29,45 @@ def changes(ctx, opts, args) -> None:
         for fa in file_args(ctx, args):
             limit = change_limit(fa.revspec)
             for prefix in fa.prefixes:
-                wanted |= {c for c, f in store.change_files(prefix)
-                           if fa.matches(f) and (limit is None or c <= limit)}
+                wanted |= {c for c, f in store.change_files(prefix) if fa.matches(f) and (limit is None or c <= limit)}
         rows = [r for r in rows if r["change"] in wanted]
     if opts.get("m"):
-        rows = rows[:int(opts["m"])]
+        rows = rows[: int(opts["m"])]
     for r in rows:
         full = r["description"]
         short = full.replace("\n", " ")[:31]
         pending = " *pending*" if r["status"] == "pending" else ""
-        ctx.out.record({"change": r["change"], "time": r["time"], "user": r["user"], "client": r["client"],
-                        "status": _status(store, r, shelved), "changeType": "public",
-                        "desc": full if opts.get("l") else short},
-                       msg.CHANGES_LINE.format(change=r["change"], date=_date(r["time"]), user=r["user"],
-                                               client=r["client"], pending=pending,
-                                               desc=full.rstrip("\n") if opts.get("l") else short))
+        ctx.out.record(
+            {
+                "change": r["change"],
+                "time": r["time"],
+                "user": r["user"],
+                "client": r["client"],
+                "status": _status(store, r, shelved),
+                "changeType": "public",
+                "desc": full if opts.get("l") else short,
+            },
+            msg.CHANGES_LINE.format(
+                change=r["change"],
+                date=_date(r["time"]),
+                user=r["user"],
+                client=r["client"],
+                pending=pending,
+                desc=full.rstrip("\n") if opts.get("l") else short,
+            ),
+        )
 
 
 def normal_diff(old: bytes, new: bytes) -> list[str]:
     """`diff` (normal format) lines, as p4 describe prints them."""
     from difflib import SequenceMatcher
+
     a = old.decode("utf-8", "replace").splitlines()
     b = new.decode("utf-8", "replace").splitlines()
 
     def span(lo: int, hi: int) -> str:
         return str(lo + 1) if hi - lo == 1 else f"{lo + 1},{hi}"
+
     lines = []
     for tag, a1, a2, b1, b2 in SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
         if tag == "equal":
@@ -63,10 +78,10 @@ def normal_diff(old: bytes, new: bytes) -> list[str]:
             lines.append(f"{a1}a{span(b1, b2)}")
         else:
             lines.append(f"{span(a1, a2)}c{span(b1, b2)}")
-        lines += [f"< {l}" for l in a[a1:a2]]
+        lines += [f"< {line}" for line in a[a1:a2]]
         if tag == "replace":
             lines.append("---")
-        lines += [f"> {l}" for l in b[b1:b2]]
+        lines += [f"> {line}" for line in b[b1:b2]]
     return lines
 
 
@@ -83,9 +98,14 @@ def describe(ctx, opts, args) -> None:
             files = [(r["file"], display_rev(r["rev"]), r["action"], None) for r in store.opened(row["client"], number)]
         else:
             files = [(r["file"], r["rev"], r["action"], r["digest"]) for r in store.revs_in_change(number)]
-        header = msg.DESCRIBE_HEADER.format(change=number, user=row["user"], client=row["client"],
-                                            date=_date(row["time"], True), pending=" *pending*" if pending else "")
-        lines = [header, ""] + [f"\t{l}" for l in row["description"].rstrip("\n").split("\n")] + [""]
+        header = msg.DESCRIBE_HEADER.format(
+            change=number,
+            user=row["user"],
+            client=row["client"],
+            date=_date(row["time"], True),
+            pending=" *pending*" if pending else "",
+        )
+        lines = [header, ""] + [f"\t{line}" for line in row["description"].rstrip("\n").split("\n")] + [""]
         lines += ["Shelved files ..." if opts.get("S") else "Affected files ...", ""]
         lines += [f"... {f}#{rev} {action}" for f, rev, action, _ in files]
         if not opts.get("s") and not (pending and not opts.get("S")):
@@ -95,20 +115,31 @@ def describe(ctx, opts, args) -> None:
                     continue
                 before = store.rev(f, rev - 1) if not opts.get("S") else store.rev(f, rev)
                 lines += ["", f"==== {f}#{rev} (text) ====", ""]
-                lines += normal_diff(store.blob(before["digest"]) if before and before["digest"] else b"",
-                                     store.blob(digest))
-        fields: dict[str, object] = {"change": number, "user": row["user"], "client": row["client"],
-                                     "time": row["time"], "desc": row["description"],
-                                     "status": _status(store, row, store.shelved_changes()),
-                                     "changeType": "public"}
+                lines += normal_diff(
+                    store.blob(before["digest"]) if before and before["digest"] else b"", store.blob(digest)
+                )
+        fields: dict[str, object] = {
+            "change": number,
+            "user": row["user"],
+            "client": row["client"],
+            "time": row["time"],
+            "desc": row["description"],
+            "status": _status(store, row, store.shelved_changes()),
+            "changeType": "public",
+        }
         for i, (f, rev, action, _) in enumerate(files):
             fields.update({f"depotFile{i}": f, f"action{i}": action, f"type{i}": "text", f"rev{i}": rev})
         ctx.out.record(fields, "\n".join(lines) + "\n", per_file=False)
 
 
 COMMANDS = {
-    "changes": Command("changes", changes, "changes [ -i -t -l -L -f ] [ -c client ] [ -m max ] "
-                       "[ -s status ] [ -u user ] [ file[revRange] ... ]", flags="l m: s:"),
-    "describe": Command("describe", describe, "describe [ -d<flags> -m max -s -S -f -O -I ] changelist# ...",
-                        flags="s S", min_args=1),
+    "changes": Command(
+        "changes",
+        changes,
+        "changes [ -i -t -l -L -f ] [ -c client ] [ -m max ] [ -s status ] [ -u user ] [ file[revRange] ... ]",
+        flags="l m: s:",
+    ),
+    "describe": Command(
+        "describe", describe, "describe [ -d<flags> -m max -s -S -f -O -I ] changelist# ...", flags="s S", min_args=1
+    ),
 }

@@ -5,6 +5,7 @@ source revisions it covered; a target revision that is a copy/branch of the sour
 back (so dev branched from main has nothing new for main until dev changes). The last
 credited source revision is the merge base that resolve will use.
 """
+
 from __future__ import annotations
 
 from p4sim import messages as msg
@@ -54,7 +55,7 @@ def _sources(ctx, opts, args) -> tuple[Mapping, dict, str | None]:
         spec = ctx.store.spec("branch", opts["b"])
         if spec is None:
             raise P4Error(msg.BRANCH_UNKNOWN.format(name=opts["b"]))
-        mapping = Mapping([ViewLine.parse(l) for l in spec["view"].splitlines() if l.strip()])
+        mapping = Mapping([ViewLine.parse(vl) for vl in spec["view"].splitlines() if vl.strip()])
         targets = file_args(ctx, args) if args else None
         revspec = targets[0].revspec if targets else None
         sources = {}
@@ -130,10 +131,18 @@ def integrate(ctx, opts, args) -> None:
                 action, how = "delete", "delete from"
                 resolve_rows.append((client, dst, src, start, end, src, start, "delete from"))
             opened_rows.append((client, dst, action, change, work_rev, FILE_TYPE, ctx.user))
-        ctx.out.record({"depotFile": dst, "clientFile": local, "workRev": work_rev, "action": action,
-                        "fromFile": src, "startFromRev": start or "none", "endFromRev": end},
-                       msg.INTEGRATE_LINE.format(target=dst, rev=work_rev, how=how, source=src,
-                                                 revs=rev_range(start, end)))
+        ctx.out.record(
+            {
+                "depotFile": dst,
+                "clientFile": local,
+                "workRev": work_rev,
+                "action": action,
+                "fromFile": src,
+                "startFromRev": start or "none",
+                "endFromRev": end,
+            },
+            msg.INTEGRATE_LINE.format(target=dst, rev=work_rev, how=how, source=src, revs=rev_range(start, end)),
+        )
     if not acted:
         ctx.out.warning(msg.per_arg(msg.ALL_INTEGRATED, target_arg))
     if preview:
@@ -161,8 +170,11 @@ def _apply(ctx, opened_rows, resolve_rows, have_rows, to_write) -> None:
 
 
 COMMANDS = {
-    "integrate": Command("integrate", integrate,
-                         "integrate [ -c changelist# -n -f -v ] [ -b branch ] fromFile[revRange] toFile",
-                         flags="c: n b:"),
+    "integrate": Command(
+        "integrate",
+        integrate,
+        "integrate [ -c changelist# -n -f -v ] [ -b branch ] fromFile[revRange] toFile",
+        flags="c: n b:",
+    ),
 }
 COMMANDS["integ"] = COMMANDS["integrate"]

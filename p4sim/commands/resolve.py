@@ -1,4 +1,5 @@
 """resolve: settle scheduled merges with the real three-way merge (p4sim.merge)."""
+
 from __future__ import annotations
 
 from p4sim import messages as msg
@@ -59,11 +60,22 @@ def resolve(ctx, opts, args) -> None:
         depot, source, start, end = r["file"], r["from_file"], r["start_rev"], r["end_rev"]
         local, client_file = ws.depot_to_local(depot), ws.depot_to_client(depot)
         two_way = mode in ("at", "ay")
-        header = (msg.VS.format(local=local, source=source, rev=end) if two_way
-                  else msg.MERGING.format(local=local, source=source, revs=rev_range(start, end)))
-        ctx.out.record({"clientFile": local, "fromFile": source, "startFromRev": start or "none",
-                        "endFromRev": end, "resolveType": "content",
-                        "contentResolveType": "2wayraw" if two_way else "3waytext"}, header)
+        header = (
+            msg.VS.format(local=local, source=source, rev=end)
+            if two_way
+            else msg.MERGING.format(local=local, source=source, revs=rev_range(start, end))
+        )
+        ctx.out.record(
+            {
+                "clientFile": local,
+                "fromFile": source,
+                "startFromRev": start or "none",
+                "endFromRev": end,
+                "resolveType": "content",
+                "contentResolveType": "2wayraw" if two_way else "3waytext",
+            },
+            header,
+        )
         if preview:
             continue
         theirs = _content(store, source, end)
@@ -74,8 +86,9 @@ def resolve(ctx, opts, args) -> None:
             how, merged = "ignored", yours
         else:
             labels = MarkerLabels(f"{r['base_file']}#{start}", f"{source}#{end}", client_file)
-            result = merge3(_content(store, r["base_file"], r["base_rev"]), theirs, yours,
-                            labels if mode == "af" else None)
+            result = merge3(
+                _content(store, r["base_file"], r["base_rev"]), theirs, yours, labels if mode == "af" else None
+            )
             ctx.out.info(result.chunk_line)
             how = _decide(mode, result)
             merged = theirs if how == "copy from" else yours if how == "ignored" else result.content
@@ -91,7 +104,10 @@ def resolve(ctx, opts, args) -> None:
 
 
 COMMANDS = {
-    "resolve": Command("resolve", resolve,
-                       "resolve [ -af -am -as -at -ay -f -n -N -o -t -v ] [ -c changelist# ] [ file ... ]",
-                       flags="am as af at ay n c:"),
+    "resolve": Command(
+        "resolve",
+        resolve,
+        "resolve [ -af -am -as -at -ay -f -n -N -o -t -v ] [ -c changelist# ] [ file ... ]",
+        flags="am as af at ay n c:",
+    ),
 }

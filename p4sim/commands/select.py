@@ -3,6 +3,7 @@
 Every helper reports arguments that matched nothing with p4's per-argument warning, so the
 commands only handle what was found.
 """
+
 from __future__ import annotations
 
 from p4sim import messages as msg
@@ -44,13 +45,11 @@ def revisions(ctx, fa: FileArg) -> dict[str, Row | None]:
         wanted = 0 if spec in ("#none", "#0") else int(spec[1:]) if spec[1:].isdigit() else None
         if wanted is None:
             raise P4Error(f"Invalid revision number '{spec[1:]}'.")
-        found = {f: (ctx.store.rev(f, min(wanted, r["rev"])) if wanted else None)
-                 for f, r in found.items()}
+        found = {f: (ctx.store.rev(f, min(wanted, r["rev"])) if wanted else None) for f, r in found.items()}
     return found
 
 
-def opened_matching(ctx, args: list[str], change: int | None = None,
-                    warn: str = msg.NOT_OPENED) -> list[Row]:
+def opened_matching(ctx, args: list[str], change: int | None = None, warn: str = msg.NOT_OPENED) -> list[Row]:
     """Opened files of this client (optionally in one change) matching the arguments."""
     rows = ctx.store.opened(ctx.settings.client, change)
     if not args:

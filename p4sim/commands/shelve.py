@@ -1,4 +1,5 @@
 """shelve and unshelve: park opened files' workspace content on the server, and bring it back."""
+
 from __future__ import annotations
 
 from p4sim import messages as msg
@@ -17,8 +18,7 @@ def _delete_shelf(ctx, change: int, args) -> None:
     if not shelved:
         raise P4Error(msg.NO_SHELVED_TO_DELETE)
     ctx.store.discard_shelved(change, [r["file"] for r in shelved])
-    ctx.out.info(msg.SHELF_DELETED.format(change=change) if not args
-                 else msg.SHELF_FILES_DELETED.format(change=change))
+    ctx.out.info(msg.SHELF_DELETED.format(change=change) if not args else msg.SHELF_FILES_DELETED.format(change=change))
 
 
 def shelve(ctx, opts, args) -> None:
@@ -44,13 +44,17 @@ def shelve(ctx, opts, args) -> None:
         store.discard_shelved(change)
     contents = [None if f["action"] == "delete" else read_file(ws.depot_to_local(f["file"])) for f in files]
     digests = iter(store.put_blobs(c for c in contents if c is not None))
-    store.shelve_files((change, f["file"], f["action"], f["rev"], f["type"],
-                        None if c is None else next(digests)) for f, c in zip(files, contents))
+    store.shelve_files(
+        (change, f["file"], f["action"], f["rev"], f["type"], None if c is None else next(digests))
+        for f, c in zip(files, contents, strict=False)
+    )
     ctx.out.info(msg.SHELVING.format(change=change))
     for f in files:
         rev = display_rev(f["rev"])
-        ctx.out.record({"change": change, "depotFile": f["file"], "rev": rev, "action": f["action"]},
-                       msg.SHELVED_FILE.format(action=f["action"], depot=f["file"], rev=rev))
+        ctx.out.record(
+            {"change": change, "depotFile": f["file"], "rev": rev, "action": f["action"]},
+            msg.SHELVED_FILE.format(action=f["action"], depot=f["file"], rev=rev),
+        )
     ctx.out.info(msg.SHELVED.format(change=change))
 
 
@@ -78,13 +82,20 @@ def unshelve(ctx, opts, args) -> None:
         else:
             write_file(local, store.blob(row["digest"]), writable=True)
         rev = display_rev(row["rev"])
-        ctx.out.record({"depotFile": row["file"], "rev": rev, "action": row["action"]},
-                       msg.UNSHELVED.format(depot=row["file"], rev=rev, action=row["action"]))
+        ctx.out.record(
+            {"depotFile": row["file"], "rev": rev, "action": row["action"]},
+            msg.UNSHELVED.format(depot=row["file"], rev=rev, action=row["action"]),
+        )
 
 
 COMMANDS = {
-    "shelve": Command("shelve", shelve, "shelve [ -a option -p ] [ -c changelist# [ -f | -r ] ] "
-                      "[ -d -c changelist# [ -f ] ] [ file ... ]", flags="c: f r d"),
-    "unshelve": Command("unshelve", unshelve, "unshelve -s changelist# [ -f -n ] [ -c changelist# ] "
-                        "[ file ... ]", flags="s: c: f"),
+    "shelve": Command(
+        "shelve",
+        shelve,
+        "shelve [ -a option -p ] [ -c changelist# [ -f | -r ] ] [ -d -c changelist# [ -f ] ] [ file ... ]",
+        flags="c: f r d",
+    ),
+    "unshelve": Command(
+        "unshelve", unshelve, "unshelve -s changelist# [ -f -n ] [ -c changelist# ] [ file ... ]", flags="s: c: f"
+    ),
 }

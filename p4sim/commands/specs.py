@@ -1,4 +1,5 @@
 """client, branch and change: spec forms out (-o), in (-i) and deletion (-d)."""
+
 from __future__ import annotations
 
 import sys
@@ -70,8 +71,13 @@ def _named_spec(kind: str, ctx, opts, args) -> None:
         description = specs.description_text(fields) or ""
         options = fields.get("Options") or (CLIENT_OPTIONS if kind == "client" else "unlocked")
         view = _view_lines(fields)
-        if row and (row["owner"], row["description"], row["root"], row["options"], row["view"]) == \
-                (owner, description, root, options, view):
+        if row and (row["owner"], row["description"], row["root"], row["options"], row["view"]) == (
+            owner,
+            description,
+            root,
+            options,
+            view,
+        ):
             ctx.out.info(msg.SPEC_NOT_CHANGED.format(kind=label, name=name))
             return
         ctx.store.save_spec(kind, name, owner, description, root, options, view, int(time.time()))
@@ -103,15 +109,25 @@ def branch(ctx, opts, args) -> None:
 def _change_fields(ctx, number: int | None) -> specs.SpecFields:
     if number is None:
         files = ctx.store.opened(ctx.settings.client, 0)
-        return {"Change": "new", "Client": ctx.settings.client, "User": ctx.user, "Status": "new",
-                "Description": ["<enter description here>"],
-                "Files": [f"{f['file']}\t# {f['action']}" for f in files]}
+        return {
+            "Change": "new",
+            "Client": ctx.settings.client,
+            "User": ctx.user,
+            "Status": "new",
+            "Description": ["<enter description here>"],
+            "Files": [f"{f['file']}\t# {f['action']}" for f in files],
+        }
     row = ctx.store.change(number)
     if row is None:
         raise P4Error(msg.CHANGE_UNKNOWN.format(change=number))
-    fields: specs.SpecFields = {"Change": str(number), "Date": specs.format_date(row["time"]),
-                                "Client": row["client"], "User": row["user"], "Status": row["status"],
-                                "Description": specs.description_lines(row["description"])}
+    fields: specs.SpecFields = {
+        "Change": str(number),
+        "Date": specs.format_date(row["time"]),
+        "Client": row["client"],
+        "User": row["user"],
+        "Status": row["status"],
+        "Description": specs.description_lines(row["description"]),
+    }
     if row["status"] == "pending":
         files = ctx.store.opened(row["client"], number)
         fields["Files"] = [f"{f['file']}\t# {f['action']}" for f in files]
@@ -176,10 +192,11 @@ def change(ctx, opts, args) -> None:
 
 
 COMMANDS = {
-    "client": Command("client", client, "client [ -f -t template ] [ -o | -d | -i ] [ clientname ]",
-                      flags="f o i d t:", max_args=1),
-    "branch": Command("branch", branch, "branch [ -f ] [ -o | -d | -i ] branchspec",
-                      flags="f o i d", max_args=1),
-    "change": Command("change", change, "change [ -f -s -O ] [ -o | -d | -i ] [ changelist# ]",
-                      flags="f s O o i d", max_args=1),
+    "client": Command(
+        "client", client, "client [ -f -t template ] [ -o | -d | -i ] [ clientname ]", flags="f o i d t:", max_args=1
+    ),
+    "branch": Command("branch", branch, "branch [ -f ] [ -o | -d | -i ] branchspec", flags="f o i d", max_args=1),
+    "change": Command(
+        "change", change, "change [ -f -s -O ] [ -o | -d | -i ] [ changelist# ]", flags="f s O o i d", max_args=1
+    ),
 }

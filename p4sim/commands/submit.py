@@ -1,4 +1,5 @@
 """submit: turn a pending change into depot revisions, renumbering it if newer changes exist."""
+
 from __future__ import annotations
 
 import os
@@ -35,8 +36,11 @@ def _check_resolved(ctx, change: int, files) -> None:
     store, client = ctx.store, ctx.settings.client
     pending = [f["file"] for f in files if any(r["how"] is None for r in store.resolves(client, f["file"]))]
     if pending:
-        raise P4Error(msg.MERGES_PENDING, *(msg.MUST_RESOLVE.format(depot=f) for f in pending),
-                      msg.SUBMIT_FAILED.format(change=change))
+        raise P4Error(
+            msg.MERGES_PENDING,
+            *(msg.MUST_RESOLVE.format(depot=f) for f in pending),
+            msg.SUBMIT_FAILED.format(change=change),
+        )
     # A file opened at an older revision than the head must be resolved first; p4 schedules it.
     stale = []
     for f in files:
@@ -67,8 +71,11 @@ def submit(ctx, opts, args) -> None:
                 raise P4Error(msg.OPEN_FOR_READ_FAILED.format(local=local), msg.SUBMIT_ABORTED.format(change=change))
             content = read_file(local)
         revisions.append(NewRevision(f["file"], f["action"], content))
-        integs += [IntegRecord(f["file"], r["from_file"], r["start_rev"], r["end_rev"], r["how"])
-                   for r in store.resolves(client, f["file"]) if r["from_file"] != f["file"]]
+        integs += [
+            IntegRecord(f["file"], r["from_file"], r["start_rev"], r["end_rev"], r["how"])
+            for r in store.resolves(client, f["file"])
+            if r["from_file"] != f["file"]
+        ]
     ctx.out.record({"change": change, "openFiles": len(files)}, msg.SUBMITTING.format(change=change), per_file=False)
     ctx.out.record({"locked": len(files)}, msg.LOCKING.format(count=len(files)), per_file=False)
     submitted = change
@@ -82,14 +89,20 @@ def submit(ctx, opts, args) -> None:
     store.close_files(client, [f["file"] for f in files])
     for r in revisions:
         set_writable(ws.depot_to_local(r.file), False)
-        ctx.out.record({"depotFile": r.file, "rev": new_revs[r.file], "action": r.action},
-                       msg.SUBMITTED_FILE.format(action=r.action, depot=r.file, rev=new_revs[r.file]))
-    done = (msg.SUBMITTED.format(change=change) if submitted == change
-            else msg.RENAMED_SUBMITTED.format(change=change, new=submitted))
+        ctx.out.record(
+            {"depotFile": r.file, "rev": new_revs[r.file], "action": r.action},
+            msg.SUBMITTED_FILE.format(action=r.action, depot=r.file, rev=new_revs[r.file]),
+        )
+    done = (
+        msg.SUBMITTED.format(change=change)
+        if submitted == change
+        else msg.RENAMED_SUBMITTED.format(change=change, new=submitted)
+    )
     ctx.out.record({"submittedChange": submitted}, done, per_file=False)
 
 
 COMMANDS = {
-    "submit": Command("submit", submit, "submit [ -r -s -f option ] [ -c changelist# | -d description ]",
-                      flags="c: d:", max_args=0),
+    "submit": Command(
+        "submit", submit, "submit [ -r -s -f option ] [ -c changelist# | -d description ]", flags="c: d:", max_args=0
+    ),
 }

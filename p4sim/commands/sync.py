@@ -1,4 +1,5 @@
 """sync: bring workspace files to the requested revisions and record them in the have list."""
+
 from __future__ import annotations
 
 from p4sim import messages as msg
@@ -24,8 +25,7 @@ def sync(ctx, opts, args) -> None:
         candidates = sorted(set(in_view) | {f for f in have if fa.matches(f)})
         arg_text = fa.text + (fa.revspec or "")
         if not candidates:
-            ctx.out.warning(msg.per_arg(msg.NOT_IN_VIEW if targets else msg.NO_SUCH_FILES,
-                                        arg_text if args else None))
+            ctx.out.warning(msg.per_arg(msg.NOT_IN_VIEW if targets else msg.NO_SUCH_FILES, arg_text if args else None))
             continue
         planned, behind = len(plan), 0
         for depot in candidates:
@@ -68,8 +68,7 @@ def _apply(ctx, plan, preview: bool, keep_files: bool) -> None:
         for i, (action, depot, row) in enumerate(plan):
             local = ws.depot_to_local(depot)
             rev = row["rev"] if row is not None else "none"
-            if action in ("added", "updated") and not preview and not keep_files \
-                    and is_writable_file(local):
+            if action in ("added", "updated") and not preview and not keep_files and is_writable_file(local):
                 raise P4Error(msg.CANT_CLOBBER.format(local=local))
             if not preview:
                 if not keep_files and action == "deleted":
@@ -77,13 +76,24 @@ def _apply(ctx, plan, preview: bool, keep_files: bool) -> None:
                 elif not keep_files:
                     write_file(local, contents[row["digest"]])
                 done.append((depot, 0 if action == "deleted" else row["rev"]))
-            fields: dict[str, object] = {"depotFile": depot, "clientFile": local, "rev": rev,
-                                         "action": action, "fileSize": row["size"] if row else 0}
+            fields: dict[str, object] = {
+                "depotFile": depot,
+                "clientFile": local,
+                "rev": rev,
+                "action": action,
+                "fileSize": row["size"] if row else 0,
+            }
             if i == 0:
-                fields.update(totalFileSize=total_size, totalFileCount=len(plan),
-                              change=max((r["change"] for _, _, r in plan if r is not None), default=0))
-            text = (msg.SYNC_REFRESH.format(depot=depot, rev=rev, local=local) if action == "refreshed"
-                    else msg.SYNC_LINE.format(depot=depot, rev=rev, what=_TEXT[action], local=local))
+                fields.update(
+                    totalFileSize=total_size,
+                    totalFileCount=len(plan),
+                    change=max((r["change"] for _, _, r in plan if r is not None), default=0),
+                )
+            text = (
+                msg.SYNC_REFRESH.format(depot=depot, rev=rev, local=local)
+                if action == "refreshed"
+                else msg.SYNC_LINE.format(depot=depot, rev=rev, what=_TEXT[action], local=local)
+            )
             ctx.out.record(fields, text)
     finally:
         # Files already written stay synced even when a later one stops the sync.
@@ -91,6 +101,5 @@ def _apply(ctx, plan, preview: bool, keep_files: bool) -> None:
 
 
 COMMANDS = {
-    "sync": Command("sync", sync, "sync [ -f -L -n -N -k -q -r ] [-m max] [ file[revRange] ... ]",
-                    flags="f n k q"),
+    "sync": Command("sync", sync, "sync [ -f -L -n -N -k -q -r ] [-m max] [ file[revRange] ... ]", flags="f n k q"),
 }

@@ -1,4 +1,5 @@
 """Passwords and tickets. A user without a password needs no login (as on a fresh p4d)."""
+
 from __future__ import annotations
 
 import os
@@ -28,7 +29,7 @@ def read_ticket(tickets_file: str, port: str, user: str) -> str | None:
 def write_ticket(tickets_file: str, port: str, user: str, ticket: str) -> None:
     try:
         with open(tickets_file) as f:
-            kept = [l for l in f.read().splitlines() if not l.startswith(f"{port}={user}:")]
+            kept = [line for line in f.read().splitlines() if not line.startswith(f"{port}={user}:")]
     except OSError:
         kept = []
     kept.append(f"{port}={user}:{ticket}")

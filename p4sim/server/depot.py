@@ -2,6 +2,7 @@
 
 Shared by `submit` and by the seeder, which builds histories without running p4 commands.
 """
+
 from __future__ import annotations
 
 import time
@@ -15,21 +16,22 @@ FILE_TYPE = "text"
 @dataclass(frozen=True)
 class NewRevision:
     file: str
-    action: str             # add | edit | delete | integrate | branch
-    content: bytes | None   # None for delete
+    action: str  # add | edit | delete | integrate | branch
+    content: bytes | None  # None for delete
 
 
 @dataclass(frozen=True)
 class IntegRecord:
     to_file: str
     from_file: str
-    start_rev: int          # source revisions start_rev+1 .. end_rev were integrated
+    start_rev: int  # source revisions start_rev+1 .. end_rev were integrated
     end_rev: int
-    how: str                # branch from | copy from | merge from | ignored | edit from | delete from
+    how: str  # branch from | copy from | merge from | ignored | edit from | delete from
 
 
-def add_revisions(store: Store, change: int, revisions: list[NewRevision],
-                  integs: list[IntegRecord] = (), when: int | None = None) -> dict[str, int]:
+def add_revisions(
+    store: Store, change: int, revisions: list[NewRevision], integs: list[IntegRecord] = (), when: int | None = None
+) -> dict[str, int]:
     """Append one revision per file in `change`; returns file -> its new revision number."""
     when = when or int(time.time())
     heads = _head_revs(store, [r.file for r in revisions])
@@ -40,11 +42,13 @@ def add_revisions(store: Store, change: int, revisions: list[NewRevision],
         digest = next(digest_iter) if r.content is not None else None
         rev = heads.get(r.file, 0) + 1
         new_revs[r.file] = rev
-        rows.append((r.file, rev, r.action, change, FILE_TYPE, digest,
-                     len(r.content) if r.content is not None else 0, when))
+        rows.append(
+            (r.file, rev, r.action, change, FILE_TYPE, digest, len(r.content) if r.content is not None else 0, when)
+        )
     store.add_revs(rows)
-    store.add_integs((i.to_file, new_revs[i.to_file], i.from_file, i.start_rev, i.end_rev, i.how, change)
-                     for i in integs)
+    store.add_integs(
+        (i.to_file, new_revs[i.to_file], i.from_file, i.start_rev, i.end_rev, i.how, change) for i in integs
+    )
     return new_revs
 
 

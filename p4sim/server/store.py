@@ -4,6 +4,7 @@ Every p4 invocation runs its whole command inside one `BEGIN IMMEDIATE` transact
 concurrent invocations serialise on SQLite's write lock and never see half a command. File
 contents are stored once per SHA-1 in the `blobs` table (content addressed, deduplicated).
 """
+
 from __future__ import annotations
 
 import os
@@ -108,11 +109,14 @@ class Store:
         row = self.db.execute("SELECT value FROM counters WHERE name='change'").fetchone()
         return row[0] if row else 0
 
-    def create_change(self, client: str, user: str, description: str, status: str = "pending",
-                      when: int | None = None) -> int:
+    def create_change(
+        self, client: str, user: str, description: str, status: str = "pending", when: int | None = None
+    ) -> int:
         number = self.next_change_number()
-        self.db.execute("INSERT INTO changes VALUES(?,?,?,?,?,?)",
-                        (number, client, user, status, description, when or int(time.time())))
+        self.db.execute(
+            "INSERT INTO changes VALUES(?,?,?,?,?,?)",
+            (number, client, user, status, description, when or int(time.time())),
+        )
         return number
 
     def change(self, number: int) -> Row | None:
@@ -131,8 +135,7 @@ class Store:
 
     def changes(self, status: str | None = None) -> list[Row]:
         if status:
-            return self.db.execute("SELECT * FROM changes WHERE status=? ORDER BY change DESC",
-                                   (status,)).fetchall()
+            return self.db.execute("SELECT * FROM changes WHERE status=? ORDER BY change DESC", (status,)).fetchall()
         return self.db.execute("SELECT * FROM changes ORDER BY change DESC").fetchall()
 
     def change_files(self, prefix: str) -> list[tuple[int, str]]:
@@ -142,7 +145,8 @@ class Store:
             "SELECT change, file FROM revs WHERE file>=? AND file<? UNION "
             "SELECT change, file FROM opened WHERE file>=? AND file<? UNION "
             "SELECT change, file FROM shelves WHERE file>=? AND file<?",
-            (lo, hi, lo, hi, lo, hi)).fetchall()
+            (lo, hi, lo, hi, lo, hi),
+        ).fetchall()
 
     def shelved_changes(self) -> set[int]:
         return {r[0] for r in self.db.execute("SELECT DISTINCT change FROM shelves")}
@@ -159,18 +163,28 @@ class Store:
         self.db.execute("INSERT INTO tickets VALUES(?,?,?)", (ticket, user, expires))
 
     def ticket_expiry(self, ticket: str, user: str) -> float | None:
-        row = self.db.execute("SELECT expires FROM tickets WHERE ticket=? AND user=?",
-                              (ticket, user)).fetchone()
+        row = self.db.execute("SELECT expires FROM tickets WHERE ticket=? AND user=?", (ticket, user)).fetchone()
         return row[0] if row else None
 
     # -- specs (clients and branches) -------------------------------------------------------
     def spec(self, kind: str, name: str) -> Row | None:
         return self.db.execute("SELECT * FROM specs WHERE kind=? AND name=?", (kind, name)).fetchone()
 
-    def save_spec(self, kind: str, name: str, owner: str, description: str, root: str | None,
-                  options: str, view: str, updated: int) -> None:
-        self.db.execute("INSERT OR REPLACE INTO specs VALUES(?,?,?,?,?,?,?,?,?)",
-                        (kind, name, owner, description, root, options, view, updated, updated))
+    def save_spec(
+        self,
+        kind: str,
+        name: str,
+        owner: str,
+        description: str,
+        root: str | None,
+        options: str,
+        view: str,
+        updated: int,
+    ) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO specs VALUES(?,?,?,?,?,?,?,?,?)",
+            (kind, name, owner, description, root, options, view, updated, updated),
+        )
 
     def delete_spec(self, kind: str, name: str) -> None:
         self.db.execute("DELETE FROM specs WHERE kind=? AND name=?", (kind, name))
@@ -178,6 +192,7 @@ class Store:
     # -- blobs ------------------------------------------------------------------------------
     def put_blobs(self, contents: Iterable[bytes]) -> list[str]:
         import hashlib  # only writers need it; keeps read-only invocations fast
+
         digests, rows = [], []
         for data in contents:
             digest = hashlib.sha1(data).hexdigest()
@@ -195,28 +210,33 @@ class Store:
         wanted = list(set(digests))
         found: dict[str, bytes] = {}
         for i in range(0, len(wanted), 500):  # stay under SQLite's bound-parameter limit
-            part = wanted[i:i + 500]
+            part = wanted[i : i + 500]
             marks = ",".join("?" * len(part))
-            found.update(self.db.execute(
-                f"SELECT digest, data FROM blobs WHERE digest IN ({marks})", part).fetchall())
+            found.update(self.db.execute(f"SELECT digest, data FROM blobs WHERE digest IN ({marks})", part).fetchall())
         return found
 
     # -- revisions ----------------------------------------------------------------------------
     def heads(self, prefixes: Iterable[str], at_change: int | None = None) -> dict[str, Row]:
         """Latest revision (at or before `at_change`) of every depot file under the prefixes."""
-        limit = at_change if at_change is not None else 2 ** 62
+        limit = at_change if at_change is not None else 2**62
         heads: dict[str, Row] = {}
         for prefix in prefixes:
             # SQLite returns the bare columns of the row holding MAX(rev).
-            heads.update((r["file"], r) for r in self.db.execute(
-                "SELECT file, MAX(rev) AS rev, action, change, type, digest, size, time FROM revs "
-                "WHERE file>=? AND file<? AND change<=? GROUP BY file", (*_range(prefix), limit)))
+            heads.update(
+                (r["file"], r)
+                for r in self.db.execute(
+                    "SELECT file, MAX(rev) AS rev, action, change, type, digest, size, time FROM revs "
+                    "WHERE file>=? AND file<? AND change<=? GROUP BY file",
+                    (*_range(prefix), limit),
+                )
+            )
         return heads
 
     def head(self, file: str, at_change: int | None = None) -> Row | None:
-        limit = at_change if at_change is not None else 2 ** 62
-        return self.db.execute("SELECT * FROM revs WHERE file=? AND change<=? ORDER BY rev DESC "
-                               "LIMIT 1", (file, limit)).fetchone()
+        limit = at_change if at_change is not None else 2**62
+        return self.db.execute(
+            "SELECT * FROM revs WHERE file=? AND change<=? ORDER BY rev DESC LIMIT 1", (file, limit)
+        ).fetchone()
 
     def rev(self, file: str, rev: int) -> Row | None:
         return self.db.execute("SELECT * FROM revs WHERE file=? AND rev=?", (file, rev)).fetchone()
@@ -229,25 +249,24 @@ class Store:
         return self.db.execute("SELECT * FROM revs WHERE change=? ORDER BY file", (change,)).fetchall()
 
     def files_named_like(self, file: str) -> list[str]:
-        return [r[0] for r in self.db.execute(
-            "SELECT DISTINCT file FROM revs WHERE lower(file)=lower(?)", (file,))]
+        return [r[0] for r in self.db.execute("SELECT DISTINCT file FROM revs WHERE lower(file)=lower(?)", (file,))]
 
     # -- have list ------------------------------------------------------------------------------
     def have(self, client: str, prefixes: Iterable[str] = ("//",)) -> dict[str, int]:
         have: dict[str, int] = {}
         for prefix in prefixes:
-            have.update(self.db.execute(
-                "SELECT file, rev FROM have WHERE client=? AND file>=? AND file<?",
-                (client, *_range(prefix))).fetchall())
+            have.update(
+                self.db.execute(
+                    "SELECT file, rev FROM have WHERE client=? AND file>=? AND file<?", (client, *_range(prefix))
+                ).fetchall()
+            )
         return have
 
     def set_have(self, client: str, items: Iterable[tuple[str, int]]) -> None:
         """Record (file, rev) pairs; rev 0 removes the file from the have list."""
         rows = list(items)
-        self.db.executemany("DELETE FROM have WHERE client=? AND file=?",
-                            [(client, f) for f, r in rows if not r])
-        self.db.executemany("INSERT OR REPLACE INTO have VALUES(?,?,?)",
-                            [(client, f, r) for f, r in rows if r])
+        self.db.executemany("DELETE FROM have WHERE client=? AND file=?", [(client, f) for f, r in rows if not r])
+        self.db.executemany("INSERT OR REPLACE INTO have VALUES(?,?,?)", [(client, f, r) for f, r in rows if r])
 
     # -- opened files --------------------------------------------------------------------------
     def opened(self, client: str | None = None, change: int | None = None) -> list[Row]:
@@ -261,8 +280,7 @@ class Store:
         return self.db.execute(sql + " ORDER BY file", params).fetchall()
 
     def opened_file(self, client: str, file: str) -> Row | None:
-        return self.db.execute("SELECT * FROM opened WHERE client=? AND file=?",
-                               (client, file)).fetchone()
+        return self.db.execute("SELECT * FROM opened WHERE client=? AND file=?", (client, file)).fetchone()
 
     def open_files(self, rows: Iterable[tuple]) -> None:
         """Rows of (client, file, action, change, rev, type, user)."""
@@ -283,18 +301,17 @@ class Store:
     # -- resolves ------------------------------------------------------------------------------
     def resolves(self, client: str, file: str | None = None) -> list[Row]:
         if file is None:
-            return self.db.execute("SELECT * FROM resolves WHERE client=? ORDER BY file",
-                                   (client,)).fetchall()
-        return self.db.execute("SELECT * FROM resolves WHERE client=? AND file=?",
-                               (client, file)).fetchall()
+            return self.db.execute("SELECT * FROM resolves WHERE client=? ORDER BY file", (client,)).fetchall()
+        return self.db.execute("SELECT * FROM resolves WHERE client=? AND file=?", (client, file)).fetchall()
 
     def schedule_resolves(self, rows: Iterable[tuple]) -> None:
         """Rows of (client, file, from_file, start_rev, end_rev, base_file, base_rev)."""
         self.db.executemany("INSERT OR REPLACE INTO resolves VALUES(?,?,?,?,?,?,?,NULL)", rows)
 
     def mark_resolved(self, client: str, file: str, from_file: str, how: str) -> None:
-        self.db.execute("UPDATE resolves SET how=? WHERE client=? AND file=? AND from_file=?",
-                        (how, client, file, from_file))
+        self.db.execute(
+            "UPDATE resolves SET how=? WHERE client=? AND file=? AND from_file=?", (how, client, file, from_file)
+        )
 
     # -- integration history --------------------------------------------------------------------
     def add_integs(self, rows: Iterable[tuple]) -> None:
@@ -308,7 +325,8 @@ class Store:
         return self.db.execute(
             "SELECT * FROM integs WHERE (from_file>=? AND from_file<? AND to_file>=? AND to_file<?)"
             " OR (from_file>=? AND from_file<? AND to_file>=? AND to_file<?)",
-            (s_lo, s_hi, t_lo, t_hi, t_lo, t_hi, s_lo, s_hi)).fetchall()
+            (s_lo, s_hi, t_lo, t_hi, t_lo, t_hi, s_lo, s_hi),
+        ).fetchall()
 
     # -- shelves ---------------------------------------------------------------------------------
     def shelved(self, change: int) -> list[Row]:
@@ -322,6 +340,4 @@ class Store:
         if files is None:
             self.db.execute("DELETE FROM shelves WHERE change=?", (change,))
         else:
-            self.db.executemany("DELETE FROM shelves WHERE change=? AND file=?",
-                                [(change, f) for f in files])
-
+            self.db.executemany("DELETE FROM shelves WHERE change=? AND file=?", [(change, f) for f in files])

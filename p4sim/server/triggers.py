@@ -8,6 +8,7 @@
 Each entry is a name-check policy (the keys are optional; the values above are the defaults).
 Like a p4 change-content trigger, a violation rejects the whole shelve or submit.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,7 @@ from p4sim.view import unescape
 
 CONFIG_NAME = "triggers.json"
 DEFAULT_ILLEGAL = "@#%*"
-DEFAULT_RESERVED = ["CON", "NUL", "AUX", "PRN", "COM1", "COM2", "COM3", "COM4",
-                    "LPT1", "LPT2", "LPT3"]
+DEFAULT_RESERVED = ["CON", "NUL", "AUX", "PRN", "COM1", "COM2", "COM3", "COM4", "LPT1", "LPT2", "LPT3"]
 _FAILED_TEXT = {"shelve": msg.SHELVE_VALIDATION, "submit": msg.SUBMIT_VALIDATION}
 
 
@@ -58,5 +58,4 @@ def validate(store: Store, event: str, files: list[str]) -> None:
             continue
         problems = name_problems(policy, files, store)
         if problems:
-            raise P4Error(msg.TRIGGER_FAILED.format(name=name, output="\n".join(problems)),
-                          _FAILED_TEXT[event])
+            raise P4Error(msg.TRIGGER_FAILED.format(name=name, output="\n".join(problems)), _FAILED_TEXT[event])

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
-from pathlib import Path
 
 import pytest
 
@@ -45,8 +43,12 @@ class JobStack:
         info = seed(self.tmp / name, scenario, password=password)
         self.seeds[name] = info
         self.stack.tree["orchestrator"]["workspaces"][name] = {
-            "p4port": info["P4PORT"], "p4user": info["P4USER"], "p4client": info["P4CLIENT"], "root": info["root"],
-            **extra}
+            "p4port": info["P4PORT"],
+            "p4user": info["P4USER"],
+            "p4client": info["P4CLIENT"],
+            "root": info["root"],
+            **extra,
+        }
         return info
 
     def start(self, *services: str, agents: dict[str, list[str]] | None = None) -> None:
@@ -59,9 +61,14 @@ class JobStack:
 
     def start_agent(self, agent_id: str, names: list[str], extra_env: dict | None = None):
         self.agent_workspaces[agent_id] = names
-        extra = {"agent": {"id": agent_id, "workspaces": {n: self.seeds[n]["root"] for n in names},
-                           "workspace_roots": [str(self.tmp / n) for n in names],
-                           "spool_dir": str(self.tmp / "spool" / agent_id)}}
+        extra = {
+            "agent": {
+                "id": agent_id,
+                "workspaces": {n: self.seeds[n]["root"] for n in names},
+                "workspace_roots": [str(self.tmp / n) for n in names],
+                "spool_dir": str(self.tmp / "spool" / agent_id),
+            }
+        }
         p = self.stack.start("agent", extra=extra, env={**self.env, **(extra_env or {})})
         self.procs[agent_id] = p
         return p
@@ -85,12 +92,14 @@ class JobStack:
 
     def wait_state(self, job_id: str, states=TERMINAL, timeout: float = 60.0) -> P.JobView:
         with self.orch() as oc:
+
             def reached():
                 try:
                     v = oc.job(job_id)
                 except RequestError:
                     return None  # the orchestrator is restarting
                 return v if v.state in states else None
+
             return wait_for(reached, timeout, f"{job_id} to reach {states}", interval=0.1)
 
     def p4(self, name: str, *args: str) -> str:
@@ -98,8 +107,14 @@ class JobStack:
         import subprocess
 
         info = self.seeds[name]
-        env = {**os.environ, **self.env, "P4PORT": info["P4PORT"], "P4USER": info["P4USER"],
-               "P4CLIENT": info["P4CLIENT"], "PWD": info["root"]}
+        env = {
+            **os.environ,
+            **self.env,
+            "P4PORT": info["P4PORT"],
+            "P4USER": info["P4USER"],
+            "P4CLIENT": info["P4CLIENT"],
+            "PWD": info["root"],
+        }
         done = subprocess.run(["p4", *args], cwd=info["root"], env=env, capture_output=True, text=True, timeout=30)
         return done.stdout + done.stderr
 
@@ -108,7 +123,7 @@ class JobStack:
         port = self.seeds[name]["P4PORT"]
         if not self.exec_log.exists():
             return []
-        return [line[len(port) + 1:] for line in self.exec_log.read_text().splitlines() if line.startswith(port + " ")]
+        return [line[len(port) + 1 :] for line in self.exec_log.read_text().splitlines() if line.startswith(port + " ")]
 
     def restart(self, name: str, extra: dict | None = None):
         """SIGKILL a service (or agent id) and start it again with the same settings."""

@@ -14,8 +14,13 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def p4bus(jobs, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "p4bus", "--config", str(jobs.stack.config_file()), *args],
-                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "p4bus", "--config", str(jobs.stack.config_file()), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
 
 
 def _sections(text: str) -> list[tuple[str, list[str]]]:
@@ -38,8 +43,9 @@ def _spool(jobs, run, stream: str) -> str:
 def test_submit_follow_then_tail_shows_every_byte_once(jobs):
     info = jobs.workspace("ws1", "clean")
     jobs.start()
-    done = p4bus(jobs, "submit", "--workspace", "ws1", "--source", info["source"], "--target", info["target"],
-                 "--follow")
+    done = p4bus(
+        jobs, "submit", "--workspace", "ws1", "--source", info["source"], "--target", info["target"], "--follow"
+    )
     assert done.returncode == 0, done.stderr
     job_id = done.stdout.splitlines()[0]
     assert job_id.startswith("INT-")
@@ -49,18 +55,19 @@ def test_submit_follow_then_tail_shows_every_byte_once(jobs):
         view = oc.job(job_id)
     sections = _sections(tail.stdout)
     assert [h for h, _ in sections if not h.startswith(job_id)] == [
-        f"{r.stage}" + (f" step {r.step}" if r.step else "") + f": {' '.join(r.argv)}" for r in view.timeline]
+        f"{r.stage}" + (f" step {r.step}" if r.step else "") + f": {' '.join(r.argv)}" for r in view.timeline
+    ]
     bodies = [body for h, body in sections if not h.startswith(job_id)]
-    for run, body in zip(view.timeline, bodies):
+    for run, body in zip(view.timeline, bodies, strict=False):
         # Exactly the spool's bytes: nothing missing, nothing twice, stderr marked.
         out = "".join(line for line in body if not line.startswith("stderr| "))
-        err = "".join(line[len("stderr| "):] for line in body if line.startswith("stderr| "))
+        err = "".join(line[len("stderr| ") :] for line in body if line.startswith("stderr| "))
         assert (out, err) == (_spool(jobs, run, "stdout"), _spool(jobs, run, "stderr")), run.stage
     assert "DONE" in tail.stdout and str(view.submitted_change) in tail.stdout
 
 
 def test_status_table_timeline_and_json(jobs):
-    info = jobs.workspace("ws1", "conflict")
+    jobs.workspace("ws1", "conflict")
     jobs.start()
     job_id = jobs.submit("ws1")
     jobs.wait_state(job_id, ("WAITING_RESOLVE",))
@@ -74,16 +81,19 @@ def test_status_table_timeline_and_json(jobs):
     assert p4bus(jobs, "tail", job_id).returncode == 3
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--change", "abc"], "is not a valid integer"),
-    (["--source", "//depot/dev/...|x"], "shell metacharacters"),
-    (["--workspace", "nope"], "not configured"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--change", "abc"], "is not a valid integer"),
+        (["--source", "//depot/dev/...|x"], "shell metacharacters"),
+        (["--workspace", "nope"], "not configured"),
+    ],
+)
 def test_submit_refuses_bad_parameters_with_one_line(jobs, args, needle):
     info = jobs.workspace("ws1", "clean")
     jobs.start()
     base = {"--source": info["source"], "--target": info["target"], "--workspace": "ws1"}
-    for flag, value in zip(args[::2], args[1::2]):
+    for flag, value in zip(args[::2], args[1::2], strict=False):
         base[flag] = value
     done = p4bus(jobs, "submit", *[x for kv in base.items() for x in kv])
     assert done.returncode == 2 and needle in done.stderr and "Traceback" not in done.stderr
@@ -96,12 +106,14 @@ def test_cancel_and_retry_from_cli(jobs):
     job_id = jobs.submit("ws1")
     jobs.wait_state(job_id, ("WAITING_RESOLVE",))
     assert p4bus(jobs, "cancel", job_id, "--revert").returncode == 0
-    view = jobs.wait_state(job_id, ("CANCELLED",))
+    jobs.wait_state(job_id, ("CANCELLED",))
     # The cleanup reverted and deleted the pending change: nothing is left opened.
     with jobs.orch() as oc:
         from tests.conftest import wait_for
-        wait_for(lambda: all(r.state == "DONE" for r in oc.job(job_id).timeline if r.stage == "CLEANUP"), 30,
-                 "the cleanup")
+
+        wait_for(
+            lambda: all(r.state == "DONE" for r in oc.job(job_id).timeline if r.stage == "CLEANUP"), 30, "the cleanup"
+        )
     assert "not opened" in jobs.p4("ws1", "opened")
     bad = p4bus(jobs, "retry", job_id, "--from", "NOPE")
     assert bad.returncode == 2 and "unknown stage" in bad.stderr
@@ -113,8 +125,9 @@ def test_cancel_and_retry_from_cli(jobs):
 
 
 def test_demo_runs_end_to_end():
-    done = subprocess.run([sys.executable, "-m", "p4bus", "demo"], capture_output=True, text=True, timeout=150,
-                          cwd=REPO)
+    done = subprocess.run(
+        [sys.executable, "-m", "p4bus", "demo"], capture_output=True, text=True, timeout=150, cwd=REPO
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "WAITING_RESOLVE" in done.stdout and "conflict.c" in done.stdout
     assert done.stdout.count("DONE            submitted change") == 2

@@ -22,18 +22,29 @@ def test_clean_job_is_done_with_content_in_main(jobs):
     jobs.p4("ws1", "sync", "-f", "//depot/dev/...")
     root = jobs.seeds["ws1"]["root"]
     import pathlib
+
     main, dev = pathlib.Path(root, "main"), pathlib.Path(root, "dev")
     only_dev = [p.relative_to(dev) for p in dev.rglob("*") if p.is_file() and not (main / p.relative_to(dev)).exists()]
     assert only_dev == [], f"files of dev not integrated into main: {only_dev}"
     stages = [r.stage for r in view.timeline]
-    for stage in ("SYNC", "CREATE_CHANGE", "INTEGRATE", "RESOLVE_PASS_1", "RESOLVE_PASS_2", "NEEDS_RESOLVE",
-                  "PRE_SUBMIT", "SHELVE", "NC_FIX", "P4PUSH"):
+    for stage in (
+        "SYNC",
+        "CREATE_CHANGE",
+        "INTEGRATE",
+        "RESOLVE_PASS_1",
+        "RESOLVE_PASS_2",
+        "NEEDS_RESOLVE",
+        "PRE_SUBMIT",
+        "SHELVE",
+        "NC_FIX",
+        "P4PUSH",
+    ):
         assert stage in stages
     assert all(r.state == "DONE" for r in view.timeline)
 
 
 def test_conflict_waits_then_resolve_and_resume_finishes(jobs):
-    info = jobs.workspace("ws1", "conflict")
+    jobs.workspace("ws1", "conflict")
     jobs.start()
     job_id = jobs.submit("ws1")
     view = jobs.wait_state(job_id, ("WAITING_RESOLVE",) + ("FAILED",))
@@ -81,11 +92,14 @@ def test_two_jobs_on_one_workspace_run_one_after_the_other(jobs):
     assert second_start >= first_end
 
 
-@pytest.mark.parametrize("field,value,needle", [
-    ("source", "//depot/dev/...;rm -rf /", "shell"),
-    ("workspace", "nope", "not configured"),
-    ("source", "depot/dev/...", "not a depot path"),
-])
+@pytest.mark.parametrize(
+    "field,value,needle",
+    [
+        ("source", "//depot/dev/...;rm -rf /", "shell"),
+        ("workspace", "nope", "not configured"),
+        ("source", "depot/dev/...", "not a depot path"),
+    ],
+)
 def test_bad_parameters_refused_at_submit(jobs, field, value, needle):
     jobs.workspace("ws1", "clean")
     jobs.start()
@@ -110,6 +124,7 @@ def test_automatic_recheck_continues_once_resolved(jobs):
     view = jobs.wait_state(job_id, ("WAITING_RESOLVE",))
     with jobs.orch() as oc:
         from tests.conftest import wait_for
+
         wait_for(lambda: oc.job(job_id).stage == "RESOLVE_CHECK", 20, "an automatic re-check")
     jobs.p4("ws1", "resolve", "-at")
     view = jobs.wait_state(job_id, timeout=60)

@@ -17,7 +17,7 @@ FAST_RETRY = {"max_attempts": 3, "backoff_s": 0.2, "factor": 1.0}
 
 
 def _fast_retries(jobs, *stages):
-    jobs.stack.tree["orchestrator"]["site"] = {"retry": {s: FAST_RETRY for s in stages}}
+    jobs.stack.tree["orchestrator"]["site"] = {"retry": dict.fromkeys(stages, FAST_RETRY)}
 
 
 def test_refused_connection_retried_then_failed_with_p4_error_line(jobs):
@@ -34,8 +34,9 @@ def test_refused_connection_retried_then_failed_with_p4_error_line(jobs):
 def test_transient_refusal_is_retried_to_done(jobs, tmp_path):
     _fast_retries(jobs, "GET_LATEST_CL")
     state = tmp_path / "fault-state"
-    jobs.workspace("ws1", "clean", env={"P4SIM_FAULT": "refused", "P4SIM_FAULT_COUNT": "2",
-                                        "P4SIM_FAULT_STATE": str(state)})
+    jobs.workspace(
+        "ws1", "clean", env={"P4SIM_FAULT": "refused", "P4SIM_FAULT_COUNT": "2", "P4SIM_FAULT_STATE": str(state)}
+    )
     jobs.start()
     view = jobs.wait_state(jobs.submit("ws1"))
     assert view.state == "DONE", view.reason
@@ -54,7 +55,7 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return not open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+    return open(f"/proc/{pid}/stat").read().split()[2] != "Z"
 
 
 def _running_cmd(jobs, job_id: str, stage: str):
@@ -63,6 +64,7 @@ def _running_cmd(jobs, job_id: str, stage: str):
             v = oc.job(job_id)
         runs = [r for r in v.timeline if r.stage == stage and r.state == "RUNNING"]
         return runs[0] if runs else None
+
     return wait_for(find, 30, f"{job_id} to be running {stage}", interval=0.05)
 
 
@@ -98,7 +100,7 @@ def test_twenty_jobs_across_three_agents_all_done(jobs):
     assert [v.state for v in views] == ["DONE"] * 20, [(v.job_id, v.reason) for v in views if v.state != "DONE"]
     used = {v.agent for v in views}
     assert used == set(agents)
-    for n, v in zip(names, views):
+    for n, v in zip(names, views, strict=False):
         assert v.agent in [a for a, ws in agents.items() if n in ws]
 
 
@@ -122,7 +124,7 @@ def test_orchestrator_sigkilled_repeatedly_jobs_finish_nothing_runs_twice(jobs):
         jobs.restart("orchestrator")
     views = [jobs.wait_state(j, timeout=120) for j in ids]
     assert [v.state for v in views] == ["DONE"] * 6, [(v.job_id, v.stage, v.reason) for v in views]
-    for n, v in zip(names, views):
+    for n, v in zip(names, views, strict=False):
         _assert_each_command_ran_once(jobs, n, v)
         assert all(r.attempt == 1 for r in v.timeline)
 
@@ -140,7 +142,7 @@ def _agent_killed_during_slow_sync(jobs):
 
 
 def test_agent_sigkilled_during_stage_is_lost_then_retried(jobs):
-    job_id, run, pid = _agent_killed_during_slow_sync(jobs)
+    job_id, _run, pid = _agent_killed_during_slow_sync(jobs)
     with jobs.orch() as oc:
         wait_for(lambda: any(r.state == "LOST" for r in oc.job(job_id).timeline), 15, "the command to be LOST")
         assert oc.job(job_id).state in ("RETRY_WAIT", "RUNNING")
@@ -185,8 +187,11 @@ def test_orchestrator_fails_over_to_the_second_master(jobs):
     from common.zmqutil import free_port_base
 
     base = free_port_base(2)
-    second = {"master_agents": f"tcp://127.0.0.1:{base}", "master_clients": f"tcp://127.0.0.1:{base + 1}",
-              "master": {"id": "m2"}}
+    second = {
+        "master_agents": f"tcp://127.0.0.1:{base}",
+        "master_clients": f"tcp://127.0.0.1:{base + 1}",
+        "master": {"id": "m2"},
+    }
     first_agents, first_clients = jobs.stack.endpoint("master_agents"), jobs.stack.endpoint("master_clients")
     jobs.stack.tree["orchestrator"]["masters"] = [first_clients, second["master_clients"]]
     jobs.stack.tree["agent"]["masters"] = [first_agents, second["master_agents"]]
@@ -205,9 +210,8 @@ def test_orchestrator_fails_over_to_the_second_master(jobs):
 def test_a_hole_in_an_agents_cmd_sequence_makes_the_orchestrator_ask_its_spool(jobs):
     import zmq
 
-    from common import ids
+    from common import ids, zmqutil
     from common import protocol as P
-    from common import zmqutil
 
     jobs.stack.tree["orchestrator"]["reconcile_after_s"] = 600.0  # no periodic sweep: only the hole may ask
     jobs.workspace("ws1", "big:30", env={"P4SIM_DELAY_PER_FILE": "0.1"})
@@ -220,9 +224,20 @@ def test_a_hole_in_an_agents_cmd_sequence_makes_the_orchestrator_ask_its_spool(j
             return oc.request(P.Stats(req_id=ids.new_id("r"))).counters["reconciles"]
 
     def cmd_event(seq: int) -> list[bytes]:
-        return P.encode_event(P.CmdStarted(topic=f"cmd.other.c{seq}", source="agent-1", epoch="another-start",
-                                           seq=seq, ts=time.time(), job_id="other", cmd_id=f"c{seq}",
-                                           agent="agent-1", pid=1, argv=["x"]))
+        return P.encode_event(
+            P.CmdStarted(
+                topic=f"cmd.other.c{seq}",
+                source="agent-1",
+                epoch="another-start",
+                seq=seq,
+                ts=time.time(),
+                job_id="other",
+                cmd_id=f"c{seq}",
+                agent="agent-1",
+                pid=1,
+                argv=["x"],
+            )
+        )
 
     pub = zmqutil.pub(zmq.Context.instance(), jobs.stack.endpoint("broker_xsub"))
     try:

@@ -22,8 +22,9 @@ def test_login_through_stdin_and_the_password_is_nowhere(jobs):
     pw_file = jobs.tmp / "p4passwd"
     pw_file.write_text(PASSWORD + "\n")
     pw_file.chmod(0o600)
-    jobs.workspace("ws1", "clean", password=PASSWORD, password_file=str(pw_file),
-                   tickets_file=str(jobs.tmp / "ws1" / "tickets"))
+    jobs.workspace(
+        "ws1", "clean", password=PASSWORD, password_file=str(pw_file), tickets_file=str(jobs.tmp / "ws1" / "tickets")
+    )
     jobs.start()
     view = jobs.wait_state(jobs.submit("ws1"))
     assert view.state == "DONE", view.reason

@@ -16,8 +16,9 @@ def test_clean_job_runs_to_done_through_the_ssh_executor(jobs, sshd) -> None:
     p4.write_text(f'#!/bin/sh\necho "$HOME" >> {homes}\nexec {jobs.bin / "p4"} "$@"\n')
     p4.chmod(0o755)
     jobs.workspace("ws1", "clean", p4=str(p4))
-    jobs.stack.tree["agent"].update(exec_via=sshd.url(), ssh_options=sshd.options(),
-                                    allowed_executables=[str(p4), "sh", "sleep"])
+    jobs.stack.tree["agent"].update(
+        exec_via=sshd.url(), ssh_options=sshd.options(), allowed_executables=[str(p4), "sh", "sleep"]
+    )
     jobs.start()
     job_id = jobs.submit("ws1", desc="e2e through ssh")
     view = jobs.wait_state(job_id)

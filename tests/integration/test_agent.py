@@ -7,17 +7,17 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import msgspec
 import pytest
 import zmq
+from test_agent_support import EventSink, MasterPeer, agent_extra, group_members, warm_up
 
 from common import protocol as proto
 from common.ids import new_id
 from tests.conftest import Stack, wait_for
-from test_agent_support import EventSink, MasterPeer, agent_extra, group_members, warm_up
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -49,7 +49,7 @@ class Rig:
         self.proc.send_signal(sig)
         return self.proc.wait(timeout=20)
 
-    def run(self, argv: list[str], **kw) -> tuple[proto.ExecReply, "proto.CmdStatus", object]:
+    def run(self, argv: list[str], **kw) -> tuple[proto.ExecReply, proto.CmdStatus, object]:
         cmd_id = new_id("c")
         reply = self.master.exec(cmd_id, argv, **kw)
         assert isinstance(reply, proto.ExecReply), reply
@@ -147,7 +147,9 @@ def test_stdin_is_delivered_and_a_secret_one_never_spooled(rig: Rig) -> None:
 def test_fetch_byte_ranges_from_the_spool(rig: Rig) -> None:
     _, status, _ = rig.run(["seq", "100000"])
     full = read_spool(rig, status.cmd_id, "stdout")
-    reply = rig.master.request(proto.Fetch(req_id="f1", cmd_id=status.cmd_id, stream=proto.STDOUT, offset=1000, size=5000))
+    reply = rig.master.request(
+        proto.Fetch(req_id="f1", cmd_id=status.cmd_id, stream=proto.STDOUT, offset=1000, size=5000)
+    )
     assert (reply.data, reply.total, reply.complete) == (full[1000:6000], len(full), True)
     reply = rig.master.request(proto.Fetch(req_id="f2", cmd_id="nope", stream=proto.STDOUT, offset=0))
     assert isinstance(reply, proto.ErrorReply) and reply.code == "unknown_cmd"
@@ -223,7 +225,11 @@ def test_policy_refusals_are_recorded_outcomes(stack: Stack, ctx: zmq.Context, t
         "ref-path": (["/tmp/elsewhere/sh"], {}, "not on this agent's allowed_executables"),
         "ref-cwd": (["true"], {"cwd": "/"}, "outside the workspace roots"),
         "ref-dotdot": (["true"], {"cwd": str(tmp_path / ".." / "..")}, "outside the workspace roots"),
-        "ref-env": (["true"], {"env": {"LD_PRELOAD": "/x.so", "P4USER": "bob"}}, "LD_PRELOAD not on this agent's env_allowlist"),
+        "ref-env": (
+            ["true"],
+            {"env": {"LD_PRELOAD": "/x.so", "P4USER": "bob"}},
+            "LD_PRELOAD not on this agent's env_allowlist",
+        ),
     }
     for cmd_id, (argv, kw, why) in cases.items():
         reply = r.master.exec(cmd_id, argv, **kw)
@@ -364,5 +370,7 @@ def test_throughput_of_100_byte_lines_to_a_subscriber(rig: Rig) -> None:
     elapsed = time.perf_counter() - t0
     got = bytes(t.streams[proto.STDOUT])
     assert got == line * lines  # zero loss
-    print(f"\nagent throughput: {lines} lines x 100 B in {elapsed:.3f}s = {lines / elapsed:,.0f} lines/s "
-          f"({len(got) / elapsed / 1e6:.0f} MB/s, {t.chunks} chunks)")
+    print(
+        f"\nagent throughput: {lines} lines x 100 B in {elapsed:.3f}s = {lines / elapsed:,.0f} lines/s "
+        f"({len(got) / elapsed / 1e6:.0f} MB/s, {t.chunks} chunks)"
+    )

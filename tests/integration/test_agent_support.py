@@ -79,7 +79,9 @@ class MasterPeer:
 
     def exec(self, cmd_id: str, argv: list[str], **kw: Any) -> Any:
         exec_fields = {k: kw.pop(k) for k in ("job_id", "workspace") if k in kw}
-        return self.request(proto.Exec(req_id=new_id("r"), cmd_id=cmd_id, spec=proto.CmdSpec(argv=argv, **kw), **exec_fields))
+        return self.request(
+            proto.Exec(req_id=new_id("r"), cmd_id=cmd_id, spec=proto.CmdSpec(argv=argv, **kw), **exec_fields)
+        )
 
     def query(self, cmd_id: str) -> proto.CmdStatus:
         reply = self.request(proto.Query(req_id=new_id("r"), cmd_ids=[cmd_id]))
@@ -189,7 +191,7 @@ def group_members(pgid: int) -> list[int]:
             stat = Path(f"/proc/{entry}/stat").read_bytes()
         except OSError:
             continue
-        fields = stat[stat.rindex(b")") + 2:].split()
+        fields = stat[stat.rindex(b")") + 2 :].split()
         if int(fields[2]) == pgid and fields[0] != b"Z":
             out.append(int(entry))
     return out

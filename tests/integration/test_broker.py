@@ -15,7 +15,8 @@ import zmq
 
 from broker import segments
 from broker.client import ReplayClient, ReplayError
-from common import ids, protocol as P, topics, zmqutil
+from common import ids, topics, zmqutil
+from common import protocol as P
 from common.sequence import Stamper
 from tests.conftest import wait_for
 
@@ -41,9 +42,11 @@ class Bus:
 
     def connect(self) -> None:
         """Publish probes until one comes back: PUB and SUB are then both connected and subscribed."""
+
         def probe_arrived() -> bool:
             self.publish(PROBE_TOPIC)
             return self.sub.poll(50) and self.drain_until(PROBE_TOPIC)
+
         wait_for(probe_arrived, what="a probe event through the broker")
 
     def event(self, topic: str, data: bytes = b"") -> P.EventBase:
@@ -214,7 +217,7 @@ def test_prune_by_size_keeps_the_newest(stack) -> None:
         wait_for(lambda: journalled_and_pruned(bus, 100_000), what="journal pruned to its size limit")
         kept = [b for _i, _t, b in bus.journal("log.")]
         assert 5 <= len(kept) <= 10
-        assert kept == [f[1] for f in sent[-len(kept):]]
+        assert kept == [f[1] for f in sent[-len(kept) :]]
         assert bus.stats()["pruned"] >= 40
         # ids are never reused after pruning
         assert bus.journal("log.")[0][0] > 40
@@ -240,7 +243,7 @@ def test_prune_by_size_drops_whole_segments(stack) -> None:
         wait_for(lambda: journalled_and_pruned(bus, limit), what="journal pruned to its size limit")
         kept = [b for _i, _t, b in bus.journal("log.")]
         assert limit - len(kept[0]) < sum(map(len, kept)) <= limit  # the newest that fit
-        assert kept == [f[1] for f in sent[-len(kept):]]
+        assert kept == [f[1] for f in sent[-len(kept) :]]
         files = segment_files(stack)
         on_disk = sum(f.stat().st_size for f in segments_dir(stack).iterdir())
         # Only the kept bodies and what is left of one segment whose rows are partly pruned.
@@ -386,8 +389,9 @@ def test_history_then_live_splices_without_gap_or_duplicate(bus: Bus, prefixes: 
     for _ in range(total // 4):  # start reading mid-stream
         assert sent.acquire(timeout=10)
 
-    stream = ReplayClient.history_then_live(bus.ctx, bus.stack.endpoint("broker_xpub"),
-                                            bus.stack.endpoint("broker_replay"), prefixes)
+    stream = ReplayClient.history_then_live(
+        bus.ctx, bus.stack.endpoint("broker_xpub"), bus.stack.endpoint("broker_replay"), prefixes
+    )
     got: list[P.Event] = []
     try:
         for ev in stream:
@@ -405,8 +409,9 @@ def test_history_then_live_quiet_topic(bus: Bus) -> None:
     """History only (nothing live follows), then one live event: each arrives once."""
     old = [bus.publish("job.Q") for _ in range(3)]
     [bus.recv() for _ in old]
-    stream = ReplayClient.history_then_live(bus.ctx, bus.stack.endpoint("broker_xpub"),
-                                            bus.stack.endpoint("broker_replay"), ["job.Q"])
+    stream = ReplayClient.history_then_live(
+        bus.ctx, bus.stack.endpoint("broker_xpub"), bus.stack.endpoint("broker_replay"), ["job.Q"]
+    )
     try:
         history = [next(stream) for _ in old]
         assert [P.encode(ev) for ev in history] == [f[1] for f in old]

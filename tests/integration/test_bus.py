@@ -37,8 +37,13 @@ def bus(stack):
 
 
 def cli(stack, *args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "p4bus", "--config", str(stack.config_file()), *args],
-                          capture_output=True, timeout=timeout, cwd=REPO, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "p4bus", "--config", str(stack.config_file()), *args],
+        capture_output=True,
+        timeout=timeout,
+        cwd=REPO,
+        **kw,
+    )
 
 
 def test_run_streams_a_million_lines_and_exit_codes(bus):
@@ -61,11 +66,25 @@ def test_binary_output_arrives_byte_identical(bus, tmp_path):
 
 
 def test_ctrl_c_kills_the_remote_process_group(bus, tmp_path):
-    stack, mc = bus
+    stack, _mc = bus
     marker = tmp_path / "grandchild.pid"
-    p = subprocess.Popen([sys.executable, "-m", "p4bus", "--config", str(stack.config_file()), "run", "--",
-                          "sh", "-c", f"sleep 100 & echo $! > {marker}; wait"], cwd=REPO,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "p4bus",
+            "--config",
+            str(stack.config_file()),
+            "run",
+            "--",
+            "sh",
+            "-c",
+            f"sleep 100 & echo $! > {marker}; wait",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     wait_for(lambda: marker.exists() and marker.read_text().strip(), 20, "the grandchild to start")
     grandchild = int(marker.read_text())
     p.send_signal(signal.SIGINT)
@@ -88,18 +107,22 @@ def test_cli_errors_are_one_line_and_non_zero(bus, tmp_path):
     assert done.returncode != 0 and done.stderr.count(b"\n") == 1 and b"outside the workspace roots" in done.stderr
     bad = tmp_path / "bad.toml"
     bad.write_text("[agent]\nslots = 'x'\n")
-    done = subprocess.run([sys.executable, "-m", "p4bus", "--config", str(bad), "agents"], capture_output=True,
-                          cwd=REPO, timeout=30)
+    done = subprocess.run(
+        [sys.executable, "-m", "p4bus", "--config", str(bad), "agents"], capture_output=True, cwd=REPO, timeout=30
+    )
     assert done.returncode == 2 and b"agent.slots" in done.stderr and b"Traceback" not in done.stderr
 
 
 def test_agents_and_events_commands(bus):
-    stack, mc = bus
+    stack, _mc = bus
     done = cli(stack, "agents", "--json")
     assert done.returncode == 0 and b'"agent_id":"a1"' in done.stdout.replace(b" ", b"")
     assert cli(stack, "run", "--", "echo", "hello").returncode == 0
-    p = subprocess.Popen([sys.executable, "-m", "p4bus", "--config", str(stack.config_file()), "events", "--topic",
-                          "cmd."], cwd=REPO, stdout=subprocess.PIPE)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "p4bus", "--config", str(stack.config_file()), "events", "--topic", "cmd."],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+    )
     try:
         line = p.stdout.readline()
         assert b'"t":"cmd_started"' in line and b'"argv":["echo","hello"]' in line
@@ -131,7 +154,7 @@ def test_master_restart_gets_agents_back_and_results_of_commands_finished_meanwh
 
 
 def test_same_exec_twice_runs_once(bus, tmp_path):
-    stack, mc = bus
+    _stack, mc = bus
     counter = tmp_path / "count"
     spec = P.CmdSpec(argv=["sh", "-c", f"echo x >> {counter}"], cwd=str(tmp_path))
     first = mc.exec(spec, cmd_id="c-once")
@@ -143,13 +166,20 @@ def test_same_exec_twice_runs_once(bus, tmp_path):
 
 def test_two_masters_share_one_agent_and_its_slot_limit(stack, tmp_path):
     p_agents, p_clients = free_port(), free_port()
-    second = {"master_agents": f"tcp://127.0.0.1:{p_agents}", "master_clients": f"tcp://127.0.0.1:{p_clients}",
-              "master": {"id": "m2"}}
+    second = {
+        "master_agents": f"tcp://127.0.0.1:{p_agents}",
+        "master_clients": f"tcp://127.0.0.1:{p_clients}",
+        "master": {"id": "m2"},
+    }
     stack.start("broker")
     stack.start("master", extra={"master": {"id": "m1"}})
     stack.start("master", extra=second)
-    stack.start("agent", extra={"agent": {"id": "shared", "slots": 1,
-                                          "masters": [stack.endpoint("master_agents"), second["master_agents"]]}})
+    stack.start(
+        "agent",
+        extra={
+            "agent": {"id": "shared", "slots": 1, "masters": [stack.endpoint("master_agents"), second["master_agents"]]}
+        },
+    )
     m1 = MasterClient([stack.endpoint("master_clients")], timeout=5.0)
     m2 = MasterClient([second["master_clients"]], timeout=5.0)
     wait_for(lambda: _agents(m1) == ["shared"] and _agents(m2) == ["shared"], 20, "both masters to see it")
@@ -171,20 +201,31 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path):
 
     base = free_port_base(6)
     env = {k: v for k, v in os.environ.items() if not k.startswith("P4BUS_")}
-    up = subprocess.Popen([sys.executable, "-m", "p4bus", "up", "--state-dir", str(tmp_path / "s"), "--port-base",
-                           str(base)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO, env=env,
-                          start_new_session=True)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "p4bus", "up", "--state-dir", str(tmp_path / "s"), "--port-base", str(base)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+        env=env,
+        start_new_session=True,
+    )
     lines = []
     while not any(line.startswith(b"Try:") for line in lines):
         line = up.stdout.readline()
         assert line, b"".join(lines)
         lines.append(line)
     assert any(f"tcp://127.0.0.1:{base + 5}".encode() in line for line in lines)
-    done = subprocess.run([sys.executable, "-m", "p4bus", "--port-base", str(base), "run", "--", "seq", "1000000"],
-                          capture_output=True, cwd=REPO, env=env, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "p4bus", "--port-base", str(base), "run", "--", "seq", "1000000"],
+        capture_output=True,
+        cwd=REPO,
+        env=env,
+        timeout=60,
+    )
     assert done.returncode == 0 and done.stdout.endswith(b"\n1000000\n")
-    children = [int(p) for p in subprocess.run(["pgrep", "-P", str(up.pid)], capture_output=True,
-                                                 text=True).stdout.split()]
+    children = [
+        int(p) for p in subprocess.run(["pgrep", "-P", str(up.pid)], capture_output=True, text=True).stdout.split()
+    ]
     assert len(children) == 4  # broker, master, orchestrator, agent
     up.send_signal(signal.SIGINT)
     assert up.wait(30) == 0

@@ -23,8 +23,9 @@ class FakeAgentPeer:
     def __init__(self, endpoint: str, agent_id: str = "peer-1", workspaces=("ws",)) -> None:
         self.ctx = zmq.Context.instance()
         self.sock = zmqutil.dealer(self.ctx, endpoint, identity=agent_id.encode())
-        self.info = P.AgentInfo(agent_id=agent_id, host="h", pools=["default"], workspaces=list(workspaces), slots=2,
-                                epoch="e1")
+        self.info = P.AgentInfo(
+            agent_id=agent_id, host="h", pools=["default"], workspaces=list(workspaces), slots=2, epoch="e1"
+        )
 
     def send(self, msg) -> None:
         self.sock.send(P.encode(msg))
@@ -114,8 +115,9 @@ def test_exec_forwarded_with_own_req_id_and_reply_relayed(stack, master):
     t.start()
     fwd = peer.recv()
     assert isinstance(fwd, P.Exec) and fwd.agent == "peer-1" and fwd.cmd_id == "c1"
-    peer.send(P.ExecReply(req_id=fwd.req_id, cmd_id="c1", agent="peer-1",
-                          status=P.CmdStatus(cmd_id="c1", state="running")))
+    peer.send(
+        P.ExecReply(req_id=fwd.req_id, cmd_id="c1", agent="peer-1", status=P.CmdStatus(cmd_id="c1", state="running"))
+    )
     t.join(5)
     assert result["r"].cmd_id == "c1" and result["r"].status.state == "running"
     # Later requests for c1 find their agent without being told.
@@ -146,7 +148,7 @@ def test_malformed_frames_answered_or_dropped_and_master_keeps_serving(stack, ma
     for endpoint in (stack.endpoint("master_clients"), stack.endpoint("master_agents")):
         s = zmqutil.dealer(ctx, endpoint)
         replies = 0
-        for i in range(200):
+        for _i in range(200):
             frames = [os.urandom(rng.randrange(0, 64)) for _ in range(rng.choice([1, 1, 2, 3]))]
             s.send_multipart(frames)
         s.send(b"\x81\xa1t\xa4nope")  # a map with an unknown type

@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+from ssh_support import processes_with
 
 from common import protocol as P
 from common.rpc import MasterClient
 from p4bus import deploy as dp
-from ssh_support import processes_with
 from tests.conftest import REPO, Stack, wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -25,8 +25,15 @@ pytestmark = pytest.mark.timeout(180)
 def wheelhouse(tmp_path_factory) -> Path:
     """Built once per session with deploy-agent's own builder (about 10 s with a warm pip cache)."""
     out = tmp_path_factory.mktemp("wheelhouse")
-    here = dp.Host(home="", node="", systemd=False, python=sys.executable, version=sys.version_info[:3],
-                   machine=platform.machine(), venv=True)
+    here = dp.Host(
+        home="",
+        node="",
+        systemd=False,
+        python=sys.executable,
+        version=sys.version_info[:3],
+        machine=platform.machine(),
+        venv=True,
+    )
     t0 = time.monotonic()
     wheels = dp.build_wheelhouse(out, here)
     print(f"\nwheelhouse: {len(wheels)} wheels in {time.monotonic() - t0:.1f}s")
@@ -45,8 +52,9 @@ def remote(stack: Stack):
 
 def p4bus(*args: str, timeout: float = 150) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("P4BUS_")}
-    return subprocess.run([sys.executable, "-m", "p4bus", *args], capture_output=True, text=True, cwd=REPO,
-                          env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "p4bus", *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout
+    )
 
 
 def ssh_args(sshd) -> list[str]:
@@ -55,9 +63,24 @@ def ssh_args(sshd) -> list[str]:
 
 def deploy_args(stack: Stack, sshd, wheelhouse: Path, remote: Path, *extra: str) -> list[str]:
     (stack.tmp / "ws").mkdir(exist_ok=True)
-    return ["deploy-agent", sshd.url(), "--master", stack.endpoint("master_agents"),
-            "--broker", stack.endpoint("broker_xsub"), "--workspace-root", str(stack.tmp / "ws"),
-            "--allow", "sh", "--remote-dir", str(remote), "--wheelhouse", str(wheelhouse), *ssh_args(sshd), *extra]
+    return [
+        "deploy-agent",
+        sshd.url(),
+        "--master",
+        stack.endpoint("master_agents"),
+        "--broker",
+        stack.endpoint("broker_xsub"),
+        "--workspace-root",
+        str(stack.tmp / "ws"),
+        "--allow",
+        "sh",
+        "--remote-dir",
+        str(remote),
+        "--wheelhouse",
+        str(wheelhouse),
+        *ssh_args(sshd),
+        *extra,
+    ]
 
 
 def agent_processes(remote: Path) -> list[str]:
@@ -66,8 +89,11 @@ def agent_processes(remote: Path) -> list[str]:
 
 def run_on(mc: MasterClient, agent: str, argv: list[str]) -> P.CmdStatus:
     reply = mc.exec(P.CmdSpec(argv=argv), agent=agent)
-    return wait_for(lambda: next((s for s in mc.query([reply.cmd_id], agent=agent) if s.state == "done"), None),
-                    10, "the command to finish")
+    return wait_for(
+        lambda: next((s for s in mc.query([reply.cmd_id], agent=agent) if s.state == "done"), None),
+        10,
+        "the command to finish",
+    )
 
 
 def test_deploy_run_upgrade_remove(stack: Stack, sshd, wheelhouse: Path, remote: Path) -> None:
@@ -96,8 +122,16 @@ def test_deploy_run_upgrade_remove(stack: Stack, sshd, wheelhouse: Path, remote:
         assert next(a.epoch for a in mc.agents() if a.agent_id == "deployed-1") != epoch
         assert run_on(mc, "deployed-1", ["sh", "-c", "exit 3"]).exit_code == 3
 
-        gone = p4bus("deploy-agent", "--remove", sshd.url(), "--remote-dir", str(remote),
-                     "--master-clients", stack.endpoint("master_clients"), *ssh_args(sshd))
+        gone = p4bus(
+            "deploy-agent",
+            "--remove",
+            sshd.url(),
+            "--remote-dir",
+            str(remote),
+            "--master-clients",
+            stack.endpoint("master_clients"),
+            *ssh_args(sshd),
+        )
         assert gone.returncode == 0, gone.stderr
         assert "removed agent deployed-1" in gone.stderr
         assert not remote.exists() and not agent_processes(remote)
@@ -117,9 +151,19 @@ def test_failures_are_one_precise_line(stack: Stack, sshd, wheelhouse: Path, rem
     wrong_key = tmp_path / "wrong_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong_key)], check=True)
     # ssh offers every IdentityFile it is given: leave the fixture's key out.
-    line = fails("deploy-agent", sshd.url(), "--master", stack.endpoint("master_agents"), "--broker", "tcp://x:1",
-                 "--workspace-root", "/tmp", "--ssh-option", f"IdentityFile={wrong_key}",
-                 *[a for o in sshd.options() if not o.startswith("IdentityFile=") for a in ("--ssh-option", o)])
+    line = fails(
+        "deploy-agent",
+        sshd.url(),
+        "--master",
+        stack.endpoint("master_agents"),
+        "--broker",
+        "tcp://x:1",
+        "--workspace-root",
+        "/tmp",
+        "--ssh-option",
+        f"IdentityFile={wrong_key}",
+        *[a for o in sshd.options() if not o.startswith("IdentityFile=") for a in ("--ssh-option", o)],
+    )
     assert "failed: " in line and "Permission denied" in line, line
 
     old_python = tmp_path / "python3.9"

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 import zmq
+from ssh_support import processes_with
+from test_agent import Rig, read_spool
 
 from agent.ssh_link import control_path
 from common import protocol as proto
 from common.ids import new_id
 from common.ssh import SshDest
-from ssh_support import processes_with
 from tests.conftest import Stack, wait_for
-from test_agent import Rig, read_spool
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -62,8 +62,9 @@ def remote_sleeps(marker: str) -> list[str]:
 
 def master_pid(stack: Stack, sshd) -> int:
     path = control_path(Path(stack.tree["state_dir"]), SshDest.parse(sshd.url()))
-    done = subprocess.run(["ssh", "-o", f"ControlPath={path}", "-O", "check", "127.0.0.1"],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["ssh", "-o", f"ControlPath={path}", "-O", "check", "127.0.0.1"], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     return int(done.stderr.split("pid=")[1].split(")")[0])
 
@@ -88,8 +89,11 @@ def test_exit_codes_stdin_cwd_and_env(rig: Rig, tmp_path: Path) -> None:
     assert (status.exit_code, bytes(t.streams[proto.STDOUT])) == (0, big)
     (tmp_path / "sub dir").mkdir()
     # No local shell anywhere: quotes, $ and ; arrive as literal argv elements.
-    _, status, _ = rig.run(["sh", "-c", 'pwd; echo "$P4USER"; printf "%s|" "$@"', "x", "a b", "$HOME", "';rm -rf /'"],
-                           cwd="sub dir", env={"P4USER": "bo b"})
+    _, status, _ = rig.run(
+        ["sh", "-c", 'pwd; echo "$P4USER"; printf "%s|" "$@"', "x", "a b", "$HOME", "';rm -rf /'"],
+        cwd="sub dir",
+        env={"P4USER": "bo b"},
+    )
     assert status.stdout == f"{tmp_path / 'sub dir'}\nbo b\na b|$HOME|';rm -rf /'|".encode()
     _, status, _ = rig.run(["env"])
     keys = {line.split(b"=", 1)[0].decode() for line in status.stdout.splitlines()}
@@ -189,4 +193,6 @@ def test_unreachable_host_is_a_recorded_refusal(stack: Stack, ctx: zmq.Context, 
     r = Rig(stack, ctx, exec_via="ssh://nobody@127.0.0.1:1", ssh_options=sshd.options())
     r.start(warm=False)
     reply = r.master.exec("no-ssh", ["true"])
-    assert reply.status.state == "done" and reply.status.error.startswith("cannot execute 'true': ssh to ssh://nobody@127.0.0.1:1 failed")
+    assert reply.status.state == "done" and reply.status.error.startswith(
+        "cannot execute 'true': ssh to ssh://nobody@127.0.0.1:1 failed"
+    )

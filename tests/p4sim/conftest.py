@@ -1,4 +1,5 @@
 """Fixtures for p4sim tests: the real executable (through the `p4` shim) against seeded servers."""
+
 from __future__ import annotations
 
 import os
@@ -33,17 +34,25 @@ class P4:
     def __init__(self, p4: Path, env: dict[str, str], cwd: Path):
         self.p4, self.env, self.cwd = p4, env, cwd
 
-    def __call__(self, *args: str, stdin: str | None = None, env: dict[str, str] | None = None,
-                 cwd: Path | None = None) -> Result:
+    def __call__(
+        self, *args: str, stdin: str | None = None, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> Result:
         cwd = cwd or self.cwd
         full_env = {**self.env, "PWD": str(cwd), **(env or {})}
-        done = subprocess.run([str(self.p4), *args], input=stdin, capture_output=True, text=True,
-                              env=full_env, cwd=cwd, timeout=60)
+        done = subprocess.run(
+            [str(self.p4), *args], input=stdin, capture_output=True, text=True, env=full_env, cwd=cwd, timeout=60
+        )
         return Result(done.stdout, done.stderr, done.returncode)
 
     def raw(self, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([str(self.p4), *args], input=stdin, capture_output=True,
-                              env={**self.env, "PWD": str(self.cwd)}, cwd=self.cwd, timeout=60)
+        return subprocess.run(
+            [str(self.p4), *args],
+            input=stdin,
+            capture_output=True,
+            env={**self.env, "PWD": str(self.cwd)},
+            cwd=self.cwd,
+            timeout=60,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -53,18 +62,26 @@ def p4_exe(tmp_path_factory) -> Path:
 
 def _env(info: dict, home: Path) -> dict[str, str]:
     keep = {k: v for k, v in os.environ.items() if not k.startswith(("P4", "PYTEST"))}
-    return {**keep, "P4PORT": info["P4PORT"], "P4USER": info["P4USER"], "P4CLIENT": info["P4CLIENT"],
-            "HOME": str(home), "P4TICKETS": str(home / ".p4tickets")}
+    return {
+        **keep,
+        "P4PORT": info["P4PORT"],
+        "P4USER": info["P4USER"],
+        "P4CLIENT": info["P4CLIENT"],
+        "HOME": str(home),
+        "P4TICKETS": str(home / ".p4tickets"),
+    }
 
 
 @pytest.fixture
 def make_server(tmp_path, p4_exe):
     """make_server(scenario, password=None) -> (P4 runner in the workspace root, seed facts)."""
+
     def make(scenario: str = "clean", password: str | None = None, name: str = "s") -> tuple[P4, dict]:
         info = seed(tmp_path / name, scenario, password)
         home = tmp_path / f"{name}-home"
         home.mkdir()
         return P4(p4_exe, _env(info, home), Path(info["root"])), info
+
     return make
 
 

@@ -1,4 +1,5 @@
 """Every command: exact lines, the stream they are on, and the exit code."""
+
 import marshal
 import os
 import stat
@@ -32,9 +33,17 @@ def test_unknown_command_and_option(clean):
 def test_real_port_cannot_connect(clean):
     p4, _ = clean
     r = p4("info", env={"P4PORT": "localhost:1666"})
-    lines_ok(r, out=[], rc=1, err=["Perforce client error:", "\tConnect to server failed; check $P4PORT.",
-                                    "\tTCP connect to localhost:1666 failed.",
-                                    "\tconnect: localhost:1666: Connection refused"])
+    lines_ok(
+        r,
+        out=[],
+        rc=1,
+        err=[
+            "Perforce client error:",
+            "\tConnect to server failed; check $P4PORT.",
+            "\tTCP connect to localhost:1666 failed.",
+            "\tconnect: localhost:1666: Connection refused",
+        ],
+    )
 
 
 def test_global_flags_override_environment(clean, tmp_path):
@@ -69,8 +78,12 @@ def test_ztag_and_G(clean):
     record = marshal.loads(raw.stdout)
     assert record[b"code"] == b"stat" and record[b"change"] == b"4"
     raw = p4.raw("-G", "opened")
-    assert marshal.loads(raw.stdout) == {b"code": b"error", b"data": b"File(s) not opened on this client.\n",
-                                         b"severity": 2, b"generic": 17}
+    assert marshal.loads(raw.stdout) == {
+        b"code": b"error",
+        b"data": b"File(s) not opened on this client.\n",
+        b"severity": 2,
+        b"generic": 17,
+    }
     assert raw.returncode == 0
 
 
@@ -78,8 +91,9 @@ def test_x_file_and_quiet(clean, tmp_path):
     p4, _ = clean
     args = tmp_path / "args"
     args.write_text("//depot/main/README.txt\n")
-    lines_ok(p4("-x", str(args), "sync"), err=[],
-             out=[f"//depot/main/README.txt#1 - added as {p4.cwd}/main/README.txt"])
+    lines_ok(
+        p4("-x", str(args), "sync"), err=[], out=[f"//depot/main/README.txt#1 - added as {p4.cwd}/main/README.txt"]
+    )
     lines_ok(p4("-q", "sync", "-f", "//depot/main/README.txt"), out=[], err=[])
 
 
@@ -109,8 +123,12 @@ def test_client_spec_round_trip(clean, tmp_path):
     other = spec.replace("Client:\tws", "Client:\tws2").replace("//ws/", "//ws2/")
     lines_ok(p4("client", "-i", stdin=other), out=["Client ws2 saved."], err=[])
     lines_ok(p4("client", "-d", "ws2"), out=["Client ws2 deleted."], err=[])
-    lines_ok(p4("sync", env={"P4CLIENT": "ws2"}), out=[],
-             err=["Client 'ws2' unknown - use 'client' command to create it."], rc=1)
+    lines_ok(
+        p4("sync", env={"P4CLIENT": "ws2"}),
+        out=[],
+        err=["Client 'ws2' unknown - use 'client' command to create it."],
+        rc=1,
+    )
 
 
 def test_branch_spec(clean):
@@ -130,19 +148,24 @@ def test_change_lifecycle(clean):
     lines_ok(p4("change", "-i", stdin="Change: new\nDescription:\n\tfirst\n"), out=["Change 5 created."], err=[])
     p4("sync", "//depot/main/...")
     p4("edit", "//depot/main/README.txt")
-    lines_ok(p4("change", "-i", stdin=p4("change", "-o").out.replace("<enter description here>", "second")),
-             out=["Change 6 created with 1 open file(s)."], err=[])
+    lines_ok(
+        p4("change", "-i", stdin=p4("change", "-o").out.replace("<enter description here>", "second")),
+        out=["Change 6 created with 1 open file(s)."],
+        err=[],
+    )
     spec = p4("change", "-o", "5").out
     lines_ok(p4("change", "-i", stdin=spec.replace("\tfirst", "\tfirst, edited")), out=["Change 5 updated."])
-    lines_ok(p4("change", "-d", "6"), err=["Change 6 has 1 open file(s) associated with it and can't be deleted."],
-             rc=1)
+    lines_ok(
+        p4("change", "-d", "6"), err=["Change 6 has 1 open file(s) associated with it and can't be deleted."], rc=1
+    )
     lines_ok(p4("change", "-d", "5"), out=["Change 5 deleted."], err=[])
     lines_ok(p4("change", "-d", "5"), out=[], err=["Change 5 unknown."], rc=1)
     lines_ok(p4("change", "-d", "1"), out=[], err=["Change 1 is already committed."], rc=1)
-    lines_ok(p4("reopen", "-c", "default", "//depot/main/README.txt"),
-             out=["//depot/main/README.txt#1 - reopened; default change"])
-    lines_ok(p4("reopen", "-c", "6", "//depot/main/README.txt"),
-             out=["//depot/main/README.txt#1 - reopened; change 6"])
+    lines_ok(
+        p4("reopen", "-c", "default", "//depot/main/README.txt"),
+        out=["//depot/main/README.txt#1 - reopened; default change"],
+    )
+    lines_ok(p4("reopen", "-c", "6", "//depot/main/README.txt"), out=["//depot/main/README.txt#1 - reopened; change 6"])
 
 
 # -- add / edit / delete / revert / opened / fstat ------------------------------------------------
@@ -157,19 +180,33 @@ def test_add_edit_delete_revert_opened(clean):
     lines_ok(p4("delete", "//depot/main/src/same.c"), out=["//depot/main/src/same.c#2 - opened for delete"])
     assert not (p4.cwd / "main/src/same.c").exists()
     lines_ok(p4("edit", "//depot/dev/..."), out=[], err=["//depot/dev/... - file(s) not on client."])
-    lines_ok(p4("opened"), err=[], out=[
-        "//depot/main/new.txt#1 - add default change (text)",
-        "//depot/main/src/both.c#2 - edit default change (text)",
-        "//depot/main/src/same.c#2 - delete default change (text)"])
+    lines_ok(
+        p4("opened"),
+        err=[],
+        out=[
+            "//depot/main/new.txt#1 - add default change (text)",
+            "//depot/main/src/both.c#2 - edit default change (text)",
+            "//depot/main/src/same.c#2 - delete default change (text)",
+        ],
+    )
     lines_ok(p4("opened", "//depot/dev/..."), out=[], err=["//depot/dev/... - file(s) not opened on this client."])
-    lines_ok(p4("revert", "//depot/main/..."), err=[], out=[
-        "//depot/main/new.txt#1 - was add, abandoned",
-        "//depot/main/src/both.c#2 - was edit, reverted",
-        "//depot/main/src/same.c#2 - was delete, reverted"])
+    lines_ok(
+        p4("revert", "//depot/main/..."),
+        err=[],
+        out=[
+            "//depot/main/new.txt#1 - was add, abandoned",
+            "//depot/main/src/both.c#2 - was edit, reverted",
+            "//depot/main/src/same.c#2 - was delete, reverted",
+        ],
+    )
     assert (p4.cwd / "main/src/same.c").exists() and (p4.cwd / "main/new.txt").exists()
     lines_ok(p4("revert", "//depot/main/..."), out=[], err=["//depot/main/... - file(s) not opened on this client."])
-    lines_ok(p4("add", "main/a@b.c"), out=[], rc=1, err=[
-        "Can't add filenames with wildcards [@#%*] in them.", "Use -f option to force add."])
+    lines_ok(
+        p4("add", "main/a@b.c"),
+        out=[],
+        rc=1,
+        err=["Can't add filenames with wildcards [@#%*] in them.", "Use -f option to force add."],
+    )
 
 
 def test_revert_k_keeps_workspace_file(clean):
@@ -193,9 +230,12 @@ def test_fstat(clean):
     change = new_change(p4)
     p4("integrate", "-c", str(change), "//depot/dev/...", "//depot/main/...")
     r = p4("fstat", "-Ru", "//depot/main/...")
-    files = [l for l in r.out_lines if l.startswith("... depotFile")]
-    assert files == ["... depotFile //depot/main/src/both.c", "... depotFile //depot/main/src/only_dev.c",
-                     "... depotFile //depot/main/src/same.c"]
+    files = [line for line in r.out_lines if line.startswith("... depotFile")]
+    assert files == [
+        "... depotFile //depot/main/src/both.c",
+        "... depotFile //depot/main/src/only_dev.c",
+        "... depotFile //depot/main/src/same.c",
+    ]
     assert r.out_lines.count("... unresolved") == 3
 
 
@@ -203,19 +243,32 @@ def test_fstat(clean):
 def test_sync_lines(clean):
     p4, info = clean
     root = info["root"]
-    lines_ok(p4("sync", "-n", "//depot/main/src/both.c"),
-             out=[f"//depot/main/src/both.c#2 - added as {root}/main/src/both.c"], err=[])
+    lines_ok(
+        p4("sync", "-n", "//depot/main/src/both.c"),
+        out=[f"//depot/main/src/both.c#2 - added as {root}/main/src/both.c"],
+        err=[],
+    )
     assert not (p4.cwd / "main/src/both.c").exists()
-    lines_ok(p4("sync", "//depot/main/src/both.c@1"),
-             out=[f"//depot/main/src/both.c#1 - added as {root}/main/src/both.c"], err=[])
+    lines_ok(
+        p4("sync", "//depot/main/src/both.c@1"),
+        out=[f"//depot/main/src/both.c#1 - added as {root}/main/src/both.c"],
+        err=[],
+    )
     assert stat.S_IMODE((p4.cwd / "main/src/both.c").stat().st_mode) == 0o444
-    lines_ok(p4("sync", "//depot/main/src/both.c"),
-             out=[f"//depot/main/src/both.c#2 - updating {root}/main/src/both.c"], err=[])
+    lines_ok(
+        p4("sync", "//depot/main/src/both.c"),
+        out=[f"//depot/main/src/both.c#2 - updating {root}/main/src/both.c"],
+        err=[],
+    )
     lines_ok(p4("sync", "//depot/main/src/both.c"), out=[], err=["//depot/main/src/both.c - file(s) up-to-date."])
-    lines_ok(p4("sync", "-f", "//depot/main/src/both.c"),
-             out=[f"//depot/main/src/both.c#2 - refreshing {root}/main/src/both.c"])
-    lines_ok(p4("sync", "//depot/main/src/both.c#none"),
-             out=[f"//depot/main/src/both.c#none - deleted as {root}/main/src/both.c"])
+    lines_ok(
+        p4("sync", "-f", "//depot/main/src/both.c"),
+        out=[f"//depot/main/src/both.c#2 - refreshing {root}/main/src/both.c"],
+    )
+    lines_ok(
+        p4("sync", "//depot/main/src/both.c#none"),
+        out=[f"//depot/main/src/both.c#none - deleted as {root}/main/src/both.c"],
+    )
     lines_ok(p4("sync", "//depot/nosuch/..."), out=[], err=["//depot/nosuch/... - no such file(s)."])
     r = p4("-ztag", "sync", "//depot/main/README.txt")
     assert r.out_lines[:2] == ["... depotFile //depot/main/README.txt", f"... clientFile {root}/main/README.txt"]
@@ -244,9 +297,14 @@ def test_sync_of_opened_file_behind_head_schedules_resolve(clean):
     p4, _ = clean
     p4("sync", "//depot/main/src/both.c@1")
     p4("edit", "//depot/main/src/both.c")
-    lines_ok(p4("sync", "//depot/main/src/both.c"), err=[], out=[
-        "//depot/main/src/both.c#2 - is opened and not being changed",
-        "... //depot/main/src/both.c - must resolve #2 before submitting"])
+    lines_ok(
+        p4("sync", "//depot/main/src/both.c"),
+        err=[],
+        out=[
+            "//depot/main/src/both.c#2 - is opened and not being changed",
+            "... //depot/main/src/both.c - must resolve #2 before submitting",
+        ],
+    )
     r = p4("resolve", "-n")
     assert r.out_lines == [f"{p4.cwd}/main/src/both.c - merging //depot/main/src/both.c#2"]
 
@@ -260,12 +318,16 @@ def test_integrate_lines(clean):
         "//depot/main/src/both.c#2 - integrate from //depot/dev/src/both.c#2",
         "//depot/main/src/new_in_dev.c#1 - branch/sync from //depot/dev/src/new_in_dev.c#1",
         "//depot/main/src/only_dev.c#1 - integrate from //depot/dev/src/only_dev.c#2",
-        "//depot/main/src/same.c#2 - integrate from //depot/dev/src/same.c#2"]
+        "//depot/main/src/same.c#2 - integrate from //depot/dev/src/same.c#2",
+    ]
     lines_ok(p4("integrate", "-n", "-c", str(change), "//depot/dev/...", "//depot/main/..."), out=expected, err=[])
     lines_ok(p4("opened"), out=[], err=["File(s) not opened on this client."])
     lines_ok(p4("integrate", "-c", str(change), "//depot/dev/...", "//depot/main/..."), out=expected, err=[])
-    lines_ok(p4("integrate", "-c", str(change), "//depot/dev/src/both.c", "//depot/main/src/both.c"),
-             out=["//depot/main/src/both.c - can't integrate (already opened on this client)"], err=[])
+    lines_ok(
+        p4("integrate", "-c", str(change), "//depot/dev/src/both.c", "//depot/main/src/both.c"),
+        out=["//depot/main/src/both.c - can't integrate (already opened on this client)"],
+        err=[],
+    )
     assert p4("opened").out_lines[1] == f"//depot/main/src/new_in_dev.c#1 - branch change {change} (text)"
     assert (p4.cwd / "main/src/new_in_dev.c").exists()
 
@@ -274,20 +336,32 @@ def test_integrate_ztag_and_revision_ranges(clean):
     p4, _ = clean
     p4("sync", "//depot/main/...")
     r = p4("-ztag", "integrate", "//depot/dev/src/only_dev.c", "//depot/main/src/only_dev.c")
-    assert r.out_lines == ["... depotFile //depot/main/src/only_dev.c",
-                           f"... clientFile {p4.cwd}/main/src/only_dev.c", "... workRev 1",
-                           "... action integrate", "... fromFile //depot/dev/src/only_dev.c",
-                           "... startFromRev 1", "... endFromRev 2", ""]
+    assert r.out_lines == [
+        "... depotFile //depot/main/src/only_dev.c",
+        f"... clientFile {p4.cwd}/main/src/only_dev.c",
+        "... workRev 1",
+        "... action integrate",
+        "... fromFile //depot/dev/src/only_dev.c",
+        "... startFromRev 1",
+        "... endFromRev 2",
+        "",
+    ]
 
 
 def test_integrate_warnings(clean):
     p4, _ = clean
-    lines_ok(p4("integrate", "//depot/nosuch/...", "//depot/main/..."), out=[],
-             err=["//depot/nosuch/... - no such file(s)."])
-    lines_ok(p4("integrate", "//depot/dev/...@1", "//depot/main/..."), out=[],
-             err=["//depot/dev/...@1 - no such file(s)."])
-    lines_ok(p4("integrate", "-b", "nosuch"), out=[],
-             err=["Branch 'nosuch' unknown - use 'branch' command to create it."], rc=1)
+    lines_ok(
+        p4("integrate", "//depot/nosuch/...", "//depot/main/..."), out=[], err=["//depot/nosuch/... - no such file(s)."]
+    )
+    lines_ok(
+        p4("integrate", "//depot/dev/...@1", "//depot/main/..."), out=[], err=["//depot/dev/...@1 - no such file(s)."]
+    )
+    lines_ok(
+        p4("integrate", "-b", "nosuch"),
+        out=[],
+        err=["Branch 'nosuch' unknown - use 'branch' command to create it."],
+        rc=1,
+    )
 
 
 def test_integrate_with_branch_spec(clean):
@@ -303,8 +377,11 @@ def test_integrate_with_branch_spec(clean):
 
 def test_nothing_to_integrate(make_server):
     p4, info = make_server("nothing-to-do")
-    lines_ok(p4("integrate", info["source"], info["target"]), out=[],
-             err=["//depot/main/... - all revision(s) already integrated."])
+    lines_ok(
+        p4("integrate", info["source"], info["target"]),
+        out=[],
+        err=["//depot/main/... - all revision(s) already integrated."],
+    )
 
 
 # -- resolve ------------------------------------------------------------------------------------
@@ -322,11 +399,19 @@ def test_resolve_two_way_modes(clean):
     change = new_change(p4)
     p4("integrate", "-c", str(change), "//depot/dev/...", "//depot/main/...")
     local = f"{p4.cwd}/main/src"
-    lines_ok(p4("resolve", "-ay", "//depot/main/src/both.c"), err=[], out=[
-        f"{local}/both.c - vs //depot/dev/src/both.c#2", "//ws/main/src/both.c - ignored //depot/dev/src/both.c"])
-    lines_ok(p4("resolve", "-at", "//depot/main/src/only_dev.c"), err=[], out=[
-        f"{local}/only_dev.c - vs //depot/dev/src/only_dev.c#2",
-        "//ws/main/src/only_dev.c - copy from //depot/dev/src/only_dev.c"])
+    lines_ok(
+        p4("resolve", "-ay", "//depot/main/src/both.c"),
+        err=[],
+        out=[f"{local}/both.c - vs //depot/dev/src/both.c#2", "//ws/main/src/both.c - ignored //depot/dev/src/both.c"],
+    )
+    lines_ok(
+        p4("resolve", "-at", "//depot/main/src/only_dev.c"),
+        err=[],
+        out=[
+            f"{local}/only_dev.c - vs //depot/dev/src/only_dev.c#2",
+            "//ws/main/src/only_dev.c - copy from //depot/dev/src/only_dev.c",
+        ],
+    )
     assert "changed in dev" in (p4.cwd / "main/src/only_dev.c").read_text()
     assert "changed in dev" not in (p4.cwd / "main/src/both.c").read_text()
 
@@ -339,24 +424,41 @@ def test_shelve_errors_and_unshelve(clean):
     lines_ok(p4("shelve", "-c", str(change)), out=[], err=["No files to shelve."], rc=1)
     p4("edit", "-c", str(change), "//depot/main/README.txt")
     (p4.cwd / "main/README.txt").write_text("shelved text\n")
-    lines_ok(p4("shelve", "-c", str(change)), err=[], out=[
-        f"Shelving files for change {change}.", "edit //depot/main/README.txt#1", f"Change {change} files shelved."])
-    lines_ok(p4("shelve", "-c", str(change)), out=[], rc=1,
-             err=["//depot/main/README.txt - already shelved, use -f to update."])
-    lines_ok(p4("shelve", "-f", "-c", str(change)), err=[], out=[
-        f"Shelving files for change {change}.", "edit //depot/main/README.txt#1", f"Change {change} files shelved."])
-    lines_ok(p4("submit", "-c", str(change)), out=[], rc=1,
-             err=[f"Change {change} has shelved files --  cannot submit."])
+    lines_ok(
+        p4("shelve", "-c", str(change)),
+        err=[],
+        out=[
+            f"Shelving files for change {change}.",
+            "edit //depot/main/README.txt#1",
+            f"Change {change} files shelved.",
+        ],
+    )
+    lines_ok(
+        p4("shelve", "-c", str(change)),
+        out=[],
+        rc=1,
+        err=["//depot/main/README.txt - already shelved, use -f to update."],
+    )
+    lines_ok(
+        p4("shelve", "-f", "-c", str(change)),
+        err=[],
+        out=[
+            f"Shelving files for change {change}.",
+            "edit //depot/main/README.txt#1",
+            f"Change {change} files shelved.",
+        ],
+    )
+    lines_ok(
+        p4("submit", "-c", str(change)), out=[], rc=1, err=[f"Change {change} has shelved files --  cannot submit."]
+    )
     p4("revert", "//depot/main/README.txt")
     assert (p4.cwd / "main/README.txt").read_text() != "shelved text\n"
-    lines_ok(p4("unshelve", "-s", str(change)), err=[],
-             out=["//depot/main/README.txt#1 - unshelved, opened for edit"])
+    lines_ok(p4("unshelve", "-s", str(change)), err=[], out=["//depot/main/README.txt#1 - unshelved, opened for edit"])
     assert (p4.cwd / "main/README.txt").read_text() == "shelved text\n"
     r = p4("describe", "-S", "-s", str(change))
     assert "Shelved files ..." in r.out_lines and "... //depot/main/README.txt#1 edit" in r.out_lines
     lines_ok(p4("shelve", "-d", "-c", str(change)), out=[f"Shelved change {change} deleted."], err=[])
-    lines_ok(p4("shelve", "-d", "-c", str(change)), out=[], err=["No shelved files in changelist to delete."],
-             rc=1)
+    lines_ok(p4("shelve", "-d", "-c", str(change)), out=[], err=["No shelved files in changelist to delete."], rc=1)
     r = p4("shelve", "//depot/main/...")
     assert r.rc == 1 and r.err_lines[0].startswith("shelve: p4sim has no interactive mode")
 
@@ -366,12 +468,15 @@ def test_submit_and_history(clean):
     p4("sync", "//depot/main/...")
     p4("edit", "//depot/main/README.txt")
     (p4.cwd / "main/README.txt").write_text("edited\n")
-    lines_ok(p4("submit", "-d", "Edit the readme"), err=[], out=[
-        "Submitting change 5.", "Locking 1 files ...", "edit //depot/main/README.txt#2", "Change 5 submitted."])
+    lines_ok(
+        p4("submit", "-d", "Edit the readme"),
+        err=[],
+        out=["Submitting change 5.", "Locking 1 files ...", "edit //depot/main/README.txt#2", "Change 5 submitted."],
+    )
     assert stat.S_IMODE((p4.cwd / "main/README.txt").stat().st_mode) == 0o444
     lines_ok(p4("submit", "-d", "nothing"), out=[], err=["No files to submit."], rc=1)
     r = p4("changes", "-m", "2")
-    assert [l.split(" by ")[1] for l in r.out_lines] == ["bob@ws 'Edit the readme '", "bob@ws 'Work on main. '"]
+    assert [line.split(" by ")[1] for line in r.out_lines] == ["bob@ws 'Edit the readme '", "bob@ws 'Work on main. '"]
     assert r.out_lines[0].startswith("Change 5 on ")
     new_change(p4, "pending work")
     r = p4("changes", "-s", "pending")
@@ -404,15 +509,17 @@ def test_submit_out_of_date_file(clean):
     p4("sync", "-k", "//depot/main/src/both.c@1")
     r = p4("submit", "-d", "stale")
     assert r.rc == 1
-    assert r.err_lines == ["//depot/main/src/both.c - must resolve #2 before submitting",
-                           "Out of date files must be resolved or reverted.",
-                           "Submit failed -- fix problems above then use 'p4 submit -c 5'."]
+    assert r.err_lines == [
+        "//depot/main/src/both.c - must resolve #2 before submitting",
+        "Out of date files must be resolved or reverted.",
+        "Submit failed -- fix problems above then use 'p4 submit -c 5'.",
+    ]
 
 
 # -- triggers ---------------------------------------------------------------------------------------
 def test_name_check_trigger_on_shelve_and_submit(clean):
     p4, info = clean
-    server = info["P4PORT"][len("sim:"):]
+    server = info["P4PORT"][len("sim:") :]
     with open(os.path.join(server, "triggers.json"), "w") as f:
         f.write('{"name_check": {"on": ["shelve", "submit"]}}')
     p4("sync", "//depot/main/...")
@@ -426,7 +533,8 @@ def test_name_check_trigger_on_shelve_and_submit(clean):
         "'name_check' validation failed: //depot/main/CON.txt: reserved name 'CON'",
         "//depot/main/README.TXT: differs only in case from //depot/main/README.txt",
         "//depot/main/a%40b.c: illegal character(s) '@'",
-        "Shelve validation failed -- fix problems then try again."]
+        "Shelve validation failed -- fix problems then try again.",
+    ]
     r = p4("submit", "-c", str(change))
     assert r.rc == 1 and r.err_lines[-1] == "Submit validation failed -- fix problems then try again."
     p4("revert", "//depot/main/CON.txt", "//depot/main/README.TXT", "//depot/main/a%40b.c")

@@ -1,4 +1,5 @@
 """Whole integration flows as the pipeline runs them, checking the depot afterwards."""
+
 import pytest
 from conftest import new_change
 
@@ -8,7 +9,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def depot_text(info: dict, path: str) -> str:
-    store = Store(info["P4PORT"][len("sim:"):])
+    store = Store(info["P4PORT"][len("sim:") :])
     try:
         head = store.head(path)
         return store.blob(head["digest"]).decode()
@@ -51,12 +52,14 @@ def test_clean_flow(clean):
         "//ws/main/src/only_dev.c - copy from //depot/dev/src/only_dev.c",
         f"{local}/same.c - merging //depot/dev/src/same.c#2",
         "Diff chunks: 0 yours + 0 theirs + 1 both + 0 conflicting",
-        "//ws/main/src/same.c - copy from //depot/dev/src/same.c"]
+        "//ws/main/src/same.c - copy from //depot/dev/src/same.c",
+    ]
     r = p4("resolve", "-am", "-c", str(change))
     assert r.rc == 0 and r.out_lines == [
         f"{local}/both.c - merging //depot/dev/src/both.c#2",
         "Diff chunks: 1 yours + 1 theirs + 0 both + 0 conflicting",
-        "//ws/main/src/both.c - merge from //depot/dev/src/both.c"]
+        "//ws/main/src/both.c - merge from //depot/dev/src/both.c",
+    ]
     r = p4("resolve", "-n", "-c", str(change))
     assert (r.rc, r.out, r.err_lines) == (0, "", ["No file(s) to resolve."])
     r = p4("-ztag", "resolve", "-n", "-c", str(change))
@@ -81,22 +84,35 @@ def test_conflict_flow(conflict):
     assert r.rc == 0 and r.out_lines[-3:] == [
         f"{local} - merging //depot/dev/src/conflict.c#2",
         "Diff chunks: 0 yours + 0 theirs + 0 both + 1 conflicting",
-        "//ws/main/src/conflict.c - resolve skipped."]
+        "//ws/main/src/conflict.c - resolve skipped.",
+    ]
     r = p4("resolve", "-n", "-c", str(change))
     assert (r.rc, r.out_lines, r.err) == (0, [f"{local} - merging //depot/dev/src/conflict.c#2"], "")
     r = p4("-ztag", "resolve", "-n", "-c", str(change))
-    assert r.out_lines == [f"... clientFile {local}", "... fromFile //depot/dev/src/conflict.c",
-                           "... startFromRev 1", "... endFromRev 2", "... resolveType content",
-                           "... contentResolveType 3waytext", ""]
-    assert [l for l in r.out_lines if l.startswith("... fromFile")] == ["... fromFile //depot/dev/src/conflict.c"]
+    assert r.out_lines == [
+        f"... clientFile {local}",
+        "... fromFile //depot/dev/src/conflict.c",
+        "... startFromRev 1",
+        "... endFromRev 2",
+        "... resolveType content",
+        "... contentResolveType 3waytext",
+        "",
+    ]
+    assert [line for line in r.out_lines if line.startswith("... fromFile")] == [
+        "... fromFile //depot/dev/src/conflict.c"
+    ]
     r = p4("submit", "-c", str(change))
     assert r.rc == 1 and r.out == ""
-    assert r.err_lines == ["Merges still pending -- use 'resolve' to merge files.",
-                           "//depot/main/src/conflict.c - must resolve before submitting",
-                           f"Submit failed -- fix problems above then use 'p4 submit -c {change}'."]
+    assert r.err_lines == [
+        "Merges still pending -- use 'resolve' to merge files.",
+        "//depot/main/src/conflict.c - must resolve before submitting",
+        f"Submit failed -- fix problems above then use 'p4 submit -c {change}'.",
+    ]
     r = p4("resolve", "-at", "-c", str(change))
-    assert r.out_lines == [f"{local} - vs //depot/dev/src/conflict.c#2",
-                           "//ws/main/src/conflict.c - copy from //depot/dev/src/conflict.c"]
+    assert r.out_lines == [
+        f"{local} - vs //depot/dev/src/conflict.c#2",
+        "//ws/main/src/conflict.c - copy from //depot/dev/src/conflict.c",
+    ]
     finish(p4, info, change)
     assert depot_text(info, "//depot/main/src/conflict.c") == depot_text(info, "//depot/dev/src/conflict.c")
 

@@ -1,4 +1,5 @@
 """The three-way merge against hand-written cases."""
+
 import pytest
 
 from p4sim.merge import MarkerLabels, merge3
@@ -92,8 +93,16 @@ def test_conflict_markers():
     labels = MarkerLabels("//depot/dev/x.c#3", "//depot/dev/x.c#5", "//ws/main/x.c")
     r = merge3(b"1\n2\n3\n", b"1\nT\n3\n", b"1\nY\n3\n", labels)
     assert r.content.decode().splitlines() == [
-        "1", ">>>> ORIGINAL //depot/dev/x.c#3", "2", "==== THEIRS //depot/dev/x.c#5", "T",
-        "==== YOURS //ws/main/x.c", "Y", "<<<<", "3"]
+        "1",
+        ">>>> ORIGINAL //depot/dev/x.c#3",
+        "2",
+        "==== THEIRS //depot/dev/x.c#5",
+        "T",
+        "==== YOURS //ws/main/x.c",
+        "Y",
+        "<<<<",
+        "3",
+    ]
 
 
 def test_conflict_marker_after_line_without_newline():

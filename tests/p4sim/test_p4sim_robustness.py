@@ -1,4 +1,5 @@
 """Concurrent invocations on one server, fault injection, seeding, the shim."""
+
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def test_ten_concurrent_invocations_do_not_corrupt(clean):
-    p4, info = clean
+    p4, _info = clean
     clients = []
     for i in range(10):
         root = p4.cwd.parent / f"ws{i}"
@@ -23,29 +24,48 @@ def test_ten_concurrent_invocations_do_not_corrupt(clean):
         env = {"P4CLIENT": f"ws{i}"}
         assert p4("add", "main/" + f"file{i}.txt", env=env, cwd=root).rc == 0
         clients.append((root, env))
-    procs = [subprocess.Popen([str(p4.p4), "submit", "-d", f"add {i}"], cwd=root, text=True,
-                              env={**p4.env, **env, "PWD": str(root)}, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE) for i, (root, env) in enumerate(clients)]
-    procs += [subprocess.Popen([str(p4.p4), "change", "-i"], stdin=subprocess.PIPE, text=True,
-                               env={**p4.env, "PWD": str(p4.cwd)}, cwd=p4.cwd, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE) for _ in range(10)]
+    procs = [
+        subprocess.Popen(
+            [str(p4.p4), "submit", "-d", f"add {i}"],
+            cwd=root,
+            text=True,
+            env={**p4.env, **env, "PWD": str(root)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for i, (root, env) in enumerate(clients)
+    ]
+    procs += [
+        subprocess.Popen(
+            [str(p4.p4), "change", "-i"],
+            stdin=subprocess.PIPE,
+            text=True,
+            env={**p4.env, "PWD": str(p4.cwd)},
+            cwd=p4.cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(10)
+    ]
     for proc in procs[10:]:
         proc.stdin.write("Change: new\nDescription:\n\tconcurrent\n")
         proc.stdin.close()
     results = [(proc.wait(30), proc.stdout.read(), proc.stderr.read()) for proc in procs]
     assert all(rc == 0 and err == "" for rc, _, err in results), results
     numbers = [int(out.split()[1]) for _, out, _ in results[10:]]
-    submitted = [int(out.splitlines()[-1].split()[-1].rstrip(".")) if "renamed" in out
-                 else int(out.splitlines()[-1].split()[1]) for _, out, _ in results[:10]]
+    submitted = [
+        int(out.splitlines()[-1].split()[-1].rstrip(".")) if "renamed" in out else int(out.splitlines()[-1].split()[1])
+        for _, out, _ in results[:10]
+    ]
     assert len(set(numbers + submitted)) == 20
     assert len(p4("changes", "-s", "submitted").out_lines) == 4 + 10
     assert len(p4("changes", "-s", "pending").out_lines) == 10
     r = p4("sync", "//depot/main/...")
-    assert sum(1 for l in r.out_lines if "/file" in l) == 10
+    assert sum(1 for line in r.out_lines if "/file" in line) == 10
 
 
 def test_fault_refused(clean):
-    p4, info = clean
+    p4, _info = clean
     r = p4("sync", env={"P4SIM_FAULT": "refused"})
     assert r.rc == 1 and r.out == ""
     assert r.err_lines[:2] == ["Perforce client error:", "\tConnect to server failed; check $P4PORT."]
@@ -68,8 +88,13 @@ def test_fault_only_first_n_calls(clean, tmp_path):
 
 def test_fault_delay_streams_output(make_server):
     p4, info = make_server("big:6")
-    proc = subprocess.Popen([str(p4.p4), "sync", info["target"]], cwd=p4.cwd, stdout=subprocess.PIPE,
-                            env={**p4.env, "PWD": str(p4.cwd), "P4SIM_DELAY_PER_FILE": "0.2"}, text=True)
+    proc = subprocess.Popen(
+        [str(p4.p4), "sync", info["target"]],
+        cwd=p4.cwd,
+        stdout=subprocess.PIPE,
+        env={**p4.env, "PWD": str(p4.cwd), "P4SIM_DELAY_PER_FILE": "0.2"},
+        text=True,
+    )
     start = time.monotonic()
     first = proc.stdout.readline()
     first_at = time.monotonic() - start
@@ -88,12 +113,22 @@ def test_fault_die_after_lines(make_server):
 
 
 def test_seed_cli_json_and_refuses_reseed(tmp_path):
-    out = subprocess.run(["p4sim", "seed", str(tmp_path / "x"), "--scenario", "conflict", "--json"],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        ["p4sim", "seed", str(tmp_path / "x"), "--scenario", "conflict", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     facts = json.loads(out.stdout)
-    assert facts == {"P4PORT": f"sim:{tmp_path}/x/server", "P4USER": "bob", "P4CLIENT": "ws",
-                     "root": f"{tmp_path}/x/ws", "source": "//depot/dev/...", "target": "//depot/main/...",
-                     "conflicts": ["//depot/main/src/conflict.c"]}
+    assert facts == {
+        "P4PORT": f"sim:{tmp_path}/x/server",
+        "P4USER": "bob",
+        "P4CLIENT": "ws",
+        "root": f"{tmp_path}/x/ws",
+        "source": "//depot/dev/...",
+        "target": "//depot/main/...",
+        "conflicts": ["//depot/main/src/conflict.c"],
+    }
     again = subprocess.run(["p4sim", "seed", str(tmp_path / "x")], capture_output=True, text=True, timeout=30)
     assert again.returncode == 1 and "already holds a p4sim server" in again.stderr
 
@@ -105,9 +140,15 @@ def test_seed_leaves_workspace_unsynced(clean):
 
 
 def test_p4sim_runs_p4_commands_directly(clean):
-    p4, info = clean
-    done = subprocess.run(["p4sim", "-ztag", "changes", "-m1"], capture_output=True, text=True,
-                          env={**p4.env, "PWD": str(p4.cwd)}, cwd=p4.cwd, timeout=30)
+    p4, _info = clean
+    done = subprocess.run(
+        ["p4sim", "-ztag", "changes", "-m1"],
+        capture_output=True,
+        text=True,
+        env={**p4.env, "PWD": str(p4.cwd)},
+        cwd=p4.cwd,
+        timeout=30,
+    )
     assert done.returncode == 0 and done.stdout.startswith("... change 4\n")
 
 

@@ -32,7 +32,7 @@ def test_rebuilt_from_file_equals_live(tmp_path: Path) -> None:
     (tmp_path / "out").write_bytes(data)
     live = Capture(1000)
     for i in range(0, len(data), 77):
-        live.feed(data[i:i + 77])
+        live.feed(data[i : i + 77])
     rebuilt = capture_file(tmp_path / "out", 1000)
     assert (rebuilt.value(), rebuilt.total, rebuilt.truncated) == (live.value(), live.total, True)
     assert capture_file(tmp_path / "missing", 1000).value() == b""

@@ -43,7 +43,9 @@ def test_symlink_escaping_a_root_is_refused(tmp_path: Path) -> None:
 def test_prefix_sibling_is_not_inside(tmp_path: Path) -> None:
     (tmp_path / "root2").mkdir()
     with pytest.raises(policy.Refusal, match="outside"):
-        policy.check(conf(tmp_path, allowed_executables=["*"]), CmdSpec(argv=["x"], cwd=str(tmp_path / "root2")), None, {})
+        policy.check(
+            conf(tmp_path, allowed_executables=["*"]), CmdSpec(argv=["x"], cwd=str(tmp_path / "root2")), None, {}
+        )
 
 
 def test_no_roots_is_a_refusal() -> None:

@@ -50,7 +50,17 @@ def test_prune_removes_only_old_finished(tmp_path: Path) -> None:
     assert [c for _, c in s.finished_since(time.time() - 60)] == ["new"]
 
 
-@pytest.mark.parametrize("cmd_id,ok", [("c-1.a:b_2", True), ("", False), ("..", False), ("a/b", False),
-                                       (".hidden", False), ("x" * 129, False), ("ü", False)])
+@pytest.mark.parametrize(
+    "cmd_id,ok",
+    [
+        ("c-1.a:b_2", True),
+        ("", False),
+        ("..", False),
+        ("a/b", False),
+        (".hidden", False),
+        ("x" * 129, False),
+        ("ü", False),
+    ],
+)
 def test_cmd_ids_are_safe_directory_names(cmd_id: str, ok: bool) -> None:
     assert valid_cmd_id(cmd_id) is ok

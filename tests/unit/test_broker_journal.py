@@ -50,8 +50,9 @@ class Journal:
         self.sent += events
         assert self.writer.wait_done(self.submitted, 10)
 
-    def read(self, prefix: str = "", after: int = 0, limit: int = 1000,
-             max_bytes: int = 8 << 20) -> list[tuple[int, str, bytes]]:
+    def read(
+        self, prefix: str = "", after: int = 0, limit: int = 1000, max_bytes: int = 8 << 20
+    ) -> list[tuple[int, str, bytes]]:
         reader = JournalReader(self.path)
         try:
             out = []
@@ -171,10 +172,12 @@ def test_prune_by_size_unlinks_whole_old_segments(tmp_path: Path) -> None:
     try:
         sent = [("log.J.c", b) for b in bodies(120, 10_000, 30_000)]  # ~2.4 MB
         j.write(sent, batch=3)
-        wait_for(lambda: j.writer.counters.journal_bytes <= 512 << 10 and len(j.segment_files()) <= 10,
-                 what="pruned to the size limit")
+        wait_for(
+            lambda: j.writer.counters.journal_bytes <= 512 << 10 and len(j.segment_files()) <= 10,
+            what="pruned to the size limit",
+        )
         kept = j.read()
-        assert kept and [(t, b) for _i, t, b in kept] == sent[-len(kept):]
+        assert kept and [(t, b) for _i, t, b in kept] == sent[-len(kept) :]
         assert sum(len(b) for _i, _t, b in kept) > (512 << 10) - 30_000
         # On disk: the kept bodies plus less than one segment of bodies already pruned.
         assert j.segment_bytes() < (512 << 10) + SEGMENT + 3 * 30_000
@@ -300,8 +303,10 @@ def test_a_version_1_journal_is_migrated_in_place(tmp_path: Path) -> None:
     db.execute("PRAGMA journal_mode=WAL")
     db.executescript(V1_SCHEMA)
     old = [("log.J.c", os.urandom(50_000)), ("job.J", b"small")]
-    db.executemany("INSERT INTO events(ts, topic, source, epoch, seq, body) VALUES (?,?,?,?,?,?)",
-                   [(time.time(), t, "s", "e", i, b) for i, (t, b) in enumerate(old)])
+    db.executemany(
+        "INSERT INTO events(ts, topic, source, epoch, seq, body) VALUES (?,?,?,?,?,?)",
+        [(time.time(), t, "s", "e", i, b) for i, (t, b) in enumerate(old)],
+    )
     db.close()
     j = Journal(tmp_path)
     try:
@@ -332,8 +337,9 @@ def test_a_failed_first_write_to_a_new_segment_removes_it(jr: Journal, monkeypat
     monkeypatch.setattr(S.os, "writev", failing)
     # ids 1 (inline) and 2 (a body): the segment started for id 2 must not survive the failure,
     # since the next batch's first body is id 1 (ids of a dropped batch are reused).
-    jr.writer.submit([Row(time.time(), "job.J", "s", "e", 1, b"small"),
-                      Row(time.time(), "log.J.c", "s", "e", 2, os.urandom(5000))])
+    jr.writer.submit(
+        [Row(time.time(), "job.J", "s", "e", 1, b"small"), Row(time.time(), "log.J.c", "s", "e", 2, os.urandom(5000))]
+    )
     wait_for(lambda: jr.writer.counters.journal_dropped == 2, what="batch dropped")
     assert jr.segment_files() == []
     sent = [("log.J.c", os.urandom(6000))]

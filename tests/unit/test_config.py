@@ -36,13 +36,16 @@ def test_env_lists_and_json():
     assert cfg.agent.labels == {"os": "linux"}
 
 
-@pytest.mark.parametrize("setup,needle", [
-    (lambda p: {"environ": {"P4BUS_NOPE": "1"}}, "P4BUS_NOPE is not a p4bus setting"),
-    (lambda p: {"path": p / "missing.toml", "environ": {}}, "does not exist"),
-    (lambda p: {"path": _write(p, "x = [\n"), "environ": {}}, "not valid TOML"),
-    (lambda p: {"path": _write(p, "[agent]\nslots = 'many'\n"), "environ": {}}, "agent.slots"),
-    (lambda p: {"path": _write(p, "[agent]\nslotz = 1\n"), "environ": {}}, "slotz"),
-])
+@pytest.mark.parametrize(
+    "setup,needle",
+    [
+        (lambda p: {"environ": {"P4BUS_NOPE": "1"}}, "P4BUS_NOPE is not a p4bus setting"),
+        (lambda p: {"path": p / "missing.toml", "environ": {}}, "does not exist"),
+        (lambda p: {"path": _write(p, "x = [\n"), "environ": {}}, "not valid TOML"),
+        (lambda p: {"path": _write(p, "[agent]\nslots = 'many'\n"), "environ": {}}, "agent.slots"),
+        (lambda p: {"path": _write(p, "[agent]\nslotz = 1\n"), "environ": {}}, "slotz"),
+    ],
+)
 def test_errors_are_precise(tmp_path, setup, needle):
     with pytest.raises(C.ConfigError) as err:
         C.load(**setup(tmp_path))

@@ -8,9 +8,25 @@ pytestmark = pytest.mark.timeout(10)
 
 
 def _job(n: int, state: str = "QUEUED", workspace: str = "ws") -> JobRow:
-    return JobRow(id=f"J{n}", n=n, pipeline="p4-integrate", workspace=workspace, agent=None, pool=None,
-                  params=b"{}", state=state, stage="SYNC", step=0, attempt=1, vars=b"{}", reason="", key_line="",
-                  retry_from=None, created_at=float(n), updated_at=float(n))
+    return JobRow(
+        id=f"J{n}",
+        n=n,
+        pipeline="p4-integrate",
+        workspace=workspace,
+        agent=None,
+        pool=None,
+        params=b"{}",
+        state=state,
+        stage="SYNC",
+        step=0,
+        attempt=1,
+        vars=b"{}",
+        reason="",
+        key_line="",
+        retry_from=None,
+        created_at=float(n),
+        updated_at=float(n),
+    )
 
 
 def test_schema_migrates_once_and_refuses_a_newer_store(tmp_path):
@@ -28,10 +44,9 @@ def test_schema_migrates_once_and_refuses_a_newer_store(tmp_path):
 
 def test_a_failed_step_leaves_nothing_behind(tmp_path):
     store = Store(tmp_path / "jobs.db")
-    with pytest.raises(ZeroDivisionError):
-        with store.tx():
-            store.insert_job(_job(1))
-            1 / 0
+    with pytest.raises(RuntimeError, match="mid-step"), store.tx():
+        store.insert_job(_job(1))
+        raise RuntimeError("mid-step failure")
     assert store.job("J1") is None
 
 

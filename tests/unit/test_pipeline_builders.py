@@ -4,10 +4,10 @@ everything persisted, site templates, and validated values passed through unchan
 from __future__ import annotations
 
 import pytest
+from test_pipeline_helpers import PASSWORD, build, ctx, params, workspace
 
 from orchestrator.pipeline import PIPELINES, CommandSpec, SiteConfig, validate_params
 from orchestrator.pipeline.p4_integrate import change_spec
-from test_pipeline_helpers import PASSWORD, build, ctx, params, workspace
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -21,8 +21,13 @@ def test_every_command_is_an_argv_list_with_the_p4_environment(stage):
     assert isinstance(spec.argv, list) and all(isinstance(a, str) for a in spec.argv)
     assert spec.argv[0] == "p4"
     assert spec.cwd == "/work/ws1"
-    assert spec.env == {"P4PORT": "ssl:p4.example.com:1666", "P4USER": "bob", "P4CLIENT": "bob-rel",
-                        "PWD": "/work/ws1", "P4TICKETS": "/var/p4bus/tickets"}
+    assert spec.env == {
+        "P4PORT": "ssl:p4.example.com:1666",
+        "P4USER": "bob",
+        "P4CLIENT": "bob-rel",
+        "PWD": "/work/ws1",
+        "P4TICKETS": "/var/p4bus/tickets",
+    }
     assert not spec.stdin_secret
 
 
@@ -53,20 +58,23 @@ def test_login_skipped_without_a_password():
     assert build("LOGIN") is None
 
 
-@pytest.mark.parametrize("stage, argv", [
-    ("GET_LATEST_CL", ["-ztag", "changes", "-m1", "-s", "submitted", "//depot/main/..."]),
-    ("SYNC", ["sync", "//depot/rel/..."]),
-    ("CREATE_CHANGE", ["change", "-i"]),
-    ("INTEGRATE", ["integrate", "-c", "123", "//depot/main/...@7", "//depot/rel/..."]),
-    ("RESOLVE_PASS_1", ["resolve", "-as", "-c", "123"]),
-    ("RESOLVE_PASS_2", ["resolve", "-am", "-c", "123"]),
-    ("NEEDS_RESOLVE", ["-ztag", "resolve", "-n", "-c", "123"]),
-    ("RESOLVE_CHECK", ["-ztag", "resolve", "-n", "-c", "123"]),
-    ("PRE_SUBMIT", ["-ztag", "opened", "-c", "123"]),
-    ("SHELVE", ["shelve", "-f", "-c", "123"]),
-    ("NC_FIX", ["-ztag", "opened", "-c", "123"]),
-    ("P4PUSH", ["shelve", "-d", "-c", "123"]),
-])
+@pytest.mark.parametrize(
+    "stage, argv",
+    [
+        ("GET_LATEST_CL", ["-ztag", "changes", "-m1", "-s", "submitted", "//depot/main/..."]),
+        ("SYNC", ["sync", "//depot/rel/..."]),
+        ("CREATE_CHANGE", ["change", "-i"]),
+        ("INTEGRATE", ["integrate", "-c", "123", "//depot/main/...@7", "//depot/rel/..."]),
+        ("RESOLVE_PASS_1", ["resolve", "-as", "-c", "123"]),
+        ("RESOLVE_PASS_2", ["resolve", "-am", "-c", "123"]),
+        ("NEEDS_RESOLVE", ["-ztag", "resolve", "-n", "-c", "123"]),
+        ("RESOLVE_CHECK", ["-ztag", "resolve", "-n", "-c", "123"]),
+        ("PRE_SUBMIT", ["-ztag", "opened", "-c", "123"]),
+        ("SHELVE", ["shelve", "-f", "-c", "123"]),
+        ("NC_FIX", ["-ztag", "opened", "-c", "123"]),
+        ("P4PUSH", ["shelve", "-d", "-c", "123"]),
+    ],
+)
 def test_stage_commands(stage, argv):
     assert build(stage).argv[1:] == argv
 
@@ -79,8 +87,10 @@ def test_given_source_change_is_used_and_the_lookup_skipped():
 def test_change_spec_on_stdin_with_every_description_line_indented():
     spec = build("CREATE_CHANGE", desc="Merge main\nStatus: submitted\n\nthird")
     assert spec.stdin.decode() == change_spec(ctx("CREATE_CHANGE", desc="Merge main\nStatus: submitted\n\nthird"))
-    assert spec.stdin.decode() == ("Change:\tnew\n\nClient:\tbob-rel\n\nUser:\tbob\n\nStatus:\tnew\n\n"
-                                   "Description:\n\tMerge main\n\tStatus: submitted\n\t\n\tthird\n")
+    assert spec.stdin.decode() == (
+        "Change:\tnew\n\nClient:\tbob-rel\n\nUser:\tbob\n\nStatus:\tnew\n\n"
+        "Description:\n\tMerge main\n\tStatus: submitted\n\t\n\tthird\n"
+    )
 
 
 def test_default_description_names_what_and_the_job():
@@ -88,19 +98,35 @@ def test_default_description_names_what_and_the_job():
     assert "\tIntegrate //depot/main/... to //depot/rel/... at change 7 (p4bus job INT-20261128-0007)\n" in text
 
 
-BRANCH = dict(source=None, target=None, branch_spec="main-to-rel")
-VIEW = {"branch_sources": ["//depot/main/...", "//depot/lib/..."],
-        "branch_targets": ["//depot/rel/...", "//depot/rel/lib/..."]}
+BRANCH = {"source": None, "target": None, "branch_spec": "main-to-rel"}
+VIEW = {
+    "branch_sources": ["//depot/main/...", "//depot/lib/..."],
+    "branch_targets": ["//depot/rel/...", "//depot/rel/lib/..."],
+}
 
 
 def test_branch_spec_commands():
     assert build("GET_LATEST_CL", vars={}, **BRANCH).argv[1:] == ["-ztag", "branch", "-o", "main-to-rel"]
     assert build("GET_LATEST_CL", step=1, vars=VIEW, **BRANCH).argv[1:] == [
-        "-ztag", "changes", "-m1", "-s", "submitted", "//depot/main/...", "//depot/lib/..."]
+        "-ztag",
+        "changes",
+        "-m1",
+        "-s",
+        "submitted",
+        "//depot/main/...",
+        "//depot/lib/...",
+    ]
     assert build("SYNC", vars=VIEW, **BRANCH).argv[1:] == ["sync", "//depot/rel/...", "//depot/rel/lib/..."]
     # With -b, `target@N` limits the source revisions to change N.
     assert build("INTEGRATE", vars={**VIEW, "change": 123, "source_change": 7}, **BRANCH).argv[1:] == [
-        "integrate", "-c", "123", "-b", "main-to-rel", "//depot/rel/...@7", "//depot/rel/lib/...@7"]
+        "integrate",
+        "-c",
+        "123",
+        "-b",
+        "main-to-rel",
+        "//depot/rel/...@7",
+        "//depot/rel/lib/...@7",
+    ]
 
 
 def test_branch_spec_with_given_change_still_reads_the_view_but_not_the_changes():
@@ -108,11 +134,14 @@ def test_branch_spec_with_given_change_still_reads_the_view_but_not_the_changes(
     assert build("GET_LATEST_CL", step=1, vars=VIEW, change=9, **BRANCH) is None
 
 
-@pytest.mark.parametrize("source, target", [
-    ("//depot/main/my docs/...", "//depot/rel/my docs/..."),
-    ("//depot/main/ünïcödé/a+b=c,d~e.txt", "//depot/rel/ünïcödé/a+b=c,d~e.txt"),
-    ("//depot/main/-rf", "//depot/rel/-rf"),
-])
+@pytest.mark.parametrize(
+    "source, target",
+    [
+        ("//depot/main/my docs/...", "//depot/rel/my docs/..."),
+        ("//depot/main/ünïcödé/a+b=c,d~e.txt", "//depot/rel/ünïcödé/a+b=c,d~e.txt"),
+        ("//depot/main/-rf", "//depot/rel/-rf"),
+    ],
+)
 def test_validated_paths_pass_through_as_single_arguments(source, target):
     assert validate_params(params(source=source, target=target)) == []
     argv = build("INTEGRATE", source=source, target=target).argv
@@ -120,8 +149,10 @@ def test_validated_paths_pass_through_as_single_arguments(source, target):
 
 
 def test_site_templates_fill_only_change_and_workspace():
-    site = SiteConfig(push=["p4", "-u", "{workspace}", "submit", "-c", "{change}"],
-                      pre_submit=[["check", "--cl={change}", "{change}{workspace}", "{other}", "{{change}}"]])
+    site = SiteConfig(
+        push=["p4", "-u", "{workspace}", "submit", "-c", "{change}"],
+        pre_submit=[["check", "--cl={change}", "{change}{workspace}", "{other}", "{{change}}"]],
+    )
     ws = workspace(p4="p4sim")
     push = build("P4PUSH", step=1, site=site, workspace=ws)
     assert push.argv == ["p4sim", "-u", "ws1", "submit", "-c", "123"]
@@ -139,21 +170,35 @@ def test_a_value_cannot_inject_a_placeholder():
 def test_external_name_check_and_revert_of_offenders():
     site = SiteConfig(name_check=["namecheck", "-c", "{change}"])
     assert build("NC_FIX", site=site).argv == ["namecheck", "-c", "123"]
-    offenders = {"change": 123, "name_check_offenders": [{"path": "//depot/rel/a%40b", "reason": "x"},
-                                                         {"path": "//depot/rel/aux.c", "reason": "y"}]}
+    offenders = {
+        "change": 123,
+        "name_check_offenders": [
+            {"path": "//depot/rel/a%40b", "reason": "x"},
+            {"path": "//depot/rel/aux.c", "reason": "y"},
+        ],
+    }
     assert build("NC_FIX", step=1, vars=offenders).argv[1:] == [
-        "revert", "-c", "123", "//depot/rel/a%40b", "//depot/rel/aux.c"]
+        "revert",
+        "-c",
+        "123",
+        "//depot/rel/a%40b",
+        "//depot/rel/aux.c",
+    ]
     assert build("NC_FIX", step=3, vars=offenders) is None
 
 
 def test_cleanup_undoes_the_pending_change():
     specs = PIPELINE.cleanup(ctx("SYNC"))
-    assert [s.argv[1:] for s in specs] == [["revert", "-c", "123", "//..."], ["shelve", "-d", "-c", "123"],
-                                           ["change", "-d", "123"]]
+    assert [s.argv[1:] for s in specs] == [
+        ["revert", "-c", "123", "//..."],
+        ["shelve", "-d", "-c", "123"],
+        ["change", "-d", "123"],
+    ]
     assert PIPELINE.cleanup(ctx("SYNC", vars={})) == []
 
 
 def test_specs_are_msgspec_encodable_for_storage():
     import msgspec
+
     spec = build("CREATE_CHANGE")
     assert msgspec.json.decode(msgspec.json.encode(spec), type=CommandSpec) == spec

@@ -6,13 +6,21 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from test_pipeline_helpers import CONNECTION_REFUSED, PASSWORD, PIPELINE, ctx, err, ok
 
 from orchestrator.pipeline import (
-    JobState, Outcome, OutcomeKind, RefusedTransition, RetryPolicy, SiteConfig, resume_transition,
-    retry_from, start, transition,
+    JobState,
+    Outcome,
+    OutcomeKind,
+    RefusedTransition,
+    RetryPolicy,
+    SiteConfig,
+    resume_transition,
+    retry_from,
+    start,
+    transition,
 )
 from orchestrator.pipeline.model import fail, next_, repeat, retry
-from test_pipeline_helpers import CONNECTION_REFUSED, PASSWORD, PIPELINE, ctx, err, ok
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -24,6 +32,7 @@ def step(stage: str, outcome: Outcome, **ctx_kw):
 
 
 # ---------------------------------------------------------------------------- start and skips
+
 
 def test_start_skips_login_without_a_password():
     t = start(PIPELINE, ctx("", vars={}))
@@ -57,6 +66,7 @@ def test_timeout_comes_from_the_stage():
 
 
 # ---------------------------------------------------------------------------- NEXT / REPEAT
+
 
 def test_next_advances_resets_step_and_attempt_and_merges_updates():
     t = step("CREATE_CHANGE", next_("Change 123 created.", change=123), vars={"source_change": 7}, attempt=2)
@@ -114,9 +124,11 @@ def test_site_push_has_no_shelf_deletion_step():
 
 # ---------------------------------------------------------------------------- terminal outcomes
 
-@pytest.mark.parametrize("kind, state", [(OutcomeKind.DONE, S.DONE),
-                                         (OutcomeKind.NOTHING_TO_DO, S.NOTHING_TO_DO),
-                                         (OutcomeKind.FAIL, S.FAILED)])
+
+@pytest.mark.parametrize(
+    "kind, state",
+    [(OutcomeKind.DONE, S.DONE), (OutcomeKind.NOTHING_TO_DO, S.NOTHING_TO_DO), (OutcomeKind.FAIL, S.FAILED)],
+)
 def test_terminal_outcomes(kind, state):
     t = step("P4PUSH", Outcome(kind=kind, reason="why", key_line="the line"), step=1)
     assert (t.state, t.stage, t.terminal, t.command) == (state, "P4PUSH", True, None)
@@ -124,8 +136,10 @@ def test_terminal_outcomes(kind, state):
 
 
 def test_already_integrated_deletes_the_empty_change_then_ends_nothing_to_do():
-    t = step("INTEGRATE", PIPELINE.stage("INTEGRATE").interpret(
-        ctx("INTEGRATE"), ok("", "All revision(s) already integrated.\n")))
+    t = step(
+        "INTEGRATE",
+        PIPELINE.stage("INTEGRATE").interpret(ctx("INTEGRATE"), ok("", "All revision(s) already integrated.\n")),
+    )
     assert t.command.argv[1:] == ["change", "-d", "123"]
     c = ctx(t.stage, step=t.step, vars=t.vars)
     t = transition(PIPELINE, c, PIPELINE.stage("INTEGRATE").interpret(c, ok("Change 123 deleted.\n")))
@@ -145,8 +159,9 @@ def test_wait_resolve_parks_the_job_with_the_files(stage, at_step):
 
 
 def test_resume_rechecks():
-    t = resume_transition(PIPELINE, ctx("NEEDS_RESOLVE", vars={"change": 123, "conflicts": CONFLICTS}),
-                          S.WAITING_RESOLVE)
+    t = resume_transition(
+        PIPELINE, ctx("NEEDS_RESOLVE", vars={"change": 123, "conflicts": CONFLICTS}), S.WAITING_RESOLVE
+    )
     assert (t.state, t.stage, t.step, t.attempt) == (S.RUNNING, "RESOLVE_CHECK", 0, 1)
     assert t.command.argv[1:] == ["-ztag", "resolve", "-n", "-c", "123"]
 
@@ -164,6 +179,7 @@ def test_resume_refused_unless_waiting(state):
 
 
 # ---------------------------------------------------------------------------- RETRY
+
 
 def test_retry_waits_with_backoff_and_the_same_command():
     first = step("SYNC", retry("cannot reach the server"))
@@ -212,8 +228,13 @@ def run(stage, result, **ctx_kw):
 
 
 def test_expired_ticket_logs_in_and_comes_back_to_the_stage():
-    to_login = run("NC_FIX", EXPIRED, step=1, password=True,
-                   vars={"change": 123, "name_check_offenders": [{"path": "//d/x", "reason": "r"}]})
+    to_login = run(
+        "NC_FIX",
+        EXPIRED,
+        step=1,
+        password=True,
+        vars={"change": 123, "name_check_offenders": [{"path": "//d/x", "reason": "r"}]},
+    )
     assert (to_login.stage, to_login.step) == ("LOGIN", 0)
     assert to_login.command.stdin_secret
     back = run("LOGIN", ok("User bob logged in.\n"), password=True, vars=to_login.vars)
@@ -243,6 +264,7 @@ def test_login_fails_during_the_call_fails_the_job():
 
 # ---------------------------------------------------------------------------- retry --from
 
+
 def test_retry_restarts_the_failed_stage_by_default():
     t = retry_from(PIPELINE, ctx("SHELVE", step=0, attempt=3), S.FAILED)
     assert (t.state, t.stage, t.step, t.attempt) == (S.RUNNING, "SHELVE", 0, 1)
@@ -260,7 +282,7 @@ def test_retry_from_a_later_stage_is_refused():
 
 
 def test_retry_from_an_unknown_stage_lists_the_stages():
-    with pytest.raises(RefusedTransition, match="unknown stage 'SUBMIT'.*LOGIN, GET_LATEST_CL"):
+    with pytest.raises(RefusedTransition, match=r"unknown stage 'SUBMIT'.*LOGIN, GET_LATEST_CL"):
         retry_from(PIPELINE, ctx("SHELVE"), S.FAILED, "SUBMIT")
 
 
@@ -276,6 +298,7 @@ def test_retry_refused_unless_failed_or_cancelled(state):
 
 
 # ---------------------------------------------------------------------------- a whole clean job
+
 
 def test_clean_job_walks_every_stage_in_order():
     outputs = {

@@ -55,13 +55,16 @@ def test_event_round_trip_and_topic_check():
         P.decode_event([frames[0]])
 
 
-@pytest.mark.parametrize("frame,code", [
-    (b"\xc1", "bad_frame"),  # never-used msgpack byte
-    (msgspec.msgpack.encode(5), "bad_frame"),
-    (msgspec.msgpack.encode({"t": "nope", "req_id": "x"}), "unknown_type"),
-    (msgspec.msgpack.encode({"t": "exec", "req_id": "x"}), "bad_request"),
-    (msgspec.msgpack.encode({"t": "kill", "req_id": "x", "cmd_id": 5}), "bad_request"),
-])
+@pytest.mark.parametrize(
+    "frame,code",
+    [
+        (b"\xc1", "bad_frame"),  # never-used msgpack byte
+        (msgspec.msgpack.encode(5), "bad_frame"),
+        (msgspec.msgpack.encode({"t": "nope", "req_id": "x"}), "unknown_type"),
+        (msgspec.msgpack.encode({"t": "exec", "req_id": "x"}), "bad_request"),
+        (msgspec.msgpack.encode({"t": "kill", "req_id": "x", "cmd_id": 5}), "bad_request"),
+    ],
+)
 def test_bad_frames_raise_typed_errors(frame, code):
     with pytest.raises(P.ProtocolError) as err:
         P.decode(frame, P.ClientRequest)

@@ -22,12 +22,15 @@ def test_select_by_agent_pool_workspace():
     assert r.select(None, "p", None, exclude={"a2"}).agent_id == "a1"
 
 
-@pytest.mark.parametrize("args,needle", [
-    (("zz", None, None), "agent 'zz' is not connected"),
-    (("a1", None, "ws2"), "has no workspace 'ws2'"),
-    ((None, "nopool", None), "no live agent with pool 'nopool'"),
-    ((None, "p", "ws9"), "pool 'p' and workspace 'ws9'"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (("zz", None, None), "agent 'zz' is not connected"),
+        (("a1", None, "ws2"), "has no workspace 'ws2'"),
+        ((None, "nopool", None), "no live agent with pool 'nopool'"),
+        ((None, "p", "ws9"), "pool 'p' and workspace 'ws9'"),
+    ],
+)
 def test_select_rejections_name_what_exists(args, needle):
     with pytest.raises(NoAgent) as err:
         _reg().select(*args)

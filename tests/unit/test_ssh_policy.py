@@ -22,8 +22,9 @@ def test_destinations() -> None:
 
 
 def test_remote_policy_is_lexical() -> None:
-    conf = AgentConf(workspace_roots=["/work/p4"], workspaces={"ws": "/work/p4/ws"},
-                     allowed_executables=["p4", "/opt/bin/hook"])
+    conf = AgentConf(
+        workspace_roots=["/work/p4"], workspaces={"ws": "/work/p4/ws"}, allowed_executables=["p4", "/opt/bin/hook"]
+    )
     launch = check(conf, CmdSpec(argv=["p4", "sync"], cwd="a/../b", env={"P4USER": "bob"}), "ws")
     assert (launch.cwd, launch.env, launch.roots) == ("/work/p4/ws/b", {"P4USER": "bob"}, ["/work/p4", "/work/p4/ws"])
     assert check(conf, CmdSpec(argv=["../../../opt/bin/hook"]), "ws").argv[0] == "../../../opt/bin/hook"

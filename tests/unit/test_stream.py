@@ -1,7 +1,7 @@
 import pytest
 
+from common.protocol import STDERR, STDOUT, CmdStatus
 from p4bus.stream import Cursor, OutputAssembler
-from common.protocol import CmdStatus, STDOUT, STDERR
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -22,7 +22,7 @@ def test_assembler_fetches_gaps_and_tail_from_spool():
 
     def fetch(stream, offset, size):
         fetches.append((stream, offset, size))
-        return spool[stream][offset:offset + min(size, 1000)], len(spool[stream])
+        return spool[stream][offset : offset + min(size, 1000)], len(spool[stream])
 
     a = OutputAssembler(fetch, lambda s, d: got[s].extend(d))
     out = spool[STDOUT]
