@@ -265,10 +265,11 @@ class Engine:
         assert job is not None
         pin = not job.agent
         leave_wait = job.state == JobState.RETRY_WAIT and cmd.kind == CmdKind.STAGE
+        now = self.clock()
         if pin:
-            self.store.pin_agent(job.id, agent, self.clock())
+            self.store.pin_agent(job.id, agent, now)
         if leave_wait:
-            self.store.leave_retry_wait(job.id, self.clock())
+            self.store.leave_retry_wait(job.id, now)
         return Effects(publish=[job.id]) if pin or leave_wait else Effects()
 
     def touch(self, cmd_id: str) -> None:
