@@ -45,8 +45,20 @@ class Dispatcher:
         self.by_cmd[msg.cmd_id] = msg.req_id
         self.socks[self.current].send(P.encode(msg))
 
-    def exec(self, cmd_id: str, spec: P.CmdSpec, **route) -> None:
-        self.send(P.Exec(req_id=ids.new_id("r"), cmd_id=cmd_id, spec=spec, **route))
+    def exec(
+        self, cmd_id: str, spec: P.CmdSpec, *, job_id: str, agent: str | None, pool: str | None, workspace: str
+    ) -> None:
+        self.send(
+            P.Exec(
+                req_id=ids.new_id("r"),
+                cmd_id=cmd_id,
+                spec=spec,
+                job_id=job_id,
+                agent=agent,
+                pool=pool,
+                workspace=workspace,
+            )
+        )
 
     def drain(self, sock: zmq.Socket) -> list[Outcome]:
         out: list[Outcome] = []

@@ -10,26 +10,26 @@ and the effects, start-up reconciliation redoes them: a PENDING command is dispa
 from __future__ import annotations
 
 import os
-import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypedDict
 
 import msgspec
 
-from common import ids
 from common import protocol as P
 from common.config import OrchestratorConf, WorkspaceConf
+from orchestrator.clock import Clock, system_clock, utc_day
 from orchestrator.pipeline import (
     PASSWORD_SECRET,
     PIPELINES,
     TERMINAL,
     CommandResult,
-    CommandSpec,
     JobContext,
     JobParams,
     JobState,
     Outcome,
+    Pipeline,
     RefusedTransition,
     SiteConfig,
     Transition,
@@ -42,7 +42,7 @@ from orchestrator.pipeline import (
     validate_site,
 )
 from orchestrator.pipeline.transition import CONFLICTS_KEY
-from orchestrator.store import CommandRow, JobRow, Store
+from orchestrator.store import IN_FLIGHT, OPEN, CmdKind, CmdState, CommandRow, JobRow, Store
 
 
 class JobError(Exception):
@@ -66,6 +66,15 @@ class Effects:
         return self
 
 
+class Route(TypedDict):
+    """Where a job's command may run: the Exec's routing fields."""
+
+    job_id: str
+    agent: str | None
+    pool: str | None
+    workspace: str
+
+
 def result_of(status: P.CmdStatus, lost: bool = False) -> CommandResult:
     return CommandResult(
         exit_code=status.exit_code,
@@ -81,10 +90,19 @@ def result_of(status: P.CmdStatus, lost: bool = False) -> CommandResult:
 
 
 class Engine:
-    def __init__(self, store: Store, conf: OrchestratorConf, environ: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        conf: OrchestratorConf,
+        environ: Mapping[str, str] | None = None,
+        pipelines: Mapping[str, Pipeline] = PIPELINES,
+        clock: Clock = system_clock,
+    ) -> None:
         self.store = store
         self.conf = conf
         self.environ = os.environ if environ is None else environ
+        self.pipelines = pipelines
+        self.clock = clock
         try:
             self.site = msgspec.convert(conf.site, SiteConfig, strict=False)
         except msgspec.ValidationError as exc:
@@ -133,12 +151,12 @@ class Engine:
 
     def ctx(self, job: JobRow) -> JobContext:
         return JobContext(
-            params=msgspec.json.decode(job.params, type=JobParams),
+            params=job.params,
             site=self.site,
             stage=job.stage,
             step=job.step,
             attempt=job.attempt,
-            vars=job.vars_dict(),
+            vars=job.vars,
             job_id=job.id,
             secrets=self._secrets(job.workspace),
         )
@@ -146,8 +164,8 @@ class Engine:
     # ------------------------------------------------------------------ submit and schedule
 
     def submit(self, req: P.Submit) -> tuple[str, Effects]:
-        if req.pipeline not in PIPELINES:
-            raise JobError(f"unknown pipeline {req.pipeline!r} (known: {', '.join(PIPELINES)})")
+        if req.pipeline not in self.pipelines:
+            raise JobError(f"unknown pipeline {req.pipeline!r} (known: {', '.join(self.pipelines)})")
         name = req.workspace or self._default_workspace()
         ws = self.workspace(name)
         params = JobParams(
@@ -162,42 +180,34 @@ class Engine:
         if errors:
             raise JobError("; ".join(errors))
         wc = self._ws_conf(name)
-        day = datetime.now(UTC).strftime("%Y%m%d")
-        now = time.time()
+        now = self.clock()
+        day = utc_day(now)
         with self.store.tx():
             job_id = f"INT-{day}-{self.store.next_counter('job-' + day):04d}"
-            first = PIPELINES[req.pipeline].first().name
-            self.store.insert_job(
-                JobRow(
-                    id=job_id,
-                    n=self.store.next_job_number(),
-                    pipeline=req.pipeline,
-                    workspace=name,
-                    agent=req.agent or wc.agent,
-                    pool=req.pool or wc.pool,
-                    params=msgspec.json.encode(params),
-                    state=JobState.QUEUED,
-                    stage=first,
-                    step=0,
-                    attempt=1,
-                    vars=b"{}",
-                    reason="",
-                    key_line="",
-                    retry_from=None,
-                    created_at=now,
-                    updated_at=now,
-                )
+            self.store.add_job(
+                job_id,
+                req.pipeline,
+                params,
+                agent=req.agent or wc.agent,
+                pool=req.pool or wc.pool,
+                first_stage=self.pipelines[req.pipeline].first().name,
+                now=now,
             )
             eff = Effects(publish=[job_id])
             eff.add(self._schedule_workspace(name))
         return job_id, eff
 
     def _default_workspace(self) -> str:
+        if not self.conf.workspaces:
+            raise JobError(
+                "no workspace given and none is configured: add an [orchestrator.workspaces.NAME] "
+                "section to the orchestrator's config"
+            )
         if len(self.conf.workspaces) == 1:
             return next(iter(self.conf.workspaces))
         raise JobError(
             "no workspace given and more than one is configured: pass --workspace "
-            f"({', '.join(sorted(self.conf.workspaces)) or 'none configured'})"
+            f"({', '.join(sorted(self.conf.workspaces))})"
         )
 
     def schedule(self) -> Effects:
@@ -216,7 +226,7 @@ class Engine:
             return Effects()
         job = queued[0]
         ctx = self.ctx(job)
-        pipeline = PIPELINES[job.pipeline]
+        pipeline = self.pipelines[job.pipeline]
         if job.retry_from:
             tr = retry_from(pipeline, ctx, JobState.FAILED, job.retry_from)
         else:
@@ -228,24 +238,21 @@ class Engine:
     def on_started(self, cmd_id: str, agent: str, started_at: float) -> Effects:
         with self.store.tx(durable=False):
             cmd = self.store.command(cmd_id)
-            if cmd is None or cmd.state not in ("PENDING", "DISPATCHED"):
+            if cmd is None or cmd.state not in (CmdState.PENDING, CmdState.DISPATCHED):
                 return Effects()
-            self.store.update_command(
-                cmd_id, state="RUNNING", agent=agent, started_at=started_at, last_contact=time.time(), waiting_for=""
-            )
+            self.store.mark_started(cmd_id, agent, started_at, self.clock())
             return self._running_on(cmd, agent)
 
     def on_dispatched(self, cmd_id: str, reply: P.ExecReply) -> Effects:
         """The agent accepted (or already knew) the command. Its STARTED event may have come first."""
         with self.store.tx(durable=False):
             cmd = self.store.command(cmd_id)
-            if cmd is None or cmd.state not in ("PENDING", "DISPATCHED", "RUNNING"):
+            if cmd is None or cmd.state not in OPEN:
                 return Effects()
-            now = time.time()
-            changes: dict = {"dispatched_at": now, "last_contact": now, "waiting_for": "", "agent": reply.agent}
-            if cmd.state == "PENDING":
-                changes["state"] = "RUNNING" if reply.status.state == "running" else "DISPATCHED"
-            self.store.update_command(cmd_id, **changes)
+            state = None
+            if cmd.state == CmdState.PENDING:
+                state = CmdState.RUNNING if reply.status.state == "running" else CmdState.DISPATCHED
+            self.store.record_dispatch(cmd_id, reply.agent, state, self.clock())
             eff = self._running_on(cmd, reply.agent)
         if reply.status.state == "done":
             eff.add(self.on_done(cmd_id, reply.status))
@@ -256,24 +263,23 @@ class Engine:
         stages follow) and leave RETRY_WAIT."""
         job = self.store.job(cmd.job_id)
         assert job is not None
-        changes: dict = {}
-        if not job.agent:
-            changes["agent"] = agent
-        if job.state == JobState.RETRY_WAIT and cmd.kind == "stage":
-            changes["state"] = JobState.RUNNING
-        if changes:
-            self.store.update_job(job.id, **changes)
-            return Effects(publish=[job.id])
-        return Effects()
+        pin = not job.agent
+        leave_wait = job.state == JobState.RETRY_WAIT and cmd.kind == CmdKind.STAGE
+        now = self.clock()
+        if pin:
+            self.store.pin_agent(job.id, agent, now)
+        if leave_wait:
+            self.store.leave_retry_wait(job.id, now)
+        return Effects(publish=[job.id]) if pin or leave_wait else Effects()
 
     def touch(self, cmd_id: str) -> None:
         with self.store.tx(durable=False):
-            self.store.update_command(cmd_id, last_contact=time.time())
+            self.store.touch(cmd_id, self.clock())
 
     def on_dispatch_refused(self, cmd_id: str, why: str) -> None:
         """No agent took it (none fits, all busy, masters down): stay PENDING and say why."""
         with self.store.tx(durable=False):
-            self.store.update_command(cmd_id, waiting_for=why, not_before=time.time() + 1.0)
+            self.store.defer_dispatch(cmd_id, why, not_before=self.clock() + 1.0)
 
     def on_done(
         self, cmd_id: str, status: P.CmdStatus, lost: bool = False, stamp: tuple[str, str, str, int] | None = None
@@ -281,24 +287,22 @@ class Engine:
         """A command finished (from its DONE event, a query, or the agent's loss): interpret it,
         move the job, and write the next command row -- with the event, in one transaction."""
         with self.store.tx():
-            if stamp is not None and not self.store.record_event(*stamp):
+            if stamp is not None and not self.store.record_event(*stamp, now=self.clock()):
                 return Effects()
             cmd = self.store.command(cmd_id)
-            if cmd is None or cmd.state not in ("PENDING", "DISPATCHED", "RUNNING"):
+            if cmd is None or cmd.state not in OPEN:
                 return Effects()  # unknown, or handled before: events are idempotent
-            self.store.update_command(
+            self.store.finish_command(
                 cmd_id,
-                state="LOST" if lost else "DONE",
-                ended_at=status.ended_at or time.time(),
+                CmdState.LOST if lost else CmdState.DONE,
+                status,
                 started_at=cmd.started_at or status.started_at,
-                exit_code=status.exit_code,
-                signal=status.signal,
-                status=msgspec.msgpack.encode(msgspec.structs.replace(status, stdout=b"", stderr=b"")),
+                ended_at=status.ended_at or self.clock(),
                 agent=status.agent or cmd.agent,
             )
             job = self.store.job(cmd.job_id)
             assert job is not None
-            if cmd.kind == "cleanup":
+            if cmd.kind == CmdKind.CLEANUP:
                 return Effects(dispatch=self._next_cleanup(job.id)).add(self._schedule_workspace(job.workspace))
             if job.state not in (JobState.RUNNING, JobState.RETRY_WAIT) or (job.stage, job.step, job.attempt) != (
                 cmd.stage,
@@ -306,12 +310,10 @@ class Engine:
                 cmd.attempt,
             ):
                 return Effects()  # a command the job has moved past (cancelled, superseded)
-            pipeline = PIPELINES[job.pipeline]
+            pipeline = self.pipelines[job.pipeline]
             ctx = self.ctx(job)
             outcome = pipeline.stage(job.stage).interpret(ctx, result_of(status, lost))
-            self.store.update_command(
-                cmd_id, outcome=str(outcome.kind), key_line=outcome.key_line, reason=outcome.reason
-            )
+            self.store.record_outcome(cmd_id, str(outcome.kind), outcome.key_line, outcome.reason)
             return self._apply(job, transition(pipeline, ctx, outcome), outcome)
 
     def lost(self, agent: str) -> Effects:
@@ -323,70 +325,29 @@ class Engine:
 
     def _apply(self, job: JobRow, tr: Transition, outcome: Outcome | None) -> Effects:
         """Persist a transition (and the next command row) inside the caller's transaction."""
-        changes = {
-            "state": tr.state,
-            "stage": tr.stage,
-            "step": tr.step,
-            "attempt": tr.attempt,
-            "vars": msgspec.json.encode(tr.vars),
-            "retry_from": None,
-        }
+        now = self.clock()
         # A reason explains a failure or a pending retry; a job that moves on has none.
-        changes["reason"] = tr.reason if tr.state in (JobState.FAILED, JobState.RETRY_WAIT) else ""
-        if tr.key_line:
-            changes["key_line"] = tr.key_line
-        self.store.update_job(job.id, **changes)
+        reason = tr.reason if tr.state in (JobState.FAILED, JobState.RETRY_WAIT) else ""
+        self.store.apply_transition(job.id, tr.state, tr.stage, tr.step, tr.attempt, tr.vars, reason, tr.key_line, now)
         eff = Effects(publish=[job.id])
         if tr.command is not None:
-            cmd_id = self._insert_command(job.id, "stage", tr.stage, tr.step, tr.attempt, tr.command, tr.delay_s)
+            cmd_id = self.store.add_command(
+                job.id, CmdKind.STAGE, tr.stage, tr.step, tr.attempt, tr.command, now + tr.delay_s, now
+            )
             if tr.delay_s <= 0:
                 eff.dispatch.append(cmd_id)
         if tr.terminal:
             eff.add(self._schedule_workspace(job.workspace))
         return eff
 
-    def _insert_command(
-        self, job_id: str, kind: str, stage: str, step: int, attempt: int, spec: CommandSpec, delay_s: float = 0.0
-    ) -> str:
-        cmd_id = ids.new_id("c")
-        now = time.time()
-        self.store.insert_command(
-            CommandRow(
-                cmd_id=cmd_id,
-                job_id=job_id,
-                kind=kind,
-                stage=stage,
-                step=step,
-                attempt=attempt,
-                spec=msgspec.json.encode(spec.for_storage()),
-                secret=int(spec.stdin_secret),
-                state="PENDING",
-                agent="",
-                not_before=now + delay_s,
-                created_at=now,
-                dispatched_at=0,
-                started_at=0,
-                ended_at=0,
-                last_contact=0,
-                exit_code=None,
-                signal=None,
-                status=None,
-                key_line="",
-                outcome="",
-                reason="",
-                waiting_for="",
-            )
-        )
-        return cmd_id
-
     def dispatch_spec(self, cmd: CommandRow) -> P.CmdSpec:
         """The spec to send: from the store, or rebuilt with its secret (never stored)."""
-        spec = msgspec.json.decode(cmd.spec, type=CommandSpec)
+        spec = cmd.spec
         if cmd.secret:
             job = self.store.job(cmd.job_id)
             assert job is not None
-            ctx = self.ctx(job).at(cmd.stage, cmd.step, cmd.attempt, job.vars_dict())
-            rebuilt = PIPELINES[job.pipeline].stage(cmd.stage).build(ctx)
+            ctx = self.ctx(job).at(cmd.stage, cmd.step, cmd.attempt, job.vars)
+            rebuilt = self.pipelines[job.pipeline].stage(cmd.stage).build(ctx)
             if rebuilt is not None:
                 spec = rebuilt
         return P.CmdSpec(
@@ -400,19 +361,20 @@ class Engine:
 
     def due_pending(self, now: float) -> list[CommandRow]:
         """PENDING commands that may go now: at most one open command per job, oldest first."""
-        out, seen_jobs = [], set()
+        out: list[CommandRow] = []
+        seen_jobs: set[str] = set()
         for cmd in self.store.open_commands():
             if cmd.job_id in seen_jobs:
                 continue
             seen_jobs.add(cmd.job_id)
-            if cmd.state == "PENDING" and cmd.not_before <= now:
+            if cmd.state == CmdState.PENDING and cmd.not_before <= now:
                 out.append(cmd)
         return out
 
-    def route(self, cmd: CommandRow) -> dict:
+    def route(self, cmd: CommandRow) -> Route:
         job = self.store.job(cmd.job_id)
         assert job is not None
-        return {"job_id": job.id, "agent": job.agent or None, "pool": job.pool or None, "workspace": job.workspace}
+        return Route(job_id=job.id, agent=job.agent or None, pool=job.pool or None, workspace=job.workspace)
 
     # ------------------------------------------------------------------ requests from people
 
@@ -420,7 +382,7 @@ class Engine:
         with self.store.tx():
             job = self._job(job_id)
             try:
-                tr = resume_transition(PIPELINES[job.pipeline], self.ctx(job), JobState(job.state))
+                tr = resume_transition(self.pipelines[job.pipeline], self.ctx(job), job.state)
             except RefusedTransition as exc:
                 raise JobError(str(exc)) from None
             return self._apply(job, tr, None)
@@ -430,10 +392,10 @@ class Engine:
             job = self._job(job_id)
             try:
                 # Validate now, so a bad --from is refused at once rather than when scheduled.
-                retry_from(PIPELINES[job.pipeline], self.ctx(job), JobState(job.state), from_stage)
+                retry_from(self.pipelines[job.pipeline], self.ctx(job), job.state, from_stage)
             except RefusedTransition as exc:
                 raise JobError(str(exc)) from None
-            self.store.update_job(job.id, state=JobState.QUEUED, retry_from=from_stage or job.stage, reason="")
+            self.store.requeue(job.id, from_stage or job.stage, self.clock())
             return Effects(publish=[job.id]).add(self._schedule_workspace(job.workspace))
 
     def cancel(self, job_id: str, revert: bool) -> Effects:
@@ -441,28 +403,25 @@ class Engine:
             job = self._job(job_id)
             if job.state in TERMINAL:
                 raise JobError(f"job {job_id} is already {job.state}: nothing to cancel")
+            now = self.clock()
             eff = Effects(publish=[job.id])
             for cmd in self.store.open_commands(job.id):
-                if cmd.state in ("DISPATCHED", "RUNNING"):
+                if cmd.state in IN_FLIGHT:
                     eff.kill.append((cmd.cmd_id, cmd.agent))
-                self.store.update_command(
-                    cmd.cmd_id, state="CANCELLED", ended_at=time.time(), reason="cancelled by request"
-                )
-            self.store.update_job(job.id, state=JobState.CANCELLED, reason="cancelled by request")
+                self.store.cancel_command(cmd.cmd_id, "cancelled by request", now)
+            self.store.cancel_job(job.id, "cancelled by request", now)
             if revert and job.state != JobState.QUEUED:
-                pipeline = PIPELINES[job.pipeline]
-                for spec in pipeline.cleanup(self.ctx(job)):
-                    self._insert_command(job.id, "cleanup", "CLEANUP", 0, 1, spec)
+                for spec in self.pipelines[job.pipeline].cleanup(self.ctx(job)):
+                    self.store.add_command(job.id, CmdKind.CLEANUP, "CLEANUP", 0, 1, spec, now, now)
                 # The pending change is gone after the cleanup: a retry must create a new one.
-                vars = {k: v for k, v in job.vars_dict().items() if k != "change"}
-                self.store.update_job(job.id, vars=msgspec.json.encode(vars))
+                self.store.set_vars(job.id, {k: v for k, v in job.vars.items() if k != "change"}, now)
                 eff.dispatch += self._next_cleanup(job.id)
             eff.add(self._schedule_workspace(job.workspace))
             return eff
 
     def _next_cleanup(self, job_id: str) -> list[str]:
         pending = self.store.open_commands(job_id)
-        return [pending[0].cmd_id] if pending and pending[0].state == "PENDING" else []
+        return [pending[0].cmd_id] if pending and pending[0].state == CmdState.PENDING else []
 
     def _job(self, job_id: str) -> JobRow:
         job = self.store.job(job_id)
@@ -476,7 +435,7 @@ class Engine:
         eff = Effects()
         if interval <= 0:
             return eff
-        for job in self.store.jobs("state='WAITING_RESOLVE' AND updated_at < ?", (now - interval,)):
+        for job in self.store.waiting_resolve_since(now - interval):
             eff.add(self.resume(job.id))
         return eff
 
@@ -487,17 +446,14 @@ class Engine:
         return self._view(job, self.store.job_commands(job.id))
 
     def views(self, include_finished: bool, limit: int) -> list[P.JobView]:
-        where = "1" if include_finished else f"state NOT IN ({','.join('?' * len(TERMINAL))})"
-        args = () if include_finished else tuple(str(s) for s in TERMINAL)
-        jobs = self.store.jobs(where, args, limit, newest=True)
-        return [self._view(j, []) for j in jobs]
+        return [self._view(j, []) for j in self.store.list_jobs(include_finished, limit)]
 
     def _view(self, job: JobRow, cmds: list[CommandRow]) -> P.JobView:
-        vars = job.vars_dict()
-        params = msgspec.json.decode(job.params)
+        vars = job.vars
+        params = msgspec.structs.asdict(job.params)
         waiting = ""
         position = 0
-        open_cmds = [c for c in (cmds or self.store.open_commands(job.id)) if c.state == "PENDING"]
+        open_cmds = [c for c in (cmds or self.store.open_commands(job.id)) if c.state == CmdState.PENDING]
         if job.state == JobState.WAITING_RESOLVE:
             waiting = "a person to resolve the conflicts, then `p4bus resume`"
         elif open_cmds and open_cmds[0].waiting_for:
@@ -531,7 +487,6 @@ class Engine:
 
     @staticmethod
     def _run(c: CommandRow) -> P.StageRun:
-        spec = msgspec.json.decode(c.spec)
         return P.StageRun(
             stage=c.stage,
             step=c.step,
@@ -539,7 +494,7 @@ class Engine:
             cmd_id=c.cmd_id,
             state=c.state,
             agent=c.agent,
-            argv=spec.get("argv", []),
+            argv=c.spec.argv,
             created_at=c.created_at,
             started_at=c.started_at,
             ended_at=c.ended_at,

@@ -7,8 +7,8 @@ reconciliation asks the agents' spools about anything in flight that has gone qu
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
+from typing import cast
 
 import msgspec
 import zmq
@@ -21,7 +21,7 @@ from common.rpc import MasterClient, RequestError
 from common.sequence import GapDetector
 from orchestrator.dispatcher import Dispatcher
 from orchestrator.engine import Effects, Engine, JobError
-from orchestrator.store import Store
+from orchestrator.store import OPEN, CmdState, Store
 
 log = logs.get("orchestrator")
 
@@ -37,6 +37,7 @@ class Orchestrator:
         store_path = cfg.orchestrator.store or str(Path(cfg.state_path) / "jobs.db")
         self.store = Store(store_path)
         self.engine = Engine(self.store, cfg.orchestrator)
+        self.clock = self.engine.clock
         self.masters = MasterClient(cfg.client_masters(), timeout=3.0, ctx=self.ctx)
         self.dispatcher = Dispatcher(self.ctx, cfg.client_masters(), timeout_s=5.0)
         self.api = zmqutil.router(self.ctx, cfg.endpoint("orchestrator_api"))
@@ -81,7 +82,7 @@ class Orchestrator:
                 if s in ready:
                     self.on_dispatch_replies(self.dispatcher.drain(s))
             self.on_dispatch_replies(self.dispatcher.expire())
-            self.tick(time.time())
+            self.tick(self.clock())
         for s in (self.api, self.sub, self.events.sock):
             s.close(linger=zmqutil.LINGER_MS)
         self.dispatcher.close()
@@ -91,20 +92,15 @@ class Orchestrator:
     def recover(self) -> None:
         """Start-up: pick up where the store says we were."""
         self.execute(self.engine.schedule())
-        for agent in sorted({c.agent for c in self.store.open_commands() if c.agent and c.state != "PENDING"}):
+        for agent in sorted(self.store.agents_in_flight()):
             self.reconcile(agent)
-        self.dispatch_due(time.time())
+        self.dispatch_due(self.clock())
 
     def tick(self, now: float) -> None:
         self.dispatch_due(now)
         if now - self._last_sweep >= 1.0:
             self._last_sweep = now
-            quiet = now - self.cfg.orchestrator.reconcile_after_s
-            agents = {
-                c.agent
-                for c in self.store.open_commands()
-                if c.state in ("DISPATCHED", "RUNNING") and c.last_contact < quiet
-            }
+            agents = self.store.agents_in_flight(quiet_since=now - self.cfg.orchestrator.reconcile_after_s)
             agents |= set(self.unreachable_since)
             for agent in sorted(agents):
                 self.reconcile(agent)
@@ -139,7 +135,7 @@ class Orchestrator:
         if self.dispatcher.busy(cmd_id):
             return
         cmd = self.store.command(cmd_id)
-        if cmd is None or cmd.state != "PENDING":
+        if cmd is None or cmd.state != CmdState.PENDING:
             return
         self.counters["dispatches"] += 1
         self.dispatcher.exec(cmd_id, self.engine.dispatch_spec(cmd), **self.engine.route(cmd))
@@ -165,8 +161,9 @@ class Orchestrator:
         try:
             statuses = self.masters.query([c.cmd_id for c in cmds], agent=agent)
         except RequestError as exc:
-            since = self.unreachable_since.setdefault(agent, time.time())
-            if time.time() - since >= self.cfg.orchestrator.lost_after_s:
+            now = self.clock()
+            since = self.unreachable_since.setdefault(agent, now)
+            if now - since >= self.cfg.orchestrator.lost_after_s:
                 log.warning("agent.lost", agent=agent, commands=[c.cmd_id for c in cmds], error=exc.message)
                 self.unreachable_since.pop(agent, None)
                 self.execute(self.engine.lost(agent))
@@ -193,7 +190,7 @@ class Orchestrator:
         if not status.truncated or status.stdout_bytes + status.stderr_bytes > FULL_OUTPUT_MAX:
             return status
         cmd = self.store.command(status.cmd_id)
-        if cmd is None or cmd.state not in ("PENDING", "DISPATCHED", "RUNNING"):
+        if cmd is None or cmd.state not in OPEN:
             return status
         try:
             out = [
@@ -272,7 +269,8 @@ class Orchestrator:
         if got is None:
             self.counters["bad_requests"] += 1
             return
-        client, msg = got
+        # routed decoded the frame as an OrchestratorRequest, or answered it and gave None.
+        client, msg = got[0], cast(P.OrchestratorRequest, got[1])
         eff = Effects()
         try:
             reply, eff = self.handle(msg)
@@ -285,27 +283,27 @@ class Orchestrator:
         self._reply(client, reply)
         self.execute(eff)
 
-    def handle(self, msg: P.Base) -> tuple[P.Base, Effects]:
+    def handle(self, msg: P.OrchestratorRequest) -> tuple[P.Base, Effects]:
         e = self.engine
-        eff = Effects()
-        if isinstance(msg, P.Submit):
-            job_id, eff = e.submit(msg)
-            return P.JobReply(req_id=msg.req_id, job=e.view(job_id)), eff
-        if isinstance(msg, P.GetJob):
-            return P.JobReply(req_id=msg.req_id, job=e.view(msg.job_id)), eff
-        if isinstance(msg, P.ListJobs):
-            return P.JobList(req_id=msg.req_id, jobs=e.views(msg.all, msg.limit)), eff
-        if isinstance(msg, P.Ping):
-            return P.Pong(req_id=msg.req_id, source=self.id), eff
-        if isinstance(msg, P.Stats):
-            return P.StatsReply(req_id=msg.req_id, source=self.id, counters=dict(self.counters)), eff
-        if isinstance(msg, P.Resume):
-            eff = e.resume(msg.job_id)
-        elif isinstance(msg, P.Cancel):
-            eff = e.cancel(msg.job_id, msg.revert)
-        elif isinstance(msg, P.RetryJob):
-            eff = e.retry(msg.job_id, msg.from_stage)
-        return P.JobReply(req_id=msg.req_id, job=e.view(msg.job_id)), eff  # type: ignore[attr-defined]
+        match msg:
+            case P.Submit():
+                job_id, eff = e.submit(msg)
+                return P.JobReply(req_id=msg.req_id, job=e.view(job_id)), eff
+            case P.GetJob():
+                return P.JobReply(req_id=msg.req_id, job=e.view(msg.job_id)), Effects()
+            case P.ListJobs():
+                return P.JobList(req_id=msg.req_id, jobs=e.views(msg.all, msg.limit)), Effects()
+            case P.Ping():
+                return P.Pong(req_id=msg.req_id, source=self.id), Effects()
+            case P.Stats():
+                return P.StatsReply(req_id=msg.req_id, source=self.id, counters=dict(self.counters)), Effects()
+            case P.Resume():
+                eff = e.resume(msg.job_id)
+            case P.Cancel():
+                eff = e.cancel(msg.job_id, msg.revert)
+            case P.RetryJob():
+                eff = e.retry(msg.job_id, msg.from_stage)
+        return P.JobReply(req_id=msg.req_id, job=e.view(msg.job_id)), eff
 
     def _reply(self, client: bytes, msg: P.Base) -> None:
         try:

@@ -3,19 +3,27 @@
 SQLite in WAL mode with synchronous=FULL: a committed transition survives a crash of the
 process or the machine. Every change the engine makes goes through ``tx()``, one transaction
 per step (event + job transition + next command row), committed before anything is sent.
+
+All SQL lives here. Rows come out typed (states as enums, stored JSON decoded) and every
+change is a named method; times are passed in by the caller, whose clock is the one truth.
 """
 
 from __future__ import annotations
 
+import enum
 import sqlite3
-import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import msgspec
+
+from common import ids
+from common import protocol as P
+from orchestrator.pipeline.model import CommandSpec, JobParams
+from orchestrator.pipeline.transition import TERMINAL, JobState
 
 # Each entry migrates the schema from version i to i+1. Append; never edit a released one.
 MIGRATIONS: list[str] = [
@@ -76,13 +84,28 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
-IN_FLIGHT = ("DISPATCHED", "RUNNING")
-OPEN = ("PENDING", "DISPATCHED", "RUNNING")
+
+class CmdState(enum.StrEnum):
+    PENDING = "PENDING"  # written, not yet accepted by an agent
+    DISPATCHED = "DISPATCHED"  # an agent accepted it
+    RUNNING = "RUNNING"
+    DONE = "DONE"
+    LOST = "LOST"  # its agent was lost: it may or may not have run
+    CANCELLED = "CANCELLED"
+
+
+class CmdKind(enum.StrEnum):
+    STAGE = "stage"  # runs a pipeline stage's step
+    CLEANUP = "cleanup"  # undoes a cancelled job's side effects
+
+
+IN_FLIGHT = frozenset({CmdState.DISPATCHED, CmdState.RUNNING})
+OPEN = frozenset({CmdState.PENDING, *IN_FLIGHT})
 # Job states that hold their workspace (the pending change is open in it).
-ACTIVE_STATES = ("RUNNING", "RETRY_WAIT", "WAITING_RESOLVE")
+ACTIVE_STATES = frozenset({JobState.RUNNING, JobState.RETRY_WAIT, JobState.WAITING_RESOLVE})
 
 
-@dataclass
+@dataclass(frozen=True)
 class JobRow:
     id: str
     n: int
@@ -90,33 +113,30 @@ class JobRow:
     workspace: str
     agent: str | None
     pool: str | None
-    params: bytes
-    state: str
+    params: JobParams
+    state: JobState
     stage: str
     step: int
     attempt: int
-    vars: bytes
+    vars: dict[str, Any]
     reason: str
     key_line: str
     retry_from: str | None
     created_at: float
     updated_at: float
 
-    def vars_dict(self) -> dict[str, Any]:
-        return msgspec.json.decode(self.vars)
 
-
-@dataclass
+@dataclass(frozen=True)
 class CommandRow:
     cmd_id: str
     job_id: str
-    kind: str
+    kind: CmdKind
     stage: str
     step: int
     attempt: int
-    spec: bytes
-    secret: int
-    state: str
+    spec: CommandSpec  # as stored: a secret stdin is not in it
+    secret: bool
+    state: CmdState
     agent: str
     not_before: float
     created_at: float
@@ -126,15 +146,36 @@ class CommandRow:
     last_contact: float
     exit_code: int | None
     signal: int | None
-    status: bytes | None
+    status: P.CmdStatus | None  # the final status without its output
     key_line: str
     outcome: str
     reason: str
     waiting_for: str
 
 
-_JOB_COLS = [f.name for f in fields(JobRow)]
-_CMD_COLS = [f.name for f in fields(CommandRow)]
+_JOB_FIELDS = tuple(f.name for f in fields(JobRow))
+_CMD_FIELDS = tuple(f.name for f in fields(CommandRow))
+_JOB_COLS = ", ".join(_JOB_FIELDS)
+_CMD_COLS = ", ".join(_CMD_FIELDS)
+
+
+def _job_row(r: tuple[Any, ...]) -> JobRow:
+    col = dict(zip(_JOB_FIELDS, r, strict=True))
+    col["params"] = msgspec.json.decode(col["params"], type=JobParams)
+    col["state"] = JobState(col["state"])
+    col["vars"] = msgspec.json.decode(col["vars"], type=dict[str, Any])
+    return JobRow(**col)
+
+
+def _command_row(r: tuple[Any, ...]) -> CommandRow:
+    col = dict(zip(_CMD_FIELDS, r, strict=True))
+    col["kind"] = CmdKind(col["kind"])
+    col["spec"] = msgspec.json.decode(col["spec"], type=CommandSpec)
+    col["secret"] = bool(col["secret"])
+    col["state"] = CmdState(col["state"])
+    if col["status"] is not None:
+        col["status"] = msgspec.msgpack.decode(col["status"], type=P.CmdStatus)
+    return CommandRow(**col)
 
 
 class Store:
@@ -153,7 +194,8 @@ class Store:
     # ------------------------------------------------------------------ schema
 
     def schema_version(self) -> int:
-        return self.db.execute("PRAGMA user_version").fetchone()[0]
+        version: int = self.db.execute("PRAGMA user_version").fetchone()[0]
+        return version
 
     def migrate(self) -> None:
         version = self.schema_version()
@@ -201,12 +243,13 @@ class Store:
                 "INSERT INTO counters(name, value) VALUES (?, 1) ON CONFLICT(name) DO UPDATE SET value = value + 1",
                 (name,),
             )
-            return self.db.execute("SELECT value FROM counters WHERE name=?", (name,)).fetchone()[0]
+            value: int = self.db.execute("SELECT value FROM counters WHERE name=?", (name,)).fetchone()[0]
+            return value
 
-    def record_event(self, source: str, epoch: str, kind: str, seq: int) -> bool:
+    def record_event(self, source: str, epoch: str, kind: str, seq: int, now: float) -> bool:
         """False when this event was handled before (events are handled exactly once)."""
         cur = self.db.execute(
-            "INSERT OR IGNORE INTO handled_events VALUES (?,?,?,?,?)", (source, epoch, kind, seq, time.time())
+            "INSERT OR IGNORE INTO handled_events VALUES (?,?,?,?,?)", (source, epoch, kind, seq, now)
         )
         return cur.rowcount == 1
 
@@ -214,76 +257,115 @@ class Store:
         with self.tx():
             self.db.execute("DELETE FROM handled_events WHERE received_at < ?", (older_than,))
 
-    # ------------------------------------------------------------------ jobs
+    # ------------------------------------------------------------------ jobs: changes
 
-    def insert_job(self, row: JobRow) -> None:
+    def add_job(
+        self,
+        job_id: str,
+        pipeline: str,
+        params: JobParams,
+        agent: str | None,
+        pool: str | None,
+        first_stage: str,
+        now: float,
+    ) -> None:
+        """A new QUEUED job, last in its workspace's queue."""
+        n = self.db.execute("SELECT COALESCE(MAX(n), 0) + 1 FROM jobs").fetchone()[0]
         self.db.execute(
-            f"INSERT INTO jobs({','.join(_JOB_COLS)}) VALUES ({','.join('?' * len(_JOB_COLS))})",
-            [getattr(row, c) for c in _JOB_COLS],
+            f"INSERT INTO jobs({_JOB_COLS}) VALUES ({_marks(len(_JOB_FIELDS))})",
+            (
+                job_id,
+                n,
+                pipeline,
+                params.workspace.name,
+                agent,
+                pool,
+                msgspec.json.encode(params),
+                JobState.QUEUED,
+                first_stage,
+                0,
+                1,
+                b"{}",
+                "",
+                "",
+                None,
+                now,
+                now,
+            ),
         )
 
-    def update_job(self, job_id: str, **changes: Any) -> None:
-        changes["updated_at"] = time.time()
-        sets = ", ".join(f"{k}=?" for k in changes)
-        self.db.execute(f"UPDATE jobs SET {sets} WHERE id=?", [*changes.values(), job_id])
+    def apply_transition(
+        self,
+        job_id: str,
+        state: JobState,
+        stage: str,
+        step: int,
+        attempt: int,
+        vars: Mapping[str, Any],
+        reason: str,
+        key_line: str,
+        now: float,
+    ) -> None:
+        """Where the job is now. An empty ``key_line`` keeps the job's previous one."""
+        self.db.execute(
+            "UPDATE jobs SET state=?, stage=?, step=?, attempt=?, vars=?, reason=?, "
+            "key_line=CASE WHEN ?='' THEN key_line ELSE ? END, retry_from=NULL, updated_at=? WHERE id=?",
+            (state, stage, step, attempt, msgspec.json.encode(vars), reason, key_line, key_line, now, job_id),
+        )
+
+    def pin_agent(self, job_id: str, agent: str, now: float) -> None:
+        self.db.execute("UPDATE jobs SET agent=?, updated_at=? WHERE id=?", (agent, now, job_id))
+
+    def leave_retry_wait(self, job_id: str, now: float) -> None:
+        self.db.execute(
+            "UPDATE jobs SET state=?, updated_at=? WHERE id=? AND state=?",
+            (JobState.RUNNING, now, job_id, JobState.RETRY_WAIT),
+        )
+
+    def requeue(self, job_id: str, from_stage: str, now: float) -> None:
+        """Back in its workspace's queue, to run again from ``from_stage`` when its turn comes."""
+        self.db.execute(
+            "UPDATE jobs SET state=?, retry_from=?, reason='', updated_at=? WHERE id=?",
+            (JobState.QUEUED, from_stage, now, job_id),
+        )
+
+    def cancel_job(self, job_id: str, reason: str, now: float) -> None:
+        self.db.execute(
+            "UPDATE jobs SET state=?, reason=?, updated_at=? WHERE id=?", (JobState.CANCELLED, reason, now, job_id)
+        )
+
+    def set_vars(self, job_id: str, vars: Mapping[str, Any], now: float) -> None:
+        self.db.execute("UPDATE jobs SET vars=?, updated_at=? WHERE id=?", (msgspec.json.encode(vars), now, job_id))
+
+    # ------------------------------------------------------------------ jobs: queries
 
     def job(self, job_id: str) -> JobRow | None:
-        r = self.db.execute(f"SELECT {','.join(_JOB_COLS)} FROM jobs WHERE id=?", (job_id,)).fetchone()
-        return JobRow(*r) if r else None
+        rows = self._jobs("id=?", (job_id,))
+        return rows[0] if rows else None
 
-    def jobs(self, where: str = "1", args: tuple = (), limit: int = 10_000, newest: bool = False) -> list[JobRow]:
-        """Matching jobs, oldest first: the first ``limit``, or with ``newest`` the last ``limit``."""
-        order = "DESC" if newest else "ASC"
-        rows = self.db.execute(
-            f"SELECT {','.join(_JOB_COLS)} FROM jobs WHERE {where} ORDER BY n {order} LIMIT ?", (*args, limit)
-        ).fetchall()
-        jobs = [JobRow(*r) for r in rows]
-        return jobs[::-1] if newest else jobs
+    def list_jobs(self, include_finished: bool, limit: int) -> list[JobRow]:
+        """The newest ``limit`` jobs (unfinished ones only, unless ``include_finished``), oldest first."""
+        if include_finished:
+            rows = self._jobs("1", (), limit, newest=True)
+        else:
+            rows = self._jobs(f"state NOT IN ({_marks(len(TERMINAL))})", tuple(TERMINAL), limit, newest=True)
+        return rows[::-1]
 
-    def next_job_number(self) -> int:
-        return self.db.execute("SELECT COALESCE(MAX(n), 0) + 1 FROM jobs").fetchone()[0]
+    def waiting_resolve_since(self, before: float) -> list[JobRow]:
+        """WAITING_RESOLVE jobs that have not changed since ``before``."""
+        return self._jobs("state=? AND updated_at < ?", (JobState.WAITING_RESOLVE, before))
 
     def active_job(self, workspace: str) -> JobRow | None:
-        rows = self.jobs(f"workspace=? AND state IN ({_q(ACTIVE_STATES)})", (workspace, *ACTIVE_STATES), 1)
+        rows = self._jobs(
+            f"workspace=? AND state IN ({_marks(len(ACTIVE_STATES))})", (workspace, *ACTIVE_STATES), limit=1
+        )
         return rows[0] if rows else None
 
     def queued(self, workspace: str | None = None) -> list[JobRow]:
+        """QUEUED jobs in the order they run."""
         if workspace is None:
-            return self.jobs("state='QUEUED'")
-        return self.jobs("state='QUEUED' AND workspace=?", (workspace,))
-
-    # ------------------------------------------------------------------ commands
-
-    def insert_command(self, row: CommandRow) -> None:
-        self.db.execute(
-            f"INSERT INTO commands({','.join(_CMD_COLS)}) VALUES ({','.join('?' * len(_CMD_COLS))})",
-            [getattr(row, c) for c in _CMD_COLS],
-        )
-
-    def update_command(self, cmd_id: str, **changes: Any) -> None:
-        sets = ", ".join(f"{k}=?" for k in changes)
-        self.db.execute(f"UPDATE commands SET {sets} WHERE cmd_id=?", [*changes.values(), cmd_id])
-
-    def command(self, cmd_id: str) -> CommandRow | None:
-        r = self.db.execute(f"SELECT {','.join(_CMD_COLS)} FROM commands WHERE cmd_id=?", (cmd_id,)).fetchone()
-        return CommandRow(*r) if r else None
-
-    def commands(self, where: str = "1", args: tuple = ()) -> list[CommandRow]:
-        rows = self.db.execute(
-            f"SELECT {','.join(_CMD_COLS)} FROM commands WHERE {where} ORDER BY created_at, rowid", args
-        ).fetchall()
-        return [CommandRow(*r) for r in rows]
-
-    def job_commands(self, job_id: str) -> list[CommandRow]:
-        return self.commands("job_id=?", (job_id,))
-
-    def open_commands(self, job_id: str | None = None) -> list[CommandRow]:
-        if job_id is None:
-            return self.commands(f"state IN ({_q(OPEN)})", OPEN)
-        return self.commands(f"job_id=? AND state IN ({_q(OPEN)})", (job_id, *OPEN))
-
-    def in_flight_on(self, agent: str) -> list[CommandRow]:
-        return self.commands(f"agent=? AND state IN ({_q(IN_FLIGHT)})", (agent, *IN_FLIGHT))
+            return self._jobs("state=?", (JobState.QUEUED,))
+        return self._jobs("state=? AND workspace=?", (JobState.QUEUED, workspace))
 
     def workspace_busy(self, workspace: str) -> bool:
         """A job holds it, or some job's command (e.g. a cancel's cleanup) is still open there."""
@@ -292,15 +374,143 @@ class Store:
         return (
             self.db.execute(
                 f"SELECT 1 FROM commands c JOIN jobs j ON j.id=c.job_id WHERE j.workspace=? "
-                f"AND c.state IN ({_q(OPEN)}) LIMIT 1",
+                f"AND c.state IN ({_marks(len(OPEN))}) LIMIT 1",
                 (workspace, *OPEN),
             ).fetchone()
             is not None
         )
 
+    def _jobs(self, where: str, args: tuple[Any, ...], limit: int = 10_000, newest: bool = False) -> list[JobRow]:
+        order = "DESC" if newest else "ASC"
+        rows = self.db.execute(
+            f"SELECT {_JOB_COLS} FROM jobs WHERE {where} ORDER BY n {order} LIMIT ?", (*args, limit)
+        ).fetchall()
+        return [_job_row(r) for r in rows]
 
-def _q(values: tuple) -> str:
-    return ",".join("?" * len(values))
+    # ------------------------------------------------------------------ commands: changes
+
+    def add_command(
+        self,
+        job_id: str,
+        kind: CmdKind,
+        stage: str,
+        step: int,
+        attempt: int,
+        spec: CommandSpec,
+        not_before: float,
+        now: float,
+    ) -> str:
+        """A new PENDING command; its id. A secret stdin is never written (see CommandSpec.for_storage)."""
+        cmd_id = ids.new_id("c")
+        self.db.execute(
+            "INSERT INTO commands(cmd_id, job_id, kind, stage, step, attempt, spec, secret, state, not_before, "
+            "created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                cmd_id,
+                job_id,
+                kind,
+                stage,
+                step,
+                attempt,
+                msgspec.json.encode(spec.for_storage()),
+                int(spec.stdin_secret),
+                CmdState.PENDING,
+                not_before,
+                now,
+            ),
+        )
+        return cmd_id
+
+    def record_dispatch(self, cmd_id: str, agent: str, state: CmdState | None, now: float) -> None:
+        """An agent accepted the command; ``state`` (when given) is what it is now."""
+        self.db.execute(
+            "UPDATE commands SET state=COALESCE(?, state), agent=?, dispatched_at=?, last_contact=?, waiting_for='' "
+            "WHERE cmd_id=?",
+            (state, agent, now, now, cmd_id),
+        )
+
+    def mark_started(self, cmd_id: str, agent: str, started_at: float, now: float) -> None:
+        self.db.execute(
+            "UPDATE commands SET state=?, agent=?, started_at=?, last_contact=?, waiting_for='' WHERE cmd_id=?",
+            (CmdState.RUNNING, agent, started_at, now, cmd_id),
+        )
+
+    def touch(self, cmd_id: str, now: float) -> None:
+        """Its agent says it is still running."""
+        self.db.execute("UPDATE commands SET last_contact=? WHERE cmd_id=?", (now, cmd_id))
+
+    def defer_dispatch(self, cmd_id: str, why: str, not_before: float) -> None:
+        """No agent took it: it stays PENDING, says why, and is tried again from ``not_before``."""
+        self.db.execute("UPDATE commands SET waiting_for=?, not_before=? WHERE cmd_id=?", (why, not_before, cmd_id))
+
+    def finish_command(
+        self, cmd_id: str, state: CmdState, status: P.CmdStatus, started_at: float, ended_at: float, agent: str
+    ) -> None:
+        """DONE or LOST, with its final status (its output is in the agent's spool, not here)."""
+        self.db.execute(
+            "UPDATE commands SET state=?, started_at=?, ended_at=?, exit_code=?, signal=?, status=?, agent=? "
+            "WHERE cmd_id=?",
+            (
+                state,
+                started_at,
+                ended_at,
+                status.exit_code,
+                status.signal,
+                msgspec.msgpack.encode(msgspec.structs.replace(status, stdout=b"", stderr=b"")),
+                agent,
+                cmd_id,
+            ),
+        )
+
+    def record_outcome(self, cmd_id: str, outcome: str, key_line: str, reason: str) -> None:
+        """What the stage's interpreter made of the command's result."""
+        self.db.execute(
+            "UPDATE commands SET outcome=?, key_line=?, reason=? WHERE cmd_id=?", (outcome, key_line, reason, cmd_id)
+        )
+
+    def cancel_command(self, cmd_id: str, reason: str, now: float) -> None:
+        self.db.execute(
+            "UPDATE commands SET state=?, ended_at=?, reason=? WHERE cmd_id=?",
+            (CmdState.CANCELLED, now, reason, cmd_id),
+        )
+
+    # ------------------------------------------------------------------ commands: queries
+
+    def command(self, cmd_id: str) -> CommandRow | None:
+        rows = self._commands("cmd_id=?", (cmd_id,))
+        return rows[0] if rows else None
+
+    def job_commands(self, job_id: str) -> list[CommandRow]:
+        """A job's commands in the order they were written."""
+        return self._commands("job_id=?", (job_id,))
+
+    def open_commands(self, job_id: str | None = None) -> list[CommandRow]:
+        """Commands not yet finished (of one job, or all), oldest first."""
+        if job_id is None:
+            return self._commands(f"state IN ({_marks(len(OPEN))})", tuple(OPEN))
+        return self._commands(f"job_id=? AND state IN ({_marks(len(OPEN))})", (job_id, *OPEN))
+
+    def in_flight_on(self, agent: str) -> list[CommandRow]:
+        return self._commands(f"agent=? AND state IN ({_marks(len(IN_FLIGHT))})", (agent, *IN_FLIGHT))
+
+    def agents_in_flight(self, quiet_since: float | None = None) -> set[str]:
+        """Agents with commands in flight (only those not heard from since ``quiet_since``, if given)."""
+        where = f"agent != '' AND state IN ({_marks(len(IN_FLIGHT))})"
+        args: tuple[Any, ...] = tuple(IN_FLIGHT)
+        if quiet_since is not None:
+            where += " AND last_contact < ?"
+            args += (quiet_since,)
+        return {r[0] for r in self.db.execute(f"SELECT DISTINCT agent FROM commands WHERE {where}", args)}
+
+    def _commands(self, where: str, args: tuple[Any, ...]) -> list[CommandRow]:
+        rows = self.db.execute(
+            f"SELECT {_CMD_COLS} FROM commands WHERE {where} ORDER BY created_at, rowid", args
+        ).fetchall()
+        return [_command_row(r) for r in rows]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
 
 
 def _split_sql(script: str) -> list[str]:

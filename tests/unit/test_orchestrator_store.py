@@ -1,32 +1,23 @@
 import sqlite3
 
+import msgspec
 import pytest
 
-from orchestrator.store import MIGRATIONS, JobRow, Store
+from common import protocol as P
+from orchestrator.pipeline import CommandSpec, JobParams, JobState, Workspace
+from orchestrator.store import MIGRATIONS, CmdKind, CmdState, Store
 
 pytestmark = pytest.mark.timeout(10)
 
+PARAMS = JobParams(
+    workspace=Workspace(name="ws", p4port="sim:1666", p4user="u", p4client="c", root="/r"), source="//depot/dev/..."
+)
 
-def _job(n: int, state: str = "QUEUED", workspace: str = "ws") -> JobRow:
-    return JobRow(
-        id=f"J{n}",
-        n=n,
-        pipeline="p4-integrate",
-        workspace=workspace,
-        agent=None,
-        pool=None,
-        params=b"{}",
-        state=state,
-        stage="SYNC",
-        step=0,
-        attempt=1,
-        vars=b"{}",
-        reason="",
-        key_line="",
-        retry_from=None,
-        created_at=float(n),
-        updated_at=float(n),
-    )
+
+def _add(store: Store, n: int, workspace: str = "ws") -> str:
+    params = msgspec.structs.replace(PARAMS, workspace=msgspec.structs.replace(PARAMS.workspace, name=workspace))
+    store.add_job(f"J{n}", "toy", params, agent=None, pool=None, first_stage="SYNC", now=float(n))
+    return f"J{n}"
 
 
 def test_schema_migrates_once_and_refuses_a_newer_store(tmp_path):
@@ -45,7 +36,7 @@ def test_schema_migrates_once_and_refuses_a_newer_store(tmp_path):
 def test_a_failed_step_leaves_nothing_behind(tmp_path):
     store = Store(tmp_path / "jobs.db")
     with pytest.raises(RuntimeError, match="mid-step"), store.tx():
-        store.insert_job(_job(1))
+        _add(store, 1)
         raise RuntimeError("mid-step failure")
     assert store.job("J1") is None
 
@@ -53,9 +44,13 @@ def test_a_failed_step_leaves_nothing_behind(tmp_path):
 def test_events_are_handled_once_and_counters_count(tmp_path):
     store = Store(tmp_path / "jobs.db")
     with store.tx():
-        assert store.record_event("agent-1", "e1", "cmd", 7)
-        assert not store.record_event("agent-1", "e1", "cmd", 7)
-        assert store.record_event("agent-1", "e2", "cmd", 7)  # a new epoch is a new event
+        assert store.record_event("agent-1", "e1", "cmd", 7, now=1.0)
+        assert not store.record_event("agent-1", "e1", "cmd", 7, now=2.0)
+        assert store.record_event("agent-1", "e2", "cmd", 7, now=3.0)  # a new epoch is a new event
+    store.prune_events(older_than=2.0)
+    with store.tx():
+        assert store.record_event("agent-1", "e1", "cmd", 7, now=4.0)  # forgotten after pruning
+        assert not store.record_event("agent-1", "e2", "cmd", 7, now=4.0)
     assert [store.next_counter("day") for _ in range(3)] == [1, 2, 3]
 
 
@@ -63,10 +58,60 @@ def test_queue_order_busy_workspace_and_newest_jobs(tmp_path):
     store = Store(tmp_path / "jobs.db")
     with store.tx():
         for n in range(1, 6):
-            store.insert_job(_job(n))
+            _add(store, n)
+        _add(store, 6, workspace="other")
     assert [j.id for j in store.queued("ws")] == ["J1", "J2", "J3", "J4", "J5"]
-    assert [j.id for j in store.jobs(limit=2, newest=True)] == ["J4", "J5"]
+    assert [j.id for j in store.list_jobs(include_finished=True, limit=2)] == ["J5", "J6"]
     assert not store.workspace_busy("ws")
     with store.tx():
-        store.update_job("J1", state="WAITING_RESOLVE")
+        store.apply_transition("J1", JobState.WAITING_RESOLVE, "RESOLVE", 0, 1, {"change": 7}, "", "", now=10.0)
+        store.cancel_job("J5", "cancelled by request", now=11.0)
     assert store.workspace_busy("ws") and store.active_job("ws").id == "J1"
+    assert not store.workspace_busy("other")
+    assert [j.id for j in store.list_jobs(include_finished=False, limit=10)] == ["J1", "J2", "J3", "J4", "J6"]
+    assert [j.id for j in store.waiting_resolve_since(10.5)] == ["J1"]
+    assert store.waiting_resolve_since(10.0) == []
+
+
+def test_rows_come_back_typed_and_a_secret_stdin_is_never_stored(tmp_path):
+    store = Store(tmp_path / "jobs.db")
+    secret = CommandSpec(argv=["p4", "login"], stdin=b"hunter2\n", stdin_secret=True)
+    with store.tx():
+        _add(store, 1)
+        cmd_id = store.add_command("J1", CmdKind.STAGE, "LOGIN", 0, 1, secret, not_before=5.0, now=1.0)
+    job, cmd = store.job("J1"), store.command(cmd_id)
+    assert job.state is JobState.QUEUED and job.params == PARAMS and job.vars == {}
+    assert cmd.state is CmdState.PENDING and cmd.kind is CmdKind.STAGE and cmd.secret
+    assert cmd.spec == CommandSpec(argv=["p4", "login"], stdin_secret=True)
+    assert b"hunter2" not in b"".join(tmp_path.joinpath(name).read_bytes() for name in ("jobs.db", "jobs.db-wal"))
+
+
+def test_a_command_moves_through_its_states(tmp_path):
+    store = Store(tmp_path / "jobs.db")
+    with store.tx():
+        _add(store, 1)
+        cmd_id = store.add_command("J1", CmdKind.STAGE, "SYNC", 0, 1, CommandSpec(argv=["p4", "sync"]), 0.0, 1.0)
+        store.defer_dispatch(cmd_id, "no agent serves workspace ws", not_before=3.0)
+    assert store.command(cmd_id).waiting_for == "no agent serves workspace ws"
+    assert store.agents_in_flight() == set()
+    with store.tx():
+        store.record_dispatch(cmd_id, "a1", CmdState.DISPATCHED, now=4.0)
+        store.mark_started(cmd_id, "a1", started_at=4.5, now=5.0)
+    cmd = store.command(cmd_id)
+    assert (cmd.state, cmd.agent, cmd.waiting_for, cmd.last_contact) == (CmdState.RUNNING, "a1", "", 5.0)
+    assert store.agents_in_flight() == {"a1"} and store.agents_in_flight(quiet_since=5.0) == set()
+    assert [c.cmd_id for c in store.in_flight_on("a1")] == [cmd_id]
+    status = P.CmdStatus(cmd_id=cmd_id, agent="a1", state="done", exit_code=0, stdout=b"big output")
+    with store.tx():
+        store.finish_command(cmd_id, CmdState.DONE, status, started_at=4.5, ended_at=9.0, agent="a1")
+        store.record_outcome(cmd_id, "NEXT", "synced", "")
+    cmd = store.command(cmd_id)
+    assert (cmd.state, cmd.exit_code, cmd.ended_at, cmd.outcome, cmd.key_line) == (
+        CmdState.DONE,
+        0,
+        9.0,
+        "NEXT",
+        "synced",
+    )
+    assert cmd.status == msgspec.structs.replace(status, stdout=b"")
+    assert store.open_commands() == [] and store.in_flight_on("a1") == []
