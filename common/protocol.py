@@ -149,7 +149,9 @@ class FetchReply(Base, tag="fetch_r"):
     offset: int
     data: bytes
     total: int  # bytes in the spool for that stream so far
-    complete: bool  # the command has finished: total is final
+    # The command has finished and data reaches the end of the stream: nothing more to read.
+    # (An agent returns at most 4 MiB per reply, so a finished command's read may be incomplete.)
+    complete: bool
 
 
 class AgentList(Base, tag="agents_r"):

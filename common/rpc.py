@@ -34,7 +34,8 @@ class RequestError(Exception):
 
 
 class RpcClient:
-    """Request/reply over a DEALER per endpoint, failing over in order."""
+    """Request/reply over a DEALER per endpoint, failing over in order. Every service answers
+    ``ping`` and ``stats``; the subclasses add their own requests."""
 
     def __init__(self, endpoints: list[str], timeout: float = 10.0, ctx: zmq.Context | None = None) -> None:
         if not endpoints:
