@@ -341,8 +341,10 @@ class Agent:
                 req_id=req.req_id, code="unknown_cmd", message=f"no command {req.cmd_id!r} in the spool"
             )
         # Asked before reading: a result written means the output files are final.
-        complete = self.spool.read_result(req.cmd_id) is not None
+        finished = self.spool.read_result(req.cmd_id) is not None
         data, total = self.spool.read_range(req.cmd_id, req.stream, req.offset, min(req.size, MAX_FETCH))
+        # Complete only when nothing is left to read: a read capped at MAX_FETCH is not.
+        complete = finished and req.offset + len(data) >= total
         return proto.FetchReply(
             req_id=req.req_id,
             cmd_id=req.cmd_id,

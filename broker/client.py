@@ -30,7 +30,8 @@ prefix was confirmed and that no later hole reveals can be missed (see 5).
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
+from typing import TypeVar
 
 import zmq
 
@@ -40,6 +41,8 @@ PAGE_LIMIT = 1000
 IDLE_MAX_S = 2.0
 # A replay "after" no id can exceed (SQLite's largest integer): an empty page carrying head_id.
 _BEYOND_HEAD = (1 << 63) - 1
+
+R = TypeVar("R", bound=protocol.Base)
 
 
 class ReplayError(RuntimeError):
@@ -71,18 +74,22 @@ class ReplayClient:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    def request(self, msg: protocol.Replay | protocol.Stats | protocol.Ping):
+    def request(self, msg: protocol.Request[R]) -> R:
         """Send and wait for the reply with the same req_id (late replies to earlier, timed-out
-        requests are skipped). Raises ReplayError or ReplayTimeout."""
+        requests are skipped). Raises ReplayError (also for a reply of the wrong type) or
+        ReplayTimeout."""
         self.sock.send(protocol.encode(msg))
         deadline_ms = int(self.timeout_s * 1000)
         while self.sock.poll(deadline_ms):
-            reply = protocol.decode(self.sock.recv(), protocol.Reply)
+            reply: protocol.Reply = protocol.decode(self.sock.recv(), protocol.Reply)
             if reply.req_id != msg.req_id:
                 continue
             if isinstance(reply, protocol.ErrorReply):
                 raise ReplayError(reply.code, reply.message)
-            return reply
+            try:
+                return protocol.reply_to(msg, reply)
+            except protocol.ProtocolError as exc:
+                raise ReplayError(exc.code, exc.message) from None
         raise ReplayTimeout(f"no reply from the broker's replay endpoint {self.endpoint} within {self.timeout_s}s")
 
     def page(
@@ -118,7 +125,7 @@ class ReplayClient:
         since_ts: float = 0.0,
         idle_s: float = 0.2,
         timeout_s: float = 10.0,
-    ) -> Iterator[protocol.Event]:
+    ) -> Generator[protocol.Event, None, None]:
         """Journal history, then live events, without gap or duplicate (module docstring).
 
         Runs until the caller stops iterating (``close()`` the generator to release sockets).

@@ -66,22 +66,12 @@ class ReplayServer:
             reader.close()
 
     def _serve_one(self, reader: JournalReader) -> None:
-        frames = self.sock.recv_multipart()
-        identity, body = frames[0], frames[1:]
-        if len(body) != 1:
-            self.errors += 1
-            self._send(
-                identity,
-                protocol.ErrorReply(req_id="", code="bad_frame", message=f"a request is one frame, got {len(body)}"),
-            )
+        identity, req, error = protocol.decode_routed(self.sock.recv_multipart(), protocol.ReplayRequest)
+        if identity is None:
             return
-        try:
-            req = protocol.decode(body[0], protocol.ReplayRequest)
-        except protocol.ProtocolError as exc:
+        if error is not None:
             self.errors += 1
-            self._send(
-                identity, protocol.ErrorReply(req_id=protocol.req_id_of(body[0]), code=exc.code, message=exc.message)
-            )
+            self._send(identity, error)
             return
         self._send(identity, self._answer(reader, req))
 

@@ -30,5 +30,5 @@ def setup(level: str = "info", service: str = "", json_lines: bool | None = None
     )
 
 
-def get(name: str = "p4bus"):
+def get(name: str = "p4bus") -> structlog.typing.FilteringBoundLogger:
     return structlog.get_logger(name)

@@ -13,7 +13,7 @@ Frame layouts
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar, cast, get_args
 
 import msgspec
 
@@ -119,52 +119,6 @@ class Bye(Base, tag="bye"):
     agent_id: str
 
 
-# --------------------------------------------------------------------------- requests (clients -> master -> agent)
-# The same request types travel client -> master and master -> agent: the master resolves
-# ``agent``/``pool`` and forwards with its own req_id.
-
-
-class Exec(Base, tag="exec"):
-    req_id: str
-    cmd_id: str
-    spec: CmdSpec
-    job_id: str = ""
-    agent: str | None = None
-    pool: str | None = None
-    workspace: str | None = None
-
-
-class Kill(Base, tag="kill"):
-    req_id: str
-    cmd_id: str
-    agent: str | None = None
-
-
-class Query(Base, tag="query"):
-    req_id: str
-    cmd_ids: list[str]
-    agent: str | None = None
-
-
-class Fetch(Base, tag="fetch"):
-    """A byte range of one stream of one command, read from the agent's spool."""
-
-    req_id: str
-    cmd_id: str
-    stream: int
-    offset: int
-    size: int = 1 << 20
-    agent: str | None = None
-
-
-class ListAgents(Base, tag="agents"):
-    req_id: str
-
-
-class Ping(Base, tag="ping"):
-    req_id: str
-
-
 # --------------------------------------------------------------------------- replies
 
 
@@ -195,7 +149,9 @@ class FetchReply(Base, tag="fetch_r"):
     offset: int
     data: bytes
     total: int  # bytes in the spool for that stream so far
-    complete: bool  # the command has finished: total is final
+    # The command has finished and data reaches the end of the stream: nothing more to read.
+    # (An agent returns at most 4 MiB per reply, so a finished command's read may be incomplete.)
+    complete: bool
 
 
 class AgentList(Base, tag="agents_r"):
@@ -217,6 +173,58 @@ class ErrorReply(Base, tag="error"):
     req_id: str
     code: str
     message: str
+
+
+# --------------------------------------------------------------------------- requests (clients -> master -> agent)
+# The same request types travel client -> master and master -> agent: the master resolves
+# ``agent``/``pool`` and forwards with its own req_id.
+
+R = TypeVar("R", bound=Base)
+
+
+class Request(Base, Generic[R]):
+    """A request answered by an ``R`` (or an ``error``). The parameter is the one place a
+    request names its reply: REPLY_FOR is read from it, and the clients' typed ``request()``
+    returns an ``R`` without a cast at each call."""
+
+    req_id: str
+
+
+class Exec(Request[ExecReply], tag="exec"):
+    cmd_id: str
+    spec: CmdSpec
+    job_id: str = ""
+    agent: str | None = None
+    pool: str | None = None
+    workspace: str | None = None
+
+
+class Kill(Request[KillReply], tag="kill"):
+    cmd_id: str
+    agent: str | None = None
+
+
+class Query(Request[QueryReply], tag="query"):
+    cmd_ids: list[str]
+    agent: str | None = None
+
+
+class Fetch(Request[FetchReply], tag="fetch"):
+    """A byte range of one stream of one command, read from the agent's spool."""
+
+    cmd_id: str
+    stream: int
+    offset: int
+    size: int = 1 << 20
+    agent: str | None = None
+
+
+class ListAgents(Request[AgentList], tag="agents"):
+    """Every agent connected to this master."""
+
+
+class Ping(Request[Pong], tag="ping"):
+    """Is the service there? (master, orchestrator and broker replay all answer.)"""
 
 
 # --------------------------------------------------------------------------- events (PUB)
@@ -329,8 +337,17 @@ class JobView(msgspec.Struct, omit_defaults=True):
     timeline: list[StageRun] = []
 
 
-class Submit(Base, tag="submit"):
+class JobReply(Base, tag="job_r"):
     req_id: str
+    job: JobView
+
+
+class JobList(Base, tag="jobs_r"):
+    req_id: str
+    jobs: list[JobView]
+
+
+class Submit(Request[JobReply], tag="submit"):
     workspace: str | None = None
     source: str | None = None
     target: str | None = None
@@ -342,55 +359,30 @@ class Submit(Base, tag="submit"):
     pipeline: str = "p4-integrate"
 
 
-class GetJob(Base, tag="get_job"):
-    req_id: str
+class GetJob(Request[JobReply], tag="get_job"):
     job_id: str
 
 
-class ListJobs(Base, tag="list_jobs"):
-    req_id: str
+class ListJobs(Request[JobList], tag="list_jobs"):
     all: bool = False  # include finished jobs
     limit: int = 200
 
 
-class Resume(Base, tag="resume"):
-    req_id: str
+class Resume(Request[JobReply], tag="resume"):
     job_id: str
 
 
-class Cancel(Base, tag="cancel"):
-    req_id: str
+class Cancel(Request[JobReply], tag="cancel"):
     job_id: str
     revert: bool = False  # also revert the pending change and delete it
 
 
-class RetryJob(Base, tag="retry"):
-    req_id: str
+class RetryJob(Request[JobReply], tag="retry"):
     job_id: str
     from_stage: str | None = None
 
 
-class JobReply(Base, tag="job_r"):
-    req_id: str
-    job: JobView
-
-
-class JobList(Base, tag="jobs_r"):
-    req_id: str
-    jobs: list[JobView]
-
-
 # --------------------------------------------------------------------------- replay (broker)
-
-
-class Replay(Base, tag="replay"):
-    """Stream journalled events whose topic starts with ``prefix``, from journal id ``after``."""
-
-    req_id: str
-    prefix: str = ""
-    after: int = 0
-    since_ts: float = 0.0
-    limit: int = 1000
 
 
 class ReplayPage(Base, tag="replay_r"):
@@ -402,14 +394,23 @@ class ReplayPage(Base, tag="replay_r"):
     more: bool
 
 
-class Stats(Base, tag="stats"):
-    req_id: str
-
-
 class StatsReply(Base, tag="stats_r"):
     req_id: str
     source: str
     counters: dict[str, int]
+
+
+class Replay(Request[ReplayPage], tag="replay"):
+    """Stream journalled events whose topic starts with ``prefix``, from journal id ``after``."""
+
+    prefix: str = ""
+    after: int = 0
+    since_ts: float = 0.0
+    limit: int = 1000
+
+
+class Stats(Request[StatsReply], tag="stats"):
+    """The service's counters (master, orchestrator and broker replay all answer)."""
 
 
 # --------------------------------------------------------------------------- unions and codec
@@ -433,6 +434,17 @@ Reply = (
 OrchestratorRequest = Submit | GetJob | ListJobs | Resume | Cancel | RetryJob | Ping | Stats
 ReplayRequest = Replay | Stats | Ping
 Event = LogChunk | CmdStarted | CmdDone | AgentUp | AgentLost | AgentGone | JobChanged
+
+
+def _declared_reply(cls: type[Request[Any]]) -> type[Base]:
+    # ``Exec(Request[ExecReply])`` keeps ``Request[ExecReply]`` in its own namespace (PEP 560).
+    reply: type[Base] = get_args(cls.__dict__["__orig_bases__"][0])[0]
+    return reply
+
+
+# Every request type -> the reply type that answers it (besides ``error``), read from each
+# request's ``Request[...]`` parameter so the static and the runtime view cannot disagree.
+REPLY_FOR: dict[type[Request[Any]], type[Base]] = {cls: _declared_reply(cls) for cls in Request.__subclasses__()}
 
 _encoder = msgspec.msgpack.Encoder()
 _decoders: dict[Any, msgspec.msgpack.Decoder] = {}
@@ -496,10 +508,14 @@ def decode_routed(frames: list[bytes], kind: Any) -> tuple[bytes | None, Any, Er
     if len(frames) != 2:
         if len(frames) < 2:
             return None, None, None
+        # E.g. a REQ socket's empty delimiter before the message: echo a req_id if a frame has one.
+        req_id = next((r for r in map(req_id_of, frames[1:]) if r), "")
         return (
             frames[0],
             None,
-            ErrorReply(req_id="", code="bad_frame", message=f"expected one frame per message, got {len(frames) - 1}"),
+            ErrorReply(
+                req_id=req_id, code="bad_frame", message=f"expected one frame per message, got {len(frames) - 1}"
+            ),
         )
     identity, frame = frames
     try:
@@ -508,12 +524,34 @@ def decode_routed(frames: list[bytes], kind: Any) -> tuple[bytes | None, Any, Er
         return identity, None, ErrorReply(req_id=req_id_of(frame), code=exc.code, message=exc.message)
 
 
+def reply_to(req: Request[R], reply: Base) -> R:
+    """``reply`` as the answer to ``req`` (an ErrorReply is the caller's to handle first); a
+    reply of another type is a ProtocolError ``bad_reply``, not an AttributeError later."""
+    want = REPLY_FOR[type(req)]
+    if not isinstance(reply, want):
+        raise ProtocolError(
+            "bad_reply", f"{_tag(req)} was answered with {_tag(reply)}, expected {_tag(want)} (req_id {req.req_id})"
+        )
+    # REPLY_FOR[type(req)] is R by construction (read from the Request[R] parameter).
+    return cast(R, reply)
+
+
+def _tag(msg: Base | type[Base]) -> str:
+    return str(msg.__struct_config__.tag)
+
+
+class _ReqIdOnly(msgspec.Struct):
+    # Other keys are skipped unread, so a bad value elsewhere (wrong type, invalid UTF-8)
+    # does not hide the req_id.
+    req_id: str = ""
+
+
+_req_id_decoder = msgspec.msgpack.Decoder(_ReqIdOnly)
+
+
 def req_id_of(frame: bytes) -> str:
     """Best-effort req_id of a frame that failed to decode, so the error reply can echo it."""
     try:
-        raw = msgspec.msgpack.decode(frame)
-    except Exception:
+        return _req_id_decoder.decode(frame).req_id
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
         return ""
-    if isinstance(raw, dict) and isinstance(raw.get("req_id"), str):
-        return raw["req_id"]
-    return ""

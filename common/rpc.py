@@ -13,16 +13,19 @@ through the next one. Dispatch is idempotent by cmd_id, so a resend never runs t
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Self, TypeVar
 
 import zmq
 
 from common import ids, zmqutil
 from common import protocol as P
 
+R = TypeVar("R", bound=P.Base)
+
 
 class RequestError(Exception):
-    """A typed error reply, or no master answered."""
+    """A typed error reply (``code`` as on the wire), no answer (``timeout``), or an answer of
+    the wrong type (``bad_reply``)."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{message} [{code}]")
@@ -31,9 +34,8 @@ class RequestError(Exception):
 
 
 class RpcClient:
-    """Request/reply over a DEALER per endpoint, failing over in order."""
-
-    reply_kind: Any = P.Reply
+    """Request/reply over a DEALER per endpoint, failing over in order. Every service answers
+    ``ping`` and ``stats``; the subclasses add their own requests."""
 
     def __init__(self, endpoints: list[str], timeout: float = 10.0, ctx: zmq.Context | None = None) -> None:
         if not endpoints:
@@ -44,10 +46,10 @@ class RpcClient:
         self._socks: dict[str, zmq.Socket] = {}
         self._current = 0
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
@@ -61,8 +63,8 @@ class RpcClient:
             s = self._socks[endpoint] = zmqutil.dealer(self.ctx, endpoint)
         return s
 
-    def request(self, msg: P.Base, timeout: float | None = None) -> P.Base:
-        """Send msg (which has a req_id) and return the matching reply; raise RequestError."""
+    def request(self, msg: P.Request[R], timeout: float | None = None) -> R:
+        """Send msg and return its reply, of the type P.REPLY_FOR names; raise RequestError."""
         timeout = self.timeout if timeout is None else timeout
         last = "no endpoint tried"
         for attempt in range(len(self.endpoints)):
@@ -79,10 +81,10 @@ class RpcClient:
                     del self._socks[endpoint]
                     break
                 try:
-                    reply = P.decode(sock.recv(), self.reply_kind)
+                    reply: P.Reply = P.decode(sock.recv(), P.Reply)
                 except P.ProtocolError:
                     continue  # not a reply (a misbehaving peer): keep waiting for ours
-                if getattr(reply, "req_id", None) != msg.req_id:
+                if reply.req_id != msg.req_id:
                     continue  # a stale reply to an earlier, timed-out request
                 if isinstance(reply, P.ErrorReply):
                     if reply.code in ("agent_unreachable",) and len(self.endpoints) > 1:
@@ -90,8 +92,17 @@ class RpcClient:
                         break  # another master may still reach the agent
                     raise RequestError(reply.code, reply.message)
                 self._current = (self._current + attempt) % len(self.endpoints)
-                return reply
+                try:
+                    return P.reply_to(msg, reply)
+                except P.ProtocolError as exc:
+                    raise RequestError(exc.code, exc.message) from None
         raise RequestError("timeout", f"no answer: {last} (is the service running? check the endpoints)")
+
+    def ping(self, timeout: float | None = None) -> P.Pong:
+        return self.request(P.Ping(req_id=ids.new_id("r")), timeout)
+
+    def stats(self) -> dict[str, int]:
+        return self.request(P.Stats(req_id=ids.new_id("r"))).counters
 
 
 class MasterClient(RpcClient):
@@ -114,55 +125,46 @@ class MasterClient(RpcClient):
             pool=pool,
             workspace=workspace,
         )
-        return self.request(msg)  # type: ignore[return-value]
+        return self.request(msg)
 
     def kill(self, cmd_id: str, agent: str | None = None) -> P.KillReply:
-        return self.request(P.Kill(req_id=ids.new_id("r"), cmd_id=cmd_id, agent=agent))  # type: ignore[return-value]
+        return self.request(P.Kill(req_id=ids.new_id("r"), cmd_id=cmd_id, agent=agent))
 
     def query(self, cmd_ids: list[str], agent: str | None = None) -> list[P.CmdStatus]:
         reply = self.request(P.Query(req_id=ids.new_id("r"), cmd_ids=cmd_ids, agent=agent))
-        return reply.statuses  # type: ignore[attr-defined]
+        return reply.statuses
 
     def fetch(
         self, cmd_id: str, stream: int, offset: int, size: int = 1 << 20, agent: str | None = None
     ) -> P.FetchReply:
         return self.request(
             P.Fetch(req_id=ids.new_id("r"), cmd_id=cmd_id, stream=stream, offset=offset, size=size, agent=agent)
-        )  # type: ignore[return-value]
+        )
 
     def agents(self) -> list[P.AgentInfo]:
-        return self.request(P.ListAgents(req_id=ids.new_id("r"))).agents  # type: ignore[attr-defined]
-
-    def ping(self, timeout: float | None = None) -> P.Pong:
-        return self.request(P.Ping(req_id=ids.new_id("r")), timeout)  # type: ignore[return-value]
-
-    def stats(self) -> dict[str, int]:
-        return self.request(P.Stats(req_id=ids.new_id("r"))).counters  # type: ignore[attr-defined]
+        return self.request(P.ListAgents(req_id=ids.new_id("r"))).agents
 
 
 class OrchestratorClient(RpcClient):
     """Jobs: submit, look at, resume, cancel, retry."""
 
-    def submit(self, **fields) -> P.JobView:
-        return self.request(P.Submit(req_id=ids.new_id("r"), **fields)).job  # type: ignore[attr-defined]
+    def submit(self, **fields: Any) -> P.JobView:
+        return self.request(P.Submit(req_id=ids.new_id("r"), **fields)).job
 
     def job(self, job_id: str) -> P.JobView:
-        return self.request(P.GetJob(req_id=ids.new_id("r"), job_id=job_id)).job  # type: ignore[attr-defined]
+        return self.request(P.GetJob(req_id=ids.new_id("r"), job_id=job_id)).job
 
     def jobs(self, include_finished: bool = False, limit: int = 200) -> list[P.JobView]:
         msg = P.ListJobs(req_id=ids.new_id("r"), all=include_finished, limit=limit)
-        return self.request(msg).jobs  # type: ignore[attr-defined]
+        return self.request(msg).jobs
 
     def resume(self, job_id: str) -> P.JobView:
-        return self.request(P.Resume(req_id=ids.new_id("r"), job_id=job_id)).job  # type: ignore[attr-defined]
+        return self.request(P.Resume(req_id=ids.new_id("r"), job_id=job_id)).job
 
     def cancel(self, job_id: str, revert: bool = False) -> P.JobView:
         msg = P.Cancel(req_id=ids.new_id("r"), job_id=job_id, revert=revert)
-        return self.request(msg).job  # type: ignore[attr-defined]
+        return self.request(msg).job
 
     def retry(self, job_id: str, from_stage: str | None = None) -> P.JobView:
         msg = P.RetryJob(req_id=ids.new_id("r"), job_id=job_id, from_stage=from_stage)
-        return self.request(msg).job  # type: ignore[attr-defined]
-
-    def ping(self, timeout: float | None = None) -> P.Pong:
-        return self.request(P.Ping(req_id=ids.new_id("r")), timeout)  # type: ignore[return-value]
+        return self.request(msg).job

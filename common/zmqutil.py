@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 import socket as _socket
+from collections.abc import Callable
+from typing import Any
 
 import zmq
 
@@ -73,7 +75,7 @@ def sub(ctx: zmq.Context, connect: str, prefixes: list[str] | tuple[str, ...] = 
     return sock
 
 
-def drain(sock: zmq.Socket, handler, limit: int = 10_000) -> None:
+def drain(sock: zmq.Socket, handler: Callable[[list[bytes]], None], limit: int = 10_000) -> None:
     """Hand every message waiting on ``sock`` to ``handler`` (one poll wake-up, many messages;
     ``limit`` keeps one busy socket from starving the others)."""
     for _ in range(limit):
@@ -84,11 +86,11 @@ def drain(sock: zmq.Socket, handler, limit: int = 10_000) -> None:
         handler(frames)
 
 
-def routed(sock: zmq.Socket, frames: list[bytes], kind) -> tuple[bytes, object] | None:
+def routed(sock: zmq.Socket, frames: list[bytes], kind: Any) -> tuple[bytes, Any] | None:
     """A ROUTER's incoming message as (peer identity, decoded message), or None after
     answering the peer with the typed error (when there is a peer to answer)."""
     identity, msg, error = protocol.decode_routed(frames, kind)
-    if msg is not None:
+    if identity is not None and msg is not None:
         return identity, msg
     if identity is not None and error is not None:
         try:

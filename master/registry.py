@@ -7,6 +7,7 @@ is not durable by design: after a master restart agents re-register (HELLO) and 
 from __future__ import annotations
 
 import time
+from collections.abc import Set
 from dataclasses import dataclass, field
 
 from common.protocol import AgentInfo
@@ -103,7 +104,7 @@ class Registry:
         return dead
 
     def select(
-        self, agent: str | None, pool: str | None, workspace: str | None, exclude: set[str] = frozenset()
+        self, agent: str | None, pool: str | None, workspace: str | None, exclude: Set[str] = frozenset()
     ) -> AgentRecord:
         """Pick the agent for a dispatch: a named agent, else the least busy that fits."""
         if agent:

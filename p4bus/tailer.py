@@ -88,7 +88,10 @@ class JobTail:
         return self.runs.get(cmd_id)
 
     def _fetch(self, cmd_id: str, stream: int, offset: int, size: int) -> tuple[bytes, int]:
-        agent = self.agents.get(cmd_id) or (self._run(cmd_id).agent if self._run(cmd_id) else None)
+        agent = self.agents.get(cmd_id)
+        if not agent:
+            run = self._run(cmd_id)
+            agent = run.agent if run else None
         r = self.masters.fetch(cmd_id, stream, offset, size, agent=agent or None)
         return r.data, r.total
 

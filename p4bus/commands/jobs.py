@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from typing import TypeVar
 
 import click
 import msgspec
@@ -13,12 +15,14 @@ from p4bus.cli import Ctx, UserError
 from p4bus.render import LogPrinter, console, job_detail, jobs_table
 from p4bus.tailer import JobTail
 
+T = TypeVar("T")
+
 
 def _client(obj: Ctx) -> OrchestratorClient:
     return OrchestratorClient([obj.cfg().endpoint("orchestrator_api")], timeout=5.0)
 
 
-def _call(obj: Ctx, fn):
+def _call(obj: Ctx, fn: Callable[[OrchestratorClient], T]) -> T:
     with _client(obj) as oc:
         try:
             return fn(oc)
@@ -26,7 +30,7 @@ def _call(obj: Ctx, fn):
             raise UserError(exc.message, 2 if exc.code in ("bad_request", "unknown_job") else 1) from None
 
 
-def _print_json(value) -> None:
+def _print_json(value: object) -> None:
     click.echo(msgspec.json.encode(value).decode())
 
 
@@ -68,7 +72,19 @@ def _exit_for(view: P.JobView) -> None:
 @click.option("--follow", "do_follow", is_flag=True, help="Stream the job's output until it ends or waits.")
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
 @click.pass_obj
-def submit(obj: Ctx, source, target, branch_spec, change, workspace, agent, pool, desc, do_follow, as_json) -> None:
+def submit(
+    obj: Ctx,
+    source: str | None,
+    target: str | None,
+    branch_spec: str | None,
+    change: int | None,
+    workspace: str | None,
+    agent: str | None,
+    pool: str | None,
+    desc: str,
+    do_follow: bool,
+    as_json: bool,
+) -> None:
     """Submit an integration job; prints its id."""
     if branch_spec and (source or target):
         raise UserError("give either --branch-spec or --source and --target, not both", 2)

@@ -51,7 +51,7 @@ FLAGS = {
 }
 
 
-def _service(name: str, module: str):
+def _service(name: str, module: str) -> click.Command:
     @click.command(name=name, help=f"Run the {name} service in the foreground.")
     @click.pass_obj
     def run(obj: Ctx, **flags: object) -> None:

@@ -150,7 +150,7 @@ def test_fetch_byte_ranges_from_the_spool(rig: Rig) -> None:
     reply = rig.master.request(
         proto.Fetch(req_id="f1", cmd_id=status.cmd_id, stream=proto.STDOUT, offset=1000, size=5000)
     )
-    assert (reply.data, reply.total, reply.complete) == (full[1000:6000], len(full), True)
+    assert (reply.data, reply.total, reply.complete) == (full[1000:6000], len(full), False)  # bytes remain after 6000
     reply = rig.master.request(proto.Fetch(req_id="f2", cmd_id="nope", stream=proto.STDOUT, offset=0))
     assert isinstance(reply, proto.ErrorReply) and reply.code == "unknown_cmd"
 

@@ -1,3 +1,6 @@
+import re
+from pathlib import Path
+
 import msgspec
 import pytest
 
@@ -108,3 +111,59 @@ def test_random_bytes_never_escape_as_anything_but_protocol_errors():
             P.decode_event([b"log.x", frame])
         except P.ProtocolError:
             pass
+
+
+# --------------------------------------------------------------------------- docs/protocol.md reference
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
+_HEADING = re.compile(r"^### (?:.*\((\w+)\)|(\w+))$")
+_ROW = re.compile(r"^\| `(\w+)` \| [^|]* \| ([^|]*) \|")
+
+
+def render_default(field: msgspec.structs.FieldInfo) -> str:
+    """How the reference writes a field's default: what a receiver fills in for a missing key."""
+    if field.required:
+        return "required"
+    value = field.default_factory() if field.default is msgspec.NODEFAULT else field.default
+    if isinstance(value, bytes):
+        return "empty bin" if not value else repr(value)
+    return f"`{msgspec.json.encode(value).decode()}`"
+
+
+def _documented() -> dict[str, dict[str, str]]:
+    """Struct name -> {field: default as written}, from the table under each ``### Name`` or
+    ``### ... (Name)`` heading."""
+    out: dict[str, dict[str, str]] = {}
+    current: dict[str, str] | None = None
+    for line in DOC.read_text().splitlines():
+        if line.startswith("#"):
+            m = _HEADING.match(line)
+            current = out.setdefault(m.group(1) or m.group(2), {}) if m else None
+        elif current is not None and (row := _ROW.match(line)):
+            current[row.group(1)] = row.group(2).strip()
+    return out
+
+
+def _wire_structs() -> list[type[msgspec.Struct]]:
+    return [
+        cls
+        for cls in vars(P).values()
+        if isinstance(cls, type)
+        and issubclass(cls, msgspec.Struct)
+        and cls.__module__ == P.__name__
+        and not cls.__name__.startswith("_")
+        and cls not in (P.Base, P.Request)
+    ]
+
+
+@pytest.mark.parametrize("cls", _wire_structs(), ids=lambda c: c.__name__)
+def test_protocol_doc_lists_every_field_with_its_default(cls):
+    documented = _documented().get(cls.__name__)
+    assert documented is not None, f"docs/protocol.md has no '### {cls.__name__}' or '### ... ({cls.__name__})' table"
+    # An event's stamp is documented once, under EventBase.
+    own = [
+        f
+        for f in msgspec.structs.fields(cls)
+        if cls is P.EventBase or not issubclass(cls, P.EventBase) or f.name not in P.EventBase.__struct_fields__
+    ]
+    assert documented == {f.name: render_default(f) for f in own}
