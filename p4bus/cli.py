@@ -39,7 +39,7 @@ class Ctx:
 class P4busGroup(click.Group):
     """Turns expected failures into one precise line and a non-zero exit, never a traceback."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except cfgmod.ConfigError as exc:

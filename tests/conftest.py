@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from common.zmqutil import free_port_base
 from p4bus.harness import stack as harness
 from p4bus.harness.stack import wait_for
+
+if TYPE_CHECKING:
+    from bench.sshd import SshTarget
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -43,7 +47,7 @@ class Stack(harness.Stack):
 
 
 @pytest.fixture(scope="session")
-def sshd():
+def sshd() -> Iterator[SshTarget]:
     """A throwaway sshd on a loopback port (bench/sshd.py), shared by the whole session."""
     from bench.sshd import Sshd, find_sshd
 

@@ -37,7 +37,7 @@ class StackError(RuntimeError):
     """A service exited, or the stack did not become ready; the message says where the logs are."""
 
 
-def wait_for(pred: Callable[[], T], timeout: float = 10.0, what: str = "condition", interval: float = 0.02) -> T:
+def wait_for(pred: Callable[[], T | None], timeout: float = 10.0, what: str = "condition", interval: float = 0.02) -> T:
     """Poll a predicate that asks a real owner (a socket, a file, a process); return its first truthy value."""
     deadline = time.monotonic() + timeout
     while True:

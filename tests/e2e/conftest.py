@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Collection
+from typing import Any
 
 import pytest
 
@@ -57,7 +59,7 @@ class JobStack:
         """Workspace name -> p4sim's facts (P4PORT, root, source, target, ...)."""
         return {n: w.facts for n, w in self.workspaces.items()}
 
-    def workspace(self, name: str, scenario: str = "clean", password: str | None = None, **extra) -> dict:
+    def workspace(self, name: str, scenario: str = "clean", password: str | None = None, **extra: Any) -> dict:
         ws = seed_workspace(self.tmp / name, name, scenario, password, **extra)
         self.workspaces[name] = ws
         self.stack.tree["orchestrator"]["workspaces"][name] = ws.conf
@@ -91,15 +93,15 @@ class JobStack:
     def masters(self) -> MasterClient:
         return MasterClient([self.stack.endpoint("master_clients")], timeout=5.0)
 
-    def submit(self, name: str, **kw) -> str:
+    def submit(self, name: str, **kw: Any) -> str:
         info = self.seeds[name]
         with self.orch() as oc:
             return oc.submit(workspace=name, source=info["source"], target=info["target"], **kw).job_id
 
-    def wait_state(self, job_id: str, states=TERMINAL, timeout: float = 60.0) -> P.JobView:
+    def wait_state(self, job_id: str, states: Collection[str] = TERMINAL, timeout: float = 60.0) -> P.JobView:
         with self.orch() as oc:
 
-            def reached():
+            def reached() -> P.JobView | None:
                 try:
                     v = oc.job(job_id)
                 except RequestError:
@@ -133,5 +135,5 @@ class JobStack:
 
 
 @pytest.fixture
-def jobs(stack) -> JobStack:
+def jobs(stack: Stack) -> JobStack:
     return JobStack(stack)

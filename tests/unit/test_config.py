@@ -93,5 +93,5 @@ def test_read_tree_layers_before_validation(tmp_path):
     tree = C.read_tree(f, overrides={"port_base": 7000, "log_level": None}, environ={"P4BUS_AGENT_ID": "a"})
     assert tree == {"agent": {"slots": 2, "id": "a"}, "port_base": 7000}
     assert C.from_tree(tree).agent.id == "a"
-    with pytest.raises(C.ConfigError, match="agent.slots"):
+    with pytest.raises(C.ConfigError, match=r"agent\.slots"):
         C.from_tree({"agent": {"slots": "many"}})
