@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import shutil
@@ -15,17 +14,16 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import zmq
 
 from bench.sshd import Sshd, SshTarget, SshUnavailable
-from common import config as cfgmod
 from common import protocol as P
-from common import topics, zmqutil
-from common.rpc import MasterClient, OrchestratorClient
-from p4bus.localstack import LocalStack
+from common import zmqutil
+from p4bus.harness.stack import Stack
 
 START_TIMEOUT_S = 30.0
 
@@ -153,89 +151,61 @@ def workdir(args: argparse.Namespace, prefix: str) -> Iterator[Path]:
 @dataclass
 class AgentSpec:
     id: str
-    workspaces: dict[str, str]  # name -> root
-    roots: list[str]
-    allowed: list[str]
-    env: dict[str, str] = field(default_factory=dict)  # more P4BUS_AGENT_* settings
+    allowed: list[str]  # allowed_executables
+    settings: dict[str, Any]  # the rest of its [agent] table: workspaces, workspace_roots, exec_via, ...
 
 
 class BusStack:
     """broker + master (+ orchestrator) + agents as child processes on free loopback ports."""
 
     def __init__(
-        self, tmp: Path, agents: list[AgentSpec], orchestrator: dict | None = None, path_prefix: str | None = None
+        self,
+        tmp: Path,
+        agents: list[AgentSpec],
+        orchestrator: dict[str, Any] | None = None,
+        path: str | None = None,
     ) -> None:
         self.tmp = tmp
-        self.cfg = cfgmod.load(
-            None, {"state_dir": str(tmp / "state"), "port_base": zmqutil.free_port_base(6)}, environ={}
-        )
         self.agents = agents
-        self.env = {"P4BUS_LOG_LEVEL": "warning"}
-        if path_prefix:
-            self.env["PATH"] = f"{path_prefix}{os.pathsep}{os.environ['PATH']}"
+        tree: dict[str, Any] = {
+            "state_dir": str(tmp / "state"),
+            "port_base": zmqutil.free_port_base(6),
+            "log_level": "warning",
+        }
         if orchestrator is not None:
-            self.env["P4BUS_ORCHESTRATOR_WORKSPACES"] = json.dumps(orchestrator)
-        services = ("broker", "master") + (("orchestrator",) if orchestrator is not None else ())
-        self.core = LocalStack(self.cfg, None, services, env=self.env, log_dir=tmp / "logs")
-        self.agent_stacks: list[LocalStack] = []
+            tree["orchestrator"] = {"workspaces": orchestrator}
+        self.core = ("broker", "master") + (("orchestrator",) if orchestrator is not None else ())
+        self.stack = Stack(tree, tmp, log_dir=tmp / "logs", env={"PATH": path} if path else None)
 
     def endpoint(self, name: str) -> str:
-        return self.cfg.endpoint(name)
+        return self.stack.endpoint(name)
 
     def pid(self, service: str) -> int:
-        return self.core.procs[service].pid
+        return self.stack.proc(service).pid
 
     def agent_pid(self, index: int) -> int:
-        return self.agent_stacks[index].procs["agent"].pid
+        return self.stack.proc(self.agents[index].id).pid
 
     def __enter__(self) -> BusStack:
         try:
-            self.core.start(START_TIMEOUT_S)
+            for service in self.core:
+                self.stack.start(service)
             for a in self.agents:
-                env = {
-                    **self.env,
-                    "P4BUS_AGENT_ID": a.id,
-                    "P4BUS_AGENT_WORKSPACES": json.dumps(a.workspaces),
-                    "P4BUS_AGENT_WORKSPACE_ROOTS": json.dumps(a.roots),
-                    "P4BUS_AGENT_ALLOWED_EXECUTABLES": json.dumps(a.allowed),
-                    **a.env,
-                }
-                stack = LocalStack(self.cfg, None, ("agent",), env=env, log_dir=self.tmp / "logs" / a.id)
-                self.agent_stacks.append(stack)
-                stack.start(START_TIMEOUT_S)
-            self._wait_agents()
-            if "orchestrator" in self.core.services:
-                with OrchestratorClient([self.endpoint("orchestrator_api")]) as oc:
-                    oc.ping(START_TIMEOUT_S)
+                settings = {"id": a.id, "allowed_executables": a.allowed, **a.settings}
+                self.stack.start("agent", name=a.id, extra={"agent": settings})
+            self.stack.wait_ready(ids=[a.id for a in self.agents], timeout=START_TIMEOUT_S)
         except BaseException:
-            self.__exit__()
+            self.stack.stop()
             raise
         return self
 
-    def _wait_agents(self) -> None:
-        """Every agent registered: woken by agent.* events, decided by the master's list."""
-        want = {a.id for a in self.agents}
-        sub = zmqutil.sub(zmq.Context.instance(), self.endpoint("broker_xpub"), [topics.AGENT + "."])
-        deadline = time.monotonic() + START_TIMEOUT_S
-        try:
-            with MasterClient([self.endpoint("master_clients")]) as mc:
-                while not want <= {a.agent_id for a in mc.agents() if a.alive}:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"agents {sorted(want)} did not register (logs in {self.tmp / 'logs'})")
-                    if sub.poll(200):
-                        sub.recv_multipart()
-        finally:
-            sub.close(linger=0)
-
     def __exit__(self, *exc: object) -> None:
-        for stack in self.agent_stacks:
-            stack.stop()
-        self.core.stop()
+        self.stack.stop()
 
 
 def single_agent(tmp: Path, allowed: list[str]) -> BusStack:
     """The stack for the transport benches: one agent whose only root is ``tmp``."""
-    return BusStack(tmp, [AgentSpec("bench-agent", {}, [str(tmp)], allowed)])
+    return BusStack(tmp, [AgentSpec("bench-agent", allowed, {"workspace_roots": [str(tmp)]})])
 
 
 def null_sink(_stream: int, _data: bytes) -> None:

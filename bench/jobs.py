@@ -32,8 +32,13 @@ from bench.sshd import SshTarget
 from common import protocol as P
 from common import topics, zmqutil
 from common.rpc import OrchestratorClient
-from p4sim.seed import seed
-from p4sim.tools import write_shim
+from p4bus.harness.workspaces import (
+    SeededWorkspace,
+    agent_settings,
+    orchestrator_settings,
+    p4sim_path,
+    seed_workspace,
+)
 
 N_JOBS = 100
 N_AGENTS = 4
@@ -42,28 +47,6 @@ JOB_TIMEOUT_S = 150.0
 STOPPED = ("DONE", "NOTHING_TO_DO", "FAILED", "CANCELLED", "WAITING_RESOLVE")
 TARGET_STAGE_MS = 5.0
 TARGET_RATIO = 10.0
-
-
-# ---------------------------------------------------------------------------- workspaces
-def seed_all(tmp: Path, names: list[str]) -> dict[str, dict]:
-    return {name: seed(tmp / "ws" / name, "clean") for name in names}
-
-
-def orchestrator_workspaces(seeds: dict[str, dict]) -> dict[str, dict]:
-    return {
-        n: {"p4port": s["P4PORT"], "p4user": s["P4USER"], "p4client": s["P4CLIENT"], "root": s["root"]}
-        for n, s in seeds.items()
-    }
-
-
-def p4_env(info: dict, shim_dir: Path) -> dict[str, str]:
-    return {
-        "P4PORT": info["P4PORT"],
-        "P4USER": info["P4USER"],
-        "P4CLIENT": info["P4CLIENT"],
-        "PWD": info["root"],
-        "PATH": f"{shim_dir}{os.pathsep}{os.environ['PATH']}",
-    }
 
 
 # ---------------------------------------------------------------------------- following jobs
@@ -105,8 +88,8 @@ class JobWatcher:
         self.sub.close(linger=0)
 
 
-def submit(oc: OrchestratorClient, name: str, info: dict) -> str:
-    return oc.submit(workspace=name, source=info["source"], target=info["target"], desc="bench").job_id
+def submit(oc: OrchestratorClient, ws: SeededWorkspace) -> str:
+    return oc.submit(workspace=ws.name, source=ws.facts["source"], target=ws.facts["target"], desc="bench").job_id
 
 
 def require_done(views: list[P.JobView]) -> None:
@@ -150,9 +133,9 @@ def gaps(
     return out, (ended - prev_end) * 1000
 
 
-def lone_job(oc: OrchestratorClient, watcher: JobWatcher, name: str, info: dict) -> tuple[P.JobView, float, float]:
+def lone_job(oc: OrchestratorClient, watcher: JobWatcher, ws: SeededWorkspace) -> tuple[P.JobView, float, float]:
     submitted = time.time()
-    job_id = submit(oc, name, info)
+    job_id = submit(oc, ws)
     ended = watcher.wait([job_id])[job_id]
     view = oc.job(job_id)
     require_done([view])
@@ -169,10 +152,10 @@ class Throughput:
     orch_peak_rss_mib: float
 
 
-def many_jobs(oc: OrchestratorClient, watcher: JobWatcher, seeds: dict[str, dict], orch_pid: int) -> Throughput:
+def many_jobs(oc: OrchestratorClient, watcher: JobWatcher, seeds: list[SeededWorkspace], orch_pid: int) -> Throughput:
     cpu_before = B.proc_usage(orch_pid).cpu_s
     t0 = time.time()
-    job_ids = [submit(oc, name, info) for name, info in seeds.items()]
+    job_ids = [submit(oc, ws) for ws in seeds]
     ends = watcher.wait(job_ids)
     seconds = max(ends.values()) - t0
     usage = B.proc_usage(orch_pid)
@@ -205,15 +188,19 @@ def job_commands(view: P.JobView, spool_root: Path) -> list[Command]:
     return out
 
 
-Runner = Callable[[Command, dict, Path], float]  # (command, seed info, shim dir) -> seconds
+Runner = Callable[[Command, SeededWorkspace, str], float]  # (command, workspace, PATH) -> seconds
 
 
-def run_local(cmd: Command, info: dict, shim_dir: Path) -> float:
+def p4_env(ws: SeededWorkspace, path: str) -> dict[str, str]:
+    return {**ws.p4_env(), "PATH": path}
+
+
+def run_local(cmd: Command, ws: SeededWorkspace, path: str) -> float:
     t0 = time.perf_counter()
     done = subprocess.run(
         cmd.argv,
-        cwd=info["root"],
-        env={**os.environ, **p4_env(info, shim_dir)},
+        cwd=ws.root,
+        env={**os.environ, **p4_env(ws, path)},
         input=cmd.stdin or b"",
         capture_output=True,
     )
@@ -223,9 +210,9 @@ def run_local(cmd: Command, info: dict, shim_dir: Path) -> float:
 
 
 def ssh_runner(ssh: SshTarget) -> Runner:
-    def run(cmd: Command, info: dict, shim_dir: Path) -> float:
-        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in p4_env(info, shim_dir).items())
-        remote = f"cd {shlex.quote(info['root'])} && env {env} {shlex.join(cmd.argv)}"
+    def run(cmd: Command, ws: SeededWorkspace, path: str) -> float:
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in p4_env(ws, path).items())
+        remote = f"cd {shlex.quote(ws.root)} && env {env} {shlex.join(cmd.argv)}"
         t0 = time.perf_counter()
         done = subprocess.run(ssh.fresh() + [remote], input=cmd.stdin or b"", capture_output=True)
         seconds = time.perf_counter() - t0
@@ -244,8 +231,8 @@ def _same_exit(cmd: Command, done: subprocess.CompletedProcess, where: str) -> N
         )
 
 
-def replay(cmds: list[Command], info: dict, shim_dir: Path, runner: Runner) -> list[float]:
-    return [runner(c, info, shim_dir) for c in cmds]
+def replay(cmds: list[Command], ws: SeededWorkspace, path: str, runner: Runner) -> list[float]:
+    return [runner(c, ws, path) for c in cmds]
 
 
 # ---------------------------------------------------------------------------- report
@@ -253,36 +240,42 @@ def main() -> None:
     args = B.parser(__doc__).parse_args()
     print(B.machine())
     with B.workdir(args, "jobs") as tmp:
-        shim_dir = write_shim(tmp / "bin").parent
+        path = p4sim_path(tmp / "bin")
         names = [f"ws{i:03d}" for i in range(N_JOBS)]
         t0 = time.monotonic()
-        seeds = seed_all(tmp, ["warm", "lone", "replay-local", "replay-ssh"] + names)
+        seeds = {n: seed_workspace(tmp / "ws" / n, n) for n in ["warm", "lone", "replay-local", "replay-ssh", *names]}
         print(f"seeded {len(seeds)} p4sim servers in {time.monotonic() - t0:.1f}s")
-        bus_seeds = {n: seeds[n] for n in ["warm", "lone"] + names}
         per_agent = [names[i::N_AGENTS] for i in range(N_AGENTS)]
         per_agent[0] += ["warm", "lone"]
         agents = [
-            B.AgentSpec(f"agent-{i + 1}", {n: seeds[n]["root"] for n in ws}, [str(tmp / "ws")], ["p4"])
-            for i, ws in enumerate(per_agent)
+            # One root over every workspace (not one per workspace): the agent checks each
+            # command's cwd against its roots, and that check is part of what is measured.
+            B.AgentSpec(
+                f"agent-{i + 1}",
+                ["p4"],
+                {**agent_settings(seeds[n] for n in held), "workspace_roots": [str(tmp / "ws")]},
+            )
+            for i, held in enumerate(per_agent)
         ]
+        on_bus = orchestrator_settings(seeds[n] for n in ["warm", "lone", *names])
         with (
-            B.BusStack(tmp, agents, orchestrator_workspaces(bus_seeds), path_prefix=str(shim_dir)) as stack,
+            B.BusStack(tmp, agents, on_bus, path=path) as stack,
             OrchestratorClient([stack.endpoint("orchestrator_api")], timeout=30.0) as oc,
         ):
             watcher = JobWatcher(stack, oc)
             try:
-                lone_job(oc, watcher, "warm", seeds["warm"])
-                view, submitted, ended = lone_job(oc, watcher, "lone", seeds["lone"])
-                tp = many_jobs(oc, watcher, {n: seeds[n] for n in names}, stack.pid("orchestrator"))
+                lone_job(oc, watcher, seeds["warm"])
+                view, submitted, ended = lone_job(oc, watcher, seeds["lone"])
+                tp = many_jobs(oc, watcher, [seeds[n] for n in names], stack.pid("orchestrator"))
             finally:
                 watcher.close()
             cmds = job_commands(view, tmp / "state" / "spool")
         rows, tail = gaps(view, cmds, watcher.done_ts, submitted, ended)
         report_lone(view, rows, tail)
         report_throughput(tp)
-        local = replay(cmds, seeds["replay-local"], shim_dir, run_local)
+        local = replay(cmds, seeds["replay-local"], path, run_local)
         with B.ssh_baseline(args) as ssh:
-            remote = replay(cmds, seeds["replay-ssh"], shim_dir, ssh_runner(ssh)) if ssh else None
+            remote = replay(cmds, seeds["replay-ssh"], path, ssh_runner(ssh)) if ssh else None
         report_replay(rows, submitted, ended, local, remote)
 
 
@@ -338,13 +331,15 @@ def report_throughput(tp: Throughput) -> None:
 
 
 def report_replay(
-    rows: list[Gap], submitted: float, ended: float, local: list[float], remote: list[float] | None
+    stages: list[Gap], submitted: float, ended: float, local: list[float], remote: list[float] | None
 ) -> None:
-    n = len(rows)
+    n = len(stages)
     wall = (ended - submitted) * 1000
-    bus = wall - sum(g.p4_ms for g in rows)
+    bus = wall - sum(g.p4_ms for g in stages)
     p4_local = sum(local) * 1000
-    rows = [("p4bus (one job alone)", n, wall, wall - bus, bus, bus / n)]
+    rows: list[tuple[str, int, float, float, float, float]] = [
+        ("p4bus (one job alone)", n, wall, wall - bus, bus, bus / n)
+    ]
     if remote is not None:
         ssh_wall = sum(remote) * 1000
         rows.append(

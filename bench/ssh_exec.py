@@ -9,8 +9,6 @@ connection per command, and through a ControlMaster connection.
 
 from __future__ import annotations
 
-import json
-
 from bench import common as B
 from bench.dispatch import ExecDone, bench_ssh
 from common.rpc import MasterClient
@@ -27,10 +25,10 @@ def main() -> None:
     with B.ssh_baseline(args) as ssh, B.workdir(args, "ssh-exec") as tmp:
         if ssh is None:
             return  # the reason was printed: without sshd there is no SSH executor to measure
-        via_ssh = {"P4BUS_AGENT_EXEC_VIA": ssh.url(), "P4BUS_AGENT_SSH_OPTIONS": json.dumps(ssh.options())}
+        roots = {"workspace_roots": [str(tmp)]}
         agents = [
-            B.AgentSpec("local", {}, [str(tmp)], ["true"]),
-            B.AgentSpec("via-ssh", {}, [str(tmp)], ["true"], env=via_ssh),
+            B.AgentSpec("local", ["true"], roots),
+            B.AgentSpec("via-ssh", ["true"], {**roots, "exec_via": ssh.url(), "ssh_options": ssh.options()}),
         ]
         with B.BusStack(tmp, agents) as stack, MasterClient([stack.endpoint("master_clients")]) as mc:
             paths = [ExecDone(mc, stack.endpoint("broker_xpub"), agent=a.id) for a in agents]

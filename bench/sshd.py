@@ -15,6 +15,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from common.ssh import option_args
 from common.zmqutil import free_port
@@ -169,7 +170,7 @@ class Sshd:
         ready = threading.Event()
         lines: list[str] = []
 
-        def drain(stream) -> None:
+        def drain(stream: IO[bytes]) -> None:
             for raw in stream:
                 if not ready.is_set():
                     lines.append(raw.decode(errors="replace").strip())

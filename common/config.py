@@ -44,11 +44,6 @@ DEFAULT_ENV_ALLOWLIST = (
     "P4CHARSET",
     "P4TRUST",
     "PWD",
-    "P4SIM_FAULT",
-    "P4SIM_FAULT_COUNT",
-    "P4SIM_FAULT_STATE",
-    "P4SIM_DELAY_PER_FILE",
-    "P4SIM_DIE_AFTER_LINES",
     "LANG",
     "LC_ALL",
     "TZ",
@@ -214,41 +209,65 @@ def env_overrides(environ: Mapping[str, str]) -> dict:
     return out
 
 
-def _merge(base: dict, over: dict) -> dict:
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``, table by table; neither is changed.
+
+    An agent's ``labels`` are replaced whole, not merged: a layer that names the labels
+    names all of them, so a label set in the file can be taken away by the environment.
+    """
     out = dict(base)
     for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "labels":
-            out[k] = _merge(out[k], v)
+        old = out.get(k)
+        if isinstance(v, Mapping) and isinstance(old, Mapping) and k != "labels":
+            out[k] = deep_merge(old, v)
         else:
             out[k] = v
     return out
 
 
-def load(
+def _config_path(path: str | os.PathLike | None, environ: Mapping[str, str]) -> Path | None:
+    chosen = path or environ.get(CONFIG_ENV) or None
+    return Path(chosen).expanduser() if chosen else None
+
+
+def read_tree(
     path: str | os.PathLike | None = None,
-    overrides: dict | None = None,
+    overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
-) -> Config:
-    """Build the effective configuration; raise ConfigError naming the file/variable at fault."""
+) -> dict[str, Any]:
+    """The layered settings before validation: TOML file < P4BUS_* environment < overrides."""
     environ = os.environ if environ is None else environ
-    path = path or environ.get(CONFIG_ENV) or None
-    tree: dict = {}
-    source = "defaults"
-    if path:
-        p = Path(path).expanduser()
-        source = str(p)
+    p = _config_path(path, environ)
+    tree: dict[str, Any] = {}
+    if p is not None:
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist (set --config or {CONFIG_ENV} to an existing TOML file)")
         try:
             tree = tomllib.loads(p.read_text())
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
-    tree = _merge(tree, env_overrides(environ))
-    tree = _merge(tree, {k: v for k, v in (overrides or {}).items() if v is not None})
+    tree = deep_merge(tree, env_overrides(environ))
+    return deep_merge(tree, {k: v for k, v in (overrides or {}).items() if v is not None})
+
+
+def from_tree(tree: Mapping[str, Any], source: str = "settings") -> Config:
+    """Validate a settings tree; ``source`` names where it came from in the error."""
     try:
         return msgspec.convert(tree, Config, strict=False)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"invalid configuration ({source} + environment + flags): {exc}") from None
+        raise ConfigError(f"invalid configuration ({source}): {exc}") from None
+
+
+def load(
+    path: str | os.PathLike | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the effective configuration; raise ConfigError naming the file/variable at fault."""
+    environ = os.environ if environ is None else environ
+    p = _config_path(path, environ)
+    tree = read_tree(p, overrides, environ)
+    return from_tree(tree, f"{p or 'defaults'} + environment + flags")
 
 
 def flag_overrides(**flags: Any) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -13,28 +14,32 @@ from common import logs
 class Ctx:
     """What every command gets: the loaded configuration (lazily, so --help needs none)."""
 
-    def __init__(self, config_path: str | None, overrides: dict) -> None:
+    def __init__(self, config_path: str | None, overrides: dict[str, Any]) -> None:
         self.config_path = config_path
         self.overrides = overrides
         self._cfg: cfgmod.Config | None = None
 
-    def cfg(self, **more) -> cfgmod.Config:
+    def cfg(self, **more: Any) -> cfgmod.Config:
         if self._cfg is None or more:
-            self._cfg = cfgmod.load(self.config_path, _merge(self.overrides, cfgmod.flag_overrides(**more)))
+            self._cfg = cfgmod.load(self.config_path, self._with(more))
         return self._cfg
 
+    def tree(self, **more: Any) -> dict[str, Any]:
+        """The layered settings behind cfg(**more), unvalidated (for writing them to a file)."""
+        return cfgmod.read_tree(self.config_path, self._with(more))
 
-def _merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+    def use(self, cfg: cfgmod.Config) -> None:
+        """Point the commands that follow at this configuration (a stack the command started)."""
+        self._cfg = cfg
+
+    def _with(self, more: dict[str, Any]) -> dict[str, Any]:
+        return cfgmod.deep_merge(self.overrides, cfgmod.flag_overrides(**more))
 
 
 class P4busGroup(click.Group):
     """Turns expected failures into one precise line and a non-zero exit, never a traceback."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except cfgmod.ConfigError as exc:

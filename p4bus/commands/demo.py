@@ -7,7 +7,6 @@ through. Everything runs on loopback and is removed afterwards.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -19,18 +18,12 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from common import config as cfgmod
 from common.rpc import OrchestratorClient
 from common.zmqutil import free_port_base
 from p4bus.cli import Ctx, UserError
 from p4bus.commands.jobs import follow
-from p4bus.localstack import LocalStack, StackError
-from p4sim.seed import seed
-from p4sim.tools import write_shim
-
-
-def _workspace_conf(info: dict) -> dict:
-    return {"p4port": info["P4PORT"], "p4user": info["P4USER"], "p4client": info["P4CLIENT"], "root": info["root"]}
+from p4bus.harness.stack import SERVICES, Stack, StackError
+from p4bus.harness.workspaces import agent_settings, orchestrator_settings, p4sim_path, seed_workspace
 
 
 @click.command()
@@ -43,25 +36,25 @@ def demo(obj: Ctx, keep: bool) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="p4bus-demo-"))
     console.rule("[bold]p4bus demo")
     console.print(f"working in {tmp}")
-    seeds = {name: seed(tmp / name, name) for name in ("conflict", "clean")}
-    bin_dir = tmp / "bin"
-    write_shim(bin_dir)
-    path = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = {
-        "PATH": path,
-        "P4BUS_AGENT_WORKSPACES": json.dumps({n: s["root"] for n, s in seeds.items()}),
-        "P4BUS_AGENT_WORKSPACE_ROOTS": ",".join(str(tmp / n) for n in seeds),
-        "P4BUS_ORCHESTRATOR_WORKSPACES": json.dumps({n: _workspace_conf(s) for n, s in seeds.items()}),
+    seeds = {name: seed_workspace(tmp / name, name, scenario=name) for name in ("conflict", "clean")}
+    path = p4sim_path(tmp / "bin")
+    tree = {
+        "state_dir": str(tmp / "state"),
+        "port_base": free_port_base(6),
+        "agent": agent_settings(seeds.values()),
+        "orchestrator": {"workspaces": orchestrator_settings(seeds.values())},
     }
-    cfg = cfgmod.load(None, {"state_dir": str(tmp / "state"), "port_base": free_port_base(6)}, environ={})
-    obj._cfg = cfg  # the job commands below talk to this stack
-    stack = LocalStack(cfg, None, env=env, log_dir=tmp / "logs")
+    stack = Stack(tree, tmp, log_dir=tmp / "logs", env={"PATH": path})
+    obj.use(stack.config())  # the job commands below talk to this stack
     summary = []
     try:
         console.print("starting broker, master, orchestrator and an agent on loopback ...")
-        stack.start()
-        with OrchestratorClient([cfg.endpoint("orchestrator_api")]) as oc:
-            info = seeds["conflict"]
+        for service in SERVICES:
+            stack.start(service)
+        stack.wait_ready(agents=1)
+        with OrchestratorClient([stack.endpoint("orchestrator_api")]) as oc:
+            ws = seeds["conflict"]
+            info = ws.facts
             console.rule("1. an integration with a real conflict")
             job = oc.submit(
                 workspace="conflict", source=info["source"], target=info["target"], desc="demo: integrate dev to main"
@@ -72,23 +65,16 @@ def demo(obj: Ctx, keep: bool) -> None:
                 raise UserError(f"expected the job to wait for a resolve, it is {view.state}: {view.reason}")
             console.rule("a person resolves it in the workspace")
             argv = ["p4", "resolve", "-at"]
-            console.print(f"$ cd {info['root']} && {' '.join(argv)}")
-            p4env = {
-                **os.environ,
-                "PATH": path,
-                "P4PORT": info["P4PORT"],
-                "P4USER": info["P4USER"],
-                "P4CLIENT": info["P4CLIENT"],
-                "PWD": info["root"],
-            }
-            done = subprocess.run(argv, cwd=info["root"], env=p4env, capture_output=True, text=True)
+            console.print(f"$ cd {ws.root} && {' '.join(argv)}")
+            p4env = {**os.environ, "PATH": path, **ws.p4_env()}
+            done = subprocess.run(argv, cwd=ws.root, env=p4env, capture_output=True, text=True)
             sys.stdout.write(done.stdout + done.stderr)
             console.print(f"$ p4bus resume {job.job_id}")
             oc.resume(job.job_id)
             view = follow(obj, job.job_id)
             summary.append(view)
             console.rule("2. a clean integration goes straight through")
-            info = seeds["clean"]
+            info = seeds["clean"].facts
             job2 = oc.submit(workspace="clean", source=info["source"], target=info["target"], desc="demo: clean")
             console.print(f"submitted [bold]{job2.job_id}[/]")
             summary.append(follow(obj, job2.job_id))

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from common.config import PORT_OFFSETS, AgentConf
+from common.config import PORT_OFFSETS, AgentConf, deep_merge
 from p4bus.cli import Ctx, UserError
-from p4bus.localstack import LocalStack, StackError
+from p4bus.harness.stack import SERVICES, Stack, StackError
 
 
 @click.command()
@@ -21,20 +21,22 @@ from p4bus.localstack import LocalStack, StackError
 def up(obj: Ctx, state_dir: str | None, up_port_base: int | None, workspace_root: tuple[str, ...]) -> None:
     """Start every service on loopback; Ctrl-C stops them cleanly."""
     cfg = obj.cfg(state_dir=state_dir, port_base=up_port_base)
-    env: dict[str, str] = {}
     roots = list(workspace_root) or cfg.agent.workspace_roots or [str(cfg.state_path / "work")]
     for r in roots:
         Path(r).mkdir(parents=True, exist_ok=True)
-    env["P4BUS_AGENT_WORKSPACE_ROOTS"] = ",".join(roots)
+    agent: dict[str, object] = {"workspace_roots": roots}
     if cfg.agent.allowed_executables == AgentConf().allowed_executables:
         # A development stack on one's own machine: any executable, as `p4bus run` promises.
-        env["P4BUS_AGENT_ALLOWED_EXECUTABLES"] = "*"
-    stack = LocalStack(cfg, obj.config_path, env=env, log_dir=cfg.state_path / "logs")
+        agent["allowed_executables"] = ["*"]
+    tree = deep_merge(obj.tree(state_dir=state_dir, port_base=up_port_base), {"agent": agent})
+    stack = Stack(tree, cfg.state_path, log_dir=cfg.state_path / "logs", config_prefix="up")
     stop: list[int] = []
     signal.signal(signal.SIGINT, lambda *_: stop.append(1))
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     try:
-        stack.start()
+        for service in SERVICES:
+            stack.start(service)
+        stack.wait_ready(agents=1)
         click.echo("p4bus is up:")
         for name in PORT_OFFSETS:
             click.echo(f"  {name:16} {cfg.endpoint(name)}")

@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Collection
+from typing import Any
 
 import pytest
 
 from common import protocol as P
+from common.config import DEFAULT_ENV_ALLOWLIST
 from common.rpc import MasterClient, OrchestratorClient, RequestError
-from p4sim.seed import seed
+from p4bus.harness.stack import ServiceProc
+from p4bus.harness.workspaces import (
+    P4SIM_FAULT_ENV,
+    SeededWorkspace,
+    agent_settings,
+    search_path,
+    seed_workspace,
+)
 from p4sim.tools import write_shim
 from tests.conftest import Stack, wait_for
 
 TERMINAL = ("DONE", "NOTHING_TO_DO", "FAILED", "CANCELLED")
+CORE = ("broker", "master", "orchestrator")
 
 
 class JobStack:
@@ -29,55 +41,51 @@ class JobStack:
         wrapper = self.bin / "p4"
         wrapper.write_text(f'#!/bin/sh\necho "$P4PORT $*" >> {self.exec_log}\nexec {real} "$@"\n')
         wrapper.chmod(0o755)
-        self.env = {"PATH": f"{self.bin}{os.pathsep}{os.environ['PATH']}"}
-        self.seeds: dict[str, dict] = {}
-        self.procs: dict[str, object] = {}
-        self.agent_workspaces: dict[str, list[str]] = {}
+        self.env = {"PATH": search_path(self.bin)}
+        stack.env.update(self.env)
+        self.workspaces: dict[str, SeededWorkspace] = {}
+        self.procs: dict[str, ServiceProc] = {}
         stack.tree["orchestrator"] = {"workspaces": {}, "reconcile_after_s": 1.0, "lost_after_s": 2.0}
         # Whole jobs load both cores: heartbeats a little slower than the unit-level 0.2 s.
         stack.tree["master"]["heartbeat_s"] = 0.5
-        stack.tree["agent"]["heartbeat_s"] = 0.5
-        stack.tree["agent"]["allowed_executables"] = ["p4", "sh", "sleep"]
+        agent = stack.tree["agent"]
+        agent["heartbeat_s"] = 0.5
+        agent["allowed_executables"] = ["p4", "sh", "sleep"]
+        # Fault injection reaches p4sim only through the agent's allowlist: a test setting.
+        agent["env_allowlist"] = [*DEFAULT_ENV_ALLOWLIST, *P4SIM_FAULT_ENV]
 
-    def workspace(self, name: str, scenario: str = "clean", password: str | None = None, **extra) -> dict:
-        info = seed(self.tmp / name, scenario, password=password)
-        self.seeds[name] = info
-        self.stack.tree["orchestrator"]["workspaces"][name] = {
-            "p4port": info["P4PORT"],
-            "p4user": info["P4USER"],
-            "p4client": info["P4CLIENT"],
-            "root": info["root"],
-            **extra,
-        }
-        return info
+    @property
+    def seeds(self) -> dict[str, dict]:
+        """Workspace name -> p4sim's facts (P4PORT, root, source, target, ...)."""
+        return {n: w.facts for n, w in self.workspaces.items()}
+
+    def workspace(self, name: str, scenario: str = "clean", password: str | None = None, **extra: Any) -> dict:
+        ws = seed_workspace(self.tmp / name, name, scenario, password, **extra)
+        self.workspaces[name] = ws
+        self.stack.tree["orchestrator"]["workspaces"][name] = ws.conf
+        return ws.facts
 
     def start(self, *services: str, agents: dict[str, list[str]] | None = None) -> None:
         """Start services; agents: agent id -> the workspaces it serves (default: one agent, all)."""
-        for svc in services or ("broker", "master", "orchestrator"):
-            self.procs[svc] = self.stack.start(svc, env=self.env)
-        for agent_id, names in (agents or {"agent-1": list(self.seeds)}).items():
+        for svc in services or CORE:
+            self.procs[svc] = self.stack.start(svc)
+        agents = agents or {"agent-1": list(self.workspaces)}
+        for agent_id, names in agents.items():
             self.start_agent(agent_id, names)
-        self.wait_ready(len(agents or {"a": 1}))
+        self.wait_ready(len(agents))
 
-    def start_agent(self, agent_id: str, names: list[str], extra_env: dict | None = None):
-        self.agent_workspaces[agent_id] = names
-        extra = {
-            "agent": {
-                "id": agent_id,
-                "workspaces": {n: self.seeds[n]["root"] for n in names},
-                "workspace_roots": [str(self.tmp / n) for n in names],
-                "spool_dir": str(self.tmp / "spool" / agent_id),
-            }
+    def start_agent(self, agent_id: str, names: list[str], extra_env: dict | None = None) -> ServiceProc:
+        settings = {
+            "id": agent_id,
+            **agent_settings(self.workspaces[n] for n in names),
+            "spool_dir": str(self.tmp / "spool" / agent_id),
         }
-        p = self.stack.start("agent", extra=extra, env={**self.env, **(extra_env or {})})
+        p = self.stack.start("agent", name=agent_id, extra={"agent": settings}, env=extra_env)
         self.procs[agent_id] = p
         return p
 
     def wait_ready(self, n_agents: int) -> None:
-        with MasterClient([self.stack.endpoint("master_clients")], timeout=0.5) as mc:
-            wait_for(lambda: _try(lambda: len(mc.agents()) >= n_agents), 20, "agents to register")
-        with self.orch() as oc:
-            wait_for(lambda: _try(lambda: oc.ping(0.5)), 20, "orchestrator to answer")
+        self.stack.wait_ready(agents=n_agents)
 
     def orch(self) -> OrchestratorClient:
         return OrchestratorClient([self.stack.endpoint("orchestrator_api")], timeout=5.0)
@@ -85,15 +93,15 @@ class JobStack:
     def masters(self) -> MasterClient:
         return MasterClient([self.stack.endpoint("master_clients")], timeout=5.0)
 
-    def submit(self, name: str, **kw) -> str:
+    def submit(self, name: str, **kw: Any) -> str:
         info = self.seeds[name]
         with self.orch() as oc:
             return oc.submit(workspace=name, source=info["source"], target=info["target"], **kw).job_id
 
-    def wait_state(self, job_id: str, states=TERMINAL, timeout: float = 60.0) -> P.JobView:
+    def wait_state(self, job_id: str, states: Collection[str] = TERMINAL, timeout: float = 60.0) -> P.JobView:
         with self.orch() as oc:
 
-            def reached():
+            def reached() -> P.JobView | None:
                 try:
                     v = oc.job(job_id)
                 except RequestError:
@@ -104,18 +112,9 @@ class JobStack:
 
     def p4(self, name: str, *args: str) -> str:
         """Run p4sim as a person would in the workspace; returns stdout."""
-        import subprocess
-
-        info = self.seeds[name]
-        env = {
-            **os.environ,
-            **self.env,
-            "P4PORT": info["P4PORT"],
-            "P4USER": info["P4USER"],
-            "P4CLIENT": info["P4CLIENT"],
-            "PWD": info["root"],
-        }
-        done = subprocess.run(["p4", *args], cwd=info["root"], env=env, capture_output=True, text=True, timeout=30)
+        ws = self.workspaces[name]
+        env = {**os.environ, **self.env, **ws.p4_env()}
+        done = subprocess.run(["p4", *args], cwd=ws.root, env=env, capture_output=True, text=True, timeout=30)
         return done.stdout + done.stderr
 
     def executions(self, name: str) -> list[str]:
@@ -125,30 +124,16 @@ class JobStack:
             return []
         return [line[len(port) + 1 :] for line in self.exec_log.read_text().splitlines() if line.startswith(port + " ")]
 
-    def restart(self, name: str, extra: dict | None = None):
+    def restart(self, name: str, extra: dict | None = None) -> ServiceProc:
         """SIGKILL a service (or agent id) and start it again with the same settings."""
-        import signal
-
-        p = self.procs[name]
-        os.killpg(p.pid, signal.SIGKILL)
-        p.wait(10)
-        return self.kill_and_start(name, extra)
-
-    def kill_and_start(self, name: str, extra: dict | None = None):
-        if name in ("broker", "master", "orchestrator"):
-            self.procs[name] = self.stack.start(name, env=self.env, extra=extra)
-        else:
-            self.start_agent(name, self.agent_workspaces[name])
+        self.procs[name] = self.stack.restart(name, extra)
         return self.procs[name]
 
-
-def _try(fn) -> bool:
-    try:
-        return bool(fn())
-    except RequestError:
-        return False
+    def kill_and_start(self, name: str, extra: dict | None = None) -> ServiceProc:
+        """Start a service (or agent id) again after the test killed it; as restart()."""
+        return self.restart(name, extra)
 
 
 @pytest.fixture
-def jobs(stack) -> JobStack:
+def jobs(stack: Stack) -> JobStack:
     return JobStack(stack)

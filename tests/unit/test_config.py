@@ -69,3 +69,29 @@ def test_shipped_example_configs_load(name):
     cfg = C.load(Path(__file__).parents[2] / "ops" / "examples" / name, environ={})
     assert cfg.agent.id or cfg.orchestrator.workspaces
     assert validate_site(msgspec.convert(cfg.orchestrator.site, SiteConfig, strict=False)) == []
+
+
+def test_production_allowlist_has_no_simulator_knobs():
+    # p4sim's fault injection is added by the stacks that test failures (agent.env_allowlist).
+    assert not [name for name in C.DEFAULT_ENV_ALLOWLIST if name.startswith("P4SIM_")]
+    assert not [name for name in C.AgentConf().env_allowlist if name.startswith("P4SIM_")]
+
+
+def test_deep_merge_merges_tables_and_replaces_labels_whole():
+    base = {"agent": {"slots": 2, "labels": {"os": "linux", "gpu": "yes"}, "workspaces": {"a": "/a"}}, "x": 1}
+    over = {"agent": {"labels": {"os": "mac"}, "workspaces": {"b": "/b"}}, "x": {"y": 2}}
+    merged = C.deep_merge(base, over)
+    assert merged == {
+        "agent": {"slots": 2, "labels": {"os": "mac"}, "workspaces": {"a": "/a", "b": "/b"}},
+        "x": {"y": 2},
+    }
+    assert base["agent"]["workspaces"] == {"a": "/a"}  # neither input is changed
+
+
+def test_read_tree_layers_before_validation(tmp_path):
+    f = _write(tmp_path, "[agent]\nslots = 2\n")
+    tree = C.read_tree(f, overrides={"port_base": 7000, "log_level": None}, environ={"P4BUS_AGENT_ID": "a"})
+    assert tree == {"agent": {"slots": 2, "id": "a"}, "port_base": 7000}
+    assert C.from_tree(tree).agent.id == "a"
+    with pytest.raises(C.ConfigError, match=r"agent\.slots"):
+        C.from_tree({"agent": {"slots": "many"}})

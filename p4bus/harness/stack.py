@@ -1,0 +1,246 @@
+"""The services of one p4bus as child processes, all configured from one settings tree.
+
+Every start writes the tree (plus that start's extra settings) as a TOML file and runs
+``python -m p4bus --config FILE SERVICE`` with its output in a log file. P4BUS_* variables of
+this process are not passed on: what the file says is what the service runs with.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import tomli_w
+
+from common import config as cfgmod
+from common.rpc import MasterClient, OrchestratorClient, RequestError
+
+SERVICES = ("broker", "master", "orchestrator", "agent")
+START_TIMEOUT_S = 20.0
+# A readiness question costs one request; a quicker poll only loads the two cores others share.
+POLL_S = 0.05
+# Per request while waiting: a service that is not up yet simply does not answer.
+ASK_TIMEOUT_S = 0.5
+
+T = TypeVar("T")
+
+
+class StackError(RuntimeError):
+    """A service exited, or the stack did not become ready; the message says where the logs are."""
+
+
+def wait_for(pred: Callable[[], T | None], timeout: float = 10.0, what: str = "condition", interval: float = 0.02) -> T:
+    """Poll a predicate that asks a real owner (a socket, a file, a process); return its first truthy value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise StackError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How a service was started, so that it can be started again the same way."""
+
+    service: str
+    name: str  # unique within the stack (an agent's id when there are several); names the log file
+    args: tuple[str, ...] = ()
+    extra: Mapping[str, Any] = field(default_factory=dict)  # settings over the stack's tree
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+class ServiceProc(subprocess.Popen[bytes]):
+    """A running service with how it was started and where its output goes."""
+
+    def __init__(self, launch: Launch, argv: list[str], log_path: Path, env: dict[str, str], cwd: Path | None) -> None:
+        self.launch = launch
+        self.service = launch.service
+        self.name = launch.name
+        self.log_path = log_path
+        self.stopped = False  # stopped on purpose, so not a failure
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        # The child gets its own copy of the descriptor; ours closes with the block.
+        with open(log_path, "ab") as log:
+            super().__init__(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=cwd,
+                # Its own process group, so a kill reaches the service and nothing of ours.
+                start_new_session=True,
+            )
+
+    def signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+class Stack:
+    """Services started from ``tree`` (change it between starts to start the next one differently)."""
+
+    def __init__(
+        self,
+        tree: dict[str, Any],
+        config_dir: Path,
+        *,
+        log_dir: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        config_prefix: str = "p4bus",
+    ) -> None:
+        self.tree = tree
+        self.config_dir = config_dir
+        self.log_dir = log_dir or config_dir
+        self.env = dict(env or {})  # over this process's environment, for every service
+        self.cwd = cwd
+        self.procs: list[ServiceProc] = []
+        self._prefix = config_prefix
+        self._files = 0
+        self._last_file: tuple[dict[str, Any], Path] | None = None
+
+    # ------------------------------------------------------------------ settings
+    def settings(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        return cfgmod.deep_merge(self.tree, extra or {})
+
+    def config(self, extra: Mapping[str, Any] | None = None) -> cfgmod.Config:
+        return cfgmod.from_tree(self.settings(extra), "the stack's settings")
+
+    def endpoint(self, name: str) -> str:
+        return self.config().endpoint(name)
+
+    def config_file(self, extra: Mapping[str, Any] | None = None) -> Path:
+        """The settings (plus ``extra``) as a TOML file; a new file only when they changed."""
+        tree = self.settings(extra)
+        if self._last_file is not None and self._last_file[0] == tree:
+            return self._last_file[1]
+        self._files += 1
+        self.config_dir.mkdir(parents=True, exist_ok=True)
+        path = self.config_dir / f"{self._prefix}-{self._files}.toml"
+        path.write_text(tomli_w.dumps(tree))
+        # A copy: the caller may change nested tables of the tree in place before the next start.
+        self._last_file = (copy.deepcopy(tree), path)
+        return path
+
+    # ------------------------------------------------------------------ processes
+    def start(
+        self,
+        service: str,
+        *args: str,
+        name: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> ServiceProc:
+        """Start ``p4bus --config FILE SERVICE ARGS``; ``env`` goes over the stack's own."""
+        return self._spawn(Launch(service, name or service, args, dict(extra or {}), dict(env or {})))
+
+    def _spawn(self, launch: Launch) -> ServiceProc:
+        config = self.config_file(launch.extra)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(cfgmod.ENV_PREFIX)}
+        env.update(self.env)
+        env.update(launch.env)
+        argv = [sys.executable, "-m", "p4bus", "--config", str(config), launch.service, *launch.args]
+        earlier = sum(1 for p in self.procs if p.name == launch.name)
+        log = self.log_dir / (f"{launch.name}.log" if not earlier else f"{launch.name}-{earlier + 1}.log")
+        proc = ServiceProc(launch, argv, log, env, self.cwd)
+        self.procs.append(proc)
+        return proc
+
+    def proc(self, name: str) -> ServiceProc:
+        """The most recent process started under ``name``."""
+        for p in reversed(self.procs):
+            if p.name == name:
+                return p
+        raise KeyError(f"no service named {name!r} was started")
+
+    def current(self) -> dict[str, ServiceProc]:
+        """The most recent process of every name."""
+        return {p.name: p for p in self.procs}
+
+    def check_alive(self) -> None:
+        """Raise StackError if a current service exited without being stopped."""
+        for name, p in self.current().items():
+            if not p.stopped and p.poll() is not None:
+                raise StackError(f"{name} exited with code {p.returncode} (see {p.log_path})")
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a service's process group and reap it."""
+        p = self.proc(name)
+        p.stopped = True
+        p.signal_group(signal.SIGKILL)
+        p.wait(10)
+
+    def restart(self, name: str, extra: Mapping[str, Any] | None = None) -> ServiceProc:
+        """SIGKILL a service if it runs, then start it as before (``extra`` replaces its extra
+        settings if given) from the tree as it is now."""
+        launch = self.proc(name).launch
+        self.kill(name)
+        return self._spawn(launch if extra is None else replace(launch, extra=dict(extra)))
+
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM every running service, SIGKILL what still runs after ``grace`` s (0: SIGKILL at once)."""
+        running = [p for p in self.procs if p.poll() is None]
+        for p in running:
+            p.stopped = True
+            p.signal_group(signal.SIGTERM if grace > 0 else signal.SIGKILL)
+        deadline = time.monotonic() + grace
+        for p in running:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.signal_group(signal.SIGKILL)
+                p.wait()
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ readiness
+    def wait_ready(self, agents: int = 0, ids: Collection[str] = (), timeout: float = START_TIMEOUT_S) -> None:
+        """Until the master lists at least ``agents`` live agents, ``ids`` among them, and a
+        started orchestrator answers a ping. A service that exits meanwhile fails at once."""
+        deadline = time.monotonic() + timeout
+        want = set(ids)
+        with MasterClient([self.endpoint("master_clients")], timeout=ASK_TIMEOUT_S) as mc:
+
+            def listed() -> bool:
+                infos = _answer(mc.agents)
+                if infos is None:
+                    return False
+                alive = {a.agent_id for a in infos if a.alive}
+                return len(alive) >= agents and want <= alive
+
+            self._until(listed, deadline, "the master to list the agents")
+        if "orchestrator" in self.current():
+            with OrchestratorClient([self.endpoint("orchestrator_api")], timeout=ASK_TIMEOUT_S) as oc:
+                self._until(lambda: _answer(oc.ping) is not None, deadline, "the orchestrator to answer")
+
+    def _until(self, pred: Callable[[], bool], deadline: float, what: str) -> None:
+        def alive_and() -> bool:
+            self.check_alive()
+            return pred()
+
+        wait_for(alive_and, max(0.0, deadline - time.monotonic()), f"{what} (logs in {self.log_dir})", POLL_S)
+
+
+def _answer(ask: Callable[[], T]) -> T | None:
+    try:
+        return ask()
+    except RequestError:
+        return None
