@@ -23,7 +23,6 @@ _VALUE_OPTIONS = {
     "d": "cwd",
     "x": "xfile",
     "H": "host",
-    "C": "charset",
 }
 
 
@@ -93,7 +92,13 @@ def _run_command(name: str, args: list[str], values: dict[str, str], env, out: O
     from p4sim.context import Context, Settings
 
     settings = Settings.resolve(
-        env, values.get("port"), values.get("user"), values.get("client"), values.get("password"), values.get("cwd")
+        env,
+        values.get("port"),
+        values.get("user"),
+        values.get("client"),
+        values.get("password"),
+        values.get("cwd"),
+        values.get("host"),
     )
     root = settings.server_root
     if root is None or connection_fault(env, {"refused"}):

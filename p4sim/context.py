@@ -35,6 +35,7 @@ class Settings:
         client: str | None = None,
         password: str | None = None,
         cwd: str | None = None,
+        host: str | None = None,
     ) -> Settings:
         """Command-line flags beat P4CONFIG files, which beat the environment (as in p4)."""
         cwd = cwd or env.get("PWD") or os.getcwd()
@@ -43,7 +44,7 @@ class Settings:
         values = {k: env[k] for k in ("P4PORT", "P4USER", "P4CLIENT", "P4PASSWD", "P4TICKETS") if k in env}
         if env.get("P4CONFIG"):
             values.update(_read_p4config(cwd, env["P4CONFIG"]))
-        host = os.uname().nodename
+        host = host or os.uname().nodename
         return cls(
             port=port or values.get("P4PORT") or "perforce:1666",
             user=user or values.get("P4USER") or env.get("USER") or env.get("LOGNAME") or "user",

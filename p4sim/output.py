@@ -91,7 +91,9 @@ class Output:
             )
             return self._write(sys.stdout, "\n".join(f"{tag}: {line}" for line in e.text.split("\n")))
         stream = sys.stderr if e.kind in (WARNING, ERROR) else sys.stdout
-        self._write(stream, e.text)
+        # The p4 client, not the server, marks a level-N info line with N `... ` prefixes, and
+        # only in plain output: -s says `infoN:` instead and -G carries the level as a field.
+        self._write(stream, "... " * e.level + e.text)
 
     def _marshal_dict(self, e: Entry) -> dict[bytes, object]:
         if e.kind == RECORD and e.fields is not None:

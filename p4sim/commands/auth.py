@@ -79,6 +79,6 @@ def login(ctx, opts, args) -> None:
 
 
 COMMANDS = {
-    "info": Command("info", info, "info [ -s ]", flags="s", max_args=0, needs_auth=False),
-    "login": Command("login", login, "login [ -a -p -s ] [ user ]", flags="a p s", max_args=1, needs_auth=False),
+    "info": Command("info", info, "info", max_args=0, needs_auth=False),
+    "login": Command("login", login, "login [ -p -s ] [ user ]", flags="p s", max_args=1, needs_auth=False),
 }

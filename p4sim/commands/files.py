@@ -37,7 +37,8 @@ def add(ctx, opts, args) -> None:
         if head and head["action"] != "delete":
             ctx.out.warning(msg.CANT_ADD_EXISTING.format(depot=depot))
             continue
-        _open(ctx, depot, "add", change, 0)
+        if not opts.get("n"):  # -n previews: the same lines, nothing opened
+            _open(ctx, depot, "add", change, 0)
         ctx.out.record(
             {
                 "depotFile": depot,
@@ -51,7 +52,8 @@ def add(ctx, opts, args) -> None:
 
 
 def _open_synced(ctx, opts, args, action: str) -> None:
-    """edit and delete: open files the workspace has, at the revision it has."""
+    """edit and delete: open files the workspace has, at the revision it has (-n previews;
+    -k leaves the workspace file as it is)."""
     ws, change, client = ctx.workspace, ctx.pending_change(opts.get("c")), ctx.settings.client
     have = ctx.store.have(client)
     for fa in file_args(ctx, args):
@@ -66,11 +68,13 @@ def _open_synced(ctx, opts, args, action: str) -> None:
                 )
                 continue
             rev, local = have[depot], ws.depot_to_local(depot)
-            _open(ctx, depot, action, change, rev)
-            if action == "delete":
-                remove_file(local)
-            else:
-                set_writable(local, True)
+            if not opts.get("n"):
+                _open(ctx, depot, action, change, rev)
+            if not (opts.get("n") or opts.get("k")):
+                if action == "delete":
+                    remove_file(local)
+                else:
+                    set_writable(local, True)
             ctx.out.record(
                 {"depotFile": depot, "clientFile": local, "workRev": rev, "action": action, "type": FILE_TYPE},
                 msg.OPENED_FOR.format(depot=depot, rev=rev, action=action),
@@ -94,7 +98,7 @@ def revert(ctx, opts, args) -> None:
         depot, action = row["file"], row["action"]
         local = ws.depot_to_local(depot)
         new_file = action in ("add", "branch")
-        if not opts.get("k") and local:
+        if not (opts.get("k") or opts.get("n")) and local:
             # An abandoned add keeps the user's file; everything else returns to the have revision.
             if action == "branch":
                 remove_file(local)
@@ -111,7 +115,8 @@ def revert(ctx, opts, args) -> None:
             },
             template.format(depot=depot, rev=display_rev(row["rev"]), action=action),
         )
-    ctx.store.close_files(client, [r["file"] for r in rows])
+    if not opts.get("n"):  # -n previews: the same lines, nothing reverted
+        ctx.store.close_files(client, [r["file"] for r in rows])
 
 
 def reopen(ctx, opts, args) -> None:
@@ -134,7 +139,8 @@ def opened(ctx, opts, args) -> None:
     ws = ctx.workspace
     change = ctx.pending_change(opts["c"]) if opts.get("c") else None
     have = ctx.store.have(ctx.settings.client)
-    for row in opened_matching(ctx, args, change):
+    rows = opened_matching(ctx, args, change)
+    for row in rows[: int(opts["m"])] if opts.get("m") else rows:
         label = f"change {row['change']}" if row["change"] else "default change"
         rev = display_rev(row["rev"])
         ctx.out.record(
@@ -154,12 +160,17 @@ def opened(ctx, opts, args) -> None:
 
 
 def fstat(ctx, opts, args) -> None:
-    """Always tagged output, even without -ztag, as in p4."""
+    """Always tagged output, even without -ztag, as in p4. -T keeps the named fields (comma or
+    space separated) and -m stops after that many files."""
     ws, client, store = ctx.workspace, ctx.settings.client, ctx.store
     only_unresolved, only_opened = bool(opts.get("Ru")), bool(opts.get("Ro") or opts.get("Ru"))
+    keep = set(str(opts["T"]).replace(",", " ").split()) if opts.get("T") else None
+    left = int(opts["m"]) if opts.get("m") else None
     have = store.have(client)
     opened = {r["file"]: r for r in store.opened(client)}
     for fa in file_args(ctx, args):
+        if left is not None and left <= 0:
+            break
         heads = {f: r for f, r in store.heads(fa.prefixes).items() if fa.matches(f)}
         files = sorted(set(heads) | {f for f in opened if fa.matches(f)})
         if only_opened:
@@ -176,8 +187,13 @@ def fstat(ctx, opts, args) -> None:
         if not records:
             warning = msg.NO_RESOLVE if only_unresolved else msg.NOT_OPENED if only_opened else msg.NO_SUCH_FILES
             ctx.out.warning(msg.per_arg(warning, fa.text))
+        if left is not None:
+            records, left = records[:left], left - len(records[:left])
         for fields in records:
-            ctx.out.record(fields, format_tagged(fields))
+            if keep is not None:
+                fields = {k: v for k, v in fields.items() if k in keep}
+            if fields:
+                ctx.out.record(fields, format_tagged(fields))
 
 
 def _fstat_fields(ws, depot, head, have_rev, opened, pending, resolves) -> dict[str, object]:
@@ -209,24 +225,17 @@ def _fstat_fields(ws, depot, head, have_rev, opened, pending, resolves) -> dict[
 
 
 COMMANDS = {
-    "add": Command(
-        "add", add, "add [ -c changelist# -d -f -I -n ] [ -t type ] file ...", flags="c: f n t:", min_args=1
-    ),
-    "edit": Command("edit", edit, "edit [ -c changelist# -k -n ] [ -t type ] file ...", flags="c: k n t:", min_args=1),
-    "delete": Command("delete", delete, "delete [ -c changelist# -n -v -k ] file ...", flags="c: n k", min_args=1),
-    "revert": Command(
-        "revert", revert, "revert [ -a -n -k -w -c changelist# -C client ] file ...", flags="a n k c:", min_args=1
-    ),
-    "reopen": Command("reopen", reopen, "reopen [ -c changelist# ] [ -t type ] file ...", flags="c: t:", min_args=1),
-    "opened": Command(
-        "opened", opened, "opened [ -a -c changelist# -C client -u user -m max -s ] [ file ... ]", flags="a c: m: s"
-    ),
+    "add": Command("add", add, "add [ -c changelist# -f -n ] file ...", flags="c: f n", min_args=1),
+    "edit": Command("edit", edit, "edit [ -c changelist# -k -n ] file ...", flags="c: k n", min_args=1),
+    "delete": Command("delete", delete, "delete [ -c changelist# -n -k ] file ...", flags="c: n k", min_args=1),
+    "revert": Command("revert", revert, "revert [ -n -k -c changelist# ] file ...", flags="n k c:", min_args=1),
+    "reopen": Command("reopen", reopen, "reopen [ -c changelist# ] file ...", flags="c:", min_args=1),
+    "opened": Command("opened", opened, "opened [ -c changelist# -m max ] [ file ... ]", flags="c: m:"),
     "fstat": Command(
         "fstat",
         fstat,
-        "fstat [ -F filter -T fields -m max -r ] [ -c | -e changelist# ] "
-        "[ -Ox -Rx -Sx ] [-A pattern] [ -U ] file[rev] ...",
-        flags="Ru Ro Rr T: m: r",
+        "fstat [ -T fields -m max ] [ -Ro | -Ru ] file[rev] ...",
+        flags="Ru Ro T: m:",
         min_args=1,
     ),
 }

@@ -18,12 +18,22 @@ def _status(store, row, shelved: set[int]) -> str:
     return "shelved" if row["status"] == "pending" and row["change"] in shelved else row["status"]
 
 
+# `changes -L` shows descriptions cut to this many characters (`p4 help changes`).
+_LONG_CUT = 250
+# The one-line form quotes this many characters of the description, newlines as spaces.
+_SHORT_CUT = 31
+
+
 def changes(ctx, opts, args) -> None:
     store = ctx.store
     rows = store.changes()
     shelved = store.shelved_changes()
     if opts.get("s"):
         rows = [r for r in rows if opts["s"] in (r["status"], _status(store, r, shelved))]
+    if opts.get("c"):
+        rows = [r for r in rows if r["client"] == opts["c"]]
+    if opts.get("u"):
+        rows = [r for r in rows if r["user"] == opts["u"]]
     if args:
         wanted: set[int] = set()
         for fa in file_args(ctx, args):
@@ -33,10 +43,24 @@ def changes(ctx, opts, args) -> None:
         rows = [r for r in rows if r["change"] in wanted]
     if opts.get("m"):
         rows = rows[: int(opts["m"])]
+    long_form = bool(opts.get("l") or opts.get("L"))
     for r in rows:
         full = r["description"]
-        short = full.replace("\n", " ")[:31]
-        pending = " *pending*" if r["status"] == "pending" else ""
+        desc = full[:_LONG_CUT] if opts.get("L") else full if opts.get("l") else full.replace("\n", " ")[:_SHORT_CUT]
+        header = msg.CHANGES_LINE.format(
+            change=r["change"],
+            date=_date(r["time"], with_time=bool(opts.get("t"))),
+            user=r["user"],
+            client=r["client"],
+            pending=" *pending*" if r["status"] == "pending" else "",
+        )
+        # The long form: the header without the description, a blank line, each description
+        # line tab-indented, a blank line after.
+        text = (
+            f"{header}\n\n" + "\n".join(f"\t{line}" for line in desc.rstrip("\n").split("\n")) + "\n"
+            if long_form
+            else msg.CHANGES_SHORT.format(header=header, desc=desc)
+        )
         ctx.out.record(
             {
                 "change": r["change"],
@@ -45,16 +69,9 @@ def changes(ctx, opts, args) -> None:
                 "client": r["client"],
                 "status": _status(store, r, shelved),
                 "changeType": "public",
-                "desc": full if opts.get("l") else short,
+                "desc": desc,
             },
-            msg.CHANGES_LINE.format(
-                change=r["change"],
-                date=_date(r["time"]),
-                user=r["user"],
-                client=r["client"],
-                pending=pending,
-                desc=full.rstrip("\n") if opts.get("l") else short,
-            ),
+            text,
         )
 
 
@@ -136,10 +153,8 @@ COMMANDS = {
     "changes": Command(
         "changes",
         changes,
-        "changes [ -i -t -l -L -f ] [ -c client ] [ -m max ] [ -s status ] [ -u user ] [ file[revRange] ... ]",
-        flags="l m: s:",
+        "changes [ -t -l -L ] [ -c client ] [ -m max ] [ -s status ] [ -u user ] [ file[revRange] ... ]",
+        flags="t l L c: m: s: u:",
     ),
-    "describe": Command(
-        "describe", describe, "describe [ -d<flags> -m max -s -S -f -O -I ] changelist# ...", flags="s S", min_args=1
-    ),
+    "describe": Command("describe", describe, "describe [ -s -S ] changelist# ...", flags="s S", min_args=1),
 }

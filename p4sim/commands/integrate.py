@@ -51,11 +51,18 @@ def _depot_pattern(ctx, arg: str) -> str:
 
 def _sources(ctx, opts, args) -> tuple[Mapping, dict, str | None]:
     """The source->target mapping, source revisions selected, and the target argument text."""
+    if opts.get("r") and not opts.get("b"):
+        # -r reverses a branch view; without one there is nothing to reverse.
+        raise COMMANDS["integrate"].usage_error()
     if opts.get("b"):
         spec = ctx.store.spec("branch", opts["b"])
         if spec is None:
             raise P4Error(msg.BRANCH_UNKNOWN.format(name=opts["b"]))
-        mapping = Mapping([ViewLine.parse(vl) for vl in spec["view"].splitlines() if vl.strip()])
+        lines = [ViewLine.parse(vl) for vl in spec["view"].splitlines() if vl.strip()]
+        if opts.get("r"):
+            # The view's right side becomes the source and its left side the target.
+            lines = [ViewLine(line.right, line.left, line.exclude) for line in lines]
+        mapping = Mapping(lines)
         targets = file_args(ctx, args) if args else None
         revspec = targets[0].revspec if targets else None
         sources = {}
@@ -173,8 +180,9 @@ COMMANDS = {
     "integrate": Command(
         "integrate",
         integrate,
-        "integrate [ -c changelist# -n -f -v ] [ -b branch ] fromFile[revRange] toFile",
-        flags="c: n b:",
+        "integrate [ -c changelist# -n ] fromFile[revRange] toFile | [ -c changelist# -n ] -b branch [ -r ] "
+        "[ toFile[revRange] ... ]",
+        flags="c: n b: r",
     ),
 }
 COMMANDS["integ"] = COMMANDS["integrate"]

@@ -107,7 +107,7 @@ COMMANDS = {
     "resolve": Command(
         "resolve",
         resolve,
-        "resolve [ -af -am -as -at -ay -f -n -N -o -t -v ] [ -c changelist# ] [ file ... ]",
+        "resolve [ -af -am -as -at -ay -n ] [ -c changelist# ] [ file ... ]",
         flags="am as af at ay n c:",
     ),
 }

@@ -92,10 +92,10 @@ COMMANDS = {
     "shelve": Command(
         "shelve",
         shelve,
-        "shelve [ -a option -p ] [ -c changelist# [ -f | -r ] ] [ -d -c changelist# [ -f ] ] [ file ... ]",
+        "shelve [ -c changelist# [ -f | -r ] ] [ -d -c changelist# [ -f ] ] [ file ... ]",
         flags="c: f r d",
     ),
     "unshelve": Command(
-        "unshelve", unshelve, "unshelve -s changelist# [ -f -n ] [ -c changelist# ] [ file ... ]", flags="s: c: f"
+        "unshelve", unshelve, "unshelve -s changelist# [ -f ] [ -c changelist# ] [ file ... ]", flags="s: c: f"
     ),
 }

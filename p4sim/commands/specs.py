@@ -192,11 +192,7 @@ def change(ctx, opts, args) -> None:
 
 
 COMMANDS = {
-    "client": Command(
-        "client", client, "client [ -f -t template ] [ -o | -d | -i ] [ clientname ]", flags="f o i d t:", max_args=1
-    ),
-    "branch": Command("branch", branch, "branch [ -f ] [ -o | -d | -i ] branchspec", flags="f o i d", max_args=1),
-    "change": Command(
-        "change", change, "change [ -f -s -O ] [ -o | -d | -i ] [ changelist# ]", flags="f s O o i d", max_args=1
-    ),
+    "client": Command("client", client, "client [ -o | -d | -i ] [ clientname ]", flags="o i d", max_args=1),
+    "branch": Command("branch", branch, "branch [ -o | -d | -i ] branchspec", flags="o i d", max_args=1),
+    "change": Command("change", change, "change [ -o | -d | -i ] [ changelist# ]", flags="o i d", max_args=1),
 }

@@ -19,7 +19,7 @@ def _change_to_submit(ctx, opts) -> int:
         # p4 first moves the default change's files into a new numbered change.
         default_files = store.opened(client, 0)
         if not default_files:
-            raise P4Error(msg.NO_FILES_TO_SUBMIT)
+            raise P4Error(msg.NO_FILES_TO_SUBMIT_DEFAULT)
         number = store.create_change(client, ctx.user, opts["d"].rstrip("\n") + "\n")
         for row in default_files:
             store.reopen(client, row["file"], number)
@@ -29,6 +29,9 @@ def _change_to_submit(ctx, opts) -> int:
     number = ctx.pending_change(opts["c"])
     if number == 0:
         raise COMMANDS["submit"].usage_error()
+    owner = ctx.store.change(number)["user"]
+    if owner != ctx.user:
+        raise P4Error(msg.CHANGE_OTHER_USER.format(change=number, user=owner))
     return number
 
 
@@ -102,7 +105,5 @@ def submit(ctx, opts, args) -> None:
 
 
 COMMANDS = {
-    "submit": Command(
-        "submit", submit, "submit [ -r -s -f option ] [ -c changelist# | -d description ]", flags="c: d:", max_args=0
-    ),
+    "submit": Command("submit", submit, "submit [ -c changelist# | -d description ]", flags="c: d:", max_args=0),
 }

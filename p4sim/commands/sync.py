@@ -55,7 +55,7 @@ def _schedule_resolve(ctx, depot: str, have_rev: int, target: int) -> None:
     ctx.store.schedule_resolves([(ctx.settings.client, depot, depot, have_rev, target, depot, have_rev)])
     ctx.store.set_have(ctx.settings.client, [(depot, target)])
     ctx.out.info(msg.SYNC_OPENED.format(depot=depot, rev=target), per_file=True)
-    ctx.out.info("... " + msg.MUST_RESOLVE_REV.format(depot=depot, rev=target), level=1)
+    ctx.out.info(msg.MUST_RESOLVE_REV.format(depot=depot, rev=target), level=1)
 
 
 def _apply(ctx, plan, preview: bool, keep_files: bool) -> None:
@@ -101,5 +101,5 @@ def _apply(ctx, plan, preview: bool, keep_files: bool) -> None:
 
 
 COMMANDS = {
-    "sync": Command("sync", sync, "sync [ -f -L -n -N -k -q -r ] [-m max] [ file[revRange] ... ]", flags="f n k q"),
+    "sync": Command("sync", sync, "sync [ -f -n -k -q ] [ file[revRange] ... ]", flags="f n k q"),
 }
