@@ -1,4 +1,4 @@
-"""Every text p4sim prints, in one place, worded as real p4 words it (P4-REFERENCE.md).
+"""Every text p4sim prints, in one place, worded as real p4 words it (docs/p4-behaviour.md).
 
 Messages that p4 prints in two forms (`File(s) up-to-date.` without a file argument,
 `//a/... - file(s) up-to-date.` with one) are stored in the bare form; `per_arg` builds the other.

@@ -1,5 +1,5 @@
 """The default `p4-integrate` pipeline (DESIGN §4): stages, their commands and how each
-reads p4's output (P4-REFERENCE.md). Rules shared by all stages (lost agents, timeouts,
+reads p4's output (docs/p4-behaviour.md). Rules shared by all stages (lost agents, timeouts,
 refused connections, expired tickets) are applied first, in rules.py.
 
 vars written here: source_change, branch_sources, branch_targets, change, integrate_followup,
