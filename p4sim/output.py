@@ -11,7 +11,11 @@ from __future__ import annotations
 import sys
 import time
 
+from p4sim import TYPE_CHECKING
 from p4sim.faults import OutputFaults
+
+if TYPE_CHECKING:
+    from typing import TextIO
 
 INFO, WARNING, ERROR, TEXT, RECORD = "info", "warning", "error", "text", "record"
 _SEVERITY = {WARNING: 2, ERROR: 3}
@@ -109,7 +113,7 @@ class Output:
             return {b"code": b"text", b"data": _b(f"{e.text}\n")}
         return {b"code": b"info", b"data": _b(e.text or ""), b"level": e.level}
 
-    def _write(self, stream, text: str) -> None:
+    def _write(self, stream: TextIO, text: str) -> None:
         for line in text.split("\n"):
             stream.write(line + "\n")
             self._count_line()

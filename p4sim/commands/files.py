@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+from p4sim import TYPE_CHECKING
 from p4sim import messages as msg
-from p4sim.commands import Command
+from p4sim.commands import Command, Options
 from p4sim.commands.select import display_rev, file_args, opened_matching
 from p4sim.errors import P4Error
 from p4sim.output import format_tagged
 from p4sim.view import has_wildcard
 from p4sim.workspace import remove_file, set_writable, write_file
 
+if TYPE_CHECKING:
+    from p4sim.context import Context
+    from p4sim.server.store import Row
+    from p4sim.workspace import Workspace
+
 FILE_TYPE = "text"
 
 
-def _open(ctx, file: str, action: str, change: int, rev: int) -> None:
+def _open(ctx: Context, file: str, action: str, change: int, rev: int) -> None:
     ctx.store.open_files([(ctx.settings.client, file, action, change, rev, FILE_TYPE, ctx.user)])
 
 
-def add(ctx, opts, args) -> None:
-    ws, change = ctx.workspace, ctx.pending_change(opts.get("c"))
+def add(ctx: Context, opts: Options, args: list[str]) -> None:
+    ws, change = ctx.workspace, ctx.pending_change(opts.value("c"))
     for arg in args:
         if not opts.get("f") and (has_wildcard(arg) or any(ch in arg for ch in "@#%")):
             raise P4Error(msg.WILDCARD_NAME)
@@ -51,10 +57,10 @@ def add(ctx, opts, args) -> None:
         )
 
 
-def _open_synced(ctx, opts, args, action: str) -> None:
+def _open_synced(ctx: Context, opts: Options, args: list[str], action: str) -> None:
     """edit and delete: open files the workspace has, at the revision it has (-n previews;
     -k leaves the workspace file as it is)."""
-    ws, change, client = ctx.workspace, ctx.pending_change(opts.get("c")), ctx.settings.client
+    ws, change, client = ctx.workspace, ctx.pending_change(opts.value("c")), ctx.settings.client
     have = ctx.store.have(client)
     for fa in file_args(ctx, args):
         hits = sorted(f for f in have if fa.matches(f))
@@ -67,7 +73,7 @@ def _open_synced(ctx, opts, args, action: str) -> None:
                     msg.CURRENTLY_OPENED.format(depot=depot, rev=display_rev(opened["rev"]), action=opened["action"])
                 )
                 continue
-            rev, local = have[depot], ws.depot_to_local(depot)
+            rev, local = have[depot], ws.mapped_local(depot)
             if not opts.get("n"):
                 _open(ctx, depot, action, change, rev)
             if not (opts.get("n") or opts.get("k")):
@@ -81,17 +87,17 @@ def _open_synced(ctx, opts, args, action: str) -> None:
             )
 
 
-def edit(ctx, opts, args) -> None:
+def edit(ctx: Context, opts: Options, args: list[str]) -> None:
     _open_synced(ctx, opts, args, "edit")
 
 
-def delete(ctx, opts, args) -> None:
+def delete(ctx: Context, opts: Options, args: list[str]) -> None:
     _open_synced(ctx, opts, args, "delete")
 
 
-def revert(ctx, opts, args) -> None:
+def revert(ctx: Context, opts: Options, args: list[str]) -> None:
     ws, client = ctx.workspace, ctx.settings.client
-    change = ctx.pending_change(opts["c"]) if opts.get("c") else None
+    change = ctx.pending_change(opts.value("c")) if opts.get("c") else None
     rows = opened_matching(ctx, args, change)
     have = ctx.store.have(client)
     for row in rows:
@@ -103,7 +109,8 @@ def revert(ctx, opts, args) -> None:
             if action == "branch":
                 remove_file(local)
             elif not new_file and depot in have:
-                write_file(local, ctx.store.blob(ctx.store.rev(depot, have[depot])["digest"]))
+                have_row = ctx.store.rev(depot, have[depot])
+                write_file(local, ctx.store.blob(have_row["digest"] if have_row else None))
         template = msg.ABANDONED if new_file else msg.REVERTED
         ctx.out.record(
             {
@@ -119,8 +126,8 @@ def revert(ctx, opts, args) -> None:
         ctx.store.close_files(client, [r["file"] for r in rows])
 
 
-def reopen(ctx, opts, args) -> None:
-    change = ctx.pending_change(opts.get("c"))
+def reopen(ctx: Context, opts: Options, args: list[str]) -> None:
+    change = ctx.pending_change(opts.value("c"))
     label = f"change {change}" if change else "default change"
     for row in opened_matching(ctx, args):
         ctx.store.reopen(ctx.settings.client, row["file"], change)
@@ -135,9 +142,9 @@ def reopen(ctx, opts, args) -> None:
         )
 
 
-def opened(ctx, opts, args) -> None:
+def opened(ctx: Context, opts: Options, args: list[str]) -> None:
     ws = ctx.workspace
-    change = ctx.pending_change(opts["c"]) if opts.get("c") else None
+    change = ctx.pending_change(opts.value("c")) if opts.get("c") else None
     have = ctx.store.have(ctx.settings.client)
     rows = opened_matching(ctx, args, change)
     for row in rows[: int(opts["m"])] if opts.get("m") else rows:
@@ -159,7 +166,7 @@ def opened(ctx, opts, args) -> None:
         )
 
 
-def fstat(ctx, opts, args) -> None:
+def fstat(ctx: Context, opts: Options, args: list[str]) -> None:
     """Always tagged output, even without -ztag, as in p4. -T keeps the named fields (comma or
     space separated) and -m stops after that many files."""
     ws, client, store = ctx.workspace, ctx.settings.client, ctx.store
@@ -196,7 +203,15 @@ def fstat(ctx, opts, args) -> None:
                 ctx.out.record(fields, format_tagged(fields))
 
 
-def _fstat_fields(ws, depot, head, have_rev, opened, pending, resolves) -> dict[str, object]:
+def _fstat_fields(
+    ws: Workspace,
+    depot: str,
+    head: Row | None,
+    have_rev: int | None,
+    opened: Row | None,
+    pending: list[Row],
+    resolves: list[Row],
+) -> dict[str, object]:
     fields: dict[str, object] = {"depotFile": depot, "clientFile": ws.depot_to_local(depot), "isMapped": ""}
     if head:
         fields.update(

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import time
 
+from p4sim import TYPE_CHECKING
 from p4sim import messages as msg
-from p4sim.commands import Command
+from p4sim.commands import Command, Options
 from p4sim.commands.select import change_limit, display_rev, file_args
 from p4sim.errors import P4Error
+
+if TYPE_CHECKING:
+    from p4sim.context import Context
+    from p4sim.server.store import Row
 
 
 def _date(epoch: int, with_time: bool = False) -> str:
     return time.strftime("%Y/%m/%d %H:%M:%S" if with_time else "%Y/%m/%d", time.localtime(epoch))
 
 
-def _status(store, row, shelved: set[int]) -> str:
+def _status(row: Row, shelved: set[int]) -> str:
     return "shelved" if row["status"] == "pending" and row["change"] in shelved else row["status"]
 
 
@@ -24,12 +29,12 @@ _LONG_CUT = 250
 _SHORT_CUT = 31
 
 
-def changes(ctx, opts, args) -> None:
+def changes(ctx: Context, opts: Options, args: list[str]) -> None:
     store = ctx.store
     rows = store.changes()
     shelved = store.shelved_changes()
     if opts.get("s"):
-        rows = [r for r in rows if opts["s"] in (r["status"], _status(store, r, shelved))]
+        rows = [r for r in rows if opts["s"] in (r["status"], _status(r, shelved))]
     if opts.get("c"):
         rows = [r for r in rows if r["client"] == opts["c"]]
     if opts.get("u"):
@@ -67,7 +72,7 @@ def changes(ctx, opts, args) -> None:
                 "time": r["time"],
                 "user": r["user"],
                 "client": r["client"],
-                "status": _status(store, r, shelved),
+                "status": _status(r, shelved),
                 "changeType": "public",
                 "desc": desc,
             },
@@ -102,7 +107,7 @@ def normal_diff(old: bytes, new: bytes) -> list[str]:
     return lines
 
 
-def describe(ctx, opts, args) -> None:
+def describe(ctx: Context, opts: Options, args: list[str]) -> None:
     store = ctx.store
     for arg in args:
         row = store.change(int(arg)) if arg.isdigit() else None
@@ -141,7 +146,7 @@ def describe(ctx, opts, args) -> None:
             "client": row["client"],
             "time": row["time"],
             "desc": row["description"],
-            "status": _status(store, row, store.shelved_changes()),
+            "status": _status(row, store.shelved_changes()),
             "changeType": "public",
         }
         for i, (f, rev, action, _) in enumerate(files):
