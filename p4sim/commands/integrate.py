@@ -86,7 +86,7 @@ def _sources(ctx: Context, opts: Options, args: list[str]) -> tuple[Mapping, dic
                 if dst and (targets is None or any(t.matches(dst) for t in targets)):
                     sources[src] = row
         if not sources:
-            raise P4Error(msg.NO_TARGET_IN_BRANCH)
+            ctx.out.warning(msg.NO_TARGET_IN_BRANCH)
         return mapping, sources, " ".join(args) if args else None
     if len(args) != 2:
         raise COMMANDS["integrate"].usage_error()

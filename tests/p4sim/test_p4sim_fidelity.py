@@ -106,6 +106,18 @@ def test_integrate_branch_spec_reversed(clean):
     assert (p4.cwd / "main/a.txt").read_text() == "one\ntwo\n"
 
 
+def test_integrate_branch_view_selecting_nothing_is_a_warning(clean):
+    # The p4 reference lists `No target file(s) in branch view.` among integrate's warnings:
+    # stderr, exit 0 (INTEGRATE then fails the job with "the branch view maps no target files").
+    p4, _ = clean
+    spec = p4("branch", "-o", "empty").out.replace("//depot/... //depot/...", "//depot/none/... //depot/main/...")
+    assert p4("branch", "-i", stdin=spec).rc == 0
+    r = p4("integrate", "-b", "empty")
+    assert (r.out, r.err_lines, r.rc) == ("", ["No target file(s) in branch view."], 0)
+    r = p4("integrate", "-b", "empty", "-r", "//depot/nosuch/...")
+    assert (r.out, r.err_lines, r.rc) == ("", ["No target file(s) in branch view."], 0)
+
+
 def test_integrate_r_without_branch_is_a_usage_error(clean):
     p4, _ = clean
     r = p4("integrate", "-r", "//depot/dev/...", "//depot/main/...")
