@@ -9,10 +9,14 @@ from __future__ import annotations
 import os
 import sys
 
+from p4sim import TYPE_CHECKING
 from p4sim import messages as msg
 from p4sim.errors import P4Error, UsageError
 from p4sim.faults import OutputFaults, connection_fault
 from p4sim.output import Output
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 TOOLS = ("seed", "shim")
 _VALUE_OPTIONS = {
@@ -23,7 +27,6 @@ _VALUE_OPTIONS = {
     "d": "cwd",
     "x": "xfile",
     "H": "host",
-    "C": "charset",
 }
 
 
@@ -70,7 +73,7 @@ def _xfile_args(path: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
 
-def run_p4(argv: list[str], env) -> int:
+def run_p4(argv: list[str], env: Mapping[str, str]) -> int:
     out = Output(faults=OutputFaults.from_env(env))
     try:
         values, switches, rest = _parse_globals(argv)
@@ -89,11 +92,17 @@ def run_p4(argv: list[str], env) -> int:
     return out.flush()
 
 
-def _run_command(name: str, args: list[str], values: dict[str, str], env, out: Output) -> None:
+def _run_command(name: str, args: list[str], values: dict[str, str], env: Mapping[str, str], out: Output) -> None:
     from p4sim.context import Context, Settings
 
     settings = Settings.resolve(
-        env, values.get("port"), values.get("user"), values.get("client"), values.get("password"), values.get("cwd")
+        env,
+        values.get("port"),
+        values.get("user"),
+        values.get("client"),
+        values.get("password"),
+        values.get("cwd"),
+        values.get("host"),
     )
     root = settings.server_root
     if root is None or connection_fault(env, {"refused"}):

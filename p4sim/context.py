@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 
+from p4sim import TYPE_CHECKING
 from p4sim import messages as msg
 from p4sim.errors import P4Error
 from p4sim.output import Output
 from p4sim.server.store import Store
 from p4sim.view import ViewLine
 from p4sim.workspace import Workspace
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 SIM_SCHEME = "sim:"
 
@@ -29,21 +33,24 @@ class Settings:
     @classmethod
     def resolve(
         cls,
-        env: dict[str, str],
+        env: Mapping[str, str],
         port: str | None = None,
         user: str | None = None,
         client: str | None = None,
         password: str | None = None,
         cwd: str | None = None,
+        host: str | None = None,
     ) -> Settings:
         """Command-line flags beat P4CONFIG files, which beat the environment (as in p4)."""
         cwd = cwd or env.get("PWD") or os.getcwd()
         if not os.path.isdir(cwd):
             cwd = os.getcwd()
-        values = {k: env[k] for k in ("P4PORT", "P4USER", "P4CLIENT", "P4PASSWD", "P4TICKETS") if k in env}
+        values: dict[str, str] = {
+            k: env[k] for k in ("P4PORT", "P4USER", "P4CLIENT", "P4PASSWD", "P4TICKETS") if k in env
+        }
         if env.get("P4CONFIG"):
             values.update(_read_p4config(cwd, env["P4CONFIG"]))
-        host = os.uname().nodename
+        host = host or os.uname().nodename
         return cls(
             port=port or values.get("P4PORT") or "perforce:1666",
             user=user or values.get("P4USER") or env.get("USER") or env.get("LOGNAME") or "user",

@@ -13,6 +13,11 @@ from __future__ import annotations
 
 import os
 
+from p4sim import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
 # Plain classes rather than dataclasses on the p4 path: importing dataclasses costs more
 # than a whole p4 command should.
 
@@ -23,7 +28,7 @@ class OutputFaults:
         self.die_after_lines = die_after_lines
 
     @classmethod
-    def from_env(cls, env) -> OutputFaults:
+    def from_env(cls, env: Mapping[str, str]) -> OutputFaults:
         die = env.get("P4SIM_DIE_AFTER_LINES")
         return cls(float(env.get("P4SIM_DELAY_PER_FILE") or 0), int(die) if die else None)
 
@@ -51,7 +56,7 @@ def _consume_budget(state_file: str, count: int) -> bool:
         os.close(fd)
 
 
-def connection_fault(env, applicable: set[str]) -> str | None:
+def connection_fault(env: Mapping[str, str], applicable: set[str]) -> str | None:
     """The fault this invocation must show ('refused' or 'expired'), if any.
 
     `applicable` names the fault kinds that make sense for the command (an expired ticket does

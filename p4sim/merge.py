@@ -9,6 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 
+from p4sim import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
 Lines = list[bytes]
 
 
@@ -56,7 +61,7 @@ def _matched(base: Lines, other: Lines) -> dict[int, int]:
     return pairs
 
 
-def _chunks(base: Lines, yours: Lines, theirs: Lines):
+def _chunks(base: Lines, yours: Lines, theirs: Lines) -> Iterator[tuple[str, Lines, Lines, Lines]]:
     """Yield (kind, base_part, yours_part, theirs_part) where kind is 'stable' or 'unstable'.
 
     Classic diff3 walk: stable runs are base lines matched, in step, in both descendants;

@@ -1,4 +1,4 @@
-"""Every text p4sim prints, in one place, worded as real p4 words it (P4-REFERENCE.md).
+"""Every text p4sim prints, in one place, worded as real p4 words it (docs/p4-behaviour.md).
 
 Messages that p4 prints in two forms (`File(s) up-to-date.` without a file argument,
 `//a/... - file(s) up-to-date.` with one) are stored in the bare form; `per_arg` builds the other.
@@ -30,7 +30,7 @@ INVALID_OPTION = "Invalid option: {option}."
 WRONG_ARGS = "Missing/wrong number of arguments."
 USAGE = "Usage: {usage}"
 NO_INTERACTIVE = "{command}: p4sim has no interactive mode; {hint}"
-P4_USAGE = "Usage: p4 [ -p port -u user -c client -s -ztag -G -q -x file ] command [arg ...]"
+P4_USAGE = "Usage: p4 [ -p port -u user -c client -P password -d dir -H host -s -ztag -G -q -x file ] command [arg ...]"
 
 # Specs
 CLIENT_UNKNOWN = "Client '{name}' unknown - use 'client' command to create it."
@@ -48,6 +48,7 @@ CHANGE_COMMITTED = "Change {change} is already committed."
 CHANGE_HAS_FILES = "Change {change} has {count} open file(s) associated with it and can't be deleted."
 CHANGE_HAS_SHELVED = "Change {change} has shelved files associated with it and can't be deleted."
 CHANGE_OTHER_CLIENT = "Change {change} belongs to client {client}."
+CHANGE_OTHER_USER = "Change {change} belongs to user {user}."
 
 # File arguments (bare forms; see per_arg)
 NO_SUCH_FILES = "No such file(s)."
@@ -112,11 +113,13 @@ MERGES_PENDING = "Merges still pending -- use 'resolve' to merge files."
 MUST_RESOLVE = "{depot} - must resolve before submitting"
 SUBMIT_FAILED = "Submit failed -- fix problems above then use 'p4 submit -c {change}'."
 NO_FILES_TO_SUBMIT = "No files to submit."
+NO_FILES_TO_SUBMIT_DEFAULT = "No files to submit from the default changelist."
 OPEN_FOR_READ_FAILED = "open for read: {local}: No such file or directory"
 SUBMIT_ABORTED = "Submit aborted -- fix problems then use 'p4 submit -c {change}'."
 HAS_SHELVED = "Change {change} has shelved files --  cannot submit."
 OUT_OF_DATE = "Out of date files must be resolved or reverted."
 
 # history
-CHANGES_LINE = "Change {change} on {date} by {user}@{client}{pending} '{desc}'"
+CHANGES_LINE = "Change {change} on {date} by {user}@{client}{pending}"
+CHANGES_SHORT = "{header} '{desc}'"
 DESCRIBE_HEADER = "Change {change} by {user}@{client} on {date}{pending}"

@@ -11,7 +11,11 @@ from __future__ import annotations
 import sys
 import time
 
+from p4sim import TYPE_CHECKING
 from p4sim.faults import OutputFaults
+
+if TYPE_CHECKING:
+    from typing import TextIO
 
 INFO, WARNING, ERROR, TEXT, RECORD = "info", "warning", "error", "text", "record"
 _SEVERITY = {WARNING: 2, ERROR: 3}
@@ -91,7 +95,9 @@ class Output:
             )
             return self._write(sys.stdout, "\n".join(f"{tag}: {line}" for line in e.text.split("\n")))
         stream = sys.stderr if e.kind in (WARNING, ERROR) else sys.stdout
-        self._write(stream, e.text)
+        # The p4 client, not the server, marks a level-N info line with N `... ` prefixes, and
+        # only in plain output: -s says `infoN:` instead and -G carries the level as a field.
+        self._write(stream, "... " * e.level + e.text)
 
     def _marshal_dict(self, e: Entry) -> dict[bytes, object]:
         if e.kind == RECORD and e.fields is not None:
@@ -107,7 +113,7 @@ class Output:
             return {b"code": b"text", b"data": _b(f"{e.text}\n")}
         return {b"code": b"info", b"data": _b(e.text or ""), b"level": e.level}
 
-    def _write(self, stream, text: str) -> None:
+    def _write(self, stream: TextIO, text: str) -> None:
         for line in text.split("\n"):
             stream.write(line + "\n")
             self._count_line()

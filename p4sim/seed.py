@@ -14,6 +14,7 @@ The workspace has synced nothing yet.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from p4sim.server.depot import IntegRecord, NewRevision, add_revisions
@@ -46,7 +47,9 @@ class _History:
         self.store = store
         self.when = int(time.time()) - 3600
 
-    def commit(self, description: str, revisions: list[NewRevision], integs: list[IntegRecord] = ()) -> dict[str, int]:
+    def commit(
+        self, description: str, revisions: list[NewRevision], integs: Iterable[IntegRecord] = ()
+    ) -> dict[str, int]:
         self.when += 60
         change = self.store.create_change(CLIENT, USER, description + "\n", "submitted", self.when)
         return add_revisions(self.store, change, revisions, list(integs), self.when)

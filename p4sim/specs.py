@@ -115,14 +115,20 @@ def parse(text: str) -> SpecFields:
             current = []
             fields[name.strip()] = current
     # Trailing blank lines inside a multi-line field are not part of it.
-    for value in fields.values():
-        while isinstance(value, list) and value and not value[-1]:
-            value.pop()
+    for field_value in fields.values():
+        while isinstance(field_value, list) and field_value and not field_value[-1]:
+            field_value.pop()
     return fields
 
 
 def description_lines(description: str) -> list[str]:
     return description.rstrip("\n").split("\n")
+
+
+def text(fields: SpecFields, name: str) -> str | None:
+    """A field as one string (the lines of a multi-line field joined); None if absent."""
+    value = fields.get(name)
+    return "\n".join(value) if isinstance(value, list) else value
 
 
 def description_text(fields: SpecFields) -> str | None:

@@ -100,6 +100,7 @@ class Pattern:
             return () if path == self._exact else None
         if self._prefix is not None:
             return (path[len(self._prefix) :],) if path.startswith(self._prefix) else None
+        assert self._regex is not None, "built when the pattern is neither exact nor a prefix"
         m = self._regex.match(path)
         return m.groups() if m else None
 

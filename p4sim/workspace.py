@@ -10,7 +10,13 @@ from __future__ import annotations
 import os
 import stat
 
+from p4sim import TYPE_CHECKING
+from p4sim import messages as msg
+from p4sim.errors import P4Error
 from p4sim.view import Mapping, Pattern, ViewLine, escape, literal_prefix, split_revspec, unescape
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 READ_ONLY = 0o444
 WRITABLE = 0o644
@@ -21,7 +27,7 @@ class FileArg:
 
     __slots__ = ("matches", "prefixes", "revspec", "text")
 
-    def __init__(self, text: str, revspec: str | None, prefixes: list[str], matches):
+    def __init__(self, text: str, revspec: str | None, prefixes: list[str], matches: Callable[[str], bool]):
         self.text = text  # the argument as typed, without its revision specifier
         self.revspec = revspec
         self.prefixes = prefixes
@@ -49,6 +55,16 @@ class Workspace:
     def depot_to_local(self, depot: str) -> str | None:
         client_path = self.depot_to_client(depot)
         return None if client_path is None else self.client_to_local(client_path)
+
+    def mapped_client(self, depot: str) -> str:
+        """The client path of a file the command needs on disk; fails if the view lost it."""
+        client_path = self.depot_to_client(depot)
+        if client_path is None:
+            raise P4Error(msg.per_arg(msg.NOT_IN_VIEW, depot))
+        return client_path
+
+    def mapped_local(self, depot: str) -> str:
+        return self.client_to_local(self.mapped_client(depot))
 
     def to_client_syntax(self, arg: str, escape_names: bool = False) -> str | None:
         """Client-syntax form of a client, local or relative path (wildcards kept)."""

@@ -1,5 +1,5 @@
 """The default `p4-integrate` pipeline (DESIGN §4): stages, their commands and how each
-reads p4's output (P4-REFERENCE.md). Rules shared by all stages (lost agents, timeouts,
+reads p4's output (docs/p4-behaviour.md). Rules shared by all stages (lost agents, timeouts,
 refused connections, expired tickets) are applied first, in rules.py.
 
 vars written here: source_change, branch_sources, branch_targets, change, integrate_followup,
@@ -97,7 +97,9 @@ def _login_plan(ctx: JobContext) -> list[Step]:
 
 
 def _branch_view(ctx: JobContext) -> CommandSpec:
-    return p4cmd.p4(ctx, "-ztag", "branch", "-o", ctx.params.branch_spec)
+    spec = ctx.params.branch_spec
+    assert spec is not None, "planned only for a branch-spec job"
+    return p4cmd.p4(ctx, "-ztag", "branch", "-o", spec)
 
 
 def _branch_view_read(ctx: JobContext, result: CommandResult) -> Outcome:
@@ -210,7 +212,9 @@ def _integrate(ctx: JobContext) -> CommandSpec:
         # With -b, `toFile@N` limits the *source* revisions to change N.
         pins = [t + at for t in _targets(ctx)] if at else []
         return p4cmd.p4(ctx, "integrate", "-c", p4cmd.change(ctx), "-b", ctx.params.branch_spec, *pins)
-    return p4cmd.p4(ctx, "integrate", "-c", p4cmd.change(ctx), ctx.params.source + at, ctx.params.target)
+    source, target = ctx.params.source, ctx.params.target
+    assert source is not None and target is not None, "validation requires both without a branch spec"
+    return p4cmd.p4(ctx, "integrate", "-c", p4cmd.change(ctx), source + at, target)
 
 
 def _integrate_read(ctx: JobContext, result: CommandResult) -> Outcome:
@@ -399,12 +403,18 @@ def _builtin_check_read(ctx: JobContext, result: CommandResult) -> Outcome:
     return _offenders_found(ctx, offenders)
 
 
+def _external_template(ctx: JobContext) -> list[str]:
+    template = ctx.site.name_check
+    assert isinstance(template, list), "planned only when the site's name check is a command"
+    return template
+
+
 def _external_check(ctx: JobContext) -> CommandSpec:
-    return p4cmd.site_command(ctx, ctx.site.name_check)
+    return p4cmd.site_command(ctx, _external_template(ctx))
 
 
 def _external_check_read(ctx: JobContext, result: CommandResult) -> Outcome:
-    command = p4cmd.expand(ctx.site.name_check, ctx)[0]
+    command = p4cmd.expand(_external_template(ctx), ctx)[0]
     if result.exit_code == 0:
         return next_(f"name check: {command} found nothing", **{_OFFENDERS: []})
     paths = [line.strip() for line in result.stdout.splitlines() if line.strip().startswith("//")]
@@ -464,8 +474,8 @@ def _push(ctx: JobContext) -> CommandSpec:
 def _push_read(ctx: JobContext, result: CommandResult) -> Outcome:
     text = _both(result)
     if submitted := p4parse.submitted_change(text):
-        number, line = submitted
-        return Outcome(kind=OutcomeKind.DONE, key_line=line, updates={"submitted_change": number})
+        number, submitted_line = submitted
+        return Outcome(kind=OutcomeKind.DONE, key_line=submitted_line, updates={"submitted_change": number})
     if line := p4parse.contains(text, "merges still pending"):
         # Something changed in the workspace since RESOLVE_CHECK. A person fixes this the way
         # they fix a conflict, and resume re-runs every check from RESOLVE_CHECK on.

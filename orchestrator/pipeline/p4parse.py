@@ -1,4 +1,4 @@
-"""Parsers for what p4 prints (see P4-REFERENCE.md). Pure functions over text.
+"""Parsers for what p4 prints (see docs/p4-behaviour.md). Pure functions over text.
 
 p4 reports warnings with exit code 0 and puts them on stderr (one server printed some on
 stdout), so callers pass both streams where a message may appear in either.

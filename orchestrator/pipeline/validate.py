@@ -82,15 +82,14 @@ def _what_errors(params: JobParams) -> list[str]:
         return ["give either --source and --target, or --branch-spec, not both"]
     if params.branch_spec is not None:
         return _branch_spec_errors(params.branch_spec)
-    missing = [flag for flag, value in (("--source", params.source), ("--target", params.target)) if value is None]
-    if missing:
+    source, target = params.source, params.target
+    if source is None or target is None:
+        missing = [flag for flag, value in (("--source", source), ("--target", target)) if value is None]
         return [
             f"missing {' and '.join(missing)}: an integration needs --source and "
             f"--target depot paths, or --branch-spec NAME"
         ]
-    errors = _depot_path_errors("source", "--source", params.source) + _depot_path_errors(
-        "target", "--target", params.target
-    )
+    errors = _depot_path_errors("source", "--source", source) + _depot_path_errors("target", "--target", target)
     if params.source == params.target:
         errors.append(f"source and target are the same path {params.source!r}: integrate into a different branch")
     return errors

@@ -7,10 +7,23 @@ from __future__ import annotations
 
 import importlib
 
+from p4sim import TYPE_CHECKING
 from p4sim import messages as msg
 from p4sim.errors import UsageError
 
-Options = dict[str, "str | bool"]
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from p4sim.context import Context
+
+
+class Options(dict[str, "str | bool"]):
+    """Parsed options: a switch maps to True, an option with a value to its text."""
+
+    def value(self, name: str) -> str | None:
+        value = self.get(name)
+        return value if isinstance(value, str) else None
+
 
 # command name -> module under p4sim.commands that defines it in its COMMANDS table
 _MODULES = {
@@ -42,7 +55,7 @@ class Command:
     def __init__(
         self,
         name: str,
-        run,
+        run: Callable[[Context, Options, list[str]], None],
         usage: str,
         flags: str = "",
         min_args: int = 0,
@@ -60,7 +73,7 @@ class Command:
     def parse(self, argv: list[str]) -> tuple[Options, list[str]]:
         """p4 option syntax: options first (`-c 5` or `-c5`), then arguments."""
         spec = {f.rstrip(":"): f.endswith(":") for f in self.flags.split()}
-        opts: Options = {}
+        opts = Options()
         i = 0
         while i < len(argv) and argv[i].startswith("-") and argv[i] != "-":
             name = argv[i][1:]

@@ -6,15 +6,19 @@ import secrets
 import sys
 import time
 
+from p4sim import TYPE_CHECKING
 from p4sim import messages as msg
-from p4sim.commands import Command
+from p4sim.commands import Command, Options
 from p4sim.errors import P4Error
 from p4sim.server.auth import TICKET_LIFETIME, ticket_seconds_left, write_ticket
+
+if TYPE_CHECKING:
+    from p4sim.context import Context
 
 SERVER_VERSION = "P4D/LINUX26X86_64/2024.2/2675662 (2024/11/13) p4sim"
 
 
-def info(ctx, opts, args) -> None:
+def info(ctx: Context, opts: Options, args: list[str]) -> None:
     s = ctx.settings
     spec = ctx.store.spec("client", s.client)
     fields = {
@@ -51,7 +55,7 @@ def info(ctx, opts, args) -> None:
     ctx.out.record({k: v for k, v in fields.items() if v is not None}, "\n".join(lines), per_file=False)
 
 
-def login(ctx, opts, args) -> None:
+def login(ctx: Context, opts: Options, args: list[str]) -> None:
     user = args[0] if args else ctx.user
     password = ctx.store.password(user)
     if not password:
@@ -79,6 +83,6 @@ def login(ctx, opts, args) -> None:
 
 
 COMMANDS = {
-    "info": Command("info", info, "info [ -s ]", flags="s", max_args=0, needs_auth=False),
-    "login": Command("login", login, "login [ -a -p -s ] [ user ]", flags="a p s", max_args=1, needs_auth=False),
+    "info": Command("info", info, "info", max_args=0, needs_auth=False),
+    "login": Command("login", login, "login [ -p -s ] [ user ]", flags="p s", max_args=1, needs_auth=False),
 }

@@ -4,26 +4,41 @@ from __future__ import annotations
 
 import time
 
+from p4sim import TYPE_CHECKING
 from p4sim import messages as msg
-from p4sim.commands import Command
+from p4sim.commands import Command, Options
 from p4sim.commands.select import change_limit, display_rev, file_args
 from p4sim.errors import P4Error
+
+if TYPE_CHECKING:
+    from p4sim.context import Context
+    from p4sim.server.store import Row
 
 
 def _date(epoch: int, with_time: bool = False) -> str:
     return time.strftime("%Y/%m/%d %H:%M:%S" if with_time else "%Y/%m/%d", time.localtime(epoch))
 
 
-def _status(store, row, shelved: set[int]) -> str:
+def _status(row: Row, shelved: set[int]) -> str:
     return "shelved" if row["status"] == "pending" and row["change"] in shelved else row["status"]
 
 
-def changes(ctx, opts, args) -> None:
+# `changes -L` shows descriptions cut to this many characters (`p4 help changes`).
+_LONG_CUT = 250
+# The one-line form quotes this many characters of the description, newlines as spaces.
+_SHORT_CUT = 31
+
+
+def changes(ctx: Context, opts: Options, args: list[str]) -> None:
     store = ctx.store
     rows = store.changes()
     shelved = store.shelved_changes()
     if opts.get("s"):
-        rows = [r for r in rows if opts["s"] in (r["status"], _status(store, r, shelved))]
+        rows = [r for r in rows if opts["s"] in (r["status"], _status(r, shelved))]
+    if opts.get("c"):
+        rows = [r for r in rows if r["client"] == opts["c"]]
+    if opts.get("u"):
+        rows = [r for r in rows if r["user"] == opts["u"]]
     if args:
         wanted: set[int] = set()
         for fa in file_args(ctx, args):
@@ -33,28 +48,35 @@ def changes(ctx, opts, args) -> None:
         rows = [r for r in rows if r["change"] in wanted]
     if opts.get("m"):
         rows = rows[: int(opts["m"])]
+    long_form = bool(opts.get("l") or opts.get("L"))
     for r in rows:
         full = r["description"]
-        short = full.replace("\n", " ")[:31]
-        pending = " *pending*" if r["status"] == "pending" else ""
+        desc = full[:_LONG_CUT] if opts.get("L") else full if opts.get("l") else full.replace("\n", " ")[:_SHORT_CUT]
+        header = msg.CHANGES_LINE.format(
+            change=r["change"],
+            date=_date(r["time"], with_time=bool(opts.get("t"))),
+            user=r["user"],
+            client=r["client"],
+            pending=" *pending*" if r["status"] == "pending" else "",
+        )
+        # The long form: the header without the description, a blank line, each description
+        # line tab-indented, a blank line after.
+        text = (
+            f"{header}\n\n" + "\n".join(f"\t{line}" for line in desc.rstrip("\n").split("\n")) + "\n"
+            if long_form
+            else msg.CHANGES_SHORT.format(header=header, desc=desc)
+        )
         ctx.out.record(
             {
                 "change": r["change"],
                 "time": r["time"],
                 "user": r["user"],
                 "client": r["client"],
-                "status": _status(store, r, shelved),
+                "status": _status(r, shelved),
                 "changeType": "public",
-                "desc": full if opts.get("l") else short,
+                "desc": desc,
             },
-            msg.CHANGES_LINE.format(
-                change=r["change"],
-                date=_date(r["time"]),
-                user=r["user"],
-                client=r["client"],
-                pending=pending,
-                desc=full.rstrip("\n") if opts.get("l") else short,
-            ),
+            text,
         )
 
 
@@ -85,7 +107,7 @@ def normal_diff(old: bytes, new: bytes) -> list[str]:
     return lines
 
 
-def describe(ctx, opts, args) -> None:
+def describe(ctx: Context, opts: Options, args: list[str]) -> None:
     store = ctx.store
     for arg in args:
         row = store.change(int(arg)) if arg.isdigit() else None
@@ -124,7 +146,7 @@ def describe(ctx, opts, args) -> None:
             "client": row["client"],
             "time": row["time"],
             "desc": row["description"],
-            "status": _status(store, row, store.shelved_changes()),
+            "status": _status(row, store.shelved_changes()),
             "changeType": "public",
         }
         for i, (f, rev, action, _) in enumerate(files):
@@ -136,10 +158,8 @@ COMMANDS = {
     "changes": Command(
         "changes",
         changes,
-        "changes [ -i -t -l -L -f ] [ -c client ] [ -m max ] [ -s status ] [ -u user ] [ file[revRange] ... ]",
-        flags="l m: s:",
+        "changes [ -t -l -L ] [ -c client ] [ -m max ] [ -s status ] [ -u user ] [ file[revRange] ... ]",
+        flags="t l L c: m: s: u:",
     ),
-    "describe": Command(
-        "describe", describe, "describe [ -d<flags> -m max -s -S -f -O -I ] changelist# ...", flags="s S", min_args=1
-    ),
+    "describe": Command("describe", describe, "describe [ -s -S ] changelist# ...", flags="s S", min_args=1),
 }

@@ -8,14 +8,24 @@ credited source revision is the merge base that resolve will use.
 
 from __future__ import annotations
 
+from p4sim import TYPE_CHECKING
 from p4sim import messages as msg
-from p4sim.commands import Command
+from p4sim.commands import Command, Options
 from p4sim.commands.select import file_args, revisions
 from p4sim.errors import P4Error
 from p4sim.view import Mapping, ViewLine, literal_prefix
 from p4sim.workspace import remove_file, set_writable, write_file
 
+if TYPE_CHECKING:
+    from p4sim.context import Context
+    from p4sim.server.store import Store
+
 FILE_TYPE = "text"
+
+# Rows for the store: opened (client, file, action, change, work rev, type, user); resolves
+# (client, target, source, start, end, base file, base rev, how when no resolve is needed).
+OpenedRow = tuple[str, str, str, int, int, str, str]
+ResolveRow = tuple[str, str, str, int, int, str, int, "str | None"]
 
 
 def rev_range(start: int, end: int) -> str:
@@ -23,7 +33,7 @@ def rev_range(start: int, end: int) -> str:
     return f"#{end}" if start + 1 >= end else f"#{start + 1},#{end}"
 
 
-def _credits(store, mapping: Mapping) -> dict[tuple[str, str], int]:
+def _credits(store: Store, mapping: Mapping) -> dict[tuple[str, str], int]:
     credit: dict[tuple[str, str], int] = {}
     for line in mapping.lines:
         src_prefix, dst_prefix = literal_prefix(line.left), literal_prefix(line.right)
@@ -38,7 +48,7 @@ def _credits(store, mapping: Mapping) -> dict[tuple[str, str], int]:
     return credit
 
 
-def _depot_pattern(ctx, arg: str) -> str:
+def _depot_pattern(ctx: Context, arg: str) -> str:
     ws = ctx.workspace
     if ws.is_depot_syntax(arg):
         return arg
@@ -49,13 +59,21 @@ def _depot_pattern(ctx, arg: str) -> str:
     return depot
 
 
-def _sources(ctx, opts, args) -> tuple[Mapping, dict, str | None]:
+def _sources(ctx: Context, opts: Options, args: list[str]) -> tuple[Mapping, dict, str | None]:
     """The source->target mapping, source revisions selected, and the target argument text."""
-    if opts.get("b"):
-        spec = ctx.store.spec("branch", opts["b"])
+    if opts.get("r") and not opts.get("b"):
+        # -r reverses a branch view; without one there is nothing to reverse.
+        raise COMMANDS["integrate"].usage_error()
+    branch = opts.value("b")
+    if branch:
+        spec = ctx.store.spec("branch", branch)
         if spec is None:
-            raise P4Error(msg.BRANCH_UNKNOWN.format(name=opts["b"]))
-        mapping = Mapping([ViewLine.parse(vl) for vl in spec["view"].splitlines() if vl.strip()])
+            raise P4Error(msg.BRANCH_UNKNOWN.format(name=branch))
+        lines = [ViewLine.parse(vl) for vl in spec["view"].splitlines() if vl.strip()]
+        if opts.get("r"):
+            # The view's right side becomes the source and its left side the target.
+            lines = [ViewLine(line.right, line.left, line.exclude) for line in lines]
+        mapping = Mapping(lines)
         targets = file_args(ctx, args) if args else None
         revspec = targets[0].revspec if targets else None
         sources = {}
@@ -68,7 +86,7 @@ def _sources(ctx, opts, args) -> tuple[Mapping, dict, str | None]:
                 if dst and (targets is None or any(t.matches(dst) for t in targets)):
                     sources[src] = row
         if not sources:
-            raise P4Error(msg.NO_TARGET_IN_BRANCH)
+            ctx.out.warning(msg.NO_TARGET_IN_BRANCH)
         return mapping, sources, " ".join(args) if args else None
     if len(args) != 2:
         raise COMMANDS["integrate"].usage_error()
@@ -82,9 +100,9 @@ def _sources(ctx, opts, args) -> tuple[Mapping, dict, str | None]:
     return Mapping([ViewLine(src_path, dst_path)]), sources, args[1]
 
 
-def integrate(ctx, opts, args) -> None:
+def integrate(ctx: Context, opts: Options, args: list[str]) -> None:
     ws, store, client = ctx.workspace, ctx.store, ctx.settings.client
-    change = ctx.pending_change(opts.get("c"))
+    change = ctx.pending_change(opts.value("c"))
     preview = bool(opts.get("n"))
     mapping, sources, target_arg = _sources(ctx, opts, args)
     if not sources:
@@ -94,7 +112,10 @@ def integrate(ctx, opts, args) -> None:
     target_heads = store.heads({t.rsplit("/", 1)[0] + "/" for t in targets.values() if t})
     opened = {r["file"] for r in store.opened(client)}
     have = store.have(client)
-    opened_rows, resolve_rows, have_rows, to_write = [], [], [], []
+    opened_rows: list[OpenedRow] = []
+    resolve_rows: list[ResolveRow] = []
+    have_rows: list[tuple[str, int]] = []
+    to_write: list[tuple[str, str]] = []
     acted = False
     for src in sorted(sources):
         dst, src_row = targets[src], sources[src]
@@ -120,6 +141,7 @@ def integrate(ctx, opts, args) -> None:
             resolve_rows.append((client, dst, src, start, end, src, start, "branch from"))
             opened_rows.append((client, dst, action, change, 0, FILE_TYPE, ctx.user))
         else:
+            assert dst_row is not None, "the target is live, or the source is: both deleted was skipped"
             work_rev = dst_row["rev"]
             if have.get(dst) != work_rev:  # the target is opened at its head revision
                 to_write.append((local, dst_row["digest"]))
@@ -150,7 +172,13 @@ def integrate(ctx, opts, args) -> None:
     _apply(ctx, opened_rows, resolve_rows, have_rows, to_write)
 
 
-def _apply(ctx, opened_rows, resolve_rows, have_rows, to_write) -> None:
+def _apply(
+    ctx: Context,
+    opened_rows: list[OpenedRow],
+    resolve_rows: list[ResolveRow],
+    have_rows: list[tuple[str, int]],
+    to_write: list[tuple[str, str]],
+) -> None:
     store, client = ctx.store, ctx.settings.client
     store.open_files(opened_rows)
     store.schedule_resolves(r[:7] for r in resolve_rows)
@@ -162,7 +190,7 @@ def _apply(ctx, opened_rows, resolve_rows, have_rows, to_write) -> None:
     for local, digest in to_write:
         write_file(local, contents[digest], writable=True)
     for row in opened_rows:
-        local = ctx.workspace.depot_to_local(row[1])
+        local = ctx.workspace.mapped_local(row[1])
         if row[2] == "delete":
             remove_file(local)
         else:
@@ -173,8 +201,9 @@ COMMANDS = {
     "integrate": Command(
         "integrate",
         integrate,
-        "integrate [ -c changelist# -n -f -v ] [ -b branch ] fromFile[revRange] toFile",
-        flags="c: n b:",
+        "integrate [ -c changelist# -n ] fromFile[revRange] toFile | [ -c changelist# -n ] -b branch [ -r ] "
+        "[ toFile[revRange] ... ]",
+        flags="c: n b: r",
     ),
 }
 COMMANDS["integ"] = COMMANDS["integrate"]

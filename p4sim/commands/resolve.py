@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+from p4sim import TYPE_CHECKING
 from p4sim import messages as msg
-from p4sim.commands import Command
+from p4sim.commands import Command, Options
 from p4sim.commands.integrate import rev_range
 from p4sim.commands.select import file_args
 from p4sim.errors import UsageError
 from p4sim.merge import MarkerLabels, merge3
 from p4sim.workspace import read_file, write_file
 
+if TYPE_CHECKING:
+    from p4sim.context import Context
+    from p4sim.merge import MergeResult
+    from p4sim.server.store import Store
+
 MODES = ("am", "as", "af", "at", "ay")
 
 
-def _pending(ctx, opts, args) -> list:
+def _pending(ctx: Context, opts: Options, args: list[str]) -> list:
     """Unresolved records of this client, narrowed by -c and file arguments (warning if none)."""
     store, client = ctx.store, ctx.settings.client
     rows = [r for r in store.resolves(client) if r["how"] is None]
     if opts.get("c"):
-        change = ctx.pending_change(opts["c"])
+        change = ctx.pending_change(opts.value("c"))
         in_change = {o["file"] for o in store.opened(client, change)}
         rows = [r for r in rows if r["file"] in in_change]
     if not args:
@@ -34,12 +40,12 @@ def _pending(ctx, opts, args) -> list:
     return sorted(selected, key=lambda r: r["file"])
 
 
-def _content(store, file: str, rev: int) -> bytes:
+def _content(store: Store, file: str, rev: int) -> bytes:
     row = store.rev(file, rev) if rev else None
     return store.blob(row["digest"]) if row else b""
 
 
-def _decide(mode: str, result) -> str | None:
+def _decide(mode: str, result: MergeResult) -> str | None:
     """p4's decision table: the resolve result, or None to skip the file."""
     if result.conflicting:
         return "edit from" if mode == "af" else None
@@ -50,7 +56,7 @@ def _decide(mode: str, result) -> str | None:
     return None if mode == "as" else "merge from"
 
 
-def resolve(ctx, opts, args) -> None:
+def resolve(ctx: Context, opts: Options, args: list[str]) -> None:
     mode = next((m for m in MODES if opts.get(m)), None)
     preview = bool(opts.get("n"))
     if mode is None and not preview:
@@ -58,7 +64,8 @@ def resolve(ctx, opts, args) -> None:
     ws, store, client = ctx.workspace, ctx.store, ctx.settings.client
     for r in _pending(ctx, opts, args):
         depot, source, start, end = r["file"], r["from_file"], r["start_rev"], r["end_rev"]
-        local, client_file = ws.depot_to_local(depot), ws.depot_to_client(depot)
+        client_file = ws.mapped_client(depot)
+        local = ws.client_to_local(client_file)
         two_way = mode in ("at", "ay")
         header = (
             msg.VS.format(local=local, source=source, rev=end)
@@ -78,6 +85,8 @@ def resolve(ctx, opts, args) -> None:
         )
         if preview:
             continue
+        assert mode is not None, "only -n runs without a mode"
+        how: str | None
         theirs = _content(store, source, end)
         yours = read_file(local)
         if mode == "at":
@@ -107,7 +116,7 @@ COMMANDS = {
     "resolve": Command(
         "resolve",
         resolve,
-        "resolve [ -af -am -as -at -ay -f -n -N -o -t -v ] [ -c changelist# ] [ file ... ]",
+        "resolve [ -af -am -as -at -ay -n ] [ -c changelist# ] [ file ... ]",
         flags="am as af at ay n c:",
     ),
 }

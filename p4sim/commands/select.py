@@ -6,10 +6,14 @@ commands only handle what was found.
 
 from __future__ import annotations
 
+from p4sim import TYPE_CHECKING
 from p4sim import messages as msg
 from p4sim.errors import P4Error
 from p4sim.server.store import Row
 from p4sim.workspace import FileArg
+
+if TYPE_CHECKING:
+    from p4sim.context import Context
 
 
 def display_rev(rev: int) -> int:
@@ -17,7 +21,7 @@ def display_rev(rev: int) -> int:
     return rev or 1
 
 
-def file_args(ctx, args: list[str]) -> list[FileArg]:
+def file_args(ctx: Context, args: list[str]) -> list[FileArg]:
     ws = ctx.workspace
     return [ws.file_arg(a) for a in args] if args else [ws.whole_view()]
 
@@ -32,7 +36,7 @@ def change_limit(revspec: str | None) -> int | None:
     return int(value)
 
 
-def revisions(ctx, fa: FileArg) -> dict[str, Row | None]:
+def revisions(ctx: Context, fa: FileArg) -> dict[str, Row | None]:
     """The revision each matching depot file is at for the argument's revision specifier.
 
     A file at a delete revision, or before its first revision (`#none`, `#0`, `@N` earlier),
@@ -45,11 +49,11 @@ def revisions(ctx, fa: FileArg) -> dict[str, Row | None]:
         wanted = 0 if spec in ("#none", "#0") else int(spec[1:]) if spec[1:].isdigit() else None
         if wanted is None:
             raise P4Error(f"Invalid revision number '{spec[1:]}'.")
-        found = {f: (ctx.store.rev(f, min(wanted, r["rev"])) if wanted else None) for f, r in found.items()}
+        found = {f: (ctx.store.rev(f, min(wanted, heads[f]["rev"])) if wanted else None) for f in found}
     return found
 
 
-def opened_matching(ctx, args: list[str], change: int | None = None, warn: str = msg.NOT_OPENED) -> list[Row]:
+def opened_matching(ctx: Context, args: list[str], change: int | None = None, warn: str = msg.NOT_OPENED) -> list[Row]:
     """Opened files of this client (optionally in one change) matching the arguments."""
     rows = ctx.store.opened(ctx.settings.client, change)
     if not args:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from p4sim import TYPE_CHECKING
 from p4sim import messages as msg
-from p4sim.commands import Command
+from p4sim.commands import Command, Options
 from p4sim.commands.select import display_rev, file_args, opened_matching
 from p4sim.errors import P4Error, UsageError
 from p4sim.server import triggers
 from p4sim.workspace import read_file, remove_file, write_file
 
+if TYPE_CHECKING:
+    from p4sim.context import Context
 
-def _delete_shelf(ctx, change: int, args) -> None:
+
+def _delete_shelf(ctx: Context, change: int, args: list[str]) -> None:
     shelved = ctx.store.shelved(change)
     if args:
         fas = file_args(ctx, args)
@@ -21,12 +25,12 @@ def _delete_shelf(ctx, change: int, args) -> None:
     ctx.out.info(msg.SHELF_DELETED.format(change=change) if not args else msg.SHELF_FILES_DELETED.format(change=change))
 
 
-def shelve(ctx, opts, args) -> None:
+def shelve(ctx: Context, opts: Options, args: list[str]) -> None:
     if not opts.get("c"):
         # Without -c p4 opens an editor on a new change and waits: refuse instead of hanging.
         raise UsageError(msg.NO_INTERACTIVE.format(command="shelve", hint="use 'shelve -c N'."))
     store, ws = ctx.store, ctx.workspace
-    change = ctx.pending_change(opts["c"])
+    change = ctx.pending_change(opts.value("c"))
     if change == 0:
         raise COMMANDS["shelve"].usage_error()
     if opts.get("d"):
@@ -42,7 +46,7 @@ def shelve(ctx, opts, args) -> None:
     triggers.validate(store, "shelve", [f["file"] for f in files])
     if opts.get("r"):
         store.discard_shelved(change)
-    contents = [None if f["action"] == "delete" else read_file(ws.depot_to_local(f["file"])) for f in files]
+    contents = [None if f["action"] == "delete" else read_file(ws.mapped_local(f["file"])) for f in files]
     digests = iter(store.put_blobs(c for c in contents if c is not None))
     store.shelve_files(
         (change, f["file"], f["action"], f["rev"], f["type"], None if c is None else next(digests))
@@ -58,9 +62,9 @@ def shelve(ctx, opts, args) -> None:
     ctx.out.info(msg.SHELVED.format(change=change))
 
 
-def unshelve(ctx, opts, args) -> None:
+def unshelve(ctx: Context, opts: Options, args: list[str]) -> None:
     store, ws, client = ctx.store, ctx.workspace, ctx.settings.client
-    source = opts.get("s")
+    source = opts.value("s")
     if not source:
         raise COMMANDS["unshelve"].usage_error()
     shelved = store.shelved(int(source)) if source.isdigit() else []
@@ -69,13 +73,13 @@ def unshelve(ctx, opts, args) -> None:
         shelved = [r for r in shelved if any(fa.matches(r["file"]) for fa in fas)]
     if not shelved:
         raise P4Error(msg.NO_SHELVED_FILES.format(change=source))
-    change = ctx.pending_change(opts.get("c"))
+    change = ctx.pending_change(opts.value("c"))
     for row in shelved:
         opened = store.opened_file(client, row["file"])
         if opened and not opts.get("f"):
             ctx.out.warning(msg.CANT_UNSHELVE.format(depot=row["file"], action=opened["action"]))
             continue
-        local = ws.depot_to_local(row["file"])
+        local = ws.mapped_local(row["file"])
         store.open_files([(client, row["file"], row["action"], change, row["rev"], row["type"], ctx.user)])
         if row["action"] == "delete":
             remove_file(local)
@@ -92,10 +96,10 @@ COMMANDS = {
     "shelve": Command(
         "shelve",
         shelve,
-        "shelve [ -a option -p ] [ -c changelist# [ -f | -r ] ] [ -d -c changelist# [ -f ] ] [ file ... ]",
+        "shelve [ -c changelist# [ -f | -r ] ] [ -d -c changelist# [ -f ] ] [ file ... ]",
         flags="c: f r d",
     ),
     "unshelve": Command(
-        "unshelve", unshelve, "unshelve -s changelist# [ -f -n ] [ -c changelist# ] [ file ... ]", flags="s: c: f"
+        "unshelve", unshelve, "unshelve -s changelist# [ -f ] [ -c changelist# ] [ file ... ]", flags="s: c: f"
     ),
 }

@@ -5,21 +5,24 @@ from __future__ import annotations
 import sys
 import time
 
+from p4sim import TYPE_CHECKING, specs
 from p4sim import messages as msg
-from p4sim import specs
-from p4sim.commands import Command
+from p4sim.commands import Command, Options
 from p4sim.errors import P4Error, UsageError
+
+if TYPE_CHECKING:
+    from p4sim.context import Context
 
 CLIENT_OPTIONS = "noallwrite noclobber nocompress unlocked nomodtime normdir"
 
 
-def _need_one_mode(command: str, opts, hint: str) -> None:
+def _need_one_mode(command: str, opts: Options, hint: str) -> None:
     # Without -o/-i/-d real p4 opens $EDITOR; a caller without a terminal would hang.
     if not any(opts.get(f) for f in ("o", "i", "d")):
         raise UsageError(msg.NO_INTERACTIVE.format(command=command, hint=hint))
 
 
-def _emit_spec(ctx, kind: str, fields: specs.SpecFields) -> None:
+def _emit_spec(ctx: Context, kind: str, fields: specs.SpecFields) -> None:
     ctx.out.record(specs.tagged(fields), specs.render(kind, fields), per_file=False)
 
 
@@ -36,7 +39,7 @@ def _required(kind: str, fields: specs.SpecFields, name: str) -> str:
 
 
 # -- client and branch: named specs with a view ------------------------------------------------
-def _named_spec_fields(ctx, kind: str, name: str) -> specs.SpecFields:
+def _named_spec_fields(ctx: Context, kind: str, name: str) -> specs.SpecFields:
     """The stored spec, or the default p4 offers for a new one."""
     row = ctx.store.spec(kind, name)
     fields: specs.SpecFields = {kind.capitalize(): name}
@@ -60,16 +63,16 @@ def _named_spec_fields(ctx, kind: str, name: str) -> specs.SpecFields:
     return fields
 
 
-def _named_spec(kind: str, ctx, opts, args) -> None:
+def _named_spec(kind: str, ctx: Context, opts: Options, args: list[str]) -> None:
     label = kind.capitalize()
     if opts.get("i"):
         fields = specs.parse(sys.stdin.read())
         name = _required(label.lower(), fields, label)
         row = ctx.store.spec(kind, name)
         root = _required(kind, fields, "Root") if kind == "client" else None
-        owner = fields.get("Owner") or ctx.user
+        owner = specs.text(fields, "Owner") or ctx.user
         description = specs.description_text(fields) or ""
-        options = fields.get("Options") or (CLIENT_OPTIONS if kind == "client" else "unlocked")
+        options = specs.text(fields, "Options") or (CLIENT_OPTIONS if kind == "client" else "unlocked")
         view = _view_lines(fields)
         if row and (row["owner"], row["description"], row["root"], row["options"], row["view"]) == (
             owner,
@@ -83,9 +86,10 @@ def _named_spec(kind: str, ctx, opts, args) -> None:
         ctx.store.save_spec(kind, name, owner, description, root, options, view, int(time.time()))
         ctx.out.info(msg.SPEC_SAVED.format(kind=label, name=name))
         return
-    name = args[0] if args else (ctx.settings.client if kind == "client" else None)
-    if name is None:
+    named = args[0] if args else (ctx.settings.client if kind == "client" else None)
+    if named is None:
         raise COMMANDS[kind].usage_error()
+    name = named
     if opts.get("d"):
         if ctx.store.spec(kind, name) is None:
             raise P4Error((msg.CLIENT_UNKNOWN if kind == "client" else msg.BRANCH_UNKNOWN).format(name=name))
@@ -95,18 +99,18 @@ def _named_spec(kind: str, ctx, opts, args) -> None:
     _emit_spec(ctx, kind, _named_spec_fields(ctx, kind, name))
 
 
-def client(ctx, opts, args) -> None:
+def client(ctx: Context, opts: Options, args: list[str]) -> None:
     _need_one_mode("client", opts, "use 'client -o' and 'client -i'.")
     _named_spec("client", ctx, opts, args)
 
 
-def branch(ctx, opts, args) -> None:
+def branch(ctx: Context, opts: Options, args: list[str]) -> None:
     _need_one_mode("branch", opts, "use 'branch -o' and 'branch -i'.")
     _named_spec("branch", ctx, opts, args)
 
 
 # -- change ------------------------------------------------------------------------------------
-def _change_fields(ctx, number: int | None) -> specs.SpecFields:
+def _change_fields(ctx: Context, number: int | None) -> specs.SpecFields:
     if number is None:
         files = ctx.store.opened(ctx.settings.client, 0)
         return {
@@ -134,7 +138,7 @@ def _change_fields(ctx, number: int | None) -> specs.SpecFields:
     return fields
 
 
-def _change_in(ctx) -> None:
+def _change_in(ctx: Context) -> None:
     fields = specs.parse(sys.stdin.read())
     description = specs.description_text(fields)
     if not description or description.strip() == "<enter description here>":
@@ -144,7 +148,7 @@ def _change_in(ctx) -> None:
     number_text = fields.get("Change", "new")
     client = ctx.settings.client
     if number_text == "new":
-        number = ctx.store.create_change(client, fields.get("User") or ctx.user, description)
+        number = ctx.store.create_change(client, specs.text(fields, "User") or ctx.user, description)
         created = True
     else:
         number = ctx.pending_change(str(number_text))
@@ -164,7 +168,7 @@ def _change_in(ctx) -> None:
         ctx.out.info(msg.CHANGE_CREATED.format(change=number))
 
 
-def _change_delete(ctx, number_text: str) -> None:
+def _change_delete(ctx: Context, number_text: str) -> None:
     number = ctx.pending_change(number_text)
     if number == 0:
         raise COMMANDS["change"].usage_error()
@@ -177,7 +181,7 @@ def _change_delete(ctx, number_text: str) -> None:
     ctx.out.info(msg.CHANGE_DELETED.format(change=number))
 
 
-def change(ctx, opts, args) -> None:
+def change(ctx: Context, opts: Options, args: list[str]) -> None:
     _need_one_mode("change", opts, "use 'change -o' and 'change -i'.")
     if opts.get("i"):
         _change_in(ctx)
@@ -192,11 +196,7 @@ def change(ctx, opts, args) -> None:
 
 
 COMMANDS = {
-    "client": Command(
-        "client", client, "client [ -f -t template ] [ -o | -d | -i ] [ clientname ]", flags="f o i d t:", max_args=1
-    ),
-    "branch": Command("branch", branch, "branch [ -f ] [ -o | -d | -i ] branchspec", flags="f o i d", max_args=1),
-    "change": Command(
-        "change", change, "change [ -f -s -O ] [ -o | -d | -i ] [ changelist# ]", flags="f s O o i d", max_args=1
-    ),
+    "client": Command("client", client, "client [ -o | -d | -i ] [ clientname ]", flags="o i d", max_args=1),
+    "branch": Command("branch", branch, "branch [ -o | -d | -i ] branchspec", flags="o i d", max_args=1),
+    "change": Command("change", change, "change [ -o | -d | -i ] [ changelist# ]", flags="o i d", max_args=1),
 }

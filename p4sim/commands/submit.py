@@ -5,34 +5,44 @@ from __future__ import annotations
 import os
 import time
 
+from p4sim import TYPE_CHECKING
 from p4sim import messages as msg
-from p4sim.commands import Command
+from p4sim.commands import Command, Options
 from p4sim.errors import P4Error, UsageError
 from p4sim.server import triggers
 from p4sim.server.depot import IntegRecord, NewRevision, add_revisions
 from p4sim.workspace import read_file, set_writable
 
+if TYPE_CHECKING:
+    from p4sim.context import Context
+    from p4sim.server.store import Row
 
-def _change_to_submit(ctx, opts) -> int:
+
+def _change_to_submit(ctx: Context, opts: Options) -> int:
     store, client = ctx.store, ctx.settings.client
-    if opts.get("d"):
+    description = opts.value("d")
+    if description:
         # p4 first moves the default change's files into a new numbered change.
         default_files = store.opened(client, 0)
         if not default_files:
-            raise P4Error(msg.NO_FILES_TO_SUBMIT)
-        number = store.create_change(client, ctx.user, opts["d"].rstrip("\n") + "\n")
+            raise P4Error(msg.NO_FILES_TO_SUBMIT_DEFAULT)
+        number = store.create_change(client, ctx.user, description.rstrip("\n") + "\n")
         for row in default_files:
             store.reopen(client, row["file"], number)
         return number
     if not opts.get("c"):
         raise UsageError(msg.NO_INTERACTIVE.format(command="submit", hint="use 'submit -c N' or 'submit -d DESC'."))
-    number = ctx.pending_change(opts["c"])
+    number = ctx.pending_change(opts.value("c"))
     if number == 0:
         raise COMMANDS["submit"].usage_error()
+    change_row = ctx.store.change(number)
+    assert change_row is not None, "pending_change found it"
+    if change_row["user"] != ctx.user:
+        raise P4Error(msg.CHANGE_OTHER_USER.format(change=number, user=change_row["user"]))
     return number
 
 
-def _check_resolved(ctx, change: int, files) -> None:
+def _check_resolved(ctx: Context, change: int, files: list[Row]) -> None:
     store, client = ctx.store, ctx.settings.client
     pending = [f["file"] for f in files if any(r["how"] is None for r in store.resolves(client, f["file"]))]
     if pending:
@@ -52,7 +62,7 @@ def _check_resolved(ctx, change: int, files) -> None:
         raise P4Error(*stale, msg.OUT_OF_DATE, msg.SUBMIT_FAILED.format(change=change))
 
 
-def submit(ctx, opts, args) -> None:
+def submit(ctx: Context, opts: Options, args: list[str]) -> None:
     store, client, ws = ctx.store, ctx.settings.client, ctx.workspace
     change = _change_to_submit(ctx, opts)
     files = store.opened(client, change)
@@ -64,7 +74,7 @@ def submit(ctx, opts, args) -> None:
     triggers.validate(store, "submit", [f["file"] for f in files])
     revisions, integs = [], []
     for f in files:
-        local = ws.depot_to_local(f["file"])
+        local = ws.mapped_local(f["file"])
         content = None
         if f["action"] != "delete":
             if not os.path.exists(local):
@@ -88,7 +98,7 @@ def submit(ctx, opts, args) -> None:
     store.set_have(client, [(r.file, 0 if r.action == "delete" else new_revs[r.file]) for r in revisions])
     store.close_files(client, [f["file"] for f in files])
     for r in revisions:
-        set_writable(ws.depot_to_local(r.file), False)
+        set_writable(ws.mapped_local(r.file), False)
         ctx.out.record(
             {"depotFile": r.file, "rev": new_revs[r.file], "action": r.action},
             msg.SUBMITTED_FILE.format(action=r.action, depot=r.file, rev=new_revs[r.file]),
@@ -102,7 +112,5 @@ def submit(ctx, opts, args) -> None:
 
 
 COMMANDS = {
-    "submit": Command(
-        "submit", submit, "submit [ -r -s -f option ] [ -c changelist# | -d description ]", flags="c: d:", max_args=0
-    ),
+    "submit": Command("submit", submit, "submit [ -c changelist# | -d description ]", flags="c: d:", max_args=0),
 }

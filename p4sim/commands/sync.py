@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+from p4sim import TYPE_CHECKING
 from p4sim import messages as msg
-from p4sim.commands import Command
+from p4sim.commands import Command, Options
 from p4sim.commands.select import file_args, revisions
 from p4sim.errors import P4Error
 from p4sim.workspace import is_writable_file, remove_file, write_file
+
+if TYPE_CHECKING:
+    from p4sim.context import Context
+    from p4sim.server.store import Row
 
 # p4's verbs per sync action, and the -ztag action names.
 _TEXT = {"added": "added as", "updated": "updating", "deleted": "deleted as"}
 
 
-def sync(ctx, opts, args) -> None:
+def sync(ctx: Context, opts: Options, args: list[str]) -> None:
     ws, store, client = ctx.workspace, ctx.store, ctx.settings.client
     force, preview = bool(opts.get("f")), bool(opts.get("n"))
     ctx.out.quiet = ctx.out.quiet or bool(opts.get("q"))
     have = store.have(client)
     opened = {r["file"]: r for r in store.opened(client)}
-    plan: list[tuple[str, str, object]] = []  # (action, depot file, target revision row)
+    plan: list[tuple[str, str, Row | None]] = []  # (action, depot file, target revision row)
     for fa in file_args(ctx, args):
         targets = revisions(ctx, fa)
         in_view = {f: r for f, r in targets.items() if ws.depot_to_client(f) is not None}
@@ -50,32 +55,34 @@ def sync(ctx, opts, args) -> None:
     _apply(ctx, plan, preview, keep_files=bool(opts.get("k")))
 
 
-def _schedule_resolve(ctx, depot: str, have_rev: int, target: int) -> None:
+def _schedule_resolve(ctx: Context, depot: str, have_rev: int, target: int) -> None:
     """An opened file behind the new revision keeps the user's edits and needs a resolve."""
     ctx.store.schedule_resolves([(ctx.settings.client, depot, depot, have_rev, target, depot, have_rev)])
     ctx.store.set_have(ctx.settings.client, [(depot, target)])
     ctx.out.info(msg.SYNC_OPENED.format(depot=depot, rev=target), per_file=True)
-    ctx.out.info("... " + msg.MUST_RESOLVE_REV.format(depot=depot, rev=target), level=1)
+    ctx.out.info(msg.MUST_RESOLVE_REV.format(depot=depot, rev=target), level=1)
 
 
-def _apply(ctx, plan, preview: bool, keep_files: bool) -> None:
+def _apply(ctx: Context, plan: list[tuple[str, str, Row | None]], preview: bool, keep_files: bool) -> None:
     """Write the files (unless -n, or -k: have list only) and print one line per file."""
     ws, store, client = ctx.workspace, ctx.store, ctx.settings.client
-    contents = {} if preview or keep_files else store.blobs(r["digest"] for a, _, r in plan if a != "deleted")
-    total_size = sum(r["size"] for a, _, r in plan if a != "deleted")
+    # Only a deletion can lack a revision row (a file the have list has and the view lost).
+    written = [r for a, _, r in plan if a != "deleted" and r is not None]
+    contents = {} if preview or keep_files else store.blobs(r["digest"] for r in written)
+    total_size = sum(r["size"] for r in written)
     done: list[tuple[str, int]] = []
     try:
         for i, (action, depot, row) in enumerate(plan):
-            local = ws.depot_to_local(depot)
+            local = ws.mapped_local(depot)
             rev = row["rev"] if row is not None else "none"
             if action in ("added", "updated") and not preview and not keep_files and is_writable_file(local):
                 raise P4Error(msg.CANT_CLOBBER.format(local=local))
             if not preview:
                 if not keep_files and action == "deleted":
                     remove_file(local)
-                elif not keep_files:
+                elif not keep_files and row is not None:
                     write_file(local, contents[row["digest"]])
-                done.append((depot, 0 if action == "deleted" else row["rev"]))
+                done.append((depot, 0 if action == "deleted" or row is None else row["rev"]))
             fields: dict[str, object] = {
                 "depotFile": depot,
                 "clientFile": local,
@@ -101,5 +108,5 @@ def _apply(ctx, plan, preview: bool, keep_files: bool) -> None:
 
 
 COMMANDS = {
-    "sync": Command("sync", sync, "sync [ -f -L -n -N -k -q -r ] [-m max] [ file[revRange] ... ]", flags="f n k q"),
+    "sync": Command("sync", sync, "sync [ -f -n -k -q ] [ file[revRange] ... ]", flags="f n k q"),
 }

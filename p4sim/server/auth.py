@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 import time
 
+from p4sim import TYPE_CHECKING
 from p4sim import messages as msg
 from p4sim.errors import P4Error
+
+if TYPE_CHECKING:
+    from p4sim.context import Context
 
 TICKET_LIFETIME = 12 * 3600  # p4d's default ticket timeout
 
@@ -38,7 +42,7 @@ def write_ticket(tickets_file: str, port: str, user: str, ticket: str) -> None:
         f.write("\n".join(kept) + "\n")
 
 
-def ticket_seconds_left(ctx) -> float | None:
+def ticket_seconds_left(ctx: Context) -> float | None:
     """Seconds the current ticket has left; None without a known ticket, <= 0 if expired."""
     ticket = read_ticket(ctx.settings.tickets, ctx.settings.port, ctx.user)
     candidates = [t for t in (ticket, ctx.settings.password) if t]
@@ -49,7 +53,7 @@ def ticket_seconds_left(ctx) -> float | None:
     return None
 
 
-def check_login(ctx) -> None:
+def check_login(ctx: Context) -> None:
     """Refuse the command unless the user has no password or presents a valid credential."""
     password = ctx.store.password(ctx.user)
     if not password or ctx.settings.password == password:

@@ -6,6 +6,7 @@ Shared by `submit` and by the seeder, which builds histories without running p4 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from p4sim.server.store import Store
@@ -30,7 +31,7 @@ class IntegRecord:
 
 
 def add_revisions(
-    store: Store, change: int, revisions: list[NewRevision], integs: list[IntegRecord] = (), when: int | None = None
+    store: Store, change: int, revisions: list[NewRevision], integs: Iterable[IntegRecord] = (), when: int | None = None
 ) -> dict[str, int]:
     """Append one revision per file in `change`; returns file -> its new revision number."""
     when = when or int(time.time())

@@ -11,8 +11,9 @@ import os
 import sqlite3
 import time
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:  # annotations only; typing would slow down every invocation
+from p4sim import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only
     from collections.abc import Iterable
 
 SCHEMA_VERSION = 1
@@ -270,7 +271,7 @@ class Store:
 
     # -- opened files --------------------------------------------------------------------------
     def opened(self, client: str | None = None, change: int | None = None) -> list[Row]:
-        sql, params = "SELECT * FROM opened WHERE 1", []
+        sql, params = "SELECT * FROM opened WHERE 1", list[object]()
         if client is not None:
             sql += " AND client=?"
             params.append(client)

@@ -474,7 +474,7 @@ def test_submit_and_history(clean):
         out=["Submitting change 5.", "Locking 1 files ...", "edit //depot/main/README.txt#2", "Change 5 submitted."],
     )
     assert stat.S_IMODE((p4.cwd / "main/README.txt").stat().st_mode) == 0o444
-    lines_ok(p4("submit", "-d", "nothing"), out=[], err=["No files to submit."], rc=1)
+    lines_ok(p4("submit", "-d", "nothing"), out=[], err=["No files to submit from the default changelist."], rc=1)
     r = p4("changes", "-m", "2")
     assert [line.split(" by ")[1] for line in r.out_lines] == ["bob@ws 'Edit the readme '", "bob@ws 'Work on main. '"]
     assert r.out_lines[0].startswith("Change 5 on ")

@@ -1,4 +1,4 @@
-"""Stage interpreters on p4 transcripts copied from P4-REFERENCE.md: every warning / exit-0
+"""Stage interpreters on p4 transcripts as docs/p4-behaviour.md records them: every warning / exit-0
 case and every error case there, plus the process-level rules shared by all stages."""
 
 from __future__ import annotations
@@ -505,6 +505,7 @@ def test_merges_still_pending_waits_for_a_person():
     "stderr",
     [
         "No files to submit.\n",
+        "Change 123 belongs to user alice.\n",
         "Change 123 has shelved files --  cannot submit.\n",
         "Out of date files must be resolved or reverted.\n"
         "Submit failed -- fix problems above then use 'p4 submit -c 123'.\n",

@@ -1,4 +1,4 @@
-"""Parsers of p4 output (texts from P4-REFERENCE.md)."""
+"""Parsers of p4 output (texts from docs/p4-behaviour.md)."""
 
 from __future__ import annotations
 
