@@ -10,8 +10,8 @@ moves output in big blocks with a single selector instead of a thread per pipe. 
 - enforces the timeout and kill requests: SIGTERM to the whole command (through its executor
   handle), SIGKILL after ``kill_grace_s``;
 - when both pipes hit EOF and the leader has exited: lets the handle conclude the status,
-  writes the result to the spool, THEN
-  publishes CmdDone, then hands the status to the session thread.
+  writes the result to the spool, THEN publishes CmdDone, then hands the status to the
+  session thread.
 The session thread talks to it only through ``start_cmd``/``kill``/``publish_done``/``shutdown``
 (callables queued to this thread) and reads finished statuses from ``done_fd``/``take_done``.
 """

@@ -3,8 +3,9 @@
 A restarted agent cannot re-attach to such a command: its output pipes died with the old
 agent (the child gets SIGPIPE on its next write), so neither its remaining output nor its exit
 status can ever be observed. Each one is therefore ended by the agent's executor (locally:
-SIGKILL to what is left of its process group) and recorded as finished with ``error = RESTARTED``; ``killed`` says whether anything was
-still running. Its spooled output so far stays fetchable.
+SIGKILL to what is left of its process group) and recorded as finished with ``error =
+RESTARTED``; ``killed`` says whether anything was still running. Its spooled output so far
+stays fetchable.
 """
 
 from __future__ import annotations

@@ -90,11 +90,12 @@ class RemoteRun:
     ssh session."""
 
     def __init__(self, proc: subprocess.Popen, master: ControlMaster, master_pid: int) -> None:
+        assert proc.stdin is not None  # always piped: see SshExecutor.start
         self.proc = proc
         self.dest = master.dest
         self.master_pid = master_pid
         # Our own end of the session's stdin: kill lines go here, and closing it ends the command.
-        self.lifeline: int | None = os.dup(proc.stdin.fileno())  # type: ignore[union-attr]
+        self.lifeline: int | None = os.dup(proc.stdin.fileno())
         os.set_blocking(self.lifeline, False)
         self.cut: int | None = None  # the signal we answered by cutting the session ourselves
 
@@ -164,8 +165,8 @@ class SshExecutor:
         # Always a stdin pipe: it is the lifeline even when the request has no stdin.
         proc = procgroup.popen_piped(argv, with_stdin=True)
         run = RemoteRun(proc, self.master, master_pid)
-        if spec.stdin is None:
-            proc.stdin.close()  # type: ignore[union-attr]  # the lifeline dup keeps it open
+        if spec.stdin is None and proc.stdin is not None:
+            proc.stdin.close()  # the lifeline dup keeps the pipe open
         return run
 
     def end_orphan(self, pid: int, ticks: int | None) -> bool:
