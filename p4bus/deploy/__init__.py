@@ -9,7 +9,7 @@ One module per job, run in this order by flow.py:
   with ``pip --no-index``), agent.toml (0600), state/ (the spool) and agent.log;
 - service.py: ``agentctl`` there starts and stops the agent as a systemd user unit when
   ``systemctl --user`` works, else as a supervised background process (restart loop, pid file);
-  both are rendered from the templates in ops/deploy/, shipped as package data;
+  script and unit are rendered from the templates in ops/deploy/, shipped as package data;
 - registration.py: the master's word that the agent (a new process of it) has registered.
 
 This package's own vocabulary (``Plan``, ``DeployError``) is here.

@@ -3,12 +3,13 @@ from them (no index: the host needs no internet), and agent.toml (0600)."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import tomli_w
 
 from p4bus.deploy import Plan
-from p4bus.deploy.host import Host, Remote, q
+from p4bus.deploy.host import Host, Remote
 
 
 def agent_toml(plan: Plan, agent_id: str, remote_dir: str) -> str:
@@ -36,7 +37,7 @@ def install(remote: Remote, host: Host, rdir: str, wheels: list[Path], config: s
     remote.sh(f"rm -rf {rdir}/wheels && mkdir {rdir}/wheels", "clearing the old wheels")
     remote.copy(wheels, f"{rdir}/wheels")
     remote.sh(
-        f"{{ [ -x {rdir}/venv/bin/python ] || {q(host.python)} -m venv {rdir}/venv; }} && "
+        f"{{ [ -x {rdir}/venv/bin/python ] || {shlex.quote(host.python)} -m venv {rdir}/venv; }} && "
         f"{rdir}/venv/bin/python -m pip install -q --no-index --find-links {rdir}/wheels --force-reinstall p4bus",
         "installing p4bus",
     )
