@@ -1,118 +1,94 @@
-"""Starting and signalling child processes.
+"""How an agent runs its commands, chosen once: here, each in a process group of its own
+(``LocalExecutor``), or on another host over SSH (agent/ssh_exec.py, when ``agent.exec_via`` is
+set). The session starts commands through ``Executor.start`` and hands each ``Handle`` to the
+output thread; start-up recovery ends what a previous agent left through ``Executor.end_orphan``.
+Nothing above this module knows which executor it has.
 
-Every command runs in its own session (``start_new_session``), so its pid is also its process
-group id and one ``killpg`` reaches every descendant that did not deliberately escape.
+Either way a command's output arrives on the pipes of one local process (the command itself, or
+its ssh session), so the output thread reads, times and reaps both alike; only how the whole
+command is signalled and who has the last word on its status differ.
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
-import signal
 import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
-from agent.policy import Launch
-from common.protocol import CmdStatus
-
-# A bigger pipe means fewer wake-ups of the output thread per megabyte (Linux only; the
-# default 64 KiB works, just slower).
-PIPE_BYTES = 1 << 20
+from agent import policy, procgroup
+from agent.ssh_exec import SshExecutor
+from common.config import AgentConf
+from common.protocol import CmdSpec, CmdStatus
 
 
-class Control(Protocol):
-    """How the pump ends and concludes a command that is not a local process group of its own
-    (agent/ssh_exec.py); a local command has none."""
+class Handle(Protocol):
+    """One started command, as the output thread drives it."""
+
+    # The local process whose stdout/stderr carry the command's output and whose exit ends it;
+    # it leads a process group of its own.
+    proc: subprocess.Popen
 
     def signal(self, sig: int) -> bool:
-        """Deliver ``sig`` to the command's whole process group; False if it is gone."""
+        """Deliver ``sig`` to the whole command, every process of it; False if it is gone."""
 
-    def finish(self, status: CmdStatus) -> CmdStatus:
-        """The final status, given the one the pump derived from the local process."""
-
-
-def spawn(launch: Launch, with_stdin: bool) -> subprocess.Popen:
-    """Start the command without a shell; raises OSError/ValueError if it cannot be executed."""
-    return popen_piped(launch.argv, with_stdin, cwd=launch.cwd, env=launch.env)
+    def conclude(self, status: CmdStatus) -> CmdStatus:
+        """The final status, given the one the output thread derived from ``proc``'s exit."""
 
 
-def popen_piped(
-    argv: list[str], with_stdin: bool, cwd: str | None = None, env: dict[str, str] | None = None
-) -> subprocess.Popen:
-    """argv in a session of its own, output on enlarged pipes for the pump."""
-    proc = subprocess.Popen(
-        argv,
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.PIPE if with_stdin else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        close_fds=True,
-        start_new_session=True,
-        bufsize=0,
-    )
-    for f in (proc.stdout, proc.stderr):
-        _grow_pipe(f.fileno())
-    return proc
+class Executor(Protocol):
+    def open(self) -> None:
+        """Get ready before the first command (the SSH executor logs in, so a refused login
+        shows in the log at start rather than at the first command)."""
+
+    def start(self, spec: CmdSpec, workspace: str | None) -> Handle:
+        """Check ``spec`` against the agent's policy and start it; raises policy.Refusal, or
+        OSError/ValueError if it cannot be executed."""
+
+    def end_orphan(self, pid: int, ticks: int | None) -> bool:
+        """End what is left of a command that a previous agent process started (``pid`` and its
+        start ``ticks`` as the spool recorded them for ``Handle.proc``); True if anything was."""
+
+    def close(self) -> None:
+        """Release what ``open`` or the commands acquired; no command runs any more."""
 
 
-def _grow_pipe(fd: int) -> None:
-    setsz = getattr(fcntl, "F_SETPIPE_SZ", None)
-    if setsz is None:
-        return
-    try:
-        fcntl.fcntl(fd, setsz, PIPE_BYTES)
-    except OSError:
-        pass  # over /proc/sys/fs/pipe-max-size for an unprivileged agent: keep the default
+@dataclass
+class LocalHandle:
+    proc: subprocess.Popen
+
+    def signal(self, sig: int) -> bool:
+        return procgroup.signal_group(self.proc.pid, sig)
+
+    def conclude(self, status: CmdStatus) -> CmdStatus:
+        return status  # the process's own exit status is the command's
 
 
-def start_ticks(pid: int) -> int | None:
-    """The process start time in clock ticks since boot (Linux), to recognise a reused pid."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    # Field 22; the command name (field 2) may contain spaces, so split after its ')'.
-    return int(stat[stat.rindex(b")") + 2 :].split()[19])
+class LocalExecutor:
+    """Commands run on this host, without a shell, each in a session (process group) of its own."""
+
+    def __init__(self, conf: AgentConf, environ: Mapping[str, str]) -> None:
+        self.conf = conf
+        self.environ = environ
+
+    def open(self) -> None:
+        pass  # nothing to set up: every command is a fresh fork
+
+    def start(self, spec: CmdSpec, workspace: str | None) -> LocalHandle:
+        launch = policy.check(self.conf, spec, workspace, self.environ)
+        proc = procgroup.popen_piped(launch.argv, spec.stdin is not None, cwd=launch.cwd, env=launch.env)
+        return LocalHandle(proc)
+
+    def end_orphan(self, pid: int, ticks: int | None) -> bool:
+        return procgroup.end_orphan(pid, ticks)
+
+    def close(self) -> None:
+        pass
 
 
-def signal_group(pgid: int, sig: int) -> bool:
-    """Signal a whole process group; False when it no longer exists."""
-    try:
-        os.killpg(pgid, sig)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
-
-
-def group_alive(pgid: int) -> bool:
-    return signal_group(pgid, 0)
-
-
-def pid_alive(pid: int) -> bool:
-    """Running (not a zombie): a killed process that is not our child may wait long to be reaped."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by someone else
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return True  # no /proc: trust kill()
-    return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] != b"Z"
-
-
-def end_orphan(pid: int, ticks: int | None) -> bool:
-    """SIGKILL what is left of a command a previous agent started; True if anything was left.
-
-    Safe against pid reuse: the group is signalled only if its leader is still our process
-    (same start time, possibly a zombie) or gone while the group lives on -- Linux never hands
-    out a pid that is still some group's id, so such a group is still ours.
-    """
-    now = start_ticks(pid)
-    ours = now is None or ticks is None or now == ticks
-    return ours and group_alive(pid) and signal_group(pid, signal.SIGKILL)
+def executor_for(conf: AgentConf, state_dir: Path, environ: Mapping[str, str]) -> Executor:
+    """The agent's one executor: SSH to ``conf.exec_via`` if set, else this host."""
+    if conf.exec_via:
+        return SshExecutor(conf, state_dir)
+    return LocalExecutor(conf, environ)

@@ -23,7 +23,7 @@ Due = Literal["hello", "heartbeat"]
 
 
 class MasterLink:
-    def __init__(self, endpoint: str, sock: zmq.Socket | None, heartbeat_s: float) -> None:
+    def __init__(self, endpoint: str, sock: zmq.Socket, heartbeat_s: float) -> None:
         self.endpoint = endpoint
         self.sock = sock
         self.heartbeat_s = heartbeat_s
@@ -76,7 +76,6 @@ class MasterLink:
         return not self.welcomed and (last is None or now - last >= self.heartbeat_s)
 
     def send(self, msg: proto.Base, now: float, kind: str = "") -> bool:
-        assert self.sock is not None
         if kind:
             # Scheduled even when refused, so a full queue is not retried in a busy loop.
             self.last_sent[kind] = now

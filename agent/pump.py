@@ -7,10 +7,11 @@ moves output in big blocks with a single selector instead of a thread per pipe. 
   published as a LogChunk, so every byte an event announces can already be fetched;
 - keeps a bounded head+tail capture of each stream for the CmdStatus;
 - writes the optional stdin without blocking;
-- enforces the timeout and kill requests: SIGTERM to the process group, SIGKILL after
-  ``kill_grace_s``;
-- when both pipes hit EOF and the leader has exited: writes the result to the spool, THEN
-  publishes CmdDone, then hands the status to the session thread.
+- enforces the timeout and kill requests: SIGTERM to the whole command (through its executor
+  handle), SIGKILL after ``kill_grace_s``;
+- when both pipes hit EOF and the leader has exited: lets the handle conclude the status,
+  writes the result to the spool, THEN publishes CmdDone, then hands the status to the
+  session thread.
 The session thread talks to it only through ``start_cmd``/``kill``/``publish_done``/``shutdown``
 (callables queued to this thread) and reads finished statuses from ``done_fd``/``take_done``.
 """
@@ -21,18 +22,17 @@ import os
 import queue
 import selectors
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import IO, Any
 
 import zmq
 
-from agent import executor
 from agent.capture import Capture
+from agent.executor import Handle
 from agent.spool import Spool
 from common import logs, topics, zmqutil
 from common import protocol as proto
@@ -48,28 +48,25 @@ log = logs.get("agent.pump")
 
 @dataclass
 class Started:
-    """A process the session has spawned and recorded (spec + pid) in the spool."""
+    """A command the session has started and recorded (spec + pid) in the spool."""
 
     cmd_id: str
     job_id: str
     argv: list[str]
-    proc: subprocess.Popen
+    handle: Handle
     started_at: float  # wall clock
     timeout: float | None
     stdin: bytes | None
-    # Set when the process is not the command's own group (the SSH executor): signals go
-    # through it, and it has the last word on the result.
-    control: executor.Control | None = None
 
 
 class _Stream:
     """One pipe of one command. Output is read straight into a fixed chunk-sized buffer (no
     per-read allocation or copy); a full buffer, or one older than flush_ms, is published."""
 
-    def __init__(self, stream: int, pipe: object, spool_fd: int, chunk: int, capture: Capture) -> None:
+    def __init__(self, stream: int, pipe: IO[bytes], spool_fd: int, chunk: int, capture: Capture) -> None:
         self.stream = stream
         self.pipe = pipe  # the Popen file object; closing it closes the fd
-        self.fd: int = pipe.fileno()  # type: ignore[attr-defined]
+        self.fd = pipe.fileno()
         self.spool_fd = spool_fd
         self.capture = capture
         self.buf = memoryview(bytearray(chunk))
@@ -92,11 +89,8 @@ class _Running:
     timed_out: bool = False
     killed: bool = False
     spool_failed: bool = False
-    stdin: memoryview | None = None
-
-    @property
-    def pid(self) -> int:
-        return self.started.proc.pid
+    stdin: memoryview | None = None  # request stdin not yet written
+    stdin_pipe: IO[bytes] | None = None
 
 
 class Pump(threading.Thread):
@@ -221,10 +215,13 @@ class Pump(threading.Thread):
             job_id=st.job_id,
             cmd_id=st.cmd_id,
             agent=self._agent_id,
-            pid=st.proc.pid,
+            pid=st.handle.proc.pid,
             argv=st.argv,
         )
-        for stream, pipe in ((proto.STDOUT, st.proc.stdout), (proto.STDERR, st.proc.stderr)):
+        proc = st.handle.proc
+        # Every executor pipes both streams (procgroup.popen_piped).
+        assert proc.stdout is not None and proc.stderr is not None
+        for stream, pipe in ((proto.STDOUT, proc.stdout), (proto.STDERR, proc.stderr)):
             spool_fd = os.open(
                 self._spool.output_path(st.cmd_id, stream), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600
             )
@@ -232,11 +229,12 @@ class Pump(threading.Thread):
             run.streams.append(s)
             self._sel.register(s.fd, selectors.EVENT_READ, partial(self._on_readable, run, s))
         if st.stdin is not None:
-            run.stdin = memoryview(st.stdin)
-            os.set_blocking(st.proc.stdin.fileno(), False)
-            self._sel.register(st.proc.stdin.fileno(), selectors.EVENT_WRITE, partial(self._on_writable, run))
+            assert proc.stdin is not None
+            run.stdin, run.stdin_pipe = memoryview(st.stdin), proc.stdin
+            os.set_blocking(proc.stdin.fileno(), False)
+            self._sel.register(proc.stdin.fileno(), selectors.EVENT_WRITE, partial(self._on_writable, run))
         try:
-            run.pidfd = os.pidfd_open(st.proc.pid)
+            run.pidfd = os.pidfd_open(proc.pid)
             self._sel.register(run.pidfd, selectors.EVENT_READ, partial(self._on_exit, run))
         except (AttributeError, OSError):
             run.pidfd = None  # polled instead (see POLL_S)
@@ -271,7 +269,7 @@ class Pump(threading.Thread):
                 log.error("spool write failed", cmd_id=run.started.cmd_id, error=str(exc))
 
     def _on_writable(self, run: _Running, fd: int) -> None:
-        assert run.stdin is not None
+        assert run.stdin is not None and run.stdin_pipe is not None
         try:
             n = os.write(fd, run.stdin[:STDIN_BLOCK])
             run.stdin = run.stdin[n:]
@@ -281,13 +279,13 @@ class Pump(threading.Thread):
             run.stdin = run.stdin[:0]  # the child closed its stdin: nothing more to give it
         if not run.stdin:
             self._sel.unregister(fd)
-            run.started.proc.stdin.close()
+            run.stdin_pipe.close()
 
     def _on_exit(self, run: _Running, fd: int) -> None:
         self._sel.unregister(fd)
         os.close(fd)
         run.pidfd = None
-        run.started.proc.poll()
+        run.started.handle.proc.poll()
         run.exited_at = time.monotonic()
         self._maybe_finish(run)
 
@@ -313,15 +311,8 @@ class Pump(threading.Thread):
             run.killed = True
             self._terminate(run)
 
-    def _signal(self, run: _Running, sig: int) -> None:
-        control = run.started.control
-        if control is not None:
-            control.signal(sig)
-        else:
-            executor.signal_group(run.pid, sig)
-
     def _terminate(self, run: _Running) -> None:
-        self._signal(run, signal.SIGTERM)
+        run.started.handle.signal(signal.SIGTERM)
         if run.kill_at is None:
             run.kill_at = time.monotonic() + self._grace
 
@@ -332,14 +323,14 @@ class Pump(threading.Thread):
             self._terminate(run)
         if run.kill_at is not None and now >= run.kill_at:
             run.kill_at = None
-            self._signal(run, signal.SIGKILL)
-        if run.pidfd is None and run.exited_at is None and run.started.proc.poll() is not None:
+            run.started.handle.signal(signal.SIGKILL)
+        if run.pidfd is None and run.exited_at is None and run.started.handle.proc.poll() is not None:
             run.exited_at = now
             self._maybe_finish(run)
         if run.exited_at is not None and now >= run.exited_at + self._grace and run.started.cmd_id in self._runs:
             # The leader is gone but something it left behind still holds the pipes open:
             # end the rest of the group and stop waiting for its output.
-            self._signal(run, signal.SIGKILL)
+            run.started.handle.signal(signal.SIGKILL)
             for s in run.streams:
                 self._close_stream(run, s)
             self._maybe_finish(run)
@@ -381,13 +372,14 @@ class Pump(threading.Thread):
 
     # ------------------------------------------------------------------ the end of a command
     def _maybe_finish(self, run: _Running) -> None:
-        if any(s.open for s in run.streams) or run.started.proc.returncode is None:
-            return
         st = run.started
-        if run.stdin is not None and not st.proc.stdin.closed:
-            self._sel.unregister(st.proc.stdin.fileno())
-            st.proc.stdin.close()
-        rc = st.proc.returncode
+        proc = st.handle.proc
+        if any(s.open for s in run.streams) or proc.returncode is None:
+            return
+        if run.stdin_pipe is not None and not run.stdin_pipe.closed:
+            self._sel.unregister(run.stdin_pipe.fileno())
+            run.stdin_pipe.close()
+        rc = proc.returncode
         out, err = run.streams
         ended = time.time()
         status = proto.CmdStatus(
@@ -395,7 +387,7 @@ class Pump(threading.Thread):
             job_id=st.job_id,
             agent=self._agent_id,
             state="done",
-            pid=st.proc.pid,
+            pid=proc.pid,
             exit_code=rc if rc >= 0 else None,
             signal=-rc if rc < 0 else None,
             timed_out=run.timed_out,
@@ -409,8 +401,7 @@ class Pump(threading.Thread):
             stderr=err.capture.value(),
             truncated=out.capture.truncated or err.capture.truncated,
         )
-        if st.control is not None:
-            status = st.control.finish(status)
+        status = st.handle.conclude(status)
         try:
             self._spool.write_result(status)
         except OSError as exc:

@@ -2,24 +2,25 @@
 
 A restarted agent cannot re-attach to such a command: its output pipes died with the old
 agent (the child gets SIGPIPE on its next write), so neither its remaining output nor its exit
-status can ever be observed. Each one is therefore ended (SIGKILL to what is left of its process
-group) and recorded as finished with ``error = RESTARTED``; ``killed`` says whether anything was
-still running. Its spooled output so far stays fetchable.
+status can ever be observed. Each one is therefore ended by the agent's executor (locally:
+SIGKILL to what is left of its process group) and recorded as finished with ``error =
+RESTARTED``; ``killed`` says whether anything was still running. Its spooled output so far
+stays fetchable.
 """
 
 from __future__ import annotations
 
 import time
 
-from agent import executor
 from agent.capture import capture_file
+from agent.executor import Executor
 from agent.spool import Spool
 from common import protocol as proto
 
 RESTARTED = "agent restarted while running"
 
 
-def recover(spool: Spool, agent_id: str, capture_bytes: int) -> list[proto.CmdStatus]:
+def recover(spool: Spool, agent_id: str, capture_bytes: int, executor: Executor) -> list[proto.CmdStatus]:
     out = []
     for cmd_id in spool.unfinished():
         entry = spool.read_spec(cmd_id)

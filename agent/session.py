@@ -27,11 +27,11 @@ from dataclasses import dataclass
 
 import zmq
 
-from agent import executor, policy, recovery
+from agent import policy, procgroup, recovery
+from agent.executor import executor_for
 from agent.links import MasterLink
 from agent.pump import Pump, Started
 from agent.spool import Spool, SpoolEntry, valid_cmd_id
-from agent.ssh_exec import RemoteExecutor
 from common import logs, zmqutil
 from common import protocol as proto
 from common.config import Config
@@ -69,8 +69,7 @@ class Agent:
             for ep in cfg.agent_masters()
         ]
         self.pump = Pump(self.ctx, cfg.agent_broker(), self.agent_id, self.epoch, self.spool, self.conf)
-        # exec_via: commands run on another host over SSH; None runs them here.
-        self.remote = RemoteExecutor(self.conf, cfg.state_path) if self.conf.exec_via else None
+        self.executor = executor_for(self.conf, cfg.state_path, self.environ)
         self.running: dict[str, _Slot] = {}
         self.recent: deque[tuple[float, str]] = deque(
             self.spool.finished_since(time.time() - RECENT_S)[-RECENT_MAX:], maxlen=RECENT_MAX
@@ -93,9 +92,8 @@ class Agent:
         self._stop = True
 
     def run(self) -> int:
-        recovered = recovery.recover(self.spool, self.agent_id, self.conf.capture_bytes)
-        if self.remote is not None:
-            self.remote.connect()  # a refused login shows in the log now, not at the first command
+        recovered = recovery.recover(self.spool, self.agent_id, self.conf.capture_bytes, self.executor)
+        self.executor.open()
         self.pump.start()
         for status in recovered:
             log.warning("command orphaned by a previous agent process", cmd_id=status.cmd_id, killed=status.killed)
@@ -164,8 +162,7 @@ class Agent:
     def _close(self) -> None:
         for link in self.links:
             link.sock.close()
-        if self.remote is not None:
-            self.remote.close()
+        self.executor.close()
         if self.pump.is_alive():
             # term() would wait forever for the PUB the stuck thread still owns.
             log.error("output thread did not finish; exiting without flushing its events")
@@ -239,32 +236,28 @@ class Agent:
         self.spool.create(
             req.cmd_id, SpoolEntry(spec=spec, job_id=req.job_id, workspace=req.workspace, received_at=time.time())
         )
-        control: executor.Control | None = None
         try:
-            if self.remote is None:
-                launch = policy.check(self.conf, spec, req.workspace, self.environ)
-                proc = executor.spawn(launch, with_stdin=spec.stdin is not None)
-            else:
-                proc, control = self.remote.start(spec, req.workspace)
+            handle = self.executor.start(spec, req.workspace)
         except policy.Refusal as exc:
             return self._unstarted(req, str(exc))
         except (OSError, ValueError) as exc:
             return self._unstarted(req, f"cannot execute {spec.argv[0]!r}: {exc}")
         started_at = time.time()
-        self.spool.write_pid(req.cmd_id, proc.pid, executor.start_ticks(proc.pid))
-        self.running[req.cmd_id] = _Slot(req.job_id, req.workspace, proc.pid, started_at)
+        pid = handle.proc.pid
+        self.spool.write_pid(req.cmd_id, pid, procgroup.start_ticks(pid))
+        self.running[req.cmd_id] = _Slot(req.job_id, req.workspace, pid, started_at)
         self.pump.start_cmd(
-            Started(req.cmd_id, req.job_id, list(spec.argv), proc, started_at, spec.timeout, spec.stdin, control)
+            Started(req.cmd_id, req.job_id, list(spec.argv), handle, started_at, spec.timeout, spec.stdin)
         )
         # Debug only: the CmdStarted event (journalled by the broker) is the record, and a log
         # line per command costs measurable time on the dispatch round trip.
-        log.debug("command started", cmd_id=req.cmd_id, job_id=req.job_id, pid=proc.pid, argv0=spec.argv[0])
+        log.debug("command started", cmd_id=req.cmd_id, job_id=req.job_id, pid=pid, argv0=spec.argv[0])
         status = proto.CmdStatus(
             cmd_id=req.cmd_id,
             job_id=req.job_id,
             agent=self.agent_id,
             state="running",
-            pid=proc.pid,
+            pid=pid,
             started_at=started_at,
         )
         return proto.ExecReply(req_id=req.req_id, cmd_id=req.cmd_id, agent=self.agent_id, status=status)

@@ -1,8 +1,9 @@
 """The SSH executor: an agent's commands run on another host, one SSH session each.
 
-Everything above the executor is unchanged: the pump reads the session's stdout/stderr (the
-remote command's, byte for byte: no tty) into the local spool and the events, and ends a
-command through ``RemoteRun`` (an ``executor.Control``) instead of ``killpg``.
+An ``Executor`` (agent/executor.py) like the local one: the pump reads the session's
+stdout/stderr (the remote command's, byte for byte: no tty) into the local spool and the events,
+and ends a command through its ``RemoteRun`` handle. The connection is the ControlMaster of
+common/ssh.py; the policy for remote paths is agent/ssh_policy.py.
 
 The remote side is a POSIX sh wrapper (no agent, no Python needed there):
 - the argv is never interpreted by a shell: each element is ``shlex.quote``d and run through
@@ -33,12 +34,11 @@ from pathlib import Path
 
 import msgspec
 
-from agent import executor, ssh_policy
-from agent.ssh_link import ControlMaster, SshError
+from agent import procgroup, ssh_policy
 from common import logs
 from common.config import AgentConf
 from common.protocol import CmdSpec, CmdStatus
-from common.ssh import SshDest
+from common.ssh import ControlMaster, SshDest, SshError, pid_alive
 
 q = shlex.quote
 log = logs.get("agent.ssh")
@@ -86,14 +86,16 @@ def remote_command(launch: ssh_policy.RemoteLaunch, stdin_bytes: int, grace_s: f
 
 
 class RemoteRun:
-    """The pump's handle on one remote command (executor.Control)."""
+    """The pump's handle on one remote command (an ``executor.Handle``): ``proc`` is the local
+    ssh session."""
 
     def __init__(self, proc: subprocess.Popen, master: ControlMaster, master_pid: int) -> None:
+        assert proc.stdin is not None  # always piped: see SshExecutor.start
         self.proc = proc
         self.dest = master.dest
         self.master_pid = master_pid
         # Our own end of the session's stdin: kill lines go here, and closing it ends the command.
-        self.lifeline: int | None = os.dup(proc.stdin.fileno())  # type: ignore[union-attr]
+        self.lifeline: int | None = os.dup(proc.stdin.fileno())
         os.set_blocking(self.lifeline, False)
         self.cut: int | None = None  # the signal we answered by cutting the session ourselves
 
@@ -115,9 +117,9 @@ class RemoteRun:
     def _cut(self, sig: int) -> bool:
         """End the local ssh client: the remote wrapper sees its stdin close and SIGKILLs the group."""
         self.cut = sig
-        return executor.signal_group(self.proc.pid, signal.SIGKILL)
+        return procgroup.signal_group(self.proc.pid, signal.SIGKILL)
 
-    def finish(self, status: CmdStatus) -> CmdStatus:
+    def conclude(self, status: CmdStatus) -> CmdStatus:
         if self.lifeline is not None:
             os.close(self.lifeline)
             self.lifeline = None
@@ -128,7 +130,7 @@ class RemoteRun:
             return msgspec.structs.replace(status, exit_code=None, signal=self.cut)
         if rc is not None and rc < 0:
             return self._lost(status, f"the ssh client was ended by signal {-rc}")
-        if rc == 255 and not executor.pid_alive(self.master_pid):
+        if rc == 255 and not pid_alive(self.master_pid):
             return self._lost(
                 status, f"the connection to {self.dest} closed (ssh master pid {self.master_pid} is gone)"
             )
@@ -141,31 +143,37 @@ class RemoteRun:
         return msgspec.structs.replace(status, exit_code=255, signal=None, error=f"ssh connection lost: {why}")
 
 
-class RemoteExecutor:
-    """Starts an agent's commands on ``conf.exec_via`` over one ControlMaster."""
+class SshExecutor:
+    """Starts an agent's commands on ``conf.exec_via`` over one ControlMaster (an ``executor.Executor``)."""
 
     def __init__(self, conf: AgentConf, state_dir: Path) -> None:
         self.conf = conf
         self.master = ControlMaster(SshDest.parse(conf.exec_via), conf.ssh_options, state_dir)
 
-    def connect(self) -> None:
+    def open(self) -> None:
         try:
             pid = self.master.ensure()
             log.info("ssh executor ready", dest=str(self.master.dest), master_pid=pid)
         except SshError as exc:
             log.error("ssh executor cannot connect yet; every command retries", error=str(exc))
 
-    def start(self, spec: CmdSpec, workspace: str | None) -> tuple[subprocess.Popen, RemoteRun]:
+    def start(self, spec: CmdSpec, workspace: str | None) -> RemoteRun:
         """Raises policy.Refusal, or OSError (SshError included) if ssh cannot be started."""
         launch = ssh_policy.check(self.conf, spec, workspace)
         master_pid = self.master.ensure()
         argv = self.master.session(remote_command(launch, len(spec.stdin or b""), self.conf.kill_grace_s))
         # Always a stdin pipe: it is the lifeline even when the request has no stdin.
-        proc = executor.popen_piped(argv, with_stdin=True)
+        proc = procgroup.popen_piped(argv, with_stdin=True)
         run = RemoteRun(proc, self.master, master_pid)
-        if spec.stdin is None:
-            proc.stdin.close()  # type: ignore[union-attr]  # the lifeline dup keeps it open
-        return proc, run
+        if spec.stdin is None and proc.stdin is not None:
+            proc.stdin.close()  # the lifeline dup keeps the pipe open
+        return run
+
+    def end_orphan(self, pid: int, ticks: int | None) -> bool:
+        # ``pid`` leads the local ssh session's group: ending it closes the session's stdin, and
+        # the remote wrapper then SIGKILLs the command's group (it already has if the old
+        # agent's death closed that stdin).
+        return procgroup.end_orphan(pid, ticks)
 
     def close(self) -> None:
         self.master.stop()

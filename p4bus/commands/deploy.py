@@ -1,4 +1,4 @@
-"""`p4bus deploy-agent HOST ...` and `p4bus deploy-agent --remove HOST` (p4bus/deploy.py)."""
+"""`p4bus deploy-agent HOST ...` and `p4bus deploy-agent --remove HOST` (the p4bus/deploy/ package)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import click
 from common import logs
 from common.config import ConfigError
 from common.ssh import SshDest
-from p4bus import deploy as dp
 from p4bus.cli import Ctx, UserError
+from p4bus.deploy import DEFAULT_REMOTE_DIR, DeployError, Plan, flow, registration
 
 
 @click.command(name="deploy-agent")
@@ -43,9 +43,7 @@ from p4bus.cli import Ctx, UserError
     help="An executable the agent may run, repeatable (default: p4).",
 )
 @click.option("--agent-id", default="", help="The agent's id (default: the host's short name).")
-@click.option(
-    "--remote-dir", default=dp.DEFAULT_REMOTE_DIR, show_default=True, help="Where everything goes on the host."
-)
+@click.option("--remote-dir", default=DEFAULT_REMOTE_DIR, show_default=True, help="Where everything goes on the host.")
 @click.option("--python", default="python3", show_default=True, help="The host's Python (>= 3.11, with venv).")
 @click.option(
     "--ssh-option",
@@ -92,15 +90,15 @@ def deploy_agent(
     try:
         dest = SshDest.parse(host)
         if remove:
-            clients = master_clients or (dp.clients_endpoint(masters[0]) if masters else None)
-            dp.remove(dest, list(ssh_options), remote_dir, clients, say)
+            clients = master_clients or (registration.clients_endpoint(masters[0]) if masters else None)
+            flow.remove(dest, list(ssh_options), remote_dir, clients, say)
             return
         missing = [
             flag for flag, v in (("--master", masters), ("--broker", broker), ("--workspace-root", roots)) if not v
         ]
         if missing:
             raise UserError(f"deploy-agent needs {', '.join(missing)}", 2)
-        plan = dp.Plan(
+        plan = Plan(
             dest=dest,
             masters=list(masters),
             broker=broker or "",
@@ -116,8 +114,8 @@ def deploy_agent(
             wheelhouse=wheelhouse,
             register_timeout=timeout,
         )
-        click.echo(dp.deploy(plan, say))
-    except (dp.DeployError, ConfigError) as exc:
+        click.echo(flow.deploy(plan, say))
+    except (DeployError, ConfigError) as exc:
         raise UserError(str(exc)) from None
 
 

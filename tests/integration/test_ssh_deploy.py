@@ -8,6 +8,7 @@ import platform
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,8 @@ from ssh_support import processes_with
 
 from common import protocol as P
 from common.rpc import MasterClient
-from p4bus import deploy as dp
+from p4bus.deploy.host import Host
+from p4bus.deploy.wheelhouse import build as build_wheelhouse
 from tests.conftest import REPO, Stack, wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -25,7 +27,7 @@ pytestmark = pytest.mark.timeout(180)
 def wheelhouse(tmp_path_factory) -> Path:
     """Built once per session with deploy-agent's own builder (about 10 s with a warm pip cache)."""
     out = tmp_path_factory.mktemp("wheelhouse")
-    here = dp.Host(
+    here = Host(
         home="",
         node="",
         systemd=False,
@@ -35,10 +37,16 @@ def wheelhouse(tmp_path_factory) -> Path:
         venv=True,
     )
     t0 = time.monotonic()
-    wheels = dp.build_wheelhouse(out, here)
+    wheels = build_wheelhouse(out, here)
     print(f"\nwheelhouse: {len(wheels)} wheels in {time.monotonic() - t0:.1f}s")
     assert any(w.name.startswith("p4bus-") for w in wheels)
     return out
+
+
+def test_the_p4bus_wheel_carries_the_deploy_templates(wheelhouse: Path) -> None:
+    (ours,) = wheelhouse.glob("p4bus-*.whl")
+    names = set(zipfile.ZipFile(ours).namelist())
+    assert {"p4bus/ops/deploy/agentctl", "p4bus/ops/deploy/p4bus-agent.service"} <= names
 
 
 @pytest.fixture
@@ -105,6 +113,9 @@ def test_deploy_run_upgrade_remove(stack: Stack, sshd, wheelhouse: Path, remote:
     assert (first.returncode, first.stdout) == (0, "deployed-1\n"), first.stderr
     print(f"\nfirst deploy {time.monotonic() - t0:.1f}s: {first.stderr.strip()}")
     assert oct((remote / "agent.toml").stat().st_mode & 0o777) == "0o600"
+    # The deploy templates are package data: the deployed agent's own install has them too.
+    installed = remote.glob("venv/lib/python3*/site-packages/p4bus/ops/deploy")
+    assert [sorted(p.name for p in d.iterdir()) for d in installed] == [["agentctl", "p4bus-agent.service"]]
     with MasterClient([stack.endpoint("master_clients")], timeout=5) as mc:
         status = run_on(mc, "deployed-1", ["sh", "-c", "echo hello from $0", "the deployed agent"])
         assert (status.exit_code, status.stdout) == (0, b"hello from the deployed agent\n")

@@ -15,10 +15,9 @@ import zmq
 from ssh_support import processes_with
 from test_agent import Rig, read_spool
 
-from agent.ssh_link import control_path
 from common import protocol as proto
 from common.ids import new_id
-from common.ssh import SshDest
+from common.ssh import SshDest, control_path
 from tests.conftest import Stack, wait_for
 
 pytestmark = pytest.mark.timeout(90)

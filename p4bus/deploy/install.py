@@ -1,0 +1,44 @@
+"""The agent's files on the host: the remote dir (0700), its wheels, a venv with p4bus installed
+from them (no index: the host needs no internet), and agent.toml (0600)."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import tomli_w
+
+from p4bus.deploy import Plan
+from p4bus.deploy.host import Host, Remote
+
+
+def agent_toml(plan: Plan, agent_id: str, remote_dir: str) -> str:
+    tree = {
+        "state_dir": f"{remote_dir}/state",
+        "agent": {
+            "id": agent_id,
+            "masters": plan.masters,
+            "broker": plan.broker,
+            "pools": plan.pools,
+            "slots": plan.slots,
+            "workspace_roots": plan.workspace_roots,
+            "allowed_executables": plan.allowed_executables,
+        },
+    }
+    return "# Written by p4bus deploy-agent; re-running it overwrites this file.\n" + tomli_w.dumps(tree)
+
+
+def prepare(remote: Remote, rdir: str) -> None:
+    remote.sh(f"mkdir -p {rdir} && chmod 700 {rdir}", "creating the remote dir")
+
+
+def install(remote: Remote, host: Host, rdir: str, wheels: list[Path], config: str) -> None:
+    """Replace the wheels, install p4bus from them (the venv is kept across upgrades), write the config."""
+    remote.sh(f"rm -rf {rdir}/wheels && mkdir {rdir}/wheels", "clearing the old wheels")
+    remote.copy(wheels, f"{rdir}/wheels")
+    remote.sh(
+        f"{{ [ -x {rdir}/venv/bin/python ] || {shlex.quote(host.python)} -m venv {rdir}/venv; }} && "
+        f"{rdir}/venv/bin/python -m pip install -q --no-index --find-links {rdir}/wheels --force-reinstall p4bus",
+        "installing p4bus",
+    )
+    remote.write(f"{rdir}/agent.toml", config, "600", "writing the agent config")

@@ -1,0 +1,72 @@
+"""The executor interface with real processes: the factory's choice, and the local executor's
+policy, process group, signals and orphan ending (the SSH executor: tests/integration/test_ssh_exec.py)."""
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from agent import policy, procgroup
+from agent.executor import LocalExecutor, LocalHandle, executor_for
+from agent.ssh_exec import SshExecutor
+from common.config import AgentConf
+from common.protocol import CmdSpec, CmdStatus
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def local(tmp_path: Path) -> LocalExecutor:
+    return LocalExecutor(AgentConf(workspace_roots=[str(tmp_path)], allowed_executables=["sh"]), os.environ)
+
+
+def running(pid: int) -> bool:
+    """Neither gone nor a zombie: a killed grandchild waits for init to reap it."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] != b"Z"
+
+
+def start_with_child(ex: LocalExecutor) -> tuple[LocalHandle, int]:
+    """sh leading its group, with a background sleep in it; returns (its handle, the sleep's pid)."""
+    handle = ex.start(CmdSpec(argv=["sh", "-c", "sleep 60 & echo $!; wait"]), None)
+    assert handle.proc.stdout is not None
+    return handle, int(handle.proc.stdout.readline())
+
+
+def test_the_factory_chooses_by_exec_via_and_connects_nothing_yet(tmp_path: Path) -> None:
+    assert isinstance(executor_for(AgentConf(), tmp_path, {}), LocalExecutor)
+    ssh = executor_for(AgentConf(exec_via="ssh://nobody@127.0.0.1:1"), tmp_path, {})
+    assert isinstance(ssh, SshExecutor) and ssh.master.pid is None
+    assert not (tmp_path / "ssh").exists()
+
+
+def test_local_start_applies_the_policy(tmp_path: Path) -> None:
+    with pytest.raises(policy.Refusal, match="not on this agent's allowed_executables"):
+        local(tmp_path).start(CmdSpec(argv=["cat"]), None)
+
+
+def test_local_handle_signals_the_whole_group_and_keeps_the_status(tmp_path: Path) -> None:
+    handle, child = start_with_child(local(tmp_path))
+    assert os.getpgid(child) == handle.proc.pid  # the command leads a group of its own
+    assert handle.signal(signal.SIGTERM)
+    assert handle.proc.wait(10) == -signal.SIGTERM
+    wait_for(lambda: not running(child), 10, "the background sleep to end with its group")
+    status = CmdStatus(cmd_id="c", state="done", signal=signal.SIGTERM)
+    assert handle.conclude(status) is status
+
+
+def test_end_orphan_ends_our_group_but_not_a_reused_pid(tmp_path: Path) -> None:
+    ex = local(tmp_path)
+    handle, child = start_with_child(ex)
+    ticks = procgroup.start_ticks(handle.proc.pid)
+    assert ticks is not None
+    # Another start time: the pid now belongs to some other process, left alone.
+    assert not ex.end_orphan(handle.proc.pid, ticks + 1) and running(child)
+    assert ex.end_orphan(handle.proc.pid, ticks)
+    assert handle.proc.wait(10) == -signal.SIGKILL
+    wait_for(lambda: not running(child), 10, "the background sleep to end with its group")
