@@ -118,6 +118,10 @@ def _p4_runs(jobs) -> int:
     return len(jobs.exec_log.read_text().splitlines()) if jobs.exec_log.exists() else 0
 
 
+def _wait_for_p4_runs(jobs, n: int) -> None:
+    wait_for(lambda: _p4_runs(jobs) >= n, 60, f"{n} p4 commands started")
+
+
 def test_orchestrator_sigkilled_repeatedly_jobs_finish_nothing_runs_twice(jobs):
     names = [f"ws{i}" for i in range(6)]
     for n in names:
@@ -128,8 +132,7 @@ def test_orchestrator_sigkilled_repeatedly_jobs_finish_nothing_runs_twice(jobs):
     for _ in range(4):
         # A random point in the jobs' lives: once a few more p4 commands have started, with most
         # of them still ahead (it may fall in the restarted orchestrator's recovery: so be it).
-        target = _p4_runs(jobs) + rng.randint(2, 8)
-        wait_for(lambda target=target: _p4_runs(jobs) >= target, 60, f"{target} p4 commands started")
+        _wait_for_p4_runs(jobs, _p4_runs(jobs) + rng.randint(2, 8))
         jobs.restart("orchestrator")
     runs_at_last_kill = _p4_runs(jobs)
     views = [jobs.wait_state(j, timeout=120) for j in ids]
