@@ -15,7 +15,8 @@ from typing import get_args
 import msgspec
 import zmq
 
-from broker.journal import JournalWriter, Row
+from broker.journal_schema import Row
+from broker.journal_writer import JournalWriter
 from common import logs, protocol, zmqutil
 
 log = logs.get("broker.proxy")
@@ -38,6 +39,11 @@ class EventHead(msgspec.Struct):
     source: str
     epoch: str
     seq: int
+
+
+# A decoder of its own rather than protocol.decode: the body is a zmq frame's buffer (no copy),
+# and the proxy needs only "valid or not", not protocol.decode's classified errors.
+_decode_head = msgspec.msgpack.Decoder(EventHead).decode
 
 
 @dataclass
@@ -128,9 +134,9 @@ class Proxy:
             return None
         body = frames[1].buffer
         try:
-            head = protocol.decode(body, EventHead)
+            head = _decode_head(body)
             topic = frames[0].bytes.decode()
-        except (protocol.ProtocolError, UnicodeDecodeError):
+        except (msgspec.DecodeError, ValueError):  # ValueError: invalid UTF-8, in the body or the topic
             return None
         if head.t not in EVENT_TAGS or head.topic != topic:
             return None

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import zmq
 
-from broker.journal import JournalReader
+from broker.journal_reader import JournalReader
 from common import logs, protocol, zmqutil
 
 log = logs.get("broker.replay")
@@ -75,7 +75,9 @@ class ReplayServer:
             return
         self._send(identity, self._answer(reader, req))
 
-    def _answer(self, reader: JournalReader, req: protocol.Replay | protocol.Stats | protocol.Ping):
+    def _answer(
+        self, reader: JournalReader, req: protocol.Replay | protocol.Stats | protocol.Ping
+    ) -> protocol.Pong | protocol.StatsReply | protocol.ErrorReply | protocol.ReplayPage:
         if isinstance(req, protocol.Ping):
             return protocol.Pong(req_id=req.req_id, source=self.source)
         if isinstance(req, protocol.Stats):
@@ -94,7 +96,7 @@ class ReplayServer:
             req_id=req.req_id, events=page.events, last_id=page.last_id, head_id=page.head_id, more=page.more
         )
 
-    def _send(self, identity: bytes, reply) -> None:
+    def _send(self, identity: bytes, reply: protocol.Base) -> None:
         try:
             # NOBLOCK: a client that stopped reading (queue at HWM) must not stall everyone else.
             self.sock.send_multipart([identity, protocol.encode(reply)], zmq.NOBLOCK)

@@ -9,7 +9,7 @@ Durability: bodies are written with plain ``write`` (the page cache), never fsyn
 journal is history for late subscribers; the agents' spools are the source of truth for every
 byte of output. A process crash loses nothing that was written (the kernel has it); a power
 loss or kernel crash can lose the last seconds of bodies, which start-up detects as rows that
-point past a segment's end and drops (see ``JournalWriter._recover``).
+point past a segment's end and drops (see ``journal_writer.recover``).
 
 Ordering rule that makes crash recovery simple: a batch's bodies are written *before* the
 transaction that commits its rows, so a committed row never points past what was written. After

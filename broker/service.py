@@ -9,7 +9,9 @@ import threading
 
 import zmq
 
-from broker.journal import JournalReader, JournalWriter, journal_path
+from broker.journal_reader import JournalReader
+from broker.journal_schema import journal_path
+from broker.journal_writer import JournalWriter
 from broker.proxy import Proxy
 from broker.replay import ReplayServer
 from common import logs
@@ -27,7 +29,6 @@ class Broker:
         self.source = f"broker@{socket.gethostname()}"
         self.journal = JournalWriter(journal_path(cfg.broker, cfg.state_path), cfg.broker)
         self.ctx = zmq.Context()
-        self.proxy: Proxy | None = None
         try:
             self.proxy = Proxy(self.ctx, self.endpoints["broker_xsub"], self.endpoints["broker_xpub"], self.journal)
             self.replay = ReplayServer(
@@ -44,7 +45,6 @@ class Broker:
             raise
 
     def counters(self) -> dict[str, int]:
-        assert self.proxy is not None
         out = dataclasses.asdict(self.proxy.counters) | dataclasses.asdict(self.journal.counters)
         out["journal_queue"] = self.journal.queued
         out["replay_requests"] = self.replay.requests
@@ -53,7 +53,6 @@ class Broker:
 
     def run(self, stop: threading.Event) -> None:
         """Serve until ``stop`` is set; then flush the journal and close every socket."""
-        assert self.proxy is not None
         self.journal.start()
         self.replay.start()
         log.info(

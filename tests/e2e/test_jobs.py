@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import pathlib
+from collections.abc import Callable
+
 import pytest
+
+from common import protocol as P
+from common.rpc import RequestError
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -21,8 +28,6 @@ def test_clean_job_is_done_with_content_in_main(jobs):
     jobs.p4("ws1", "sync", "-f", f"//depot/main/...@{change}")
     jobs.p4("ws1", "sync", "-f", "//depot/dev/...")
     root = jobs.seeds["ws1"]["root"]
-    import pathlib
-
     main, dev = pathlib.Path(root, "main"), pathlib.Path(root, "dev")
     only_dev = [p.relative_to(dev) for p in dev.rglob("*") if p.is_file() and not (main / p.relative_to(dev)).exists()]
     assert only_dev == [], f"files of dev not integrated into main: {only_dev}"
@@ -50,11 +55,13 @@ def test_conflict_waits_then_resolve_and_resume_finishes(jobs):
     view = jobs.wait_state(job_id, ("WAITING_RESOLVE",) + ("FAILED",))
     assert view.state == "WAITING_RESOLVE", view.reason
     assert any("conflict.c" in c for c in view.conflicts), view.conflicts
-    # Resume without resolving: still conflicted, waits again.
+    assert _checks(view) == []
+    # Resume without resolving: the re-check runs, finds the conflict still there, waits again.
     with jobs.orch() as oc:
         oc.resume(job_id)
-    view = jobs.wait_state(job_id, ("WAITING_RESOLVE", "FAILED", "DONE"))
-    assert view.state == "WAITING_RESOLVE" and view.stage == "RESOLVE_CHECK"
+    view = _wait_view(jobs, job_id, lambda v: v.state != "RUNNING" and _checks(v), "the re-check to finish")
+    assert view.state == "WAITING_RESOLVE" and view.stage == "RESOLVE_CHECK", view.reason
+    assert [r.outcome for r in _checks(view)] == ["WAIT_RESOLVE"]
     out = jobs.p4("ws1", "resolve", "-at")
     assert "copy from" in out
     with jobs.orch() as oc:
@@ -62,6 +69,7 @@ def test_conflict_waits_then_resolve_and_resume_finishes(jobs):
     view = jobs.wait_state(job_id)
     assert view.state == "DONE", view.reason
     assert view.submitted_change
+    assert [r.outcome for r in _checks(view)] == ["WAIT_RESOLVE", "NEXT"]
 
 
 def test_already_integrated_is_nothing_to_do(jobs):
@@ -103,8 +111,6 @@ def test_two_jobs_on_one_workspace_run_one_after_the_other(jobs):
 def test_bad_parameters_refused_at_submit(jobs, field, value, needle):
     jobs.workspace("ws1", "clean")
     jobs.start()
-    from common.rpc import RequestError
-
     args = {"workspace": "ws1", "source": "//depot/dev/...", "target": "//depot/main/...", field: value}
     with jobs.orch() as oc:
         with pytest.raises(RequestError) as err:
@@ -120,12 +126,34 @@ def test_automatic_recheck_continues_once_resolved(jobs):
     job_id = jobs.submit("ws1")
     view = jobs.wait_state(job_id, ("WAITING_RESOLVE",))
     assert view.stage == "NEEDS_RESOLVE"
-    # Nobody resolved yet: the re-check finds the conflict again and keeps waiting.
-    view = jobs.wait_state(job_id, ("WAITING_RESOLVE",))
-    with jobs.orch() as oc:
-        from tests.conftest import wait_for
-
-        wait_for(lambda: oc.job(job_id).stage == "RESOLVE_CHECK", 20, "an automatic re-check")
+    assert not [r for r in view.timeline if r.stage == "RESOLVE_CHECK"]
+    # Nobody resolved yet, nobody resumed: a re-check runs by itself, finds the conflict again
+    # and the job waits again.
+    view = _wait_view(
+        jobs, job_id, lambda v: v.state == "WAITING_RESOLVE" and _checks(v), "a re-check that waits again"
+    )
+    assert view.stage == "RESOLVE_CHECK" and any("conflict.c" in c for c in view.conflicts), view.conflicts
+    assert {r.outcome for r in _checks(view)} == {"WAIT_RESOLVE"}
     jobs.p4("ws1", "resolve", "-at")
     view = jobs.wait_state(job_id, timeout=60)
     assert view.state == "DONE", view.reason
+    # A later re-check found nothing left to resolve, and the job went on from there.
+    outcomes = [r.outcome for r in _checks(view)]
+    assert len(outcomes) >= 2 and outcomes[-1] == "NEXT" and set(outcomes[:-1]) == {"WAIT_RESOLVE"}, outcomes
+    assert view.submitted_change
+
+
+def _checks(view: P.JobView) -> list[P.StageRun]:
+    """The job's finished RESOLVE_CHECK runs, oldest first."""
+    return [r for r in view.timeline if r.stage == "RESOLVE_CHECK" and r.state == "DONE"]
+
+
+def _wait_view(jobs, job_id: str, pred: Callable[[P.JobView], object], what: str, timeout: float = 30.0) -> P.JobView:
+    """The job's view once ``pred`` holds for it."""
+    with jobs.orch() as oc:
+
+        def matching() -> P.JobView | None:
+            view = oc.job(job_id)
+            return view if pred(view) else None
+
+        return wait_for(matching, timeout, f"{job_id}: {what}", interval=0.1)

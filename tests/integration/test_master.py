@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 import time
 
 import pytest
@@ -15,6 +16,9 @@ from common.rpc import MasterClient, RequestError
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(60)
+
+HEARTBEAT_S = 0.2  # the stack's master.heartbeat_s, and what FakeAgentPeer announces in its HELLO
+MISSED_HEARTBEATS = 3  # docs/protocol.md: a peer is dead after 3 missed heartbeat intervals
 
 
 class FakeAgentPeer:
@@ -41,7 +45,7 @@ class FakeAgentPeer:
         raise AssertionError("no message from master")
 
     def hello(self) -> P.Welcome:
-        self.send(P.Hello(proto=P.PROTOCOL_VERSION, agent=self.info, heartbeat_s=0.2))
+        self.send(P.Hello(proto=P.PROTOCOL_VERSION, agent=self.info, heartbeat_s=HEARTBEAT_S))
         msg = self.recv()
         assert isinstance(msg, P.Welcome), msg
         return msg
@@ -87,29 +91,52 @@ def _next_event(sub, kind, timeout=5.0):
 
 
 def test_hello_listed_and_lost_after_missed_heartbeats(stack, master):
+    """Silence makes an agent lost, and only enough of it: a peer that stops talking is declared
+    lost no sooner than MISSED_HEARTBEATS intervals after it last spoke, while a peer that keeps
+    sending heartbeats over the same span stays. (How soon after is speed: bench/, not here.)"""
     mc, events = master
-    peer = FakeAgentPeer(stack.endpoint("master_agents"))
-    peer.hello()
+    beating = FakeAgentPeer(stack.endpoint("master_agents"), "beating")
+    beating.hello()
     up = _next_event(events, P.AgentUp)
-    assert up.agent.agent_id == "peer-1" and up.topic == "agent.peer-1"
-    assert [a.agent_id for a in mc.agents()] == ["peer-1"]
-    t0 = time.monotonic()
-    lost = _next_event(events, P.AgentLost)  # the peer sends no heartbeats
-    took = time.monotonic() - t0
-    assert lost.agent_id == "peer-1" and took < 3 * 0.2 + 1.0
-    assert mc.agents() == []
-    # It speaks again without HELLO: it is told to re-register.
-    peer.send(P.Heartbeat())
-    assert isinstance(peer.recv(), P.Reregister)
-    peer.close()
+    assert up.agent.agent_id == "beating" and up.topic == "agent.beating"
+    assert [a.agent_id for a in mc.agents()] == ["beating"]
+
+    stop = threading.Event()
+    beats: list[float] = []
+
+    def keep_beating() -> None:  # owns the beating peer's socket from here on
+        while not stop.wait(HEARTBEAT_S / 4):
+            beating.send(P.Heartbeat())
+            beats.append(time.time())
+
+    thread = threading.Thread(target=keep_beating, daemon=True)
+    thread.start()
+    silent = FakeAgentPeer(stack.endpoint("master_agents"), "silent")
+    try:
+        spoke = time.time()
+        silent.hello()  # and nothing after it
+        assert _next_event(events, P.AgentUp).agent.agent_id == "silent"
+        lost = _next_event(events, P.AgentLost, timeout=10)
+    finally:
+        stop.set()
+        thread.join(5)
+    assert (lost.agent_id, lost.reason) == ("silent", "missed heartbeats")
+    # ts is the master's clock when it gave up: at least MISSED_HEARTBEATS intervals of silence.
+    assert lost.ts - spoke > MISSED_HEARTBEATS * HEARTBEAT_S
+    # Over that same span the other peer spoke every quarter interval, and it is still there.
+    assert len([t for t in beats if spoke < t < lost.ts]) >= MISSED_HEARTBEATS
+    assert [a.agent_id for a in mc.agents()] == ["beating"]
+    # The silent one speaks again without HELLO: it is told to re-register.
+    silent.send(P.Heartbeat())
+    assert isinstance(silent.recv(), P.Reregister)
+    silent.close()
+    beating.close()
 
 
 def test_exec_forwarded_with_own_req_id_and_reply_relayed(stack, master):
     mc, _ = master
     peer = FakeAgentPeer(stack.endpoint("master_agents"))
     peer.hello()
-    import threading
-
     result = {}
     t = threading.Thread(target=lambda: result.update(r=mc.exec(P.CmdSpec(argv=["true"]), cmd_id="c1")))
     t.start()
@@ -145,25 +172,30 @@ def test_malformed_frames_answered_or_dropped_and_master_keeps_serving(stack, ma
     mc, _ = master
     ctx = zmq.Context.instance()
     rng = random.Random(7)
-    for endpoint in (stack.endpoint("master_clients"), stack.endpoint("master_agents")):
+    # Per endpoint: what the replies decode as, and a valid message whose answer comes after
+    # every answer to what was sent before it (one peer, one loop, in order).
+    endpoints = [
+        (stack.endpoint("master_clients"), P.Reply, P.Ping(req_id="fence"), P.Pong),
+        (stack.endpoint("master_agents"), P.MasterToAgent, P.Heartbeat(), P.Reregister),  # from a stranger
+    ]
+    for endpoint, kind, fence, fence_reply in endpoints:
         s = zmqutil.dealer(ctx, endpoint)
-        replies = 0
         for _i in range(200):
             frames = [os.urandom(rng.randrange(0, 64)) for _ in range(rng.choice([1, 1, 2, 3]))]
             s.send_multipart(frames)
         s.send(b"\x81\xa1t\xa4nope")  # a map with an unknown type
-        # The first reply may take a while on a loaded machine; after it, drain what follows.
-        deadline = time.monotonic() + 10
-        wait_ms = 5000
-        while time.monotonic() < deadline and s.poll(wait_ms):
-            wait_ms = 300
-            msg = s.recv()
-            replies += 1
-            decoded = P.decode(msg, P.MasterToAgent if endpoint.endswith(str(stack.port_base)) else P.Reply)
-            if isinstance(decoded, P.ErrorReply):
-                assert decoded.code in ("bad_frame", "unknown_type", "bad_request")
-        assert replies > 0
+        s.send(P.encode(fence))
+        errors = []
+        while True:
+            assert s.poll(10_000), f"{endpoint}: no answer to {fence} after {len(errors)} replies"
+            reply = P.decode(s.recv(), kind)
+            if isinstance(reply, fence_reply):
+                break
+            errors.append(reply)
+        assert errors and all(isinstance(e, P.ErrorReply) for e in errors), errors
+        assert {e.code for e in errors} <= {"bad_frame", "unknown_type", "bad_request"}
+        assert errors[-1].code == "unknown_type"  # the last malformed one, answered in order
         s.close(linger=0)
     assert mc.ping().source
     stats = mc.stats()
-    assert stats["bad_frames"] >= 200
+    assert stats["bad_frames"] >= 2 * 201

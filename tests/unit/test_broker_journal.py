@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from broker import journal as J
 from broker import segments as S
-from broker.journal import JournalReader, JournalWriter, Row
+from broker.journal_reader import JournalReader
+from broker.journal_retention import dead_segments
+from broker.journal_schema import INLINE_MAX, Row
+from broker.journal_writer import JournalWriter
 from common.config import BrokerConf
 from tests.conftest import wait_for
 
@@ -48,6 +50,12 @@ class Journal:
             self.writer.submit([Row(time.time(), t, "src", "ep", n, memoryview(b)) for n, (t, b) in enumerate(chunk)])
             self.submitted += len(chunk)
         self.sent += events
+        assert self.writer.wait_done(self.submitted, 10)
+
+    def submit(self, rows: list[Row]) -> None:
+        """One batch as given (not recorded in ``sent``); waits until committed or dropped."""
+        self.writer.submit(rows)
+        self.submitted += len(rows)
         assert self.writer.wait_done(self.submitted, 10)
 
     def read(
@@ -88,7 +96,7 @@ def bodies(n: int, lo: int, hi: int, seed: int = 1) -> list[bytes]:
 
 
 def test_inline_and_segment_bodies_round_trip_in_pages(jr: Journal) -> None:
-    sizes = [0, 1, J.INLINE_MAX, J.INLINE_MAX + 1, 4096, 40_000, 100, 60_000]
+    sizes = [0, 1, INLINE_MAX, INLINE_MAX + 1, 4096, 40_000, 100, 60_000]
     events = [(f"log.J.c{i % 3}", os.urandom(sizes[i % len(sizes)])) for i in range(40)]
     jr.write(events)
     got = jr.read()
@@ -98,7 +106,7 @@ def test_inline_and_segment_bodies_round_trip_in_pages(jr: Journal) -> None:
     assert [(t, b) for _i, t, b in jr.read("log.J.c1", limit=2)] == [e for e in events if e[0] == "log.J.c1"]
     assert jr.read(after=got[29][0]) == got[30:]
     # Only bodies over INLINE_MAX went to segments, back to back.
-    assert jr.segment_bytes() == sum(len(b) for _t, b in events if len(b) > J.INLINE_MAX)
+    assert jr.segment_bytes() == sum(len(b) for _t, b in events if len(b) > INLINE_MAX)
     c = jr.writer.counters
     assert (c.journalled, c.journal_rows, c.journal_bytes) == (40, 40, sum(len(b) for _t, b in events))
 
@@ -201,6 +209,16 @@ def test_prune_by_age_of_everything_removes_every_segment(tmp_path: Path) -> Non
         j.close()
 
 
+def test_dead_segments_are_the_oldest_no_row_points_into() -> None:
+    live = [1, 40, 90]
+    assert dead_segments(live, 1) == []
+    assert dead_segments(live, 39) == []  # row 39 is still in segment 1
+    assert dead_segments(live, 40) == [1]
+    assert dead_segments(live, 500) == [1, 40]  # the newest holds every row left
+    assert dead_segments(live, None) == live  # an empty journal: all of them
+    assert dead_segments([], None) == []
+
+
 def test_reader_skips_bodies_whose_segment_is_gone(jr: Journal) -> None:
     events = [("log.J.c", b) for b in bodies(6, 2000, 3000)] + [("job.J", b"inline")]
     jr.write(events)
@@ -261,12 +279,12 @@ def test_a_failed_segment_write_drops_the_batch_and_the_writer_goes_on(jr: Journ
 
     monkeypatch.setattr(S.os, "writev", failing)
     lost = [("log.J.c", b) for b in bodies(2, 2000, 3000, seed=5)]
-    jr.writer.submit([Row(time.time(), t, "s", "e", 1, b) for t, b in lost])
-    wait_for(lambda: jr.writer.counters.journal_dropped == 2, what="batch dropped")
+    jr.submit([Row(time.time(), t, "s", "e", 1, b) for t, b in lost])
+    assert jr.writer.counters.journal_dropped == 2
     assert jr.segment_bytes() == size  # the partial write was cut back
     after = [("log.J.c", b) for b in bodies(2, 2000, 3000, seed=6)]
     jr.write(after)
-    wait_for(lambda: jr.writer.counters.journalled == 5, what="next batch written")
+    assert jr.writer.counters.journalled == 5
     assert [(t, b) for _i, t, b in jr.read()] == first + after
 
 
@@ -337,14 +355,14 @@ def test_a_failed_first_write_to_a_new_segment_removes_it(jr: Journal, monkeypat
     monkeypatch.setattr(S.os, "writev", failing)
     # ids 1 (inline) and 2 (a body): the segment started for id 2 must not survive the failure,
     # since the next batch's first body is id 1 (ids of a dropped batch are reused).
-    jr.writer.submit(
+    jr.submit(
         [Row(time.time(), "job.J", "s", "e", 1, b"small"), Row(time.time(), "log.J.c", "s", "e", 2, os.urandom(5000))]
     )
-    wait_for(lambda: jr.writer.counters.journal_dropped == 2, what="batch dropped")
+    assert jr.writer.counters.journal_dropped == 2
     assert jr.segment_files() == []
     sent = [("log.J.c", os.urandom(6000))]
     jr.write(sent)
-    wait_for(lambda: jr.writer.counters.journalled == 1, what="next batch written")
+    assert jr.writer.counters.journalled == 1
     assert jr.segment_files() == [1]
     jr.writer.stop()
     jr.writer = jr.start()  # recovery finds the segment's rows by its name
