@@ -17,6 +17,7 @@ from common import topics
 from common.rpc import MasterClient, RequestError
 from common.zmqutil import free_port
 from tests.conftest import REPO, wait_for
+from tests.integration.conftest import agent_ids
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -29,24 +30,6 @@ def _journalled(replay_endpoint: str, prefix: str, kind: type[E]) -> list[E]:
     with ReplayClient(zmq.Context.instance(), replay_endpoint) as replay:
         events = (P.decode(body, P.Event) for page in replay.pages(prefix) for _id, _topic, body in page)
         return [ev for ev in events if isinstance(ev, kind)]
-
-
-def _agents(mc: MasterClient) -> list[str]:
-    try:
-        return [a.agent_id for a in mc.agents()]
-    except RequestError:
-        return []
-
-
-@pytest.fixture
-def bus(stack):
-    stack.start("broker")
-    stack.start("master")
-    stack.start("agent", extra={"agent": {"id": "a1"}})
-    mc = MasterClient([stack.endpoint("master_clients")], timeout=5.0)
-    wait_for(lambda: _agents(mc) == ["a1"], 20, "the agent to register")
-    yield stack, mc
-    mc.close()
 
 
 def cli(stack, *args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
@@ -151,17 +134,17 @@ def test_agent_sigkilled_is_reported_lost_and_a_live_one_is_not(bus):
     stack, mc = bus
     a1 = stack.proc("agent")
     stack.start("agent", extra={"agent": {"id": "a2"}})
-    wait_for(lambda: sorted(_agents(mc)) == ["a1", "a2"], 20, "the second agent to register")
+    wait_for(lambda: sorted(agent_ids(mc)) == ["a1", "a2"], 20, "the second agent to register")
     heard = next(a.last_seen for a in mc.agents() if a.agent_id == "a1")  # it speaks at least this late
     os.killpg(a1.pid, signal.SIGKILL)
-    wait_for(lambda: _agents(mc) == ["a2"], 20, "a1 to be dropped")
+    wait_for(lambda: agent_ids(mc) == ["a2"], 20, "a1 to be dropped")
     replay = stack.endpoint("broker_replay")
     lost = wait_for(lambda: _journalled(replay, "agent.a1", P.AgentLost), 10, "a1's agent_lost in the journal")
     assert [(e.agent_id, e.reason) for e in lost] == [("a1", "missed heartbeats")]
     interval = max(stack.tree["master"]["heartbeat_s"], stack.tree["agent"]["heartbeat_s"])
     assert lost[0].ts - heard > MISSED_HEARTBEATS * interval
     assert _journalled(replay, "agent.a2", P.AgentLost) == []
-    assert _agents(mc) == ["a2"]
+    assert agent_ids(mc) == ["a2"]
 
 
 def test_master_restart_gets_agents_back_and_results_of_commands_finished_meanwhile(bus, tmp_path):
@@ -180,7 +163,7 @@ def test_master_restart_gets_agents_back_and_results_of_commands_finished_meanwh
     replay = stack.endpoint("broker_replay")
     wait_for(lambda: _journalled(replay, topic, P.CmdDone), 20, "the command to finish without a master")
     stack.start("master")
-    wait_for(lambda: _agents(mc) == ["a1"], 20, "the agent to re-register")
+    wait_for(lambda: agent_ids(mc) == ["a1"], 20, "the agent to re-register")
     status = mc.query([reply.cmd_id], agent="a1")[0]
     assert status.state == "done" and status.exit_code == 0 and status.stdout == b"finished\n"
 
@@ -214,7 +197,7 @@ def test_two_masters_share_one_agent_and_its_slot_limit(stack, tmp_path):
     )
     m1 = MasterClient([stack.endpoint("master_clients")], timeout=5.0)
     m2 = MasterClient([second["master_clients"]], timeout=5.0)
-    wait_for(lambda: _agents(m1) == ["shared"] and _agents(m2) == ["shared"], 20, "both masters to see it")
+    wait_for(lambda: agent_ids(m1) == ["shared"] and agent_ids(m2) == ["shared"], 20, "both masters to see it")
     long = m1.exec(P.CmdSpec(argv=["sleep", "30"], cwd=str(tmp_path)))
     with pytest.raises(RequestError) as err:
         m2.exec(P.CmdSpec(argv=["true"], cwd=str(tmp_path)))

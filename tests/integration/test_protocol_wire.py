@@ -18,24 +18,6 @@ MAX_FETCH = 4 << 20  # docs/protocol.md: "at most 4,194,304 bytes per reply"
 CAPTURE_HALF = 32 * 1024  # docs/protocol.md: 32,768 bytes of head and of tail
 
 
-def _agents(mc: MasterClient) -> list[str]:
-    try:
-        return [a.agent_id for a in mc.agents()]
-    except RequestError:
-        return []
-
-
-@pytest.fixture
-def bus(stack):
-    stack.start("broker")
-    stack.start("master")
-    stack.start("agent", extra={"agent": {"id": "a1"}})
-    mc = MasterClient([stack.endpoint("master_clients")], timeout=5.0)
-    wait_for(lambda: _agents(mc) == ["a1"], 20, "the agent to register")
-    yield stack, mc
-    mc.close()
-
-
 def _run_to_end(mc: MasterClient, argv: list[str]) -> P.CmdStatus:
     reply = mc.exec(P.CmdSpec(argv=argv), agent="a1")
     return wait_for(
