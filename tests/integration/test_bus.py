@@ -9,27 +9,18 @@ import sys
 from typing import TypeVar
 
 import pytest
-import zmq
 
-from broker.client import ReplayClient
 from common import protocol as P
 from common import topics
 from common.rpc import MasterClient, RequestError
 from common.zmqutil import free_port
 from tests.conftest import REPO, wait_for
-from tests.integration.conftest import agent_ids
+from tests.integration.conftest import agent_ids, journalled
 
 pytestmark = pytest.mark.timeout(120)
 
 MISSED_HEARTBEATS = 3  # docs/protocol.md: a peer is dead after 3 missed heartbeat intervals
 E = TypeVar("E", bound=P.EventBase)
-
-
-def _journalled(replay_endpoint: str, prefix: str, kind: type[E]) -> list[E]:
-    """The events of type ``kind`` under ``prefix`` in the broker's journal."""
-    with ReplayClient(zmq.Context.instance(), replay_endpoint) as replay:
-        events = (P.decode(body, P.Event) for page in replay.pages(prefix) for _id, _topic, body in page)
-        return [ev for ev in events if isinstance(ev, kind)]
 
 
 def cli(stack, *args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
@@ -120,7 +111,13 @@ def test_agents_and_events_commands(bus):
         stdout=subprocess.PIPE,
     )
     try:
+        # History first: the fixture's probe commands (`true`), then ours.
         line = p.stdout.readline()
+        for _ in range(100):
+            if b"hello" in line:
+                break
+            assert b'"argv":["true"]' in line or b'"t":"cmd_done"' in line, line
+            line = p.stdout.readline()
         assert b'"t":"cmd_started"' in line and b'"argv":["echo","hello"]' in line
     finally:
         p.kill()
@@ -139,11 +136,11 @@ def test_agent_sigkilled_is_reported_lost_and_a_live_one_is_not(bus):
     os.killpg(a1.pid, signal.SIGKILL)
     wait_for(lambda: agent_ids(mc) == ["a2"], 20, "a1 to be dropped")
     replay = stack.endpoint("broker_replay")
-    lost = wait_for(lambda: _journalled(replay, "agent.a1", P.AgentLost), 10, "a1's agent_lost in the journal")
+    lost = wait_for(lambda: journalled(replay, "agent.a1", P.AgentLost), 10, "a1's agent_lost in the journal")
     assert [(e.agent_id, e.reason) for e in lost] == [("a1", "missed heartbeats")]
     interval = max(stack.tree["master"]["heartbeat_s"], stack.tree["agent"]["heartbeat_s"])
     assert lost[0].ts - heard > MISSED_HEARTBEATS * interval
-    assert _journalled(replay, "agent.a2", P.AgentLost) == []
+    assert journalled(replay, "agent.a2", P.AgentLost) == []
     assert agent_ids(mc) == ["a2"]
 
 
@@ -161,7 +158,7 @@ def test_master_restart_gets_agents_back_and_results_of_commands_finished_meanwh
     # master existed.
     topic = topics.cmd("", reply.cmd_id)
     replay = stack.endpoint("broker_replay")
-    wait_for(lambda: _journalled(replay, topic, P.CmdDone), 20, "the command to finish without a master")
+    wait_for(lambda: journalled(replay, topic, P.CmdDone), 20, "the command to finish without a master")
     stack.start("master")
     wait_for(lambda: agent_ids(mc) == ["a1"], 20, "the agent to re-register")
     status = mc.query([reply.cmd_id], agent="a1")[0]
