@@ -93,7 +93,12 @@ class ReplayServer:
             log.warning("replay.barrier_timeout", timeout_s=BARRIER_TIMEOUT_S)
         page = reader.page(req.prefix, req.after, req.since_ts, min(req.limit, MAX_LIMIT), PAGE_BYTES)
         return protocol.ReplayPage(
-            req_id=req.req_id, events=page.events, last_id=page.last_id, head_id=page.head_id, more=page.more
+            req_id=req.req_id,
+            events=page.events,
+            publishers=page.publishers,
+            last_id=page.last_id,
+            head_id=page.head_id,
+            more=page.more,
         )
 
     def _send(self, identity: bytes, reply: protocol.Base) -> None:

@@ -2,6 +2,14 @@
 
 Every command's output goes through an OutputAssembler, so a byte range the journal or the
 live stream lacks is fetched from the agent's spool: no gap, no duplicate.
+
+Events are claims; the orchestrator and the spools are the truth. A command's events are taken
+only from the agent the orchestrator's timeline says runs it (the broker names each event's
+authenticated publisher; "" on an insecure bus, where the body is all there is), and a job event
+only prompts asking the orchestrator for the job's state. So an event forged by another key
+changes nothing printed; one the orchestrator's timeline does not explain yet is dropped, and
+whatever it would have delivered comes from the spool when a later chunk or the command's end
+shows the gap.
 """
 
 from __future__ import annotations
@@ -16,12 +24,12 @@ from common import topics
 from common.config import Config
 from common.rpc import MasterClient, OrchestratorClient, RequestError
 from p4bus.render import END_STATES, LogPrinter
-from p4bus.stream import OutputAssembler
+from p4bus.stream import MissingOutput, OutputAssembler
 
 
 class JobTail:
     def __init__(
-        self, cfg: Config, job_id: str, printer: LogPrinter, on_state: Callable[[P.JobChanged], None] | None = None
+        self, cfg: Config, job_id: str, printer: LogPrinter, on_state: Callable[[P.JobView], None] | None = None
     ) -> None:
         self.cfg = cfg
         self.job_id = job_id
@@ -32,7 +40,7 @@ class JobTail:
         self.outputs: dict[str, OutputAssembler] = {}
         self.finished: set[str] = set()
         self.runs: dict[str, P.StageRun] = {}
-        self.agents: dict[str, str] = {}
+        self.broken: set[str] = set()  # commands whose spool could not fill a gap
 
     def close(self) -> None:
         self.orch.close()
@@ -46,28 +54,55 @@ class JobTail:
             zmq.Context.instance(), self.cfg.endpoint("broker_xpub"), self.cfg.endpoint("broker_replay"), prefixes
         )
         try:
-            for ev in stream:
+            for ev, publisher in stream:
                 if isinstance(ev, P.JobChanged):
                     if ev.job_id != self.job_id:
                         continue
+                    view = self.orch.job(self.job_id)  # the event says "look", the orchestrator says what
                     if self.on_state:
-                        self.on_state(ev)
-                    if ev.state in until:
-                        view = self.orch.job(self.job_id)
-                        if view.state in until:
-                            self._complete(view)
-                            return view
-                elif isinstance(ev, P.LogChunk) and ev.job_id == self.job_id:
-                    self._output(ev.cmd_id).chunk(ev.stream, ev.offset, ev.data)
-                elif isinstance(ev, P.CmdStarted) and ev.job_id == self.job_id:
-                    self.agents[ev.cmd_id] = ev.agent
-                    self._output(ev.cmd_id)
-                elif isinstance(ev, P.CmdDone) and ev.job_id == self.job_id:
-                    self.agents[ev.cmd_id] = ev.status.agent
-                    self._finish(ev.cmd_id, ev.status)
+                        self.on_state(view)
+                    if view.state in until:
+                        self._complete(view)
+                        return view
+                elif (
+                    isinstance(ev, P.LogChunk | P.CmdStarted | P.CmdDone)
+                    and ev.job_id == self.job_id
+                    and self._from_its_agent(ev.cmd_id, publisher)
+                ):
+                    self._command_event(ev)
         finally:
             stream.close()
         return view
+
+    def _from_its_agent(self, cmd_id: str, publisher: str) -> bool:
+        """True if ``publisher`` is the agent the orchestrator says runs ``cmd_id`` (any, on an
+        insecure bus). A command not known or not placed yet is looked up again."""
+        if not publisher:
+            return True
+        run = self.runs.get(cmd_id)
+        if run is None or not run.agent:
+            self._refresh_runs()
+            run = self.runs.get(cmd_id)
+        return run is not None and run.agent == publisher
+
+    def _command_event(self, ev: P.LogChunk | P.CmdStarted | P.CmdDone) -> None:
+        if isinstance(ev, P.LogChunk):
+            self._guarded(ev.cmd_id, lambda out: out.chunk(ev.stream, ev.offset, ev.data))
+        elif isinstance(ev, P.CmdStarted):
+            self._guarded(ev.cmd_id, lambda _out: None)
+        else:
+            self._finish(ev.cmd_id, ev.status)
+
+    def _guarded(self, cmd_id: str, step: Callable[[OutputAssembler], None]) -> None:
+        """Feed a command's output; a gap its spool cannot fill is said once, not raised."""
+        if cmd_id in self.broken:
+            return
+        try:
+            step(self._output(cmd_id))
+        except (MissingOutput, RequestError) as exc:
+            # The job's outcome matters more than one command's bytes: say so and carry on.
+            self.broken.add(cmd_id)
+            self.printer.note(f"output of {cmd_id} is incomplete: {exc}")
 
     def _output(self, cmd_id: str) -> OutputAssembler:
         out = self.outputs.get(cmd_id)
@@ -83,22 +118,22 @@ class JobTail:
 
     def _run(self, cmd_id: str) -> P.StageRun | None:
         if cmd_id not in self.runs:
-            for r in self.orch.job(self.job_id).timeline:
-                self.runs[r.cmd_id] = r
+            self._refresh_runs()
         return self.runs.get(cmd_id)
 
+    def _refresh_runs(self) -> None:
+        for r in self.orch.job(self.job_id).timeline:
+            self.runs[r.cmd_id] = r
+
     def _fetch(self, cmd_id: str, stream: int, offset: int, size: int) -> tuple[bytes, int]:
-        agent = self.agents.get(cmd_id)
-        if not agent:
-            run = self._run(cmd_id)
-            agent = run.agent if run else None
-        r = self.masters.fetch(cmd_id, stream, offset, size, agent=agent or None)
+        run = self._run(cmd_id)
+        r = self.masters.fetch(cmd_id, stream, offset, size, agent=run.agent if run and run.agent else None)
         return r.data, r.total
 
     def _finish(self, cmd_id: str, status: P.CmdStatus) -> None:
         if cmd_id in self.finished:
             return
-        self._output(cmd_id).finish(status)
+        self._guarded(cmd_id, lambda out: out.finish(status))
         self.finished.add(cmd_id)
 
     def _complete(self, view: P.JobView) -> None:
@@ -107,7 +142,6 @@ class JobTail:
             if run.cmd_id in self.finished or run.state in ("PENDING", "CANCELLED") or not run.agent:
                 continue
             self.runs[run.cmd_id] = run
-            self.agents.setdefault(run.cmd_id, run.agent)
             try:
                 status = self.masters.query([run.cmd_id], agent=run.agent)[0]
             except RequestError:
