@@ -57,6 +57,8 @@ class Orchestrator:
             "forged_events": 0,
             # Dropped: a command's event from an agent other than the one it was sent to.
             "wrong_agent_events": 0,
+            # Dropped as seen before (seq not above the last one of its publisher, source and kind).
+            "duplicate_events": 0,
             "requests": 0,
             "bad_requests": 0,
             "dispatches": 0,
@@ -245,6 +247,7 @@ class Orchestrator:
         # Keyed on the publisher: a forged seq only ever counts against its own key.
         is_new, gap, restarted = self.gaps.observe(ev.source, ev.topic, ev.epoch, ev.seq, publisher)
         if not is_new:
+            self.counters["duplicate_events"] += 1
             return
         if isinstance(ev, P.CmdDone | P.CmdStarted):
             self.on_command_event(got)

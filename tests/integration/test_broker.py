@@ -65,8 +65,11 @@ class Bus:
         return frames
 
     def recv(self, timeout: float = 5.0) -> list[bytes]:
+        """The next event's [topic, body] (the third frame, its publisher, is checked and dropped)."""
         assert self.sub.poll(int(timeout * 1000)), "no event from the broker"
-        return self.sub.recv_multipart()
+        topic, body, publisher = self.sub.recv_multipart()
+        assert publisher == b""  # this Bus publishes on an insecure bus
+        return [topic, body]
 
     def drain_until(self, topic: str) -> bool:
         """Read (and discard) events up to one on ``topic``; False if none is queued."""
@@ -410,7 +413,7 @@ def test_history_then_live_splices_without_gap_or_duplicate(bus: Bus, prefixes: 
     )
     got: list[P.Event] = []
     try:
-        for ev in stream:
+        for ev, _publisher in stream:
             if ev.topic.endswith(".S.c"):  # not the probes
                 got.append(ev)
             if len(got) == total:
@@ -429,9 +432,9 @@ def test_history_then_live_quiet_topic(bus: Bus) -> None:
         bus.ctx, bus.stack.endpoint("broker_xpub"), bus.stack.endpoint("broker_replay"), ["job.Q"]
     )
     try:
-        history = [next(stream) for _ in old]
+        history = [next(stream).event for _ in old]
         assert [P.encode(ev) for ev in history] == [f[1] for f in old]
         live = bus.publish("job.Q")
-        assert P.encode(next(stream)) == live[1]
+        assert P.encode(next(stream).event) == live[1]
     finally:
         stream.close()
