@@ -11,9 +11,15 @@ sockets, no broker) with frames exactly as the broker delivers them, to pin down
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
 
 from common import config as cfgmod
@@ -22,6 +28,9 @@ from common.sequence import Stamper
 from common.zmqutil import free_port_base
 from orchestrator.service import Orchestrator
 from orchestrator.store import CmdState
+from tests.conftest import REPO, Stack, wait_for
+from tests.e2e.conftest import JobStack
+from tests.integration.conftest import journalled
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -143,3 +152,196 @@ def test_on_an_insecure_bus_the_body_is_all_there_is(orch: Orch) -> None:
     assert orch.state() == CmdState.DONE
     assert orch.counters("forged_events", "wrong_agent_events") == (0, 0)
     assert orch.o._insecure_logged
+
+
+# ---------------------------------------------------------------------------- the attacks, on a whole stack
+
+FORGER = "forger"  # a key of its own, role agent: what any compromised or rogue agent holds
+
+
+def hook_stack(stack: Stack, tmp: Path, exit_code: int) -> tuple[JobStack, Path]:
+    """A stack whose pre-submit hook says it is waiting, then blocks until the test writes a
+    line to a FIFO, then exits ``exit_code``: the forger strikes while the hook runs."""
+    fifo = tmp / "hook.fifo"
+    os.mkfifo(fifo)
+    jobs = JobStack(stack)
+    jobs.workspace("ws1", "clean")
+    hook = f"echo hook-waiting; read line < {fifo}; echo 'hook: 3 problems' >&2; exit {exit_code}"
+    stack.tree["orchestrator"]["site"] = {"pre_submit": [["sh", "-c", hook]]}
+    jobs.start()
+    return jobs, fifo
+
+
+def running_hook(jobs: JobStack, job_id: str) -> P.StageRun:
+    """Once the hook runs: its timeline entry (it has printed that it is waiting)."""
+
+    def hook_running() -> P.StageRun | None:
+        with jobs.orch() as oc:
+            runs = [r for r in oc.job(job_id).timeline if r.argv[:1] == ["sh"] and r.state == "RUNNING"]
+        if runs and any(b"hook-waiting" in c.data for c in chunks(jobs, job_id, runs[0].cmd_id)):
+            return runs[0]
+        return None
+
+    return wait_for(hook_running, 60, "the pre-submit hook to run", interval=0.1)
+
+
+def chunks(jobs: JobStack, job_id: str, cmd_id: str) -> list[P.LogChunk]:
+    return journalled(jobs.stack.endpoint("broker_replay"), f"log.{job_id}.{cmd_id}", P.LogChunk)
+
+
+def agent_stamp(jobs: JobStack, job_id: str, cmd_id: str) -> tuple[str, int]:
+    """The real agent's epoch and the seq of its cmd_started for ``cmd_id``, from the journal."""
+    (ev,) = journalled(jobs.stack.endpoint("broker_replay"), f"cmd.{job_id}.{cmd_id}", P.CmdStarted)
+    return ev.epoch, ev.seq
+
+
+def release(fifo: Path) -> None:
+    with open(fifo, "w") as f:
+        f.write("go\n")
+
+
+def forge(jobs: JobStack, *events: P.EventBase) -> None:
+    """Publish ``events`` from the forger's process, under its own key; returns once the broker
+    has forwarded them all."""
+    plan = jobs.tmp / f"forgery-{len(list(jobs.tmp.glob('forgery-*')))}.msgpack"
+    plan.write_bytes(msgspec.msgpack.encode({"config": str(jobs.stack.config_file()), "key": FORGER, "events": events}))
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.integration.event_forger", str(plan)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def orch_counters(jobs: JobStack) -> dict[str, int]:
+    with jobs.orch() as oc:
+        return oc.stats()
+
+
+def wait_counted(jobs: JobStack, **at_least: int) -> dict[str, int]:
+    """Until the orchestrator has counted (dropped) at least this many of each kind."""
+
+    def counted() -> dict[str, int] | None:
+        c = orch_counters(jobs)
+        return c if all(c[k] >= n for k, n in at_least.items()) else None
+
+    return wait_for(counted, 30, f"the orchestrator to count {at_least}", interval=0.1)
+
+
+def forged_done(job_id: str, cmd_id: str, source: str, epoch: str, seq: int, **status: Any) -> P.CmdDone:
+    st = P.CmdStatus(cmd_id=cmd_id, job_id=job_id, agent=source, state="done", exit_code=0, **status)
+    return P.CmdDone(
+        topic=f"cmd.{job_id}.{cmd_id}",
+        source=source,
+        epoch=epoch,
+        seq=seq,
+        ts=time.time(),
+        job_id=job_id,
+        cmd_id=cmd_id,
+        status=st,
+    )
+
+
+def test_a_forged_cmd_done_does_not_pass_a_failing_pre_submit_hook(stack: Stack, tmp_path: Path) -> None:
+    jobs, fifo = hook_stack(stack, tmp_path, exit_code=1)
+    job_id = jobs.submit("ws1")
+    hook = running_hook(jobs, job_id)
+    epoch, seq = agent_stamp(jobs, job_id, hook.cmd_id)
+    forge(
+        jobs,
+        # In the agent's name, with the very stamp its real cmd_done will carry.
+        forged_done(job_id, hook.cmd_id, hook.agent, epoch, seq + 1, stdout=b"all good\n"),
+        # In the forger's own name: honest about who it is, but not the hook's agent.
+        forged_done(job_id, hook.cmd_id, FORGER, "forger-epoch", 1, stdout=b"all good\n"),
+    )
+    wait_counted(jobs, forged_events=1, wrong_agent_events=1)
+    with jobs.orch() as oc:
+        view = oc.job(job_id)
+    assert (view.state, view.stage) == ("RUNNING", "PRE_SUBMIT")  # the job did not move on
+    release(fifo)
+    view = jobs.wait_state(job_id)
+    assert view.state == "FAILED", view
+    assert "pre-submit command" in view.reason and "exited 1" in view.reason
+    assert view.submitted_change is None
+    assert not [argv for argv in jobs.executions("ws1") if argv.startswith("submit")]
+
+
+def test_a_forged_huge_seq_in_an_agents_name_does_not_blind_the_orchestrator(stack: Stack, tmp_path: Path) -> None:
+    jobs, fifo = hook_stack(stack, tmp_path, exit_code=0)
+    job_id = jobs.submit("ws1")
+    hook = running_hook(jobs, job_id)
+    epoch, _seq = agent_stamp(jobs, job_id, hook.cmd_id)
+    # The agent's source and epoch, seq 10**15, for a command nobody runs.
+    forge(jobs, forged_done(job_id, "c-forged", hook.agent, epoch, 10**15))
+    wait_counted(jobs, forged_events=1)
+    release(fifo)
+    view = jobs.wait_state(job_id)
+    assert view.state == "DONE" and view.submitted_change, view
+    # Every real event after the forgery was acted on as it came: none was taken for a duplicate
+    # (the attack made them all duplicates, and only slow reconciling finished the job).
+    c = orch_counters(jobs)
+    assert (c["forged_events"], c["duplicate_events"]) == (1, 0), c
+
+
+def test_forged_events_do_not_crash_submit_follow_or_tail(stack: Stack, tmp_path: Path) -> None:
+    jobs, fifo = hook_stack(stack, tmp_path, exit_code=0)
+    info = jobs.seeds["ws1"]
+    cli = [sys.executable, "-m", "p4bus", "--config", str(stack.config_file())]
+    env = {**os.environ, **jobs.env}
+    follow = subprocess.Popen(
+        [*cli, "submit", "--workspace", "ws1", "--source", info["source"], "--target", info["target"], "--follow"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert follow.stdout is not None
+        job_id = follow.stdout.readline().decode().strip()  # submit prints the job id first
+        out = bytearray()
+        while b"hook-waiting" not in out:  # it follows the job live: it printed the hook's output
+            line = follow.stdout.readline()
+            assert line, f"submit --follow ended early: {bytes(out)!r}"
+            out += line
+        hook = running_hook(jobs, job_id)
+        epoch, seq = agent_stamp(jobs, job_id, hook.cmd_id)
+        big = 10**9
+        forgeries: list[P.EventBase] = []
+        for source, ep, n in ((hook.agent, epoch, seq + 5), (FORGER, "forger-epoch", 1)):
+            forgeries += [
+                P.LogChunk(
+                    topic=f"log.{job_id}.{hook.cmd_id}",
+                    source=source,
+                    epoch=ep,
+                    seq=n,
+                    ts=time.time(),
+                    job_id=job_id,
+                    cmd_id=hook.cmd_id,
+                    stream=P.STDOUT,
+                    offset=big,
+                    data=b"FORGED OUTPUT\n",
+                ),
+                forged_done(job_id, hook.cmd_id, source, ep, n + 1, stdout_bytes=big, stdout=b"FORGED OUTPUT\n"),
+                P.JobChanged(
+                    topic=f"job.{job_id}", source=source, epoch=ep, seq=n, ts=time.time(), job_id=job_id, state="DONE"
+                ),
+            ]
+        forge(jobs, *forgeries)
+        wait_counted(jobs, forged_events=1, wrong_agent_events=1)  # the cmd_done ones: it reads no log.* or job.*
+        release(fifo)
+        rest, err = follow.communicate(timeout=60)
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+            follow.wait()
+    out += rest
+    assert follow.returncode == 0, (bytes(out), err)
+    assert b"Traceback" not in err and b"FORGED" not in out, (bytes(out), err)
+    assert b"hook: 3 problems" in out  # the real output, whole
+    # The forged events are in the journal: a later tail replays them too.
+    tail = subprocess.run([*cli, "tail", job_id], cwd=REPO, env=env, capture_output=True, timeout=60)
+    assert tail.returncode == 0, tail
+    assert b"Traceback" not in tail.stderr and b"FORGED" not in tail.stdout
+    assert b"hook-waiting" in tail.stdout and b"hook: 3 problems" in tail.stdout
