@@ -41,6 +41,7 @@ class JobTail:
         self.finished: set[str] = set()
         self.runs: dict[str, P.StageRun] = {}
         self.broken: set[str] = set()  # commands whose spool could not fill a gap
+        self.ignored: set[str] = set()  # keys whose events about this job's commands were ignored
 
     def close(self) -> None:
         self.orch.close()
@@ -83,7 +84,14 @@ class JobTail:
         if run is None or not run.agent:
             self._refresh_runs()
             run = self.runs.get(cmd_id)
-        return run is not None and run.agent == publisher
+        if run is not None and run.agent in (publisher, ""):
+            return run.agent == publisher  # not placed yet: the spool fills in what is dropped
+        if publisher not in self.ignored:
+            # Once per key: someone is publishing about this job's commands who does not run them.
+            self.ignored.add(publisher)
+            why = f"it runs on {run.agent}" if run is not None else "no such command in this job"
+            self.printer.note(f"ignoring events about {cmd_id} published by key {publisher}: {why}")
+        return False
 
     def _command_event(self, ev: P.LogChunk | P.CmdStarted | P.CmdDone) -> None:
         if isinstance(ev, P.LogChunk):
