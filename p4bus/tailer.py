@@ -29,7 +29,7 @@ from p4bus.stream import MissingOutput, OutputAssembler
 
 class JobTail:
     def __init__(
-        self, cfg: Config, job_id: str, printer: LogPrinter, on_state: Callable[[P.JobView], None] | None = None
+        self, cfg: Config, job_id: str, printer: LogPrinter, on_state: Callable[[P.JobChanged], None] | None = None
     ) -> None:
         self.cfg = cfg
         self.job_id = job_id
@@ -59,12 +59,13 @@ class JobTail:
                 if isinstance(ev, P.JobChanged):
                     if ev.job_id != self.job_id:
                         continue
-                    view = self.orch.job(self.job_id)  # the event says "look", the orchestrator says what
                     if self.on_state:
-                        self.on_state(view)
-                    if view.state in until:
-                        self._complete(view)
-                        return view
+                        self.on_state(ev)
+                    if ev.state in until:
+                        view = self.orch.job(self.job_id)  # the event is a claim; the orchestrator knows
+                        if view.state in until:
+                            self._complete(view)
+                            return view
                 elif (
                     isinstance(ev, P.LogChunk | P.CmdStarted | P.CmdDone)
                     and ev.job_id == self.job_id

@@ -39,11 +39,11 @@ def follow(obj: Ctx, job_id: str) -> P.JobView:
     printer = LogPrinter(sys.stdout.buffer, color=sys.stdout.isatty())
     last: list[str] = []
 
-    def on_state(view: P.JobView) -> None:
+    def on_state(ev: P.JobChanged) -> None:
         # Stage moves show in the command headers; a note is for a new job state.
-        if not last or last[-1] != view.state:
-            last.append(view.state)
-            printer.note(f"{view.job_id} {view.state} at {view.stage}")
+        if not last or last[-1] != ev.state:
+            last.append(ev.state)
+            printer.note(f"{ev.job_id} {ev.state} at {ev.stage}")
 
     tail = JobTail(obj.cfg(), job_id, printer, on_state=on_state)
     try:
