@@ -239,8 +239,8 @@ def test_policy_refusals_are_recorded_outcomes(stack: Stack, ctx: zmq.Context, t
         assert r.master.query(cmd_id).error == reply.status.error
         assert r.master.exec(cmd_id, argv, **kw).duplicate
     (tmp_path / "sub").mkdir()
-    _, status, _ = r.run(["sh", "-c", "pwd; echo $P4USER"], cwd="sub", env={"P4USER": "bob"})
-    assert status.stdout == f"{os.path.realpath(tmp_path / 'sub')}\nbob\n".encode()
+    _, status, _ = r.run(["sh", "-c", "pwd; echo $TZ"], cwd="sub", env={"TZ": "UTC"})
+    assert status.stdout == f"{os.path.realpath(tmp_path / 'sub')}\nUTC\n".encode()
     reply = r.master.exec("bad-argv", [])
     assert isinstance(reply, proto.ErrorReply) and reply.code == "bad_request"
     reply = r.master.exec("../escape", ["true"])
