@@ -30,11 +30,16 @@ STATE_STYLE = {
 END_STATES = ("DONE", "NOTHING_TO_DO", "FAILED", "CANCELLED", "WAITING_RESOLVE")
 
 
+# Every string printed is text, never rich markup or emoji codes: job descriptions, paths, p4
+# output and agent names come from people and servers, and "[/bold]" in a description must
+# print as itself (and not crash the printer). Styles are given as Text styles instead.
 def console() -> Console:
     """A terminal console, or a wide plain one when piped: a table cut to 80 columns and
-    wrapped mid-id is useless to grep."""
-    c = Console()
-    return c if c.is_terminal else Console(width=200, no_color=True)
+    wrapped mid-id is useless to grep. Either prints strings as text."""
+    c = Console(markup=False, emoji=False, highlight=False)
+    if c.is_terminal:
+        return c
+    return Console(width=200, no_color=True, markup=False, emoji=False, highlight=False)
 
 
 def age(ts: float, now: float | None = None) -> str:
