@@ -1,6 +1,7 @@
-"""How jobs look in a terminal: the job table, one job's stage timeline, a live log printer.
+"""How jobs and agents look in a terminal: the job table, one job's stage timeline, a live log
+printer, the agent table.
 
-Shared by `status`, `tail`, `submit --follow` and `demo`.
+Shared by `status`, `tail`, `submit --follow`, `agents` and `demo`.
 """
 
 from __future__ import annotations
@@ -73,6 +74,23 @@ def jobs_table(jobs: list[P.JobView]) -> Table:
         stage = "-" if j.state == "QUEUED" else j.stage  # nothing has run yet
         t.add_row(j.job_id, styled(j.state), stage, age(j.created_at), j.agent or "-", j.workspace, detail)
     return t
+
+
+def agents_table(rows: list[tuple[str, P.AgentInfo]], now: float) -> Table:
+    """(master id, agent) pairs as `p4bus agents` prints them."""
+    table = Table("agent", "master", "host", "pools", "slots", "running", "workspaces", "last seen")
+    for master, a in rows:
+        table.add_row(
+            a.agent_id,
+            master,
+            a.host,
+            ",".join(a.pools),
+            f"{a.slots - len(a.running)}/{a.slots} free",
+            str(len(a.running)),
+            ",".join(a.workspaces) or "-",
+            f"{now - a.last_seen:.1f}s ago",
+        )
+    return table
 
 
 def job_detail(console: Console, j: P.JobView) -> None:
