@@ -137,7 +137,8 @@ class Pump(threading.Thread):
         self._call(partial(self._redactor.learn, stdin))
 
     def publish_done(self, status: proto.CmdStatus) -> None:
-        """Publish CmdDone for a command that never ran (refused): the status is already spooled."""
+        """Publish CmdDone for a command that never ran: its status is already recorded (in the
+        spool, or in memory for a refusal)."""
         self._call(partial(self._send_done, status))
 
     def shutdown(self) -> None:
