@@ -155,3 +155,28 @@ def test_p4_arguments_are_checked_for_a_p4_found_on_path(tmp_path: Path) -> None
     for argv0 in ("p4", "tool", str(bin_dir / "p4")):
         with pytest.raises(policy.Refusal, match="reads arguments from a file"):
             policy.check(c, CmdSpec(argv=[argv0, "-x", "/etc/shadow", "fstat"]), "ws1", {"PATH": str(bin_dir)})
+
+
+@pytest.mark.parametrize(
+    ("agent_file", "orch_file"), [("one-host", "one-host"), ("multi-host-agent", "multi-host-master")]
+)
+def test_the_shipped_examples_give_the_agent_what_the_orchestrator_sends(agent_file: str, orch_file: str) -> None:
+    from common.config import load
+    from orchestrator.pipeline.model import Workspace
+    from orchestrator.pipeline.p4cmd import p4_env
+
+    examples = Path(__file__).parents[2] / "ops" / "examples"
+    agent = load(examples / f"{agent_file}.toml", environ={}).agent
+    wc = load(examples / f"{orch_file}.toml", environ={}).orchestrator.workspaces["rel-main"]
+    ws = Workspace(
+        name="rel-main",
+        p4port=wc.p4port,
+        p4user=wc.p4user,
+        p4client=wc.p4client,
+        root=wc.root,
+        tickets_file=wc.tickets_file,
+    )
+    held = ("rel-main", agent.workspace_tables()["rel-main"])
+    fixed = policy.p4_env(held, wc.root)
+    policy.check_p4_env(p4_env(ws), fixed, held, lambda a, b: a == b)  # no Refusal
+    assert {k: v for k, v in p4_env(ws).items() if k in policy.P4_ENV} == fixed
