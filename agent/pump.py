@@ -36,6 +36,7 @@ from agent.executor import Handle
 from agent.spool import Spool
 from common import logs, topics, zmqutil
 from common import protocol as proto
+from common.auth import Security
 from common.config import AgentConf
 from common.publisher import Publisher
 
@@ -94,10 +95,20 @@ class _Running:
 
 
 class Pump(threading.Thread):
-    def __init__(self, ctx: zmq.Context, broker: str, agent_id: str, epoch: str, spool: Spool, conf: AgentConf) -> None:
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        broker: str,
+        security: Security | None,
+        agent_id: str,
+        epoch: str,
+        spool: Spool,
+        conf: AgentConf,
+    ) -> None:
         super().__init__(name="agent-pump", daemon=True)
         self._ctx = ctx
         self._broker = broker
+        self._security = security
         self._agent_id = agent_id
         self._epoch = epoch
         self._spool = spool
@@ -151,7 +162,7 @@ class Pump(threading.Thread):
 
     # ------------------------------------------------------------------ thread
     def run(self) -> None:
-        self._events = Publisher(zmqutil.pub(self._ctx, self._broker), self._agent_id, self._epoch)
+        self._events = Publisher(zmqutil.pub(self._ctx, self._broker, self._security), self._agent_id, self._epoch)
         self._sel.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
         try:
             while not (self._stopping and not self._runs):

@@ -32,10 +32,10 @@ from agent.executor import executor_for
 from agent.links import MasterLink
 from agent.pump import Pump, Started
 from agent.spool import Spool, SpoolEntry, valid_cmd_id
-from common import logs, zmqutil
+from common import auth, logs, roles, zmqutil
 from common import protocol as proto
 from common.config import Config
-from common.ids import host_id, new_epoch
+from common.ids import new_epoch
 
 # Hello.recent_done covers commands that finished this long ago at most.
 RECENT_S = 600.0
@@ -59,16 +59,19 @@ class Agent:
     def __init__(self, cfg: Config, environ: Mapping[str, str] | None = None) -> None:
         self.conf = cfg.agent
         self.environ = dict(os.environ if environ is None else environ)
-        self.agent_id = self.conf.id or host_id()
+        self.agent_id = cfg.agent_id()
         self.epoch = new_epoch()
         self.spool = Spool(self.conf.spool_dir or cfg.state_path / "spool" / self.agent_id)
+        security = auth.for_service(cfg, "agent", self.agent_id)
+        if security is not None:
+            security.keyring.server_key(roles.BROKER, cfg.agent_broker())  # a missing key fails here, not in the pump
         self.ctx = zmq.Context()
-        ident = self.agent_id.encode()
+        # No routing id of our own: the master learns who we are from HELLO, checked against our key.
         self.links = [
-            MasterLink(ep, zmqutil.dealer(self.ctx, ep, identity=ident, immediate=True), self.conf.heartbeat_s)
+            MasterLink(ep, zmqutil.dealer(self.ctx, ep, security, roles.MASTER, immediate=True), self.conf.heartbeat_s)
             for ep in cfg.agent_masters()
         ]
-        self.pump = Pump(self.ctx, cfg.agent_broker(), self.agent_id, self.epoch, self.spool, self.conf)
+        self.pump = Pump(self.ctx, cfg.agent_broker(), security, self.agent_id, self.epoch, self.spool, self.conf)
         self.executor = executor_for(self.conf, cfg.state_path, self.environ)
         self.running: dict[str, _Slot] = {}
         self.recent: deque[tuple[float, str]] = deque(
@@ -198,7 +201,9 @@ class Agent:
             link.welcomed = False
             link.send(self._hello(), now, "hello")
             return
-        if isinstance(msg, proto.ErrorReply):
+        if isinstance(msg, proto.ErrorReply) and msg.code == "forbidden":
+            log.error("master refused this agent", master=link.endpoint, error=msg.message)
+        elif isinstance(msg, proto.ErrorReply):
             # Never answered: two peers must not trade error replies forever.
             log.warning("master reported an error", master=link.endpoint, code=msg.code, error=msg.message)
         elif not isinstance(msg, proto.Heartbeat):

@@ -23,6 +23,7 @@ import zmq
 from bench.sshd import Sshd, SshTarget, SshUnavailable
 from common import protocol as P
 from common import zmqutil
+from common.auth import Security
 from p4bus.harness.stack import Stack
 
 START_TIMEOUT_S = 30.0
@@ -164,6 +165,7 @@ class BusStack:
         agents: list[AgentSpec],
         orchestrator: dict[str, Any] | None = None,
         path: str | None = None,
+        curve: bool = True,
     ) -> None:
         self.tmp = tmp
         self.agents = agents
@@ -171,6 +173,7 @@ class BusStack:
             "state_dir": str(tmp / "state"),
             "port_base": zmqutil.free_port_base(6),
             "log_level": "warning",
+            "insecure": not curve,
         }
         if orchestrator is not None:
             tree["orchestrator"] = {"workspaces": orchestrator}
@@ -179,6 +182,9 @@ class BusStack:
 
     def endpoint(self, name: str) -> str:
         return self.stack.endpoint(name)
+
+    def security(self, name: str = "operator") -> Security | None:
+        return self.stack.security(name)
 
     def pid(self, service: str) -> int:
         return self.stack.proc(service).pid
@@ -203,9 +209,9 @@ class BusStack:
         self.stack.stop()
 
 
-def single_agent(tmp: Path, allowed: list[str]) -> BusStack:
+def single_agent(tmp: Path, allowed: list[str], curve: bool = True) -> BusStack:
     """The stack for the transport benches: one agent whose only root is ``tmp``."""
-    return BusStack(tmp, [AgentSpec("bench-agent", allowed, {"workspace_roots": [str(tmp)]})])
+    return BusStack(tmp, [AgentSpec("bench-agent", allowed, {"workspace_roots": [str(tmp)]})], curve=curve)
 
 
 def null_sink(_stream: int, _data: bytes) -> None:

@@ -36,7 +36,7 @@ class ExecDone:
     def __init__(self, mc: MasterClient, xpub: str, agent: str | None = None) -> None:
         self.mc = mc
         self.agent = agent
-        self.sub = zmqutil.sub(zmq.Context.instance(), xpub, [topics.CMD + "."])
+        self.sub = zmqutil.sub(zmq.Context.instance(), xpub, mc.security, [topics.CMD + "."])
 
     def __call__(self) -> None:
         cmd_id = ids.new_id("c")
@@ -96,7 +96,7 @@ def main() -> None:
     with B.workdir(args, "dispatch") as tmp:
         with B.single_agent(tmp, ["true"]) as stack:
             xpub = stack.endpoint("broker_xpub")
-            with MasterClient([stack.endpoint("master_clients")]) as mc:
+            with MasterClient([stack.endpoint("master_clients")], stack.security()) as mc:
                 run, exec_done = bench_bus(mc, xpub)
                 # A run this slow missed its events (subscription not up in time) and was
                 # rescued by the runner's query: correctness held, latency did not.

@@ -112,7 +112,10 @@ def main() -> None:
     with B.workdir(args, "logs") as tmp:
         path = tmp / "lines.txt"
         expected = write_lines(path)
-        with B.single_agent(tmp, ["cat"]) as stack, MasterClient([stack.endpoint("master_clients")]) as mc:
+        with (
+            B.single_agent(tmp, ["cat"]) as stack,
+            MasterClient([stack.endpoint("master_clients")], stack.security()) as mc,
+        ):
             results[BUS] = repeat(lambda: via_bus(mc, stack, path, expected))
         results["raw pipe (cat, Python reads the pipe)"] = repeat(lambda: via_pipe(["cat", str(path)], expected))
         with B.ssh_baseline(args) as ssh:

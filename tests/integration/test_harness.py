@@ -45,7 +45,7 @@ def test_restart_starts_the_same_agent_again_and_stop_ends_everything(stack: Sta
     stack.start("master")
     first = stack.start("agent", name="a1", extra={"agent": {"id": "a1"}})
     stack.wait_ready(ids=["a1"])
-    with MasterClient([stack.endpoint("master_clients")], timeout=5.0) as mc:
+    with MasterClient([stack.endpoint("master_clients")], stack.security(), timeout=5.0) as mc:
         (before,) = mc.agents()
         second = stack.restart("a1")
         assert first.returncode is not None and second.pid != first.pid

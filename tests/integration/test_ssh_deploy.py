@@ -116,7 +116,7 @@ def test_deploy_run_upgrade_remove(stack: Stack, sshd, wheelhouse: Path, remote:
     # The deploy templates are package data: the deployed agent's own install has them too.
     installed = remote.glob("venv/lib/python3*/site-packages/p4bus/ops/deploy")
     assert [sorted(p.name for p in d.iterdir()) for d in installed] == [["agentctl", "p4bus-agent.service"]]
-    with MasterClient([stack.endpoint("master_clients")], timeout=5) as mc:
+    with MasterClient([stack.endpoint("master_clients")], stack.security(), timeout=5) as mc:
         status = run_on(mc, "deployed-1", ["sh", "-c", "echo hello from $0", "the deployed agent"])
         assert (status.exit_code, status.stdout) == (0, b"hello from the deployed agent\n")
         epoch = next(a.epoch for a in mc.agents() if a.agent_id == "deployed-1")
