@@ -131,13 +131,13 @@ def _warn_insecure(service: str) -> None:
     )
 
 
-def _load(cfg: Config, secret_file: Path, who: str) -> Security:
+def _load(secret_file: Path, keyring: Path, who: str) -> Security:
     if not secret_file.exists():
         raise keys.KeyringError(
             f"{who}: no key pair {secret_file} (create keys with `p4bus keys init`, "
             "or set insecure = true on a trusted network)"
         )
-    return Security(keys.load_pair(secret_file), keys.Keyring(cfg.keyring_path))
+    return Security(keys.load_pair(secret_file), keys.Keyring(keyring))
 
 
 def for_service(cfg: Config, service: str, default_name: str) -> Security | None:
@@ -147,18 +147,22 @@ def for_service(cfg: Config, service: str, default_name: str) -> Security | None
         _warn_insecure(service)
         return None
     name = cfg.security.key or default_name
-    return _load(cfg, keys.secret_path(cfg.keys_path, name), service)
+    return _load(keys.secret_path(cfg.keys_path, name), cfg.keyring_path, service)
 
 
 def for_client(cfg: Config, environ: Mapping[str, str] | None = None) -> Security | None:
-    """The CLI's Security: the key file P4BUS_KEY names, else ``[security] key`` (default
-    ``operator``) in the keys directory; None under ``insecure = true``."""
+    """The CLI's Security: the key file P4BUS_KEY names (with the keyring next to it, unless
+    ``[security] keyring`` says otherwise), else ``[security] key`` (default ``operator``) in
+    the keys directory; None under ``insecure = true``."""
     if cfg.insecure:
         return None
     environ = os.environ if environ is None else environ
     chosen = environ.get(KEY_ENV)
-    secret = Path(chosen).expanduser() if chosen else keys.secret_path(cfg.keys_path, cfg.security.key or "operator")
-    return _load(cfg, secret, "p4bus")
+    if not chosen:
+        return _load(keys.secret_path(cfg.keys_path, cfg.security.key or "operator"), cfg.keyring_path, "p4bus")
+    secret = Path(chosen).expanduser()
+    keyring = cfg.keyring_path if cfg.security.keyring else secret.parent / keys.KEYRING_FILE
+    return _load(secret, keyring, f"p4bus ({KEY_ENV})")
 
 
 def user_id(frame: Any) -> str:

@@ -235,7 +235,8 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path):
         [sys.executable, "-m", "p4bus", "--port-base", str(base), "run", "--", "seq", "1000000"],
         capture_output=True,
         cwd=REPO,
-        env=env,
+        # The key `up` made (and printed in its Try: line): the bus refuses everyone else.
+        env={**env, "P4BUS_KEY": str(tmp_path / "s" / "keys" / "operator.key_secret")},
         timeout=60,
     )
     assert done.returncode == 0 and done.stdout.endswith(b"\n1000000\n")
