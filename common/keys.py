@@ -276,14 +276,14 @@ class Keyring:
         """The public key to pin for a server of ``role`` answering on ``endpoint``."""
         found = [e for e in self.entries().values() if e.role == role]
         if len(found) > 1:
-            listed = [e for e in found if endpoint in e.endpoints]
-            if len(listed) != 1:
+            # The one that lists the endpoint; else the one that lists none (answers anywhere).
+            found = [e for e in found if endpoint in e.endpoints] or [e for e in found if not e.endpoints]
+            if len(found) != 1:
                 raise KeyringError(
-                    f"{len(found)} {role} keys in {self.path} ({', '.join(e.name for e in found)}) and "
-                    f"{'none' if not listed else 'several'} lists {endpoint}: give each its endpoints "
-                    "(`p4bus keys authorize ... --endpoint`)"
+                    f"several {role} keys in {self.path} could answer on {endpoint} "
+                    f"({', '.join(e.name for e in found) or 'none lists it'}); give each its endpoints "
+                    f"(`p4bus keys revoke NAME`, then `p4bus keys authorize NAME --role {role} --endpoint ...`)"
                 )
-            found = listed
         if not found:
             raise KeyringError(
                 f"no {role} key in the keyring {self.path} to pin for {endpoint} (authorize it with "
