@@ -134,7 +134,7 @@ def _warn_insecure(service: str) -> None:
 def _load(secret_file: Path, keyring: Path, who: str) -> Security:
     if not secret_file.exists():
         raise keys.KeyringError(
-            f"{who}: no key pair {secret_file} (create keys with `p4bus keys init`, "
+            f"no key pair {secret_file} for {who} (create keys with `p4bus keys init`, "
             "or set insecure = true on a trusted network)"
         )
     return Security(keys.load_pair(secret_file), keys.Keyring(keyring))
@@ -147,7 +147,7 @@ def for_service(cfg: Config, service: str, default_name: str) -> Security | None
         _warn_insecure(service)
         return None
     name = cfg.security.key or default_name
-    return _load(keys.secret_path(cfg.keys_path, name), cfg.keyring_path, service)
+    return _load(keys.secret_path(cfg.keys_path, name), cfg.keyring_path, f"the {service}")
 
 
 def for_client(cfg: Config, environ: Mapping[str, str] | None = None) -> Security | None:
@@ -159,10 +159,11 @@ def for_client(cfg: Config, environ: Mapping[str, str] | None = None) -> Securit
     environ = os.environ if environ is None else environ
     chosen = environ.get(KEY_ENV)
     if not chosen:
-        return _load(keys.secret_path(cfg.keys_path, cfg.security.key or "operator"), cfg.keyring_path, "p4bus")
+        name = cfg.security.key or "operator"
+        return _load(keys.secret_path(cfg.keys_path, name), cfg.keyring_path, f"the CLI (or set {KEY_ENV})")
     secret = Path(chosen).expanduser()
     keyring = cfg.keyring_path if cfg.security.keyring else secret.parent / keys.KEYRING_FILE
-    return _load(secret, keyring, f"p4bus ({KEY_ENV})")
+    return _load(secret, keyring, KEY_ENV)
 
 
 def user_id(frame: Any) -> str:

@@ -1,4 +1,8 @@
-"""Deploy (install, or upgrade in place) and remove: the steps of the other modules, in order."""
+"""Deploy (install, or upgrade in place) and remove: the steps of the other modules, in order.
+
+``security`` is this side's (the operator's key and the bus keyring): it confirms the
+registration and authorizes the agent's key; None when the bus runs ``insecure``, and then the
+agent does too."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from pathlib import Path
 
 from common.auth import Security
 from common.ssh import SshDest
-from p4bus.deploy import DeployError, Plan, Say, install, registration, service, wheelhouse
+from p4bus.deploy import DeployError, Plan, Say, agent_keys, install, registration, service, wheelhouse
 from p4bus.deploy.host import Remote, abs_dir, check_python, probe
 
 
@@ -38,7 +42,9 @@ def deploy(plan: Plan, security: Security | None, say: Say) -> str:
         service.stop(remote, rdir, "stopping the old agent")
         if old is not None:
             say(f"stopped agent {agent_id} (upgrade)")
-        install.install(remote, host, rdir, wheels, install.agent_toml(plan, agent_id, rdir))
+        install.install(remote, host, rdir, wheels, install.agent_toml(plan, agent_id, rdir, security is None))
+        if security is not None and agent_keys.provision(remote, rdir, agent_id, security):
+            say(f"authorized the key made on {plan.dest.host} as agent {agent_id}")
         service.start(remote, rdir, agent_id, host.systemd)
         how = "systemd user unit" if host.systemd else "supervised background process"
         say(f"installed in {plan.dest.host}:{rdir}, started as a {how}; waiting for it to register")

@@ -1,5 +1,6 @@
 """The agent's files on the host: the remote dir (0700), its wheels, a venv with p4bus installed
-from them (no index: the host needs no internet), and agent.toml (0600)."""
+from them (no index: the host needs no internet), and agent.toml (0600). Its keys are
+agent_keys.py's."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from p4bus.deploy import Plan
 from p4bus.deploy.host import Host, Remote
 
 
-def agent_toml(plan: Plan, agent_id: str, remote_dir: str) -> str:
+def agent_toml(plan: Plan, agent_id: str, remote_dir: str, insecure: bool) -> str:
+    """The agent's settings; its key pair and keyring live in ``state/keys`` (the defaults)."""
     tree = {
         "state_dir": f"{remote_dir}/state",
+        "insecure": insecure,
         "agent": {
             "id": agent_id,
             "masters": plan.masters,

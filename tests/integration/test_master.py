@@ -60,6 +60,9 @@ def master(stack):
     ctx = zmq.Context.instance()
     # Stand in for the broker: an XSUB bound where the master's PUB connects, subscribed to all.
     events = ctx.socket(zmq.XSUB)
+    broker = stack.security("broker")
+    assert broker is not None
+    broker.serve(events, roles.BROKER_PUBLISH)  # the master's PUB pins the broker's key
     events.bind(stack.endpoint("broker_xsub"))
     events.send(b"\x01")
     stack.start("master")
