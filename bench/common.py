@@ -118,7 +118,23 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
     )
     p.add_argument("--no-ssh", action="store_true", help="skip the ssh baseline rows")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (service logs, spools)")
+    p.add_argument(
+        "--curve",
+        choices=["on", "off", "both"],
+        default="both",
+        help="p4bus rows with CurveZMQ on (the default of every stack), off (insecure), or both "
+        "side by side, interleaved (default: both)",
+    )
     return p
+
+
+def curve_modes(args: argparse.Namespace) -> list[bool]:
+    """The CURVE settings --curve asks for, as BusStack's ``curve`` values."""
+    return {"on": [True], "off": [False], "both": [True, False]}[args.curve]
+
+
+def curve_label(curve: bool) -> str:
+    return "CURVE on" if curve else "CURVE off"
 
 
 @contextlib.contextmanager
@@ -211,6 +227,7 @@ class BusStack:
 
 def single_agent(tmp: Path, allowed: list[str], curve: bool = True) -> BusStack:
     """The stack for the transport benches: one agent whose only root is ``tmp``."""
+    tmp.mkdir(parents=True, exist_ok=True)
     return BusStack(tmp, [AgentSpec("bench-agent", allowed, {"workspace_roots": [str(tmp)]})], curve=curve)
 
 
