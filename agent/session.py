@@ -78,6 +78,7 @@ class Agent:
             self.spool.finished_since(time.time() - RECENT_S)[-RECENT_MAX:], maxlen=RECENT_MAX
         )
         self.counters: Counter[str] = Counter()
+        self._refused_by: set[str] = set()  # masters that refused our key, until one welcomes us
         self._stop = False
         self._stop_r, self._stop_w = os.pipe()
         os.set_blocking(self._stop_r, False)
@@ -195,6 +196,7 @@ class Agent:
             return
         if isinstance(msg, proto.Welcome):
             link.welcome(msg)
+            self._refused_by.discard(link.endpoint)
             log.info("welcomed", master=link.endpoint, master_id=msg.master_id)
             return
         if isinstance(msg, proto.Reregister):
@@ -202,7 +204,9 @@ class Agent:
             link.send(self._hello(), now, "hello")
             return
         if isinstance(msg, proto.ErrorReply) and msg.code == "forbidden":
-            log.error("master refused this agent", master=link.endpoint, error=msg.message)
+            if link.endpoint not in self._refused_by:  # once, not at every HELLO it refuses
+                log.error("master refused this agent", master=link.endpoint, error=msg.message)
+            self._refused_by.add(link.endpoint)
         elif isinstance(msg, proto.ErrorReply):
             # Never answered: two peers must not trade error replies forever.
             log.warning("master reported an error", master=link.endpoint, code=msg.code, error=msg.message)

@@ -69,6 +69,7 @@ class Master:
             zmqutil.pub(self.ctx, cfg.endpoint("broker_xsub"), self.security), self.id, ids.new_epoch()
         )
         self._last_hb_sent = 0.0
+        self._refused_hellos: set[tuple[str, str]] = set()  # (key, claimed id) already logged
 
     # ------------------------------------------------------------------ loop
 
@@ -158,7 +159,9 @@ class Master:
     def _on_hello(self, identity: bytes, user: str, msg: P.Hello) -> None:
         if self.security is not None and msg.agent.agent_id != user:
             self.counters["forbidden"] += 1
-            log.warning("agent.hello_refused", key=user, claimed=msg.agent.agent_id)
+            if (user, msg.agent.agent_id) not in self._refused_hellos:  # once per pair, not per retry
+                self._refused_hellos.add((user, msg.agent.agent_id))
+                log.warning("agent.hello_refused", key=user, claimed=msg.agent.agent_id)
             text = f"key {user} may say HELLO only as agent {user}, not as {msg.agent.agent_id}"
             self._send(self.agents_sock, identity, P.ErrorReply(req_id="", code="forbidden", message=text))
             return
