@@ -77,14 +77,12 @@ def dealer(
     connect: str,
     security: Security | None,
     server_role: str,
-    identity: bytes | None = None,
     immediate: bool = False,
 ) -> zmq.Socket:
     """``immediate``: queue nothing while the peer is unreachable (a send fails with EAGAIN), so
-    a reconnecting peer does not receive a backlog of stale messages."""
+    a reconnecting peer does not receive a backlog of stale messages. No routing id of its own:
+    the server's ROUTER assigns one (so none can be claimed or taken over)."""
     sock = _common(ctx.socket(zmq.DEALER))
-    if identity:
-        sock.setsockopt(zmq.IDENTITY, identity)
     if immediate:
         sock.setsockopt(zmq.IMMEDIATE, 1)
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
