@@ -1,7 +1,7 @@
 """The agent's main thread: its masters, its requests, its slots.
 
-One DEALER per master (a CURVE client pinning that master's key; the master knows us by the key that
-said HELLO, not by a routing id), all served by one zmq.Poller loop together with
+One DEALER per master (a CURVE client pinning that master's key; the master knows the agent by
+the key that said HELLO, not by a routing id), all served by one zmq.Poller loop together with
 the output thread's completion fd and the stop fd; every wake-up drains each ready socket in a
 batch. Replies go back on the DEALER the request came from, echoing its req_id.
 
