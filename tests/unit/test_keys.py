@@ -124,3 +124,12 @@ def test_the_cli_key_comes_from_p4bus_key_with_the_keyring_beside_it(tmp_path: P
     with pytest.raises(KeyringError, match=r"no key pair .*state/keys/operator.key_secret .*p4bus keys init"):
         for_client(cfg, {})
     assert for_client(Config(insecure=True), {}) is None
+
+
+def test_security_settings_from_the_environment_and_p4bus_key_is_not_a_setting(tmp_path: Path) -> None:
+    from common.config import load
+
+    cfg = load(environ={"P4BUS_SECURITY_KEYS_DIR": str(tmp_path / "k"), "P4BUS_KEY": "/x/op.key_secret"})
+    assert (cfg.keys_path, cfg.keyring_path) == (tmp_path / "k", tmp_path / "k" / "keyring.toml")
+    cfg = load(environ={"P4BUS_STATE_DIR": str(tmp_path), "P4BUS_SECURITY_KEYRING": "/etc/p4bus/ring.toml"})
+    assert (cfg.keys_path, cfg.keyring_path) == (tmp_path / "keys", Path("/etc/p4bus/ring.toml"))
