@@ -44,6 +44,9 @@ RECENT_MAX = 1000
 # Per wake-up and socket, so one chatty master cannot starve the other.
 DRAIN_BATCH = 256
 MAX_FETCH = 4 << 20
+# libzmq never reconnects a socket whose handshake failed (a process squatting on the master's
+# port, a key the master does not accept yet): a link not welcomed for this long gets a new one.
+REDIAL_S = 3.0
 
 log = logs.get("agent")
 
@@ -67,11 +70,10 @@ class Agent:
         if security is not None:
             security.keyring.server_key(roles.BROKER, cfg.agent_broker())  # a missing key fails here, not in the pump
         self.ctx = zmq.Context()
-        # No routing id of our own: the master learns who we are from HELLO, checked against our key.
-        self.links = [
-            MasterLink(ep, zmqutil.dealer(self.ctx, ep, security, roles.MASTER, immediate=True), self.conf.heartbeat_s)
-            for ep in cfg.agent_masters()
-        ]
+        self._security = security
+        self.links = [MasterLink(ep, self._dealer(ep), self.conf.heartbeat_s) for ep in cfg.agent_masters()]
+        self._dialed = dict.fromkeys(cfg.agent_masters(), 0.0)  # endpoint -> last welcome or redial
+        self._poller = zmq.Poller()
         self.pump = Pump(self.ctx, cfg.agent_broker(), security, self.agent_id, self.epoch, self.spool, self.conf)
         self.executor = executor_for(self.conf, cfg.state_path, self.environ)
         self.running: dict[str, _Slot] = {}
@@ -111,17 +113,17 @@ class Agent:
             spool=str(self.spool.root),
             masters=[ln.endpoint for ln in self.links],
         )
-        poller = zmq.Poller()
+        poller = self._poller
         for link in self.links:
             poller.register(link.sock, zmq.POLLIN)
+            self._dialed[link.endpoint] = time.monotonic()
         poller.register(self.pump.done_fd, zmq.POLLIN)
         poller.register(self._stop_r, zmq.POLLIN)
-        by_sock = {link.sock: link for link in self.links}
         self._tick(time.monotonic())  # the first Hellos go out now, not after a poll timeout
         while not self._stop:
             ready = dict(poller.poll(self._poll_ms(time.monotonic())))
-            for sock, link in by_sock.items():
-                if sock in ready:
+            for link in self.links:
+                if link.sock in ready:
                     self._drain(link)
             if self.pump.done_fd in ready:
                 self._on_done(self.pump.take_done())
@@ -137,10 +139,25 @@ class Agent:
         t = min([self._next_prune, *(link.next_due(now) for link in self.links)])
         return max(0, int((t - now) * 1000) + 1)
 
+    def _dealer(self, endpoint: str) -> zmq.Socket:
+        # No routing id of our own: the master learns who we are from HELLO, checked against our key.
+        return zmqutil.dealer(self.ctx, endpoint, self._security, roles.MASTER, immediate=True)
+
+    def _redial(self, link: MasterLink, now: float) -> None:
+        self._dialed[link.endpoint] = now
+        self._poller.unregister(link.sock)
+        link.sock.close(linger=0)
+        link.sock = self._dealer(link.endpoint)
+        self._poller.register(link.sock, zmq.POLLIN)
+
     def _tick(self, now: float) -> None:
         for link in self.links:
             if not link.check_alive(now):
                 log.warning("master silent; saying hello until it answers", master=link.endpoint)
+            if link.welcomed:
+                self._dialed[link.endpoint] = now
+            elif now - self._dialed[link.endpoint] >= REDIAL_S:
+                self._redial(link, now)
             due = link.due(now)
             if due == "hello":
                 link.send(self._hello(), now, "hello")
