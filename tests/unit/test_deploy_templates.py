@@ -83,7 +83,7 @@ def test_agent_toml_holds_the_workspace_tables_given_on_the_command_line(tmp_pat
         workspaces=dict(install.workspace_table(w) for w in given),
     )
     path = tmp_path / "agent.toml"
-    path.write_text(install.agent_toml(plan, "h", "/srv/agent"))
+    path.write_text(install.agent_toml(plan, "h", "/srv/agent", insecure=False))
     a = load(path, environ={}).agent
     assert a.workspace("ws1") == AgentWorkspace(
         root="/work/p4/ws1", p4port="ssl:p4:1666", p4user="build", p4client="ws1-build", tickets="/srv/t"
