@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,8 +17,12 @@ from typing import Any
 
 import msgspec
 
+from common import ids
+
 ENV_PREFIX = "P4BUS_"
 CONFIG_ENV = "P4BUS_CONFIG"
+# The CLI's key pair (a .key_secret file); not a setting, so not read by env_overrides.
+KEY_ENV = "P4BUS_KEY"
 DEFAULT_PORT_BASE = 9090
 
 # Offsets from port_base; every endpoint can also be set on its own.
@@ -64,6 +69,18 @@ class MasterConf(msgspec.Struct, forbid_unknown_fields=True):
     request_timeout_s: float = 10.0
 
 
+class AgentWorkspace(msgspec.Struct, forbid_unknown_fields=True):
+    """A workspace this agent holds (``[agent.workspaces.NAME]``): its root, and the p4
+    environment every command in it gets from here, never from the request (agent/policy.py)."""
+
+    root: str
+    p4port: str = ""
+    p4user: str = ""
+    p4client: str = ""
+    tickets: str = ""  # P4TICKETS
+    trust: str = ""  # P4TRUST
+
+
 class AgentConf(msgspec.Struct, forbid_unknown_fields=True):
     id: str = ""
     masters: list[str] = []  # default: [master_agents]
@@ -71,8 +88,9 @@ class AgentConf(msgspec.Struct, forbid_unknown_fields=True):
     pools: list[str] = msgspec.field(default_factory=lambda: ["default"])
     labels: dict[str, str] = {}
     slots: int = 4
-    # name -> root directory; every root is also an allowed cwd root
-    workspaces: dict[str, str] = {}
+    # name -> root directory, or a table (AgentWorkspace) with the p4 settings too; every
+    # root is also an allowed cwd root
+    workspaces: dict[str, str | AgentWorkspace] = {}
     workspace_roots: list[str] = []
     # executable basenames or absolute paths; "*" allows any (development stacks only)
     allowed_executables: list[str] = msgspec.field(default_factory=lambda: ["p4", "p4sim"])
@@ -89,6 +107,14 @@ class AgentConf(msgspec.Struct, forbid_unknown_fields=True):
     exec_via: str = ""
     # ssh(1) -o options for exec_via (ssh_config syntax), e.g. ["IdentityFile=/path/key", "ProxyJump=bastion"].
     ssh_options: list[str] = []
+
+    def workspace(self, name: str | None) -> AgentWorkspace | None:
+        """The named workspace as a table (the plain ``name = "root"`` form has no p4 settings)."""
+        held = self.workspaces.get(name) if name else None
+        return AgentWorkspace(root=held) if isinstance(held, str) else held
+
+    def workspace_tables(self) -> dict[str, AgentWorkspace]:
+        return {name: ws for name in self.workspaces if (ws := self.workspace(name)) is not None}
 
 
 class WorkspaceConf(msgspec.Struct, forbid_unknown_fields=True):
@@ -107,6 +133,29 @@ class WorkspaceConf(msgspec.Struct, forbid_unknown_fields=True):
     env: dict[str, str] = {}
 
 
+def read_password_file(path: str) -> str:
+    """The password in ``path`` (its last newline removed), or ConfigError in one line: the file
+    must be a regular file owned by this process's user and readable by nobody else."""
+    try:
+        fd = os.open(os.path.expanduser(path), os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise ConfigError(f"password_file {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())  # the file we read, not what the path names a moment later
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"password_file {path} is not a regular file")
+        if st.st_uid != os.geteuid():
+            raise ConfigError(
+                f"password_file {path} is owned by uid {st.st_uid}, not by this service's user "
+                f"(uid {os.geteuid()}): chown it"
+            )
+        if st.st_mode & 0o077:
+            raise ConfigError(
+                f"password_file {path} has mode {stat.S_IMODE(st.st_mode):04o}; others may read it: chmod 600 {path}"
+            )
+        return f.read().decode().rstrip("\n")
+
+
 class OrchestratorConf(msgspec.Struct, forbid_unknown_fields=True):
     store: str = ""  # default: <state_dir>/jobs.db
     masters: list[str] = []  # default: [master_clients]
@@ -116,6 +165,13 @@ class OrchestratorConf(msgspec.Struct, forbid_unknown_fields=True):
     # An agent that no master can reach for this long has lost its in-flight commands.
     lost_after_s: float = 5.0
     site: dict[str, Any] = {}  # pre_submit, blocklist, name_check, push, retry
+
+
+class SecurityConf(msgspec.Struct, forbid_unknown_fields=True):
+    keys_dir: str = ""  # default: <state_dir>/keys
+    # This process's key name; default: the service's name (an agent's: its id; the CLI's: operator).
+    key: str = ""
+    keyring: str = ""  # default: <keys_dir>/keyring.toml
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True):
@@ -134,6 +190,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     master: MasterConf = msgspec.field(default_factory=MasterConf)
     agent: AgentConf = msgspec.field(default_factory=AgentConf)
     orchestrator: OrchestratorConf = msgspec.field(default_factory=OrchestratorConf)
+    security: SecurityConf = msgspec.field(default_factory=SecurityConf)
 
     # ---- derived values (never stored, so a port_base change moves every endpoint)
     def endpoint(self, name: str) -> str:
@@ -146,6 +203,21 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     def state_path(self) -> Path:
         return Path(os.path.expanduser(self.state_dir))
 
+    @property
+    def keys_path(self) -> Path:
+        return Path(os.path.expanduser(self.security.keys_dir)) if self.security.keys_dir else self.state_path / "keys"
+
+    @property
+    def keyring_path(self) -> Path:
+        return (
+            Path(os.path.expanduser(self.security.keyring))
+            if self.security.keyring
+            else self.keys_path / "keyring.toml"
+        )
+
+    def agent_id(self) -> str:
+        return self.agent.id or ids.host_id()
+
     def agent_masters(self) -> list[str]:
         return self.agent.masters or [self.endpoint("master_agents")]
 
@@ -156,7 +228,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
         return self.orchestrator.masters or [self.endpoint("master_clients")]
 
 
-_SECTIONS = {"broker", "master", "agent", "orchestrator"}
+_SECTIONS = {"broker", "master", "agent", "orchestrator", "security"}
 
 
 def _set_path(tree: dict, path: list[str], value: Any) -> None:
@@ -190,7 +262,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict:
     out: dict = {}
     top = _fields(Config)
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+        if not name.startswith(ENV_PREFIX) or name in (CONFIG_ENV, KEY_ENV):
             continue
         key = name[len(ENV_PREFIX) :].lower()
         if key in top and key not in _SECTIONS:

@@ -10,6 +10,9 @@ One module per job, run in this order by flow.py:
 - service.py: ``agentctl`` there starts and stops the agent as a systemd user unit when
   ``systemctl --user`` works, else as a supervised background process (restart loop, pid file);
   script and unit are rendered from the templates in ops/deploy/, shipped as package data;
+- agent_keys.py: the agent's key pair, made on the host (the secret never leaves it), authorized
+  in the bus keyring as role agent under its id; the broker's and masters' public keys installed
+  on the host for it to pin;
 - registration.py: the master's word that the agent (a new process of it) has registered.
 
 This package's own vocabulary (``Plan``, ``DeployError``) is here.
@@ -42,7 +45,11 @@ class Plan:
     masters: list[str]
     broker: str
     workspace_roots: list[str]
-    master_clients: str = ""  # default: derived from the first master endpoint
+    master_clients: str = ""
+    # [agent.workspaces.NAME] tables: root and the workspace's p4 settings (agent/policy.py)
+    workspaces: dict[str, dict[str, str]] = field(
+        default_factory=dict
+    )  # default: derived from the first master endpoint
     pools: list[str] = field(default_factory=lambda: ["default"])
     slots: int = 4
     agent_id: str = ""  # default: the host's short name, as the agent itself would choose

@@ -2,7 +2,13 @@
 
 Every start writes the tree (plus that start's extra settings) as a TOML file and runs
 ``python -m p4bus --config FILE SERVICE`` with its output in a log file. P4BUS_* variables of
-this process are not passed on: what the file says is what the service runs with.
+this process are not passed on: what the file says is what the service runs with. Nor are the
+variables that hold a workspace's password (``password_env``), except to the orchestrator: the
+one process that logs in. Config and log files are the user's alone (0600 in 0700 directories).
+
+Secure by default: unless the tree says ``insecure = true``, the first start creates the key
+pairs of the local services and an ``operator`` key, each agent's start its own key (role agent,
+named by its id), all authorized in the keyring of the stack's keys directory.
 """
 
 from __future__ import annotations
@@ -20,10 +26,18 @@ from typing import Any, TypeVar
 
 import tomli_w
 
+from common import auth, keys, roles
 from common import config as cfgmod
 from common.rpc import MasterClient, OrchestratorClient, RequestError
 
 SERVICES = ("broker", "master", "orchestrator", "agent")
+# The keys a stack makes on its first start: name -> role (agents get theirs as they start).
+LOCAL_KEYS = {
+    "broker": roles.BROKER,
+    "master": roles.MASTER,
+    "orchestrator": roles.ORCHESTRATOR,
+    "operator": roles.OPERATOR,
+}
 START_TIMEOUT_S = 20.0
 # A readiness question costs one request; a quicker poll only loads the two cores others share.
 POLL_S = 0.05
@@ -69,9 +83,9 @@ class ServiceProc(subprocess.Popen[bytes]):
         self.name = launch.name
         self.log_path = log_path
         self.stopped = False  # stopped on purpose, so not a failure
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         # The child gets its own copy of the descriptor; ours closes with the block.
-        with open(log_path, "ab") as log:
+        with open(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as log:
             super().__init__(
                 argv,
                 stdin=subprocess.DEVNULL,
@@ -129,12 +143,36 @@ class Stack:
         if self._last_file is not None and self._last_file[0] == tree:
             return self._last_file[1]
         self._files += 1
-        self.config_dir.mkdir(parents=True, exist_ok=True)
+        self.config_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = self.config_dir / f"{self._prefix}-{self._files}.toml"
-        path.write_text(tomli_w.dumps(tree))
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write(tomli_w.dumps(tree))
         # A copy: the caller may change nested tables of the tree in place before the next start.
         self._last_file = (copy.deepcopy(tree), path)
         return path
+
+    # ------------------------------------------------------------------ keys
+    def ensure_keys(self, extra: Mapping[str, Any] | None = None, agent: bool = False) -> None:
+        """The local keys (and, for an agent's start, that agent's key) exist and are authorized.
+        ``extra`` is read only for the agent's id: a start meant to fail on bad settings still does."""
+        cfg = self.config()
+        if cfg.insecure:
+            return
+        wanted = dict(LOCAL_KEYS)
+        if agent:
+            wanted[str(self.settings(extra).get("agent", {}).get("id") or cfg.agent_id())] = roles.AGENT
+        keys.init(cfg.keys_path, cfg.keyring_path, wanted)
+
+    def security(self, name: str = "operator", role: str | None = None) -> auth.Security | None:
+        """Key ``name`` of this stack's keys directory, created with ``role`` if it is missing
+        (None when the stack is insecure)."""
+        cfg = self.config()
+        if cfg.insecure:
+            return None
+        self.ensure_keys()
+        if role is not None:
+            keys.init(cfg.keys_path, cfg.keyring_path, {name: role})
+        return auth.Security(keys.load_pair(keys.secret_path(cfg.keys_path, name)), keys.Keyring(cfg.keyring_path))
 
     # ------------------------------------------------------------------ processes
     def start(
@@ -149,10 +187,14 @@ class Stack:
         return self._spawn(Launch(service, name or service, args, dict(extra or {}), dict(env or {})))
 
     def _spawn(self, launch: Launch) -> ServiceProc:
+        self.ensure_keys(launch.extra, agent=launch.service == "agent")
         config = self.config_file(launch.extra)
         env = {k: v for k, v in os.environ.items() if not k.startswith(cfgmod.ENV_PREFIX)}
         env.update(self.env)
         env.update(launch.env)
+        if launch.service != "orchestrator":
+            for name in password_variables(self.settings(launch.extra)):
+                env.pop(name, None)
         argv = [sys.executable, "-m", "p4bus", "--config", str(config), launch.service, *launch.args]
         earlier = sum(1 for p in self.procs if p.name == launch.name)
         log = self.log_dir / (f"{launch.name}.log" if not earlier else f"{launch.name}-{earlier + 1}.log")
@@ -217,7 +259,7 @@ class Stack:
         started orchestrator answers a ping. A service that exits meanwhile fails at once."""
         deadline = time.monotonic() + timeout
         want = set(ids)
-        with MasterClient([self.endpoint("master_clients")], timeout=ASK_TIMEOUT_S) as mc:
+        with MasterClient([self.endpoint("master_clients")], self.security(), timeout=ASK_TIMEOUT_S) as mc:
 
             def listed() -> bool:
                 infos = _answer(mc.agents)
@@ -228,7 +270,7 @@ class Stack:
 
             self._until(listed, deadline, "the master to list the agents")
         if "orchestrator" in self.current():
-            with OrchestratorClient([self.endpoint("orchestrator_api")], timeout=ASK_TIMEOUT_S) as oc:
+            with OrchestratorClient([self.endpoint("orchestrator_api")], self.security(), timeout=ASK_TIMEOUT_S) as oc:
                 self._until(lambda: _answer(oc.ping) is not None, deadline, "the orchestrator to answer")
 
     def _until(self, pred: Callable[[], bool], deadline: float, what: str) -> None:
@@ -237,6 +279,12 @@ class Stack:
             return pred()
 
         wait_for(alive_and, max(0.0, deadline - time.monotonic()), f"{what} (logs in {self.log_dir})", POLL_S)
+
+
+def password_variables(tree: Mapping[str, Any]) -> set[str]:
+    """The environment variables that hold a workspace password (``password_env``) in ``tree``."""
+    workspaces = tree.get("orchestrator", {}).get("workspaces", {})
+    return {ws["password_env"] for ws in workspaces.values() if ws.get("password_env")}
 
 
 def _answer(ask: Callable[[], T]) -> T | None:

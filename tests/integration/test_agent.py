@@ -15,6 +15,7 @@ import pytest
 import zmq
 from test_agent_support import EventSink, MasterPeer, agent_extra, group_members, warm_up
 
+from common import auth
 from common import protocol as proto
 from common.ids import new_id
 from tests.conftest import Stack, wait_for
@@ -27,8 +28,8 @@ class Rig:
 
     def __init__(self, stack: Stack, ctx: zmq.Context, masters: int = 1, **agent_conf) -> None:
         self.stack = stack
-        self.masters = [MasterPeer(ctx, name=f"m{i}") for i in range(masters)]
-        self.sink = EventSink(ctx)
+        self.masters = [MasterPeer(ctx, stack.security("master"), name=f"m{i}") for i in range(masters)]
+        self.sink = EventSink(ctx, stack.security("broker"))
         self.agent_conf = agent_conf
         self.proc: subprocess.Popen | None = None
         self.spool = Path(stack.tree["state_dir"]) / "spool" / "a1"
@@ -61,6 +62,7 @@ class Rig:
 def ctx() -> Iterator[zmq.Context]:
     c = zmq.Context()
     yield c
+    auth.stop_authenticator(c)
     c.destroy(linger=0)
 
 
@@ -138,7 +140,8 @@ def test_stdin_is_delivered_and_a_secret_one_never_spooled(rig: Rig) -> None:
     _, status, t = rig.run(["cat"], stdin=big)
     assert bytes(t.streams[proto.STDOUT]) == big
     _, status, t = rig.run(["cat"], stdin=b"hunter2-secret\n", stdin_secret=True)
-    assert status.stdout == b"hunter2-secret\n"
+    # Delivered (cat echoes it), and redacted from the output like every known secret.
+    assert status.stdout == b"***\n" == read_spool(rig, status.cmd_id, "stdout")
     spec = read_spool(rig, status.cmd_id, "spec")
     assert b"hunter2" not in spec and msgspec.msgpack.decode(spec)["spec"]["argv"] == ["cat"]
     assert oct(rig.spool.stat().st_mode & 0o777) == "0o700"
@@ -239,8 +242,8 @@ def test_policy_refusals_are_recorded_outcomes(stack: Stack, ctx: zmq.Context, t
         assert r.master.query(cmd_id).error == reply.status.error
         assert r.master.exec(cmd_id, argv, **kw).duplicate
     (tmp_path / "sub").mkdir()
-    _, status, _ = r.run(["sh", "-c", "pwd; echo $P4USER"], cwd="sub", env={"P4USER": "bob"})
-    assert status.stdout == f"{os.path.realpath(tmp_path / 'sub')}\nbob\n".encode()
+    _, status, _ = r.run(["sh", "-c", "pwd; echo $TZ"], cwd="sub", env={"TZ": "UTC"})
+    assert status.stdout == f"{os.path.realpath(tmp_path / 'sub')}\nUTC\n".encode()
     reply = r.master.exec("bad-argv", [])
     assert isinstance(reply, proto.ErrorReply) and reply.code == "bad_request"
     reply = r.master.exec("../escape", ["true"])
@@ -255,7 +258,7 @@ def test_missing_executable_is_a_recorded_failure(rig: Rig) -> None:
 def test_environment_is_minimal(rig: Rig) -> None:
     _, status, _ = rig.run(["env"])
     keys = {line.split(b"=", 1)[0].decode() for line in status.stdout.splitlines()}
-    assert keys <= {"PATH", "HOME", "LANG"} and "PATH" in keys
+    assert keys <= {"PATH", "HOME", "LANG", "PWD"} and "PATH" in keys  # PWD: the agent's own (its cwd)
 
 
 # --------------------------------------------------------------------------- several masters
@@ -294,7 +297,7 @@ def test_command_outlives_its_masters_and_is_reported_later(stack: Stack, ctx: z
     r.master.close()
     status = r.sink.until_done(cmd_id).done.status
     assert status.stdout == b"finished\n"
-    back = MasterPeer(ctx, name="m0-again", port=port)
+    back = MasterPeer(ctx, stack.security("master"), name="m0-again", port=port)
     hello = back.handshake()  # the agent says Hello again once the master is back
     assert cmd_id in hello.recent_done
     got = back.query(cmd_id)
