@@ -5,11 +5,12 @@ live stream lacks is fetched from the agent's spool: no gap, no duplicate.
 
 Events are claims; the orchestrator and the spools are the truth. A command's events are taken
 only from the agent the orchestrator's timeline says runs it (the broker names each event's
-authenticated publisher; "" on an insecure bus, where the body is all there is), and a job event
-only prompts asking the orchestrator for the job's state. So an event forged by another key
-changes nothing printed; one the orchestrator's timeline does not explain yet is dropped, and
-whatever it would have delivered comes from the spool when a later chunk or the command's end
-shows the gap.
+authenticated publisher; "" on an insecure bus, where the body is all there is), job events only
+from a key the keyring gives the orchestrator's role, and a job event that claims an end is
+checked with the orchestrator before the tail stops. So an event forged by another key changes
+nothing printed but one note naming the key; a command event the orchestrator's timeline does
+not explain yet is dropped, and whatever it would have delivered comes from the spool when a
+later chunk or the command's end shows the gap.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable
 import zmq
 
 from broker.client import history_then_live
-from common import auth, topics
+from common import auth, roles, topics
 from common import protocol as P
 from common.config import Config
 from common.rpc import MasterClient, OrchestratorClient, RequestError
@@ -62,7 +63,7 @@ class JobTail:
         try:
             for ev, publisher in stream:
                 if isinstance(ev, P.JobChanged):
-                    if ev.job_id != self.job_id:
+                    if ev.job_id != self.job_id or not self._from_an_orchestrator(publisher):
                         continue
                     if self.on_state:
                         self.on_state(ev)
@@ -80,6 +81,17 @@ class JobTail:
         finally:
             stream.close()
         return view
+
+    def _from_an_orchestrator(self, publisher: str) -> bool:
+        """True if the keyring gives ``publisher`` the orchestrator's role (any, on an insecure bus)."""
+        if not publisher:
+            return True
+        if self.security is not None and self.security.role_of(publisher) == roles.ORCHESTRATOR:
+            return True
+        if publisher not in self.ignored:
+            self.ignored.add(publisher)
+            self.printer.note(f"ignoring job events published by key {publisher}: not an orchestrator's key")
+        return False
 
     def _from_its_agent(self, cmd_id: str, publisher: str) -> bool:
         """True if ``publisher`` is the agent the orchestrator says runs ``cmd_id`` (any, on an

@@ -1,8 +1,8 @@
 """A forger of events, as a process of its own: ``python -m tests.integration.event_forger PLAN``.
 
 PLAN is a msgpack file: ``{"config": path, "key": name, "events": [event body, ...]}``. The
-forger connects to the broker with the stack's settings and the key NAME (a valid key of its
-own; no CURVE when the stack is insecure), publishes probes until one comes back (its
+forger connects to the broker with the stack's settings and the key NAME from the stack's keys
+directory (a valid key of its own; no CURVE when the stack is insecure), publishes probes until one comes back (its
 connection is up: PUB drops what it sends before), then publishes each event body exactly as
 given (any source, epoch, seq it likes) and waits until every one has come back through the
 broker, so that the broker has forwarded them all. Prints one line and exits 0; 3 if the broker
@@ -20,7 +20,8 @@ import msgspec
 import zmq
 
 from common import config as cfgmod
-from common import zmqutil
+from common import keys, zmqutil
+from common.auth import Security
 
 PROBE = "job.forger-probe"
 CONNECT_S = 20.0
@@ -48,9 +49,14 @@ def main(plan_path: str) -> int:
     plan = msgspec.msgpack.decode(Path(plan_path).read_bytes())
     cfg = cfgmod.load(Path(plan["config"]))
     events: list[dict[str, Any]] = plan["events"]
+    security = (
+        None
+        if cfg.insecure
+        else Security(keys.load_pair(keys.secret_path(cfg.keys_path, plan["key"])), keys.Keyring(cfg.keyring_path))
+    )
     ctx = zmq.Context()
-    sub = zmqutil.sub(ctx, cfg.endpoint("broker_xpub"), [PROBE, *{e["topic"] for e in events}])
-    pub = zmqutil.pub(ctx, cfg.endpoint("broker_xsub"))
+    sub = zmqutil.sub(ctx, cfg.endpoint("broker_xpub"), security, [PROBE, *{e["topic"] for e in events}])
+    pub = zmqutil.pub(ctx, cfg.endpoint("broker_xsub"), security)
     deadline = time.monotonic() + CONNECT_S
     connected = False
     seq = 0

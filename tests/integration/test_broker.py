@@ -35,7 +35,8 @@ class Bus:
         self.proc = stack.start("broker", extra=extra)
         self.replay = ReplayClient(self.ctx, stack.endpoint("broker_replay"), stack.security(), timeout_s=10)
         self.replay.ping()  # the DEALER delivers once the broker has bound: waits for readiness
-        self.pub = zmqutil.pub(self.ctx, stack.endpoint("broker_xsub"), stack.security("master"))
+        self.publisher = "master"  # the key it publishes with: the broker names it in every event
+        self.pub = zmqutil.pub(self.ctx, stack.endpoint("broker_xsub"), stack.security(self.publisher))
         self.sub = zmqutil.sub(self.ctx, stack.endpoint("broker_xpub"), stack.security(), subscribe)
         self.stamper = Stamper("test-pub", ids.new_epoch())
         self.connect()
@@ -68,7 +69,7 @@ class Bus:
         """The next event's [topic, body] (the third frame, its publisher, is checked and dropped)."""
         assert self.sub.poll(int(timeout * 1000)), "no event from the broker"
         topic, body, publisher = self.sub.recv_multipart()
-        assert publisher == b""  # this Bus publishes on an insecure bus
+        assert publisher == self.publisher.encode()
         return [topic, body]
 
     def drain_until(self, topic: str) -> bool:

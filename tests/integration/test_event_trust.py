@@ -12,18 +12,23 @@ sockets, no broker) with frames exactly as the broker delivers them, to pin down
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
+import zmq
 
+from broker.client import ReplayClient
 from common import config as cfgmod
 from common import protocol as P
+from common import roles, zmqutil
 from common.sequence import Stamper
 from common.zmqutil import free_port_base
 from orchestrator.service import Orchestrator
@@ -154,22 +159,104 @@ def test_on_an_insecure_bus_the_body_is_all_there_is(orch: Orch) -> None:
     assert orch.o._insecure_logged
 
 
+# ---------------------------------------------------------------------------- the broker names the publisher
+
+
+def test_the_broker_names_each_events_authenticated_publisher_live_and_in_replay(stack: Stack) -> None:
+    stack.start("broker")
+    ctx = zmq.Context()
+    try:
+        sub = zmqutil.sub(ctx, stack.endpoint("broker_xpub"), stack.security(), ["job.T"])
+        agent = zmqutil.pub(ctx, stack.endpoint("broker_xsub"), stack.security("agent-x", roles.AGENT))
+        master = zmqutil.pub(ctx, stack.endpoint("broker_xsub"), stack.security("master"))
+        stamper = Stamper("agent-x", "e1")
+
+        def event(state: str) -> list[bytes]:
+            return P.encode_event(P.JobChanged(**stamper.stamp("job.T"), job_id="T", state=state))
+
+        def through(pub: zmq.Socket, frames: list[bytes]) -> list[bytes]:
+            """Publish until it comes back (PUB drops until connected); what the subscriber got."""
+
+            def arrived() -> list[bytes] | None:
+                pub.send_multipart(frames)
+                while sub.poll(50):
+                    got = sub.recv_multipart()
+                    if got[1] == frames[1]:
+                        return got
+                return None
+
+            return wait_for(arrived, 20, "the event through the broker", interval=0)
+
+        honest = event("honest")
+        assert through(agent, honest) == [*honest, b"agent-x"]
+        lying = event("lying")  # agent-x's source, from the master's key
+        assert through(master, lying) == [*lying, b"master"]
+        # A publisher naming a publisher of its choice in a third frame: dropped, not forwarded.
+        replay = ReplayClient(ctx, stack.endpoint("broker_replay"), stack.security())
+        before = replay.stats()["bad_frames"]
+        master.send_multipart([*event("self-named"), b"agent-x"])
+        fence = event("fence")
+        master.send_multipart(fence)
+        assert sub.poll(5000)
+        assert sub.recv_multipart() == [*fence, b"master"]  # next in order: the three-frame one is gone
+        assert replay.stats()["bad_frames"] == before + 1
+        page = replay.page("job.T")
+        states = [P.decode(body, P.Event).state for _id, _topic, body in page.events]
+        # Each event once (one sent again before the subscriber was connected is journalled again).
+        journal = list(dict.fromkeys(zip(states, page.publishers, strict=True)))
+        assert journal == [("honest", "agent-x"), ("lying", "master"), ("fence", "master")]
+        # `p4bus events` shows it beside each body.
+        events = subprocess.Popen(
+            [sys.executable, "-m", "p4bus", "--config", str(stack.config_file()), "events", "--topic", "job.T"],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+        )
+        try:
+            assert events.stdout is not None
+            lines = [msgspec.json.decode(events.stdout.readline()) for _ in journal]
+        finally:
+            events.kill()
+            events.wait()
+        assert [(e["state"], e["source"], e["publisher"]) for e in lines] == [
+            (state, "agent-x", publisher) for state, publisher in journal
+        ]
+    finally:
+        ctx.destroy(linger=0)
+
+
 # ---------------------------------------------------------------------------- the attacks, on a whole stack
 
 FORGER = "forger"  # a key of its own, role agent: what any compromised or rogue agent holds
 
 
-def hook_stack(stack: Stack, tmp: Path, exit_code: int) -> tuple[JobStack, Path]:
-    """A stack whose pre-submit hook says it is waiting, then blocks until the test writes a
-    line to a FIFO, then exits ``exit_code``: the forger strikes while the hook runs."""
-    fifo = tmp / "hook.fifo"
-    os.mkfifo(fifo)
-    jobs = JobStack(stack)
-    jobs.workspace("ws1", "clean")
-    hook = f"echo hook-waiting; read line < {fifo}; echo 'hook: 3 problems' >&2; exit {exit_code}"
-    stack.tree["orchestrator"]["site"] = {"pre_submit": [["sh", "-c", hook]]}
-    jobs.start()
-    return jobs, fifo
+HookStack = Callable[[int], tuple[JobStack, Path]]
+
+
+@pytest.fixture
+def hook_stack(stack: Stack, tmp_path: Path) -> Iterator[HookStack]:
+    """A started stack whose pre-submit hook says it is waiting, then blocks until the test
+    writes a line to a FIFO, then exits with the code given: the forger strikes while the hook
+    runs. (The hook runs in a process group of its own, which outlives a killed agent: a test
+    that fails before releasing it has it released here.)"""
+    fifo = tmp_path / "hook.fifo"
+
+    def make(exit_code: int) -> tuple[JobStack, Path]:
+        os.mkfifo(fifo)
+        jobs = JobStack(stack)
+        jobs.workspace("ws1", "clean")
+        hook = f"echo hook-waiting; read line < {fifo}; echo 'hook: 3 problems' >&2; exit {exit_code}"
+        stack.tree["orchestrator"]["site"] = {"pre_submit": [["sh", "-c", hook]]}
+        jobs.start()
+        return jobs, fifo
+
+    yield make
+    if fifo.exists():
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            return  # ENXIO: no hook is reading it
+        with os.fdopen(fd, "w") as f:
+            f.write("go\n")
 
 
 def running_hook(jobs: JobStack, job_id: str) -> P.StageRun:
@@ -186,12 +273,14 @@ def running_hook(jobs: JobStack, job_id: str) -> P.StageRun:
 
 
 def chunks(jobs: JobStack, job_id: str, cmd_id: str) -> list[P.LogChunk]:
-    return journalled(jobs.stack.endpoint("broker_replay"), f"log.{job_id}.{cmd_id}", P.LogChunk)
+    return journalled(jobs.stack.endpoint("broker_replay"), jobs.stack.security(), f"log.{job_id}.{cmd_id}", P.LogChunk)
 
 
 def agent_stamp(jobs: JobStack, job_id: str, cmd_id: str) -> tuple[str, int]:
     """The real agent's epoch and the seq of its cmd_started for ``cmd_id``, from the journal."""
-    (ev,) = journalled(jobs.stack.endpoint("broker_replay"), f"cmd.{job_id}.{cmd_id}", P.CmdStarted)
+    (ev,) = journalled(
+        jobs.stack.endpoint("broker_replay"), jobs.stack.security(), f"cmd.{job_id}.{cmd_id}", P.CmdStarted
+    )
     return ev.epoch, ev.seq
 
 
@@ -203,6 +292,7 @@ def release(fifo: Path) -> None:
 def forge(jobs: JobStack, *events: P.EventBase) -> None:
     """Publish ``events`` from the forger's process, under its own key; returns once the broker
     has forwarded them all."""
+    jobs.stack.security(FORGER, roles.AGENT)  # its key pair, authorized as an agent (under its own name)
     plan = jobs.tmp / f"forgery-{len(list(jobs.tmp.glob('forgery-*')))}.msgpack"
     plan.write_bytes(msgspec.msgpack.encode({"config": str(jobs.stack.config_file()), "key": FORGER, "events": events}))
     done = subprocess.run(
@@ -244,8 +334,8 @@ def forged_done(job_id: str, cmd_id: str, source: str, epoch: str, seq: int, **s
     )
 
 
-def test_a_forged_cmd_done_does_not_pass_a_failing_pre_submit_hook(stack: Stack, tmp_path: Path) -> None:
-    jobs, fifo = hook_stack(stack, tmp_path, exit_code=1)
+def test_a_forged_cmd_done_does_not_pass_a_failing_pre_submit_hook(hook_stack: HookStack) -> None:
+    jobs, fifo = hook_stack(1)
     job_id = jobs.submit("ws1")
     hook = running_hook(jobs, job_id)
     epoch, seq = agent_stamp(jobs, job_id, hook.cmd_id)
@@ -268,8 +358,8 @@ def test_a_forged_cmd_done_does_not_pass_a_failing_pre_submit_hook(stack: Stack,
     assert not [argv for argv in jobs.executions("ws1") if argv.startswith("submit")]
 
 
-def test_a_forged_huge_seq_in_an_agents_name_does_not_blind_the_orchestrator(stack: Stack, tmp_path: Path) -> None:
-    jobs, fifo = hook_stack(stack, tmp_path, exit_code=0)
+def test_a_forged_huge_seq_in_an_agents_name_does_not_blind_the_orchestrator(hook_stack: HookStack) -> None:
+    jobs, fifo = hook_stack(0)
     job_id = jobs.submit("ws1")
     hook = running_hook(jobs, job_id)
     epoch, _seq = agent_stamp(jobs, job_id, hook.cmd_id)
@@ -285,8 +375,44 @@ def test_a_forged_huge_seq_in_an_agents_name_does_not_blind_the_orchestrator(sta
     assert (c["forged_events"], c["duplicate_events"]) == (1, 0), c
 
 
-def test_forged_events_do_not_crash_submit_follow_or_tail(stack: Stack, tmp_path: Path) -> None:
-    jobs, fifo = hook_stack(stack, tmp_path, exit_code=0)
+class LineReader:
+    """A child's stdout read line by line in a thread (so its pipe never fills), stderr at the end."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None and proc.stderr is not None
+        self.proc = proc
+        self.lines: list[bytes] = []
+        self.cond = threading.Condition()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self.cond:
+                self.lines.append(line)
+                self.cond.notify_all()
+        with self.cond:
+            self.lines.append(b"")  # end of output
+            self.cond.notify_all()
+
+    def wait_line(self, match: Callable[[bytes], bool], timeout: float = 60) -> bytes:
+        with self.cond:
+            found = self.cond.wait_for(lambda: any(map(match, self.lines)) or b"" in self.lines, timeout)
+            line = next((line for line in self.lines if match(line)), None)
+            assert found and line is not None, f"no such line in {b''.join(self.lines)!r}"
+            return line
+
+    def finish(self) -> tuple[bytes, bytes]:
+        """All of stdout and stderr, once the child has exited."""
+        self.thread.join(10)
+        assert self.proc.stderr is not None
+        return b"".join(self.lines), self.proc.stderr.read()
+
+
+def test_forged_events_do_not_crash_submit_follow_or_tail(hook_stack: HookStack) -> None:
+    jobs, fifo = hook_stack(0)
+    stack = jobs.stack
     info = jobs.seeds["ws1"]
     cli = [sys.executable, "-m", "p4bus", "--config", str(stack.config_file())]
     env = {**os.environ, **jobs.env}
@@ -297,14 +423,10 @@ def test_forged_events_do_not_crash_submit_follow_or_tail(stack: Stack, tmp_path
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+    reader = LineReader(follow)
     try:
-        assert follow.stdout is not None
-        job_id = follow.stdout.readline().decode().strip()  # submit prints the job id first
-        out = bytearray()
-        while b"hook-waiting" not in out:  # it follows the job live: it printed the hook's output
-            line = follow.stdout.readline()
-            assert line, f"submit --follow ended early: {bytes(out)!r}"
-            out += line
+        job_id = reader.wait_line(lambda line: line.startswith(b"INT-")).decode().strip()  # submit prints it first
+        reader.wait_line(lambda line: line == b"hook-waiting\n")  # following live: it printed the hook's output
         hook = running_hook(jobs, job_id)
         epoch, seq = agent_stamp(jobs, job_id, hook.cmd_id)
         big = 10**9
@@ -325,23 +447,40 @@ def test_forged_events_do_not_crash_submit_follow_or_tail(stack: Stack, tmp_path
                 ),
                 forged_done(job_id, hook.cmd_id, source, ep, n + 1, stdout_bytes=big, stdout=b"FORGED OUTPUT\n"),
                 P.JobChanged(
-                    topic=f"job.{job_id}", source=source, epoch=ep, seq=n, ts=time.time(), job_id=job_id, state="DONE"
+                    topic=f"job.{job_id}",
+                    source=source,
+                    epoch=ep,
+                    seq=n,
+                    ts=time.time(),
+                    job_id=job_id,
+                    state="FAILED",
+                    stage="FORGED",
                 ),
             ]
+        # Once the broker has forwarded them, they are in the CLI's queue ahead of anything the
+        # hook does after its release.
         forge(jobs, *forgeries)
-        wait_counted(jobs, forged_events=1, wrong_agent_events=1)  # the cmd_done ones: it reads no log.* or job.*
         release(fifo)
-        rest, err = follow.communicate(timeout=60)
+        follow.wait(60)
     finally:
         if follow.poll() is None:
             follow.kill()
             follow.wait()
-    out += rest
-    assert follow.returncode == 0, (bytes(out), err)
-    assert b"Traceback" not in err and b"FORGED" not in out, (bytes(out), err)
-    assert b"hook: 3 problems" in out  # the real output, whole
+    out, err = reader.finish()
+    assert follow.returncode == 0, (out, err)
+    assert b"Traceback" not in err, err
+    assert_shown_whole_and_forger_named(out)
     # The forged events are in the journal: a later tail replays them too.
     tail = subprocess.run([*cli, "tail", job_id], cwd=REPO, env=env, capture_output=True, timeout=60)
     assert tail.returncode == 0, tail
-    assert b"Traceback" not in tail.stderr and b"FORGED" not in tail.stdout
-    assert b"hook-waiting" in tail.stdout and b"hook: 3 problems" in tail.stdout
+    assert b"Traceback" not in tail.stderr
+    assert_shown_whole_and_forger_named(tail.stdout)
+
+
+def assert_shown_whole_and_forger_named(out: bytes) -> None:
+    assert b"FORGED" not in out and b"incomplete" not in out, out
+    # Who tried is said once, in a note of its own (all the forged events came from one key).
+    notes = re.findall(rb"\n[^\n]* ignoring [^\n]* published by key forger[^\n]*", out)
+    assert len(notes) == 1, out
+    # The hook's real output, whole: the forged chunk and end did not cut it off.
+    assert b"hook-waiting\nstderr| hook: 3 problems\n" in out.replace(notes[0], b""), out
