@@ -118,8 +118,9 @@ class Orchestrator:
                 self.reconcile(agent)
             self.execute(self.engine.auto_recheck(now))
             self.execute(self.engine.schedule())
-            pending = {c.cmd_id for c in self.store.open_commands() if c.state == CmdState.PENDING}
-            self.counters["wrong_agent_events"] += self.early.forget(pending)
+            if self.early.held:
+                pending = {c.cmd_id for c in self.store.open_commands() if c.state == CmdState.PENDING}
+                self.counters["wrong_agent_events"] += self.early.forget(pending)
         if now - self._last_prune >= 3600:
             # A duplicate event arrives within seconds or minutes (replays, resends); a day of
             # handled-event records is plenty to recognise one.
@@ -270,10 +271,10 @@ class Orchestrator:
         assert isinstance(ev, P.CmdDone | P.CmdStarted)
         if got.publisher:
             cmd = self.store.command(ev.cmd_id)
-            if cmd is None:
-                return  # not one of ours (p4bus run): nothing to act on
-            if not cmd.agent:
-                if cmd.state != CmdState.PENDING or not self.early.hold(ev.cmd_id, got):
+            if cmd is None or cmd.state not in OPEN:
+                return  # not one of ours (p4bus run), or finished: nothing to act on
+            if cmd.state == CmdState.PENDING and not cmd.agent:
+                if not self.early.hold(ev.cmd_id, got):
                     self._refuse("wrong_agent_events", got)
                 return
             if cmd.agent != got.publisher:
