@@ -29,6 +29,7 @@ from broker.client import ReplayClient
 from common import config as cfgmod
 from common import protocol as P
 from common import roles, zmqutil
+from common.rpc import MasterClient
 from common.sequence import Stamper
 from common.zmqutil import free_port_base
 from orchestrator.service import Orchestrator
@@ -251,12 +252,17 @@ def hook_stack(stack: Stack, tmp_path: Path) -> Iterator[HookStack]:
 
     yield make
     if fifo.exists():
-        try:
-            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError:
-            return  # ENXIO: no hook is reading it
-        with os.fdopen(fd, "w") as f:
-            f.write("go\n")
+        release_if_waiting(fifo)
+
+
+def release_if_waiting(fifo: Path) -> None:
+    """Release whoever reads ``fifo``, without waiting for a reader if there is none."""
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        return  # ENXIO: nobody is reading it
+    with os.fdopen(fd, "w") as f:
+        f.write("go\n")
 
 
 def running_hook(jobs: JobStack, job_id: str) -> P.StageRun:
@@ -289,12 +295,12 @@ def release(fifo: Path) -> None:
         f.write("go\n")
 
 
-def forge(jobs: JobStack, *events: P.EventBase) -> None:
+def forge(stack: Stack, *events: P.EventBase) -> None:
     """Publish ``events`` from the forger's process, under its own key; returns once the broker
     has forwarded them all."""
-    jobs.stack.security(FORGER, roles.AGENT)  # its key pair, authorized as an agent (under its own name)
-    plan = jobs.tmp / f"forgery-{len(list(jobs.tmp.glob('forgery-*')))}.msgpack"
-    plan.write_bytes(msgspec.msgpack.encode({"config": str(jobs.stack.config_file()), "key": FORGER, "events": events}))
+    stack.security(FORGER, roles.AGENT)  # its key pair, authorized as an agent (under its own name)
+    plan = stack.tmp / f"forgery-{len(list(stack.tmp.glob('forgery-*')))}.msgpack"
+    plan.write_bytes(msgspec.msgpack.encode({"config": str(stack.config_file()), "key": FORGER, "events": events}))
     done = subprocess.run(
         [sys.executable, "-m", "tests.integration.event_forger", str(plan)],
         cwd=REPO,
@@ -320,8 +326,10 @@ def wait_counted(jobs: JobStack, **at_least: int) -> dict[str, int]:
     return wait_for(counted, 30, f"the orchestrator to count {at_least}", interval=0.1)
 
 
-def forged_done(job_id: str, cmd_id: str, source: str, epoch: str, seq: int, **status: Any) -> P.CmdDone:
-    st = P.CmdStatus(cmd_id=cmd_id, job_id=job_id, agent=source, state="done", exit_code=0, **status)
+def forged_done(
+    job_id: str, cmd_id: str, source: str, epoch: str, seq: int, exit_code: int = 0, **status: Any
+) -> P.CmdDone:
+    st = P.CmdStatus(cmd_id=cmd_id, job_id=job_id, agent=source, state="done", exit_code=exit_code, **status)
     return P.CmdDone(
         topic=f"cmd.{job_id}.{cmd_id}",
         source=source,
@@ -340,7 +348,7 @@ def test_a_forged_cmd_done_does_not_pass_a_failing_pre_submit_hook(hook_stack: H
     hook = running_hook(jobs, job_id)
     epoch, seq = agent_stamp(jobs, job_id, hook.cmd_id)
     forge(
-        jobs,
+        jobs.stack,
         # In the agent's name, with the very stamp its real cmd_done will carry.
         forged_done(job_id, hook.cmd_id, hook.agent, epoch, seq + 1, stdout=b"all good\n"),
         # In the forger's own name: honest about who it is, but not the hook's agent.
@@ -364,7 +372,7 @@ def test_a_forged_huge_seq_in_an_agents_name_does_not_blind_the_orchestrator(hoo
     hook = running_hook(jobs, job_id)
     epoch, _seq = agent_stamp(jobs, job_id, hook.cmd_id)
     # The agent's source and epoch, seq 10**15, for a command nobody runs.
-    forge(jobs, forged_done(job_id, "c-forged", hook.agent, epoch, 10**15))
+    forge(jobs.stack, forged_done(job_id, "c-forged", hook.agent, epoch, 10**15))
     wait_counted(jobs, forged_events=1)
     release(fifo)
     view = jobs.wait_state(job_id)
@@ -459,7 +467,7 @@ def test_forged_events_do_not_crash_submit_follow_or_tail(hook_stack: HookStack)
             ]
         # Once the broker has forwarded them, they are in the CLI's queue ahead of anything the
         # hook does after its release.
-        forge(jobs, *forgeries)
+        forge(stack, *forgeries)
         release(fifo)
         follow.wait(60)
     finally:
@@ -484,3 +492,51 @@ def assert_shown_whole_and_forger_named(out: bytes) -> None:
     assert len(notes) == 1, out
     # The hook's real output, whole: the forged chunk and end did not cut it off.
     assert b"hook-waiting\nstderr| hook: 3 problems\n" in out.replace(notes[0], b""), out
+
+
+def test_forged_events_do_not_end_or_fill_p4bus_run(bus: tuple[Stack, MasterClient], tmp_path: Path) -> None:
+    """`p4bus run` follows one command: only its agent's events for it count."""
+    stack, _mc = bus
+    fifo = tmp_path / "run.fifo"
+    os.mkfifo(fifo)
+    cli = [sys.executable, "-m", "p4bus", "--config", str(stack.config_file())]
+    script = f"echo real-start; read line < {fifo}; echo real-end"
+    run = subprocess.Popen(
+        [*cli, "run", "--agent", "a1", "--cwd", str(tmp_path), "--", "sh", "-c", script],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    reader = LineReader(run)
+    try:
+        reader.wait_line(lambda line: line == b"real-start\n")  # it follows the command live
+        replay = stack.endpoint("broker_replay")
+        (started,) = [e for e in journalled(replay, stack.security(), "cmd.-.", P.CmdStarted) if e.argv[:1] == ["sh"]]
+        forgeries: list[P.EventBase] = []
+        for source, ep, n in (("a1", started.epoch, started.seq + 5), (FORGER, "forger-epoch", 1)):
+            forgeries += [
+                P.LogChunk(
+                    topic=f"log.-.{started.cmd_id}",
+                    source=source,
+                    epoch=ep,
+                    seq=n,
+                    ts=time.time(),
+                    job_id="",
+                    cmd_id=started.cmd_id,
+                    stream=P.STDOUT,
+                    offset=10**9,
+                    data=b"FORGED OUTPUT\n",
+                ),
+                forged_done("", started.cmd_id, source, ep, n + 1, exit_code=7, stdout_bytes=10**9),
+            ]
+        forge(stack, *forgeries)
+        release(fifo)
+        run.wait(60)
+    finally:
+        if run.poll() is None:
+            release_if_waiting(fifo)
+            run.kill()
+            run.wait()
+    out, err = reader.finish()
+    assert (run.returncode, out) == (0, b"real-start\nreal-end\n"), err
+    assert b"Traceback" not in err, err
