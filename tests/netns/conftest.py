@@ -11,6 +11,8 @@ import json
 import subprocess
 import sys
 from collections.abc import Collection, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -93,6 +95,19 @@ class NetJobs(JobStack):
         return (self.tmp / "spool" / run.agent / run.cmd_id / stream).read_text()
 
 
+@contextmanager
+def spread_over_hosts(tmp: Path) -> Iterator[NetJobs]:
+    """A fresh network and a NetJobs on it under ``tmp``; the services stop before the
+    namespaces go, however the body ends."""
+    with netns.Network(HOSTS) as net:
+        stack = Stack(tmp)
+        try:
+            yield NetJobs(stack, net)
+        finally:
+            stack.stop_all()
+
+
 @pytest.fixture
-def hosts(net: netns.Network, stack: Stack) -> NetJobs:
-    return NetJobs(stack, net)
+def hosts(tmp_path: Path) -> Iterator[NetJobs]:
+    with spread_over_hosts(tmp_path) as h:
+        yield h
