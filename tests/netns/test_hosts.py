@@ -142,8 +142,8 @@ def _netem(net: netns.Network) -> None:
 
 
 def _loss_and_rate(net: netns.Network) -> None:
-    # 3% of packets dropped each way and 2 Mbit/s: TCP retransmits and the queue adds latency.
-    net.lossy("agent", 0.03, rate_kbit=2000)
+    # 10% of packets dropped each way and 2 Mbit/s: TCP retransmits and the queue adds latency.
+    net.lossy("agent", 0.10, rate_kbit=2000)
 
 
 @pytest.mark.parametrize("impair", [_netem, _loss_and_rate], ids=["netem-latency-loss", "random-loss-and-rate"])
