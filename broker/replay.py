@@ -18,7 +18,8 @@ from collections.abc import Callable
 import zmq
 
 from broker.journal_reader import JournalReader
-from common import logs, protocol, zmqutil
+from common import logs, protocol, roles, zmqutil
+from common.auth import Guard, Security
 
 log = logs.get("broker.replay")
 
@@ -37,8 +38,10 @@ class ReplayServer:
         barrier: Callable[[float], bool],
         counters: Callable[[], dict[str, int]],
         source: str,
+        security: Security | None,
     ) -> None:
-        self.sock = zmqutil.router(ctx, endpoint)
+        self.sock = zmqutil.router(ctx, endpoint, security, roles.BROKER_REPLAY)
+        self._guard = Guard(security, roles.BROKER_REPLAY)
         self._reader_factory = reader_factory
         self._barrier = barrier
         self._counters = counters
@@ -66,14 +69,11 @@ class ReplayServer:
             reader.close()
 
     def _serve_one(self, reader: JournalReader) -> None:
-        identity, req, error = protocol.decode_routed(self.sock.recv_multipart(), protocol.ReplayRequest)
-        if identity is None:
-            return
-        if error is not None:
+        got = zmqutil.routed(self.sock, self.sock.recv_multipart(copy=False), protocol.ReplayRequest, self._guard)
+        if got is None:
             self.errors += 1
-            self._send(identity, error)
             return
-        self._send(identity, self._answer(reader, req))
+        self._send(got.identity, self._answer(reader, got.msg))
 
     def _answer(
         self, reader: JournalReader, req: protocol.Replay | protocol.Stats | protocol.Ping
