@@ -72,7 +72,7 @@ def attempt(ctx: zmq.Context, kind: int, endpoint: str, server_key: bytes | None
 
 def main(config: str, mode: str) -> dict[str, str]:
     cfg = cfgmod.from_tree(cfgmod.read_tree(config, environ={}), config)
-    keys = cfg.state_path / "keys"
+    keys = cfg.keys_path
     ctx = zmq.Context()
     try:
         results = {}

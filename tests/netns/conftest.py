@@ -50,9 +50,9 @@ class NetJobs(JobStack):
     def __init__(self, stack: Stack, net: netns.Network) -> None:
         super().__init__(stack)
         self.net = net
+        # CURVE as everywhere: the harness makes the keys (an agent's as it starts) and every
+        # process reads them from the shared state directory.
         stack.tree["host"] = net["bus"].address
-        # Binding beyond loopback needs keys or the explicit escape hatch.
-        stack.tree["insecure"] = True
         stack.tree["orchestrator"]["lost_after_s"] = LOST_AFTER_S
         stack.placement.update({svc: net["bus"].prefix() for svc in CORE})
         stack.placement["agent"] = net["agent"].prefix()

@@ -13,7 +13,6 @@ from tests.netns.attacker import TARGETS
 pytestmark = pytest.mark.timeout(240)
 
 
-@pytest.mark.xfail(strict=True, reason="CurveZMQ (issue 9, wt-curve) is not merged yet: every socket accepts anyone")
 @pytest.mark.parametrize("mode", ["plain", "own-key"])
 def test_an_attacker_host_is_refused_on_every_socket(hosts, mode):
     hosts.workspace("ws1", "clean")
