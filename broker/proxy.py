@@ -60,10 +60,8 @@ class Proxy:
         self.xsub = ctx.socket(zmq.XSUB)
         self.xpub = ctx.socket(zmq.XPUB)
         for sock in (self.xsub, self.xpub):
-            # linger + ZMTP heartbeats, as for every socket (zmqutil has no XSUB/XPUB helper).
+            # linger, limits and HWMs, as for every socket (zmqutil has no XSUB/XPUB helper).
             zmqutil._common(sock)
-            sock.setsockopt(zmq.SNDHWM, zmqutil.EVENT_HWM)
-            sock.setsockopt(zmq.RCVHWM, zmqutil.EVENT_HWM)
         try:
             zmqutil.bind_to(self.xsub, xsub_endpoint)
             zmqutil.bind_to(self.xpub, xpub_endpoint)

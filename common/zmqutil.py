@@ -1,4 +1,4 @@
-"""Socket set-up in one place: linger, ROUTER_MANDATORY/HANDOVER, ZMTP heartbeats, HWMs."""
+"""Socket set-up in one place: linger, ROUTER_MANDATORY/HANDOVER, size limits, HWMs, keepalive."""
 
 from __future__ import annotations
 
@@ -9,15 +9,19 @@ from typing import Any
 
 import zmq
 
-from common import protocol
+from common import limits, protocol
 
 LINGER_MS = 500
-# ZMTP heartbeats kill half-open TCP connections (a peer that vanished without FIN).
-ZMTP_IVL_MS = 2000
-ZMTP_TIMEOUT_MS = 6000
-# Events are notifications backed by durable owners, but we still want a generous queue
-# so a burst of output does not drop on a briefly slow subscriber.
-EVENT_HWM = 200_000
+
+# Per socket type: (largest inbound frame, SNDHWM, RCVHWM); common/limits.py says why.
+_LIMITS: dict[int, tuple[int, int, int]] = {
+    zmq.ROUTER: (limits.MAX_MSG_BYTES, limits.SERVER_SNDHWM, limits.SERVER_RCVHWM),
+    zmq.DEALER: (limits.MAX_MSG_BYTES, limits.CLIENT_SNDHWM, limits.CLIENT_RCVHWM),
+    zmq.XSUB: (limits.MAX_EVENT_BYTES, limits.BROKER_RCVHWM, limits.BROKER_RCVHWM),
+    zmq.XPUB: (limits.MAX_SUBSCRIPTION_BYTES, limits.BROKER_SNDHWM, limits.BROKER_RCVHWM),
+    zmq.PUB: (limits.MAX_SUBSCRIPTION_BYTES, limits.EVENT_HWM, limits.CLIENT_RCVHWM),
+    zmq.SUB: (limits.MAX_EVENT_BYTES, limits.CLIENT_SNDHWM, limits.EVENT_HWM),
+}
 
 
 class BindError(RuntimeError):
@@ -26,18 +30,27 @@ class BindError(RuntimeError):
 
 def _common(sock: zmq.Socket) -> zmq.Socket:
     sock.setsockopt(zmq.LINGER, LINGER_MS)
-    sock.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_IVL_MS)
-    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMTP_TIMEOUT_MS)
-    sock.setsockopt(zmq.HEARTBEAT_TTL, ZMTP_TIMEOUT_MS)
+    _limit(sock)
     return sock
+
+
+def _limit(sock: zmq.Socket) -> None:
+    """Size limit and HWMs for the socket's type, and TCP keepalive. No ZMTP heartbeats
+    (HEARTBEAT_IVL stays 0): with them libzmq 4.3 can abort the process (common/limits.py)."""
+    max_msg, sndhwm, rcvhwm = _LIMITS[sock.type]
+    sock.setsockopt(zmq.MAXMSGSIZE, max_msg)
+    sock.setsockopt(zmq.SNDHWM, sndhwm)
+    sock.setsockopt(zmq.RCVHWM, rcvhwm)
+    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, limits.TCP_KEEPALIVE_IDLE_S)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, limits.TCP_KEEPALIVE_INTVL_S)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, limits.TCP_KEEPALIVE_CNT)
 
 
 def router(ctx: zmq.Context, bind: str) -> zmq.Socket:
     sock = _common(ctx.socket(zmq.ROUTER))
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-    sock.setsockopt(zmq.SNDHWM, 100_000)
-    sock.setsockopt(zmq.RCVHWM, 100_000)
     bind_to(sock, bind)
     return sock
 
@@ -52,14 +65,12 @@ def dealer(ctx: zmq.Context, connect: str, identity: bytes | None = None, immedi
         sock.setsockopt(zmq.IMMEDIATE, 1)
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-    sock.setsockopt(zmq.SNDHWM, 100_000)
     sock.connect(connect)
     return sock
 
 
 def pub(ctx: zmq.Context, connect: str) -> zmq.Socket:
     sock = _common(ctx.socket(zmq.PUB))
-    sock.setsockopt(zmq.SNDHWM, EVENT_HWM)
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
     sock.connect(connect)
@@ -68,7 +79,6 @@ def pub(ctx: zmq.Context, connect: str) -> zmq.Socket:
 
 def sub(ctx: zmq.Context, connect: str, prefixes: list[str] | tuple[str, ...] = ("",)) -> zmq.Socket:
     sock = _common(ctx.socket(zmq.SUB))
-    sock.setsockopt(zmq.RCVHWM, EVENT_HWM)
     for p in prefixes:
         sock.setsockopt(zmq.SUBSCRIBE, p.encode())
     sock.connect(connect)
