@@ -17,7 +17,7 @@ import zmq
 
 from broker.journal_schema import Row
 from broker.journal_writer import JournalWriter
-from common import logs, protocol, zmqutil
+from common import limits, logs, protocol, zmqutil
 
 log = logs.get("broker.proxy")
 
@@ -104,9 +104,12 @@ class Proxy:
         # copy=False: bodies (up to 256 KiB) go to XPUB and SQLite without a Python copy.
         recv, send = self.xsub.recv, self.xpub.send
         rows: list[Row] = []
+        size = 0
         c = self.counters
         now = time.time()
         for _ in range(DRAIN_MAX):
+            if size >= limits.BROKER_BATCH_BYTES:
+                break  # the rest waits in the XSUB queue, bounded by its HWM
             try:
                 frames = [recv(_NOBLOCK, copy=False)]
             except zmq.Again:
@@ -122,6 +125,7 @@ class Proxy:
             send(frames[1], 0, copy=False)
             c.events_out += 1
             rows.append(row)
+            size += len(row.body)
         if rows:
             self.journal.submit(rows)
 

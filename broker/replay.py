@@ -36,7 +36,8 @@ class ReplayServer:
         counters: Callable[[], dict[str, int]],
         source: str,
     ) -> None:
-        self.sock = zmqutil.router(ctx, endpoint)
+        # Pages are big, so fewer are queued per client (common/limits.py).
+        self.sock = zmqutil.router(ctx, endpoint, sndhwm=limits.REPLAY_SNDHWM)
         self._reader_factory = reader_factory
         self._barrier = barrier
         self._counters = counters

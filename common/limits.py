@@ -56,10 +56,17 @@ REPLAY_MAX_EVENTS = 10_000
 # reading that connection and TCP pushes back on its sender. Outbound HWMs on a ROUTER make a
 # send fail (ROUTER_MANDATORY), on a PUB/XPUB drop the event for that subscriber.
 
-# ROUTER outbound, per peer: replies (and the master's requests to an agent). A peer's own I/O
-# thread reads its socket whatever its application does, so this queue only grows for a peer
-# that stopped reading entirely; 16 x a 4 MiB fetch_r or replay page is 64 MiB per such peer.
-SERVER_SNDHWM = 16
+# ROUTER outbound, per peer: replies (and the master's requests to an agent). A service answers
+# a whole drained batch of requests at once, faster than its I/O thread writes them out, so
+# the queue must hold what one client may pipeline: 1,000 (test_master sends 200 at once). A
+# peer's own I/O thread reads whatever its application does, so the queue stays full only for
+# a peer that stopped reading entirely; its replies are small except fetch_r (4 MiB), so such a
+# peer costs little unless it also pipelines fetches (an authenticated key; docs/security.md).
+SERVER_SNDHWM = 1_000
+# The broker's replay ROUTER, per client: pages of up to REPLAY_PAGE_BYTES, one per request
+# (a client asks for the next page after reading this one), so 16 x 4 MiB = 64 MiB at most
+# for a client that sends requests and never reads; past it the page is dropped and counted.
+REPLAY_SNDHWM = 16
 # ROUTER inbound, per peer: requests waiting for the service loop (backpressure beyond).
 SERVER_RCVHWM = 1_000
 
@@ -74,8 +81,12 @@ CLIENT_RCVHWM = 1_000
 # broker.client replays the hole from the journal when it reads again.
 BROKER_SNDHWM = 32
 # Broker XSUB inbound, per publisher: events waiting for the proxy loop (backpressure beyond,
-# into the publisher's own queue).
-BROKER_RCVHWM = 1_000
+# into the publisher's own queue, so a low number loses nothing). Fills only while the journal
+# is slower than the publishers: 256 x 256 KiB chunks is 64 MiB per publisher.
+BROKER_RCVHWM = 256
+# Event bodies the proxy hands the journal writer per batch. Its queue admits one batch past its
+# own byte bound (so that no batch waits forever), so a batch must stay small next to it.
+BROKER_BATCH_BYTES = 8 * MiB
 
 # A publisher's own queue while the broker is away, and a subscriber's own queue while its
 # application is busy: generous, so a broker restart or a burst of output loses nothing. Both

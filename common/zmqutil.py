@@ -47,10 +47,13 @@ def _limit(sock: zmq.Socket) -> None:
     sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, limits.TCP_KEEPALIVE_CNT)
 
 
-def router(ctx: zmq.Context, bind: str) -> zmq.Socket:
+def router(ctx: zmq.Context, bind: str, sndhwm: int = limits.SERVER_SNDHWM) -> zmq.Socket:
+    """``sndhwm``: replies queued per peer; set before binding, as the listener copies the
+    options its connections get."""
     sock = _common(ctx.socket(zmq.ROUTER))
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    sock.setsockopt(zmq.SNDHWM, sndhwm)
     bind_to(sock, bind)
     return sock
 

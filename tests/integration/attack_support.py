@@ -77,9 +77,7 @@ class Relay:
 
     def stalled_or_past(self, nbytes: int, quiet_s: float = 0.3) -> bool:
         """The target took ``nbytes``, or has taken nothing more for ``quiet_s`` (its queue is full)."""
-        return self.forwarded >= nbytes or (
-            self.forwarded > 0 and time.monotonic() - self.last_progress > quiet_s
-        )
+        return self.forwarded >= nbytes or (self.forwarded > 0 and time.monotonic() - self.last_progress > quiet_s)
 
     def reset(self) -> None:
         """Close the target's side with a TCP reset (SO_LINGER 0), then the attacker's side."""
