@@ -14,14 +14,21 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+from typing import IO
 
+import msgspec
 import pytest
 import zmq
 
 from broker.client import ReplayClient
+from common import ids, topics, zmqutil
+from common import protocol as P
+from common.publisher import Publisher
 from common.rpc import MasterClient, OrchestratorClient
 from common.zmqutil import free_port
-from tests.conftest import Stack, wait_for
+from tests.conftest import REPO, Stack, wait_for
 from tests.integration.attack_support import flood
 
 pytestmark = pytest.mark.timeout(300)
@@ -121,3 +128,103 @@ def test_the_flood_never_aborts_a_service(services, service, endpoint, kind):
         replay.ping()
     stack.check_alive()
     assert "Assertion failed" not in proc.log_path.read_text()
+
+
+# --------------------------------------------------------------------------- a stalled reader
+
+STALLED_EVENTS = 250_000  # more than a subscriber's queue (limits.EVENT_HWM): it fills and stops
+FORMER_ZMTP_TIMEOUT_S = 6.0  # the ZMTP heartbeat timeout p4bus used to set
+
+
+def test_a_stalled_events_reader_survives_and_loses_nothing(stack):
+    """The subscriber side of the same libzmq family ("_input_stopped", stream_engine_base.cpp:396):
+    `p4bus events | less` with less not reading. Its SUB queue fills while its output pipe is
+    full; with ZMTP heartbeats the heartbeat timed out meanwhile and the first read afterwards
+    aborted the process. Now it reads on, and the events dropped at the broker while it was full
+    come back from the journal."""
+    stack.start("broker")
+    ctx = zmq.Context.instance()
+    with ReplayClient(ctx, stack.endpoint("broker_replay")) as replay:
+        replay.ping()
+    reader = subprocess.Popen(
+        [sys.executable, "-m", "p4bus", "--config", str(stack.config_file()), "events", "--topic", "job."],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+    )
+    pub = zmqutil.pub(ctx, stack.endpoint("broker_xsub"))
+    publisher = Publisher(pub, "flooder", ids.new_epoch())
+    try:
+        assert reader.stdout is not None
+        lines = _Lines(reader.stdout)
+        # Live once a probe comes through; from here on nobody reads its output.
+        wait_for(
+            lambda: (publisher.publish(P.JobChanged, topics.job("probe"), job_id="probe", state="X"), lines.take(1))[1],
+            30,
+            "the events reader to receive a probe",
+            interval=0.2,
+        )
+        lines.pause()
+        for i in range(STALLED_EVENTS):
+            publisher.publish(P.JobChanged, topics.job("flood"), job_id="flood", state=str(i))
+            if i % 20_000 == 0:
+                # A PUB drops past its queue: let the broker keep up (the flood is the reader's problem).
+                wait_for(lambda n=i: _broker_stat(stack, "events_in") >= n, 60, "the broker to keep up")
+        wait_for(lambda: _broker_stat(stack, "journalled") > STALLED_EVENTS, 60, "every event journalled")
+        # The stall itself is the attack: it has to outlast the old heartbeat timeout.
+        time.sleep(FORMER_ZMTP_TIMEOUT_S + 2)
+        assert reader.poll() is None, reader.stderr.read() if reader.stderr else b""
+        lines.resume()
+        publisher.publish(P.JobChanged, topics.job("after"), job_id="after", state="end")
+        wait_for(lambda: lines.saw(b'"job.after"') or reader.poll() is not None, 120, "the event after the stall")
+        assert reader.poll() is None, f"the events reader exited with {reader.returncode}"
+        states = lines.states(b'"job.flood"')
+        assert states == {str(i) for i in range(STALLED_EVENTS)}, f"{STALLED_EVENTS - len(states)} events missing"
+    finally:
+        publisher.close(linger=0)
+        reader.kill()
+        reader.wait()
+
+
+def _broker_stat(stack: Stack, name: str) -> int:
+    with ReplayClient(zmq.Context.instance(), stack.endpoint("broker_replay")) as replay:
+        return replay.stats()[name]
+
+
+class _Lines:
+    """Reads a process's output lines in a thread, or stops reading it (``pause``)."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self._reading = threading.Event()
+        self._reading.set()
+        self._lock = threading.Lock()
+        self._lines: list[bytes] = []
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while self._reading.wait():
+            line = self._stream.readline()
+            if not line:
+                return
+            with self._lock:
+                self._lines.append(line)
+
+    def pause(self) -> None:
+        self._reading.clear()
+
+    def resume(self) -> None:
+        self._reading.set()
+
+    def take(self, n: int) -> bool:
+        with self._lock:
+            return len(self._lines) >= n
+
+    def saw(self, needle: bytes) -> bool:
+        with self._lock:
+            return any(needle in line for line in self._lines[-1000:])
+
+    def states(self, needle: bytes) -> set[str]:
+        with self._lock:
+            found = [msgspec.json.decode(line) for line in self._lines if needle in line]
+        return {ev["state"] for ev in found}
