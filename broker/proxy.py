@@ -21,7 +21,7 @@ from common import limits, logs, protocol, zmqutil
 
 log = logs.get("broker.proxy")
 
-# Events handled per socket per wakeup before the other socket gets a turn.
+# Subscriptions handled per wakeup before the events get a turn.
 DRAIN_MAX = 2000
 POLL_MS = 100
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -107,7 +107,7 @@ class Proxy:
         size = 0
         c = self.counters
         now = time.time()
-        for _ in range(DRAIN_MAX):
+        for _ in range(limits.BROKER_BATCH_EVENTS):
             if size >= limits.BROKER_BATCH_BYTES:
                 break  # the rest waits in the XSUB queue, bounded by its HWM
             try:

@@ -25,10 +25,11 @@ REPLAY_PAGE_BYTES = 4 * MiB
 
 # The largest event body the broker accepts from a publisher (its XSUB) or a subscriber takes
 # from the broker (SUB). An output chunk is 256 KiB (agent.chunk_bytes) and a cmd_done carries
-# two captures of agent.capture_bytes (64 KiB each by default): 2 MiB is 8x the chunk and lets
-# an operator raise capture_bytes to about 900 KiB. Everything journalled and replayed is
-# bounded by it, so a replay page is at most max(REPLAY_PAGE_BYTES, MAX_EVENT_BYTES) + framing.
-MAX_EVENT_BYTES = 2 * MiB
+# two captures of agent.capture_bytes (64 KiB each by default): 1 MiB is 4x the chunk and lets
+# an operator raise capture_bytes to about 450 KiB. Everything journalled and replayed is
+# bounded by it, so a replay page is at most max(REPLAY_PAGE_BYTES, MAX_EVENT_BYTES) + framing,
+# and a subscriber that stopped reading costs the broker at most BROKER_SNDHWM of them.
+MAX_EVENT_BYTES = 1 * MiB
 
 # Every request/reply socket (ROUTERs and their DEALERs): 4x the largest legitimate message
 # (a 4 MiB fetch_r or replay page plus its framing), and large enough for an exec whose stdin
@@ -75,17 +76,21 @@ SERVER_RCVHWM = 1_000
 CLIENT_SNDHWM = 100_000
 CLIENT_RCVHWM = 1_000
 
-# Broker XPUB outbound, per subscriber: events for a subscriber whose process stopped reading
-# (a live one's I/O thread moves them into its own SUB queue). 32 x MAX_EVENT_BYTES = 64 MiB per
-# stalled subscriber, 8 MiB of 256 KiB chunks; past it that subscriber loses events, and
-# broker.client replays the hole from the journal when it reads again.
-BROKER_SNDHWM = 32
+# Broker XPUB outbound, per subscriber. A live subscriber's I/O thread drains this queue
+# concurrently with the proxy, so it must absorb one proxy batch (BROKER_BATCH_EVENTS) or a live
+# subscriber would lose events in every burst; for a subscriber that stopped reading it fills,
+# and then holds at most 256 x MAX_EVENT_BYTES = 256 MiB (64 MiB of 256 KiB output chunks).
+# Past it that subscriber alone loses events, and broker.client replays the hole from the
+# journal when it reads again.
+BROKER_SNDHWM = 256
 # Broker XSUB inbound, per publisher: events waiting for the proxy loop (backpressure beyond,
 # into the publisher's own queue, so a low number loses nothing). Fills only while the journal
-# is slower than the publishers: 256 x 256 KiB chunks is 64 MiB per publisher.
+# is slower than the publishers: 256 x 256 KiB chunks is 64 MiB per publisher, 256 MiB at most.
 BROKER_RCVHWM = 256
-# Event bodies the proxy hands the journal writer per batch. Its queue admits one batch past its
-# own byte bound (so that no batch waits forever), so a batch must stay small next to it.
+# One proxy batch (events forwarded and handed to the journal per wake-up): half the XPUB queue,
+# so a live subscriber's queue holds two batches. The journal writer's queue admits one batch
+# past its own byte bound (so that no batch waits forever): a batch's bodies stay under 8 MiB.
+BROKER_BATCH_EVENTS = BROKER_SNDHWM // 2
 BROKER_BATCH_BYTES = 8 * MiB
 
 # A publisher's own queue while the broker is away, and a subscriber's own queue while its

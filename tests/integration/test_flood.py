@@ -132,8 +132,83 @@ def test_the_flood_never_aborts_a_service(services, service, endpoint, kind):
 
 # --------------------------------------------------------------------------- a stalled reader
 
-STALLED_EVENTS = 250_000  # more than a subscriber's queue (limits.EVENT_HWM): it fills and stops
-FORMER_ZMTP_TIMEOUT_S = 6.0  # the ZMTP heartbeat timeout p4bus used to set
+STALLED_EVENTS = 400_000  # 2x a subscriber's queue (limits.EVENT_HWM): it fills and stops
+# p4bus used to set ZMTP heartbeats every 2 s with a 6 s timeout. A stalled subscriber's
+# connection timed out, was replaced, and the replacement (which had received nothing, so had
+# not stopped its input) aborted at the first read: a stall that outlasts two such rounds.
+FORMER_ZMTP_ROUND_S = 2.0 + 6.0
+
+
+# A subscriber that stops reading until told, then reads what is queued. "zmtp": a plain SUB with
+# the ZMTP heartbeats p4bus used to set; "p4bus": the SUB p4bus makes (common.zmqutil), with the
+# same small queue so that it fills quickly.
+_STALLED_SUB = textwrap.dedent(
+    """
+    import sys, zmq
+    from common import zmqutil
+    endpoint, mode = sys.argv[1:3]
+    ctx = zmq.Context()
+    if mode == "zmtp":
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.HEARTBEAT_IVL, 2000)
+        sub.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.setsockopt(zmq.RCVHWM, 1000)
+        sub.connect(endpoint)
+    else:
+        # zmqutil.sub connects at once; a connection made later gets the smaller queue.
+        sub = zmqutil.sub(ctx, "tcp://127.0.0.1:1")
+        sub.setsockopt(zmq.RCVHWM, 1000)
+        sub.disconnect("tcp://127.0.0.1:1")
+        sub.connect(endpoint)
+    sub.recv_multipart()
+    print("subscribed", flush=True)
+    sys.stdin.readline()
+    read = 0
+    while sub.poll(1000):
+        sub.recv_multipart()
+        read += 1
+    print(read, flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize(("mode", "aborts"), [("zmtp", True), ("p4bus", False)])
+def test_a_stalled_subscriber_aborts_only_with_zmtp_heartbeats(mode, aborts):
+    """A SUB whose queue filled while its reader stalled: with ZMTP heartbeats the connection
+    times out meanwhile, and the first read afterwards aborts the process
+    ("Assertion failed: _input_stopped (stream_engine_base.cpp:396)")."""
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    victim = subprocess.Popen(
+        [sys.executable, "-c", _STALLED_SUB, f"tcp://127.0.0.1:{port}", mode],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+    )
+    try:
+        assert victim.stdin is not None and victim.stdout is not None and victim.stderr is not None
+        lines = _Lines(victim.stdout)
+        wait_for(lambda: (pub.send(b"probe"), lines.take(1))[1], 20, "the subscriber", interval=0.05)
+        for _ in range(20_000):  # 20 times its queue
+            pub.send(b"x" * 100)
+        # The stall itself is the attack: it has to outlast the old heartbeat timeout.
+        time.sleep(FORMER_ZMTP_ROUND_S + 1)
+        victim.stdin.write(b"go\n")
+        victim.stdin.flush()
+        victim.wait(timeout=60)
+        if aborts:
+            assert victim.returncode == -6 and b"Assertion failed: _input_stopped" in victim.stderr.read()
+        else:
+            assert victim.returncode == 0, victim.stderr.read()
+            assert lines.take(2)
+    finally:
+        victim.kill()
+        victim.wait()
+        pub.close()
 
 
 def test_a_stalled_events_reader_survives_and_loses_nothing(stack):
@@ -167,12 +242,12 @@ def test_a_stalled_events_reader_survives_and_loses_nothing(stack):
         lines.pause()
         for i in range(STALLED_EVENTS):
             publisher.publish(P.JobChanged, topics.job("flood"), job_id="flood", state=str(i))
-            if i % 20_000 == 0:
+            if i % 5_000 == 0:
                 # A PUB drops past its queue: let the broker keep up (the flood is the reader's problem).
-                wait_for(lambda n=i: _broker_stat(stack, "events_in") >= n, 60, "the broker to keep up")
+                wait_for(lambda n=i: _broker_stat(stack, "events_out") >= n, 60, "the broker to keep up")
         wait_for(lambda: _broker_stat(stack, "journalled") > STALLED_EVENTS, 60, "every event journalled")
         # The stall itself is the attack: it has to outlast the old heartbeat timeout.
-        time.sleep(FORMER_ZMTP_TIMEOUT_S + 2)
+        time.sleep(2 * FORMER_ZMTP_ROUND_S)
         assert reader.poll() is None, reader.stderr.read() if reader.stderr else b""
         lines.resume()
         publisher.publish(P.JobChanged, topics.job("after"), job_id="after", state="end")
