@@ -6,7 +6,8 @@ pending heartbeat timer then writes on it: "Assertion failed: !_io_error
 (stream_engine_base.cpp:310)", SIGABRT. p4bus turns ZMTP heartbeats off on every socket
 (common/limits.py). The first test shows the flood used here does abort a socket that still
 has them (so the others could fail); the rest flood every bound socket of the real services
-20 times and count aborts.
+20 times and count aborts. The same family on the subscriber side ("_input_stopped",
+stream_engine_base.cpp:396) is a reader that stalls while its queue is full: the last tests.
 """
 
 from __future__ import annotations
@@ -212,11 +213,11 @@ def test_a_stalled_subscriber_aborts_only_with_zmtp_heartbeats(mode, aborts):
 
 
 def test_a_stalled_events_reader_survives_and_loses_nothing(stack):
-    """The subscriber side of the same libzmq family ("_input_stopped", stream_engine_base.cpp:396):
-    `p4bus events | less` with less not reading. Its SUB queue fills while its output pipe is
-    full; with ZMTP heartbeats the heartbeat timed out meanwhile and the first read afterwards
-    aborted the process. Now it reads on, and the events dropped at the broker while it was full
-    come back from the journal."""
+    """`p4bus events | less` with less not reading: the reader's output pipe is full, its SUB
+    queue fills (400,000 events, twice its queue) and stays full for longer than two rounds of
+    the old ZMTP heartbeat. It must neither abort (the test above shows how a SUB with ZMTP
+    heartbeats does) nor lose anything: events the broker dropped for it while it was full come
+    back from the journal when it reads again."""
     stack.start("broker")
     ctx = zmq.Context.instance()
     with ReplayClient(ctx, stack.endpoint("broker_replay")) as replay:
