@@ -1,7 +1,8 @@
 """How an agent runs its commands, chosen once: here, each in a process group of its own
 (``LocalExecutor``), or on another host over SSH (agent/ssh_exec.py, when ``agent.exec_via`` is
-set). The session starts commands through ``Executor.start`` and hands each ``Handle`` to the
-output thread; start-up recovery ends what a previous agent left through ``Executor.end_orphan``.
+set). The session checks a command through ``Executor.prepare`` (the policy: nothing is
+written before it passes), starts it with the starter that returns, and hands each ``Handle``
+to the output thread; start-up recovery ends what a previous agent left through ``Executor.end_orphan``.
 Nothing above this module knows which executor it has.
 
 Either way a command's output arrives on the pipes of one local process (the command itself, or
@@ -12,7 +13,7 @@ command is signalled and who has the last word on its status differ.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -42,9 +43,9 @@ class Executor(Protocol):
         """Get ready before the first command (the SSH executor logs in, so a refused login
         shows in the log at start rather than at the first command)."""
 
-    def start(self, spec: CmdSpec, workspace: str | None) -> Handle:
-        """Check ``spec`` against the agent's policy and start it; raises policy.Refusal, or
-        OSError/ValueError if it cannot be executed."""
+    def prepare(self, spec: CmdSpec, workspace: str | None) -> Callable[[], Handle]:
+        """Check ``spec`` against the agent's policy (raises policy.Refusal, touching nothing);
+        the starter returned starts it, raising OSError/ValueError if it cannot be executed."""
 
     def end_orphan(self, pid: int, ticks: int | None) -> bool:
         """End what is left of a command that a previous agent process started (``pid`` and its
@@ -75,10 +76,11 @@ class LocalExecutor:
     def open(self) -> None:
         pass  # nothing to set up: every command is a fresh fork
 
-    def start(self, spec: CmdSpec, workspace: str | None) -> LocalHandle:
+    def prepare(self, spec: CmdSpec, workspace: str | None) -> Callable[[], LocalHandle]:
         launch = policy.check(self.conf, spec, workspace, self.environ)
-        proc = procgroup.popen_piped(launch.argv, spec.stdin is not None, cwd=launch.cwd, env=launch.env)
-        return LocalHandle(proc)
+        return lambda: LocalHandle(
+            procgroup.popen_piped(launch.argv, spec.stdin is not None, cwd=launch.cwd, env=launch.env)
+        )
 
     def end_orphan(self, pid: int, ticks: int | None) -> bool:
         return procgroup.end_orphan(pid, ticks)

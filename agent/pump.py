@@ -3,9 +3,10 @@
 Why one thread: it keeps event stamping hole-free (one Stamper, one socket, one thread) and
 moves output in big blocks with a single selector instead of a thread per pipe. Per command it
 - reads stdout/stderr in blocks into a chunk buffer; a chunk (full at ``chunk_bytes``, or
-  older than ``flush_ms``, never a message per line) is appended to the spool and THEN
+  older than ``flush_ms``, never a message per line) has the known secrets taken out
+  (agent/redact.py; nothing to do while none is known), is appended to the spool and THEN
   published as a LogChunk, so every byte an event announces can already be fetched;
-- keeps a bounded head+tail capture of each stream for the CmdStatus;
+- keeps a bounded head+tail capture of each stream (of what was published) for the CmdStatus;
 - writes the optional stdin without blocking;
 - enforces the timeout and kill requests: SIGTERM to the whole command (through its executor
   handle), SIGKILL after ``kill_grace_s``;
@@ -33,6 +34,7 @@ import zmq
 
 from agent.capture import Capture
 from agent.executor import Handle
+from agent.redact import Redactor
 from agent.spool import Spool
 from common import logs, topics, zmqutil
 from common import protocol as proto
@@ -42,6 +44,8 @@ from common.publisher import Publisher
 STDIN_BLOCK = 64 * 1024
 # Without pidfd (non-Linux) leader exit is noticed by polling at this period.
 POLL_S = 0.05
+# A chunk's tail that may be the start of a secret waits this long for the rest of it.
+HOLD_S = 1.0
 
 log = logs.get("agent.pump")
 
@@ -71,7 +75,9 @@ class _Stream:
         self.capture = capture
         self.buf = memoryview(bytearray(chunk))
         self.fill = 0  # bytes in buf not yet published
-        self.offset = 0  # bytes read so far == bytes spooled + fill
+        self.offset = 0  # bytes spooled and published so far (after redaction)
+        # Bytes at the start of buf held back by redaction, while nothing has followed them.
+        self.held = 0
         self.pending_since = 0.0
         self.open = True
 
@@ -113,6 +119,7 @@ class Pump(threading.Thread):
         self._done_r, self._done_w = _nonblocking_pipe()
         self._stopping = False
         self._events: Publisher | None = None
+        self._redactor = Redactor()  # this thread's only
 
     # ------------------------------------------------------------------ session-thread API
     @property
@@ -125,8 +132,13 @@ class Pump(threading.Thread):
     def kill(self, cmd_id: str) -> None:
         self._call(partial(self._kill, cmd_id))
 
+    def learn_secrets(self, stdin: bytes) -> None:
+        """Redact the values of this secret stdin from all output from now on."""
+        self._call(partial(self._redactor.learn, stdin))
+
     def publish_done(self, status: proto.CmdStatus) -> None:
-        """Publish CmdDone for a command that never ran (refused): the status is already spooled."""
+        """Publish CmdDone for a command that never ran: its status is already recorded (in the
+        spool, or in memory for a refusal)."""
         self._call(partial(self._send_done, status))
 
     def shutdown(self) -> None:
@@ -249,11 +261,10 @@ class Pump(threading.Thread):
             self._close_stream(run, s)
             self._maybe_finish(run)
             return
-        s.capture.feed(s.buf[s.fill : s.fill + n])
-        if not s.fill:
+        if not s.fill or s.held:
             s.pending_since = time.monotonic()
+            s.held = 0
         s.fill += n
-        s.offset += n
         if s.fill == len(s.buf):
             self._publish_chunk(run, s)
 
@@ -292,7 +303,7 @@ class Pump(threading.Thread):
     def _close_stream(self, run: _Running, s: _Stream) -> None:
         if s.open:
             if s.fill:
-                self._publish_chunk(run, s)  # the rest of the stream goes out at once
+                self._publish_chunk(run, s, final=True)  # the rest of the stream goes out at once
             s.open = False
             self._sel.unregister(s.fd)
             s.pipe.close()
@@ -342,20 +353,32 @@ class Pump(threading.Thread):
                 if s.fill and now - s.pending_since >= self._flush_s:
                     self._publish_chunk(run, s)
 
-    def _publish_chunk(self, run: _Running, s: _Stream) -> None:
-        # Spool first, in one write per chunk: whoever sees the event can Fetch its bytes.
-        self._spool_write(run, s, s.buf[: s.fill])
-        st = run.started
-        self._publish(
-            proto.LogChunk,
-            run.log_topic,
-            job_id=st.job_id,
-            cmd_id=st.cmd_id,
-            stream=s.stream,
-            offset=s.offset - s.fill,
-            data=s.buf[: s.fill],
-        )
-        s.fill = 0  # encoding copied the bytes: the buffer is free again
+    def _publish_chunk(self, run: _Running, s: _Stream, final: bool = False) -> None:
+        data: bytes | memoryview = s.buf[: s.fill]
+        held = b""
+        if self._redactor.secrets:
+            # Held bytes that nothing followed within HOLD_S go out as they are.
+            data, held = self._redactor.apply(data, final or s.held > 0)
+        if data:
+            # Spool first, in one write per chunk: whoever sees the event can Fetch its bytes.
+            self._spool_write(run, s, memoryview(data))
+            s.capture.feed(data)
+            st = run.started
+            self._publish(
+                proto.LogChunk,
+                run.log_topic,
+                job_id=st.job_id,
+                cmd_id=st.cmd_id,
+                stream=s.stream,
+                offset=s.offset,
+                data=data,
+            )
+            s.offset += len(data)
+        # Encoding copied the bytes: the buffer is free again, but for what is held back.
+        s.fill = s.held = len(held)
+        if held:
+            s.buf[: len(held)] = held
+            s.pending_since = time.monotonic() + HOLD_S - self._flush_s
 
     def _send_done(self, status: proto.CmdStatus) -> None:
         self._publish(

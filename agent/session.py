@@ -10,9 +10,13 @@ Outcomes of an Exec (docs/protocol.md repeats this):
 - malformed request (bad cmd_id, empty argv, non-positive timeout): ErrorReply "bad_request";
 - no free slot, or a command already running in the same ``workspace``: ErrorReply
   "agent_busy" -- nothing is recorded, so the same cmd_id may be sent again later;
-- refused by policy (executable, cwd, env) or not executable: recorded in the spool as a
-  finished command with ``error`` set, ExecReply(status=done) and a CmdDone event, exactly like
-  a command that ran -- one path for the orchestrator, idempotent and queryable;
+- refused by policy (executable, cwd, env, p4 arguments): checked before anything is written,
+  so a refusal leaves nothing on disk; it is remembered in memory (the last REFUSED_MAX), and
+  answered like a command that ran: ExecReply(status=done, error set) and a CmdDone event --
+  one path for the orchestrator, idempotent and queryable while remembered (a refusal
+  forgotten or lost in a restart is refused again when resent: the policy decides alike);
+- allowed but not executable: recorded in the spool as a finished command with ``error`` set,
+  answered as a refusal;
 - started: ExecReply(status=running, pid), then CmdStarted, LogChunks and CmdDone events.
 """
 
@@ -21,7 +25,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -42,6 +46,8 @@ RECENT_S = 600.0
 RECENT_MAX = 1000
 # Per wake-up and socket, so one chatty master cannot starve the other.
 DRAIN_BATCH = 256
+# Refusals remembered (in memory only) for Query and duplicate Execs.
+REFUSED_MAX = 1000
 
 log = logs.get("agent")
 
@@ -70,6 +76,7 @@ class Agent:
         self.pump = Pump(self.ctx, cfg.agent_broker(), self.agent_id, self.epoch, self.spool, self.conf)
         self.executor = executor_for(self.conf, cfg.state_path, self.environ)
         self.running: dict[str, _Slot] = {}
+        self.refused: OrderedDict[str, proto.CmdStatus] = OrderedDict()
         self.recent: deque[tuple[float, str]] = deque(
             self.spool.finished_since(time.time() - RECENT_S)[-RECENT_MAX:], maxlen=RECENT_MAX
         )
@@ -237,13 +244,17 @@ class Agent:
         busy = self._busy(req.workspace)
         if busy:
             return proto.ErrorReply(req_id=req.req_id, code="agent_busy", message=busy)
+        try:
+            starter = self.executor.prepare(spec, req.workspace)
+        except policy.Refusal as exc:
+            return self._unstarted(req, str(exc), spooled=False)
+        if spec.stdin_secret and spec.stdin:
+            self.pump.learn_secrets(spec.stdin)
         self.spool.create(
             req.cmd_id, SpoolEntry(spec=spec, job_id=req.job_id, workspace=req.workspace, received_at=time.time())
         )
         try:
-            handle = self.executor.start(spec, req.workspace)
-        except policy.Refusal as exc:
-            return self._unstarted(req, str(exc))
+            handle = starter()
         except (OSError, ValueError) as exc:
             return self._unstarted(req, f"cannot execute {spec.argv[0]!r}: {exc}")
         started_at = time.time()
@@ -279,8 +290,9 @@ class Agent:
                     return f"workspace {workspace!r} is busy with command {cmd_id}"
         return ""
 
-    def _unstarted(self, req: proto.Exec, error: str) -> proto.ExecReply:
-        """A command that will never run: its outcome is recorded like any other."""
+    def _unstarted(self, req: proto.Exec, error: str, spooled: bool = True) -> proto.ExecReply:
+        """A command that will never run: its outcome is recorded like any other, in the spool
+        if it has a spool entry, else (a refusal) in memory."""
         now = time.time()
         status = proto.CmdStatus(
             cmd_id=req.cmd_id,
@@ -291,7 +303,12 @@ class Agent:
             started_at=now,
             ended_at=now,
         )
-        self.spool.write_result(status)
+        if spooled:
+            self.spool.write_result(status)
+        else:
+            self.refused[req.cmd_id] = status
+            if len(self.refused) > REFUSED_MAX:
+                self.refused.popitem(last=False)
         self.pump.publish_done(status)
         self._remember_done(status)
         log.warning("command refused", cmd_id=req.cmd_id, error=error)
@@ -307,6 +324,9 @@ class Agent:
     def _status(self, cmd_id: str) -> proto.CmdStatus:
         """From the spool: the result if there is one, else the live state of our own process.
         (Start-up recovery leaves no other kind of spool entry.)"""
+        refused = self.refused.get(cmd_id)
+        if refused is not None:
+            return refused
         if valid_cmd_id(cmd_id):
             result = self.spool.read_result(cmd_id)
             if result is not None:
@@ -332,6 +352,16 @@ class Agent:
                 req_id=req.req_id,
                 code="bad_request",
                 message="fetch needs stream 1 (stdout) or 2 (stderr), offset >= 0 and size > 0",
+            )
+        if req.cmd_id in self.refused:
+            return proto.FetchReply(
+                req_id=req.req_id,
+                cmd_id=req.cmd_id,
+                stream=req.stream,
+                offset=req.offset,
+                data=b"",
+                total=0,
+                complete=True,
             )
         if not valid_cmd_id(req.cmd_id) or not self.spool.exists(req.cmd_id):
             return proto.ErrorReply(

@@ -30,6 +30,7 @@ import os
 import shlex
 import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -157,9 +158,12 @@ class SshExecutor:
         except SshError as exc:
             log.error("ssh executor cannot connect yet; every command retries", error=str(exc))
 
-    def start(self, spec: CmdSpec, workspace: str | None) -> RemoteRun:
-        """Raises policy.Refusal, or OSError (SshError included) if ssh cannot be started."""
+    def prepare(self, spec: CmdSpec, workspace: str | None) -> Callable[[], RemoteRun]:
+        """Raises policy.Refusal; the starter raises OSError (SshError included) if ssh cannot be started."""
         launch = ssh_policy.check(self.conf, spec, workspace)
+        return lambda: self._start(launch, spec)
+
+    def _start(self, launch: ssh_policy.RemoteLaunch, spec: CmdSpec) -> RemoteRun:
         master_pid = self.master.ensure()
         argv = self.master.session(remote_command(launch, len(spec.stdin or b""), self.conf.kill_grace_s))
         # Always a stdin pipe: it is the lifeline even when the request has no stdin.

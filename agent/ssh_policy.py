@@ -3,8 +3,10 @@
 The agent cannot look at the remote filesystem, so the checks here are lexical (``..`` is
 collapsed, nothing is resolved) and the remote wrapper repeats the cwd check on the physical
 path before it runs anything (agent/ssh_exec.py): a symlink inside a root pointing outside is
-still caught there. Environment: only the request's allowlisted overlay is sent; PATH, HOME
-and LANG come from the remote login, as they would for a person logging in there.
+still caught there. Environment: the request's allowlisted overlay and the workspace's p4
+environment (agent/policy.py: p4_env) are sent; PATH, HOME and LANG come from the remote login,
+as they would for a person logging in there. p4 command lines are checked as locally
+(agent/p4args.py), on the lexical paths.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass
 
-from agent.policy import Refusal, check_overlay, inside
+from agent import p4args
+from agent.errors import Refusal
+from agent.policy import check_overlay, check_p4_env, held_workspace, inside, p4_env
 from common.config import AgentConf
 from common.protocol import CmdSpec
 
@@ -21,13 +25,13 @@ from common.protocol import CmdSpec
 class RemoteLaunch:
     argv: list[str]
     cwd: str
-    env: dict[str, str]  # the overlay only
+    env: dict[str, str]  # the overlay and the workspace's p4 environment
     roots: list[str]
 
 
 def roots(conf: AgentConf) -> list[str]:
     out: list[str] = []
-    for r in [*conf.workspace_roots, *conf.workspaces.values()]:
+    for r in [*conf.workspace_roots, *(w.root for w in conf.workspace_tables().values())]:
         if not posixpath.isabs(r):
             raise Refusal(f"workspace root {r!r} must be an absolute path on the remote host (exec_via)")
         norm = posixpath.normpath(r)
@@ -39,9 +43,8 @@ def roots(conf: AgentConf) -> list[str]:
 
 
 def resolve_cwd(conf: AgentConf, allowed: list[str], cwd: str | None, workspace: str | None) -> str:
-    base = allowed[0]
-    if workspace and workspace in conf.workspaces:
-        base = posixpath.normpath(conf.workspaces[workspace])
+    held = conf.workspace(workspace)
+    base = posixpath.normpath(held.root) if held else allowed[0]
     path = posixpath.normpath(posixpath.join(base, cwd) if cwd else base)
     if not any(inside(path, r) for r in allowed):
         raise Refusal(f"cwd {cwd or path!r} resolves to {path}, outside the workspace roots {allowed}")
@@ -67,5 +70,10 @@ def check(conf: AgentConf, spec: CmdSpec, workspace: str | None) -> RemoteLaunch
     allowed = roots(conf)
     cwd = resolve_cwd(conf, allowed, spec.cwd, workspace)
     check_overlay(conf, spec.env)
+    held = held_workspace(conf, workspace, cwd, posixpath.normpath)
+    fixed = p4_env(held, cwd)
+    check_p4_env(spec.env, fixed, held, lambda a, b: posixpath.normpath(a) == posixpath.normpath(b))
     check_executable(conf, spec.argv[0], cwd)
-    return RemoteLaunch(argv=list(spec.argv), cwd=cwd, env=dict(spec.env), roots=allowed)
+    if p4args.is_p4(spec.argv[0]):
+        p4args.check(spec.argv, spec.stdin, cwd, allowed, posixpath.normpath)
+    return RemoteLaunch(argv=list(spec.argv), cwd=cwd, env={**spec.env, **fixed}, roots=allowed)

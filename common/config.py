@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -64,6 +65,18 @@ class MasterConf(msgspec.Struct, forbid_unknown_fields=True):
     request_timeout_s: float = 10.0
 
 
+class AgentWorkspace(msgspec.Struct, forbid_unknown_fields=True):
+    """A workspace this agent holds (``[agent.workspaces.NAME]``): its root, and the p4
+    environment every command in it gets from here, never from the request (agent/policy.py)."""
+
+    root: str
+    p4port: str = ""
+    p4user: str = ""
+    p4client: str = ""
+    tickets: str = ""  # P4TICKETS
+    trust: str = ""  # P4TRUST
+
+
 class AgentConf(msgspec.Struct, forbid_unknown_fields=True):
     id: str = ""
     masters: list[str] = []  # default: [master_agents]
@@ -71,8 +84,9 @@ class AgentConf(msgspec.Struct, forbid_unknown_fields=True):
     pools: list[str] = msgspec.field(default_factory=lambda: ["default"])
     labels: dict[str, str] = {}
     slots: int = 4
-    # name -> root directory; every root is also an allowed cwd root
-    workspaces: dict[str, str] = {}
+    # name -> root directory, or a table (AgentWorkspace) with the p4 settings too; every
+    # root is also an allowed cwd root
+    workspaces: dict[str, str | AgentWorkspace] = {}
     workspace_roots: list[str] = []
     # executable basenames or absolute paths; "*" allows any (development stacks only)
     allowed_executables: list[str] = msgspec.field(default_factory=lambda: ["p4", "p4sim"])
@@ -90,6 +104,14 @@ class AgentConf(msgspec.Struct, forbid_unknown_fields=True):
     # ssh(1) -o options for exec_via (ssh_config syntax), e.g. ["IdentityFile=/path/key", "ProxyJump=bastion"].
     ssh_options: list[str] = []
 
+    def workspace(self, name: str | None) -> AgentWorkspace | None:
+        """The named workspace as a table (the plain ``name = "root"`` form has no p4 settings)."""
+        held = self.workspaces.get(name) if name else None
+        return AgentWorkspace(root=held) if isinstance(held, str) else held
+
+    def workspace_tables(self) -> dict[str, AgentWorkspace]:
+        return {name: ws for name in self.workspaces if (ws := self.workspace(name)) is not None}
+
 
 class WorkspaceConf(msgspec.Struct, forbid_unknown_fields=True):
     p4port: str
@@ -105,6 +127,29 @@ class WorkspaceConf(msgspec.Struct, forbid_unknown_fields=True):
     password_file: str | None = None
     tickets_file: str | None = None
     env: dict[str, str] = {}
+
+
+def read_password_file(path: str) -> str:
+    """The password in ``path`` (its last newline removed), or ConfigError in one line: the file
+    must be a regular file owned by this process's user and readable by nobody else."""
+    try:
+        fd = os.open(os.path.expanduser(path), os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise ConfigError(f"password_file {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())  # the file we read, not what the path names a moment later
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"password_file {path} is not a regular file")
+        if st.st_uid != os.geteuid():
+            raise ConfigError(
+                f"password_file {path} is owned by uid {st.st_uid}, not by this service's user "
+                f"(uid {os.geteuid()}): chown it"
+            )
+        if st.st_mode & 0o077:
+            raise ConfigError(
+                f"password_file {path} has mode {stat.S_IMODE(st.st_mode):04o}; others may read it: chmod 600 {path}"
+            )
+        return f.read().decode().rstrip("\n")
 
 
 class OrchestratorConf(msgspec.Struct, forbid_unknown_fields=True):

@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import os
 import re
+import stat
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -96,6 +97,29 @@ def control_path(state_dir: Path, dest: SshDest) -> Path:
     return Path(runtime) / "p4bus-ssh" / f"cm-{key}"
 
 
+def private_dir(path: Path) -> None:
+    """Create ``path`` with mode 0700, or accept an existing one only if it is a real directory
+    (not a link) of this user, tightened to 0700: in a shared place such as /tmp another user
+    could have made it first, and whoever can enter it can take over the control socket."""
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise SshError(
+            f"control socket directory {path} is not a directory owned by this user (uid {os.geteuid()}): "
+            "remove it, or set XDG_RUNTIME_DIR to a private directory"
+        )
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(path, 0o700)
+
+
+def socket_dirs(path: Path) -> list[Path]:
+    """The directories of a control socket that p4bus makes: the ``p4bus-<uid>`` fallback under
+    /tmp as well when the socket is there (see control_path)."""
+    d = path.parent
+    return [d.parent, d] if d.parent.name == f"p4bus-{os.getuid()}" else [d]
+
+
 def pid_alive(pid: int) -> bool:
     """Running (not a zombie): the master is not our child (``-f`` daemonises it), so once killed
     it may wait long to be reaped by init."""
@@ -147,6 +171,10 @@ class ControlMaster:
     def ensure(self) -> int:
         """The running master's pid, starting one if needed; SshError if ssh cannot log in."""
         if not self.alive():
+            # Before a socket there is trusted: adopted (_check) or bound (_start).
+            self.path.parent.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for d in socket_dirs(self.path):
+                private_dir(d)
             self.pid = self._check() or self._start()
         assert self.pid is not None
         return self.pid
@@ -163,7 +191,6 @@ class ControlMaster:
         return None
 
     def _start(self) -> int:
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         argv = [*self._base, "-M", "-N", "-f", "-o", f"ControlPersist={MASTER_IDLE_S}", self.dest.host]
         try:
             done = subprocess.run(

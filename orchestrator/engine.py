@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TypedDict
 
 import msgspec
 
+from common import logs
 from common import protocol as P
-from common.config import OrchestratorConf, WorkspaceConf
+from common.config import ConfigError, OrchestratorConf, WorkspaceConf, read_password_file
 from orchestrator.clock import Clock, system_clock, utc_day
 from orchestrator.pipeline import (
     PASSWORD_SECRET,
@@ -43,6 +43,8 @@ from orchestrator.pipeline import (
 )
 from orchestrator.pipeline.transition import CONFLICTS_KEY
 from orchestrator.store import IN_FLIGHT, OPEN, CmdKind, CmdState, CommandRow, JobRow, Store
+
+log = logs.get("orchestrator.engine")
 
 
 class JobError(Exception):
@@ -110,6 +112,12 @@ class Engine:
         problems = validate_site(self.site)
         if problems:
             raise JobError("orchestrator.site in the configuration: " + "; ".join(problems))
+        for name, wc in conf.workspaces.items():
+            if wc.password_file:
+                try:
+                    read_password_file(wc.password_file)
+                except ConfigError as exc:
+                    raise JobError(f"orchestrator.workspaces.{name}: {exc}") from None
 
     # ------------------------------------------------------------------ context
 
@@ -145,8 +153,12 @@ class Engine:
             return {}
         if wc.password_env and wc.password_env in self.environ:
             return {PASSWORD_SECRET: self.environ[wc.password_env]}
-        if wc.password_file and Path(wc.password_file).is_file():
-            return {PASSWORD_SECRET: Path(wc.password_file).read_text().rstrip("\n")}
+        if wc.password_file:
+            try:
+                return {PASSWORD_SECRET: read_password_file(wc.password_file)}
+            except ConfigError as exc:
+                # Checked at start; changed since. The login step then fails for want of it.
+                log.error("password refused", workspace=workspace, error=str(exc))
         return {}
 
     def ctx(self, job: JobRow) -> JobContext:

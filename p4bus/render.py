@@ -1,6 +1,7 @@
-"""How jobs look in a terminal: the job table, one job's stage timeline, a live log printer.
+"""How jobs and agents look in a terminal: the job table, one job's stage timeline, a live log
+printer, the agent table.
 
-Shared by `status`, `tail`, `submit --follow` and `demo`.
+Shared by `status`, `tail`, `submit --follow`, `agents` and `demo`.
 """
 
 from __future__ import annotations
@@ -30,11 +31,16 @@ STATE_STYLE = {
 END_STATES = ("DONE", "NOTHING_TO_DO", "FAILED", "CANCELLED", "WAITING_RESOLVE")
 
 
+# Every string printed is text, never rich markup or emoji codes: job descriptions, paths, p4
+# output and agent names come from people and servers, and "[/bold]" in a description must
+# print as itself (and not crash the printer). Styles are given as Text styles instead.
 def console() -> Console:
     """A terminal console, or a wide plain one when piped: a table cut to 80 columns and
-    wrapped mid-id is useless to grep."""
-    c = Console()
-    return c if c.is_terminal else Console(width=200, no_color=True)
+    wrapped mid-id is useless to grep. Either prints strings as text."""
+    c = Console(markup=False, emoji=False, highlight=False)
+    if c.is_terminal:
+        return c
+    return Console(width=200, no_color=True, markup=False, emoji=False, highlight=False)
 
 
 def age(ts: float, now: float | None = None) -> str:
@@ -68,6 +74,23 @@ def jobs_table(jobs: list[P.JobView]) -> Table:
         stage = "-" if j.state == "QUEUED" else j.stage  # nothing has run yet
         t.add_row(j.job_id, styled(j.state), stage, age(j.created_at), j.agent or "-", j.workspace, detail)
     return t
+
+
+def agents_table(rows: list[tuple[str, P.AgentInfo]], now: float) -> Table:
+    """(master id, agent) pairs as `p4bus agents` prints them."""
+    table = Table("agent", "master", "host", "pools", "slots", "running", "workspaces", "last seen")
+    for master, a in rows:
+        table.add_row(
+            a.agent_id,
+            master,
+            a.host,
+            ",".join(a.pools),
+            f"{a.slots - len(a.running)}/{a.slots} free",
+            str(len(a.running)),
+            ",".join(a.workspaces) or "-",
+            f"{now - a.last_seen:.1f}s ago",
+        )
+    return table
 
 
 def job_detail(console: Console, j: P.JobView) -> None:

@@ -7,11 +7,10 @@ import time
 
 import click
 import msgspec
-from rich.table import Table
 
 from common.rpc import MasterClient, RequestError
 from p4bus.cli import Ctx, UserError
-from p4bus.render import console
+from p4bus.render import agents_table, console
 
 
 @click.command()
@@ -35,20 +34,7 @@ def agents(obj: Ctx, as_json: bool) -> None:
         for master, a in rows:
             click.echo(json.dumps({"master": master, **msgspec.to_builtins(a)}))
         return
-    table = Table("agent", "master", "host", "pools", "slots", "running", "workspaces", "last seen")
-    now = time.time()
-    for master, a in rows:
-        table.add_row(
-            a.agent_id,
-            master,
-            a.host,
-            ",".join(a.pools),
-            f"{a.slots - len(a.running)}/{a.slots} free",
-            str(len(a.running)),
-            ",".join(a.workspaces) or "-",
-            f"{now - a.last_seen:.1f}s ago",
-        )
-    console().print(table)
+    console().print(agents_table(rows, time.time()))
     for e in errors:
         click.echo(f"p4bus: {e}", err=True)
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import click
-from rich.console import Console
+from rich.text import Text
 
 from common.rpc import OrchestratorClient
 from common.zmqutil import free_port_base
@@ -24,6 +24,7 @@ from p4bus.cli import Ctx, UserError
 from p4bus.commands.jobs import follow
 from p4bus.harness.stack import SERVICES, Stack, StackError
 from p4bus.harness.workspaces import agent_settings, orchestrator_settings, p4sim_path, seed_workspace
+from p4bus.render import console as text_console
 
 
 @click.command()
@@ -31,10 +32,10 @@ from p4bus.harness.workspaces import agent_settings, orchestrator_settings, p4si
 @click.pass_obj
 def demo(obj: Ctx, keep: bool) -> None:
     """Run a conflicting and a clean integration job end to end against p4sim."""
-    console = Console()
+    console = text_console()
     t0 = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="p4bus-demo-"))
-    console.rule("[bold]p4bus demo")
+    console.rule(Text("p4bus demo", style="bold"))
     console.print(f"working in {tmp}")
     seeds = {name: seed_workspace(tmp / name, name, scenario=name) for name in ("conflict", "clean")}
     path = p4sim_path(tmp / "bin")
@@ -59,7 +60,7 @@ def demo(obj: Ctx, keep: bool) -> None:
             job = oc.submit(
                 workspace="conflict", source=info["source"], target=info["target"], desc="demo: integrate dev to main"
             )
-            console.print(f"submitted [bold]{job.job_id}[/]: {info['source']} -> {info['target']}")
+            console.print(Text.assemble("submitted ", (job.job_id, "bold"), f": {info['source']} -> {info['target']}"))
             view = follow(obj, job.job_id)
             if view.state != "WAITING_RESOLVE":
                 raise UserError(f"expected the job to wait for a resolve, it is {view.state}: {view.reason}")
@@ -76,7 +77,7 @@ def demo(obj: Ctx, keep: bool) -> None:
             console.rule("2. a clean integration goes straight through")
             info = seeds["clean"].facts
             job2 = oc.submit(workspace="clean", source=info["source"], target=info["target"], desc="demo: clean")
-            console.print(f"submitted [bold]{job2.job_id}[/]")
+            console.print(Text.assemble("submitted ", (job2.job_id, "bold")))
             summary.append(follow(obj, job2.job_id))
         console.rule("summary")
         for v in summary:

@@ -10,7 +10,7 @@ from common import logs
 from common.config import ConfigError
 from common.ssh import SshDest
 from p4bus.cli import Ctx, UserError
-from p4bus.deploy import DEFAULT_REMOTE_DIR, DeployError, Plan, flow, registration
+from p4bus.deploy import DEFAULT_REMOTE_DIR, DeployError, Plan, flow, install, registration
 
 
 @click.command(name="deploy-agent")
@@ -32,6 +32,13 @@ from p4bus.deploy import DEFAULT_REMOTE_DIR, DeployError, Plan, flow, registrati
 )
 @click.option(
     "--workspace-root", "roots", multiple=True, metavar="DIR", help="A workspace root on the host, repeatable."
+)
+@click.option(
+    "--workspace",
+    "workspaces",
+    multiple=True,
+    metavar="NAME=ROOT[,p4port=P,p4user=U,p4client=C,tickets=FILE]",
+    help="A workspace the agent holds, with the p4 settings every command in it gets; repeatable.",
 )
 @click.option("--pool", "pools", multiple=True, metavar="P", help="A pool of the agent, repeatable (default: default).")
 @click.option("--slots", type=int, default=4, show_default=True, help="Commands the agent runs at once.")
@@ -69,6 +76,7 @@ def deploy_agent(
     broker: str | None,
     master_clients: str | None,
     roots: tuple[str, ...],
+    workspaces: tuple[str, ...],
     pools: tuple[str, ...],
     slots: int,
     allowed: tuple[str, ...],
@@ -94,7 +102,9 @@ def deploy_agent(
             flow.remove(dest, list(ssh_options), remote_dir, clients, say)
             return
         missing = [
-            flag for flag, v in (("--master", masters), ("--broker", broker), ("--workspace-root", roots)) if not v
+            flag
+            for flag, v in (("--master", masters), ("--broker", broker), ("--workspace-root", roots or workspaces))
+            if not v
         ]
         if missing:
             raise UserError(f"deploy-agent needs {', '.join(missing)}", 2)
@@ -103,6 +113,7 @@ def deploy_agent(
             masters=list(masters),
             broker=broker or "",
             workspace_roots=list(roots),
+            workspaces=dict(install.workspace_table(w) for w in workspaces),
             master_clients=master_clients or "",
             pools=list(pools) or ["default"],
             slots=slots,

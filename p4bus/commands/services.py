@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 import click
 
+from common import lifecycle
 from common.config import Config
 from common.zmqutil import BindError
 from p4bus.cli import Ctx, UserError, configure_logging
@@ -66,6 +67,7 @@ def _service(name: str, module: str) -> click.Command:
                 "(P4BUS_INSECURE=1) on a trusted network",
                 2,
             )
+        lifecycle.private_state(cfg.state_path)
         configure_logging(cfg, name)
         try:
             importlib.import_module(module).main(cfg)

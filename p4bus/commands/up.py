@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from common import lifecycle
 from common.config import PORT_OFFSETS, AgentConf, deep_merge
 from p4bus.cli import Ctx, UserError
 from p4bus.harness.stack import SERVICES, Stack, StackError
@@ -21,6 +22,8 @@ from p4bus.harness.stack import SERVICES, Stack, StackError
 def up(obj: Ctx, state_dir: str | None, up_port_base: int | None, workspace_root: tuple[str, ...]) -> None:
     """Start every service on loopback; Ctrl-C stops them cleanly."""
     cfg = obj.cfg(state_dir=state_dir, port_base=up_port_base)
+    # Before anything is written: the logs and config files below are created by this process.
+    lifecycle.private_state(cfg.state_path)
     roots = list(workspace_root) or cfg.agent.workspace_roots or [str(cfg.state_path / "work")]
     for r in roots:
         Path(r).mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,11 @@ class Plan:
     masters: list[str]
     broker: str
     workspace_roots: list[str]
-    master_clients: str = ""  # default: derived from the first master endpoint
+    master_clients: str = ""
+    # [agent.workspaces.NAME] tables: root and the workspace's p4 settings (agent/policy.py)
+    workspaces: dict[str, dict[str, str]] = field(
+        default_factory=dict
+    )  # default: derived from the first master endpoint
     pools: list[str] = field(default_factory=lambda: ["default"])
     slots: int = 4
     agent_id: str = ""  # default: the host's short name, as the agent itself would choose

@@ -6,26 +6,43 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+import msgspec
 import tomli_w
 
-from p4bus.deploy import Plan
+from common.config import AgentWorkspace
+from p4bus.deploy import DeployError, Plan
 from p4bus.deploy.host import Host, Remote
 
 
 def agent_toml(plan: Plan, agent_id: str, remote_dir: str) -> str:
-    tree = {
-        "state_dir": f"{remote_dir}/state",
-        "agent": {
-            "id": agent_id,
-            "masters": plan.masters,
-            "broker": plan.broker,
-            "pools": plan.pools,
-            "slots": plan.slots,
-            "workspace_roots": plan.workspace_roots,
-            "allowed_executables": plan.allowed_executables,
-        },
+    agent: dict[str, object] = {
+        "id": agent_id,
+        "masters": plan.masters,
+        "broker": plan.broker,
+        "pools": plan.pools,
+        "slots": plan.slots,
+        "workspace_roots": plan.workspace_roots,
+        "allowed_executables": plan.allowed_executables,
     }
+    if plan.workspaces:
+        agent["workspaces"] = plan.workspaces
+    tree = {"state_dir": f"{remote_dir}/state", "agent": agent}
     return "# Written by p4bus deploy-agent; re-running it overwrites this file.\n" + tomli_w.dumps(tree)
+
+
+def workspace_table(text: str) -> tuple[str, dict[str, str]]:
+    """``NAME=ROOT[,p4port=P][,p4user=U][,p4client=C][,tickets=FILE][,trust=FILE]`` (the value of
+    `deploy-agent --workspace`) as (NAME, its [agent.workspaces.NAME] table)."""
+    name, sep, rest = text.partition("=")
+    root, *pairs = rest.split(",")
+    try:
+        if not (name and sep and root) or any("=" not in p for p in pairs):
+            raise ValueError("expected NAME=ROOT[,p4port=P,p4user=U,p4client=C,tickets=FILE,trust=FILE]")
+        table = {"root": root, **dict(p.split("=", 1) for p in pairs)}
+        msgspec.convert(table, AgentWorkspace)
+    except (ValueError, msgspec.ValidationError) as exc:
+        raise DeployError(f"--workspace {text!r}: {exc}") from None
+    return name, table
 
 
 def prepare(remote: Remote, rdir: str) -> None:

@@ -2,7 +2,9 @@
 
 Every start writes the tree (plus that start's extra settings) as a TOML file and runs
 ``python -m p4bus --config FILE SERVICE`` with its output in a log file. P4BUS_* variables of
-this process are not passed on: what the file says is what the service runs with.
+this process are not passed on: what the file says is what the service runs with. Nor are the
+variables that hold a workspace's password (``password_env``), except to the orchestrator: the
+one process that logs in. Config and log files are the user's alone (0600 in 0700 directories).
 """
 
 from __future__ import annotations
@@ -69,9 +71,9 @@ class ServiceProc(subprocess.Popen[bytes]):
         self.name = launch.name
         self.log_path = log_path
         self.stopped = False  # stopped on purpose, so not a failure
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         # The child gets its own copy of the descriptor; ours closes with the block.
-        with open(log_path, "ab") as log:
+        with open(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as log:
             super().__init__(
                 argv,
                 stdin=subprocess.DEVNULL,
@@ -129,9 +131,10 @@ class Stack:
         if self._last_file is not None and self._last_file[0] == tree:
             return self._last_file[1]
         self._files += 1
-        self.config_dir.mkdir(parents=True, exist_ok=True)
+        self.config_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = self.config_dir / f"{self._prefix}-{self._files}.toml"
-        path.write_text(tomli_w.dumps(tree))
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write(tomli_w.dumps(tree))
         # A copy: the caller may change nested tables of the tree in place before the next start.
         self._last_file = (copy.deepcopy(tree), path)
         return path
@@ -153,6 +156,9 @@ class Stack:
         env = {k: v for k, v in os.environ.items() if not k.startswith(cfgmod.ENV_PREFIX)}
         env.update(self.env)
         env.update(launch.env)
+        if launch.service != "orchestrator":
+            for name in password_variables(self.settings(launch.extra)):
+                env.pop(name, None)
         argv = [sys.executable, "-m", "p4bus", "--config", str(config), launch.service, *launch.args]
         earlier = sum(1 for p in self.procs if p.name == launch.name)
         log = self.log_dir / (f"{launch.name}.log" if not earlier else f"{launch.name}-{earlier + 1}.log")
@@ -237,6 +243,12 @@ class Stack:
             return pred()
 
         wait_for(alive_and, max(0.0, deadline - time.monotonic()), f"{what} (logs in {self.log_dir})", POLL_S)
+
+
+def password_variables(tree: Mapping[str, Any]) -> set[str]:
+    """The environment variables that hold a workspace password (``password_env``) in ``tree``."""
+    workspaces = tree.get("orchestrator", {}).get("workspaces", {})
+    return {ws["password_env"] for ws in workspaces.values() if ws.get("password_env")}
 
 
 def _answer(ask: Callable[[], T]) -> T | None:

@@ -1,8 +1,10 @@
 """p4sim depots seeded for jobs, and the settings that point a stack at them.
 
 A seeded workspace gives both sides of the configuration: the agent that holds it
-(``[agent] workspaces``: name -> root, with its directory as a root) and the orchestrator
-that runs jobs in it (``[orchestrator.workspaces.NAME]``).
+(``[agent.workspaces.NAME]``: its root and p4 environment, with its directory as a root) and
+the orchestrator that runs jobs in it (``[orchestrator.workspaces.NAME]``). Both say the same
+P4PORT, P4USER, P4CLIENT and P4TICKETS: the agent gives them to every command in the
+workspace, and refuses a request that says otherwise.
 """
 
 from __future__ import annotations
@@ -61,10 +63,19 @@ def seed_workspace(
     return SeededWorkspace(name, Path(dir), facts, table)
 
 
+def agent_workspace(w: SeededWorkspace) -> dict[str, str]:
+    """The ``[agent.workspaces.NAME]`` table of a seeded workspace, from its orchestrator table."""
+    c = w.conf
+    table = {"root": c["root"], "p4port": c["p4port"], "p4user": c["p4user"], "p4client": c["p4client"]}
+    if c.get("tickets_file"):
+        table["tickets"] = c["tickets_file"]
+    return table
+
+
 def agent_settings(workspaces: Iterable[SeededWorkspace]) -> dict[str, Any]:
     """The ``[agent]`` settings of an agent that holds these workspaces."""
     held = list(workspaces)
-    return {"workspaces": {w.name: w.root for w in held}, "workspace_roots": [str(w.dir) for w in held]}
+    return {"workspaces": {w.name: agent_workspace(w) for w in held}, "workspace_roots": [str(w.dir) for w in held]}
 
 
 def orchestrator_settings(workspaces: Iterable[SeededWorkspace]) -> dict[str, Any]:

@@ -52,7 +52,7 @@ def test_restart_starts_the_same_agent_again_and_stop_ends_everything(stack: Sta
         assert second.log_path.name == "a1-2.log" and first.log_path.name == "a1.log"
         assert stack.proc("a1") is second
         # The master may still list the killed process as alive: the new one has a new epoch.
-        wait_for(lambda: mc.agents()[0].epoch != before.epoch, 20, "the new agent process to register")
+        wait_for(lambda: any(a.epoch != before.epoch for a in mc.agents()), 20, "the new agent process to register")
         reply = mc.exec(P.CmdSpec(argv=["true"], cwd=str(stack.tmp)))
         wait_for(lambda: mc.query([reply.cmd_id], agent="a1")[0].state == "done", 20, "the command on the new agent")
     stack.check_alive()

@@ -89,9 +89,9 @@ def test_exit_codes_stdin_cwd_and_env(rig: Rig, tmp_path: Path) -> None:
     (tmp_path / "sub dir").mkdir()
     # No local shell anywhere: quotes, $ and ; arrive as literal argv elements.
     _, status, _ = rig.run(
-        ["sh", "-c", 'pwd; echo "$P4USER"; printf "%s|" "$@"', "x", "a b", "$HOME", "';rm -rf /'"],
+        ["sh", "-c", 'pwd; echo "$TZ"; printf "%s|" "$@"', "x", "a b", "$HOME", "';rm -rf /'"],
         cwd="sub dir",
-        env={"P4USER": "bo b"},
+        env={"TZ": "bo b"},
     )
     assert status.stdout == f"{tmp_path / 'sub dir'}\nbo b\na b|$HOME|';rm -rf /'|".encode()
     _, status, _ = rig.run(["env"])

@@ -33,7 +33,7 @@ def running(pid: int) -> bool:
 
 def start_with_child(ex: LocalExecutor) -> tuple[LocalHandle, int]:
     """sh leading its group, with a background sleep in it; returns (its handle, the sleep's pid)."""
-    handle = ex.start(CmdSpec(argv=["sh", "-c", "sleep 60 & echo $!; wait"]), None)
+    handle = ex.prepare(CmdSpec(argv=["sh", "-c", "sleep 60 & echo $!; wait"]), None)()
     assert handle.proc.stdout is not None
     return handle, int(handle.proc.stdout.readline())
 
@@ -45,9 +45,9 @@ def test_the_factory_chooses_by_exec_via_and_connects_nothing_yet(tmp_path: Path
     assert not (tmp_path / "ssh").exists()
 
 
-def test_local_start_applies_the_policy(tmp_path: Path) -> None:
+def test_local_prepare_applies_the_policy(tmp_path: Path) -> None:
     with pytest.raises(policy.Refusal, match="not on this agent's allowed_executables"):
-        local(tmp_path).start(CmdSpec(argv=["cat"]), None)
+        local(tmp_path).prepare(CmdSpec(argv=["cat"]), None)
 
 
 def test_local_handle_signals_the_whole_group_and_keeps_the_status(tmp_path: Path) -> None:

@@ -54,12 +54,13 @@ def test_no_roots_is_a_refusal() -> None:
 
 
 def test_environment_is_base_plus_allowlisted_overlay(tmp_path: Path) -> None:
-    c = conf(tmp_path, allowed_executables=["*"], env_allowlist=["P4USER"])
+    c = conf(tmp_path, allowed_executables=["*"], env_allowlist=["TZ"])
     agent_env = {"PATH": "/bin", "HOME": "/h", "SECRET": "x", "LANG": "C"}
-    env = policy.check(c, CmdSpec(argv=["x"], env={"P4USER": "bob"}), None, agent_env).env
-    assert env == {"PATH": "/bin", "HOME": "/h", "LANG": "C", "P4USER": "bob"}
+    env = policy.check(c, CmdSpec(argv=["x"], env={"TZ": "UTC"}), None, agent_env).env
+    root = os.path.realpath(tmp_path / "root")
+    assert env == {"PATH": "/bin", "HOME": "/h", "LANG": "C", "TZ": "UTC", "PWD": root}
     with pytest.raises(policy.Refusal, match="LD_PRELOAD, ZZ not on"):
-        policy.check(c, CmdSpec(argv=["x"], env={"ZZ": "1", "LD_PRELOAD": "x", "P4USER": "b"}), None, agent_env)
+        policy.check(c, CmdSpec(argv=["x"], env={"ZZ": "1", "LD_PRELOAD": "x", "TZ": "b"}), None, agent_env)
 
 
 def test_executable_allowlist(tmp_path: Path) -> None:

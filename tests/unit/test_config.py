@@ -95,3 +95,22 @@ def test_read_tree_layers_before_validation(tmp_path):
     assert C.from_tree(tree).agent.id == "a"
     with pytest.raises(C.ConfigError, match=r"agent\.slots"):
         C.from_tree({"agent": {"slots": "many"}})
+
+
+def test_a_password_file_must_be_private_and_the_users_own(tmp_path) -> None:
+    read_password_file = C.read_password_file
+    pw = tmp_path / "pw"
+    pw.write_text("s3cret\n")
+    pw.chmod(0o600)
+    assert read_password_file(str(pw)) == "s3cret"
+    pw.chmod(0o640)
+    with pytest.raises(C.ConfigError, match=r"has mode 0640; others may read it: chmod 600"):
+        read_password_file(str(pw))
+    pw.chmod(0o400)
+    assert read_password_file(str(pw)) == "s3cret"
+    link = tmp_path / "link"
+    link.symlink_to(pw)
+    with pytest.raises(C.ConfigError, match=r"password_file .*link: Too many levels of symbolic links"):
+        read_password_file(str(link))
+    with pytest.raises(C.ConfigError, match="No such file"):
+        read_password_file(str(tmp_path / "missing"))

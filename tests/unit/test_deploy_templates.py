@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from common.config import load
+from common.config import AgentWorkspace, load
 from common.ssh import SshDest
-from p4bus.deploy import Plan, install, service
+from p4bus.deploy import DeployError, Plan, install, service
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -70,3 +70,24 @@ def test_agent_toml_is_a_config_the_agent_loads(tmp_path: Path) -> None:
     a = cfg.agent
     assert (a.id, a.masters, a.broker, a.pools, a.slots) == ("ws-07", plan.masters, plan.broker, ["linux"], 2)
     assert (a.workspace_roots, a.allowed_executables) == (['/work/p4 "quoted"'], ["p4"])
+
+
+def test_agent_toml_holds_the_workspace_tables_given_on_the_command_line(tmp_path: Path) -> None:
+    given = ["ws1=/work/p4/ws1,p4port=ssl:p4:1666,p4user=build,p4client=ws1-build,tickets=/srv/t", "plain=/w2"]
+    plan = Plan(
+        dest=SshDest("h"),
+        masters=["tcp://m:9090"],
+        broker="tcp://m:9092",
+        workspace_roots=[],
+        workspaces=dict(install.workspace_table(w) for w in given),
+    )
+    path = tmp_path / "agent.toml"
+    path.write_text(install.agent_toml(plan, "h", "/srv/agent"))
+    a = load(path, environ={}).agent
+    assert a.workspace("ws1") == AgentWorkspace(
+        root="/work/p4/ws1", p4port="ssl:p4:1666", p4user="build", p4client="ws1-build", tickets="/srv/t"
+    )
+    assert a.workspace("plain") == AgentWorkspace(root="/w2")
+    for bad in ("ws1", "ws1=", "ws1=/r,p4port", "ws1=/r,p4prot=x"):
+        with pytest.raises(DeployError, match=f"--workspace '{bad}'"):
+            install.workspace_table(bad)

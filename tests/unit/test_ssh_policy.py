@@ -6,7 +6,7 @@ import pytest
 
 from agent.policy import Refusal
 from agent.ssh_policy import check
-from common.config import AgentConf, ConfigError
+from common.config import AgentConf, AgentWorkspace, ConfigError
 from common.protocol import CmdSpec
 from common.ssh import SshDest
 
@@ -23,15 +23,20 @@ def test_destinations() -> None:
 
 def test_remote_policy_is_lexical() -> None:
     conf = AgentConf(
-        workspace_roots=["/work/p4"], workspaces={"ws": "/work/p4/ws"}, allowed_executables=["p4", "/opt/bin/hook"]
+        workspace_roots=["/work/p4"],
+        workspaces={"ws": AgentWorkspace(root="/work/p4/ws", p4user="bob")},
+        allowed_executables=["p4", "/opt/bin/hook"],
     )
-    launch = check(conf, CmdSpec(argv=["p4", "sync"], cwd="a/../b", env={"P4USER": "bob"}), "ws")
-    assert (launch.cwd, launch.env, launch.roots) == ("/work/p4/ws/b", {"P4USER": "bob"}, ["/work/p4", "/work/p4/ws"])
+    launch = check(conf, CmdSpec(argv=["p4", "sync"], cwd="a/../b", env={"P4USER": "bob", "TZ": "UTC"}), "ws")
+    env = {"P4USER": "bob", "TZ": "UTC", "PWD": "/work/p4/ws/b"}
+    assert (launch.cwd, launch.env, launch.roots) == ("/work/p4/ws/b", env, ["/work/p4", "/work/p4/ws"])
     assert check(conf, CmdSpec(argv=["../../../opt/bin/hook"]), "ws").argv[0] == "../../../opt/bin/hook"
     refused = {
         "outside the workspace roots": CmdSpec(argv=["p4"], cwd="../../.."),
         "not on this agent's allowed_executables": CmdSpec(argv=["/usr/bin/p4"]),
         "cannot be run remotely": CmdSpec(argv=["A=b"]),
+        "P4USER='eve' differs": CmdSpec(argv=["p4"], cwd="ws", env={"P4USER": "eve"}),
+        "reads arguments from a file": CmdSpec(argv=["p4", "-x", "/etc/shadow", "fstat"]),
         "not on this agent's env_allowlist": CmdSpec(argv=["p4"], env={"LD_PRELOAD": "x"}),
     }
     for why, spec in refused.items():
