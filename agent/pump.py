@@ -38,6 +38,7 @@ from agent.redact import Redactor
 from agent.spool import Spool
 from common import logs, topics, zmqutil
 from common import protocol as proto
+from common.auth import Security
 from common.config import AgentConf
 from common.publisher import Publisher
 
@@ -100,10 +101,20 @@ class _Running:
 
 
 class Pump(threading.Thread):
-    def __init__(self, ctx: zmq.Context, broker: str, agent_id: str, epoch: str, spool: Spool, conf: AgentConf) -> None:
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        broker: str,
+        security: Security | None,
+        agent_id: str,
+        epoch: str,
+        spool: Spool,
+        conf: AgentConf,
+    ) -> None:
         super().__init__(name="agent-pump", daemon=True)
         self._ctx = ctx
         self._broker = broker
+        self._security = security
         self._agent_id = agent_id
         self._epoch = epoch
         self._spool = spool
@@ -163,7 +174,7 @@ class Pump(threading.Thread):
 
     # ------------------------------------------------------------------ thread
     def run(self) -> None:
-        self._events = Publisher(zmqutil.pub(self._ctx, self._broker), self._agent_id, self._epoch)
+        self._events = Publisher(zmqutil.pub(self._ctx, self._broker, self._security), self._agent_id, self._epoch)
         self._sel.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
         try:
             while not (self._stopping and not self._runs):

@@ -1,6 +1,7 @@
 """The agent's main thread: its masters, its requests, its slots.
 
-One DEALER per master (identity = agent id), all served by one zmq.Poller loop together with
+One DEALER per master (a CURVE client pinning that master's key; the master knows the agent by
+the key that said HELLO, not by a routing id), all served by one zmq.Poller loop together with
 the output thread's completion fd and the stop fd; every wake-up drains each ready socket in a
 batch. Replies go back on the DEALER the request came from, echoing its req_id.
 
@@ -36,10 +37,10 @@ from agent.executor import executor_for
 from agent.links import MasterLink
 from agent.pump import Pump, Started
 from agent.spool import Spool, SpoolEntry, valid_cmd_id
-from common import limits, logs, zmqutil
+from common import auth, limits, logs, roles, zmqutil
 from common import protocol as proto
 from common.config import Config
-from common.ids import host_id, new_epoch
+from common.ids import new_epoch
 
 # Hello.recent_done covers commands that finished this long ago at most.
 RECENT_S = 600.0
@@ -48,6 +49,9 @@ RECENT_MAX = 1000
 DRAIN_BATCH = 256
 # Refusals remembered (in memory only) for Query and duplicate Execs.
 REFUSED_MAX = 1000
+# libzmq never reconnects a socket whose handshake failed (a process squatting on the master's
+# port, a key the master does not accept yet): a link not welcomed for this long gets a new one.
+REDIAL_S = 3.0
 
 log = logs.get("agent")
 
@@ -64,16 +68,18 @@ class Agent:
     def __init__(self, cfg: Config, environ: Mapping[str, str] | None = None) -> None:
         self.conf = cfg.agent
         self.environ = dict(os.environ if environ is None else environ)
-        self.agent_id = self.conf.id or host_id()
+        self.agent_id = cfg.agent_id()
         self.epoch = new_epoch()
         self.spool = Spool(self.conf.spool_dir or cfg.state_path / "spool" / self.agent_id)
+        security = auth.for_service(cfg, "agent", self.agent_id)
+        if security is not None:
+            security.keyring.server_key(roles.BROKER, cfg.agent_broker())  # a missing key fails here, not in the pump
         self.ctx = zmq.Context()
-        ident = self.agent_id.encode()
-        self.links = [
-            MasterLink(ep, zmqutil.dealer(self.ctx, ep, identity=ident, immediate=True), self.conf.heartbeat_s)
-            for ep in cfg.agent_masters()
-        ]
-        self.pump = Pump(self.ctx, cfg.agent_broker(), self.agent_id, self.epoch, self.spool, self.conf)
+        self._security = security
+        self.links = [MasterLink(ep, self._dealer(ep), self.conf.heartbeat_s) for ep in cfg.agent_masters()]
+        self._dialed = dict.fromkeys(cfg.agent_masters(), 0.0)  # endpoint -> last welcome or redial
+        self._poller = zmq.Poller()
+        self.pump = Pump(self.ctx, cfg.agent_broker(), security, self.agent_id, self.epoch, self.spool, self.conf)
         self.executor = executor_for(self.conf, cfg.state_path, self.environ)
         self.running: dict[str, _Slot] = {}
         self.refused: OrderedDict[str, proto.CmdStatus] = OrderedDict()
@@ -81,6 +87,7 @@ class Agent:
             self.spool.finished_since(time.time() - RECENT_S)[-RECENT_MAX:], maxlen=RECENT_MAX
         )
         self.counters: Counter[str] = Counter()
+        self._refused_by: set[str] = set()  # masters that refused our key, until one welcomes us
         self._stop = False
         self._stop_r, self._stop_w = os.pipe()
         os.set_blocking(self._stop_r, False)
@@ -112,17 +119,17 @@ class Agent:
             spool=str(self.spool.root),
             masters=[ln.endpoint for ln in self.links],
         )
-        poller = zmq.Poller()
+        poller = self._poller
         for link in self.links:
             poller.register(link.sock, zmq.POLLIN)
+            self._dialed[link.endpoint] = time.monotonic()
         poller.register(self.pump.done_fd, zmq.POLLIN)
         poller.register(self._stop_r, zmq.POLLIN)
-        by_sock = {link.sock: link for link in self.links}
         self._tick(time.monotonic())  # the first Hellos go out now, not after a poll timeout
         while not self._stop:
             ready = dict(poller.poll(self._poll_ms(time.monotonic())))
-            for sock, link in by_sock.items():
-                if sock in ready:
+            for link in self.links:
+                if link.sock in ready:
                     self._drain(link)
             if self.pump.done_fd in ready:
                 self._on_done(self.pump.take_done())
@@ -138,10 +145,25 @@ class Agent:
         t = min([self._next_prune, *(link.next_due(now) for link in self.links)])
         return max(0, int((t - now) * 1000) + 1)
 
+    def _dealer(self, endpoint: str) -> zmq.Socket:
+        # No routing id of our own: the master learns who we are from HELLO, checked against our key.
+        return zmqutil.dealer(self.ctx, endpoint, self._security, roles.MASTER, immediate=True)
+
+    def _redial(self, link: MasterLink, now: float) -> None:
+        self._dialed[link.endpoint] = now
+        self._poller.unregister(link.sock)
+        link.sock.close(linger=0)
+        link.sock = self._dealer(link.endpoint)
+        self._poller.register(link.sock, zmq.POLLIN)
+
     def _tick(self, now: float) -> None:
         for link in self.links:
             if not link.check_alive(now):
                 log.warning("master silent; saying hello until it answers", master=link.endpoint)
+            if link.welcomed:
+                self._dialed[link.endpoint] = now
+            elif now - self._dialed[link.endpoint] >= REDIAL_S:
+                self._redial(link, now)
             due = link.due(now)
             if due == "hello":
                 link.send(self._hello(), now, "hello")
@@ -198,13 +220,18 @@ class Agent:
             return
         if isinstance(msg, proto.Welcome):
             link.welcome(msg)
+            self._refused_by.discard(link.endpoint)
             log.info("welcomed", master=link.endpoint, master_id=msg.master_id)
             return
         if isinstance(msg, proto.Reregister):
             link.welcomed = False
             link.send(self._hello(), now, "hello")
             return
-        if isinstance(msg, proto.ErrorReply):
+        if isinstance(msg, proto.ErrorReply) and msg.code == "forbidden":
+            if link.endpoint not in self._refused_by:  # once, not at every HELLO it refuses
+                log.error("master refused this agent", master=link.endpoint, error=msg.message)
+            self._refused_by.add(link.endpoint)
+        elif isinstance(msg, proto.ErrorReply):
             # Never answered: two peers must not trade error replies forever.
             log.warning("master reported an error", master=link.endpoint, code=msg.code, error=msg.message)
         elif not isinstance(msg, proto.Heartbeat):

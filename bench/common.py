@@ -23,6 +23,7 @@ import zmq
 from bench.sshd import Sshd, SshTarget, SshUnavailable
 from common import protocol as P
 from common import zmqutil
+from common.auth import Security
 from p4bus.harness.stack import Stack
 
 START_TIMEOUT_S = 30.0
@@ -117,7 +118,23 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
     )
     p.add_argument("--no-ssh", action="store_true", help="skip the ssh baseline rows")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (service logs, spools)")
+    p.add_argument(
+        "--curve",
+        choices=["on", "off", "both"],
+        default="both",
+        help="p4bus rows with CurveZMQ on (the default of every stack), off (insecure), or both "
+        "side by side, interleaved (default: both)",
+    )
     return p
+
+
+def curve_modes(args: argparse.Namespace) -> list[bool]:
+    """The CURVE settings --curve asks for, as BusStack's ``curve`` values."""
+    return {"on": [True], "off": [False], "both": [True, False]}[args.curve]
+
+
+def curve_label(curve: bool) -> str:
+    return "CURVE on" if curve else "CURVE off"
 
 
 @contextlib.contextmanager
@@ -164,6 +181,7 @@ class BusStack:
         agents: list[AgentSpec],
         orchestrator: dict[str, Any] | None = None,
         path: str | None = None,
+        curve: bool = True,
     ) -> None:
         self.tmp = tmp
         self.agents = agents
@@ -171,6 +189,7 @@ class BusStack:
             "state_dir": str(tmp / "state"),
             "port_base": zmqutil.free_port_base(6),
             "log_level": "warning",
+            "insecure": not curve,
         }
         if orchestrator is not None:
             tree["orchestrator"] = {"workspaces": orchestrator}
@@ -179,6 +198,9 @@ class BusStack:
 
     def endpoint(self, name: str) -> str:
         return self.stack.endpoint(name)
+
+    def security(self, name: str = "operator") -> Security | None:
+        return self.stack.security(name)
 
     def pid(self, service: str) -> int:
         return self.stack.proc(service).pid
@@ -203,9 +225,10 @@ class BusStack:
         self.stack.stop()
 
 
-def single_agent(tmp: Path, allowed: list[str]) -> BusStack:
+def single_agent(tmp: Path, allowed: list[str], curve: bool = True) -> BusStack:
     """The stack for the transport benches: one agent whose only root is ``tmp``."""
-    return BusStack(tmp, [AgentSpec("bench-agent", allowed, {"workspace_roots": [str(tmp)]})])
+    tmp.mkdir(parents=True, exist_ok=True)
+    return BusStack(tmp, [AgentSpec("bench-agent", allowed, {"workspace_roots": [str(tmp)]})], curve=curve)
 
 
 def null_sink(_stream: int, _data: bytes) -> None:

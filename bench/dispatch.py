@@ -6,11 +6,15 @@ p4bus rows (one agent on loopback, after a warm-up):
 - exec + CmdDone: Exec through the master, then wait for CmdDone on one long-lived SUB
   subscribed to every ``cmd.`` event -- what a resident client such as the orchestrator does.
 ssh rows: a fresh connection per command, and one ControlMaster connection reused.
+``--curve both`` (the default) runs a stack with CurveZMQ and one without side by side and
+interleaves their samples; ``on`` or ``off`` runs one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
+from collections.abc import Callable
 
 import zmq
 
@@ -36,7 +40,7 @@ class ExecDone:
     def __init__(self, mc: MasterClient, xpub: str, agent: str | None = None) -> None:
         self.mc = mc
         self.agent = agent
-        self.sub = zmqutil.sub(zmq.Context.instance(), xpub, [topics.CMD + "."])
+        self.sub = zmqutil.sub(zmq.Context.instance(), xpub, mc.security, [topics.CMD + "."])
 
     def __call__(self) -> None:
         cmd_id = ids.new_id("c")
@@ -59,26 +63,31 @@ class ExecDone:
         self.sub.close(linger=0)
 
 
-def bench_bus(mc: MasterClient, xpub: str) -> tuple[list[float], list[float]]:
-    """(run_command samples, exec + CmdDone samples), interleaved one by one so that load
-    from anything else on the machine falls on both alike."""
+def bench_bus(clients: list[tuple[MasterClient, str]]) -> list[tuple[list[float], list[float]]]:
+    """Per (client, xpub): (run_command samples, exec + CmdDone samples), all paths interleaved
+    one by one so that load from anything else on the machine falls on each alike."""
+    paths = [(_runner(mc, xpub), ExecDone(mc, xpub)) for mc, xpub in clients]
+    try:
+        for _ in range(N_WARMUP):
+            for run, exec_done in paths:
+                run()
+                exec_done()
+        samples: list[tuple[list[float], list[float]]] = [([], []) for _ in paths]
+        for _ in range(N_BUS):
+            for (run, exec_done), (a, b) in zip(paths, samples, strict=True):
+                a += B.timed(run, 1)
+                b += B.timed(exec_done, 1)
+        return samples
+    finally:
+        for _, exec_done in paths:
+            exec_done.close()
 
+
+def _runner(mc: MasterClient, xpub: str) -> Callable[[], None]:
     def run() -> None:
         B.ok(run_command(mc, xpub, TRUE, B.null_sink).status, "run_command true")
 
-    exec_done = ExecDone(mc, xpub)
-    try:
-        for _ in range(N_WARMUP):
-            run()
-            exec_done()
-        a: list[float] = []
-        b: list[float] = []
-        for _ in range(N_BUS):
-            a += B.timed(run, 1)
-            b += B.timed(exec_done, 1)
-        return a, b
-    finally:
-        exec_done.close()
+    return run
 
 
 def bench_ssh(argv: list[str], n: int) -> list[float]:
@@ -93,19 +102,23 @@ def main() -> None:
     args = B.parser(__doc__).parse_args()
     print(B.machine())
     rows: list[tuple[str, B.Latency]] = []
-    with B.workdir(args, "dispatch") as tmp:
-        with B.single_agent(tmp, ["true"]) as stack:
-            xpub = stack.endpoint("broker_xpub")
-            with MasterClient([stack.endpoint("master_clients")]) as mc:
-                run, exec_done = bench_bus(mc, xpub)
-                # A run this slow missed its events (subscription not up in time) and was
-                # rescued by the runner's query: correctness held, latency did not.
-                print(
-                    f"run_command samples that needed the {IDLE_QUERY_S:g} s query fallback: "
-                    f"{sum(t >= IDLE_QUERY_S for t in run)} of {len(run)}"
-                )
-                rows.append(("p4bus run_command (Python client API)", B.latency(run)))
-                rows.append(("p4bus exec + CmdDone (resident SUB)", B.latency(exec_done)))
+    with B.workdir(args, "dispatch") as tmp, contextlib.ExitStack() as up:
+        modes = B.curve_modes(args)
+        stacks = [up.enter_context(B.single_agent(tmp / f"curve-{c}", ["true"], curve=c)) for c in modes]
+        clients = [
+            (up.enter_context(MasterClient([s.endpoint("master_clients")], s.security())), s.endpoint("broker_xpub"))
+            for s in stacks
+        ]
+        for curve, (run, exec_done) in zip(modes, bench_bus(clients), strict=True):
+            # A run this slow missed its events (subscription not up in time) and was
+            # rescued by the runner's query: correctness held, latency did not.
+            print(
+                f"{B.curve_label(curve)}: run_command samples that needed the {IDLE_QUERY_S:g} s query "
+                f"fallback: {sum(t >= IDLE_QUERY_S for t in run)} of {len(run)}"
+            )
+            rows.append((f"p4bus run_command (Python client API), {B.curve_label(curve)}", B.latency(run)))
+            rows.append((f"p4bus exec + CmdDone (resident SUB), {B.curve_label(curve)}", B.latency(exec_done)))
+        up.close()
         with B.ssh_baseline(args) as ssh:
             if ssh is not None:
                 rows.append(("ssh localhost true, fresh connection", B.latency(bench_ssh(ssh.fresh(), N_SSH_FRESH))))
@@ -117,7 +130,8 @@ def main() -> None:
         )
     )
     bus = rows[0][1]
-    for name, s in rows[2:]:
+    bus_rows = 2 * len(B.curve_modes(args))
+    for name, s in rows[bus_rows:]:
         print(f"{name}: {s.p50_ms / bus.p50_ms:.1f}x the p50 of run_command")
     verdict = "met" if bus.p50_ms <= TARGET_P50_MS else "NOT met"
     print(f"target run_command p50 <= {TARGET_P50_MS:g} ms: {verdict} ({bus.p50_ms:.2f} ms)")

@@ -57,7 +57,7 @@ class JobWatcher:
     def __init__(self, stack: B.BusStack, oc: OrchestratorClient) -> None:
         self.oc = oc
         self.sub = zmqutil.sub(
-            zmq.Context.instance(), stack.endpoint("broker_xpub"), [topics.JOB + ".", topics.CMD + "."]
+            zmq.Context.instance(), stack.endpoint("broker_xpub"), oc.security, [topics.JOB + ".", topics.CMD + "."]
         )
         self.done_ts: dict[str, float] = {}  # cmd id -> when the agent published CmdDone
 
@@ -260,7 +260,7 @@ def main() -> None:
         on_bus = orchestrator_settings(seeds[n] for n in ["warm", "lone", *names])
         with (
             B.BusStack(tmp, agents, on_bus, path=path) as stack,
-            OrchestratorClient([stack.endpoint("orchestrator_api")], timeout=30.0) as oc,
+            OrchestratorClient([stack.endpoint("orchestrator_api")], stack.security(), timeout=30.0) as oc,
         ):
             watcher = JobWatcher(stack, oc)
             try:

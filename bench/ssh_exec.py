@@ -30,7 +30,7 @@ def main() -> None:
             B.AgentSpec("local", ["true"], roots),
             B.AgentSpec("via-ssh", ["true"], {**roots, "exec_via": ssh.url(), "ssh_options": ssh.options()}),
         ]
-        with B.BusStack(tmp, agents) as stack, MasterClient([stack.endpoint("master_clients")]) as mc:
+        with B.BusStack(tmp, agents) as stack, MasterClient([stack.endpoint("master_clients")], stack.security()) as mc:
             paths = [ExecDone(mc, stack.endpoint("broker_xpub"), agent=a.id) for a in agents]
             try:
                 for _ in range(N_WARMUP):

@@ -35,7 +35,8 @@ from typing import TypeVar
 
 import zmq
 
-from common import ids, protocol, topics, zmqutil
+from common import ids, protocol, roles, topics, zmqutil
+from common.auth import Security
 
 PAGE_LIMIT = 1000
 IDLE_MAX_S = 2.0
@@ -60,10 +61,10 @@ class ReplayTimeout(TimeoutError):
 class ReplayClient:
     """Requests to the broker's replay ROUTER over one DEALER (not thread-safe)."""
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, timeout_s: float = 10.0) -> None:
+    def __init__(self, ctx: zmq.Context, endpoint: str, security: Security | None, timeout_s: float = 10.0) -> None:
         self.endpoint = endpoint
         self.timeout_s = timeout_s
-        self.sock = zmqutil.dealer(ctx, endpoint)
+        self.sock = zmqutil.dealer(ctx, endpoint, security, roles.BROKER)
 
     def close(self) -> None:
         self.sock.close()
@@ -121,6 +122,7 @@ class ReplayClient:
         ctx: zmq.Context,
         xpub_endpoint: str,
         replay_endpoint: str,
+        security: Security | None,
         prefixes: Iterable[str] = ("",),
         since_ts: float = 0.0,
         idle_s: float = 0.2,
@@ -130,8 +132,10 @@ class ReplayClient:
 
         Runs until the caller stops iterating (``close()`` the generator to release sockets).
         """
-        splice = _Splice(ReplayClient(ctx, replay_endpoint, timeout_s), normalize_prefixes(prefixes), since_ts)
-        sub = zmqutil.sub(ctx, xpub_endpoint, splice.prefixes)
+        splice = _Splice(
+            ReplayClient(ctx, replay_endpoint, security, timeout_s), normalize_prefixes(prefixes), since_ts
+        )
+        sub = zmqutil.sub(ctx, xpub_endpoint, security, splice.prefixes)
         try:
             yield from splice.catch_up()
             wait_s = idle_s

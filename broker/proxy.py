@@ -17,7 +17,8 @@ import zmq
 
 from broker.journal_schema import Row
 from broker.journal_writer import JournalWriter
-from common import limits, logs, protocol, zmqutil
+from common import limits, logs, protocol, roles, zmqutil
+from common.auth import Security
 
 log = logs.get("broker.proxy")
 
@@ -54,19 +55,21 @@ class ProxyCounters:
 
 
 class Proxy:
-    def __init__(self, ctx: zmq.Context, xsub_endpoint: str, xpub_endpoint: str, journal: JournalWriter) -> None:
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        xsub_endpoint: str,
+        xpub_endpoint: str,
+        journal: JournalWriter,
+        security: Security | None,
+    ) -> None:
         self.counters = ProxyCounters()
         self.journal = journal
-        self.xsub = ctx.socket(zmq.XSUB)
-        self.xpub = ctx.socket(zmq.XPUB)
-        for sock in (self.xsub, self.xpub):
-            # linger, limits and HWMs, as for every socket (zmqutil has no XSUB/XPUB helper).
-            zmqutil._common(sock)
+        self.xsub = zmqutil.proxy_end(ctx, zmq.XSUB, xsub_endpoint, security, roles.BROKER_PUBLISH)
         try:
-            zmqutil.bind_to(self.xsub, xsub_endpoint)
-            zmqutil.bind_to(self.xpub, xpub_endpoint)
+            self.xpub = zmqutil.proxy_end(ctx, zmq.XPUB, xpub_endpoint, security, roles.BROKER_SUBSCRIBE)
         except zmqutil.BindError:
-            self.close()
+            self.xsub.close()
             raise
         # The journal wants every event, whoever subscribes downstream: subscribe to all.
         # XSUB reference-counts subscriptions, so a subscriber's "" unsubscribe cannot cancel it.

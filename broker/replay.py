@@ -18,7 +18,8 @@ from collections.abc import Callable
 import zmq
 
 from broker.journal_reader import JournalReader
-from common import limits, logs, protocol, zmqutil
+from common import limits, logs, protocol, roles, zmqutil
+from common.auth import Guard, Security
 
 log = logs.get("broker.replay")
 
@@ -35,9 +36,11 @@ class ReplayServer:
         barrier: Callable[[float], bool],
         counters: Callable[[], dict[str, int]],
         source: str,
+        security: Security | None,
     ) -> None:
         # Pages are big, so fewer are queued per client (common/limits.py).
-        self.sock = zmqutil.router(ctx, endpoint, sndhwm=limits.REPLAY_SNDHWM)
+        self.sock = zmqutil.router(ctx, endpoint, security, roles.BROKER_REPLAY, sndhwm=limits.REPLAY_SNDHWM)
+        self._guard = Guard(security, roles.BROKER_REPLAY)
         self._reader_factory = reader_factory
         self._barrier = barrier
         self._counters = counters
@@ -65,14 +68,11 @@ class ReplayServer:
             reader.close()
 
     def _serve_one(self, reader: JournalReader) -> None:
-        identity, req, error = protocol.decode_routed(self.sock.recv_multipart(), protocol.ReplayRequest)
-        if identity is None:
-            return
-        if error is not None:
+        got = zmqutil.routed(self.sock, self.sock.recv_multipart(copy=False), protocol.ReplayRequest, self._guard)
+        if got is None:
             self.errors += 1
-            self._send(identity, error)
             return
-        self._send(identity, self._answer(reader, req))
+        self._send(got.identity, self._answer(reader, got.msg))
 
     def _answer(
         self, reader: JournalReader, req: protocol.Replay | protocol.Stats | protocol.Ping

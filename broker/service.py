@@ -14,7 +14,7 @@ from broker.journal_schema import journal_path
 from broker.journal_writer import JournalWriter
 from broker.proxy import Proxy
 from broker.replay import ReplayServer
-from common import logs
+from common import auth, logs
 from common.config import Config
 
 log = logs.get("broker")
@@ -28,9 +28,12 @@ class Broker:
         self.endpoints = {name: cfg.endpoint(name) for name in ("broker_xsub", "broker_xpub", "broker_replay")}
         self.source = f"broker@{socket.gethostname()}"
         self.journal = JournalWriter(journal_path(cfg.broker, cfg.state_path), cfg.broker)
+        security = auth.for_service(cfg, "broker", "broker")
         self.ctx = zmq.Context()
         try:
-            self.proxy = Proxy(self.ctx, self.endpoints["broker_xsub"], self.endpoints["broker_xpub"], self.journal)
+            self.proxy = Proxy(
+                self.ctx, self.endpoints["broker_xsub"], self.endpoints["broker_xpub"], self.journal, security
+            )
             self.replay = ReplayServer(
                 self.ctx,
                 self.endpoints["broker_replay"],
@@ -38,8 +41,10 @@ class Broker:
                 barrier=lambda timeout: self.journal.wait_done(self.proxy.counters.events_in, timeout),
                 counters=self.counters,
                 source=self.source,
+                security=security,
             )
         except Exception:
+            auth.stop_authenticator(self.ctx)
             # destroy, not term: a socket whose bind failed inside a helper is still open.
             self.ctx.destroy(linger=0)
             raise
@@ -68,6 +73,7 @@ class Broker:
             self.replay.stop()
             self.proxy.close()
             self.journal.stop()
+            auth.stop_authenticator(self.ctx)
             self.ctx.term()
             log.info("broker.stopped", **self.counters())
 

@@ -17,8 +17,12 @@ from typing import Any
 
 import msgspec
 
+from common import ids
+
 ENV_PREFIX = "P4BUS_"
 CONFIG_ENV = "P4BUS_CONFIG"
+# The CLI's key pair (a .key_secret file); not a setting, so not read by env_overrides.
+KEY_ENV = "P4BUS_KEY"
 DEFAULT_PORT_BASE = 9090
 
 # Offsets from port_base; every endpoint can also be set on its own.
@@ -163,6 +167,13 @@ class OrchestratorConf(msgspec.Struct, forbid_unknown_fields=True):
     site: dict[str, Any] = {}  # pre_submit, blocklist, name_check, push, retry
 
 
+class SecurityConf(msgspec.Struct, forbid_unknown_fields=True):
+    keys_dir: str = ""  # default: <state_dir>/keys
+    # This process's key name; default: the service's name (an agent's: its id; the CLI's: operator).
+    key: str = ""
+    keyring: str = ""  # default: <keys_dir>/keyring.toml
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     state_dir: str = "~/.p4bus"
     host: str = "127.0.0.1"
@@ -179,6 +190,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     master: MasterConf = msgspec.field(default_factory=MasterConf)
     agent: AgentConf = msgspec.field(default_factory=AgentConf)
     orchestrator: OrchestratorConf = msgspec.field(default_factory=OrchestratorConf)
+    security: SecurityConf = msgspec.field(default_factory=SecurityConf)
 
     # ---- derived values (never stored, so a port_base change moves every endpoint)
     def endpoint(self, name: str) -> str:
@@ -191,6 +203,21 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     def state_path(self) -> Path:
         return Path(os.path.expanduser(self.state_dir))
 
+    @property
+    def keys_path(self) -> Path:
+        return Path(os.path.expanduser(self.security.keys_dir)) if self.security.keys_dir else self.state_path / "keys"
+
+    @property
+    def keyring_path(self) -> Path:
+        return (
+            Path(os.path.expanduser(self.security.keyring))
+            if self.security.keyring
+            else self.keys_path / "keyring.toml"
+        )
+
+    def agent_id(self) -> str:
+        return self.agent.id or ids.host_id()
+
     def agent_masters(self) -> list[str]:
         return self.agent.masters or [self.endpoint("master_agents")]
 
@@ -201,7 +228,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
         return self.orchestrator.masters or [self.endpoint("master_clients")]
 
 
-_SECTIONS = {"broker", "master", "agent", "orchestrator"}
+_SECTIONS = {"broker", "master", "agent", "orchestrator", "security"}
 
 
 def _set_path(tree: dict, path: list[str], value: Any) -> None:
@@ -235,7 +262,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict:
     out: dict = {}
     top = _fields(Config)
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+        if not name.startswith(ENV_PREFIX) or name in (CONFIG_ENV, KEY_ENV):
             continue
         key = name[len(ENV_PREFIX) :].lower()
         if key in top and key not in _SECTIONS:

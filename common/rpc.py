@@ -2,7 +2,7 @@
 
 Used by the CLI, the orchestrator and anyone scripting p4bus from Python:
 
-    with MasterClient(["tcp://127.0.0.1:9091"]) as mc:
+    with MasterClient(["tcp://127.0.0.1:9091"], auth.for_client(cfg)) as mc:
         reply = mc.exec(CmdSpec(argv=["p4", "info"]), pool="default")
         status = mc.query([reply.cmd_id], agent=reply.agent)[0]
 
@@ -17,8 +17,9 @@ from typing import Any, Self, TypeVar
 
 import zmq
 
-from common import ids, zmqutil
+from common import ids, roles, zmqutil
 from common import protocol as P
+from common.auth import Security
 
 R = TypeVar("R", bound=P.Base)
 
@@ -35,12 +36,22 @@ class RequestError(Exception):
 
 class RpcClient:
     """Request/reply over a DEALER per endpoint, failing over in order. Every service answers
-    ``ping`` and ``stats``; the subclasses add their own requests."""
+    ``ping`` and ``stats``; the subclasses add their own requests and name the server role
+    whose key they pin."""
 
-    def __init__(self, endpoints: list[str], timeout: float = 10.0, ctx: zmq.Context | None = None) -> None:
+    server_role = ""
+
+    def __init__(
+        self,
+        endpoints: list[str],
+        security: Security | None,
+        timeout: float = 10.0,
+        ctx: zmq.Context | None = None,
+    ) -> None:
         if not endpoints:
             raise ValueError("at least one endpoint is needed")
         self.endpoints = list(endpoints)
+        self.security = security
         self.timeout = timeout
         self.ctx = ctx or zmq.Context.instance()
         self._socks: dict[str, zmq.Socket] = {}
@@ -60,7 +71,7 @@ class RpcClient:
     def _sock(self, endpoint: str) -> zmq.Socket:
         s = self._socks.get(endpoint)
         if s is None:
-            s = self._socks[endpoint] = zmqutil.dealer(self.ctx, endpoint)
+            s = self._socks[endpoint] = zmqutil.dealer(self.ctx, endpoint, self.security, self.server_role)
         return s
 
     def request(self, msg: P.Request[R], timeout: float | None = None) -> R:
@@ -106,6 +117,8 @@ class RpcClient:
 
 
 class MasterClient(RpcClient):
+    server_role = roles.MASTER
+
     def exec(
         self,
         spec: P.CmdSpec,
@@ -147,6 +160,8 @@ class MasterClient(RpcClient):
 
 class OrchestratorClient(RpcClient):
     """Jobs: submit, look at, resume, cancel, retry."""
+
+    server_role = roles.ORCHESTRATOR
 
     def submit(self, **fields: Any) -> P.JobView:
         return self.request(P.Submit(req_id=ids.new_id("r"), **fields)).job

@@ -1,15 +1,22 @@
-"""Socket set-up in one place: linger, ROUTER_MANDATORY/HANDOVER, size limits, HWMs, keepalive."""
+"""Socket set-up in one place: CURVE, linger, ROUTER_MANDATORY/HANDOVER, size limits, HWMs,
+keepalive.
+
+Every factory takes the process's ``Security`` (None only under ``insecure = true``): a server
+socket becomes a CURVE server in its ZAP domain, a client pins the key of the server role it
+connects to (common/auth.py, docs/security.md).
+"""
 
 from __future__ import annotations
 
 import random
 import socket as _socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import zmq
 
-from common import limits, protocol
+from common import limits, protocol, roles
+from common.auth import Guard, Security, user_id
 
 LINGER_MS = 500
 
@@ -47,64 +54,113 @@ def _limit(sock: zmq.Socket) -> None:
     sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, limits.TCP_KEEPALIVE_CNT)
 
 
-def router(ctx: zmq.Context, bind: str, sndhwm: int = limits.SERVER_SNDHWM) -> zmq.Socket:
-    """``sndhwm``: replies queued per peer; set before binding, as the listener copies the
-    options its connections get."""
-    sock = _common(ctx.socket(zmq.ROUTER))
-    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-    sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-    sock.setsockopt(zmq.SNDHWM, sndhwm)
-    bind_to(sock, bind)
+def _bind(sock: zmq.Socket, bind: str, security: Security | None, domain: str) -> zmq.Socket:
+    if security is not None:
+        security.serve(sock, domain)
+    try:
+        bind_to(sock, bind)
+    except BindError:
+        sock.close(linger=0)
+        raise
     return sock
 
 
-def dealer(ctx: zmq.Context, connect: str, identity: bytes | None = None, immediate: bool = False) -> zmq.Socket:
+def _connect(sock: zmq.Socket, connect: str, security: Security | None, server_role: str) -> zmq.Socket:
+    if security is not None:
+        try:
+            security.connect(sock, server_role, connect)
+        except Exception:
+            sock.close(linger=0)
+            raise
+    sock.connect(connect)
+    return sock
+
+
+def router(
+    ctx: zmq.Context,
+    bind: str,
+    security: Security | None,
+    domain: str,
+    handover: bool = True,
+    sndhwm: int = limits.SERVER_SNDHWM,
+) -> zmq.Socket:
+    """``handover``: a peer reconnecting under its routing id takes it over at once. Off where
+    peers do not choose their routing ids (the master's agents socket), so nobody can take
+    over another peer's routing id. ``sndhwm``: replies queued per peer; set before binding,
+    as the listener copies the options its connections get."""
+    sock = _common(ctx.socket(zmq.ROUTER))
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    sock.setsockopt(zmq.ROUTER_HANDOVER, int(handover))
+    sock.setsockopt(zmq.SNDHWM, sndhwm)
+    return _bind(sock, bind, security, domain)
+
+
+def dealer(
+    ctx: zmq.Context,
+    connect: str,
+    security: Security | None,
+    server_role: str,
+    immediate: bool = False,
+) -> zmq.Socket:
     """``immediate``: queue nothing while the peer is unreachable (a send fails with EAGAIN), so
-    a reconnecting peer does not receive a backlog of stale messages."""
+    a reconnecting peer does not receive a backlog of stale messages. No routing id of its own:
+    the server's ROUTER assigns one (so none can be claimed or taken over)."""
     sock = _common(ctx.socket(zmq.DEALER))
-    if identity:
-        sock.setsockopt(zmq.IDENTITY, identity)
     if immediate:
         sock.setsockopt(zmq.IMMEDIATE, 1)
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-    sock.connect(connect)
-    return sock
+    return _connect(sock, connect, security, server_role)
 
 
-def pub(ctx: zmq.Context, connect: str) -> zmq.Socket:
+def pub(ctx: zmq.Context, connect: str, security: Security | None) -> zmq.Socket:
     sock = _common(ctx.socket(zmq.PUB))
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-    sock.connect(connect)
-    return sock
+    return _connect(sock, connect, security, roles.BROKER)
 
 
-def sub(ctx: zmq.Context, connect: str, prefixes: list[str] | tuple[str, ...] = ("",)) -> zmq.Socket:
+def sub(
+    ctx: zmq.Context, connect: str, security: Security | None, prefixes: list[str] | tuple[str, ...] = ("",)
+) -> zmq.Socket:
     sock = _common(ctx.socket(zmq.SUB))
     for p in prefixes:
         sock.setsockopt(zmq.SUBSCRIBE, p.encode())
-    sock.connect(connect)
-    return sock
+    return _connect(sock, connect, security, roles.BROKER)
 
 
-def drain(sock: zmq.Socket, handler: Callable[[list[bytes]], None], limit: int = 10_000) -> None:
+def proxy_end(ctx: zmq.Context, kind: int, bind: str, security: Security | None, domain: str) -> zmq.Socket:
+    """The broker's XSUB (publishers connect) or XPUB (subscribers connect)."""
+    return _bind(_common(ctx.socket(kind)), bind, security, domain)
+
+
+def drain(sock: zmq.Socket, handler: Callable[[list[Any]], None], limit: int = 10_000, copy: bool = True) -> None:
     """Hand every message waiting on ``sock`` to ``handler`` (one poll wake-up, many messages;
-    ``limit`` keeps one busy socket from starving the others)."""
+    ``limit`` keeps one busy socket from starving the others). ``copy=False`` hands zmq
+    Frames, which carry the sender's key name (``routed``)."""
     for _ in range(limit):
         try:
-            frames = sock.recv_multipart(zmq.NOBLOCK)
+            frames = sock.recv_multipart(zmq.NOBLOCK, copy=copy)
         except zmq.Again:
             return
         handler(frames)
 
 
-def routed(sock: zmq.Socket, frames: list[bytes], kind: Any) -> tuple[bytes, Any] | None:
-    """A ROUTER's incoming message as (peer identity, decoded message), or None after
-    answering the peer with the typed error (when there is a peer to answer)."""
-    identity, msg, error = protocol.decode_routed(frames, kind)
+class Incoming(NamedTuple):
+    identity: bytes  # the peer's routing id: where the reply goes
+    user: str  # the key name ZAP authenticated ("" without CURVE)
+    msg: Any
+
+
+def routed(sock: zmq.Socket, frames: list[zmq.Frame], kind: Any, guard: Guard) -> Incoming | None:
+    """A ROUTER's incoming message (frames received with copy=False), or None after answering
+    the peer with the typed error -- malformed, or ``forbidden`` for the sender's role."""
+    user = user_id(frames[-1]) if frames else ""
+    identity, msg, error = protocol.decode_routed([f.bytes for f in frames], kind)
     if identity is not None and msg is not None:
-        return identity, msg
+        error = guard.refusal(user, msg)
+        if error is None:
+            return Incoming(identity, user, msg)
     if identity is not None and error is not None:
         try:
             sock.send_multipart([identity, protocol.encode(error)], zmq.NOBLOCK)

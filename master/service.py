@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import msgspec
 import zmq
 
-from common import ids, lifecycle, logs, topics, zmqutil
+from common import auth, ids, lifecycle, logs, roles, topics, zmqutil
 from common import protocol as P
 from common.config import Config
 from common.publisher import Publisher
@@ -52,12 +52,24 @@ class Master:
             "rejected": 0,
             "agents_lost": 0,
             "unreachable": 0,
+            "forbidden": 0,
         }
-        self.agents_sock = zmqutil.router(self.ctx, cfg.endpoint("master_agents"))
-        self.clients_sock = zmqutil.router(self.ctx, cfg.endpoint("master_clients"))
+        self.security = auth.for_service(cfg, "master", "master")
+        # No handover: agents do not choose routing ids, so none can take over another's.
+        self.agents_sock = zmqutil.router(
+            self.ctx, cfg.endpoint("master_agents"), self.security, roles.MASTER_AGENTS, handover=False
+        )
+        self.clients_sock = zmqutil.router(
+            self.ctx, cfg.endpoint("master_clients"), self.security, roles.MASTER_CLIENTS
+        )
+        self.agents_guard = auth.Guard(self.security, roles.MASTER_AGENTS)
+        self.clients_guard = auth.Guard(self.security, roles.MASTER_CLIENTS)
         # Events are notifications; the registry (ask LIST_AGENTS) is the truth.
-        self.events = Publisher(zmqutil.pub(self.ctx, cfg.endpoint("broker_xsub")), self.id, ids.new_epoch())
+        self.events = Publisher(
+            zmqutil.pub(self.ctx, cfg.endpoint("broker_xsub"), self.security), self.id, ids.new_epoch()
+        )
         self._last_hb_sent = 0.0
+        self._refused_hellos: set[tuple[str, str]] = set()  # (key, claimed id) already logged
 
     # ------------------------------------------------------------------ loop
 
@@ -75,9 +87,9 @@ class Master:
             ready = dict(poller.poll(timeout=min(100, int(self.hb * 1000 / 2))))
             # Drain each socket per wake-up rather than one message per poll.
             if self.agents_sock in ready:
-                zmqutil.drain(self.agents_sock, self._on_agent_frames)
+                zmqutil.drain(self.agents_sock, self._on_agent_frames, copy=False)
             if self.clients_sock in ready:
-                zmqutil.drain(self.clients_sock, self._on_client_frames)
+                zmqutil.drain(self.clients_sock, self._on_client_frames, copy=False)
             self._tick(time.time())
         self.close()
 
@@ -116,17 +128,19 @@ class Master:
 
     # ------------------------------------------------------------------ agents
 
-    def _on_agent_frames(self, frames: list[bytes]) -> None:
+    def _on_agent_frames(self, frames: list[zmq.Frame]) -> None:
         self.counters["agent_msgs"] += 1
-        got = zmqutil.routed(self.agents_sock, frames, P.AgentToMaster)
+        got = zmqutil.routed(self.agents_sock, frames, P.AgentToMaster, self.agents_guard)
         if got is None:
             self.counters["bad_frames"] += 1
             return
-        identity, msg = got
+        identity, user, msg = got
         if isinstance(msg, P.Hello):
-            self._on_hello(identity, msg)
+            self._on_hello(identity, user, msg)
             return
         rec = self.registry.lookup(identity)
+        if rec is not None and self.security is not None and rec.agent_id != user:
+            rec = None  # a routing id is no identity: only the key that said HELLO speaks for it
         if rec is None:
             if not isinstance(msg, P.Bye):
                 # We restarted, or declared it dead: it must introduce itself again.
@@ -142,7 +156,15 @@ class Master:
         else:
             self._on_agent_reply(rec, msg)
 
-    def _on_hello(self, identity: bytes, msg: P.Hello) -> None:
+    def _on_hello(self, identity: bytes, user: str, msg: P.Hello) -> None:
+        if self.security is not None and msg.agent.agent_id != user:
+            self.counters["forbidden"] += 1
+            if (user, msg.agent.agent_id) not in self._refused_hellos:  # once per pair, not per retry
+                self._refused_hellos.add((user, msg.agent.agent_id))
+                log.warning("agent.hello_refused", key=user, claimed=msg.agent.agent_id)
+            text = f"key {user} may say HELLO only as agent {user}, not as {msg.agent.agent_id}"
+            self._send(self.agents_sock, identity, P.ErrorReply(req_id="", code="forbidden", message=text))
+            return
         if msg.proto != P.PROTOCOL_VERSION:
             self._send(
                 self.agents_sock,
@@ -185,13 +207,13 @@ class Master:
 
     # ------------------------------------------------------------------ clients
 
-    def _on_client_frames(self, frames: list[bytes]) -> None:
+    def _on_client_frames(self, frames: list[zmq.Frame]) -> None:
         self.counters["client_msgs"] += 1
-        got = zmqutil.routed(self.clients_sock, frames, P.ClientRequest)
+        got = zmqutil.routed(self.clients_sock, frames, P.ClientRequest, self.clients_guard)
         if got is None:
             self.counters["bad_frames"] += 1
             return
-        client, msg = got
+        client, _user, msg = got
         if isinstance(msg, P.Ping):
             self._reply(client, P.Pong(req_id=msg.req_id, source=self.id))
         elif isinstance(msg, P.Stats):

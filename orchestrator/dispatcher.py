@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import zmq
 
-from common import ids, zmqutil
+from common import ids, roles, zmqutil
 from common import protocol as P
+from common.auth import Security
 
 
 @dataclass
@@ -29,10 +30,10 @@ Outcome = tuple[str, P.ExecReply | P.ErrorReply]  # (cmd_id, reply)
 
 
 class Dispatcher:
-    def __init__(self, ctx: zmq.Context, endpoints: list[str], timeout_s: float) -> None:
+    def __init__(self, ctx: zmq.Context, endpoints: list[str], security: Security | None, timeout_s: float) -> None:
         self.endpoints = endpoints
         self.timeout_s = timeout_s
-        self.socks = [zmqutil.dealer(ctx, ep) for ep in endpoints]
+        self.socks = [zmqutil.dealer(ctx, ep, security, roles.MASTER) for ep in endpoints]
         self.current = 0
         self.pending: dict[str, _Pending] = {}  # req_id -> request
         self.by_cmd: dict[str, str] = {}  # cmd_id -> req_id

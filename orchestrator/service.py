@@ -13,7 +13,7 @@ from typing import cast
 import msgspec
 import zmq
 
-from common import ids, lifecycle, logs, topics, zmqutil
+from common import auth, ids, lifecycle, logs, roles, topics, zmqutil
 from common import protocol as P
 from common.config import Config
 from common.publisher import Publisher
@@ -38,12 +38,14 @@ class Orchestrator:
         self.store = Store(store_path)
         self.engine = Engine(self.store, cfg.orchestrator)
         self.clock = self.engine.clock
-        self.masters = MasterClient(cfg.client_masters(), timeout=3.0, ctx=self.ctx)
-        self.dispatcher = Dispatcher(self.ctx, cfg.client_masters(), timeout_s=5.0)
-        self.api = zmqutil.router(self.ctx, cfg.endpoint("orchestrator_api"))
-        self.sub = zmqutil.sub(self.ctx, cfg.endpoint("broker_xpub"), [topics.CMD + ".", topics.AGENT + "."])
+        security = auth.for_service(cfg, "orchestrator", "orchestrator")
+        self.masters = MasterClient(cfg.client_masters(), security, timeout=3.0, ctx=self.ctx)
+        self.dispatcher = Dispatcher(self.ctx, cfg.client_masters(), security, timeout_s=5.0)
+        self.api = zmqutil.router(self.ctx, cfg.endpoint("orchestrator_api"), security, roles.ORCHESTRATOR_API)
+        self.api_guard = auth.Guard(security, roles.ORCHESTRATOR_API)
+        self.sub = zmqutil.sub(self.ctx, cfg.endpoint("broker_xpub"), security, [topics.CMD + ".", topics.AGENT + "."])
         self.id = f"orchestrator-{ids.host_id()}"
-        self.events = Publisher(zmqutil.pub(self.ctx, cfg.endpoint("broker_xsub")), self.id, ids.new_epoch())
+        self.events = Publisher(zmqutil.pub(self.ctx, cfg.endpoint("broker_xsub"), security), self.id, ids.new_epoch())
         self.gaps = GapDetector()
         self.unreachable_since: dict[str, float] = {}
         self.counters = {
@@ -77,7 +79,7 @@ class Orchestrator:
             if self.sub in ready:
                 zmqutil.drain(self.sub, self.on_event_frames, 1000)
             if self.api in ready:
-                zmqutil.drain(self.api, self.on_api_frames, 1000)
+                zmqutil.drain(self.api, self.on_api_frames, 1000, copy=False)
             for s in self.dispatcher.socks:
                 if s in ready:
                     self.on_dispatch_replies(self.dispatcher.drain(s))
@@ -263,14 +265,14 @@ class Orchestrator:
 
     # ------------------------------------------------------------------ API
 
-    def on_api_frames(self, frames: list[bytes]) -> None:
+    def on_api_frames(self, frames: list[zmq.Frame]) -> None:
         self.counters["requests"] += 1
-        got = zmqutil.routed(self.api, frames, P.OrchestratorRequest)
+        got = zmqutil.routed(self.api, frames, P.OrchestratorRequest, self.api_guard)
         if got is None:
             self.counters["bad_requests"] += 1
             return
         # routed decoded the frame as an OrchestratorRequest, or answered it and gave None.
-        client, msg = got[0], cast(P.OrchestratorRequest, got[1])
+        client, msg = got.identity, cast(P.OrchestratorRequest, got.msg)
         eff = Effects()
         try:
             reply, eff = self.handle(msg)

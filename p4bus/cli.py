@@ -7,8 +7,9 @@ from typing import Any
 
 import click
 
+from common import auth, logs
 from common import config as cfgmod
-from common import logs
+from common.auth import Security
 
 
 class Ctx:
@@ -27,6 +28,10 @@ class Ctx:
     def tree(self, **more: Any) -> dict[str, Any]:
         """The layered settings behind cfg(**more), unvalidated (for writing them to a file)."""
         return cfgmod.read_tree(self.config_path, self._with(more))
+
+    def security(self) -> Security | None:
+        """The operator's key (P4BUS_KEY, or [security] key in the keys directory)."""
+        return auth.for_client(self.cfg())
 
     def use(self, cfg: cfgmod.Config) -> None:
         """Point the commands that follow at this configuration (a stack the command started)."""

@@ -101,7 +101,9 @@ def run_command(
     ctx: zmq.Context | None = None,
 ) -> RunResult:
     cmd_id = ids.new_id("c")
-    sub = zmqutil.sub(ctx or zmq.Context.instance(), xpub, [topics.log(job_id, cmd_id), topics.cmd(job_id, cmd_id)])
+    sub = zmqutil.sub(
+        ctx or zmq.Context.instance(), xpub, mc.security, [topics.log(job_id, cmd_id), topics.cmd(job_id, cmd_id)]
+    )
     try:
         reply = mc.exec(spec, cmd_id=cmd_id, job_id=job_id, agent=agent, pool=pool)
         if on_started:

@@ -11,8 +11,8 @@ from collections.abc import Callable
 import zmq
 
 from broker.client import history_then_live
+from common import auth, topics
 from common import protocol as P
-from common import topics
 from common.config import Config
 from common.rpc import MasterClient, OrchestratorClient, RequestError
 from p4bus.render import END_STATES, LogPrinter
@@ -27,8 +27,9 @@ class JobTail:
         self.job_id = job_id
         self.printer = printer
         self.on_state = on_state
-        self.orch = OrchestratorClient([cfg.endpoint("orchestrator_api")], timeout=5.0)
-        self.masters = MasterClient(cfg.client_masters(), timeout=5.0)
+        self.security = auth.for_client(cfg)
+        self.orch = OrchestratorClient([cfg.endpoint("orchestrator_api")], self.security, timeout=5.0)
+        self.masters = MasterClient(cfg.client_masters(), self.security, timeout=5.0)
         self.outputs: dict[str, OutputAssembler] = {}
         self.finished: set[str] = set()
         self.runs: dict[str, P.StageRun] = {}
@@ -43,7 +44,11 @@ class JobTail:
         view = self.orch.job(self.job_id)  # fails early and clearly for an unknown job
         prefixes = [f"{topics.LOG}.{self.job_id}.", f"{topics.CMD}.{self.job_id}.", topics.job(self.job_id)]
         stream = history_then_live(
-            zmq.Context.instance(), self.cfg.endpoint("broker_xpub"), self.cfg.endpoint("broker_replay"), prefixes
+            zmq.Context.instance(),
+            self.cfg.endpoint("broker_xpub"),
+            self.cfg.endpoint("broker_replay"),
+            self.security,
+            prefixes,
         )
         try:
             for ev in stream:

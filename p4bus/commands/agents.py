@@ -22,7 +22,7 @@ def agents(obj: Ctx, as_json: bool) -> None:
     rows = []
     errors = []
     for endpoint in cfg.client_masters():
-        with MasterClient([endpoint], timeout=3.0) as mc:
+        with MasterClient([endpoint], obj.security(), timeout=3.0) as mc:
             try:
                 master = mc.ping().source
                 rows += [(master, a) for a in mc.agents()]

@@ -53,7 +53,7 @@ def demo(obj: Ctx, keep: bool) -> None:
         for service in SERVICES:
             stack.start(service)
         stack.wait_ready(agents=1)
-        with OrchestratorClient([stack.endpoint("orchestrator_api")]) as oc:
+        with OrchestratorClient([stack.endpoint("orchestrator_api")], stack.security()) as oc:
             ws = seeds["conflict"]
             info = ws.facts
             console.rule("1. an integration with a real conflict")

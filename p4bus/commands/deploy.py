@@ -99,7 +99,7 @@ def deploy_agent(
         dest = SshDest.parse(host)
         if remove:
             clients = master_clients or (registration.clients_endpoint(masters[0]) if masters else None)
-            flow.remove(dest, list(ssh_options), remote_dir, clients, say)
+            flow.remove(dest, list(ssh_options), remote_dir, clients, obj.security(), say)
             return
         missing = [
             flag
@@ -125,7 +125,7 @@ def deploy_agent(
             wheelhouse=wheelhouse,
             register_timeout=timeout,
         )
-        click.echo(flow.deploy(plan, say))
+        click.echo(flow.deploy(plan, obj.security(), say))
     except (DeployError, ConfigError) as exc:
         raise UserError(str(exc)) from None
 

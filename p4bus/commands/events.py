@@ -52,6 +52,7 @@ def events(obj: Ctx, prefixes: tuple[str, ...], since: str) -> None:
         zmq.Context.instance(),
         cfg.endpoint("broker_xpub"),
         cfg.endpoint("broker_replay"),
+        obj.security(),
         prefixes or ("",),
         since_ts=since_ts,
     )

@@ -19,7 +19,7 @@ T = TypeVar("T")
 
 
 def _client(obj: Ctx) -> OrchestratorClient:
-    return OrchestratorClient([obj.cfg().endpoint("orchestrator_api")], timeout=5.0)
+    return OrchestratorClient([obj.cfg().endpoint("orchestrator_api")], obj.security(), timeout=5.0)
 
 
 def _call(obj: Ctx, fn: Callable[[OrchestratorClient], T]) -> T:

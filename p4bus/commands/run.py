@@ -39,7 +39,7 @@ def run(
     started: list[P.ExecReply] = []
     signal.signal(signal.SIGINT, lambda *_: interrupted.append(1))
 
-    with MasterClient(cfg.client_masters()) as mc:
+    with MasterClient(cfg.client_masters(), obj.security()) as mc:
 
         def on_tick() -> None:
             if len(interrupted) == 1 and started:

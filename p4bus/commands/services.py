@@ -1,4 +1,7 @@
-"""`p4bus broker | master | agent`: run one service in the foreground until SIGINT/SIGTERM."""
+"""`p4bus broker | master | agent | orchestrator`: run one service in the foreground until SIGINT/SIGTERM.
+
+Each service loads its key pair and the keyring at start-up (common/auth.py) and refuses to
+start without them, unless ``insecure = true``, which it names in its log."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from urllib.parse import urlsplit
 
 import click
 
-from common import lifecycle
+from common import lifecycle, logs
 from common.config import Config
 from common.zmqutil import BindError
 from p4bus.cli import Ctx, UserError, configure_logging
@@ -57,18 +60,17 @@ def _service(name: str, module: str) -> click.Command:
     @click.pass_obj
     def run(obj: Ctx, **flags: object) -> None:
         cfg = obj.cfg(**flags)
-        exposed = exposed_endpoints(cfg, name)
-        if exposed and not cfg.insecure:
-            # CurveZMQ authentication is not built yet: listening beyond loopback would let
-            # anyone on the network run commands. Require an explicit, visible opt-in.
-            raise UserError(
-                f"{name} would listen beyond loopback on {', '.join(exposed)} without "
-                "authentication; bind to 127.0.0.1, or set insecure = true in the config "
-                "(P4BUS_INSECURE=1) on a trusted network",
-                2,
-            )
         lifecycle.private_state(cfg.state_path)
         configure_logging(cfg, name)
+        exposed = exposed_endpoints(cfg, name)
+        if exposed and cfg.insecure:
+            # Without insecure, CURVE guards every bind (the service refuses to start without
+            # keys); with it, say loudly who can reach what.
+            logs.get(name).warning(
+                "insecure.exposed",
+                endpoints=exposed,
+                message="insecure = true and listening beyond loopback: anyone on the network may use these",
+            )
         try:
             importlib.import_module(module).main(cfg)
         except BindError as exc:

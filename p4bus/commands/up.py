@@ -1,4 +1,7 @@
-"""`p4bus up`: broker, master and one local agent on loopback until Ctrl-C."""
+"""`p4bus up`: broker, master, orchestrator and one local agent on loopback until Ctrl-C.
+
+Secure by default: the first run creates the services' keys and an operator key in
+``<state_dir>/keys`` (the harness does), so other local users cannot use the bus."""
 
 from __future__ import annotations
 
@@ -8,8 +11,8 @@ from pathlib import Path
 
 import click
 
-from common import lifecycle
-from common.config import PORT_OFFSETS, AgentConf, deep_merge
+from common import keys, lifecycle
+from common.config import PORT_OFFSETS, AgentConf, Config, deep_merge
 from p4bus.cli import Ctx, UserError
 from p4bus.harness.stack import SERVICES, Stack, StackError
 
@@ -45,7 +48,12 @@ def up(obj: Ctx, state_dir: str | None, up_port_base: int | None, workspace_root
             click.echo(f"  {name:16} {cfg.endpoint(name)}")
         click.echo(f"  state dir        {cfg.state_path}  (logs in {cfg.state_path / 'logs'})")
         click.echo(f"  workspace roots  {', '.join(roots)}")
-        click.echo(f"Try: p4bus --port-base {cfg.port_base} run -- echo hello   (Ctrl-C here stops everything)")
+        key = "" if cfg.insecure else str(keys.secret_path(cfg.keys_path, "operator"))
+        if key:
+            click.echo(f"  operator key     {key}")
+        # The CLI finds the operator key by itself under the default state dir; elsewhere it is told.
+        prefix = f"P4BUS_KEY={key} " if key and cfg.keys_path != Config().keys_path else ""
+        click.echo(f"Try: {prefix}p4bus --port-base {cfg.port_base} run -- echo hello   (Ctrl-C here stops everything)")
         while not stop:
             stack.check_alive()
             time.sleep(0.2)

@@ -10,6 +10,9 @@ One module per job, run in this order by flow.py:
 - service.py: ``agentctl`` there starts and stops the agent as a systemd user unit when
   ``systemctl --user`` works, else as a supervised background process (restart loop, pid file);
   script and unit are rendered from the templates in ops/deploy/, shipped as package data;
+- agent_keys.py: the agent's key pair, made on the host (the secret never leaves it), authorized
+  in the bus keyring as role agent under its id; the broker's and masters' public keys installed
+  on the host for it to pin;
 - registration.py: the master's word that the agent (a new process of it) has registered.
 
 This package's own vocabulary (``Plan``, ``DeployError``) is here.

@@ -1,5 +1,6 @@
 """The agent's files on the host: the remote dir (0700), its wheels, a venv with p4bus installed
-from them (no index: the host needs no internet), and agent.toml (0600)."""
+from them (no index: the host needs no internet), and agent.toml (0600). Its keys are
+agent_keys.py's."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from p4bus.deploy import DeployError, Plan
 from p4bus.deploy.host import Host, Remote
 
 
-def agent_toml(plan: Plan, agent_id: str, remote_dir: str) -> str:
+def agent_toml(plan: Plan, agent_id: str, remote_dir: str, insecure: bool) -> str:
+    """The agent's settings; its key pair and keyring live in ``state/keys`` (the defaults)."""
     agent: dict[str, object] = {
         "id": agent_id,
         "masters": plan.masters,
@@ -26,7 +28,7 @@ def agent_toml(plan: Plan, agent_id: str, remote_dir: str) -> str:
     }
     if plan.workspaces:
         agent["workspaces"] = plan.workspaces
-    tree = {"state_dir": f"{remote_dir}/state", "agent": agent}
+    tree = {"state_dir": f"{remote_dir}/state", "insecure": insecure, "agent": agent}
     return "# Written by p4bus deploy-agent; re-running it overwrites this file.\n" + tomli_w.dumps(tree)
 
 

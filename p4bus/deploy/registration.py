@@ -6,6 +6,7 @@ import time
 from urllib.parse import urlsplit
 
 from common import protocol as P
+from common.auth import Security
 from common.config import PORT_OFFSETS
 from common.rpc import MasterClient, RequestError
 from p4bus.deploy import DeployError
@@ -22,9 +23,9 @@ def clients_endpoint(master_agents: str) -> str:
     return f"tcp://{parts.hostname}:{parts.port + offset}"
 
 
-def check_master(endpoint: str) -> None:
+def check_master(endpoint: str, security: Security | None) -> None:
     """Fail before touching the host if the master cannot confirm a registration from here."""
-    with MasterClient([endpoint], timeout=3.0) as mc:
+    with MasterClient([endpoint], security, timeout=3.0) as mc:
         try:
             mc.ping()
         except RequestError as exc:
@@ -34,8 +35,8 @@ def check_master(endpoint: str) -> None:
             ) from None
 
 
-def registered(endpoint: str, agent_id: str) -> P.AgentInfo | None:
-    with MasterClient([endpoint], timeout=3.0) as mc:
+def registered(endpoint: str, security: Security | None, agent_id: str) -> P.AgentInfo | None:
+    with MasterClient([endpoint], security, timeout=3.0) as mc:
         return _registered(mc, agent_id)
 
 
@@ -43,10 +44,12 @@ def _registered(mc: MasterClient, agent_id: str) -> P.AgentInfo | None:
     return next((a for a in mc.agents() if a.agent_id == agent_id and a.alive), None)
 
 
-def wait_registered(endpoint: str, agent_id: str, old_epoch: str, timeout: float) -> P.AgentInfo | None:
+def wait_registered(
+    endpoint: str, security: Security | None, agent_id: str, old_epoch: str, timeout: float
+) -> P.AgentInfo | None:
     """The agent once a process of it other than ``old_epoch`` is registered; None at the deadline."""
     deadline = time.monotonic() + timeout
-    with MasterClient([endpoint], timeout=2.0) as mc:
+    with MasterClient([endpoint], security, timeout=2.0) as mc:
         while time.monotonic() < deadline:
             try:
                 info = _registered(mc, agent_id)
@@ -58,9 +61,9 @@ def wait_registered(endpoint: str, agent_id: str, old_epoch: str, timeout: float
     return None
 
 
-def wait_dropped(endpoint: str, agent_id: str, timeout: float) -> bool:
+def wait_dropped(endpoint: str, security: Security | None, agent_id: str, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    with MasterClient([endpoint], timeout=2.0) as mc:
+    with MasterClient([endpoint], security, timeout=2.0) as mc:
         while time.monotonic() < deadline:
             try:
                 if _registered(mc, agent_id) is None:

@@ -5,6 +5,10 @@ Every start writes the tree (plus that start's extra settings) as a TOML file an
 this process are not passed on: what the file says is what the service runs with. Nor are the
 variables that hold a workspace's password (``password_env``), except to the orchestrator: the
 one process that logs in. Config and log files are the user's alone (0600 in 0700 directories).
+
+Secure by default: unless the tree says ``insecure = true``, the first start creates the key
+pairs of the local services and an ``operator`` key, each agent's start its own key (role agent,
+named by its id), all authorized in the keyring of the stack's keys directory.
 """
 
 from __future__ import annotations
@@ -22,10 +26,18 @@ from typing import Any, TypeVar
 
 import tomli_w
 
+from common import auth, keys, roles
 from common import config as cfgmod
 from common.rpc import MasterClient, OrchestratorClient, RequestError
 
 SERVICES = ("broker", "master", "orchestrator", "agent")
+# The keys a stack makes on its first start: name -> role (agents get theirs as they start).
+LOCAL_KEYS = {
+    "broker": roles.BROKER,
+    "master": roles.MASTER,
+    "orchestrator": roles.ORCHESTRATOR,
+    "operator": roles.OPERATOR,
+}
 START_TIMEOUT_S = 20.0
 # A readiness question costs one request; a quicker poll only loads the two cores others share.
 POLL_S = 0.05
@@ -139,6 +151,29 @@ class Stack:
         self._last_file = (copy.deepcopy(tree), path)
         return path
 
+    # ------------------------------------------------------------------ keys
+    def ensure_keys(self, extra: Mapping[str, Any] | None = None, agent: bool = False) -> None:
+        """The local keys (and, for an agent's start, that agent's key) exist and are authorized.
+        ``extra`` is read only for the agent's id: a start meant to fail on bad settings still does."""
+        cfg = self.config()
+        if cfg.insecure:
+            return
+        wanted = dict(LOCAL_KEYS)
+        if agent:
+            wanted[str(self.settings(extra).get("agent", {}).get("id") or cfg.agent_id())] = roles.AGENT
+        keys.init(cfg.keys_path, cfg.keyring_path, wanted)
+
+    def security(self, name: str = "operator", role: str | None = None) -> auth.Security | None:
+        """Key ``name`` of this stack's keys directory, created with ``role`` if it is missing
+        (None when the stack is insecure)."""
+        cfg = self.config()
+        if cfg.insecure:
+            return None
+        self.ensure_keys()
+        if role is not None:
+            keys.init(cfg.keys_path, cfg.keyring_path, {name: role})
+        return auth.Security(keys.load_pair(keys.secret_path(cfg.keys_path, name)), keys.Keyring(cfg.keyring_path))
+
     # ------------------------------------------------------------------ processes
     def start(
         self,
@@ -152,6 +187,7 @@ class Stack:
         return self._spawn(Launch(service, name or service, args, dict(extra or {}), dict(env or {})))
 
     def _spawn(self, launch: Launch) -> ServiceProc:
+        self.ensure_keys(launch.extra, agent=launch.service == "agent")
         config = self.config_file(launch.extra)
         env = {k: v for k, v in os.environ.items() if not k.startswith(cfgmod.ENV_PREFIX)}
         env.update(self.env)
@@ -223,7 +259,7 @@ class Stack:
         started orchestrator answers a ping. A service that exits meanwhile fails at once."""
         deadline = time.monotonic() + timeout
         want = set(ids)
-        with MasterClient([self.endpoint("master_clients")], timeout=ASK_TIMEOUT_S) as mc:
+        with MasterClient([self.endpoint("master_clients")], self.security(), timeout=ASK_TIMEOUT_S) as mc:
 
             def listed() -> bool:
                 infos = _answer(mc.agents)
@@ -234,7 +270,7 @@ class Stack:
 
             self._until(listed, deadline, "the master to list the agents")
         if "orchestrator" in self.current():
-            with OrchestratorClient([self.endpoint("orchestrator_api")], timeout=ASK_TIMEOUT_S) as oc:
+            with OrchestratorClient([self.endpoint("orchestrator_api")], self.security(), timeout=ASK_TIMEOUT_S) as oc:
                 self._until(lambda: _answer(oc.ping) is not None, deadline, "the orchestrator to answer")
 
     def _until(self, pred: Callable[[], bool], deadline: float, what: str) -> None:

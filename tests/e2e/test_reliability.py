@@ -253,7 +253,7 @@ def test_a_hole_in_an_agents_cmd_sequence_makes_the_orchestrator_ask_its_spool(j
             )
         )
 
-    pub = zmqutil.pub(zmq.Context.instance(), jobs.stack.endpoint("broker_xsub"))
+    pub = zmqutil.pub(zmq.Context.instance(), jobs.stack.endpoint("broker_xsub"), jobs.stack.security("agent-1"))
     try:
         # A new epoch from agent-1 (it restarted, as far as anyone can tell): a hole of unknown size.
         before = reconciles()

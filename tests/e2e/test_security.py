@@ -11,7 +11,7 @@ import pytest
 import zmq
 
 from common import protocol as P
-from common import zmqutil
+from common import roles, zmqutil
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -55,7 +55,9 @@ def test_without_the_password_the_job_fails_clearly(jobs):
 def test_orchestrator_api_answers_garbage_and_keeps_serving(jobs):
     jobs.workspace("ws1", "clean")
     jobs.start()
-    s = zmqutil.dealer(zmq.Context.instance(), jobs.stack.endpoint("orchestrator_api"))
+    s = zmqutil.dealer(
+        zmq.Context.instance(), jobs.stack.endpoint("orchestrator_api"), jobs.stack.security(), roles.ORCHESTRATOR
+    )
     rng = random.Random(5)
     for _ in range(300):
         s.send_multipart([os.urandom(rng.randrange(0, 80)) for _ in range(rng.choice([1, 1, 2]))])

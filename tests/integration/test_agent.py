@@ -15,6 +15,7 @@ import pytest
 import zmq
 from test_agent_support import EventSink, MasterPeer, agent_extra, group_members, warm_up
 
+from common import auth
 from common import protocol as proto
 from common.ids import new_id
 from tests.conftest import Stack, wait_for
@@ -27,8 +28,8 @@ class Rig:
 
     def __init__(self, stack: Stack, ctx: zmq.Context, masters: int = 1, **agent_conf) -> None:
         self.stack = stack
-        self.masters = [MasterPeer(ctx, name=f"m{i}") for i in range(masters)]
-        self.sink = EventSink(ctx)
+        self.masters = [MasterPeer(ctx, stack.security("master"), name=f"m{i}") for i in range(masters)]
+        self.sink = EventSink(ctx, stack.security("broker"))
         self.agent_conf = agent_conf
         self.proc: subprocess.Popen | None = None
         self.spool = Path(stack.tree["state_dir"]) / "spool" / "a1"
@@ -61,6 +62,7 @@ class Rig:
 def ctx() -> Iterator[zmq.Context]:
     c = zmq.Context()
     yield c
+    auth.stop_authenticator(c)
     c.destroy(linger=0)
 
 
@@ -295,7 +297,7 @@ def test_command_outlives_its_masters_and_is_reported_later(stack: Stack, ctx: z
     r.master.close()
     status = r.sink.until_done(cmd_id).done.status
     assert status.stdout == b"finished\n"
-    back = MasterPeer(ctx, name="m0-again", port=port)
+    back = MasterPeer(ctx, stack.security("master"), name="m0-again", port=port)
     hello = back.handshake()  # the agent says Hello again once the master is back
     assert cmd_id in hello.recent_done
     got = back.query(cmd_id)

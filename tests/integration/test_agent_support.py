@@ -11,7 +11,8 @@ from typing import Any
 import zmq
 
 from common import protocol as proto
-from common import zmqutil
+from common import roles, zmqutil
+from common.auth import Security
 from common.ids import new_id
 
 
@@ -19,11 +20,11 @@ class MasterPeer:
     """A ROUTER on a free loopback port. By default it answers Hello with Welcome and
     Heartbeat with Heartbeat while receiving, as a live master would."""
 
-    def __init__(self, ctx: zmq.Context, name: str = "m", port: int | None = None) -> None:
+    def __init__(self, ctx: zmq.Context, security: Security | None, name: str = "m", port: int | None = None) -> None:
         self.name = name
         self.port = port or zmqutil.free_port()
         self.endpoint = f"tcp://127.0.0.1:{self.port}"
-        self.sock = zmqutil.router(ctx, self.endpoint)
+        self.sock = zmqutil.router(ctx, self.endpoint, security, roles.MASTER_AGENTS)
         self.ident: bytes | None = None
         self.hellos: list[proto.Hello] = []
 
@@ -116,11 +117,13 @@ class Transcript:
 class EventSink:
     """A SUB bound where the agent's PUB connects; checks every (source, kind) seq is hole-free."""
 
-    def __init__(self, ctx: zmq.Context) -> None:
+    def __init__(self, ctx: zmq.Context, security: Security | None) -> None:
         self.endpoint = f"tcp://127.0.0.1:{zmqutil.free_port()}"
         self.sock = ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.RCVHWM, 0)
         self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+        if security is not None:
+            security.serve(self.sock, roles.BROKER_PUBLISH)  # the agent's PUB pins the broker's key
         self.sock.bind(self.endpoint)
         self.last_seq: dict[tuple[str, str, str], int] = {}
         self.transcripts: dict[str, Transcript] = {}

@@ -15,7 +15,7 @@ import zmq
 
 from broker import segments
 from broker.client import ReplayClient, ReplayError
-from common import ids, topics, zmqutil
+from common import ids, roles, topics, zmqutil
 from common import protocol as P
 from common.sequence import Stamper
 from tests.conftest import wait_for
@@ -33,10 +33,10 @@ class Bus:
         self.extra = extra
         self.ctx = zmq.Context()
         self.proc = stack.start("broker", extra=extra)
-        self.replay = ReplayClient(self.ctx, stack.endpoint("broker_replay"), timeout_s=10)
+        self.replay = ReplayClient(self.ctx, stack.endpoint("broker_replay"), stack.security(), timeout_s=10)
         self.replay.ping()  # the DEALER delivers once the broker has bound: waits for readiness
-        self.pub = zmqutil.pub(self.ctx, stack.endpoint("broker_xsub"))
-        self.sub = zmqutil.sub(self.ctx, stack.endpoint("broker_xpub"), subscribe)
+        self.pub = zmqutil.pub(self.ctx, stack.endpoint("broker_xsub"), stack.security("master"))
+        self.sub = zmqutil.sub(self.ctx, stack.endpoint("broker_xpub"), stack.security(), subscribe)
         self.stamper = Stamper("test-pub", ids.new_epoch())
         self.connect()
 
@@ -162,7 +162,7 @@ def test_malformed_events_counted_and_dropped(bus: Bus) -> None:
 
 
 def test_malformed_replay_requests_get_errors(bus: Bus) -> None:
-    raw = zmqutil.dealer(bus.ctx, bus.stack.endpoint("broker_replay"))
+    raw = zmqutil.dealer(bus.ctx, bus.stack.endpoint("broker_replay"), bus.stack.security(), roles.BROKER)
 
     def ask(*frames: bytes) -> P.ErrorReply:
         raw.send_multipart(list(frames))
@@ -383,7 +383,7 @@ def test_history_then_live_splices_without_gap_or_duplicate(bus: Bus, prefixes: 
     sent = threading.Semaphore(0)
 
     def publisher() -> None:
-        pub = zmqutil.pub(bus.ctx, bus.stack.endpoint("broker_xsub"))
+        pub = zmqutil.pub(bus.ctx, bus.stack.endpoint("broker_xsub"), bus.stack.security("master"))
         stamper = Stamper("splice-pub", ids.new_epoch())
         # Connected when the test's own subscriber sees this publisher's probe.
         while not published.is_set():
@@ -406,7 +406,7 @@ def test_history_then_live_splices_without_gap_or_duplicate(bus: Bus, prefixes: 
         assert sent.acquire(timeout=10)
 
     stream = ReplayClient.history_then_live(
-        bus.ctx, bus.stack.endpoint("broker_xpub"), bus.stack.endpoint("broker_replay"), prefixes
+        bus.ctx, bus.stack.endpoint("broker_xpub"), bus.stack.endpoint("broker_replay"), bus.stack.security(), prefixes
     )
     got: list[P.Event] = []
     try:
@@ -426,7 +426,7 @@ def test_history_then_live_quiet_topic(bus: Bus) -> None:
     old = [bus.publish("job.Q") for _ in range(3)]
     [bus.recv() for _ in old]
     stream = ReplayClient.history_then_live(
-        bus.ctx, bus.stack.endpoint("broker_xpub"), bus.stack.endpoint("broker_replay"), ["job.Q"]
+        bus.ctx, bus.stack.endpoint("broker_xpub"), bus.stack.endpoint("broker_replay"), bus.stack.security(), ["job.Q"]
     )
     try:
         history = [next(stream) for _ in old]

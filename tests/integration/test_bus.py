@@ -136,11 +136,13 @@ def test_agent_sigkilled_is_reported_lost_and_a_live_one_is_not(bus):
     os.killpg(a1.pid, signal.SIGKILL)
     wait_for(lambda: agent_ids(mc) == ["a2"], 20, "a1 to be dropped")
     replay = stack.endpoint("broker_replay")
-    lost = wait_for(lambda: journalled(replay, "agent.a1", P.AgentLost), 10, "a1's agent_lost in the journal")
+    lost = wait_for(
+        lambda: journalled(replay, stack.security(), "agent.a1", P.AgentLost), 10, "a1's agent_lost in the journal"
+    )
     assert [(e.agent_id, e.reason) for e in lost] == [("a1", "missed heartbeats")]
     interval = max(stack.tree["master"]["heartbeat_s"], stack.tree["agent"]["heartbeat_s"])
     assert lost[0].ts - heard > MISSED_HEARTBEATS * interval
-    assert journalled(replay, "agent.a2", P.AgentLost) == []
+    assert journalled(replay, stack.security(), "agent.a2", P.AgentLost) == []
     assert agent_ids(mc) == ["a2"]
 
 
@@ -158,7 +160,9 @@ def test_master_restart_gets_agents_back_and_results_of_commands_finished_meanwh
     # master existed.
     topic = topics.cmd("", reply.cmd_id)
     replay = stack.endpoint("broker_replay")
-    wait_for(lambda: journalled(replay, topic, P.CmdDone), 20, "the command to finish without a master")
+    wait_for(
+        lambda: journalled(replay, stack.security(), topic, P.CmdDone), 20, "the command to finish without a master"
+    )
     stack.start("master")
     wait_for(lambda: agent_ids(mc) == ["a1"], 20, "the agent to re-register")
     status = mc.query([reply.cmd_id], agent="a1")[0]
@@ -192,8 +196,8 @@ def test_two_masters_share_one_agent_and_its_slot_limit(stack, tmp_path):
             "agent": {"id": "shared", "slots": 1, "masters": [stack.endpoint("master_agents"), second["master_agents"]]}
         },
     )
-    m1 = MasterClient([stack.endpoint("master_clients")], timeout=5.0)
-    m2 = MasterClient([second["master_clients"]], timeout=5.0)
+    m1 = MasterClient([stack.endpoint("master_clients")], stack.security(), timeout=5.0)
+    m2 = MasterClient([second["master_clients"]], stack.security(), timeout=5.0)
     wait_for(lambda: agent_ids(m1) == ["shared"] and agent_ids(m2) == ["shared"], 20, "both masters to see it")
     long = m1.exec(P.CmdSpec(argv=["sleep", "30"], cwd=str(tmp_path)))
     with pytest.raises(RequestError) as err:
@@ -231,7 +235,8 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path):
         [sys.executable, "-m", "p4bus", "--port-base", str(base), "run", "--", "seq", "1000000"],
         capture_output=True,
         cwd=REPO,
-        env=env,
+        # The key `up` made (and printed in its Try: line): the bus refuses everyone else.
+        env={**env, "P4BUS_KEY": str(tmp_path / "s" / "keys" / "operator.key_secret")},
         timeout=60,
     )
     assert done.returncode == 0 and done.stdout.endswith(b"\n1000000\n")

@@ -45,13 +45,14 @@ def test_restart_starts_the_same_agent_again_and_stop_ends_everything(stack: Sta
     stack.start("master")
     first = stack.start("agent", name="a1", extra={"agent": {"id": "a1"}})
     stack.wait_ready(ids=["a1"])
-    with MasterClient([stack.endpoint("master_clients")], timeout=5.0) as mc:
+    with MasterClient([stack.endpoint("master_clients")], stack.security(), timeout=5.0) as mc:
         (before,) = mc.agents()
         second = stack.restart("a1")
         assert first.returncode is not None and second.pid != first.pid
         assert second.log_path.name == "a1-2.log" and first.log_path.name == "a1.log"
         assert stack.proc("a1") is second
         # The master may still list the killed process as alive: the new one has a new epoch.
+        # It may also have been declared lost already (3 heartbeats of 0.2 s) and not be listed.
         wait_for(lambda: any(a.epoch != before.epoch for a in mc.agents()), 20, "the new agent process to register")
         reply = mc.exec(P.CmdSpec(argv=["true"], cwd=str(stack.tmp)))
         wait_for(lambda: mc.query([reply.cmd_id], agent="a1")[0].state == "done", 20, "the command on the new agent")

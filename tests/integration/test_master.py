@@ -11,9 +11,9 @@ import pytest
 import zmq
 
 from common import protocol as P
-from common import zmqutil
+from common import roles, zmqutil
 from common.rpc import MasterClient, RequestError
-from tests.conftest import wait_for
+from tests.conftest import Stack, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -24,9 +24,10 @@ MISSED_HEARTBEATS = 3  # docs/protocol.md: a peer is dead after 3 missed heartbe
 class FakeAgentPeer:
     """A real DEALER speaking the agent side of the protocol by hand."""
 
-    def __init__(self, endpoint: str, agent_id: str = "peer-1", workspaces=("ws",)) -> None:
+    def __init__(self, stack: Stack, agent_id: str = "peer-1", workspaces=("ws",)) -> None:
         self.ctx = zmq.Context.instance()
-        self.sock = zmqutil.dealer(self.ctx, endpoint, identity=agent_id.encode())
+        security = stack.security(agent_id, role=roles.AGENT)
+        self.sock = zmqutil.dealer(self.ctx, stack.endpoint("master_agents"), security, roles.MASTER)
         self.info = P.AgentInfo(
             agent_id=agent_id, host="h", pools=["default"], workspaces=list(workspaces), slots=2, epoch="e1"
         )
@@ -59,10 +60,13 @@ def master(stack):
     ctx = zmq.Context.instance()
     # Stand in for the broker: an XSUB bound where the master's PUB connects, subscribed to all.
     events = ctx.socket(zmq.XSUB)
+    broker = stack.security("broker")
+    assert broker is not None
+    broker.serve(events, roles.BROKER_PUBLISH)  # the master's PUB pins the broker's key
     events.bind(stack.endpoint("broker_xsub"))
     events.send(b"\x01")
     stack.start("master")
-    mc = MasterClient([stack.endpoint("master_clients")], timeout=2.0)
+    mc = MasterClient([stack.endpoint("master_clients")], stack.security(), timeout=2.0)
     wait_for(lambda: _pings(mc), what="master to answer")
     # A bound socket attaches a new peer (and sends it our subscription) only when its own
     # thread touches it, as the broker's loop always does.
@@ -95,7 +99,7 @@ def test_hello_listed_and_lost_after_missed_heartbeats(stack, master):
     lost no sooner than MISSED_HEARTBEATS intervals after it last spoke, while a peer that keeps
     sending heartbeats over the same span stays. (How soon after is speed: bench/, not here.)"""
     mc, events = master
-    beating = FakeAgentPeer(stack.endpoint("master_agents"), "beating")
+    beating = FakeAgentPeer(stack, "beating")
     beating.hello()
     up = _next_event(events, P.AgentUp)
     assert up.agent.agent_id == "beating" and up.topic == "agent.beating"
@@ -111,7 +115,7 @@ def test_hello_listed_and_lost_after_missed_heartbeats(stack, master):
 
     thread = threading.Thread(target=keep_beating, daemon=True)
     thread.start()
-    silent = FakeAgentPeer(stack.endpoint("master_agents"), "silent")
+    silent = FakeAgentPeer(stack, "silent")
     try:
         spoke = time.time()
         silent.hello()  # and nothing after it
@@ -135,7 +139,7 @@ def test_hello_listed_and_lost_after_missed_heartbeats(stack, master):
 
 def test_exec_forwarded_with_own_req_id_and_reply_relayed(stack, master):
     mc, _ = master
-    peer = FakeAgentPeer(stack.endpoint("master_agents"))
+    peer = FakeAgentPeer(stack)
     peer.hello()
     result = {}
     t = threading.Thread(target=lambda: result.update(r=mc.exec(P.CmdSpec(argv=["true"]), cmd_id="c1")))
@@ -175,11 +179,12 @@ def test_malformed_frames_answered_or_dropped_and_master_keeps_serving(stack, ma
     # Per endpoint: what the replies decode as, and a valid message whose answer comes after
     # every answer to what was sent before it (one peer, one loop, in order).
     endpoints = [
-        (stack.endpoint("master_clients"), P.Reply, P.Ping(req_id="fence"), P.Pong),
-        (stack.endpoint("master_agents"), P.MasterToAgent, P.Heartbeat(), P.Reregister),  # from a stranger
+        (stack.endpoint("master_clients"), "operator", roles.OPERATOR, P.Reply, P.Ping(req_id="fence"), P.Pong),
+        # from an agent that never said HELLO
+        (stack.endpoint("master_agents"), "stranger", roles.AGENT, P.MasterToAgent, P.Heartbeat(), P.Reregister),
     ]
-    for endpoint, kind, fence, fence_reply in endpoints:
-        s = zmqutil.dealer(ctx, endpoint)
+    for endpoint, key, role, kind, fence, fence_reply in endpoints:
+        s = zmqutil.dealer(ctx, endpoint, stack.security(key, role=role), roles.MASTER)
         for _i in range(200):
             frames = [os.urandom(rng.randrange(0, 64)) for _ in range(rng.choice([1, 1, 2, 3]))]
             s.send_multipart(frames)

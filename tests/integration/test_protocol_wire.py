@@ -8,7 +8,8 @@ import zmq
 
 from broker.client import ReplayClient
 from common import protocol as P
-from common import zmqutil
+from common import roles, zmqutil
+from common.auth import Security
 from common.rpc import MasterClient, RequestError
 from tests.conftest import wait_for
 
@@ -25,9 +26,9 @@ def _run_to_end(mc: MasterClient, argv: list[str]) -> P.CmdStatus:
     )
 
 
-def _raw_request(endpoint: str, frames: list[bytes]) -> dict:
+def _raw_request(endpoint: str, security: Security | None, role: str, frames: list[bytes]) -> dict:
     """Send raw frames from a DEALER, return the reply decoded as a plain msgpack map."""
-    sock = zmqutil.dealer(zmq.Context.instance(), endpoint)
+    sock = zmqutil.dealer(zmq.Context.instance(), endpoint, security, role)
     try:
         sock.send_multipart(frames)
         assert sock.poll(10_000), f"no reply from {endpoint}"
@@ -89,6 +90,8 @@ def test_omitted_defaults_on_the_wire(bus):
     stack, _ = bus
     reply = _raw_request(
         stack.endpoint("master_clients"),
+        stack.security(),
+        roles.MASTER,
         [P.encode(P.Query(req_id="q1", cmd_ids=["never-ran"], agent="a1"))],
     )
     assert reply["t"] == "query_r" and reply["req_id"] == "q1"
@@ -100,7 +103,7 @@ def test_job_id_is_dash_in_the_topic_and_empty_in_the_body(bus):
     stack, mc = bus
     status = _run_to_end(mc, ["echo", "hi"])
     prefix = f"cmd.-.{status.cmd_id}"
-    with ReplayClient(zmq.Context.instance(), stack.endpoint("broker_replay")) as replay:
+    with ReplayClient(zmq.Context.instance(), stack.endpoint("broker_replay"), stack.security()) as replay:
 
         def journalled() -> list[tuple[int, str, bytes]] | None:
             events = [e for page in replay.pages(prefix) for e in page]
@@ -123,13 +126,18 @@ def test_job_id_is_dash_in_the_topic_and_empty_in_the_body(bus):
 def test_error_replies_echo_the_req_id_they_can_recover(bus, endpoint_name, invalid):
     stack, _ = bus
     endpoint = stack.endpoint(endpoint_name)
+    server = roles.MASTER if endpoint_name == "master_clients" else roles.BROKER
     # A REQ socket's envelope: an empty delimiter frame, then the message.
-    reply = _raw_request(endpoint, [b"", P.encode(P.Ping(req_id="p-env"))])
+    reply = _raw_request(endpoint, stack.security(), server, [b"", P.encode(P.Ping(req_id="p-env"))])
     assert (reply["t"], reply["code"], reply["req_id"]) == ("error", "bad_frame", "p-env")
-    reply = _raw_request(endpoint, [msgspec.msgpack.encode(invalid)])
+    reply = _raw_request(endpoint, stack.security(), server, [msgspec.msgpack.encode(invalid)])
     assert (reply["t"], reply["code"], reply["req_id"]) == ("error", "bad_request", "p-bad")
-    reply = _raw_request(endpoint, [msgspec.msgpack.encode({"t": "nope", "req_id": "p-type"})])
+    reply = _raw_request(
+        endpoint, stack.security(), server, [msgspec.msgpack.encode({"t": "nope", "req_id": "p-type"})]
+    )
     assert (reply["code"], reply["req_id"]) == ("unknown_type", "p-type")
     # Unknown keys are ignored.
-    reply = _raw_request(endpoint, [msgspec.msgpack.encode({"t": "ping", "req_id": "p-ok", "extra": 1})])
+    reply = _raw_request(
+        endpoint, stack.security(), server, [msgspec.msgpack.encode({"t": "ping", "req_id": "p-ok", "extra": 1})]
+    )
     assert (reply["t"], reply["req_id"]) == ("pong", "p-ok")

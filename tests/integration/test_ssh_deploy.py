@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from ssh_support import processes_with
 
+from common import keys
 from common import protocol as P
 from common.rpc import MasterClient
 from p4bus.deploy.host import Host
@@ -72,6 +73,7 @@ def ssh_args(sshd) -> list[str]:
 def deploy_args(stack: Stack, sshd, wheelhouse: Path, remote: Path, *extra: str) -> list[str]:
     (stack.tmp / "ws").mkdir(exist_ok=True)
     return [
+        *bus_config(stack),
         "deploy-agent",
         sshd.url(),
         "--master",
@@ -89,6 +91,11 @@ def deploy_args(stack: Stack, sshd, wheelhouse: Path, remote: Path, *extra: str)
         *ssh_args(sshd),
         *extra,
     ]
+
+
+def bus_config(stack: Stack) -> list[str]:
+    """The bus's settings for the deploying CLI: its operator key and the keyring to authorize in."""
+    return ["--config", str(stack.config_file())]
 
 
 def agent_processes(remote: Path) -> list[str]:
@@ -113,10 +120,19 @@ def test_deploy_run_upgrade_remove(stack: Stack, sshd, wheelhouse: Path, remote:
     assert (first.returncode, first.stdout) == (0, "deployed-1\n"), first.stderr
     print(f"\nfirst deploy {time.monotonic() - t0:.1f}s: {first.stderr.strip()}")
     assert oct((remote / "agent.toml").stat().st_mode & 0o777) == "0o600"
+    # The agent's key was made on the host; the bus authorized its public half under its id and
+    # the host got the broker's and master's public keys to pin.
+    host_keys = remote / "state" / "keys"
+    assert oct((host_keys / "deployed-1.key_secret").stat().st_mode & 0o777) == "0o600"
+    bus_ring = keys.read(stack.config().keyring_path)
+    assert bus_ring["deployed-1"].role == "agent"
+    assert bus_ring["deployed-1"].public == keys.load_public(host_keys / "deployed-1.key")
+    assert not (stack.config().keys_path / "deployed-1.key_secret").exists()
+    assert keys.read(host_keys / "keyring.toml") == {n: bus_ring[n] for n in ("broker", "master")}
     # The deploy templates are package data: the deployed agent's own install has them too.
     installed = remote.glob("venv/lib/python3*/site-packages/p4bus/ops/deploy")
     assert [sorted(p.name for p in d.iterdir()) for d in installed] == [["agentctl", "p4bus-agent.service"]]
-    with MasterClient([stack.endpoint("master_clients")], timeout=5) as mc:
+    with MasterClient([stack.endpoint("master_clients")], stack.security(), timeout=5) as mc:
         status = run_on(mc, "deployed-1", ["sh", "-c", "echo hello from $0", "the deployed agent"])
         assert (status.exit_code, status.stdout) == (0, b"hello from the deployed agent\n")
         epoch = next(a.epoch for a in mc.agents() if a.agent_id == "deployed-1")
@@ -128,12 +144,14 @@ def test_deploy_run_upgrade_remove(stack: Stack, sshd, wheelhouse: Path, remote:
         assert (again.returncode, again.stdout) == (0, "deployed-1\n"), again.stderr
         print(f"upgrade {time.monotonic() - t0:.1f}s")
         assert "stopped agent deployed-1 (upgrade)" in again.stderr
+        assert keys.read(stack.config().keyring_path)["deployed-1"] == bus_ring["deployed-1"]  # the same key
         now = agent_processes(remote)
         assert len(now) == 1 and now != old
         assert next(a.epoch for a in mc.agents() if a.agent_id == "deployed-1") != epoch
         assert run_on(mc, "deployed-1", ["sh", "-c", "exit 3"]).exit_code == 3
 
         gone = p4bus(
+            *bus_config(stack),
             "deploy-agent",
             "--remove",
             sshd.url(),
@@ -163,6 +181,7 @@ def test_failures_are_one_precise_line(stack: Stack, sshd, wheelhouse: Path, rem
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong_key)], check=True)
     # ssh offers every IdentityFile it is given: leave the fixture's key out.
     line = fails(
+        *bus_config(stack),
         "deploy-agent",
         sshd.url(),
         "--master",
@@ -191,5 +210,13 @@ def test_failures_are_one_precise_line(stack: Stack, sshd, wheelhouse: Path, rem
     unreachable[unreachable.index("--master") + 1] = "tcp://127.0.0.1:1"
     line = fails(*unreachable, "--master-clients", stack.endpoint("master_clients"))
     assert "did not register" in line and "can reach tcp://127.0.0.1:1" in line, line
-    assert p4bus("deploy-agent", "--remove", sshd.url(), "--remote-dir", str(remote), *ssh_args(sshd)).returncode == 0
+    # Another host (another remote dir) under the same id makes its own key: refused, one line.
+    twin = deploy_args(stack, sshd, wheelhouse, stack.tmp / "twin", "--agent-id", "lonely", "--timeout", "3")
+    line = fails(*twin)
+    assert "lonely is already authorized" in line and "revoke lonely" in line, line
+    assert not (stack.tmp / "twin" / "agentctl").exists() and not agent_processes(stack.tmp / "twin")
+    removed = p4bus(
+        *bus_config(stack), "deploy-agent", "--remove", sshd.url(), "--remote-dir", str(remote), *ssh_args(sshd)
+    )
+    assert removed.returncode == 0
     assert not agent_processes(remote)

@@ -64,9 +64,10 @@ def test_agent_toml_is_a_config_the_agent_loads(tmp_path: Path) -> None:
         slots=2,
     )
     path = tmp_path / "agent.toml"
-    path.write_text(install.agent_toml(plan, "ws-07", "/srv/agent"))
+    path.write_text(install.agent_toml(plan, "ws-07", "/srv/agent", insecure=False))
     cfg = load(path, environ={})
-    assert cfg.state_dir == "/srv/agent/state"
+    assert cfg.state_dir == "/srv/agent/state" and not cfg.insecure
+    assert (cfg.keys_path, cfg.keyring_path.name) == (Path("/srv/agent/state/keys"), "keyring.toml")
     a = cfg.agent
     assert (a.id, a.masters, a.broker, a.pools, a.slots) == ("ws-07", plan.masters, plan.broker, ["linux"], 2)
     assert (a.workspace_roots, a.allowed_executables) == (['/work/p4 "quoted"'], ["p4"])
@@ -82,7 +83,7 @@ def test_agent_toml_holds_the_workspace_tables_given_on_the_command_line(tmp_pat
         workspaces=dict(install.workspace_table(w) for w in given),
     )
     path = tmp_path / "agent.toml"
-    path.write_text(install.agent_toml(plan, "h", "/srv/agent"))
+    path.write_text(install.agent_toml(plan, "h", "/srv/agent", insecure=False))
     a = load(path, environ={}).agent
     assert a.workspace("ws1") == AgentWorkspace(
         root="/work/p4/ws1", p4port="ssl:p4:1666", p4user="build", p4client="ws1-build", tickets="/srv/t"

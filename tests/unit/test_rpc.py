@@ -9,7 +9,7 @@ import pytest
 import zmq
 
 from common import protocol as P
-from common import zmqutil
+from common import roles, zmqutil
 from common.rpc import MasterClient, RequestError
 
 pytestmark = pytest.mark.timeout(20)
@@ -58,7 +58,7 @@ def wrong_server() -> Iterator[str]:
     """A real ROUTER that answers every request with a pong carrying its req_id."""
     ctx = zmq.Context.instance()
     port = zmqutil.free_port()
-    sock = zmqutil.router(ctx, f"tcp://127.0.0.1:{port}")
+    sock = zmqutil.router(ctx, f"tcp://127.0.0.1:{port}", None, roles.MASTER_CLIENTS)
     stop = threading.Event()
 
     def serve() -> None:
@@ -77,7 +77,7 @@ def wrong_server() -> Iterator[str]:
 
 
 def test_a_reply_of_the_wrong_type_is_a_request_error(wrong_server: str) -> None:
-    with MasterClient([wrong_server], timeout=5.0) as mc:
+    with MasterClient([wrong_server], None, timeout=5.0) as mc:
         assert mc.ping().source == "wrong"
         with pytest.raises(RequestError) as err:
             mc.query(["c1"])

@@ -21,10 +21,10 @@ def ctx() -> Iterator[zmq.Context]:
 def _sockets(ctx: zmq.Context) -> dict[str, zmq.Socket]:
     # Nothing listens on port 1: connecting sockets just wait, which is all this needs.
     return {
-        "router": zmqutil.router(ctx, "tcp://127.0.0.1:*"),
-        "dealer": zmqutil.dealer(ctx, "tcp://127.0.0.1:1"),
-        "pub": zmqutil.pub(ctx, "tcp://127.0.0.1:1"),
-        "sub": zmqutil.sub(ctx, "tcp://127.0.0.1:1"),
+        "router": zmqutil.router(ctx, "tcp://127.0.0.1:*", None, "test"),
+        "dealer": zmqutil.dealer(ctx, "tcp://127.0.0.1:1", None, "master"),
+        "pub": zmqutil.pub(ctx, "tcp://127.0.0.1:1", None),
+        "sub": zmqutil.sub(ctx, "tcp://127.0.0.1:1", None),
     }
 
 
@@ -49,7 +49,7 @@ def test_high_water_marks_follow_the_socket_role(ctx: zmq.Context) -> None:
     assert socks["dealer"].getsockopt(zmq.RCVHWM) == limits.CLIENT_RCVHWM
     assert socks["pub"].getsockopt(zmq.SNDHWM) == limits.EVENT_HWM
     assert socks["sub"].getsockopt(zmq.RCVHWM) == limits.EVENT_HWM
-    replay = zmqutil.router(ctx, "tcp://127.0.0.1:*", sndhwm=limits.REPLAY_SNDHWM)
+    replay = zmqutil.router(ctx, "tcp://127.0.0.1:*", None, "test", sndhwm=limits.REPLAY_SNDHWM)
     assert replay.getsockopt(zmq.SNDHWM) == limits.REPLAY_SNDHWM
 
 
