@@ -37,6 +37,11 @@ MAX_EVENT_BYTES = 1 * MiB
 # (2 x 64 KiB each) is 12.5 MiB, also inside.
 MAX_MSG_BYTES = 16 * MiB
 
+# ZMQ_MAXMSGSIZE is checked on the frame as it travels: under CURVE that is the message boxed in
+# a MESSAGE command (its name, a nonce, a flags byte and a 16-byte tag, 33 bytes). Each limit
+# above is on the message itself, so the sockets allow this much more.
+WIRE_OVERHEAD = 64
+
 # Subscriptions (the inbound side of XPUB and PUB) are topic prefixes; the longest real topic
 # (log.<job>.<cmd>.<stream>) is under 300 bytes. XPUB keeps every distinct subscription, so a
 # small cap also bounds what one subscriber can make the broker remember per message.

@@ -45,7 +45,7 @@ def _limit(sock: zmq.Socket) -> None:
     """Size limit and HWMs for the socket's type, and TCP keepalive. No ZMTP heartbeats
     (HEARTBEAT_IVL stays 0): with them libzmq 4.3 can abort the process (common/limits.py)."""
     max_msg, sndhwm, rcvhwm = _LIMITS[int(sock.type)]
-    sock.setsockopt(zmq.MAXMSGSIZE, max_msg)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_msg + limits.WIRE_OVERHEAD)
     sock.setsockopt(zmq.SNDHWM, sndhwm)
     sock.setsockopt(zmq.RCVHWM, rcvhwm)
     sock.setsockopt(zmq.TCP_KEEPALIVE, 1)

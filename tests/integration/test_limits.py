@@ -64,7 +64,7 @@ def test_oversized_frames_to_the_master_are_dropped_unread(bus):
     ctx = zmq.Context.instance()
     master = stack.proc("master")
     before = memory_kib(master.pid)
-    frame = b"x" * (limits.MAX_MSG_BYTES + 1)
+    frame = b"x" * (limits.MAX_MSG_BYTES + limits.WIRE_OVERHEAD + 1)
     operator = stack.security()
     attackers = [_attacker(ctx, zmq.DEALER, stack.endpoint("master_clients"), operator, roles.MASTER) for _ in range(3)]
     try:
