@@ -13,13 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import journalled
 
 from common import protocol as P
 from common.rpc import MasterClient
 from p4bus.harness.workspaces import SeededWorkspace, agent_settings, p4sim_path, seed_workspace
 from p4bus.runner import RunResult, run_command
 from tests.conftest import REPO, Stack, wait_for
+from tests.integration.conftest import journalled
 
 pytestmark = pytest.mark.timeout(120)
 
