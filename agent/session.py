@@ -37,7 +37,7 @@ from agent.executor import executor_for
 from agent.links import MasterLink
 from agent.pump import Pump, Started
 from agent.spool import Spool, SpoolEntry, valid_cmd_id
-from common import auth, logs, roles, zmqutil
+from common import auth, limits, logs, roles, zmqutil
 from common import protocol as proto
 from common.config import Config
 from common.ids import new_epoch
@@ -47,7 +47,6 @@ RECENT_S = 600.0
 RECENT_MAX = 1000
 # Per wake-up and socket, so one chatty master cannot starve the other.
 DRAIN_BATCH = 256
-MAX_FETCH = 4 << 20
 # Refusals remembered (in memory only) for Query and duplicate Execs.
 REFUSED_MAX = 1000
 # libzmq never reconnects a socket whose handshake failed (a process squatting on the master's
@@ -241,6 +240,11 @@ class Agent:
             link.send(self._hello(), now, "hello")
 
     def _request(self, req: proto.Exec | proto.Kill | proto.Query | proto.Fetch) -> proto.Base:
+        # The master refuses these already; checked again so that no master (of any version)
+        # can make the agent read its spool long enough to miss its own heartbeats.
+        over = proto.over_limit(req)
+        if over:
+            return proto.ErrorReply(req_id=req.req_id, code="bad_request", message=over)
         try:
             if isinstance(req, proto.Exec):
                 return self._exec(req)
@@ -392,8 +396,8 @@ class Agent:
             )
         # Asked before reading: a result written means the output files are final.
         finished = self.spool.read_result(req.cmd_id) is not None
-        data, total = self.spool.read_range(req.cmd_id, req.stream, req.offset, min(req.size, MAX_FETCH))
-        # Complete only when nothing is left to read: a read capped at MAX_FETCH is not.
+        data, total = self.spool.read_range(req.cmd_id, req.stream, req.offset, min(req.size, limits.MAX_FETCH_BYTES))
+        # Complete only when nothing is left to read: a read capped at MAX_FETCH_BYTES is not.
         complete = finished and req.offset + len(data) >= total
         return proto.FetchReply(
             req_id=req.req_id,

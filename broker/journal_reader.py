@@ -43,8 +43,9 @@ class JournalReader:
     def page(self, prefix: str, after: int, since_ts: float, limit: int, max_bytes: int) -> Page:
         """Events with topic starting with ``prefix``, id > after, ts >= since_ts, by id.
 
-        A page ends after ``limit`` events or once ``max_bytes`` of bodies are in it (always at
-        least one event), so a page of 256 KiB chunks stays a reasonable message.
+        A page ends after ``limit`` events or before the event that would take its bodies past
+        ``max_bytes`` (a first event bigger than that makes a page alone), so a reply is never
+        larger than the larger of ``max_bytes`` and one event, whatever a client asks for.
         """
         db = self._db
         self._segments.sweep()
@@ -76,7 +77,7 @@ class JournalReader:
             last = after
             more = False
             for rid, topic, publisher, body, seg, off, length in cur:
-                if len(events) >= limit or (events and size >= max_bytes):
+                if len(events) >= limit or (events and size + length > max_bytes):
                     more = True
                     break
                 scanned += 1

@@ -24,12 +24,12 @@ import zmq
 
 from broker.journal_schema import Row
 from broker.journal_writer import JournalWriter
-from common import logs, protocol, roles, zmqutil
+from common import limits, logs, protocol, roles, zmqutil
 from common.auth import Security
 
 log = logs.get("broker.proxy")
 
-# Events handled per socket per wakeup before the other socket gets a turn.
+# Subscriptions handled per wakeup before the events get a turn.
 DRAIN_MAX = 2000
 POLL_MS = 100
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -118,9 +118,12 @@ class Proxy:
         # copy=False: bodies (up to 256 KiB) go to XPUB and SQLite without a Python copy.
         recv, send = self.xsub.recv, self.xpub.send
         rows: list[Row] = []
+        size = 0
         c = self.counters
         now = time.time()
-        for _ in range(DRAIN_MAX):
+        for _ in range(limits.BROKER_BATCH_EVENTS):
+            if size >= limits.BROKER_BATCH_BYTES:
+                break  # the rest waits in the XSUB queue, bounded by its HWM
             try:
                 frames = [recv(_NOBLOCK, copy=False)]
             except zmq.Again:
@@ -141,6 +144,7 @@ class Proxy:
             send(self._publisher_frame(publisher), 0)
             c.events_out += 1
             rows.append(row)
+            size += len(row.body)
         if rows:
             self.journal.submit(rows)
 

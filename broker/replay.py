@@ -18,14 +18,12 @@ from collections.abc import Callable
 import zmq
 
 from broker.journal_reader import JournalReader
-from common import logs, protocol, roles, zmqutil
+from common import limits, logs, protocol, roles, zmqutil
 from common.auth import Guard, Security
 
 log = logs.get("broker.replay")
 
 POLL_MS = 100
-MAX_LIMIT = 10_000
-PAGE_BYTES = 8 << 20
 BARRIER_TIMEOUT_S = 5.0
 
 
@@ -40,7 +38,8 @@ class ReplayServer:
         source: str,
         security: Security | None,
     ) -> None:
-        self.sock = zmqutil.router(ctx, endpoint, security, roles.BROKER_REPLAY)
+        # Pages are big, so fewer are queued per client (common/limits.py).
+        self.sock = zmqutil.router(ctx, endpoint, security, roles.BROKER_REPLAY, sndhwm=limits.REPLAY_SNDHWM)
         self._guard = Guard(security, roles.BROKER_REPLAY)
         self._reader_factory = reader_factory
         self._barrier = barrier
@@ -91,7 +90,9 @@ class ReplayServer:
         if not self._barrier(BARRIER_TIMEOUT_S):
             # Still answer: the page is complete up to what is committed, the client catches up later.
             log.warning("replay.barrier_timeout", timeout_s=BARRIER_TIMEOUT_S)
-        page = reader.page(req.prefix, req.after, req.since_ts, min(req.limit, MAX_LIMIT), PAGE_BYTES)
+        page = reader.page(
+            req.prefix, req.after, req.since_ts, min(req.limit, limits.REPLAY_MAX_EVENTS), limits.REPLAY_PAGE_BYTES
+        )
         return protocol.ReplayPage(
             req_id=req.req_id,
             events=page.events,

@@ -20,6 +20,8 @@ from typing import Any, Generic, Literal, NamedTuple, TypeVar, cast, get_args
 
 import msgspec
 
+from common import limits
+
 PROTOCOL_VERSION = 1
 
 STDOUT = 1
@@ -153,7 +155,8 @@ class FetchReply(Base, tag="fetch_r"):
     data: bytes
     total: int  # bytes in the spool for that stream so far
     # The command has finished and data reaches the end of the stream: nothing more to read.
-    # (An agent returns at most 4 MiB per reply, so a finished command's read may be incomplete.)
+    # (An agent returns at most limits.MAX_FETCH_BYTES per reply, so a finished command's read
+    # may be incomplete.)
     complete: bool
 
 
@@ -547,9 +550,30 @@ def decode_routed(frames: list[bytes], kind: Any) -> tuple[bytes | None, Any, Er
         )
     identity, frame = frames
     try:
-        return identity, decode(frame, kind), None
+        msg = decode(frame, kind)
     except ProtocolError as exc:
         return identity, None, ErrorReply(req_id=req_id_of(frame), code=exc.code, message=exc.message)
+    over = over_limit(msg)
+    if over:
+        return identity, None, ErrorReply(req_id=msg.req_id, code="bad_request", message=over)
+    return identity, msg, None
+
+
+def over_limit(msg: Base) -> str:
+    """Why a well-formed request is larger than a service will serve ("" when it is not): the
+    caps of common/limits.py that a request cannot be paged around. ("Up to" sizes -- a
+    fetch's ``size``, a replay's ``limit`` -- are clamped by the server instead.)"""
+    if isinstance(msg, Query) and len(msg.cmd_ids) > limits.MAX_QUERY_IDS:
+        return (
+            f"query names {len(msg.cmd_ids)} command ids, over the limit of {limits.MAX_QUERY_IDS} "
+            "per request (MAX_QUERY_IDS): ask in batches"
+        )
+    if isinstance(msg, Replay) and len(msg.prefix.encode()) > limits.MAX_SUBSCRIPTION_BYTES:
+        return (
+            f"replay prefix is {len(msg.prefix.encode())} bytes, over the limit of "
+            f"{limits.MAX_SUBSCRIPTION_BYTES} (MAX_SUBSCRIPTION_BYTES): no topic is that long"
+        )
+    return ""
 
 
 def reply_to(req: Request[R], reply: Base) -> R:

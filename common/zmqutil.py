@@ -1,4 +1,5 @@
-"""Socket set-up in one place: CURVE, linger, ROUTER_MANDATORY/HANDOVER, ZMTP heartbeats, HWMs.
+"""Socket set-up in one place: CURVE, linger, ROUTER_MANDATORY/HANDOVER, size limits, HWMs,
+keepalive.
 
 Every factory takes the process's ``Security`` (None only under ``insecure = true``): a server
 socket becomes a CURVE server in its ZAP domain, a client pins the key of the server role it
@@ -14,16 +15,20 @@ from typing import Any, NamedTuple
 
 import zmq
 
-from common import protocol, roles
+from common import limits, protocol, roles
 from common.auth import Guard, Security, user_id
 
 LINGER_MS = 500
-# ZMTP heartbeats kill half-open TCP connections (a peer that vanished without FIN).
-ZMTP_IVL_MS = 2000
-ZMTP_TIMEOUT_MS = 6000
-# Events are notifications backed by durable owners, but we still want a generous queue
-# so a burst of output does not drop on a briefly slow subscriber.
-EVENT_HWM = 200_000
+
+# Per socket type: (largest inbound frame, SNDHWM, RCVHWM); common/limits.py says why.
+_LIMITS: dict[int, tuple[int, int, int]] = {
+    zmq.ROUTER: (limits.MAX_MSG_BYTES, limits.SERVER_SNDHWM, limits.SERVER_RCVHWM),
+    zmq.DEALER: (limits.MAX_MSG_BYTES, limits.CLIENT_SNDHWM, limits.CLIENT_RCVHWM),
+    zmq.XSUB: (limits.MAX_EVENT_BYTES, limits.BROKER_RCVHWM, limits.BROKER_RCVHWM),
+    zmq.XPUB: (limits.MAX_SUBSCRIPTION_BYTES, limits.BROKER_SNDHWM, limits.BROKER_RCVHWM),
+    zmq.PUB: (limits.MAX_SUBSCRIPTION_BYTES, limits.EVENT_HWM, limits.CLIENT_RCVHWM),
+    zmq.SUB: (limits.MAX_EVENT_BYTES, limits.CLIENT_SNDHWM, limits.EVENT_HWM),
+}
 
 
 class BindError(RuntimeError):
@@ -32,10 +37,21 @@ class BindError(RuntimeError):
 
 def _common(sock: zmq.Socket) -> zmq.Socket:
     sock.setsockopt(zmq.LINGER, LINGER_MS)
-    sock.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_IVL_MS)
-    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMTP_TIMEOUT_MS)
-    sock.setsockopt(zmq.HEARTBEAT_TTL, ZMTP_TIMEOUT_MS)
+    _limit(sock)
     return sock
+
+
+def _limit(sock: zmq.Socket) -> None:
+    """Size limit and HWMs for the socket's type, and TCP keepalive. No ZMTP heartbeats
+    (HEARTBEAT_IVL stays 0): with them libzmq 4.3 can abort the process (common/limits.py)."""
+    max_msg, sndhwm, rcvhwm = _LIMITS[int(sock.type)]
+    sock.setsockopt(zmq.MAXMSGSIZE, max_msg + limits.WIRE_OVERHEAD)
+    sock.setsockopt(zmq.SNDHWM, sndhwm)
+    sock.setsockopt(zmq.RCVHWM, rcvhwm)
+    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, limits.TCP_KEEPALIVE_IDLE_S)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, limits.TCP_KEEPALIVE_INTVL_S)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, limits.TCP_KEEPALIVE_CNT)
 
 
 def _bind(sock: zmq.Socket, bind: str, security: Security | None, domain: str) -> zmq.Socket:
@@ -60,15 +76,22 @@ def _connect(sock: zmq.Socket, connect: str, security: Security | None, server_r
     return sock
 
 
-def router(ctx: zmq.Context, bind: str, security: Security | None, domain: str, handover: bool = True) -> zmq.Socket:
+def router(
+    ctx: zmq.Context,
+    bind: str,
+    security: Security | None,
+    domain: str,
+    handover: bool = True,
+    sndhwm: int = limits.SERVER_SNDHWM,
+) -> zmq.Socket:
     """``handover``: a peer reconnecting under its routing id takes it over at once. Off where
     peers do not choose their routing ids (the master's agents socket), so nobody can take
-    over another peer's routing id."""
+    over another peer's routing id. ``sndhwm``: replies queued per peer; set before binding,
+    as the listener copies the options its connections get."""
     sock = _common(ctx.socket(zmq.ROUTER))
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     sock.setsockopt(zmq.ROUTER_HANDOVER, int(handover))
-    sock.setsockopt(zmq.SNDHWM, 100_000)
-    sock.setsockopt(zmq.RCVHWM, 100_000)
+    sock.setsockopt(zmq.SNDHWM, sndhwm)
     return _bind(sock, bind, security, domain)
 
 
@@ -87,13 +110,11 @@ def dealer(
         sock.setsockopt(zmq.IMMEDIATE, 1)
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-    sock.setsockopt(zmq.SNDHWM, 100_000)
     return _connect(sock, connect, security, server_role)
 
 
 def pub(ctx: zmq.Context, connect: str, security: Security | None) -> zmq.Socket:
     sock = _common(ctx.socket(zmq.PUB))
-    sock.setsockopt(zmq.SNDHWM, EVENT_HWM)
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
     return _connect(sock, connect, security, roles.BROKER)
@@ -103,7 +124,6 @@ def sub(
     ctx: zmq.Context, connect: str, security: Security | None, prefixes: list[str] | tuple[str, ...] = ("",)
 ) -> zmq.Socket:
     sock = _common(ctx.socket(zmq.SUB))
-    sock.setsockopt(zmq.RCVHWM, EVENT_HWM)
     for p in prefixes:
         sock.setsockopt(zmq.SUBSCRIBE, p.encode())
     return _connect(sock, connect, security, roles.BROKER)
@@ -111,10 +131,7 @@ def sub(
 
 def proxy_end(ctx: zmq.Context, kind: int, bind: str, security: Security | None, domain: str) -> zmq.Socket:
     """The broker's XSUB (publishers connect) or XPUB (subscribers connect)."""
-    sock = _common(ctx.socket(kind))
-    sock.setsockopt(zmq.SNDHWM, EVENT_HWM)
-    sock.setsockopt(zmq.RCVHWM, EVENT_HWM)
-    return _bind(sock, bind, security, domain)
+    return _bind(_common(ctx.socket(kind)), bind, security, domain)
 
 
 def drain(sock: zmq.Socket, handler: Callable[[list[Any]], None], limit: int = 10_000, copy: bool = True) -> None:

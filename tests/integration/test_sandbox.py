@@ -40,7 +40,7 @@ class Sandbox:
         for service in ("broker", "master", "agent"):
             stack.start(service)
         stack.wait_ready(agents=1, ids=["a1"])
-        self.mc = MasterClient([stack.endpoint("master_clients")], timeout=5.0)
+        self.mc = MasterClient([stack.endpoint("master_clients")], stack.security(), timeout=5.0)
 
     def exec(self, argv: list[str], job_id: str = "", **spec: object) -> P.ExecReply:
         cmd = P.CmdSpec(argv=argv, **spec)  # type: ignore[arg-type]
@@ -127,7 +127,7 @@ def test_known_secrets_are_redacted_from_events_spool_and_fetch(sandbox: Sandbox
     assert (done.status.stdout_bytes, done.status.stderr_bytes) == (len(want[0]), len(want[1]))
     cmd = sandbox.spool / done.status.cmd_id
     assert ((cmd / "stdout").read_bytes(), (cmd / "stderr").read_bytes()) == want
-    chunks = journalled(sandbox.stack.endpoint("broker_replay"), "log.", P.LogChunk)
+    chunks = journalled(sandbox.stack.endpoint("broker_replay"), sandbox.stack.security(), "log.", P.LogChunk)
     assert chunks and not [c for c in chunks if SECRET[:6].encode() in c.data]
     # The start of a secret that nothing completes goes out as it is, once held long enough.
     sandbox.run(["sh", "-c", f"printf %s {SECRET[:6]}; sleep 1.5; echo done"], cwd=root)
@@ -164,7 +164,7 @@ def test_up_writes_nothing_that_others_can_read(tmp_path: Path) -> None:
             [sys.executable, "-m", "p4bus", "--port-base", str(base), "run", "--", "echo", "hello"],
             capture_output=True,
             cwd=REPO,
-            env=env,
+            env={**env, "P4BUS_KEY": str(state / "keys" / "operator.key_secret")},
             timeout=60,
         )
         assert done.returncode == 0 and done.stdout == b"hello\n", done.stderr
@@ -205,6 +205,10 @@ def test_the_events_of_a_refused_exec_are_published(sandbox: Sandbox) -> None:
     reply = sandbox.exec(["p4", "-u", "admin", "info"], job_id="j1")
     replay = sandbox.stack.endpoint("broker_replay")
     done = wait_for(
-        lambda: [e for e in journalled(replay, "cmd.j1.", P.CmdDone) if e.cmd_id == reply.cmd_id], 10, "the CmdDone"
+        lambda: [
+            e for e in journalled(replay, sandbox.stack.security(), "cmd.j1.", P.CmdDone) if e.cmd_id == reply.cmd_id
+        ],
+        10,
+        "the CmdDone",
     )
     assert "switches the user" in done[0].status.error

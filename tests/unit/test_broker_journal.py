@@ -450,3 +450,22 @@ def test_restart_repairs_an_older_segment_too(jr: Journal) -> None:
     lost = set(in_first)
     assert jr.read() == [e for e in got if e[0] not in lost]
     assert not first.exists()  # no row pointed at it any more
+
+
+def test_a_page_never_carries_more_than_its_byte_cap(jr: Journal) -> None:
+    """Bodies stop before the one that would pass ``max_bytes``; one bigger than the cap alone
+    still makes a page of its own (no event is unreachable)."""
+    events = [(f"log.J.c{i}", os.urandom(n)) for i, n in enumerate([300, 300, 300, 900, 100, 100])]
+    jr.write(events)
+    reader = JournalReader(jr.path)
+    try:
+        sizes, after = [], 0
+        while True:
+            page = reader.page("", after, 0, 100, 700)
+            sizes.append([len(b) for _i, _t, b in page.events])
+            after = page.last_id
+            if not page.more:
+                break
+    finally:
+        reader.close()
+    assert sizes == [[300, 300], [300], [900], [100, 100]]
