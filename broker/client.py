@@ -14,9 +14,12 @@ Splice algorithm (``history_then_live``), for any subscriber that wants "everyth
    subscription became active, up to and including that live event. While a prefix has not
    seen a live event yet, catch up whenever the stream is idle (backing off to 2 s), so a quiet
    topic's events published during subscription set-up are not held back.
-4. Deduplicate by (source, epoch, kind, seq): per (source, kind, epoch) ``seq`` grows by one per
-   event and the broker forwards and journals in the same order, so an event is new exactly
-   when its seq is above the highest yielded one.
+4. Deduplicate by (publisher, source, epoch, kind, seq): per (source, kind, epoch) ``seq`` grows
+   by one per event and the broker forwards and journals in the same order, so an event is new
+   exactly when its seq is above the highest yielded one. The authenticated publisher (the
+   broker's third frame, "" on an insecure bus) is part of the key, so an event forged under
+   another publisher's source, with a huge seq, cannot make that publisher's real events look
+   like duplicates.
 5. A live hole (seq jumps, e.g. a subscriber queue overflowed) triggers a catch-up before the
    event is yielded -- but only when the subscription covers the whole topic kind (``""``,
    ``"log."``...): seq counts per kind, so under a narrower prefix (``log.JOB.``) jumps are
@@ -127,8 +130,9 @@ class ReplayClient:
         since_ts: float = 0.0,
         idle_s: float = 0.2,
         timeout_s: float = 10.0,
-    ) -> Generator[protocol.Event, None, None]:
-        """Journal history, then live events, without gap or duplicate (module docstring).
+    ) -> Generator[protocol.Delivered, None, None]:
+        """Journal history, then live events, without gap or duplicate (module docstring), each
+        with its authenticated publisher.
 
         Runs until the caller stops iterating (``close()`` the generator to release sockets).
         """
@@ -146,13 +150,13 @@ class ReplayClient:
                         wait_s = min(wait_s * 2, IDLE_MAX_S)
                     continue
                 try:
-                    ev = protocol.decode_event(sub.recv_multipart())
+                    got = protocol.decode_delivered(sub.recv_multipart())
                 except protocol.ProtocolError:
                     continue  # the broker drops malformed events; nothing else can send here
-                if splice.needs_catch_up(ev):
+                if splice.needs_catch_up(got):
                     yield from splice.catch_up()
-                if splice.admit(ev):
-                    yield ev
+                if splice.admit(got):
+                    yield got
         finally:
             sub.close()
             splice.client.close()
@@ -179,33 +183,41 @@ class _Splice:
         self.since_ts = since_ts
         self.cursor = dict.fromkeys(prefixes, 0)
         self.unconfirmed = set(prefixes)  # no live event seen yet: subscription maybe not active
-        self.last_seq: dict[tuple[str, str, str], int] = {}
+        self.last_seq: dict[tuple[str, str, str, str], int] = {}
 
-    def catch_up(self) -> Iterator[protocol.Event]:
+    def catch_up(self) -> Iterator[protocol.Delivered]:
         """Yield new journalled events after the cursors, all prefixes merged in journal order.
 
         Every prefix is read up to one horizon, the journal head when the catch-up starts; else
         a prefix read later could yield an event newer than ones another prefix still lacks.
         """
         horizon = self.client.page(self.prefixes[0], after=_BEYOND_HEAD).head_id
-        for _id, topic, body in heapq.merge(*(self._stream(p, horizon) for p in self.prefixes)):
+        for _id, topic, body, publisher in heapq.merge(*(self._stream(p, horizon) for p in self.prefixes)):
             try:
-                ev = protocol.decode_event([topic.encode(), body])
+                got = protocol.decode_delivered([topic.encode(), body, publisher.encode()])
             except protocol.ProtocolError:
                 continue  # only well-formed events are journalled; be lenient anyway
-            if self.admit(ev):
-                yield ev
+            if self.admit(got):
+                yield got
 
-    def _stream(self, prefix: str, horizon: int) -> Iterator[tuple[int, str, bytes]]:
+    def _stream(self, prefix: str, horizon: int) -> Iterator[tuple[int, str, bytes, str]]:
         while self.cursor[prefix] < horizon:
             page = self.client.page(prefix, self.cursor[prefix], self.since_ts)
-            yield from (e for e in page.events if e[0] <= horizon)
+            # A broker that predates publishers sends none: "", as on an insecure bus.
+            publishers = page.publishers or [""] * len(page.events)
+            if len(publishers) != len(page.events):
+                raise ReplayError(
+                    "bad_reply",
+                    f"replay page has {len(page.events)} events but {len(publishers)} publishers",
+                )
+            yield from ((i, t, b, p) for (i, t, b), p in zip(page.events, publishers, strict=True) if i <= horizon)
             # At the end, nothing of this prefix lies between last_id and head_id (one snapshot).
             self.cursor[prefix] = min(horizon, page.last_id if page.more else max(page.last_id, page.head_id))
             if not page.more:
                 return
 
-    def needs_catch_up(self, ev: protocol.Event) -> bool:
+    def needs_catch_up(self, got: protocol.Delivered) -> bool:
+        ev = got.event
         prefix = next(p for p in self.prefixes if ev.topic.startswith(p))
         if prefix in self.unconfirmed:
             self.unconfirmed.discard(prefix)
@@ -213,12 +225,13 @@ class _Splice:
         kind = topics.kind(ev.topic)
         if not any((kind + ".").startswith(p) for p in self.prefixes):
             return False  # a narrower subscription: seq jumps are expected
-        last = self.last_seq.get((ev.source, kind, ev.epoch))
+        last = self.last_seq.get((got.publisher, ev.source, kind, ev.epoch))
         return ev.seq > (last + 1 if last is not None else 1)
 
-    def admit(self, ev: protocol.Event) -> bool:
-        """True (and remembered) if ``ev`` was not yielded before."""
-        key = (ev.source, topics.kind(ev.topic), ev.epoch)
+    def admit(self, got: protocol.Delivered) -> bool:
+        """True (and remembered) if the event was not yielded before."""
+        ev = got.event
+        key = (got.publisher, ev.source, topics.kind(ev.topic), ev.epoch)
         if ev.seq <= self.last_seq.get(key, 0):
             return False
         self.last_seq[key] = ev.seq

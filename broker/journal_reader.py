@@ -23,6 +23,7 @@ TOPIC_MAX = "\U0010ffff"
 @dataclass
 class Page:
     events: list[tuple[int, str, bytes]]
+    publishers: list[str]  # of each event, in the same order (protocol.ReplayPage)
     last_id: int
     head_id: int
     more: bool
@@ -59,22 +60,23 @@ class JournalReader:
                 # Only the ids come from the topic index, sorted as integers; the rows are then
                 # read for the page alone (a sort over the rows of a whole job log would be wasteful).
                 cur = db.execute(
-                    "SELECT e.id, e.topic, e.body, e.seg, e.off, e.len FROM events e WHERE e.id IN ("
+                    "SELECT e.id, e.topic, e.publisher, e.body, e.seg, e.off, e.len FROM events e WHERE e.id IN ("
                     " SELECT id FROM events WHERE topic >= ? AND topic < ? AND id > ? ORDER BY id LIMIT ?"
                     ") ORDER BY e.id",
                     (prefix, prefix + TOPIC_MAX, after, limit + 1),
                 )
             else:
                 cur = db.execute(
-                    "SELECT id, topic, body, seg, off, len FROM events WHERE id > ? ORDER BY id LIMIT ?",
+                    "SELECT id, topic, publisher, body, seg, off, len FROM events WHERE id > ? ORDER BY id LIMIT ?",
                     (after, limit + 1),
                 )
             events: list[tuple[int, str, bytes]] = []
+            publishers: list[str] = []
             size = 0
             scanned = 0
             last = after
             more = False
-            for rid, topic, body, seg, off, length in cur:
+            for rid, topic, publisher, body, seg, off, length in cur:
                 if len(events) >= limit or (events and size + length > max_bytes):
                     more = True
                     break
@@ -87,6 +89,7 @@ class JournalReader:
                         # journal any more, as if pruned before the request.
                         continue
                 events.append((rid, topic, body))
+                publishers.append(publisher)
                 size += length
             cur.close()
             # Every fetched row was consumed but some were gone: there may be rows past them.
@@ -94,4 +97,4 @@ class JournalReader:
             head = head_id(db)
         finally:
             db.execute("COMMIT")
-        return Page(events, last, head, more)
+        return Page(events, publishers, last, head, more)

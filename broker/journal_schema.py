@@ -1,7 +1,7 @@
 """The event journal's storage: every event that passed through the broker.
 
-An index row per event in SQLite (WAL): id, ts, topic, source, epoch, seq and where the body
-is. Bodies larger than INLINE_MAX bytes (log chunks) are appended to segment files beside the
+An index row per event in SQLite (WAL): id, ts, topic, source, epoch, seq, the authenticated
+publisher and where the body is. Bodies larger than INLINE_MAX bytes (log chunks) are appended to segment files beside the
 database (``broker.segments``: one writev per batch, no fsync, removed a whole file at a time);
 small bodies (job, cmd, agent events) stay inline in the row, where a replay page reads them
 with the rows. So a log byte is written once, to the page cache, instead of twice (WAL, then
@@ -34,7 +34,7 @@ from common.config import BrokerConf
 
 log = logs.get("broker.journal")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Bodies up to this size stay inline in their row; larger ones go to a segment. Measured on
 # 100,000 events of 150 bytes, inline or in segments cost the same to write and to replay
 # (within this machine's noise); inline keeps small-event replay free of preads and lets a
@@ -64,6 +64,10 @@ CREATE TABLE IF NOT EXISTS events (
     "CREATE INDEX IF NOT EXISTS events_ts ON events(ts)",
 )
 
+# Version 3: the key name the broker authenticated each event's publisher by (the ZAP User-Id;
+# "" on an insecure bus, and for rows journalled before version 3, whose publisher nobody knows).
+PUBLISHER_COLUMN = "ALTER TABLE events ADD COLUMN publisher TEXT NOT NULL DEFAULT ''"
+
 
 class Row(NamedTuple):
     ts: float
@@ -72,6 +76,7 @@ class Row(NamedTuple):
     epoch: str
     seq: int
     body: bytes | memoryview  # the published body frame, exactly
+    publisher: str  # the authenticated publisher's key name ("" on an insecure bus)
 
 
 def journal_path(cfg_broker: BrokerConf, state_dir: Path) -> Path:
@@ -97,20 +102,26 @@ def head_id(db: sqlite3.Connection) -> int:
 
 
 def _migrate(db: sqlite3.Connection) -> None:
-    """Create the schema, or bring a version-1 journal (every body inline, no seg/off/len
-    columns) to version 2: its rows simply become inline rows."""
-    if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+    """Create the schema, or bring an older journal up to SCHEMA_VERSION one step at a time: a
+    version-1 journal (every body inline, no seg/off/len columns) to version 2, where its rows
+    simply become inline rows; a version-2 journal to version 3 (the publisher column)."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version >= SCHEMA_VERSION:
         return
     db.execute("BEGIN IMMEDIATE")
     try:
         columns = {row[1] for row in db.execute("PRAGMA table_info(events)")}
-        if columns and "seg" not in columns:
-            for column in ("seg", "off", "len"):
-                db.execute(f"ALTER TABLE events ADD COLUMN {column} INTEGER")
-            db.execute("UPDATE events SET len = length(body)")
-            log.info("journal.migrated", to_version=SCHEMA_VERSION)
-        for statement in SCHEMA:
-            db.execute(statement)
+        if version < 2:
+            if columns and "seg" not in columns:
+                for column in ("seg", "off", "len"):
+                    db.execute(f"ALTER TABLE events ADD COLUMN {column} INTEGER")
+                db.execute("UPDATE events SET len = length(body)")
+            for statement in SCHEMA:
+                db.execute(statement)
+        if version < 3:
+            db.execute(PUBLISHER_COLUMN)
+        if columns:
+            log.info("journal.migrated", from_version=version, to_version=SCHEMA_VERSION)
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         db.execute("COMMIT")
     except BaseException:

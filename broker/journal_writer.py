@@ -58,8 +58,8 @@ SEGMENT_BYTES = 64 << 20
 MIN_SEGMENT_BYTES = 64 << 10
 
 
-# An events row as inserted: id, ts, topic, source, epoch, seq, body, seg, off, len.
-_Params = tuple[int, float, str, str, str, int, bytes | memoryview, int | None, int | None, int]
+# An events row as inserted: id, ts, topic, source, epoch, seq, publisher, body, seg, off, len.
+_Params = tuple[int, float, str, str, str, int, str, bytes | memoryview, int | None, int | None, int]
 
 
 def segment_bytes(conf: BrokerConf) -> int:
@@ -268,20 +268,24 @@ class JournalWriter:
             for i, r in enumerate(rows):
                 size = len(r.body)
                 if size <= INLINE_MAX:
-                    params.append((first + i, r.ts, r.topic, r.source, r.epoch, r.seq, r.body, None, None, size))
+                    params.append(
+                        (first + i, r.ts, r.topic, r.source, r.epoch, r.seq, r.publisher, r.body, None, None, size)
+                    )
                     continue
                 if seg is None:
                     seg = self._segment_for_append(first + i)
                     start = off = seg.size
-                params.append((first + i, r.ts, r.topic, r.source, r.epoch, r.seq, b"", seg.first_id, off, size))
+                params.append(
+                    (first + i, r.ts, r.topic, r.source, r.epoch, r.seq, r.publisher, b"", seg.first_id, off, size)
+                )
                 bodies.append(r.body)
                 off += size
             if seg is not None:
                 seg.append(bodies)  # before the commit: a committed row never points past the end
             db.execute("BEGIN")
             db.executemany(
-                "INSERT INTO events(id, ts, topic, source, epoch, seq, body, seg, off, len)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO events(id, ts, topic, source, epoch, seq, publisher, body, seg, off, len)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 params,
             )
             db.execute("COMMIT")

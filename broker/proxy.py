@@ -1,8 +1,15 @@
 """The XSUB/XPUB proxy: forwards subscriptions upstream and events downstream, journalling each.
 
-Not ``zmq.proxy``: every event must also reach the journal, and malformed ones must be dropped.
-The loop drains each readable socket in a batch (NOBLOCK until EAGAIN, bounded per wakeup so
-subscriptions are never starved) and hands the journal one list per batch.
+Not ``zmq.proxy``: every event must also reach the journal, malformed ones must be dropped, and
+each is stamped with who published it. The loop drains each readable socket in a batch
+(NOBLOCK until EAGAIN, bounded per wakeup so subscriptions are never starved) and hands the
+journal one list per batch.
+
+Publishers send ``[topic, body]``; subscribers get ``[topic, body, publisher]``, the publisher
+being the key name ZAP authenticated the sending connection by (the frame's User-Id property),
+which the body cannot forge. A publisher that sends three frames itself is dropped like any
+malformed event, so it cannot name a publisher of its choosing. On an insecure bus (no CURVE,
+so no User-Id) the publisher is "".
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ class ProxyCounters:
     events_in: int = 0  # valid events received (counted before forwarding: the replay barrier)
     events_out: int = 0  # handed to XPUB
     bad_frames: int = 0  # malformed events and subscription frames, dropped
+    unauthenticated: int = 0  # events without a User-Id on a CURVE socket (should stay 0), dropped
 
 
 class Proxy:
@@ -74,6 +82,9 @@ class Proxy:
         # The journal wants every event, whoever subscribes downstream: subscribe to all.
         # XSUB reference-counts subscriptions, so a subscriber's "" unsubscribe cannot cancel it.
         self.xsub.send(b"\x01")
+        # Without a security mechanism libzmq attaches no User-Id at all (asking raises).
+        self.authenticated = self.xsub.getsockopt(zmq.MECHANISM) != zmq.NULL
+        self._publisher_frames: dict[str, bytes] = {}
 
     def close(self) -> None:
         self.xsub.close()
@@ -119,21 +130,43 @@ class Proxy:
                 break
             while frames[-1].more:  # a message arrives whole: the other frames are already here
                 frames.append(recv(0, copy=False))
-            row = self._validate(frames, now)
+            publisher = self._publisher(frames[0])
+            if publisher is None:
+                c.unauthenticated += 1
+                continue
+            row = self._validate(frames, now, publisher)
             if row is None:
                 c.bad_frames += 1
                 continue
             c.events_in += 1
             send(frames[0], _SNDMORE, copy=False)
-            send(frames[1], 0, copy=False)
+            send(frames[1], _SNDMORE, copy=False)
+            send(self._publisher_frame(publisher), 0)
             c.events_out += 1
             rows.append(row)
             size += len(row.body)
         if rows:
             self.journal.submit(rows)
 
+    def _publisher(self, frame: zmq.Frame) -> str | None:
+        """The key name the connection this frame came in on was authenticated by; "" on an
+        insecure bus; None if a secure socket somehow delivered it without one."""
+        if not self.authenticated:
+            return ""
+        try:
+            return str(frame.get("User-Id")) or None
+        except zmq.ZMQError:
+            return None
+
+    def _publisher_frame(self, publisher: str) -> bytes:
+        # One bytes object per publisher, not an encode per event.
+        frame = self._publisher_frames.get(publisher)
+        if frame is None:
+            frame = self._publisher_frames[publisher] = publisher.encode()
+        return frame
+
     @staticmethod
-    def _validate(frames: list[zmq.Frame], now: float) -> Row | None:
+    def _validate(frames: list[zmq.Frame], now: float, publisher: str) -> Row | None:
         """The journal row for a well-formed event, None for anything else."""
         if len(frames) != 2:
             return None
@@ -145,4 +178,4 @@ class Proxy:
             return None
         if head.t not in EVENT_TAGS or head.topic != topic:
             return None
-        return Row(now, topic, head.source, head.epoch, head.seq, body)
+        return Row(now, topic, head.source, head.epoch, head.seq, body, publisher)

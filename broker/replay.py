@@ -94,7 +94,12 @@ class ReplayServer:
             req.prefix, req.after, req.since_ts, min(req.limit, limits.REPLAY_MAX_EVENTS), limits.REPLAY_PAGE_BYTES
         )
         return protocol.ReplayPage(
-            req_id=req.req_id, events=page.events, last_id=page.last_id, head_id=page.head_id, more=page.more
+            req_id=req.req_id,
+            events=page.events,
+            publishers=page.publishers,
+            last_id=page.last_id,
+            head_id=page.head_id,
+            more=page.more,
         )
 
     def _send(self, identity: bytes, reply: protocol.Base) -> None:

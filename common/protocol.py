@@ -7,13 +7,16 @@ any language needs only a msgpack decoder (docs/protocol.md is the human-readabl
 Frame layouts
 - request/reply sockets (agent DEALER <-> master ROUTER, client DEALER <-> orchestrator/
   replay ROUTER): one frame, a msgpack map; ROUTERs see ``[identity, frame]``.
-- events (PUB/XSUB/XPUB): two frames ``[topic, body]``; the topic is UTF-8 text and also
-  appears inside the body, so a journalled body is self-describing.
+- events: a publisher (PUB -> broker XSUB) sends two frames ``[topic, body]``; the topic is
+  UTF-8 text and also appears inside the body, so a journalled body is self-describing. The
+  broker (XPUB -> SUB) adds a third, ``[topic, body, publisher]``: the name of the key that
+  authenticated the publisher's connection ("" on an insecure bus). The body is the
+  publisher's word; the third frame is the broker's.
 """
 
 from __future__ import annotations
 
-from typing import Any, Generic, Literal, TypeVar, cast, get_args
+from typing import Any, Generic, Literal, NamedTuple, TypeVar, cast, get_args
 
 import msgspec
 
@@ -395,6 +398,9 @@ class ReplayPage(Base, tag="replay_r"):
     last_id: int  # highest id in this page (or ``after`` if empty)
     head_id: int  # newest id in the journal when the page was read
     more: bool
+    # publishers[i] is the authenticated publisher of events[i] ("" on an insecure bus). A list
+    # beside ``events`` rather than a fourth tuple element: a reader that predates it ignores it.
+    publishers: list[str] = []
 
 
 class StatsReply(Base, tag="stats_r"):
@@ -496,13 +502,35 @@ def encode_event(ev: EventBase) -> list[bytes]:
     return [ev.topic.encode(), _encoder.encode(ev)]
 
 
-def decode_event(frames: list[bytes]) -> Event:
-    if len(frames) != 2:
-        raise ProtocolError("bad_frame", f"an event has 2 frames (topic, body), got {len(frames)}")
+class Delivered(NamedTuple):
+    """An event as a subscriber receives it from the broker."""
+
+    event: Event
+    # The key name the broker authenticated the publisher by ("" on an insecure bus, or for an
+    # event that did not come through a broker). Unlike ``event.source`` it cannot be forged.
+    publisher: str
+
+
+def decode_delivered(frames: list[bytes]) -> Delivered:
+    """``[topic, body, publisher]`` from the broker, or a publisher's own ``[topic, body]``
+    (publisher "")."""
+    if len(frames) not in (2, 3):
+        raise ProtocolError(
+            "bad_frame", f"an event has 2 frames (topic, body) or 3 (topic, body, publisher), got {len(frames)}"
+        )
     ev = decode(frames[1], Event)
     if ev.topic.encode() != frames[0]:
         raise ProtocolError("bad_frame", f"topic frame {frames[0]!r} does not match body topic {ev.topic!r}")
-    return ev
+    try:
+        publisher = frames[2].decode() if len(frames) == 3 else ""
+    except UnicodeDecodeError:
+        raise ProtocolError("bad_frame", f"publisher frame {frames[2]!r} is not UTF-8") from None
+    return Delivered(ev, publisher)
+
+
+def decode_event(frames: list[bytes]) -> Event:
+    """The event alone, for readers that do not act on who published it."""
+    return decode_delivered(frames).event
 
 
 def decode_routed(frames: list[bytes], kind: Any) -> tuple[bytes | None, Any, ErrorReply | None]:

@@ -25,6 +25,7 @@ class Stamper:
 
 @dataclass
 class Gap:
+    publisher: str
     source: str
     kind: str
     epoch: str
@@ -34,17 +35,23 @@ class Gap:
 
 @dataclass
 class GapDetector:
-    """Tracks the last seq seen per (source, kind); reports holes and duplicates.
+    """Tracks the last seq seen per (publisher, source, kind); reports holes and duplicates.
+
+    ``publisher`` is the broker's authenticated name of whoever published the event ("" on an
+    insecure bus). Keying on it means an event forged under someone else's ``source`` counts
+    against the forger: a seq of 10**15 cannot make the real publisher's events look old.
 
     A new epoch for a source resets its counter: the publisher restarted, which the
     subscriber should treat like a hole of unknown size (reconcile with the owner).
     """
 
-    last: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
+    last: dict[tuple[str, str, str], tuple[str, int]] = field(default_factory=dict)
 
-    def observe(self, source: str, topic: str, epoch: str, seq: int) -> tuple[bool, Gap | None, bool]:
+    def observe(
+        self, source: str, topic: str, epoch: str, seq: int, publisher: str = ""
+    ) -> tuple[bool, Gap | None, bool]:
         """Returns (is_new, gap, epoch_changed). is_new is False for a duplicate/old event."""
-        key = (source, topics.kind(topic))
+        key = (publisher, source, topics.kind(topic))
         prev = self.last.get(key)
         if prev is None or prev[0] != epoch:
             self.last[key] = (epoch, seq)
@@ -53,5 +60,5 @@ class GapDetector:
         if seq <= last_seq:
             return False, None, False
         self.last[key] = (epoch, seq)
-        gap = Gap(source, key[1], epoch, last_seq + 1, seq - 1) if seq > last_seq + 1 else None
+        gap = Gap(publisher, source, key[2], epoch, last_seq + 1, seq - 1) if seq > last_seq + 1 else None
         return True, gap, False

@@ -22,6 +22,7 @@ from common.sequence import GapDetector
 from orchestrator.dispatcher import Dispatcher
 from orchestrator.engine import Effects, Engine, JobError
 from orchestrator.store import OPEN, CmdState, Store
+from orchestrator.trust import EarlyEvents, source_forged
 
 log = logs.get("orchestrator")
 
@@ -47,10 +48,19 @@ class Orchestrator:
         self.id = f"orchestrator-{ids.host_id()}"
         self.events = Publisher(zmqutil.pub(self.ctx, cfg.endpoint("broker_xsub"), security), self.id, ids.new_epoch())
         self.gaps = GapDetector()
+        self.early = EarlyEvents()
+        self._insecure_logged = False
+        self._refused: dict[tuple[str, str], int] = {}  # (counter, publisher) -> dropped, for the log's rate
         self.unreachable_since: dict[str, float] = {}
         self.counters = {
             "events": 0,
             "bad_events": 0,
+            # Dropped: an agent's event published under another key than the agent's own.
+            "forged_events": 0,
+            # Dropped: a command's event from an agent other than the one it was sent to.
+            "wrong_agent_events": 0,
+            # Dropped as seen before (seq not above the last one of its publisher, source and kind).
+            "duplicate_events": 0,
             "requests": 0,
             "bad_requests": 0,
             "dispatches": 0,
@@ -108,6 +118,9 @@ class Orchestrator:
                 self.reconcile(agent)
             self.execute(self.engine.auto_recheck(now))
             self.execute(self.engine.schedule())
+            if self.early.held:
+                pending = {c.cmd_id for c in self.store.open_commands() if c.state == CmdState.PENDING}
+                self.counters["wrong_agent_events"] += self.early.forget(pending)
         if now - self._last_prune >= 3600:
             # A duplicate event arrives within seconds or minutes (replays, resends); a day of
             # handled-event records is plenty to recognise one.
@@ -146,6 +159,11 @@ class Orchestrator:
         for cmd_id, reply in replies:
             if isinstance(reply, P.ExecReply):
                 self.execute(self.engine.on_dispatched(cmd_id, reply))
+                # Events that came before this reply, now that it names the command's agent.
+                mine, others = self.early.release(cmd_id, reply.agent)
+                self.counters["wrong_agent_events"] += others
+                for got in mine:
+                    self.on_command_event(got)
             else:
                 self.engine.on_dispatch_refused(cmd_id, reply.message)
 
@@ -217,19 +235,25 @@ class Orchestrator:
 
     def on_event_frames(self, frames: list[bytes]) -> None:
         try:
-            ev = P.decode_event(frames)
+            got = P.decode_delivered(frames)
         except P.ProtocolError:
             self.counters["bad_events"] += 1
             return
         self.counters["events"] += 1
-        kind = topics.kind(ev.topic)
-        is_new, gap, restarted = self.gaps.observe(ev.source, ev.topic, ev.epoch, ev.seq)
-        if not is_new:
+        ev, publisher = got
+        if not publisher:
+            self._note_insecure()
+        elif source_forged(ev, publisher):
+            self._refuse("forged_events", got)
             return
-        if isinstance(ev, P.CmdDone):
-            self.done(ev.status, stamp=(ev.source, ev.epoch, kind, ev.seq))
-        elif isinstance(ev, P.CmdStarted):
-            self.execute(self.engine.on_started(ev.cmd_id, ev.agent, ev.ts))
+        kind = topics.kind(ev.topic)
+        # Keyed on the publisher: a forged seq only ever counts against its own key.
+        is_new, gap, restarted = self.gaps.observe(ev.source, ev.topic, ev.epoch, ev.seq, publisher)
+        if not is_new:
+            self.counters["duplicate_events"] += 1
+            return
+        if isinstance(ev, P.CmdDone | P.CmdStarted):
+            self.on_command_event(got)
         elif isinstance(ev, P.AgentUp):
             self.reconcile(ev.agent.agent_id)
         elif isinstance(ev, P.AgentLost):
@@ -239,6 +263,50 @@ class Orchestrator:
         if (gap or restarted) and kind == topics.CMD:
             # We missed cmd events from this agent: its spool knows what they said.
             self.reconcile(ev.source)
+
+    def on_command_event(self, got: P.Delivered) -> None:
+        """A command's cmd_started or cmd_done, acted on only if it comes from the agent the
+        command was sent to (held until the dispatch reply says which one that is)."""
+        ev = got.event
+        assert isinstance(ev, P.CmdDone | P.CmdStarted)
+        if got.publisher:
+            cmd = self.store.command(ev.cmd_id)
+            if cmd is None or cmd.state not in OPEN:
+                return  # not one of ours (p4bus run), or finished: nothing to act on
+            if cmd.state == CmdState.PENDING and not cmd.agent:
+                if not self.early.hold(ev.cmd_id, got):
+                    self._refuse("wrong_agent_events", got)
+                return
+            if cmd.agent != got.publisher:
+                self._refuse("wrong_agent_events", got, sent_to=cmd.agent)
+                return
+        if isinstance(ev, P.CmdDone):
+            self.done(ev.status, stamp=(ev.source, ev.epoch, topics.kind(ev.topic), ev.seq))
+        else:
+            self.execute(self.engine.on_started(ev.cmd_id, ev.agent, ev.ts))
+
+    def _refuse(self, counter: str, got: P.Delivered, **why: str) -> None:
+        """Count a dropped event; log the first of each key, then one line per thousand, so a
+        forger cannot flood the log."""
+        self.counters[counter] += 1
+        n = self._refused[(counter, got.publisher)] = self._refused.get((counter, got.publisher), 0) + 1
+        if n == 1 or n % 1000 == 0:
+            log.warning(
+                f"event.{counter}",
+                key=got.publisher,
+                source=got.event.source,
+                topic=got.event.topic,
+                dropped_from_this_key=n,
+                **why,
+            )
+
+    def _note_insecure(self) -> None:
+        if not self._insecure_logged:
+            self._insecure_logged = True
+            log.warning(
+                "events.unauthenticated",
+                detail="the broker names no publisher (insecure bus): event sources are taken on trust",
+            )
 
     def publish(self, job_id: str) -> None:
         try:

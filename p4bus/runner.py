@@ -78,9 +78,11 @@ class CommandFollower:
             except zmq.Again:
                 return None
             try:
-                ev = P.decode_event(frames)
+                ev, publisher = P.decode_delivered(frames)
             except P.ProtocolError:
                 continue
+            if publisher and publisher != self.agent:
+                continue  # not from the agent running it (the broker authenticated who sent it)
             if isinstance(ev, P.LogChunk) and ev.cmd_id == self.cmd_id:
                 self.out.chunk(ev.stream, ev.offset, ev.data)
             elif isinstance(ev, P.CmdDone) and ev.cmd_id == self.cmd_id:

@@ -35,6 +35,10 @@ class Cursor:
         return out, None
 
 
+class MissingOutput(RuntimeError):
+    """The spool has no bytes where the command's output should continue."""
+
+
 Fetcher = Callable[[int, int, int], tuple[bytes, int]]  # (stream, offset, size) -> (data, total)
 Sink = Callable[[int, bytes], None]  # (stream, data)
 
@@ -63,7 +67,10 @@ class OutputAssembler:
         while cur.next < upto:
             data, _total = self.fetch(stream, cur.next, min(upto - cur.next, 4 << 20))
             if not data:
-                raise RuntimeError(f"spool has no bytes at offset {cur.next} of stream {stream}")
+                raise MissingOutput(
+                    f"the agent's spool has no {P.STREAM_NAMES[stream]} bytes at offset {cur.next} "
+                    f"(expected up to {upto})"
+                )
             self.fetched_bytes += len(data)
             out, _ = cur.accept(cur.next, data)
             self.sink(stream, out)

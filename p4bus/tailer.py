@@ -2,6 +2,15 @@
 
 Every command's output goes through an OutputAssembler, so a byte range the journal or the
 live stream lacks is fetched from the agent's spool: no gap, no duplicate.
+
+Events are claims; the orchestrator and the spools are the truth. A command's events are taken
+only from the agent the orchestrator's timeline says runs it (the broker names each event's
+authenticated publisher; "" on an insecure bus, where the body is all there is), job events only
+from a key the keyring gives the orchestrator's role, and a job event that claims an end is
+checked with the orchestrator before the tail stops. So an event forged by another key changes
+nothing printed but one note naming the key; a command event the orchestrator's timeline does
+not explain yet is dropped, and whatever it would have delivered comes from the spool when a
+later chunk or the command's end shows the gap.
 """
 
 from __future__ import annotations
@@ -11,12 +20,12 @@ from collections.abc import Callable
 import zmq
 
 from broker.client import history_then_live
-from common import auth, topics
+from common import auth, roles, topics
 from common import protocol as P
 from common.config import Config
 from common.rpc import MasterClient, OrchestratorClient, RequestError
 from p4bus.render import END_STATES, LogPrinter
-from p4bus.stream import OutputAssembler
+from p4bus.stream import MissingOutput, OutputAssembler
 
 
 class JobTail:
@@ -33,7 +42,8 @@ class JobTail:
         self.outputs: dict[str, OutputAssembler] = {}
         self.finished: set[str] = set()
         self.runs: dict[str, P.StageRun] = {}
-        self.agents: dict[str, str] = {}
+        self.broken: set[str] = set()  # commands whose spool could not fill a gap
+        self.ignored: set[str] = set()  # keys whose events about this job's commands were ignored
 
     def close(self) -> None:
         self.orch.close()
@@ -51,28 +61,74 @@ class JobTail:
             prefixes,
         )
         try:
-            for ev in stream:
+            for ev, publisher in stream:
                 if isinstance(ev, P.JobChanged):
-                    if ev.job_id != self.job_id:
+                    if ev.job_id != self.job_id or not self._from_an_orchestrator(publisher):
                         continue
                     if self.on_state:
                         self.on_state(ev)
                     if ev.state in until:
-                        view = self.orch.job(self.job_id)
+                        view = self.orch.job(self.job_id)  # the event is a claim; the orchestrator knows
                         if view.state in until:
                             self._complete(view)
                             return view
-                elif isinstance(ev, P.LogChunk) and ev.job_id == self.job_id:
-                    self._output(ev.cmd_id).chunk(ev.stream, ev.offset, ev.data)
-                elif isinstance(ev, P.CmdStarted) and ev.job_id == self.job_id:
-                    self.agents[ev.cmd_id] = ev.agent
-                    self._output(ev.cmd_id)
-                elif isinstance(ev, P.CmdDone) and ev.job_id == self.job_id:
-                    self.agents[ev.cmd_id] = ev.status.agent
-                    self._finish(ev.cmd_id, ev.status)
+                elif (
+                    isinstance(ev, P.LogChunk | P.CmdStarted | P.CmdDone)
+                    and ev.job_id == self.job_id
+                    and self._from_its_agent(ev.cmd_id, publisher)
+                ):
+                    self._command_event(ev)
         finally:
             stream.close()
         return view
+
+    def _from_an_orchestrator(self, publisher: str) -> bool:
+        """True if the keyring gives ``publisher`` the orchestrator's role (any, on an insecure bus)."""
+        if not publisher:
+            return True
+        if self.security is not None and self.security.role_of(publisher) == roles.ORCHESTRATOR:
+            return True
+        if publisher not in self.ignored:
+            self.ignored.add(publisher)
+            self.printer.note(f"ignoring job events published by key {publisher}: not an orchestrator's key")
+        return False
+
+    def _from_its_agent(self, cmd_id: str, publisher: str) -> bool:
+        """True if ``publisher`` is the agent the orchestrator says runs ``cmd_id`` (any, on an
+        insecure bus). A command not known or not placed yet is looked up again."""
+        if not publisher:
+            return True
+        run = self.runs.get(cmd_id)
+        if run is None or not run.agent:
+            self._refresh_runs()
+            run = self.runs.get(cmd_id)
+        if run is not None and run.agent in (publisher, ""):
+            return run.agent == publisher  # not placed yet: the spool fills in what is dropped
+        if publisher not in self.ignored:
+            # Once per key: someone is publishing about this job's commands who does not run them.
+            self.ignored.add(publisher)
+            why = f"it runs on {run.agent}" if run is not None else "no such command in this job"
+            self.printer.note(f"ignoring events about {cmd_id} published by key {publisher}: {why}")
+        return False
+
+    def _command_event(self, ev: P.LogChunk | P.CmdStarted | P.CmdDone) -> None:
+        if isinstance(ev, P.LogChunk):
+            self._guarded(ev.cmd_id, lambda out: out.chunk(ev.stream, ev.offset, ev.data))
+        elif isinstance(ev, P.CmdStarted):
+            self._guarded(ev.cmd_id, lambda _out: None)
+        else:
+            self._finish(ev.cmd_id, ev.status)
+
+    def _guarded(self, cmd_id: str, step: Callable[[OutputAssembler], None]) -> None:
+        """Feed a command's output; a gap its spool cannot fill is said once, not raised."""
+        if cmd_id in self.broken:
+            return
+        try:
+            step(self._output(cmd_id))
+        except (MissingOutput, RequestError) as exc:
+            # The job's outcome matters more than one command's bytes: say so and carry on.
+            self.broken.add(cmd_id)
+            self.printer.note(f"output of {cmd_id} is incomplete: {exc}")
 
     def _output(self, cmd_id: str) -> OutputAssembler:
         out = self.outputs.get(cmd_id)
@@ -88,22 +144,22 @@ class JobTail:
 
     def _run(self, cmd_id: str) -> P.StageRun | None:
         if cmd_id not in self.runs:
-            for r in self.orch.job(self.job_id).timeline:
-                self.runs[r.cmd_id] = r
+            self._refresh_runs()
         return self.runs.get(cmd_id)
 
+    def _refresh_runs(self) -> None:
+        for r in self.orch.job(self.job_id).timeline:
+            self.runs[r.cmd_id] = r
+
     def _fetch(self, cmd_id: str, stream: int, offset: int, size: int) -> tuple[bytes, int]:
-        agent = self.agents.get(cmd_id)
-        if not agent:
-            run = self._run(cmd_id)
-            agent = run.agent if run else None
-        r = self.masters.fetch(cmd_id, stream, offset, size, agent=agent or None)
+        run = self._run(cmd_id)
+        r = self.masters.fetch(cmd_id, stream, offset, size, agent=run.agent if run and run.agent else None)
         return r.data, r.total
 
     def _finish(self, cmd_id: str, status: P.CmdStatus) -> None:
         if cmd_id in self.finished:
             return
-        self._output(cmd_id).finish(status)
+        self._guarded(cmd_id, lambda out: out.finish(status))
         self.finished.add(cmd_id)
 
     def _complete(self, view: P.JobView) -> None:
@@ -112,7 +168,6 @@ class JobTail:
             if run.cmd_id in self.finished or run.state in ("PENDING", "CANCELLED") or not run.agent:
                 continue
             self.runs[run.cmd_id] = run
-            self.agents.setdefault(run.cmd_id, run.agent)
             try:
                 status = self.masters.query([run.cmd_id], agent=run.agent)[0]
             except RequestError:

@@ -43,7 +43,10 @@ def parse_since(text: str, now: float | None = None) -> float:
 @click.option("--since", default="all", help="History from: 'all' (default), 10m, 2h, 1d, an ISO time, 'now'.")
 @click.pass_obj
 def events(obj: Ctx, prefixes: tuple[str, ...], since: str) -> None:
-    """Journal history, then live events, as JSON lines (bytes fields are base64)."""
+    """Journal history, then live events, as JSON lines (bytes fields are base64).
+
+    Each line is the event's body plus ``publisher``: the key the broker authenticated its
+    publisher by ("" on an insecure bus). The body's ``source`` is only what the publisher wrote."""
     cfg = obj.cfg()
     since_ts = time.time() if since == "now" else parse_since(since)
     enc = msgspec.json.Encoder()
@@ -57,8 +60,8 @@ def events(obj: Ctx, prefixes: tuple[str, ...], since: str) -> None:
         since_ts=since_ts,
     )
     try:
-        for ev in stream:
-            out.write(enc.encode(ev) + b"\n")
+        for ev, publisher in stream:
+            out.write(enc.encode(msgspec.to_builtins(ev) | {"publisher": publisher}) + b"\n")
             out.flush()
     except (ReplayError, ReplayTimeout) as exc:
         raise UserError(f"broker at {cfg.endpoint('broker_replay')}: {exc} (is `p4bus broker` running?)") from None

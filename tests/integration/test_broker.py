@@ -35,7 +35,8 @@ class Bus:
         self.proc = stack.start("broker", extra=extra)
         self.replay = ReplayClient(self.ctx, stack.endpoint("broker_replay"), stack.security(), timeout_s=10)
         self.replay.ping()  # the DEALER delivers once the broker has bound: waits for readiness
-        self.pub = zmqutil.pub(self.ctx, stack.endpoint("broker_xsub"), stack.security("master"))
+        self.publisher = "master"  # the key it publishes with: the broker names it in every event
+        self.pub = zmqutil.pub(self.ctx, stack.endpoint("broker_xsub"), stack.security(self.publisher))
         self.sub = zmqutil.sub(self.ctx, stack.endpoint("broker_xpub"), stack.security(), subscribe)
         self.stamper = Stamper("test-pub", ids.new_epoch())
         self.connect()
@@ -65,8 +66,11 @@ class Bus:
         return frames
 
     def recv(self, timeout: float = 5.0) -> list[bytes]:
+        """The next event's [topic, body] (the third frame, its publisher, is checked and dropped)."""
         assert self.sub.poll(int(timeout * 1000)), "no event from the broker"
-        return self.sub.recv_multipart()
+        topic, body, publisher = self.sub.recv_multipart()
+        assert publisher == self.publisher.encode()
+        return [topic, body]
 
     def drain_until(self, topic: str) -> bool:
         """Read (and discard) events up to one on ``topic``; False if none is queued."""
@@ -410,7 +414,7 @@ def test_history_then_live_splices_without_gap_or_duplicate(bus: Bus, prefixes: 
     )
     got: list[P.Event] = []
     try:
-        for ev in stream:
+        for ev, _publisher in stream:
             if ev.topic.endswith(".S.c"):  # not the probes
                 got.append(ev)
             if len(got) == total:
@@ -429,9 +433,9 @@ def test_history_then_live_quiet_topic(bus: Bus) -> None:
         bus.ctx, bus.stack.endpoint("broker_xpub"), bus.stack.endpoint("broker_replay"), bus.stack.security(), ["job.Q"]
     )
     try:
-        history = [next(stream) for _ in old]
+        history = [next(stream).event for _ in old]
         assert [P.encode(ev) for ev in history] == [f[1] for f in old]
         live = bus.publish("job.Q")
-        assert P.encode(next(stream)) == live[1]
+        assert P.encode(next(stream).event) == live[1]
     finally:
         stream.close()

@@ -14,7 +14,7 @@ import pytest
 from broker import segments as S
 from broker.journal_reader import JournalReader
 from broker.journal_retention import dead_segments
-from broker.journal_schema import INLINE_MAX, Row
+from broker.journal_schema import INLINE_MAX, SCHEMA, SCHEMA_VERSION, Row
 from broker.journal_writer import JournalWriter
 from common.config import BrokerConf
 from tests.conftest import wait_for
@@ -42,12 +42,14 @@ class Journal:
         w.start()
         return w
 
-    def write(self, events: list[tuple[str, bytes]], batch: int = 7) -> None:
+    def write(self, events: list[tuple[str, bytes]], batch: int = 7, publisher: str = "agent-1") -> None:
         """Submit in batches (memoryviews, as the proxy hands over zmq frame buffers) and wait
         until the writer has committed (or dropped) them."""
         for i in range(0, len(events), batch):
             chunk = events[i : i + batch]
-            self.writer.submit([Row(time.time(), t, "src", "ep", n, memoryview(b)) for n, (t, b) in enumerate(chunk)])
+            self.writer.submit(
+                [Row(time.time(), t, "src", "ep", n, memoryview(b), publisher) for n, (t, b) in enumerate(chunk)]
+            )
             self.submitted += len(chunk)
         self.sent += events
         assert self.writer.wait_done(self.submitted, 10)
@@ -61,12 +63,19 @@ class Journal:
     def read(
         self, prefix: str = "", after: int = 0, limit: int = 1000, max_bytes: int = 8 << 20
     ) -> list[tuple[int, str, bytes]]:
+        return [(i, t, b) for i, t, b, _p in self.read_published(prefix, after, limit, max_bytes)]
+
+    def read_published(
+        self, prefix: str = "", after: int = 0, limit: int = 1000, max_bytes: int = 8 << 20
+    ) -> list[tuple[int, str, bytes, str]]:
+        """Every page's events with their publishers: (id, topic, body, publisher)."""
         reader = JournalReader(self.path)
         try:
             out = []
             while True:
                 page = reader.page(prefix, after, 0, limit, max_bytes)
-                out += page.events
+                assert len(page.publishers) == len(page.events)
+                out += [(*e, p) for e, p in zip(page.events, page.publishers, strict=True)]
                 after = page.last_id
                 if not page.more:
                     return out
@@ -279,7 +288,7 @@ def test_a_failed_segment_write_drops_the_batch_and_the_writer_goes_on(jr: Journ
 
     monkeypatch.setattr(S.os, "writev", failing)
     lost = [("log.J.c", b) for b in bodies(2, 2000, 3000, seed=5)]
-    jr.submit([Row(time.time(), t, "s", "e", 1, b) for t, b in lost])
+    jr.submit([Row(time.time(), t, "s", "e", 1, b, "") for t, b in lost])
     assert jr.writer.counters.journal_dropped == 2
     assert jr.segment_bytes() == size  # the partial write was cut back
     after = [("log.J.c", b) for b in bodies(2, 2000, 3000, seed=6)]
@@ -336,11 +345,63 @@ def test_a_version_1_journal_is_migrated_in_place(tmp_path: Path) -> None:
         assert [i for i, _t, _b in got] == [1, 2, 3]
     finally:
         j.close()
-    j = Journal(tmp_path)  # and opens again as version 2
+    j = Journal(tmp_path)  # and opens again as the current version
     try:
         assert [(t, b) for _i, t, b in j.read()] == old + new
+        # Who published the old rows nobody knows: ""; the new row's publisher is kept.
+        assert [p for *_e, p in j.read_published()] == ["", "", "agent-1"]
+        assert _user_version(j.path) == SCHEMA_VERSION == 3
     finally:
         j.close()
+
+
+def _user_version(path: Path) -> int:
+    db = sqlite3.connect(path)
+    try:
+        version: int = db.execute("PRAGMA user_version").fetchone()[0]
+        return version
+    finally:
+        db.close()
+
+
+def test_a_version_2_journal_gains_the_publisher_column(tmp_path: Path) -> None:
+    """Version 2 as released (SCHEMA, user_version 2): its rows keep their ids and bodies and
+    read back with publisher ""; events written from now on keep theirs."""
+    path = tmp_path / "journal.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    for statement in SCHEMA:
+        db.execute(statement)
+    db.execute("PRAGMA user_version=2")
+    db.execute(
+        "INSERT INTO events(ts, topic, source, epoch, seq, body, len) VALUES (?,?,?,?,?,?,?)",
+        (time.time(), "job.J", "orchestrator-h", "e", 1, b"v2 row", 6),
+    )
+    db.close()
+    j = Journal(tmp_path)
+    try:
+        j.write([("cmd.J.c", b"done")], publisher="agent-7")
+        assert j.read_published() == [(1, "job.J", b"v2 row", ""), (2, "cmd.J.c", b"done", "agent-7")]
+        assert _user_version(path) == 3
+    finally:
+        j.close()
+
+
+def test_publishers_come_back_with_their_events_inline_and_in_segments(jr: Journal) -> None:
+    small, big = b"inline", os.urandom(INLINE_MAX * 4)
+    jr.write([("cmd.J.c1", small), ("log.J.c1", big)], publisher="agent-1")
+    jr.write([("cmd.J.c2", small), ("log.J.c2", big)], publisher="forger")
+    jr.write([("job.J", small)], publisher="")
+    want = [
+        ("cmd.J.c1", small, "agent-1"),
+        ("log.J.c1", big, "agent-1"),
+        ("cmd.J.c2", small, "forger"),
+        ("log.J.c2", big, "forger"),
+        ("job.J", small, ""),
+    ]
+    assert [(t, b, p) for _i, t, b, p in jr.read_published()] == want
+    assert [(t, b, p) for _i, t, b, p in jr.read_published(limit=1)] == want  # page by page
+    assert [(t, p) for _i, t, _b, p in jr.read_published("log.")] == [("log.J.c1", "agent-1"), ("log.J.c2", "forger")]
 
 
 def test_a_failed_first_write_to_a_new_segment_removes_it(jr: Journal, monkeypatch) -> None:
@@ -356,7 +417,10 @@ def test_a_failed_first_write_to_a_new_segment_removes_it(jr: Journal, monkeypat
     # ids 1 (inline) and 2 (a body): the segment started for id 2 must not survive the failure,
     # since the next batch's first body is id 1 (ids of a dropped batch are reused).
     jr.submit(
-        [Row(time.time(), "job.J", "s", "e", 1, b"small"), Row(time.time(), "log.J.c", "s", "e", 2, os.urandom(5000))]
+        [
+            Row(time.time(), "job.J", "s", "e", 1, b"small", ""),
+            Row(time.time(), "log.J.c", "s", "e", 2, os.urandom(5000), ""),
+        ]
     )
     assert jr.writer.counters.journal_dropped == 2
     assert jr.segment_files() == []

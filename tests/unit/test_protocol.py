@@ -58,6 +58,20 @@ def test_event_round_trip_and_topic_check():
         P.decode_event([frames[0]])
 
 
+def test_delivered_events_carry_the_brokers_publisher_frame():
+    s = Stamper("agent-1", "e1")
+    ev = P.CmdStarted(**s.stamp("cmd.J.c1"), job_id="J", cmd_id="c1", agent="agent-1", pid=7, argv=["p4"])
+    frames = P.encode_event(ev)
+    assert len(frames) == 2  # what a publisher sends: it cannot name itself
+    assert P.decode_delivered([*frames, b"agent-1"]) == (ev, "agent-1")
+    assert P.decode_delivered(frames) == (ev, "")  # not through a broker: nobody vouches for it
+    assert P.decode_event([*frames, b"agent-1"]) == ev
+    for bad in ([*frames, b"\xff"], [*frames, b"a", b"b"]):
+        with pytest.raises(P.ProtocolError) as err:
+            P.decode_delivered(bad)
+        assert err.value.code == "bad_frame"
+
+
 @pytest.mark.parametrize(
     "frame,code",
     [

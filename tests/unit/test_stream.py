@@ -1,7 +1,7 @@
 import pytest
 
 from common.protocol import STDERR, STDOUT, CmdStatus
-from p4bus.stream import Cursor, OutputAssembler
+from p4bus.stream import Cursor, MissingOutput, OutputAssembler
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -33,3 +33,11 @@ def test_assembler_fetches_gaps_and_tail_from_spool():
     assert bytes(got[STDOUT]) == out and bytes(got[STDERR]) == spool[STDERR]
     assert a.fetched_bytes == (3000 - 100) + (len(out) - 5000) + len(spool[STDERR])
     assert fetches[0] == (STDOUT, 100, 2900)
+
+
+def test_a_gap_the_spool_cannot_fill_is_a_missing_output_error_naming_the_place():
+    """A chunk (or a done status) claiming bytes the spool does not have, e.g. forged."""
+    a = OutputAssembler(lambda stream, offset, size: (b"", 5), lambda s, d: None)
+    a.chunk(STDOUT, 0, b"hello")
+    with pytest.raises(MissingOutput, match="no stdout bytes at offset 5"):
+        a.chunk(STDOUT, 10**9, b"x")
