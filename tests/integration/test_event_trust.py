@@ -28,7 +28,7 @@ import zmq
 from broker.client import ReplayClient
 from common import config as cfgmod
 from common import protocol as P
-from common import roles, zmqutil
+from common import roles, topics, zmqutil
 from common.rpc import MasterClient
 from common.sequence import Stamper
 from common.zmqutil import free_port_base
@@ -331,7 +331,7 @@ def forged_done(
 ) -> P.CmdDone:
     st = P.CmdStatus(cmd_id=cmd_id, job_id=job_id, agent=source, state="done", exit_code=exit_code, **status)
     return P.CmdDone(
-        topic=f"cmd.{job_id}.{cmd_id}",
+        topic=topics.cmd(job_id, cmd_id),
         source=source,
         epoch=epoch,
         seq=seq,
@@ -339,6 +339,21 @@ def forged_done(
         job_id=job_id,
         cmd_id=cmd_id,
         status=st,
+    )
+
+
+def forged_chunk(job_id: str, cmd_id: str, source: str, epoch: str, seq: int, offset: int) -> P.LogChunk:
+    return P.LogChunk(
+        topic=topics.log(job_id, cmd_id),
+        source=source,
+        epoch=epoch,
+        seq=seq,
+        ts=time.time(),
+        job_id=job_id,
+        cmd_id=cmd_id,
+        stream=P.STDOUT,
+        offset=offset,
+        data=b"FORGED OUTPUT\n",
     )
 
 
@@ -441,18 +456,7 @@ def test_forged_events_do_not_crash_submit_follow_or_tail(hook_stack: HookStack)
         forgeries: list[P.EventBase] = []
         for source, ep, n in ((hook.agent, epoch, seq + 5), (FORGER, "forger-epoch", 1)):
             forgeries += [
-                P.LogChunk(
-                    topic=f"log.{job_id}.{hook.cmd_id}",
-                    source=source,
-                    epoch=ep,
-                    seq=n,
-                    ts=time.time(),
-                    job_id=job_id,
-                    cmd_id=hook.cmd_id,
-                    stream=P.STDOUT,
-                    offset=big,
-                    data=b"FORGED OUTPUT\n",
-                ),
+                forged_chunk(job_id, hook.cmd_id, source, ep, n, offset=big),
                 forged_done(job_id, hook.cmd_id, source, ep, n + 1, stdout_bytes=big, stdout=b"FORGED OUTPUT\n"),
                 P.JobChanged(
                     topic=f"job.{job_id}",
@@ -515,18 +519,7 @@ def test_forged_events_do_not_end_or_fill_p4bus_run(bus: tuple[Stack, MasterClie
         forgeries: list[P.EventBase] = []
         for source, ep, n in (("a1", started.epoch, started.seq + 5), (FORGER, "forger-epoch", 1)):
             forgeries += [
-                P.LogChunk(
-                    topic=f"log.-.{started.cmd_id}",
-                    source=source,
-                    epoch=ep,
-                    seq=n,
-                    ts=time.time(),
-                    job_id="",
-                    cmd_id=started.cmd_id,
-                    stream=P.STDOUT,
-                    offset=10**9,
-                    data=b"FORGED OUTPUT\n",
-                ),
+                forged_chunk("", started.cmd_id, source, ep, n, offset=10**9),
                 forged_done("", started.cmd_id, source, ep, n + 1, exit_code=7, stdout_bytes=10**9),
             ]
         forge(stack, *forgeries)
