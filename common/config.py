@@ -13,11 +13,12 @@ import stat
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
 from common import ids
+from common.limits import MAX_CAPTURE_BYTES, MAX_CHUNK_BYTES
 
 ENV_PREFIX = "P4BUS_"
 CONFIG_ENV = "P4BUS_CONFIG"
@@ -99,8 +100,9 @@ class AgentConf(msgspec.Struct, forbid_unknown_fields=True):
     spool_max_age_s: float = 7 * 24 * 3600
     heartbeat_s: float = 1.0
     kill_grace_s: float = 5.0
-    capture_bytes: int = 64 * 1024
-    chunk_bytes: int = 256 * 1024
+    # Bounded so that every event the agent publishes fits the broker's event size limit.
+    capture_bytes: Annotated[int, msgspec.Meta(ge=2, le=MAX_CAPTURE_BYTES)] = 64 * 1024
+    chunk_bytes: Annotated[int, msgspec.Meta(ge=1, le=MAX_CHUNK_BYTES)] = 256 * 1024
     flush_ms: float = 5.0
     # "ssh://[user@]host[:port]": run commands on that host over one reused SSH connection
     # instead of locally (agent/ssh_exec.py); workspace roots and executables are remote paths.

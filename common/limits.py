@@ -31,6 +31,12 @@ REPLAY_PAGE_BYTES = 4 * MiB
 # and a subscriber that stopped reading costs the broker at most BROKER_SNDHWM of them.
 MAX_EVENT_BYTES = 1 * MiB
 
+# What the agent's settings may ask for, so that every event it publishes fits MAX_EVENT_BYTES:
+# a log chunk is chunk_bytes plus an envelope of ids and topic (well under 16 KiB); a cmd_done
+# carries two captures of capture_bytes, each with an omission marker, plus the status.
+MAX_CHUNK_BYTES = MAX_EVENT_BYTES - 16 * KiB
+MAX_CAPTURE_BYTES = (MAX_EVENT_BYTES - 64 * KiB) // 2
+
 # Every request/reply socket (ROUTERs and their DEALERs): 4x the largest legitimate message
 # (a 4 MiB fetch_r or replay page plus its framing), and large enough for an exec whose stdin
 # is a client or change spec. A query_r of MAX_QUERY_IDS statuses with default captures
