@@ -133,6 +133,7 @@ class JobTail:
     def _output(self, cmd_id: str) -> OutputAssembler:
         out = self.outputs.get(cmd_id)
         if out is None:
+            self._close_earlier(cmd_id)
             run = self._run(cmd_id)
             if run is not None:
                 self.printer.header(run.stage, run.step, run.attempt, run.argv)
@@ -141,6 +142,24 @@ class JobTail:
                 lambda stream, data: self.printer.write(cmd_id, stream, data),
             )
         return out
+
+    def _close_earlier(self, cmd_id: str) -> None:
+        """A new command's output begins: an earlier one whose end never arrived (its cmd_done
+        lost in a cut) is finished from its spool first, so its output stays in its own section."""
+        self._refresh_runs()
+        for run in self.runs.values():
+            if run.cmd_id == cmd_id:
+                return
+            if run.cmd_id not in self.finished and run.state == "DONE" and run.agent:
+                self._finish_from_spool(run)
+
+    def _finish_from_spool(self, run: P.StageRun) -> None:
+        try:
+            status = self.masters.query([run.cmd_id], agent=run.agent)[0]
+        except RequestError:
+            return  # the agent is gone; its spool will answer when it is back
+        if status.state == "done":
+            self._finish(run.cmd_id, status)
 
     def _run(self, cmd_id: str) -> P.StageRun | None:
         if cmd_id not in self.runs:
@@ -168,9 +187,4 @@ class JobTail:
             if run.cmd_id in self.finished or run.state in ("PENDING", "CANCELLED") or not run.agent:
                 continue
             self.runs[run.cmd_id] = run
-            try:
-                status = self.masters.query([run.cmd_id], agent=run.agent)[0]
-            except RequestError:
-                continue  # the agent is gone; its spool will answer when it is back
-            if status.state == "done":
-                self._finish(run.cmd_id, status)
+            self._finish_from_spool(run)

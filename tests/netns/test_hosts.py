@@ -116,12 +116,6 @@ def test_a_10s_partition_of_the_agents_link_during_a_job_heals_with_nothing_lost
     assert _output_lines(tail.stdout, partitioned.job_id) == spooled
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="p4bus/tailer.py prints the output of a command whose cmd_done never reached the broker "
-    "only when the whole job ends (JobTail._complete): after the job's final line, under no "
-    "header, instead of in the command's own section",
-)
 def test_a_command_end_lost_in_a_cut_is_tailed_in_its_own_section(hosts):
     """The broker restarts while the agent is cut off: what the agent wrote into the old
     connection meanwhile (the sync's output and end) is refused when the link heals, and only
