@@ -119,9 +119,7 @@ def test_a_password_file_must_be_private_and_the_users_own(tmp_path) -> None:
 def test_agent_output_sizes_that_would_not_fit_an_event_are_refused_naming_the_setting():
     from common.limits import MAX_CAPTURE_BYTES, MAX_CHUNK_BYTES
 
-    assert (
-        C.load(None, {"agent": {"chunk_bytes": MAX_CHUNK_BYTES}}, environ={}).agent.chunk_bytes == MAX_CHUNK_BYTES
-    )
+    assert C.load(None, {"agent": {"chunk_bytes": MAX_CHUNK_BYTES}}, environ={}).agent.chunk_bytes == MAX_CHUNK_BYTES
     for setting, value in (("chunk_bytes", MAX_CHUNK_BYTES + 1), ("capture_bytes", MAX_CAPTURE_BYTES + 1)):
         with pytest.raises(C.ConfigError, match=rf"\$\.agent\.{setting}"):
             C.load(None, {"agent": {setting: value}}, environ={})
