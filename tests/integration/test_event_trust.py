@@ -326,29 +326,21 @@ def wait_counted(jobs: JobStack, **at_least: int) -> dict[str, int]:
     return wait_for(counted, 30, f"the orchestrator to count {at_least}", interval=0.1)
 
 
+def _stamp(topic: str, source: str, epoch: str, seq: int) -> dict[str, Any]:
+    """The envelope a forger chooses freely: any source, epoch and seq."""
+    return {"topic": topic, "source": source, "epoch": epoch, "seq": seq, "ts": time.time()}
+
+
 def forged_done(
     job_id: str, cmd_id: str, source: str, epoch: str, seq: int, exit_code: int = 0, **status: Any
 ) -> P.CmdDone:
     st = P.CmdStatus(cmd_id=cmd_id, job_id=job_id, agent=source, state="done", exit_code=exit_code, **status)
-    return P.CmdDone(
-        topic=topics.cmd(job_id, cmd_id),
-        source=source,
-        epoch=epoch,
-        seq=seq,
-        ts=time.time(),
-        job_id=job_id,
-        cmd_id=cmd_id,
-        status=st,
-    )
+    return P.CmdDone(**_stamp(topics.cmd(job_id, cmd_id), source, epoch, seq), job_id=job_id, cmd_id=cmd_id, status=st)
 
 
 def forged_chunk(job_id: str, cmd_id: str, source: str, epoch: str, seq: int, offset: int) -> P.LogChunk:
     return P.LogChunk(
-        topic=topics.log(job_id, cmd_id),
-        source=source,
-        epoch=epoch,
-        seq=seq,
-        ts=time.time(),
+        **_stamp(topics.log(job_id, cmd_id), source, epoch, seq),
         job_id=job_id,
         cmd_id=cmd_id,
         stream=P.STDOUT,
