@@ -46,7 +46,12 @@ class Orchestrator:
         self.api_guard = auth.Guard(security, roles.ORCHESTRATOR_API)
         self.sub = zmqutil.sub(self.ctx, cfg.endpoint("broker_xpub"), security, [topics.CMD + ".", topics.AGENT + "."])
         self.id = f"orchestrator-{ids.host_id()}"
-        self.events = Publisher(zmqutil.pub(self.ctx, cfg.endpoint("broker_xsub"), security), self.id, ids.new_epoch())
+        self.events = Publisher(
+            zmqutil.pub(self.ctx, cfg.endpoint("broker_xsub"), security),
+            self.id,
+            ids.new_epoch(),
+            cfg.orchestrator.beacon_s,
+        )
         self.gaps = GapDetector()
         self.early = EarlyEvents()
         self._insecure_logged = False
@@ -95,8 +100,9 @@ class Orchestrator:
                     self.on_dispatch_replies(self.dispatcher.drain(s))
             self.on_dispatch_replies(self.dispatcher.expire())
             self.tick(self.clock())
-        for s in (self.api, self.sub, self.events.sock):
+        for s in (self.api, self.sub):
             s.close(linger=zmqutil.LINGER_MS)
+        self.events.close(linger=zmqutil.LINGER_MS)  # stops its beacon thread before the socket closes
         self.dispatcher.close()
         self.masters.close()
         self.store.close()
