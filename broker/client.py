@@ -57,6 +57,10 @@ log = logs.get("broker.client")
 
 PAGE_LIMIT = 1000
 IDLE_MAX_S = 2.0
+# The spliced subscriber's queue (events). It repairs every loss from the journal, so it needs
+# no deep queue of its own, only enough to ride out short stalls without a catch-up: the common
+# 200,000 (limits.EVENT_HWM) would let a stalled `p4bus events` of 256 KiB log chunks hold 50 GB.
+SPLICE_RCVHWM = 10_000
 # A replay "after" no id can exceed (SQLite's largest integer): an empty page carrying head_id.
 _BEYOND_HEAD = (1 << 63) - 1
 
@@ -145,6 +149,7 @@ class ReplayClient:
         idle_s: float = 0.2,
         timeout_s: float = 10.0,
         on_missing: OnMissing | None = None,
+        rcvhwm: int = SPLICE_RCVHWM,
     ) -> Generator[protocol.Delivered, None, None]:
         """Journal history, then live events, without gap or duplicate (module docstring), each
         with its authenticated publisher. A loss that cannot be repaired is handed to
@@ -158,7 +163,7 @@ class ReplayClient:
             since_ts,
             on_missing or _log_missing,
         )
-        sub = zmqutil.sub(ctx, xpub_endpoint, security, splice.subscriptions())
+        sub = zmqutil.sub(ctx, xpub_endpoint, security, splice.subscriptions(), rcvhwm)
         try:
             yield from splice.catch_up()  # a broker that does not answer here is the caller's error
             wait_s = idle_s
