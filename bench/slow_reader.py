@@ -275,13 +275,13 @@ def broker_stack(tmp: Path) -> Iterator[Stack]:
     stack = Stack(tree, tmp, log_dir=tmp / "logs", cwd=REPO)
     try:
         stack.start("broker")
-        wait_for(lambda: _answers(stack), 30, "the broker")
+        wait_for(lambda: answers(stack), 30, "the broker")
         yield stack
     finally:
         stack.stop(grace=2)
 
 
-def _answers(stack: Stack) -> bool:
+def answers(stack: Stack) -> bool:
     with ReplayClient(zmq.Context.instance(), stack.endpoint("broker_replay"), stack.security(), 1.0) as replay:
         try:
             replay.ping()

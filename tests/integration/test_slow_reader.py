@@ -81,3 +81,31 @@ def test_a_tail_the_journal_lacks_is_named_within_a_beacon_and_exits_3(broker):
 def _missing_line(pipeline: S.Pipeline) -> str | None:
     lines = pipeline.stderr_path.read_text().splitlines()
     return next((line for line in lines if line.startswith("p4bus events: missing ")), None)
+
+
+RESTART_EVENTS = 50_000
+
+
+def test_a_broker_restart_while_the_reader_is_stalled_neither_aborts_nor_loses(tmp_path):
+    """The other way libzmq 4.3 aborts a stalled subscriber (#3937, fixed by the unreleased PR
+    #4830): a connection whose input a full queue stopped is replaced, and the reader's next
+    read restarts input on the replacement. ZMTP heartbeats did the replacing (the assertion
+    test_flood.py shows); without them only the peer going away can, so here the broker is
+    SIGKILLed and restarted while `p4bus events`' queue is full. The reader must not abort, and
+    the events the dead broker never delivered come from the journal it left behind."""
+    with S.broker_stack(tmp_path / "stack") as stack:
+        flood = S.Flood(stack, "restart", beacon_s=1.0)
+        go = tmp_path / "go"
+        pipeline = S.Pipeline(stack, flood, expect=RESTART_EVENTS, delay_ms=0.0, pause_s=0.0, go_file=str(go))
+        try:
+            pipeline.wait_live(flood)
+            flood.publish(RESTART_EVENTS)  # the pipe, its queue and the broker's fill; the rest is dropped
+            stack.restart("broker")
+            wait_for(lambda: S.answers(stack), 30, "the broker back")
+            go.touch()
+            counts, code, stderr = pipeline.finish(120)
+        finally:
+            pipeline.kill()
+            flood.close()
+    assert "Assertion failed" not in stderr and code == 0, (code, stderr)
+    assert counts == {"received": RESTART_EVENTS, "duplicates": 0, "out_of_order": 0}, counts
