@@ -151,7 +151,12 @@ def test_malformed_events_counted_and_dropped(bus: Bus) -> None:
     good = bus.event("log.J.c", b"ok")
     mismatched = [b"log.J.OTHER", P.encode(good)]
     not_an_event = [b"job.X", P.encode(P.Ping(req_id="r"))]
-    bad = MALFORMED + [mismatched, not_an_event]
+    # Beacons only on beacon topics and nothing else there: the broker forwards beacons without
+    # journalling them, so neither may pass for the other.
+    stamp = bus.stamper.stamp("job.X")
+    beacon_off_topic = P.encode_event(P.Beacon(**stamp, last={"job": 1}))
+    job_on_beacon_topic = P.encode_event(P.JobChanged(**stamp | {"topic": "beacon.x"}, job_id="J", state="X"))
+    bad = MALFORMED + [mismatched, not_an_event, beacon_off_topic, job_on_beacon_topic]
     before = bus.stats()["bad_frames"]
     for frames in bad:
         bus.pub.send_multipart(frames)
