@@ -130,7 +130,9 @@ class Soak:
     def listed_agents(self) -> int:
         done = self.cli("agents", "--json", timeout=30)
         return (
-            sum(1 for line in done.stdout.splitlines() if json.loads(line).get("alive", True)) if done.returncode == 0 else 0
+            sum(1 for line in done.stdout.splitlines() if json.loads(line).get("alive", True))
+            if done.returncode == 0
+            else 0
         )
 
     def views(self) -> dict[str, P.JobView] | None:
