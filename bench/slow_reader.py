@@ -5,8 +5,9 @@ from one publisher that then falls silent (its beacons go on):
 
 - **pause**: reads the first event, then nothing for 30 s (``--pause-s``) while the flood
   passes: the pipe fills, then ``p4bus events``' queue, then the broker's queue for it, and the
-  broker drops the rest for that subscriber; it then reads as fast as it can. Everything after
-  the overflow is a lost *tail*: no later event shows the hole, only the publisher's beacon.
+  broker drops the rest for that subscriber; it then reads as fast as it can. The publisher is
+  silent by then, so the tail of the loss shows no hole of its own: the holes a flood this fast
+  also leaves mid-stream bring it back, or else the publisher's beacon does.
 - **slow**: takes ``--delay-ms`` (1 ms) per event, from the first to the last.
 
 The reader is a separate process reading `p4bus events`' stdout through a pipe, as

@@ -4,11 +4,11 @@ The CI-sized runs of bench/slow_reader.py (the bench runs 1,000,000 events; docs
 has its numbers): a reader that pauses while 200,000 events pass and one that takes 1 ms per
 event, each a separate process reading `p4bus events`' stdout through a pipe. Both overflow
 `p4bus events`' queue, so the broker drops events for it; every one must come back from the
-journal, in order, once. In the paused case the publisher falls silent after the flood, so the
-loss is a tail that only its beacon reveals: without beacons that run ends with events missing
-(measured: 0 of 200,000 received in its time budget, since the reader stopped at the hole).
-Last, a tail the journal lacks too is named on stderr within a few seconds, and `p4bus events`
-then exits 3.
+journal, in order, once. (A flood as fast as this one also makes the broker drop events in the
+middle, whose holes bring the tail back with them; a pure tail loss, which only a beacon shows,
+is tests/integration/test_broker.py::test_a_lost_tail_shows_no_hole_until_the_publishers_beacon_repairs_it.)
+Then a tail the journal lacks too is named on stderr within a few seconds, and `p4bus events`
+exits 3; and the broker is restarted under a stalled reader.
 """
 
 from __future__ import annotations
