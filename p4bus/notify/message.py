@@ -8,8 +8,8 @@ the same key twice is seeing a retry of one delivery (docs/reliability.md).
 
 from __future__ import annotations
 
+import hashlib
 import json
-import re
 import time
 from email.message import EmailMessage
 from email.utils import formatdate
@@ -132,10 +132,11 @@ def text_body(n: Notice) -> str:
 
 
 def message_id(n: Notice, sender: str) -> str:
-    """Derived from the notice's key alone, so a retried mail has the Message-ID of the first."""
-    local = re.sub(r"[^A-Za-z0-9.-]", "-", n.key)
+    """Derived from the notice's key alone, so a retried mail has the Message-ID of the first.
+    A digest, not the key itself: short enough never to be folded over two lines."""
+    digest = hashlib.sha256(n.key.encode()).hexdigest()[:32]
     domain = sender.rpartition("@")[2] or "p4bus.invalid"
-    return f"<p4bus.{local}@{domain}>"
+    return f"<{digest}.p4bus@{domain}>"
 
 
 def email(n: Notice, sender: str, to: list[str], now: float | None = None) -> EmailMessage:
@@ -146,5 +147,6 @@ def email(n: Notice, sender: str, to: list[str], now: float | None = None) -> Em
     msg["Date"] = formatdate(time.time() if now is None else now, localtime=False)
     msg["Message-ID"] = message_id(n, sender)
     msg["X-P4bus-Job"] = n.job_id
+    msg["X-P4bus-Event"] = n.key
     msg.set_content(text_body(n))
     return msg
