@@ -189,6 +189,8 @@ class NotifyReceiver(msgspec.Struct, forbid_unknown_fields=True):
 
     kind: Literal["webhook", "slack", "email"]
     url: str = ""  # webhook, slack: http(s)://...
+    # Or the URL in a file (0600, like a password file): a Slack webhook's URL is its secret.
+    url_file: str = ""
     smtp_host: str = ""  # email
     smtp_port: int = 587
     # The CA file the SMTP server's certificate must verify against; default: the system's CAs.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 from urllib.parse import urlsplit
 
-from common.config import ConfigError, NotifyConf, NotifyReceiver, NotifyRule
+from common.config import ConfigError, NotifyConf, NotifyReceiver, NotifyRule, read_password_file
 from orchestrator.pipeline.transition import JobState
 
 # Job state -> the event kind a rule names (config.NOTIFY_EVENTS).
@@ -55,16 +55,38 @@ def check(conf: NotifyConf) -> None:
 
 def _check_receiver(where: str, rcv: NotifyReceiver) -> None:
     if rcv.kind in ("webhook", "slack"):
-        _check_url(f"{where}.url", rcv.url)
+        if bool(rcv.url) == bool(rcv.url_file):
+            raise ConfigError(
+                f"{where} (kind {rcv.kind}) needs url or url_file (a 0600 file holding the URL), one of them"
+            )
+        if rcv.url:
+            _check_url(f"{where}.url", rcv.url)
         return
     missing = [f for f in ("smtp_host", "sender") if not getattr(rcv, f)] + ([] if rcv.to else ["to"])
     if missing:
         raise ConfigError(f"{where} (kind email) needs {', '.join(missing)}")
+    if rcv.url or rcv.url_file:
+        raise ConfigError(f"{where} (kind email) has url/url_file, which only webhooks have; remove it")
     if bool(rcv.username) != bool(rcv.password_file):
         raise ConfigError(f"{where}: username and password_file go together (the SMTP login); set both or neither")
+
+
+def check_url_file(where: str, rcv: NotifyReceiver) -> None:
+    """The URL in ``url_file`` is one (the file itself is checked as it is read)."""
+    if rcv.url_file:
+        _check_url(f"{where}.url_file {rcv.url_file}", webhook_url(rcv))
+
+
+def webhook_url(rcv: NotifyReceiver) -> str:
+    """A webhook's URL, read from ``url_file`` at every call when it is given there, so a
+    rotated secret is used without a restart."""
+    return rcv.url or read_password_file(rcv.url_file).strip()
 
 
 def _check_url(where: str, url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{where} = {url!r} is not an http:// or https:// URL")
+        # The URL may be a secret (url_file): only its scheme and host are named.
+        raise ConfigError(
+            f"{where}: {parts.scheme or 'no scheme'}://{parts.hostname or ''}... is not an http:// or https:// URL"
+        )

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from common.config import NotifyReceiver, read_password_file
 from p4bus.notify import message
 from p4bus.notify.message import Notice
+from p4bus.notify.rules import webhook_url
 
 Send = Callable[[Notice], None]
 
@@ -30,7 +31,7 @@ def sender(rcv: NotifyReceiver) -> Send:
     if rcv.kind == "email":
         return lambda n: send_mail(rcv, n)
     body = message.slack_body if rcv.kind == "slack" else message.webhook_body
-    return lambda n: post(rcv.url, body(n), n.key, rcv.timeout_s)
+    return lambda n: post(webhook_url(rcv), body(n), n.key, rcv.timeout_s)
 
 
 def post(url: str, body: bytes, key: str, timeout_s: float) -> None:

@@ -36,9 +36,10 @@ def main(cfg: Config) -> None:
 def check(cfg: Config) -> None:
     """ConfigError for settings that cannot work, before anything starts."""
     rules.check(cfg.notify)
-    for rcv in cfg.notify.receivers.values():
+    for name, rcv in cfg.notify.receivers.items():
         if rcv.password_file:
             read_password_file(rcv.password_file)  # exists, ours, 0600
+        rules.check_url_file(f"notify.receivers.{name}", rcv)
     if cfg.notify.receivers and not cfg.notify.rules:
         log.warning("notify.no_rules", detail="receivers are configured but no [[notify.rules]] sends them anything")
 

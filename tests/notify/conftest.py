@@ -153,8 +153,8 @@ def smtp(tmp_path) -> Iterator[SmtpReceiver]:
     r.close()
 
 
-def password_file(dir, secret: str, mode: int = 0o600):
-    path = dir / "smtp-password"
+def secret_file(dir, secret: str, mode: int = 0o600, name: str = "smtp-password"):
+    path = dir / name
     path.write_text(secret + "\n")
     os.chmod(path, mode)
     return path

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.notify.conftest import WEB_URL, NotifyStack, password_file
+from tests.notify.conftest import WEB_URL, NotifyStack, secret_file
 from tests.notify.receivers import HttpReceiver, SmtpReceiver
 
 pytestmark = pytest.mark.timeout(90)
@@ -19,7 +19,8 @@ def test_each_receiver_gets_its_notices_in_its_format(
     notify: NotifyStack, http: HttpReceiver, smtp: SmtpReceiver, tmp_path
 ) -> None:
     notify.receiver("hook", kind="webhook", url=http.url("/hook"))
-    notify.receiver("chat", kind="slack", url=http.url("/slack"))
+    # Slack's URL is its secret: from a 0600 file.
+    notify.receiver("chat", kind="slack", url_file=str(secret_file(tmp_path, http.url("/slack"), name="slack-url")))
     notify.receiver(
         "mail",
         kind="email",
@@ -27,7 +28,7 @@ def test_each_receiver_gets_its_notices_in_its_format(
         smtp_port=smtp.port,
         ca_file=str(smtp.tls.cert),
         username=smtp.user,
-        password_file=str(password_file(tmp_path, smtp.password)),
+        password_file=str(secret_file(tmp_path, smtp.password)),
         sender="p4bus@build.example.com",
         to=["release@example.com"],
     )
@@ -81,8 +82,13 @@ def test_each_receiver_gets_its_notices_in_its_format(
     assert len(http.posts) == 5 and len(smtp.mails) == 1
 
 
-def test_a_receiver_that_is_down_gets_its_notice_once_it_is_up(notify: NotifyStack, http: HttpReceiver) -> None:
-    notify.receiver("hook", kind="webhook", url=http.url(), timeout_s=5)
+def test_a_receiver_that_is_down_gets_its_notice_once_it_is_up(
+    notify: NotifyStack, http: HttpReceiver, tmp_path
+) -> None:
+    secret = "/services/T0001/B0002/secret-token-4711"
+    notify.receiver(
+        "hook", kind="webhook", url_file=str(secret_file(tmp_path, http.url(secret), name="hook-url")), timeout_s=5
+    )
     notify.rule(["hook"])
     notify.start_broker()
     notify.start_notifier()
@@ -97,7 +103,8 @@ def test_a_receiver_that_is_down_gets_its_notice_once_it_is_up(notify: NotifySta
     notify.wait_outbox(key, "hook", lambda state, _: state == "sent", "sent")
     sentinel = notify.publish("j2", "DONE", workspace="ws")
     http.wait_posts(2)
-    assert http.keys() == [key, sentinel]
+    assert http.keys() == [key, sentinel] and http.posts[0].path == secret
+    assert "secret-token" not in "\n".join(notify.log_lines())  # the URL is the secret: never logged
 
 
 def test_a_hanging_receiver_does_not_delay_the_others(notify: NotifyStack, http: HttpReceiver) -> None:

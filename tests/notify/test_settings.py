@@ -9,7 +9,7 @@ import pytest
 import tomli_w
 
 from tests.conftest import REPO
-from tests.notify.conftest import password_file
+from tests.notify.conftest import secret_file
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -33,7 +33,7 @@ def mail(tmp_path, mode: int) -> dict:
         "sender": "p4bus@example.com",
         "to": ["a@example.com"],
         "username": "u",
-        "password_file": str(password_file(tmp_path, "pw", mode)),
+        "password_file": str(secret_file(tmp_path, "pw", mode)),
     }
 
 

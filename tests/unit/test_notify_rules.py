@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from common import config as cfgmod
@@ -57,9 +59,22 @@ def hook(url: str = "https://hooks.example.com/x") -> NotifyReceiver:
         ),
         (
             NotifyConf(receivers={"a": hook("ftp://x/y")}),
-            "notify.receivers.a.url = 'ftp://x/y' is not an http:// or https:// URL",
+            "notify.receivers.a.url: ftp://x... is not an http:// or https:// URL",
         ),
-        (NotifyConf(receivers={"s": NotifyReceiver(kind="slack")}), "notify.receivers.s.url = '' is not an http"),
+        (
+            NotifyConf(receivers={"s": NotifyReceiver(kind="slack")}),
+            "notify.receivers.s (kind slack) needs url or url_file (a 0600 file holding the URL), one of them",
+        ),
+        (
+            NotifyConf(receivers={"s": NotifyReceiver(kind="slack", url="https://a/", url_file="/f")}),
+            "notify.receivers.s (kind slack) needs url or url_file",
+        ),
+        (
+            NotifyConf(
+                receivers={"m": NotifyReceiver(kind="email", smtp_host="h", sender="a@b", to=["c@d"], url="https://a/")}
+            ),
+            "notify.receivers.m (kind email) has url/url_file, which only webhooks have",
+        ),
         (
             NotifyConf(receivers={"m": NotifyReceiver(kind="email", sender="a@b")}),
             "notify.receivers.m (kind email) needs smtp_host, to",
@@ -70,7 +85,7 @@ def hook(url: str = "https://hooks.example.com/x") -> NotifyReceiver:
             ),
             "notify.receivers.m: username and password_file go together",
         ),
-        (NotifyConf(web_url="dash.example.com"), "notify.web_url = 'dash.example.com' is not an http"),
+        (NotifyConf(web_url="dash.example.com"), "notify.web_url: no scheme://... is not an http"),
     ],
 )
 def test_check_names_the_setting_at_fault(conf, message):
@@ -123,3 +138,10 @@ def test_backoff_jitter_moves_it_by_a_fifth_at_most():
     assert backoff.delay_s(3, 1.0, 60.0, 1.0) == pytest.approx(4.8)
     assert backoff.delay_s(3, 1.0, 60.0, -1.0) == pytest.approx(3.2)
     assert backoff.delay_s(3, 1.0, 60.0, 7.0) == pytest.approx(4.8)
+
+
+def test_the_shipped_example_passes_the_checks():
+    cfg = cfgmod.load(Path(__file__).parents[2] / "ops" / "examples" / "one-host.toml", environ={})
+    rules.check(cfg.notify)
+    assert rules.receivers_for(cfg.notify.rules, "rel-main", "waiting") == ["release-chat", "release-mail", "ci-hook"]
+    assert rules.receivers_for(cfg.notify.rules, "dev", "done") == ["ci-hook"]
