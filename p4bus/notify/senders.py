@@ -35,12 +35,16 @@ def sender(rcv: NotifyReceiver) -> Send:
 
 
 def post(url: str, body: bytes, key: str, timeout_s: float) -> None:
-    req = urllib.request.Request(
-        url,
-        data=body,
-        method="POST",
-        headers={"Content-Type": "application/json", "Idempotency-Key": key, "User-Agent": "p4bus-notify"},
-    )
+    try:
+        req = urllib.request.Request(
+            url,
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json", "Idempotency-Key": key, "User-Agent": "p4bus-notify"},
+        )
+    except ValueError:
+        # urllib's message quotes the URL, which may be a secret (url_file): not into the log.
+        raise ValueError("the webhook URL is not one urllib can open (see url / url_file)") from None
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:
             resp.read(64 * 1024)

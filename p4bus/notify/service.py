@@ -74,6 +74,9 @@ class Notifier:
             ctx.term()
             outbox.close()
             log.info("notify.stopped")
+        failed = [w.receiver for w in self.workers.values() if w.error is not None]
+        if failed:
+            raise RuntimeError(f"the delivery worker of {', '.join(failed)} failed (see the log); restart the notifier")
 
     def _loop(self, outbox: Outbox, source: JobEvents) -> None:
         cursor: int | None = None

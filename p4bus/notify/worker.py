@@ -40,10 +40,22 @@ class Worker(threading.Thread):
         self.wake = threading.Event()  # set when notices were recorded, and at stop
         self.retry = (retry_initial_s, retry_max_s)
         self.jitter = jitter
-        self.failures = 0  # in a row; read by the service for its status line
+        self.error: Exception | None = None
 
     def run(self) -> None:
+        try:
+            self._deliver()
+        except Exception as exc:
+            # Not a receiver's failure (those are retried) but our own, e.g. the state file:
+            # stop the whole notifier with an error, so that its supervisor starts it again,
+            # rather than go on with a receiver nobody delivers to.
+            self.error = exc
+            log.exception("notify.worker_failed", receiver=self.receiver)
+            self.stop.set()
+
+    def _deliver(self) -> None:
         outbox = Outbox(self.state)
+        failures = 0  # in a row
         try:
             while not self.stop.is_set():
                 self.wake.clear()
@@ -63,26 +75,26 @@ class Worker(threading.Thread):
                         job_id=pending.notice.job_id,
                         error=str(exc),
                     )
-                    self.failures = 0
+                    failures = 0
                     continue
                 except Exception as exc:  # any failure of a receiver is retried, never fatal
-                    self.failures += 1
+                    failures += 1
                     error = f"{type(exc).__name__}: {exc}"
                     outbox.failed(self.receiver, pending.key, error)
-                    wait = backoff.delay_s(self.failures, *self.retry, self.jitter())
+                    wait = backoff.delay_s(failures, *self.retry, self.jitter())
                     log.warning(
                         "notify.retry",
                         receiver=self.receiver,
                         key=pending.key,
                         job_id=pending.notice.job_id,
-                        failures=self.failures,
+                        failures=failures,
                         retry_in_s=round(wait, 2),
                         error=error,
                     )
                     self.stop.wait(wait)  # not woken by new notices: the receiver is down
                     continue
                 outbox.done(self.receiver, pending.key)
-                self.failures = 0
+                failures = 0
                 log.info(
                     "notify.sent",
                     receiver=self.receiver,

@@ -46,6 +46,7 @@ class HttpReceiver:
         self.hang = threading.Event()
         self.release = threading.Event()
         self.server: ThreadingHTTPServer | None = None
+        self.status = 200  # what every POST is answered with
 
     def url(self, path: str = "/hook") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -61,7 +62,7 @@ class HttpReceiver:
                     receiver.cond.notify_all()
                 if receiver.hang.is_set():
                     receiver.release.wait(120)
-                self.send_response(200)
+                self.send_response(receiver.status)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
                 self.wfile.write(b"ok")

@@ -129,6 +129,24 @@ def test_a_hanging_receiver_does_not_delay_the_others(notify: NotifyStack, http:
         stuck.close()
 
 
+def test_a_refused_notice_is_set_aside_and_a_server_error_retried(notify: NotifyStack, http: HttpReceiver) -> None:
+    notify.receiver("hook", kind="webhook", url=http.url())
+    notify.rule(["hook"])
+    notify.start_broker()
+    notify.start_notifier()
+    http.status = 410  # gone: this notice will never be taken
+    refused = notify.publish("j1", "FAILED", workspace="ws")
+    assert notify.wait_outbox(refused, "hook", lambda state, _: state == "rejected", "rejected") == ("rejected", 1)
+    http.status = 503  # down for maintenance: try again
+    retried = notify.publish("j2", "FAILED", workspace="ws")
+    notify.wait_outbox(retried, "hook", lambda state, attempts: attempts >= 2, "tried twice")
+    http.status = 200
+    _, attempts = notify.wait_outbox(retried, "hook", lambda state, _: state == "sent", "sent")
+    keys = http.keys()
+    assert keys.count(refused) == 1 and keys.count(retried) == attempts >= 3
+    assert any("notify.rejected" in line and "HTTP 410" in line for line in notify.log_lines())
+
+
 def test_forged_job_events_are_not_announced(notify: NotifyStack, http: HttpReceiver) -> None:
     notify.receiver("hook", kind="webhook", url=http.url())
     notify.rule(["hook"])
