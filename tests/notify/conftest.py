@@ -109,6 +109,10 @@ class NotifyStack:
         """receiver -> (state, attempts) of notice ``key``."""
         return {r: (s, a) for r, s, a in self._query("SELECT receiver, state, attempts FROM outbox WHERE key = ?", key)}
 
+    def last_error(self, key: str, receiver: str) -> str:
+        rows = self._query("SELECT last_error FROM outbox WHERE key = ? AND receiver = ?", key, receiver)
+        return rows[0][0] if rows else ""
+
     def wait_outbox(self, key: str, receiver: str, pred: Any, what: str, timeout: float = 20.0) -> tuple[str, int]:
         def check() -> tuple[str, int] | None:
             self.stack.check_alive()

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.notify.conftest import WEB_URL, NotifyStack, secret_file
-from tests.notify.receivers import HttpReceiver, SmtpReceiver
+from tests.notify.receivers import HttpReceiver, SmtpReceiver, self_signed
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -80,6 +80,32 @@ def test_each_receiver_gets_its_notices_in_its_format(
     sentinel = notify.publish("j3", "FAILED", workspace="ws-2")
     assert http.wait_posts(5)[-1].headers["Idempotency-Key"] == sentinel
     assert len(http.posts) == 5 and len(smtp.mails) == 1
+
+
+def test_mail_goes_only_to_a_server_whose_certificate_verifies(
+    notify: NotifyStack, smtp: SmtpReceiver, tmp_path
+) -> None:
+    other = tmp_path / "other-ca"
+    other.mkdir()
+    notify.receiver(
+        "mail",
+        kind="email",
+        smtp_host="127.0.0.1",
+        smtp_port=smtp.port,
+        ca_file=str(self_signed(other).cert),  # not the CA of the server's certificate
+        username=smtp.user,
+        password_file=str(secret_file(tmp_path, smtp.password)),
+        sender="p4bus@example.com",
+        to=["a@example.com"],
+    )
+    notify.rule(["mail"])
+    notify.start_broker()
+    notify.start_notifier()
+    key = notify.publish("j1", "FAILED", workspace="ws")
+    notify.wait_outbox(key, "mail", lambda state, attempts: attempts >= 2, "tried twice")
+    assert notify.outbox(key)["mail"][0] == "pending" and "CERTIFICATE_VERIFY_FAILED" in notify.last_error(key, "mail")
+    assert smtp.mails == []
+    assert smtp.password not in "\n".join(notify.log_lines())
 
 
 def test_a_receiver_that_is_down_gets_its_notice_once_it_is_up(
