@@ -4,8 +4,8 @@ The notifier must say which events it has handled in a form that outlives it: th
 Live frames carry none, so the journal is read (replay pages after the cursor) and the live
 subscription serves only to know when to read again: a live event arrives, the next replay
 contains it (the broker answers a replay only once its journal holds every event it had
-accepted when the request came). Between events the journal is read every ``idle_s`` anyway,
-so an event whose live copy was lost is read at the latest then.
+accepted when the request came). While nothing comes live the reader reads the journal every
+second anyway (service.py), so an event whose live copy was lost waits no longer than that.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import zmq
 
-from broker.client import ReplayClient
+from broker.client import ReplayClient, ReplayError
 from common import logs, roles, topics, zmqutil
 from common import protocol as P
 from common.auth import Security
@@ -50,8 +50,13 @@ class JobEvents:
         between the last event and it."""
         while True:
             page = self.replay.page(PREFIX, after=cursor)
+            # A broker that predates publishers sends none: "", as on an insecure bus.
             publishers = page.publishers or [""] * len(page.events)
-            for (journal_id, topic, body), publisher in zip(page.events, publishers, strict=False):
+            if len(publishers) != len(page.events):
+                raise ReplayError(
+                    "bad_reply", f"replay page has {len(page.events)} events but {len(publishers)} publishers"
+                )
+            for (journal_id, topic, body), publisher in zip(page.events, publishers, strict=True):
                 yield journal_id, self._trusted(topic, body, publisher)
             cursor = page.last_id
             if not page.more:
@@ -64,8 +69,7 @@ class JobEvents:
         """Until a live job event arrives (True) or ``timeout_s`` passes; drains what came."""
         if not self.sub.poll(int(timeout_s * 1000)):
             return False
-        while self.sub.poll(0):
-            self.sub.recv_multipart()
+        zmqutil.drain(self.sub, lambda _frames: None)  # what they say is read from the journal
         return True
 
     def _trusted(self, topic: str, body: bytes, publisher: str) -> P.JobChanged | None:
