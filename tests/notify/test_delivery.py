@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import time
 
 import pytest
 
@@ -145,9 +144,9 @@ def test_a_hanging_receiver_does_not_delay_the_others(notify: NotifyStack, http:
         first = notify.publish("j1", "FAILED", workspace="ws")
         stuck.wait_posts(1)  # the stuck receiver holds the first notice and answers nothing
         second = notify.publish("j2", "FAILED", workspace="ws")
-        started = time.monotonic()
-        assert [p.headers["Idempotency-Key"] for p in http.wait_posts(2, timeout=10)] == [first, second]
-        assert time.monotonic() - started < 10 and len(stuck.posts) == 1
+        # Well within the stuck receiver's 60 s timeout: its worker still waits for an answer.
+        assert [p.headers["Idempotency-Key"] for p in http.wait_posts(2, timeout=30)] == [first, second]
+        assert len(stuck.posts) == 1
         stuck.release.set()
         assert stuck.wait_posts(2)[1].headers["Idempotency-Key"] == second
         assert stuck.keys() == [first, second]
