@@ -14,7 +14,7 @@ import click
 from common import keys, lifecycle
 from common.config import PORT_OFFSETS, AgentConf, Config, deep_merge
 from p4bus.cli import Ctx, UserError
-from p4bus.harness.stack import SERVICES, Stack, StackError
+from p4bus.harness.stack import SERVICES, Stack, StackError, notify_wanted
 
 
 @click.command()
@@ -42,12 +42,19 @@ def up(obj: Ctx, state_dir: str | None, up_port_base: int | None, workspace_root
     try:
         for service in SERVICES:
             stack.start(service)
+        if notify_wanted(tree):
+            stack.start("notify")
         stack.wait_ready(agents=1)
         click.echo("p4bus is up:")
         for name in PORT_OFFSETS:
             click.echo(f"  {name:16} {cfg.endpoint(name)}")
         click.echo(f"  state dir        {cfg.state_path}  (logs in {cfg.state_path / 'logs'})")
         click.echo(f"  workspace roots  {', '.join(roots)}")
+        click.echo(
+            f"  notifications    {', '.join(sorted(cfg.notify.receivers))}"
+            if notify_wanted(tree)
+            else "  notifications    off (no [notify.receivers] in the settings)"
+        )
         key = "" if cfg.insecure else str(keys.secret_path(cfg.keys_path, "operator"))
         if key:
             click.echo(f"  operator key     {key}")
