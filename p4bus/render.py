@@ -7,8 +7,10 @@ Shared by `status`, `tail`, `submit --follow`, `agents` and `demo`.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import IO
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -34,13 +36,59 @@ END_STATES = ("DONE", "NOTHING_TO_DO", "FAILED", "CANCELLED", "WAITING_RESOLVE")
 # Every string printed is text, never rich markup or emoji codes: job descriptions, paths, p4
 # output and agent names come from people and servers, and "[/bold]" in a description must
 # print as itself (and not crash the printer). Styles are given as Text styles instead.
-def console() -> Console:
-    """A terminal console, or a wide plain one when piped: a table cut to 80 columns and
-    wrapped mid-id is useless to grep. Either prints strings as text."""
-    c = Console(markup=False, emoji=False, highlight=False)
+def console(file: IO[str] | None = None) -> Console:
+    """The terminal's width (or COLUMNS) on a terminal; piped, a wide plain one, so nothing is
+    cut or wrapped mid-id (tables are then printed as plain columns, see print_grid)."""
+    c = Console(file=file, markup=False, emoji=False, highlight=False)
     if c.is_terminal:
         return c
-    return Console(width=200, no_color=True, markup=False, emoji=False, highlight=False)
+    return Console(file=file, width=200, no_color=True, markup=False, emoji=False, highlight=False)
+
+
+@dataclass
+class Grid:
+    """A table's content, printed as a table on a terminal and as plain columns when piped.
+
+    ``keep`` are the columns never cut (ids, states); ``wrap`` the one that wraps (a reason)."""
+
+    headers: list[str]
+    rows: list[list[str | Text]] = field(default_factory=list)
+    keep: tuple[int, ...] = (0,)
+    wrap: int = -1
+
+    def add(self, *cells: str | Text) -> None:
+        self.rows.append(list(cells))
+
+
+def print_grid(c: Console, grid: Grid) -> None:
+    if c.is_terminal:
+        c.print(rich_table(grid))
+        return
+    for line in plain_lines(grid):
+        c.out(line, highlight=False)
+
+
+def rich_table(grid: Grid) -> Table:
+    """On a terminal: light rules only, kept columns whole, the wrap column taking what is left."""
+    wrap = grid.wrap % len(grid.headers)
+    t = Table(box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, show_edge=False)
+    for i, h in enumerate(grid.headers):
+        if i in grid.keep:
+            t.add_column(h, no_wrap=True, min_width=max(len(h), *(len(str(r[i])) for r in grid.rows)))
+        elif i == wrap:
+            t.add_column(h, overflow="fold", ratio=1, min_width=12)
+        else:
+            t.add_column(h, no_wrap=True, overflow="ellipsis", max_width=24)
+    for row in grid.rows:
+        t.add_row(*row)
+    return t
+
+
+def plain_lines(grid: Grid) -> list[str]:
+    """Aligned columns, two spaces apart, one line per row, nothing cut: for grep and awk."""
+    cells = [grid.headers, *([str(c) for c in row] for row in grid.rows)]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(grid.headers))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
 
 
 def age(ts: float, now: float | None = None) -> str:
@@ -65,22 +113,20 @@ def styled(state: str) -> Text:
     return Text(state, style=STATE_STYLE.get(state, ""))
 
 
-def jobs_table(jobs: list[P.JobView]) -> Table:
-    t = Table("job", "state", "stage", "age", "agent", "workspace", "detail")
-    for col in t.columns[:6]:
-        col.no_wrap = True
+def jobs_table(jobs: list[P.JobView]) -> Grid:
+    g = Grid(["job", "state", "stage", "age", "agent", "workspace", "detail"], keep=(0, 1, 2, 3), wrap=6)
     for j in jobs:
         detail = j.reason or j.waiting_for or (f"change {j.submitted_change}" if j.submitted_change else "")
         stage = "-" if j.state == "QUEUED" else j.stage  # nothing has run yet
-        t.add_row(j.job_id, styled(j.state), stage, age(j.created_at), j.agent or "-", j.workspace, detail)
-    return t
+        g.add(j.job_id, styled(j.state), stage, age(j.created_at), j.agent or "-", j.workspace, detail)
+    return g
 
 
-def agents_table(rows: list[tuple[str, P.AgentInfo]], now: float) -> Table:
+def agents_table(rows: list[tuple[str, P.AgentInfo]], now: float) -> Grid:
     """(master id, agent) pairs as `p4bus agents` prints them."""
-    table = Table("agent", "master", "host", "pools", "slots", "running", "workspaces", "last seen")
+    g = Grid(["agent", "master", "host", "pools", "slots", "running", "workspaces", "last seen"], keep=(0, 4), wrap=6)
     for master, a in rows:
-        table.add_row(
+        g.add(
             a.agent_id,
             master,
             a.host,
@@ -90,7 +136,35 @@ def agents_table(rows: list[tuple[str, P.AgentInfo]], now: float) -> Table:
             ",".join(a.workspaces) or "-",
             f"{now - a.last_seen:.1f}s ago",
         )
-    return table
+    return g
+
+
+def stage_label(stage: str, attempt: int) -> str:
+    """A stage as people read it: its try number once it is retried."""
+    return stage if attempt <= 1 else f"{stage} (try {attempt})"
+
+
+def progress(j: P.JobView, now: float | None = None) -> str:
+    """What the orchestrator knows of how far a job is: stages done of the pipeline's, the
+    running stage and for how long."""
+    stages = pipeline_stages(j.pipeline)
+    done = {r.stage for r in j.timeline if r.state == "DONE"} - {j.stage}
+    counted = f"stage {len(done & set(stages)) + 1} of {len(stages)}" if stages else ""
+    running = [r for r in j.timeline if r.state in ("DISPATCHED", "RUNNING")]
+    if not running or j.state in END_STATES:
+        return counted
+    r = running[-1]
+    return (
+        f"{counted}: {stage_label(r.stage, r.attempt)} running for {duration(r.started_at or r.created_at, now or 0.0)}"
+    )
+
+
+def pipeline_stages(name: str) -> list[str]:
+    """The stage names of pipeline ``name`` in order (none for a pipeline this CLI does not know)."""
+    from orchestrator.pipeline import PIPELINES  # only the commands that show progress need it
+
+    pipeline = PIPELINES.get(name)
+    return [s.name for s in pipeline.stages] if pipeline else []
 
 
 def job_detail(console: Console, j: P.JobView) -> None:
@@ -105,10 +179,16 @@ def job_detail(console: Console, j: P.JobView) -> None:
     console.print(head)
     what = ", ".join(f"{k}={v}" for k, v in j.params.items())
     console.print(f"  {what}", style="dim")
-    t = Table("stage", "step", "try", "state", "exit", "duration", "command", "the line that mattered", show_edge=False)
+    if step := progress(j):
+        console.print(f"  progress: {step}")
+    g = Grid(
+        ["stage", "step", "try", "state", "exit", "duration", "command", "the line that mattered"],
+        keep=(0, 3),
+        wrap=7,
+    )
     for r in j.timeline:
         code = str(r.exit_code) if r.exit_code is not None else (f"sig {r.signal}" if r.signal else "-")
-        t.add_row(
+        g.add(
             r.stage,
             str(r.step),
             str(r.attempt),
@@ -119,15 +199,13 @@ def job_detail(console: Console, j: P.JobView) -> None:
             r.key_line or r.reason,
         )
     if j.timeline:
-        console.print(t)
+        print_grid(console, g)
     if j.change:
         console.print(f"  pending change: {j.change}")
     if j.submitted_change:
         console.print(Text(f"  submitted change: {j.submitted_change}", style="green"))
     if j.conflicts:
-        console.print(
-            Text("  conflicts (resolve in the workspace, then `p4bus resume " + j.job_id + "`):", style="magenta")
-        )
+        console.print(Text(conflicts_heading(j), style="magenta"))
         for c in j.conflicts:
             console.print(f"    {c}")
     if j.reason:
@@ -136,23 +214,48 @@ def job_detail(console: Console, j: P.JobView) -> None:
         console.print(f"  waiting for: {j.waiting_for}", style="dim")
 
 
+def conflicts_heading(j: P.JobView) -> str:
+    """Only a job that waits for a resolve is told to resolve and resume."""
+    if j.state == "WAITING_RESOLVE":
+        return f"  conflicts (resolve in the workspace, then `p4bus resume {j.job_id}`):"
+    return "  conflicts (when it stopped):"
+
+
 class LogPrinter:
-    """Writes command output as it arrives: a header per stage command, stderr lines marked."""
+    """Writes command output as it arrives: a header per stage command, stderr lines marked.
+
+    With ``only_stage``, the output of that stage's commands alone and no headers (for grep);
+    notes then go to ``notes``."""
 
     STDERR_MARK = b"stderr| "
 
-    def __init__(self, out: IO[bytes], color: bool = False) -> None:
+    def __init__(
+        self, out: IO[bytes], color: bool = False, only_stage: str | None = None, notes: IO[bytes] | None = None
+    ) -> None:
         self.out = out
         self.color = color
+        self.only_stage = only_stage
+        self.notes = notes or out
+        self.shown: dict[str, bool] = {}  # cmd_id -> its output is printed (only_stage)
         self.at_line_start: dict[tuple[str, int], bool] = {}
 
-    def header(self, stage: str, step: int, attempt: int, argv: list[str]) -> None:
-        extra = (f" step {step}" if step else "") + (f" attempt {attempt}" if attempt > 1 else "")
+    def header(self, cmd_id: str, stage: str, step: int, attempt: int, argv: list[str]) -> None:
+        if self.only_stage is not None:
+            self.shown[cmd_id] = stage == self.only_stage
+            return
+        extra = (f" step {step}" if step else "") + (f" try {attempt}" if attempt > 1 else "")
         line = f"── {stage}{extra}: {' '.join(argv)}"
         self._line(line, "\x1b[1;36m")
 
     def note(self, text: str) -> None:
+        if self.only_stage is not None:
+            self.notes.write(f"── {text}\n".encode())
+            self.notes.flush()
+            return
         self._line(f"── {text}", "\x1b[1;35m")
+
+    def tick(self) -> None:
+        """Everything is written as it arrives: nothing to render."""
 
     def _line(self, text: str, color: str) -> None:
         data = f"{color}{text}\x1b[0m\n" if self.color else text + "\n"
@@ -160,6 +263,8 @@ class LogPrinter:
         self.out.flush()
 
     def write(self, cmd_id: str, stream: int, data: bytes) -> None:
+        if self.only_stage is not None and not self.shown.get(cmd_id):
+            return
         if stream == P.STDOUT:
             self.out.write(data)
         else:
