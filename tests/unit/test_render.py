@@ -9,7 +9,7 @@ import io
 import pytest
 
 from common import protocol as P
-from p4bus.render import LogPrinter, agents_table, console, job_detail, jobs_table
+from p4bus.render import LogPrinter, agents_table, console, job_detail, jobs_table, print_grid
 
 MARKUP = ["fix [/bold] thing", "[red]red[/red]", "[bold magenta]x", "[link=http://evil]y[/link]", ":smile:"]
 TEXT = " ".join(MARKUP)
@@ -62,9 +62,9 @@ def test_job_detail_prints_markup_as_text(capsys: pytest.CaptureFixture[str]) ->
 def test_the_job_and_agent_tables_print_markup_as_text(capsys: pytest.CaptureFixture[str]) -> None:
     v = view()
     c = console()
-    c.print(jobs_table([v]))
+    print_grid(c, jobs_table([v]))
     info = P.AgentInfo(agent_id="a[red]1", host="h[/bold]", pools=["[b]"], workspaces=["ws[/]"], slots=2)
-    c.print(agents_table([("m[bold]", info)], now=1.0))
+    print_grid(c, agents_table([("m[bold]", info)], now=1.0))
     out = printed(capsys)
     for text in ("INT-1", "a[red]1", "ws[/bold]", "h[/bold]", "[b]", "ws[/]", "m[bold]"):
         assert text in out
@@ -74,7 +74,7 @@ def test_the_job_and_agent_tables_print_markup_as_text(capsys: pytest.CaptureFix
 def test_the_log_printer_writes_bytes_as_they_are() -> None:
     out = io.BytesIO()
     printer = LogPrinter(out)
-    printer.header("SYNC", 0, 1, ["p4", "sync", "[/bold]"])
+    printer.header("c1", "SYNC", 0, 1, ["p4", "sync", "[/bold]"])
     printer.write("c1", P.STDOUT, b"[red]//depot/x#1 - added\n")
     printer.write("c1", P.STDERR, b"[/bold]\n")
     assert (
