@@ -51,12 +51,20 @@ class LineCounter:
 class StageProgress:
     stage: str
     attempt: int
-    started: float
+    started: float  # on this printer's clock, when it was first shown
     files: int = 0
+    recorded: float = 0.0  # run time of its commands that had ended when they were shown
+    live: bool = False  # one of its commands was running when shown: time it here
+
+    def add(self, run: P.StageRun) -> None:
+        if run.ended_at and run.started_at:
+            self.recorded += run.ended_at - run.started_at  # history: as it ran, not as replayed
+        else:
+            self.live = True
 
     def line(self, now: float, running: bool) -> str:
         """`STAGE  files  rate  elapsed`, in fixed columns (blank where there is nothing)."""
-        elapsed = max(now - self.started, 0.0)
+        elapsed = max(now - self.started, 0.0) if self.live else self.recorded
         files = f"{self.files:,} file{'' if self.files == 1 else 's'}" if self.files else ""
         rate = f"{self.files / elapsed:,.0f}/s" if self.files and elapsed >= 1.0 else ""
         more = "  ..." if running else ""
@@ -76,17 +84,18 @@ class ProgressPrinter:
         self._shown = ""  # the in-place line now on the terminal
         self._last_render = 0.0
 
-    def header(self, cmd_id: str, stage: str, step: int, attempt: int, argv: list[str]) -> None:
+    def header(self, run: P.StageRun) -> None:
         now = self.clock()
         cur = self.current
-        if cur is None or (cur.stage, cur.attempt) != (stage, attempt):
+        if cur is None or (cur.stage, cur.attempt) != (run.stage, run.attempt):
             self.end_stage()
-            self.current = StageProgress(stage, attempt, now)
+            cur = self.current = StageProgress(run.stage, run.attempt, now)
             self._counted = 0
             self._last_render = now
-        elif cur is not None:
+        else:
             self._counted = cur.files  # a further step of the same stage adds to its count
-        self.counters = {cmd_id: LineCounter()}
+        cur.add(run)
+        self.counters = {run.cmd_id: LineCounter()}
 
     def write(self, cmd_id: str, stream: int, data: bytes) -> None:
         counter = self.counters.get(cmd_id)

@@ -239,12 +239,12 @@ class LogPrinter:
         self.shown: dict[str, bool] = {}  # cmd_id -> its output is printed (only_stage)
         self.at_line_start: dict[tuple[str, int], bool] = {}
 
-    def header(self, cmd_id: str, stage: str, step: int, attempt: int, argv: list[str]) -> None:
+    def header(self, run: P.StageRun) -> None:
         if self.only_stage is not None:
-            self.shown[cmd_id] = stage == self.only_stage
+            self.shown[run.cmd_id] = run.stage == self.only_stage
             return
-        extra = (f" step {step}" if step else "") + (f" try {attempt}" if attempt > 1 else "")
-        line = f"── {stage}{extra}: {' '.join(argv)}"
+        extra = (f" step {run.step}" if run.step else "") + (f" try {run.attempt}" if run.attempt > 1 else "")
+        line = f"── {run.stage}{extra}: {' '.join(run.argv)}"
         self._line(line, "\x1b[1;36m")
 
     def note(self, text: str) -> None:

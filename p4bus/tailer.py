@@ -52,7 +52,7 @@ BATCH = 5000
 class Printer(Protocol):
     """What a tail prints to: the byte-exact log (render.LogPrinter) or progress (progress.py)."""
 
-    def header(self, cmd_id: str, stage: str, step: int, attempt: int, argv: list[str]) -> None: ...
+    def header(self, run: P.StageRun) -> None: ...
     def note(self, text: str) -> None: ...
     def write(self, cmd_id: str, stream: int, data: bytes) -> None: ...
     def tick(self) -> None: ...
@@ -271,7 +271,7 @@ class JobTail:
             self._close_earlier(cmd_id)
             run = self._run(cmd_id)
             if run is not None:
-                self.printer.header(cmd_id, run.stage, run.step, run.attempt, run.argv)
+                self.printer.header(run)
             out = self.outputs[cmd_id] = OutputAssembler(
                 lambda stream, offset, size: self._fetch(cmd_id, stream, offset, size),
                 lambda stream, data: self.printer.write(cmd_id, stream, data),

@@ -27,13 +27,23 @@ class Up:
         self.out = tmp / "up.out"
         env = {k: v for k, v in os.environ.items() if not k.startswith("P4BUS_")}
         self.env = {**env, "P4BUS_KEY": str(self.state / "keys" / "operator.key_secret")}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "p4bus", "up", "--state-dir", str(self.state), "--port-base", str(self.port_base)],
-            stdout=open(self.out, "w"),  # noqa: SIM115 -- the child holds them
-            stderr=open(self.err, "w"),  # noqa: SIM115
-            cwd=REPO,
-            env=env,
-        )
+        with open(self.out, "w") as out, open(self.err, "w") as err:  # the child keeps its own copies
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "p4bus",
+                    "up",
+                    "--state-dir",
+                    str(self.state),
+                    "--port-base",
+                    str(self.port_base),
+                ],
+                stdout=out,
+                stderr=err,
+                cwd=REPO,
+                env=env,
+            )
 
     def said(self) -> str:
         return self.err.read_text()
@@ -87,7 +97,7 @@ def test_a_killed_master_and_agent_come_back_and_run_works_again(up: Up) -> None
     assert before.stdout == "before\n", before.stderr
     for service, pid in first.items():
         os.kill(pid, signal.SIGKILL)
-        again = wait_for(lambda s=service: (p := up.service_pid(s)) not in (None, pid) and p, 30, f"{service} back")
+        again = wait_for(lambda s=service, old=pid: (p := up.service_pid(s)) not in (None, old) and p, 30, "it back")
         assert again != pid
         wait_for(lambda s=service: f"{s} restarted" in up.said(), 10, f"up to say {service} restarted")
         assert f"{service} exited with code -9" in up.said()

@@ -74,7 +74,9 @@ def test_the_job_and_agent_tables_print_markup_as_text(capsys: pytest.CaptureFix
 def test_the_log_printer_writes_bytes_as_they_are() -> None:
     out = io.BytesIO()
     printer = LogPrinter(out)
-    printer.header("c1", "SYNC", 0, 1, ["p4", "sync", "[/bold]"])
+    printer.header(
+        P.StageRun(stage="SYNC", step=0, attempt=1, cmd_id="c1", state="RUNNING", argv=["p4", "sync", "[/bold]"])
+    )
     printer.write("c1", P.STDOUT, b"[red]//depot/x#1 - added\n")
     printer.write("c1", P.STDERR, b"[/bold]\n")
     assert (
