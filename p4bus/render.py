@@ -6,13 +6,12 @@ Shared by `status`, `tail`, `submit --follow`, `agents` and `demo`.
 
 from __future__ import annotations
 
+import textwrap
 import time
 from dataclasses import dataclass, field
 from typing import IO
 
-from rich import box
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from common import protocol as P
@@ -49,39 +48,90 @@ def console(file: IO[str] | None = None) -> Console:
 class Grid:
     """A table's content, printed as a table on a terminal and as plain columns when piped.
 
-    ``keep`` are the columns never cut (ids, states); ``wrap`` the one that wraps (a reason)."""
+    ``keep`` are the columns never cut (ids, states); ``wrap`` the one that wraps (a reason);
+    ``give_way`` the others in the order they are narrowed, then left out, on a narrow terminal
+    (any not named give way first, rightmost first)."""
 
     headers: list[str]
     rows: list[list[str | Text]] = field(default_factory=list)
     keep: tuple[int, ...] = (0,)
     wrap: int = -1
+    give_way: tuple[int, ...] = ()
 
     def add(self, *cells: str | Text) -> None:
         self.rows.append(list(cells))
 
 
 def print_grid(c: Console, grid: Grid) -> None:
-    if c.is_terminal:
-        c.print(rich_table(grid))
-        return
-    for line in plain_lines(grid):
-        c.out(line, highlight=False)
+    lines = terminal_lines(grid, c.width) if c.is_terminal else [Text(line) for line in plain_lines(grid)]
+    for line in lines:
+        # soft_wrap: the lines are laid out already; a kept column is never cut by the console.
+        c.print(line, soft_wrap=True)
 
 
-def rich_table(grid: Grid) -> Table:
-    """On a terminal: light rules only, kept columns whole, the wrap column taking what is left."""
+# Between columns; at most this wide for a column that is neither kept nor wrapped (it is cut
+# with an ellipsis). When the wrap column would get less than a third of the line, the others
+# give way in turn: each is narrowed down to SQUEEZED_WIDTH, then left out if still needed.
+GAP = 2
+CAPPED_WIDTH = 24
+SQUEEZED_WIDTH = 6
+WRAP_MIN_WIDTH = 12
+
+
+def column_widths(grid: Grid, width: int) -> list[int]:
+    """Each column's width in a ``width``-column terminal, 0 for one left out. Kept columns
+    are never cut (a line may then be longer than ``width``)."""
+    n = len(grid.headers)
+    wrap = grid.wrap % n
+    natural = [max(len(grid.headers[i]), *(len(str(r[i])) for r in grid.rows)) for i in range(n)]
+    widths = [w if i in grid.keep or i == wrap else min(w, CAPPED_WIDTH) for i, w in enumerate(natural)]
+    named = [i for i in grid.give_way if i not in grid.keep and i != wrap]
+    unnamed = [i for i in reversed(range(n)) if i not in grid.keep and i != wrap and i not in named]
+
+    def room() -> int:
+        shown = [w for i, w in enumerate(widths) if i != wrap and w]
+        return width - sum(shown) - GAP * len(shown)
+
+    want = min(natural[wrap], max(WRAP_MIN_WIDTH, width // 3))  # a reason worth reading
+    for i in unnamed + named:
+        if room() >= want:
+            break
+        widths[i] = max(min(widths[i], SQUEEZED_WIDTH), widths[i] - (want - room()))
+        if room() < want:
+            widths[i] = 0
+    widths[wrap] = min(natural[wrap], max(room(), WRAP_MIN_WIDTH))
+    return widths
+
+
+def terminal_lines(grid: Grid, width: int) -> list[Text]:
+    """The grid laid out in ``width`` columns: the wrap column's text continues on lines of
+    its own, under itself."""
     wrap = grid.wrap % len(grid.headers)
-    t = Table(box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, show_edge=False)
-    for i, h in enumerate(grid.headers):
-        if i in grid.keep:
-            t.add_column(h, no_wrap=True, min_width=max(len(h), *(len(str(r[i])) for r in grid.rows)))
-        elif i == wrap:
-            t.add_column(h, overflow="fold", ratio=1, min_width=12)
-        else:
-            t.add_column(h, no_wrap=True, overflow="ellipsis", max_width=24)
+    widths = column_widths(grid, width)
+    start = sum(w + GAP for w in widths[:wrap] if w)
+    rule = Text("─" * min(width, sum(w + GAP for w in widths if w) - GAP))
+    out = [_line([Text(h, style="bold") for h in grid.headers], widths), rule]
     for row in grid.rows:
-        t.add_row(*row)
-    return t
+        pieces = textwrap.wrap(str(row[wrap]), widths[wrap], break_on_hyphens=False) or [""]
+        cells = [c if isinstance(c, Text) else Text(c) for c in row]
+        cells[wrap] = Text(pieces[0])
+        out.append(_line(cells, widths))
+        out += [Text(" " * start + more) for more in pieces[1:]]
+    return out
+
+
+def _line(cells: list[Text], widths: list[int]) -> Text:
+    shown = [(cell, w) for cell, w in zip(cells, widths, strict=True) if w]
+    line = Text()
+    for i, (cell, w) in enumerate(shown):
+        cell = cell.copy()
+        if cell.cell_len > w:
+            cell.truncate(w, overflow="ellipsis")
+        if i < len(shown) - 1:
+            cell.pad_right(w - cell.cell_len + GAP)
+        line.append_text(cell)
+    line.rstrip()
+    return line
 
 
 def plain_lines(grid: Grid) -> list[str]:
@@ -114,7 +164,9 @@ def styled(state: str) -> Text:
 
 
 def jobs_table(jobs: list[P.JobView]) -> Grid:
-    g = Grid(["job", "state", "stage", "age", "agent", "workspace", "detail"], keep=(0, 1, 2, 3), wrap=6)
+    g = Grid(
+        ["job", "state", "stage", "age", "agent", "workspace", "detail"], keep=(0, 1), wrap=6, give_way=(5, 4, 3, 2)
+    )
     for j in jobs:
         detail = j.reason or j.waiting_for or (f"change {j.submitted_change}" if j.submitted_change else "")
         stage = "-" if j.state == "QUEUED" else j.stage  # nothing has run yet
@@ -124,7 +176,12 @@ def jobs_table(jobs: list[P.JobView]) -> Grid:
 
 def agents_table(rows: list[tuple[str, P.AgentInfo]], now: float) -> Grid:
     """(master id, agent) pairs as `p4bus agents` prints them."""
-    g = Grid(["agent", "master", "host", "pools", "slots", "running", "workspaces", "last seen"], keep=(0, 4), wrap=6)
+    g = Grid(
+        ["agent", "master", "host", "pools", "slots", "running", "workspaces", "last seen"],
+        keep=(0, 4),
+        wrap=6,
+        give_way=(1, 5, 7, 3, 2),
+    )
     for master, a in rows:
         g.add(
             a.agent_id,
@@ -183,8 +240,9 @@ def job_detail(console: Console, j: P.JobView) -> None:
         console.print(f"  progress: {step}")
     g = Grid(
         ["stage", "step", "try", "state", "exit", "duration", "command", "the line that mattered"],
-        keep=(0, 3),
+        keep=(0, 2, 3),
         wrap=7,
+        give_way=(6, 1, 5, 4),
     )
     for r in j.timeline:
         code = str(r.exit_code) if r.exit_code is not None else (f"sig {r.signal}" if r.signal else "-")
