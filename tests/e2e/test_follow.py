@@ -90,6 +90,24 @@ def test_follow_of_a_failed_job_exits_1_with_the_broker_down_from_the_start(jobs
     assert "FAILED at GET_LATEST_CL" in out and "reason: " in out and "Connect to server failed" in out
 
 
+def test_compact_follow_shows_a_retried_stages_try_number(jobs, tmp_path):
+    jobs.stack.tree["orchestrator"]["site"] = {"retry": {"GET_LATEST_CL": FAST_RETRY}}
+    state = tmp_path / "fault-state"
+    faults = {"P4SIM_FAULT": "refused", "P4SIM_FAULT_COUNT": "1", "P4SIM_FAULT_STATE": str(state)}
+    jobs.workspace("ws1", "clean", env=faults)
+    jobs.start()
+    info = jobs.seeds["ws1"]
+    args = ("submit", "--workspace", "ws1", "--source", info["source"], "--target", info["target"], "--follow")
+    done = p4bus(jobs, *args)
+    assert done.returncode == 0, done.stderr
+    job_id, *lines = done.stdout.splitlines()
+    assert f"{job_id} RETRY_WAIT at GET_LATEST_CL" in lines
+    stages = [line for line in lines if not line.startswith(job_id)]
+    assert stages[0].startswith("GET_LATEST_CL ") and stages[1].startswith("GET_LATEST_CL (try 2)"), done.stdout
+    status = p4bus(jobs, "status", job_id)
+    assert any(line.split()[:3] == ["GET_LATEST_CL", "0", "2"] for line in status.stdout.splitlines()), status.stdout
+
+
 def test_tail_stage_prints_that_stages_output_alone(jobs):
     jobs.workspace("ws1", "clean")
     jobs.start()
