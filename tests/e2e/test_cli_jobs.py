@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -187,3 +188,30 @@ def test_help_documents_the_exit_codes():
     assert done.returncode == 0
     text = " ".join(done.stdout.split())
     assert "Exit codes: 0 ok; 1 the job failed or was cancelled" in text and "4 a service did not answer" in text
+
+
+def _complete(jobs, words: str) -> list[str]:
+    """What bash completion offers for the last of ``words`` (click's bash_complete protocol)."""
+    line = f"p4bus --config {jobs.stack.config_file()} {words}"
+    env = {
+        **os.environ,
+        "_P4BUS_COMPLETE": "bash_complete",
+        "COMP_WORDS": line,
+        "COMP_CWORD": str(len(line.split()) - (0 if line.endswith(" ") else 1)),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "p4bus"], capture_output=True, text=True, timeout=30, cwd=REPO, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    return [item.split(",", 1)[1] for item in done.stdout.splitlines()]
+
+
+def test_shell_completion_of_job_ids_stages_and_workspaces(jobs):
+    jobs.workspace("ws1", "clean")
+    jobs.start()
+    job_id = jobs.submit("ws1")
+    jobs.wait_state(job_id)
+    assert _complete(jobs, "status INT") == [job_id]
+    assert _complete(jobs, f"tail {job_id[-1]}") == [job_id]  # by its number
+    assert _complete(jobs, f"retry {job_id} --from resolve") == ["RESOLVE_PASS_1", "RESOLVE_PASS_2", "RESOLVE_CHECK"]
+    assert _complete(jobs, "submit --workspace ") == ["ws1"]
