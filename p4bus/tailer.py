@@ -24,6 +24,7 @@ termination (zmq_ctx_term, the thread-safe way) ends the pump's blocking read.
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -96,6 +97,12 @@ class _Pump(threading.Thread):
         term.start()
         term.join(timeout=5)
         self.join(timeout=5)
+
+
+def _warn(text: str) -> None:
+    """What the tail itself has to say goes to stderr: stdout is the job's output."""
+    sys.stderr.write(f"p4bus: {text}\n")
+    sys.stderr.flush()
 
 
 def _take(events: queue.SimpleQueue[P.Delivered | None], wait_s: float) -> list[P.Delivered | None]:
@@ -185,12 +192,12 @@ class JobTail:
                 raise
             if not self.orch_silent:
                 self.orch_silent = True
-                self.printer.note(f"the orchestrator does not answer ({exc.message}); still waiting")
+                _warn(f"the orchestrator does not answer ({exc.message}); still waiting")
             return None
 
     def _pump_ended(self, pump: _Pump) -> None:
         if pump.error is not None:
-            self.printer.note(
+            _warn(
                 f"the broker's event stream is unavailable ({pump.error}); "
                 "following the job through the orchestrator and the agents' spools"
             )
