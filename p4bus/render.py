@@ -169,7 +169,7 @@ def jobs_table(jobs: list[P.JobView]) -> Grid:
     )
     for j in jobs:
         detail = j.reason or j.waiting_for or (f"change {j.submitted_change}" if j.submitted_change else "")
-        stage = "-" if j.state == "QUEUED" else j.stage  # nothing has run yet
+        stage = "-" if j.state == "QUEUED" else stage_label(j.stage, j.attempt)  # nothing has run yet
         g.add(j.job_id, styled(j.state), stage, age(j.created_at), j.agent or "-", j.workspace, detail)
     return g
 
@@ -229,7 +229,7 @@ def job_detail(console: Console, j: P.JobView) -> None:
         (j.job_id, "bold"),
         "  ",
         styled(j.state),
-        f"  at {j.stage}  ",
+        f"  at {stage_label(j.stage, j.attempt)}  ",
         (f"workspace {j.workspace}", "dim"),
         (f"  agent {j.agent}" if j.agent else "", "dim"),
     )

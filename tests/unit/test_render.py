@@ -155,3 +155,10 @@ def test_job_detail_shows_progress_and_the_try_number_of_a_retried_stage(capsys:
     job_detail(console(), running)
     out = printed(capsys)
     assert "progress: stage 2 of 13: SYNC (try 2) running for 3." in out
+
+
+def test_the_job_table_shows_a_retried_stages_try(capsys: pytest.CaptureFixture[str]) -> None:
+    retried = msgspec.structs.replace(long_job("RETRY_WAIT"), stage="SYNC", attempt=2)
+    print_grid(console(), jobs_table([retried, long_job()]))
+    rows = printed(capsys).splitlines()[1:]
+    assert "SYNC (try 2)" in rows[0] and "(try" not in rows[1]
