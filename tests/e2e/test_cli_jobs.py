@@ -140,20 +140,6 @@ def test_demo_runs_end_to_end():
     assert done.stdout.count("DONE            submitted change") == 2
 
 
-def test_job_ids_by_their_end_and_one_exit_code_for_an_unknown_job(jobs):
-    jobs.workspace("ws1", "clean")
-    jobs.start()
-    first = jobs.submit("ws1")
-    jobs.wait_state(first)
-    number = str(int(first.rsplit("-", 1)[1]))
-    shown = p4bus(jobs, "status", number)
-    assert shown.returncode == 0 and shown.stdout.startswith(first), shown.stderr
-    for args in (["status", "9999"], ["tail", "9999"], ["cancel", "nosuch"], ["resume", "9999"], ["retry", "x"]):
-        done = p4bus(jobs, *args)
-        assert done.returncode == 2, (args, done.stderr)
-        assert "no job" in done.stderr and "Traceback" not in done.stderr
-
-
 def test_services_that_do_not_answer_are_named_within_seconds(stack):
     stack.start("broker")
     stack.start("master")
@@ -206,12 +192,20 @@ def _complete(jobs, words: str) -> list[str]:
     return [item.split(",", 1)[1] for item in done.stdout.splitlines()]
 
 
-def test_shell_completion_of_job_ids_stages_and_workspaces(jobs):
+def test_job_ids_by_their_end_one_exit_code_for_an_unknown_job_and_completion(jobs):
     jobs.workspace("ws1", "clean")
     jobs.start()
     job_id = jobs.submit("ws1")
     jobs.wait_state(job_id)
+    number = str(int(job_id.rsplit("-", 1)[1]))
+    shown = p4bus(jobs, "status", number)
+    assert shown.returncode == 0 and shown.stdout.startswith(job_id), shown.stderr
+    for args in (["status", "9999"], ["tail", "9999"], ["cancel", "nosuch"], ["resume", "9999"], ["retry", "x"]):
+        done = p4bus(jobs, *args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert "no job" in done.stderr and "Traceback" not in done.stderr
+    # Shell completion: job ids (also by their number), stages in any case, workspaces.
     assert _complete(jobs, "status INT") == [job_id]
-    assert _complete(jobs, f"tail {job_id[-1]}") == [job_id]  # by its number
+    assert _complete(jobs, f"tail {number}") == [job_id]
     assert _complete(jobs, f"retry {job_id} --from resolve") == ["RESOLVE_PASS_1", "RESOLVE_PASS_2", "RESOLVE_CHECK"]
     assert _complete(jobs, "submit --workspace ") == ["ws1"]
