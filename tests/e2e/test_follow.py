@@ -44,15 +44,17 @@ def test_follow_and_tail_end_when_the_final_events_never_reach_the_journal(jobs)
     """The broker dies mid-job and stays down: the job's remaining events, DONE among them,
     are never journalled. `submit --follow` (running) and `tail` (started after) still end,
     with exit 0, the tail with every byte of every command (from the journal and the spools)."""
-    jobs.workspace("ws1", "big:30", env={"P4SIM_DELAY_PER_FILE": "0.05"})
+    jobs.workspace("ws1", "big:20", env={"P4SIM_DELAY_PER_FILE": "0.05"})  # ~1 s a stage
     jobs.start()
     info = jobs.seeds["ws1"]
     follower = _follow(
         jobs, "submit", "--workspace", "ws1", "--source", info["source"], "--target", info["target"], "--follow"
     )
     job_id = wait_for(lambda: _only_job(jobs), 30, "the job to be submitted")
-    _running(jobs, job_id, "SYNC")
+    _running(jobs, job_id, "PRE_SUBMIT")  # SHELVE, NC_FIX and P4PUSH are still to come
     jobs.stack.kill("broker")
+    with jobs.orch() as oc:
+        assert oc.job(job_id).state == "RUNNING"
     view = jobs.wait_state(job_id, timeout=90)
     assert view.state == "DONE", view.reason
     ended_at = time.monotonic()
