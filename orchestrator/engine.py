@@ -42,6 +42,7 @@ from orchestrator.pipeline import (
     validate_site,
 )
 from orchestrator.pipeline.transition import CONFLICTS_KEY
+from orchestrator.pipeline.validate import blocklist_errors
 from orchestrator.store import IN_FLIGHT, OPEN, CmdKind, CmdState, CommandRow, JobRow, Store
 
 log = logs.get("orchestrator.engine")
@@ -110,6 +111,8 @@ class Engine:
         except msgspec.ValidationError as exc:
             raise JobError(f"orchestrator.site in the configuration is invalid: {exc}") from None
         problems = validate_site(self.site)
+        for name, wc in conf.workspaces.items():
+            problems += blocklist_errors(f"orchestrator.workspaces.{name}.blocklist", wc.blocklist)
         if problems:
             raise JobError("orchestrator.site in the configuration: " + "; ".join(problems))
         for name, wc in conf.workspaces.items():
@@ -133,6 +136,7 @@ class Engine:
             password_set=bool(wc.password_env or wc.password_file),
             tickets_file=wc.tickets_file,
             env=dict(wc.env),
+            blocklist=list(wc.blocklist),
         )
 
     def _ws_conf(self, name: str) -> WorkspaceConf:
