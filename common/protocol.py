@@ -530,7 +530,9 @@ Reply = (
     | ScheduleList
     | ErrorReply
 )
-TemplateRequest = PutTemplate | GetTemplate | ListTemplates | RemoveTemplate | PutSchedule | ListSchedules | RemoveSchedule
+TemplateRequest = (
+    PutTemplate | GetTemplate | ListTemplates | RemoveTemplate | PutSchedule | ListSchedules | RemoveSchedule
+)
 OrchestratorRequest = Submit | GetJob | ListJobs | Resume | Cancel | RetryJob | Ping | Stats | TemplateRequest
 ReplayRequest = Replay | Stats | Ping
 Event = LogChunk | CmdStarted | CmdDone | AgentUp | AgentLost | AgentGone | JobChanged

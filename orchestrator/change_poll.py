@@ -60,8 +60,11 @@ def latest_change(run: Runner, source: str | None, branch_spec: str | None) -> i
     if branch_spec:
         status = run(["-ztag", "branch", "-o", branch_spec])
         spec = p4parse.parse_ztag_spec(_text(status))
-        if status.exit_code != 0 or "Access" not in spec:
-            raise ValueError(f"branch spec {branch_spec!r}: {_refusal(status) or 'does not exist on the server'}")
+        if status.exit_code != 0:
+            raise ValueError(f"p4 branch -o {branch_spec}: {_refusal(status)}")
+        # `branch -o` of an unknown name prints a template; only a stored spec has Access.
+        if "Access" not in spec:
+            raise ValueError(f"branch spec {branch_spec!r} does not exist on the server")
         sources = [s for s, _ in p4parse.view_mappings(spec)]
     status = run(["-ztag", "changes", "-m1", "-s", "submitted", *sources])
     if status.exit_code != 0:

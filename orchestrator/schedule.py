@@ -138,4 +138,3 @@ def apply_template(t: P.Template, req: P.Submit) -> P.Submit:
         pool=req.pool or t.pool,
         pipeline=req.pipeline,
     )
-

@@ -57,8 +57,7 @@ class Scheduler:
                 self._check_template(msg.template)
                 if not msg.replace and self.t.template(msg.template.name):
                     raise JobError(
-                        f"template {msg.template.name!r} exists: pass --replace to change it "
-                        f"(or remove it first)"
+                        f"template {msg.template.name!r} exists: pass --replace to change it (or remove it first)"
                     )
                 with self.store.tx():
                     self.t.put_template(msg.template, now)

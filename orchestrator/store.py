@@ -627,9 +627,7 @@ class TemplateStore:
 
     def schedule_waits(self, name: str, next_at: float, note: str, now: float) -> None:
         """Not run this time: due again from ``next_at``, and why."""
-        self.db.execute(
-            "UPDATE schedules SET next_at=?, note=?, updated_at=? WHERE name=?", (next_at, note, now, name)
-        )
+        self.db.execute("UPDATE schedules SET next_at=?, note=?, updated_at=? WHERE name=?", (next_at, note, now, name))
 
     def schedule_ran(self, name: str, job_id: str, change: int | None, next_at: float, now: float) -> None:
         self.db.execute(

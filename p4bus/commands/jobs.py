@@ -71,6 +71,7 @@ def _exit_for(view: P.JobView) -> None:
 @click.option("--desc", default="", help="Description of the pending change.")
 @click.option("--follow", "do_follow", is_flag=True, help="Stream the job's output until it ends or waits.")
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
+@click.option("--template", help="Start from this saved template; the options given override it.")
 @click.pass_obj
 def submit(
     obj: Ctx,
@@ -84,11 +85,12 @@ def submit(
     desc: str,
     do_follow: bool,
     as_json: bool,
+    template: str | None,
 ) -> None:
     """Submit an integration job; prints its id."""
     if branch_spec and (source or target):
         raise UserError("give either --branch-spec or --source and --target, not both", 2)
-    if not branch_spec and not (source and target):
+    if not template and not branch_spec and not (source and target):
         raise UserError("give --source and --target (or --branch-spec)", 2)
     view = _call(
         obj,
@@ -101,6 +103,7 @@ def submit(
             agent=agent,
             pool=pool,
             desc=desc,
+            template=template,
         ),
     )
     if as_json:
