@@ -3,10 +3,13 @@ real SQLite store with a clock the test moves by hand (restarts are a new Store 
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from test_pipeline_helpers import interpret, ok, workspace
+from test_pipeline_interpreters import OPENED
 
 from common import protocol as P
 from common import roles
@@ -14,7 +17,7 @@ from common.config import OrchestratorConf, WorkspaceConf
 from orchestrator import schedule as S
 from orchestrator.change_poll import Answer, Question, latest_change
 from orchestrator.engine import Engine, JobError
-from orchestrator.pipeline import JobState
+from orchestrator.pipeline import JobState, OutcomeKind, SiteConfig
 from orchestrator.pipeline.model import CommandSpec
 from orchestrator.scheduler import Scheduler
 from orchestrator.store import CmdKind, Store
@@ -335,3 +338,32 @@ def test_retention_prunes_finished_jobs_but_not_active_ones_or_ones_cleaning_up(
     assert o.store.job(old) is None and o.store.job_commands(old) == []
     assert sorted(o.jobs()) == sorted([cleaning, active, recent])
     assert o.sched.t.active_job("dev-main") is None
+
+
+# ---------------------------------------------------------------------------- per-workspace blocklists
+
+
+def test_a_workspaces_blocklist_is_checked_besides_the_sites():
+    site = SiteConfig(blocklist=["//depot/other/..."])
+    blocked = interpret("PRE_SUBMIT", ok(OPENED), site=site, workspace=workspace(blocklist=["//depot/rel/secrets/..."]))
+    assert blocked.kind is OutcomeKind.FAIL and blocked.key_line == "//depot/rel/secrets/key.pem"
+    assert (
+        blocked.reason
+        == "//depot/rel/secrets/key.pem is blocked by workspace ws1's blocklist (//depot/rel/secrets/...)"
+    )
+    # The same job in a workspace without that entry goes on.
+    assert interpret("PRE_SUBMIT", ok(OPENED), site=site).kind is OutcomeKind.REPEAT
+
+
+def test_a_workspace_blocklist_entry_that_is_no_depot_path_stops_the_orchestrator(tmp_path):
+    ws = WorkspaceConf(p4port="sim:1666", p4user="bot", p4client="ws", root="/ws", blocklist=["secrets/..."])
+    with pytest.raises(
+        JobError, match=re.escape("orchestrator.workspaces.ws.blocklist entry 'secrets/...' is not a depot path")
+    ):
+        Engine(Store(tmp_path / "jobs.db"), OrchestratorConf(workspaces={"ws": ws}), environ={})
+
+
+def test_the_engine_gives_jobs_their_workspaces_blocklist(tmp_path):
+    ws = WorkspaceConf(p4port="sim:1666", p4user="bot", p4client="ws", root="/ws", blocklist=["//depot/main/x/..."])
+    engine = Engine(Store(tmp_path / "jobs.db"), OrchestratorConf(workspaces={"ws": ws}), environ={})
+    assert engine.workspace("ws").blocklist == ["//depot/main/x/..."]
