@@ -161,8 +161,8 @@ class Scheduler:
         for answer in self.poller.answers():
             eff.add(self._answered(answer, now))
         for s in self.t.schedules():
-            if s.name in self.polling:
-                continue
+            if s.name in self.polling or s.next_at > now:
+                continue  # (decide says the same; this spares the active-job query every second)
             action = S.decide(s, now, self.t.active_job(s.template))
             if action is None:
                 continue
