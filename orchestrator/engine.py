@@ -111,10 +111,15 @@ class Engine:
         except msgspec.ValidationError as exc:
             raise JobError(f"orchestrator.site in the configuration is invalid: {exc}") from None
         problems = validate_site(self.site)
-        for name, wc in conf.workspaces.items():
-            problems += blocklist_errors(f"orchestrator.workspaces.{name}.blocklist", wc.blocklist)
         if problems:
             raise JobError("orchestrator.site in the configuration: " + "; ".join(problems))
+        blocklists = [
+            problem
+            for name, wc in conf.workspaces.items()
+            for problem in blocklist_errors(f"orchestrator.workspaces.{name}.blocklist", wc.blocklist)
+        ]
+        if blocklists:
+            raise JobError("; ".join(blocklists))
         for name, wc in conf.workspaces.items():
             if wc.password_file:
                 try:

@@ -358,7 +358,7 @@ def test_a_workspaces_blocklist_is_checked_besides_the_sites():
 def test_a_workspace_blocklist_entry_that_is_no_depot_path_stops_the_orchestrator(tmp_path):
     ws = WorkspaceConf(p4port="sim:1666", p4user="bot", p4client="ws", root="/ws", blocklist=["secrets/..."])
     with pytest.raises(
-        JobError, match=re.escape("orchestrator.workspaces.ws.blocklist entry 'secrets/...' is not a depot path")
+        JobError, match="^" + re.escape("orchestrator.workspaces.ws.blocklist entry 'secrets/...' is not a depot path")
     ):
         Engine(Store(tmp_path / "jobs.db"), OrchestratorConf(workspaces={"ws": ws}), environ={})
 
