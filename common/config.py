@@ -133,6 +133,8 @@ class WorkspaceConf(msgspec.Struct, forbid_unknown_fields=True):
     password_file: str | None = None
     tickets_file: str | None = None
     env: dict[str, str] = {}
+    # Depot path patterns no job in this workspace may submit, checked with the site's.
+    blocklist: list[str] = []
 
 
 def read_password_file(path: str) -> str:
@@ -167,6 +169,11 @@ class OrchestratorConf(msgspec.Struct, forbid_unknown_fields=True):
     # An agent that no master can reach for this long has lost its in-flight commands.
     lost_after_s: float = 5.0
     site: dict[str, Any] = {}  # pre_submit, blocklist, name_check, push, retry
+    # Finished jobs (DONE, NOTHING_TO_DO, FAILED, CANCELLED) unchanged for this long are removed
+    # from the store; their events stay in the broker's journal. 0 keeps them forever.
+    job_retention_s: Annotated[float, msgspec.Meta(ge=0)] = 90 * 24 * 3600
+    # How often the store is pruned (finished jobs past retention, handled-event records).
+    prune_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
 
 
 class SecurityConf(msgspec.Struct, forbid_unknown_fields=True):

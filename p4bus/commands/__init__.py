@@ -6,7 +6,7 @@ import importlib
 
 import click
 
-COMMANDS = ["services", "run", "up", "agents", "events", "jobs", "demo", "deploy", "keys", "notify"]
+COMMANDS = ["services", "run", "up", "agents", "events", "jobs", "demo", "deploy", "keys", "notify", "template", "schedule"]
 
 
 def register(group: click.Group) -> None:

@@ -108,6 +108,7 @@ def _exit_for(view: P.JobView) -> None:
 @click.option("--follow", "do_follow", is_flag=True, help="Show each stage's progress until the job ends or waits.")
 @click.option("--log", is_flag=True, help="With --follow: every byte of the job's output instead (as `tail`).")
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
+@click.option("--template", help="Start from this saved template; the options given override it.")
 @click.pass_obj
 def submit(
     obj: Ctx,
@@ -122,11 +123,12 @@ def submit(
     do_follow: bool,
     log: bool,
     as_json: bool,
+    template: str | None,
 ) -> None:
     """Submit an integration job; prints its id."""
     if branch_spec and (source or target):
         raise UserError("give either --branch-spec or --source and --target, not both", EXIT_USAGE)
-    if not branch_spec and not (source and target):
+    if not template and not branch_spec and not (source and target):
         raise UserError("give --source and --target (or --branch-spec)", EXIT_USAGE)
     view = _call(
         obj,
@@ -139,6 +141,7 @@ def submit(
             agent=agent,
             pool=pool,
             desc=desc,
+            template=template,
         ),
     )
     if as_json:
