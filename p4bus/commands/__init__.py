@@ -6,7 +6,20 @@ import importlib
 
 import click
 
-COMMANDS = ["services", "run", "up", "agents", "events", "jobs", "demo", "deploy", "keys", "notify", "template", "schedule"]
+COMMANDS = [
+    "services",
+    "run",
+    "up",
+    "agents",
+    "events",
+    "jobs",
+    "demo",
+    "deploy",
+    "keys",
+    "notify",
+    "template",
+    "schedule",
+]
 
 
 def register(group: click.Group) -> None:

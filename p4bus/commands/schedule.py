@@ -8,12 +8,11 @@ from zoneinfo import ZoneInfo
 
 import click
 import msgspec
-from rich.table import Table
 
 from common import protocol as P
-from p4bus.cli import Ctx, UserError
+from p4bus.cli import EXIT_USAGE, Ctx, UserError
 from p4bus.commands.jobs import _call
-from p4bus.render import age, console
+from p4bus.render import Grid, age, console, print_grid
 
 
 def when(s: P.Schedule) -> str:
@@ -30,16 +29,14 @@ def next_run(s: P.Schedule, now: float) -> str:
     return f"{at} (in {age(now, s.next_at)})"
 
 
-def schedules_table(schedules: list[P.Schedule], now: float) -> Table:
-    table = Table("schedule", "template", "when", "next run", "last job", "note")
-    for col in table.columns[:5]:
-        col.no_wrap = True
+def schedules_table(schedules: list[P.Schedule], now: float) -> Grid:
+    grid = Grid(["schedule", "template", "when", "next run", "last job", "note"], keep=(0, 3), wrap=5)
     for s in schedules:
         last = s.last_job or "-"
         if s.last_change:
             last += f" (change {s.last_change})"
-        table.add_row(s.name, s.template, when(s), next_run(s, now), last, s.note)
-    return table
+        grid.add(s.name, s.template, when(s), next_run(s, now), last, s.note)
+    return grid
 
 
 @click.group()
@@ -56,7 +53,7 @@ def list_(obj: Ctx, as_json: bool) -> None:
     if as_json:
         click.echo(msgspec.json.encode(schedules).decode())
     elif schedules:
-        console().print(schedules_table(schedules, time.time()))
+        print_grid(console(), schedules_table(schedules, time.time()))
     else:
         click.echo("no schedules (add one with `p4bus schedule add NAME --template T --cron '0 2 * * *'`)")
 
@@ -77,7 +74,7 @@ def add(
 ) -> None:
     """Run a template on a cron expression (--cron) or on each new source change (--on-change)."""
     if bool(cron) == on_change:
-        raise UserError("give --cron EXPRESSION or --on-change (one of them)", 2)
+        raise UserError("give --cron EXPRESSION or --on-change (one of them)", EXIT_USAGE)
     s = P.Schedule(name=name, template=template_name, cron=cron, timezone=timezone, on_change=on_change, poll_s=poll_s)
     saved = _call(obj, lambda oc: oc.put_schedule(s, replace))
     click.echo(f"schedule {saved.name}: {saved.template} {when(saved)}; next run {next_run(saved, time.time())}")

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import click
 import msgspec
-from rich.table import Table
 
 from common import protocol as P
-from p4bus.cli import Ctx, UserError
+from p4bus.cli import EXIT_USAGE, Ctx, UserError
 from p4bus.commands.jobs import _call
-from p4bus.render import console
+from p4bus.render import Grid, console, print_grid
 
 
 def what(t: P.Template) -> str:
@@ -19,14 +18,12 @@ def what(t: P.Template) -> str:
     return f"{t.source or '?'} -> {t.target or '?'}"
 
 
-def templates_table(templates: list[P.Template]) -> Table:
-    table = Table("template", "integrates", "workspace", "runs on", "description")
-    for col in table.columns[:2]:
-        col.no_wrap = True
+def templates_table(templates: list[P.Template]) -> Grid:
+    grid = Grid(["template", "integrates", "workspace", "runs on", "description"], keep=(0, 1), wrap=4)
     for t in templates:
         where = f"agent {t.agent}" if t.agent else f"pool {t.pool}" if t.pool else "-"
-        table.add_row(t.name, what(t), t.workspace or "(the only one)", where, t.desc)
-    return table
+        grid.add(t.name, what(t), t.workspace or "(the only one)", where, t.desc)
+    return grid
 
 
 @click.group()
@@ -43,7 +40,7 @@ def list_(obj: Ctx, as_json: bool) -> None:
     if as_json:
         click.echo(msgspec.json.encode(templates).decode())
     elif templates:
-        console().print(templates_table(templates))
+        print_grid(console(), templates_table(templates))
     else:
         click.echo("no templates (add one with `p4bus template add NAME --source ... --target ...`)")
 
@@ -88,7 +85,7 @@ def add(
 ) -> None:
     """Save a job preset; the orchestrator checks it as it would check a submit."""
     if agent and pool:
-        raise UserError("give --agent or --pool, not both", 2)
+        raise UserError("give --agent or --pool, not both", EXIT_USAGE)
     t = P.Template(
         name=name,
         workspace=workspace,
