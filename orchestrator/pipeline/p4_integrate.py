@@ -137,12 +137,32 @@ def _latest_change_read(ctx: JobContext, result: CommandResult) -> Outcome:
     )
 
 
+def _given_change(ctx: JobContext) -> CommandSpec:
+    return p4cmd.p4(ctx, "-ztag", "change", "-o", str(ctx.params.change))
+
+
+def _given_change_read(ctx: JobContext, result: CommandResult) -> Outcome:
+    """A given source change must exist and be submitted: integrating up to a pending or
+    unknown number would quietly integrate something else (p4 reads `@N` as "up to N")."""
+    number = ctx.params.change
+    if result.exit_code != 0:
+        return fail(f"source change {number} cannot be used", p4parse.error_line(result.stderr, result.stdout))
+    spec = p4parse.parse_ztag_spec(result.stdout)
+    status = spec.get("Status", "")
+    line = f"Change {spec.get('Change', number)} by {spec.get('User', '?')}@{spec.get('Client', '?')} ({status or '?'})"
+    if spec.get("Change") != str(number) or status != "submitted":
+        return fail(f"source change {number} is {status or 'not a change'}, not submitted: give a submitted change", line)
+    return next_(line)
+
+
 def _latest_plan(ctx: JobContext) -> list[Step]:
     # A branch spec's view also tells SYNC and INTEGRATE the target paths, so it is read
     # even when the source change is given.
     steps = [Step(_branch_view, _branch_view_read)] if ctx.params.branch_spec else []
     if ctx.params.change is None:
         steps.append(Step(_latest_change, _latest_change_read))
+    else:
+        steps.append(Step(_given_change, _given_change_read))
     return steps
 
 
