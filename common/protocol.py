@@ -226,7 +226,10 @@ class Fetch(Request[FetchReply], tag="fetch"):
 
 
 class ListAgents(Request[AgentList], tag="agents"):
-    """Every agent connected to this master."""
+    """Every agent connected to this master; with ``include_gone``, also those it saw since it
+    started that are not connected now (``alive`` false)."""
+
+    include_gone: bool = False
 
 
 class Ping(Request[Pong], tag="ping"):
@@ -388,6 +391,18 @@ class RetryJob(Request[JobReply], tag="retry"):
     from_stage: str | None = None
 
 
+class CleanupJob(Request[JobReply], tag="cleanup"):
+    """Revert a FAILED or CANCELLED job's pending change and delete it and its shelf."""
+
+    job_id: str
+
+
+class Approve(Request[JobReply], tag="approve"):
+    """Let a job waiting for approval (review_before_submit) go on to submit its shelf."""
+
+    job_id: str
+
+
 # --------------------------------------------------------------------------- replay (broker)
 
 
@@ -440,7 +455,7 @@ Reply = (
     | JobList
     | ErrorReply
 )
-OrchestratorRequest = Submit | GetJob | ListJobs | Resume | Cancel | RetryJob | Ping | Stats
+OrchestratorRequest = Submit | GetJob | ListJobs | Resume | Cancel | RetryJob | CleanupJob | Approve | Ping | Stats
 ReplayRequest = Replay | Stats | Ping
 Event = LogChunk | CmdStarted | CmdDone | AgentUp | AgentLost | AgentGone | JobChanged
 

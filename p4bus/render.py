@@ -28,7 +28,7 @@ STATE_STYLE = {
     "PENDING": "dim",
     "DISPATCHED": "cyan",
 }
-END_STATES = ("DONE", "NOTHING_TO_DO", "FAILED", "CANCELLED", "WAITING_RESOLVE")
+END_STATES = ("DONE", "NOTHING_TO_DO", "FAILED", "CANCELLED", "WAITING_RESOLVE", "WAITING_APPROVAL")
 
 
 # Every string printed is text, never rich markup or emoji codes: job descriptions, paths, p4
