@@ -487,8 +487,8 @@ class Engine:
         """When another pending change holds the job's files and a p4bus job left it: which one,
         and how to clean it up."""
         held = vars.get("blocking_change")
-        owner = self.store.job_with_change(job.workspace, held) if isinstance(held, int) else None
-        if owner is None or owner.id == job.id:
+        owner = self.store.job_with_change(job.workspace, held, other_than=job.id) if isinstance(held, int) else None
+        if owner is None:
             return ""
         how = (
             f"`p4bus cleanup {owner.id}` cleans it up"

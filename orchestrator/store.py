@@ -355,9 +355,14 @@ class Store:
         """WAITING_RESOLVE jobs that have not changed since ``before``."""
         return self._jobs("state=? AND updated_at < ?", (JobState.WAITING_RESOLVE, before))
 
-    def job_with_change(self, workspace: str, change: int) -> JobRow | None:
-        """The newest job of ``workspace`` whose pending change is ``change``."""
-        rows = self._jobs("workspace=? AND json_extract(vars, '$.change')=?", (workspace, change), limit=1, newest=True)
+    def job_with_change(self, workspace: str, change: int, other_than: str) -> JobRow | None:
+        """The newest job of ``workspace`` but ``other_than`` whose pending change is ``change``."""
+        rows = self._jobs(
+            "workspace=? AND id!=? AND json_extract(CAST(vars AS TEXT), '$.change')=?",
+            (workspace, other_than, change),
+            limit=1,
+            newest=True,
+        )
         return rows[0] if rows else None
 
     def active_job(self, workspace: str) -> JobRow | None:
