@@ -543,7 +543,7 @@ class Engine:
         position = 0
         open_cmds = [c for c in (cmds or self.store.open_commands(job.id)) if c.state == CmdState.PENDING]
         if job.state == JobState.WAITING_RESOLVE:
-            waiting = "a person to resolve the conflicts, then `p4bus resume`"
+            waiting = "a person to resolve the conflicts, then `p4bus resume`" + self._what_to_resolve(job, cmds)
         elif job.state == JobState.WAITING_APPROVAL:
             shelf = f"shelved change {vars.get('change')}" if vars.get("change") else "the shelved change"
             waiting = f"a person to review {shelf}, then `p4bus approve {job.id}` (or `p4bus cancel --revert`)"
@@ -575,6 +575,13 @@ class Engine:
             queue_position=position,
             timeline=[self._run(c) for c in cmds],
         )
+
+    def _what_to_resolve(self, job: JobRow, cmds: list[CommandRow]) -> str:
+        """What the check that sent the job to WAITING_RESOLVE found (conflicts, or markers left
+        in resolved files, with their lines), in brackets."""
+        runs = cmds or self.store.job_commands(job.id)
+        last = next((c for c in reversed(runs) if c.kind == CmdKind.STAGE and c.outcome), None)
+        return f" ({last.reason})" if last is not None and last.reason else ""
 
     @staticmethod
     def _run(c: CommandRow) -> P.StageRun:

@@ -394,10 +394,7 @@ def _markers_read(ctx: JobContext, result: CommandResult) -> Outcome:
     return Outcome(
         kind=OutcomeKind.WAIT_RESOLVE,
         conflicts=files,
-        reason=(
-            f"conflict markers left in {len(files)} resolved file(s) at {places}: edit them out "
-            f"(or resolve again), then `p4bus resume`"
-        ),
+        reason=f"conflict markers left in {len(files)} resolved file(s) at {places}: edit them out or resolve again",
         key_line=f"{found[0].file}:{found[0].line}: {found[0].text}",
     )
 

@@ -139,7 +139,7 @@ def test_markers_send_the_job_back_naming_files_and_lines():
     assert outcome.kind is K.WAIT_RESOLVE
     assert outcome.conflicts == ["/ws/main/src/conflict.c"]
     assert outcome.reason.startswith("conflict markers left in 1 resolved file(s) at /ws/main/src/conflict.c:3, ")
-    assert "(+0 more)" not in outcome.reason and "`p4bus resume`" in outcome.reason
+    assert "(+0 more)" not in outcome.reason and outcome.reason.endswith("edit them out or resolve again")
     assert outcome.key_line == "/ws/main/src/conflict.c:3: >>>> ORIGINAL //depot/dev/src/conflict.c#1"
 
 
