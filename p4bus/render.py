@@ -21,6 +21,7 @@ STATE_STYLE = {
     "FAILED": "red",
     "CANCELLED": "yellow",
     "WAITING_RESOLVE": "magenta",
+    "WAITING_APPROVAL": "magenta",
     "RUNNING": "cyan",
     "RETRY_WAIT": "yellow",
     "QUEUED": "dim",
