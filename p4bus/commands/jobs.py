@@ -57,7 +57,7 @@ def follow(obj: Ctx, job_id: str) -> P.JobView:
 
 
 def _exit_for(view: P.JobView) -> None:
-    sys.exit({"DONE": 0, "NOTHING_TO_DO": 0, "WAITING_RESOLVE": 3}.get(view.state, 1))
+    sys.exit({"DONE": 0, "NOTHING_TO_DO": 0, "WAITING_RESOLVE": 3, "WAITING_APPROVAL": 3}.get(view.state, 1))
 
 
 @click.command()

@@ -174,6 +174,8 @@ def test_review_before_submit_waits_for_approve_with_the_shelf_to_look_at(jobs):
     assert "//depot/main/" in jobs.p4("ws1", "describe", "-S", "-s", str(view.change))  # the shelf
     status = p4bus(jobs, "status", job_id)
     assert "WAITING_APPROVAL" in status.stdout
+    # Following the job ends where it waits for a person, with the "waits" exit code.
+    assert p4bus(jobs, "tail", job_id).returncode == 3
     approved = p4bus(jobs, "approve", job_id)
     assert approved.returncode == 0 and f"{job_id} RUNNING P4PUSH" in approved.stdout, approved.stderr
     view = jobs.wait_state(job_id)
