@@ -107,9 +107,14 @@ def test_a_failed_jobs_change_blocks_the_next_job_until_cleanup(jobs, tmp_path):
     done = p4bus(jobs, "cleanup", first.job_id)
     assert done.returncode == 0, done.stderr
     assert f"p4 revert -c {first.change}" in done.stdout
+    # The orchestrator dies right after it answered: the cleanup it wrote down still runs, once.
+    jobs.restart("orchestrator")
     view = _view(jobs, first.job_id, _cleaned, "the cleanup to finish")
     assert view.state == "FAILED" and view.change is None
     assert [r.argv[1:2] for r in view.timeline if r.stage == "CLEANUP"] == [["revert"], ["shelve"], ["change"]]
+    ran = jobs.executions("ws1")
+    for argv in (f"revert -c {first.change} //...", f"shelve -d -c {first.change}", f"change -d {first.change}"):
+        assert ran.count(argv) == 1, (argv, ran)
     assert f"Change {first.change} unknown." in jobs.p4("ws1", "describe", "-s", str(first.change))
     again = p4bus(jobs, "cleanup", first.job_id)
     assert again.returncode != 0 and "no pending change to clean up" in again.stderr
