@@ -574,6 +574,7 @@ class Engine:
             waiting_for=waiting,
             queue_position=position,
             timeline=[self._run(c) for c in cmds],
+            attempt=job.attempt,
         )
 
     def _what_to_resolve(self, job: JobRow, cmds: list[CommandRow]) -> str:

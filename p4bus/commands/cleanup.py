@@ -8,18 +8,18 @@ import shlex
 import click
 
 from p4bus.cli import Ctx
-from p4bus.commands.jobs import _call
+from p4bus.commands.jobs import JOB, _on_job
 
 
 @click.command()
-@click.argument("job_id")
+@JOB
 @click.pass_obj
 def cleanup(obj: Ctx, job_id: str) -> None:
     """Revert a FAILED or CANCELLED job's opened files and delete its pending change and shelf.
 
     The commands run through the job's agent and are recorded as the job's own (CLEANUP in
     `p4bus status JOB`); the workspace's next job waits until they are done."""
-    view = _call(obj, lambda oc: oc.cleanup(job_id))
+    view = _on_job(obj, job_id, lambda oc, jid: oc.cleanup(jid))
     commands = [r for r in view.timeline if r.stage == "CLEANUP" and r.state not in ("DONE", "LOST", "CANCELLED")]
     argv = "; ".join(shlex.join(["p4", *r.argv[1:]]) for r in commands)
     click.echo(f"{view.job_id} {view.state}: cleaning up: {argv}")
@@ -27,11 +27,11 @@ def cleanup(obj: Ctx, job_id: str) -> None:
 
 
 @click.command()
-@click.argument("job_id")
+@JOB
 @click.pass_obj
 def approve(obj: Ctx, job_id: str) -> None:
     """Let a job waiting for approval (review_before_submit) submit the shelf you reviewed."""
-    view = _call(obj, lambda oc: oc.approve(job_id))
+    view = _on_job(obj, job_id, lambda oc, jid: oc.approve(jid))
     click.echo(f"{view.job_id} {view.state} {view.stage}")
 
 

@@ -68,6 +68,8 @@ def test_unknown_agent_or_pool_is_refused_and_an_offline_one_is_waited_for(jobs)
     jobs.kill_and_start("agent-1")
     view = jobs.wait_state(job_id)
     assert view.state == "DONE" and view.waiting_for == "", view.reason
+    followed = p4bus(jobs, "tail", job_id)
+    assert followed.returncode == 0 and f"{job_id} waiting for: agent 'agent-1'" in followed.stdout, followed
 
 
 # ---------------------------------------------------------------------------- item 4
