@@ -22,6 +22,7 @@ from orchestrator.pipeline import (
 )
 from orchestrator.pipeline.rules import guarded
 from orchestrator.store import CmdKind, Store
+from p4bus.notify.rules import news
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -190,6 +191,11 @@ def test_a_reviewed_workspace_waits_for_approval_before_submit_holding_the_works
     rig.run(submit)
     rig.finish(submit)
     assert rig.job(job_id).state == JobState.DONE and rig.job(waiting).state == JobState.RUNNING
+
+
+def test_a_job_waiting_for_approval_is_news_for_those_told_of_waiting_jobs():
+    assert news("RUNNING", "WAITING_APPROVAL") == "waiting"
+    assert news("WAITING_APPROVAL", "WAITING_APPROVAL") is None
 
 
 # ---------------------------------------------------------------------------- waiting for an agent
