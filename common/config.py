@@ -135,6 +135,11 @@ class WorkspaceConf(msgspec.Struct, forbid_unknown_fields=True):
     env: dict[str, str] = {}
     # Depot path patterns no job in this workspace may submit, checked with the site's.
     blocklist: list[str] = []
+    # Revert and delete a FAILED job's pending change (and shelf) at once, through the agent,
+    # so the next job finds the workspace clean (default: leave it for a person to look at).
+    cleanup_on_failure: bool = False
+    # Stop before submitting, after the shelf is final (SHELVE, NC_FIX), until `p4bus approve`.
+    review_before_submit: bool = False
 
 
 def read_password_file(path: str) -> str:

@@ -226,7 +226,10 @@ class Fetch(Request[FetchReply], tag="fetch"):
 
 
 class ListAgents(Request[AgentList], tag="agents"):
-    """Every agent connected to this master."""
+    """Every agent connected to this master; with ``include_gone``, also those it saw since it
+    started that are not connected now (``alive`` false)."""
+
+    include_gone: bool = False
 
 
 class Ping(Request[Pong], tag="ping"):
@@ -475,6 +478,18 @@ class RemoveSchedule(Request[ScheduleReply], tag="remove_schedule"):
     name: str
 
 
+class CleanupJob(Request[JobReply], tag="cleanup"):
+    """Revert a FAILED or CANCELLED job's pending change and delete it and its shelf."""
+
+    job_id: str
+
+
+class Approve(Request[JobReply], tag="approve"):
+    """Let a job waiting for approval (review_before_submit) go on to submit its shelf."""
+
+    job_id: str
+
+
 # --------------------------------------------------------------------------- replay (broker)
 
 
@@ -534,7 +549,9 @@ Reply = (
 TemplateRequest = (
     PutTemplate | GetTemplate | ListTemplates | RemoveTemplate | PutSchedule | ListSchedules | RemoveSchedule
 )
-OrchestratorRequest = Submit | GetJob | ListJobs | Resume | Cancel | RetryJob | Ping | Stats | TemplateRequest
+OrchestratorRequest = (
+    Submit | GetJob | ListJobs | Resume | Cancel | RetryJob | CleanupJob | Approve | Ping | Stats | TemplateRequest
+)
 ReplayRequest = Replay | Stats | Ping
 Event = LogChunk | CmdStarted | CmdDone | AgentUp | AgentLost | AgentGone | JobChanged
 

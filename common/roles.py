@@ -49,6 +49,8 @@ REQUESTS: dict[str, dict[str, frozenset[str]]] = {
         "resume": frozenset({OPERATOR}),
         "cancel": frozenset({OPERATOR}),
         "retry": frozenset({OPERATOR}),
+        "cleanup": frozenset({OPERATOR}),
+        "approve": frozenset({OPERATOR}),
         "get_job": _JOB_READ,
         "list_jobs": _JOB_READ,
         # Templates and schedules start jobs: changing them is an operator's, reading a viewer's.

@@ -154,8 +154,8 @@ class MasterClient(RpcClient):
             P.Fetch(req_id=ids.new_id("r"), cmd_id=cmd_id, stream=stream, offset=offset, size=size, agent=agent)
         )
 
-    def agents(self) -> list[P.AgentInfo]:
-        return self.request(P.ListAgents(req_id=ids.new_id("r"))).agents
+    def agents(self, include_gone: bool = False) -> list[P.AgentInfo]:
+        return self.request(P.ListAgents(req_id=ids.new_id("r"), include_gone=include_gone)).agents
 
 
 class OrchestratorClient(RpcClient):
@@ -206,3 +206,9 @@ class OrchestratorClient(RpcClient):
 
     def remove_schedule(self, name: str) -> P.Schedule:
         return self.request(P.RemoveSchedule(req_id=ids.new_id("r"), name=name)).schedule
+
+    def cleanup(self, job_id: str) -> P.JobView:
+        return self.request(P.CleanupJob(req_id=ids.new_id("r"), job_id=job_id)).job
+
+    def approve(self, job_id: str) -> P.JobView:
+        return self.request(P.Approve(req_id=ids.new_id("r"), job_id=job_id)).job

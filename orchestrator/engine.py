@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import msgspec
 
@@ -34,6 +34,7 @@ from orchestrator.pipeline import (
     SiteConfig,
     Transition,
     Workspace,
+    approve_transition,
     resume_transition,
     retry_from,
     start,
@@ -142,6 +143,7 @@ class Engine:
             tickets_file=wc.tickets_file,
             env=dict(wc.env),
             blocklist=list(wc.blocklist),
+            review_before_submit=wc.review_before_submit,
         )
 
     def _ws_conf(self, name: str) -> WorkspaceConf:
@@ -200,7 +202,7 @@ class Engine:
         errors = validate_params(params, self.conf.workspaces.keys())
         if errors:
             raise JobError("; ".join(errors))
-        wc = self._ws_conf(name)
+        agent, pool = self.submit_route(req)
         now = self.clock()
         day = utc_day(now)
         with self.store.tx():
@@ -209,14 +211,19 @@ class Engine:
                 job_id,
                 req.pipeline,
                 params,
-                agent=req.agent or wc.agent,
-                pool=req.pool or wc.pool,
+                agent=agent,
+                pool=pool,
                 first_stage=self.pipelines[req.pipeline].first().name,
                 now=now,
             )
             eff = Effects(publish=[job_id])
             eff.add(self._schedule_workspace(name))
         return job_id, eff
+
+    def submit_route(self, req: P.Submit) -> tuple[str | None, str | None]:
+        """The agent and pool a submitted job is bound to: the request's, else its workspace's."""
+        wc = self._ws_conf(req.workspace or self._default_workspace())
+        return req.agent or wc.agent, req.pool or wc.pool
 
     def _default_workspace(self) -> str:
         if not self.conf.workspaces:
@@ -302,6 +309,14 @@ class Engine:
         with self.store.tx(durable=False):
             self.store.defer_dispatch(cmd_id, why, not_before=self.clock() + 1.0)
 
+    def newly_waiting(self, cmd_id: str, why: str) -> str | None:
+        """The job whose command is about to wait for a new reason (no agent fits, the agent is
+        offline), so a job event can tell people what it waits for; None when nothing changes."""
+        cmd = self.store.command(cmd_id)
+        if cmd is None or cmd.state != CmdState.PENDING or cmd.waiting_for == why:
+            return None
+        return cmd.job_id
+
     def on_done(
         self, cmd_id: str, status: P.CmdStatus, lost: bool = False, stamp: tuple[str, str, str, int] | None = None
     ) -> Effects:
@@ -349,8 +364,12 @@ class Engine:
         now = self.clock()
         # A reason explains a failure or a pending retry; a job that moves on has none.
         reason = tr.reason if tr.state in (JobState.FAILED, JobState.RETRY_WAIT) else ""
+        if tr.state == JobState.FAILED:
+            reason += self._blocking_job_hint(job, tr.vars)
         self.store.apply_transition(job.id, tr.state, tr.stage, tr.step, tr.attempt, tr.vars, reason, tr.key_line, now)
         eff = Effects(publish=[job.id])
+        if tr.state == JobState.FAILED and self._ws_conf(job.workspace).cleanup_on_failure:
+            eff.add(self._start_cleanup(job.id, now))
         if tr.command is not None:
             cmd_id = self.store.add_command(
                 job.id, CmdKind.STAGE, tr.stage, tr.step, tr.attempt, tr.command, now + tr.delay_s, now
@@ -423,7 +442,10 @@ class Engine:
         with self.store.tx():
             job = self._job(job_id)
             if job.state in TERMINAL:
-                raise JobError(f"job {job_id} is already {job.state}: nothing to cancel")
+                left = (
+                    f"; `p4bus cleanup {job_id}` reverts and deletes its pending change" if "change" in job.vars else ""
+                )
+                raise JobError(f"job {job_id} is already {job.state}: nothing to cancel{left}")
             now = self.clock()
             eff = Effects(publish=[job.id])
             for cmd in self.store.open_commands(job.id):
@@ -431,14 +453,68 @@ class Engine:
                     eff.kill.append((cmd.cmd_id, cmd.agent))
                 self.store.cancel_command(cmd.cmd_id, "cancelled by request", now)
             self.store.cancel_job(job.id, "cancelled by request", now)
-            if revert and job.state != JobState.QUEUED:
-                for spec in self.pipelines[job.pipeline].cleanup(self.ctx(job)):
-                    self.store.add_command(job.id, CmdKind.CLEANUP, "CLEANUP", 0, 1, spec, now, now)
-                # The pending change is gone after the cleanup: a retry must create a new one.
-                self.store.set_vars(job.id, {k: v for k, v in job.vars.items() if k != "change"}, now)
-                eff.dispatch += self._next_cleanup(job.id)
+            if revert:
+                # A queued job that was retried still has the pending change of its first run.
+                eff.add(self._start_cleanup(job.id, now))
             eff.add(self._schedule_workspace(job.workspace))
             return eff
+
+    def cleanup(self, job_id: str) -> Effects:
+        """`p4bus cleanup`: revert a FAILED or CANCELLED job's pending change and delete it and its
+        shelf, through the agent, as the job's own commands."""
+        with self.store.tx():
+            job = self._job(job_id)
+            if job.state not in (JobState.FAILED, JobState.CANCELLED):
+                hint = f"`p4bus cancel --revert {job_id}` cancels it and cleans up" if job.state not in TERMINAL else ""
+                raise JobError(
+                    f"job {job_id} is {job.state}: only a FAILED or CANCELLED job is cleaned up"
+                    + (f"; {hint}" if hint else "")
+                )
+            if self.store.open_commands(job.id):
+                raise JobError(f"job {job_id} is being cleaned up already: `p4bus status {job_id}` shows its commands")
+            if "change" not in job.vars:
+                raise JobError(
+                    f"job {job_id} has no pending change to clean up (it created none, or it was cleaned up already)"
+                )
+            return Effects(publish=[job.id]).add(self._start_cleanup(job.id, self.clock()))
+
+    def _start_cleanup(self, job_id: str, now: float) -> Effects:
+        """Write the pipeline's cleanup commands for the job's pending change (on_done runs them one
+        after another) and forget the change: a retry creates a new one. The workspace's next job
+        waits until they are done (an open command keeps the workspace busy)."""
+        job = self.store.job(job_id)
+        assert job is not None
+        specs = self.pipelines[job.pipeline].cleanup(self.ctx(job))
+        if not specs:
+            return Effects()
+        for spec in specs:
+            self.store.add_command(job.id, CmdKind.CLEANUP, "CLEANUP", 0, 1, spec, now, now)
+        self.store.set_vars(job.id, {k: v for k, v in job.vars.items() if k != "change"}, now)
+        return Effects(dispatch=self._next_cleanup(job.id))
+
+    def _blocking_job_hint(self, job: JobRow, vars: Mapping[str, Any]) -> str:
+        """When another pending change holds the job's files and a p4bus job left it: which one,
+        and how to clean it up."""
+        held = vars.get("blocking_change")
+        owner = self.store.job_with_change(job.workspace, held, other_than=job.id) if isinstance(held, int) else None
+        if owner is None:
+            return ""
+        how = (
+            f"`p4bus cleanup {owner.id}` cleans it up"
+            if owner.state in (JobState.FAILED, JobState.CANCELLED)
+            else f"`p4bus cancel --revert {owner.id}` cancels it and cleans up"
+        )
+        return f" (change {held} is the pending change of job {owner.id}, {owner.state}: {how})"
+
+    def approve(self, job_id: str) -> Effects:
+        """`p4bus approve`: a person reviewed the shelf of a job waiting for approval; submit it."""
+        with self.store.tx():
+            job = self._job(job_id)
+            try:
+                tr = approve_transition(self.pipelines[job.pipeline], self.ctx(job), job.state)
+            except RefusedTransition as exc:
+                raise JobError(str(exc)) from None
+            return self._apply(job, tr, None)
 
     def _next_cleanup(self, job_id: str) -> list[str]:
         pending = self.store.open_commands(job_id)
@@ -476,7 +552,10 @@ class Engine:
         position = 0
         open_cmds = [c for c in (cmds or self.store.open_commands(job.id)) if c.state == CmdState.PENDING]
         if job.state == JobState.WAITING_RESOLVE:
-            waiting = "a person to resolve the conflicts, then `p4bus resume`"
+            waiting = "a person to resolve the conflicts, then `p4bus resume`" + self._what_to_resolve(job, cmds)
+        elif job.state == JobState.WAITING_APPROVAL:
+            shelf = f"shelved change {vars.get('change')}" if vars.get("change") else "the shelved change"
+            waiting = f"a person to review {shelf}, then `p4bus approve {job.id}` (or `p4bus cancel --revert`)"
         elif open_cmds and open_cmds[0].waiting_for:
             waiting = open_cmds[0].waiting_for
         elif job.state == JobState.RETRY_WAIT:
@@ -506,6 +585,13 @@ class Engine:
             timeline=[self._run(c) for c in cmds],
             attempt=job.attempt,
         )
+
+    def _what_to_resolve(self, job: JobRow, cmds: list[CommandRow]) -> str:
+        """What the check that sent the job to WAITING_RESOLVE found (conflicts, or markers left
+        in resolved files, with their lines), in brackets."""
+        runs = cmds or self.store.job_commands(job.id)
+        last = next((c for c in reversed(runs) if c.kind == CmdKind.STAGE and c.outcome), None)
+        return f" ({last.reason})" if last is not None and last.reason else ""
 
     @staticmethod
     def _run(c: CommandRow) -> P.StageRun:

@@ -38,14 +38,17 @@ class Scheduler:
 
     # ------------------------------------------------------------------ submit
 
+    def resolve(self, req: P.Submit) -> P.Submit:
+        """The submit a request makes: its template's parameters with the request's overrides."""
+        return req if req.template is None else S.apply_template(self._template(req.template), req)
+
     def submit(self, req: P.Submit, schedule: str = "") -> tuple[str, Effects]:
         """A job, from the request alone or from its template with the request's overrides."""
         if req.template is None:
             return self.engine.submit(req)
-        template = self._template(req.template)
         with self.store.tx():
-            job_id, eff = self.engine.submit(S.apply_template(template, req))
-            self.t.link_job(job_id, template.name, schedule)
+            job_id, eff = self.engine.submit(self.resolve(req))
+            self.t.link_job(job_id, req.template, schedule)
         return job_id, eff
 
     # ------------------------------------------------------------------ requests

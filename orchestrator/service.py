@@ -22,6 +22,7 @@ from common.sequence import GapDetector
 from orchestrator.change_poll import ChangePoller
 from orchestrator.dispatcher import Dispatcher
 from orchestrator.engine import Effects, Engine, JobError
+from orchestrator.known import KnownAgents
 from orchestrator.scheduler import Scheduler
 from orchestrator.store import OPEN, CmdState, Store
 from orchestrator.trust import EarlyEvents, source_forged
@@ -41,7 +42,8 @@ class Orchestrator:
         self.store = Store(store_path)
         self.engine = Engine(self.store, cfg.orchestrator)
         self.clock = self.engine.clock
-        security = auth.for_service(cfg, "orchestrator", "orchestrator")
+        security = self.security = auth.for_service(cfg, "orchestrator", "orchestrator")
+        self.known = KnownAgents()
         self.masters = MasterClient(cfg.client_masters(), security, timeout=3.0, ctx=self.ctx)
         self.dispatcher = Dispatcher(self.ctx, cfg.client_masters(), security, timeout_s=5.0)
         self.api = zmqutil.router(self.ctx, cfg.endpoint("orchestrator_api"), security, roles.ORCHESTRATOR_API)
@@ -178,7 +180,10 @@ class Orchestrator:
                 for got in mine:
                     self.on_command_event(got)
             else:
+                newly_waiting = self.engine.newly_waiting(cmd_id, reply.message)
                 self.engine.on_dispatch_refused(cmd_id, reply.message)
+                if newly_waiting:
+                    self.publish(newly_waiting)
 
     def reconcile(self, agent: str) -> None:
         """Ask the agent's spool about every command we believe is in flight there.
@@ -268,6 +273,7 @@ class Orchestrator:
         if isinstance(ev, P.CmdDone | P.CmdStarted):
             self.on_command_event(got)
         elif isinstance(ev, P.AgentUp):
+            self.known.saw([ev.agent])
             self.reconcile(ev.agent.agent_id)
         elif isinstance(ev, P.AgentLost):
             # One master losing it is not proof (another may still reach it, or it may be
@@ -371,6 +377,7 @@ class Orchestrator:
         e = self.engine
         match msg:
             case P.Submit():
+                self.refuse_unknown_route(self.scheduler.resolve(msg))
                 job_id, eff = self.scheduler.submit(msg)
                 return P.JobReply(req_id=msg.req_id, job=e.view(job_id)), eff
             case P.GetJob():
@@ -387,9 +394,32 @@ class Orchestrator:
                 eff = e.cancel(msg.job_id, msg.revert)
             case P.RetryJob():
                 eff = e.retry(msg.job_id, msg.from_stage)
+            case P.CleanupJob():
+                eff = e.cleanup(msg.job_id)
+            case P.Approve():
+                eff = e.approve(msg.job_id)
             case _:
                 return self.scheduler.handle(msg), Effects()
         return P.JobReply(req_id=msg.req_id, job=e.view(msg.job_id)), eff
+
+    def refuse_unknown_route(self, msg: P.Submit) -> None:
+        """A job for an agent or pool that no master has ever seen would wait forever: refuse it."""
+        agent, pool = self.engine.submit_route(msg)
+        why = self.known.refusal(agent, pool, self._masters_agents)
+        if why:
+            raise JobError(why)
+
+    def _masters_agents(self) -> list[list[P.AgentInfo] | None]:
+        """Every master's agents, the ones it saw but are gone too (None: that master did not answer).
+        Blocking, but only for a submit naming an agent or pool not learned from events yet."""
+        answers: list[list[P.AgentInfo] | None] = []
+        for endpoint in self.cfg.client_masters():
+            with MasterClient([endpoint], self.security, timeout=1.0, ctx=self.ctx) as mc:
+                try:
+                    answers.append(mc.agents(include_gone=True))
+                except RequestError:
+                    answers.append(None)
+        return answers
 
     def _reply(self, client: bytes, msg: P.Base) -> None:
         try:

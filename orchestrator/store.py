@@ -129,7 +129,7 @@ class CmdKind(enum.StrEnum):
 IN_FLIGHT = frozenset({CmdState.DISPATCHED, CmdState.RUNNING})
 OPEN = frozenset({CmdState.PENDING, *IN_FLIGHT})
 # Job states that hold their workspace (the pending change is open in it).
-ACTIVE_STATES = frozenset({JobState.RUNNING, JobState.RETRY_WAIT, JobState.WAITING_RESOLVE})
+ACTIVE_STATES = frozenset({JobState.RUNNING, JobState.RETRY_WAIT, JobState.WAITING_RESOLVE, JobState.WAITING_APPROVAL})
 
 
 @dataclass(frozen=True)
@@ -398,6 +398,16 @@ class Store:
     def waiting_resolve_since(self, before: float) -> list[JobRow]:
         """WAITING_RESOLVE jobs that have not changed since ``before``."""
         return self._jobs("state=? AND updated_at < ?", (JobState.WAITING_RESOLVE, before))
+
+    def job_with_change(self, workspace: str, change: int, other_than: str) -> JobRow | None:
+        """The newest job of ``workspace`` but ``other_than`` whose pending change is ``change``."""
+        rows = self._jobs(
+            "workspace=? AND id!=? AND json_extract(CAST(vars AS TEXT), '$.change')=?",
+            (workspace, other_than, change),
+            limit=1,
+            newest=True,
+        )
+        return rows[0] if rows else None
 
     def active_job(self, workspace: str) -> JobRow | None:
         rows = self._jobs(

@@ -20,13 +20,13 @@ T = TypeVar("T")
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1  # the job failed or was cancelled; or the request was refused
 EXIT_USAGE = 2  # bad flags or input, unknown or ambiguous job, unknown stage
-EXIT_WAITING = 3  # the job waits for a person (a resolve)
+EXIT_WAITING = 3  # the job waits for a person (a resolve, or an approval)
 EXIT_UNREACHABLE = 4  # a service did not answer
 EXIT_CODES_HELP = (
     "JOB is a job id in any case, or a unique end of it (14, 0014, 1201-0014).\n\n"
     "Exit codes: 0 ok; 1 the job failed or was cancelled, or a service refused the request; "
     "2 bad usage or input (unknown or ambiguous job id, unknown stage); "
-    "3 the job waits for a person to resolve; 4 a service did not answer. "
+    "3 the job waits for a person (to resolve, or to approve); 4 a service did not answer. "
     "`p4bus run` exits with its command's exit code."
 )
 # How long a service has to answer a ping before it is called down: a person waits at most this.

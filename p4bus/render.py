@@ -22,6 +22,7 @@ STATE_STYLE = {
     "FAILED": "red",
     "CANCELLED": "yellow",
     "WAITING_RESOLVE": "magenta",
+    "WAITING_APPROVAL": "magenta",
     "RUNNING": "cyan",
     "RETRY_WAIT": "yellow",
     "QUEUED": "dim",
@@ -29,7 +30,7 @@ STATE_STYLE = {
     "PENDING": "dim",
     "DISPATCHED": "cyan",
 }
-END_STATES = ("DONE", "NOTHING_TO_DO", "FAILED", "CANCELLED", "WAITING_RESOLVE")
+END_STATES = ("DONE", "NOTHING_TO_DO", "FAILED", "CANCELLED", "WAITING_RESOLVE", "WAITING_APPROVAL")
 
 
 # Every string printed is text, never rich markup or emoji codes: job descriptions, paths, p4

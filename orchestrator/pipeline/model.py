@@ -80,6 +80,8 @@ class Workspace(msgspec.Struct, frozen=True, kw_only=True):
     env: dict[str, str] = {}
     # Depot path patterns this workspace's jobs may not submit, besides the site's blocklist.
     blocklist: list[str] = []
+    # A person approves the shelved change (`p4bus approve`) before it is submitted.
+    review_before_submit: bool = False
 
 
 class JobParams(msgspec.Struct, frozen=True, kw_only=True):
@@ -233,6 +235,8 @@ class Stage:
     provides: tuple[str, ...] = ()
     # Only entered by resume, never by advancing from the previous stage.
     resume_only: bool = False
+    # True when the job must wait for a person's approval (`p4bus approve`) before this stage.
+    gate: Callable[[JobContext], bool] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

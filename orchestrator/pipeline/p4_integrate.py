@@ -3,7 +3,8 @@ reads p4's output (docs/p4-behaviour.md). Rules shared by all stages (lost agent
 refused connections, expired tickets) are applied first, in rules.py.
 
 vars written here: source_change, branch_sources, branch_targets, change, integrate_followup,
-resolve_as, resolve_am, conflicts, opened_count, name_check_offenders, submitted_change.
+blocking_change, resolve_as, resolve_am, conflicts, resolved_files, opened_count,
+name_check_offenders, submitted_change.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from orchestrator.pipeline.model import (
 from orchestrator.pipeline.namecheck import find_offenders
 from orchestrator.pipeline.paths import matches
 from orchestrator.pipeline.steps import Plan, Step, make_stage
+from orchestrator.pipeline.transition import CONFLICTS_KEY
 
 LOGIN = "LOGIN"
 _CHANGE = ("change",)
@@ -137,12 +139,34 @@ def _latest_change_read(ctx: JobContext, result: CommandResult) -> Outcome:
     )
 
 
+def _given_change(ctx: JobContext) -> CommandSpec:
+    return p4cmd.p4(ctx, "-ztag", "change", "-o", str(ctx.params.change))
+
+
+def _given_change_read(ctx: JobContext, result: CommandResult) -> Outcome:
+    """A given source change must exist and be submitted: integrating up to a pending or
+    unknown number would quietly integrate something else (p4 reads `@N` as "up to N")."""
+    number = ctx.params.change
+    if result.exit_code != 0:
+        return fail(f"source change {number} cannot be used", p4parse.error_line(result.stderr, result.stdout))
+    spec = p4parse.parse_ztag_spec(result.stdout)
+    status = spec.get("Status", "")
+    line = f"Change {spec.get('Change', number)} by {spec.get('User', '?')}@{spec.get('Client', '?')} ({status or '?'})"
+    if spec.get("Change") != str(number) or status != "submitted":
+        return fail(
+            f"source change {number} is {status or 'not a change'}, not submitted: give a submitted change", line
+        )
+    return next_(line)
+
+
 def _latest_plan(ctx: JobContext) -> list[Step]:
     # A branch spec's view also tells SYNC and INTEGRATE the target paths, so it is read
     # even when the source change is given.
     steps = [Step(_branch_view, _branch_view_read)] if ctx.params.branch_spec else []
     if ctx.params.change is None:
         steps.append(Step(_latest_change, _latest_change_read))
+    else:
+        steps.append(Step(_given_change, _given_change_read))
     return steps
 
 
@@ -264,12 +288,26 @@ def _check_opened_read(ctx: JobContext, result: CommandResult) -> Outcome:
     change = p4cmd.change(ctx)
     for record in records:
         if record.get("change") != change:
-            return fail(
-                f"{record.get('depotFile')} is already opened on this client in change "
-                f"{record.get('change')}: revert it or submit that change, then retry",
-                record.get("depotFile", ""),
-            )
+            return _opened_elsewhere(ctx, record)
     return next_(f"target files already opened in change {change}", integrate_followup=None)
+
+
+def _opened_elsewhere(ctx: JobContext, record: dict[str, str]) -> Outcome:
+    """Another change holds target files: name it and say how to clean it. The orchestrator
+    adds which job left it, when one did (it knows each job's pending change)."""
+    held, ws = record.get("change", "?"), ctx.params.workspace
+    how = (
+        f"revert its files and delete it in workspace {ws.name} (`p4 revert -c {held} //...` then "
+        f"`p4 change -d {held}`)"
+        if held.isdigit()
+        else f"revert the files opened in the default change of workspace {ws.name} (`p4 revert -c default //...`)"
+    )
+    return Outcome(
+        kind=OutcomeKind.FAIL,
+        reason=f"{record.get('depotFile')} is already opened on this client in change {held}: {how}, then retry",
+        key_line=record.get("depotFile", ""),
+        updates={"blocking_change": int(held) if held.isdigit() else None},
+    )
 
 
 _INTEGRATE_FOLLOWUPS = {
@@ -319,6 +357,51 @@ def _pending_read(ctx: JobContext, result: CommandResult) -> Outcome:
         reason=f"{len(files)} file(s) need a person to resolve{more}",
         key_line=f"{files[0]} - needs resolve",
     )
+
+
+_RESOLVED = "resolved_files"
+
+
+def _recheck_read(ctx: JobContext, result: CommandResult) -> Outcome:
+    """Nothing left to resolve: the files a person resolved are checked for conflict markers next."""
+    outcome = _pending_read(ctx, result)
+    resolved = list(ctx.vars.get(CONFLICTS_KEY) or [])
+    if outcome.kind is not OutcomeKind.NEXT or not resolved:
+        return outcome
+    return repeat(outcome.key_line, conflicts=[], **{_RESOLVED: resolved})
+
+
+def _markers(ctx: JobContext) -> CommandSpec:
+    return p4cmd.p4(ctx, "diff", "-du", *ctx.vars[_RESOLVED])
+
+
+def _markers_read(ctx: JobContext, result: CommandResult) -> Outcome:
+    if result.exit_code != 0:
+        return _failed("p4 diff", result)
+    if result.truncated:
+        return fail(
+            "p4 diff: the diff of the resolved files was too long to capture whole, so it cannot be "
+            "checked for conflict markers; raise the agent's capture_bytes"
+        )
+    found = p4parse.conflict_markers(result.stdout)
+    checked = len(ctx.vars[_RESOLVED])
+    if not found:
+        return next_(f"no conflict markers in {checked} resolved file(s)", **{_RESOLVED: []})
+    files = list(dict.fromkeys(m.file for m in found))
+    places = ", ".join(f"{m.file}:{m.line}" for m in found[:5]) + (
+        f" (+{len(found) - 5} more)" if len(found) > 5 else ""
+    )
+    return Outcome(
+        kind=OutcomeKind.WAIT_RESOLVE,
+        conflicts=files,
+        reason=f"conflict markers left in {len(files)} resolved file(s) at {places}: edit them out or resolve again",
+        key_line=f"{found[0].file}:{found[0].line}: {found[0].text}",
+    )
+
+
+def _resolve_check_plan(ctx: JobContext) -> list[Step]:
+    check = [Step(_markers, _markers_read)] if ctx.vars.get(_RESOLVED) else []
+    return [Step(_pending, _recheck_read), *check]
 
 
 # ---------------------------------------------------------------------------- PRE_SUBMIT
@@ -511,6 +594,11 @@ def _push_read(ctx: JobContext, result: CommandResult) -> Outcome:
     )
 
 
+def _review_first(ctx: JobContext) -> bool:
+    # After SHELVE and NC_FIX, so the shelf a person reviews is the one that is submitted.
+    return ctx.params.workspace.review_before_submit
+
+
 def _push_plan(ctx: JobContext) -> list[Step]:
     # p4 refuses to submit a change that has shelved files; a site push tool may want them.
     delete = [Step(_delete_shelf, _delete_shelf_read)] if p4cmd.is_p4_submit(ctx, ctx.site.push) else []
@@ -554,13 +642,11 @@ def _build_pipeline() -> Pipeline:
         _stage("RESOLVE_PASS_1", _resolve_pass("-as"), _WRITE, 3600, needs=_CHANGE),
         _stage("RESOLVE_PASS_2", _resolve_pass("-am"), _WRITE, 3600, needs=_CHANGE),
         _stage("NEEDS_RESOLVE", lambda ctx: [Step(_pending, _pending_read)], _READ, 600, needs=_CHANGE),
-        _stage(
-            "RESOLVE_CHECK", lambda ctx: [Step(_pending, _pending_read)], _READ, 600, needs=_CHANGE, resume_only=True
-        ),
+        _stage("RESOLVE_CHECK", _resolve_check_plan, _READ, 600, needs=_CHANGE, resume_only=True),
         _stage("PRE_SUBMIT", _pre_submit_plan, _READ, 4 * 3600, needs=_CHANGE),
         _stage("SHELVE", lambda ctx: [Step(_shelve, _shelve_read)], _WRITE, 3600, needs=_CHANGE),
         _stage("NC_FIX", _name_check_plan, _WRITE, 1800, needs=_CHANGE),
-        _stage("P4PUSH", _push_plan, _SUBMIT, 3600, needs=_CHANGE),
+        _stage("P4PUSH", _push_plan, _SUBMIT, 3600, needs=_CHANGE, gate=_review_first),
     )
     return Pipeline(name="p4-integrate", stages=stages, resume_stage="RESOLVE_CHECK", cleanup=cleanup)
 

@@ -146,6 +146,45 @@ def must_resolve(text: str) -> list[str]:
     return _MUST_RESOLVE.findall(text)
 
 
+# ---------------------------------------------------------------------------- conflict markers
+
+# What p4 writes into a file resolved with its conflicts left in (`resolve -af`, or an editor
+# session that kept them): the base, theirs and yours versions of each conflicting chunk.
+CONFLICT_MARKERS = (">>>> ORIGINAL", "==== THEIRS", "==== YOURS", "<<<<")
+_FILE_HEADER = re.compile(r"^==== (.+?)#\d+ - (.+) ====$")
+_HUNK = re.compile(r"^@@ -\d+(?:,\d+)? \+(\d+)(?:,\d+)? @@")
+
+
+class Marker(NamedTuple):
+    file: str  # the workspace file, as `p4 diff` names it
+    line: int  # 1-based, in the workspace file
+    text: str
+
+
+def conflict_markers(diff: str) -> list[Marker]:
+    """Conflict markers that `p4 diff -du` shows as added lines: the header
+    `==== //depot/f#3 - /ws/f ====` names the file, `@@ -a,b +c,d @@` numbers its lines. A
+    marker already in the depot revision is a context line, not added by this resolve, and
+    is not reported. (A `--- a` / `+++ b` pair, as other diff tools print, also names the file.)"""
+    found: list[Marker] = []
+    file, line, previous = "", 0, ""
+    for text in diff.splitlines():
+        if m := _FILE_HEADER.match(text):
+            file, line = m.group(2), 0
+        elif text.startswith("+++ ") and previous.startswith("--- "):
+            file, line = text[4:].split("\t")[0], 0
+        elif m := _HUNK.match(text):
+            line = int(m.group(1))
+        elif text.startswith("+"):
+            if text[1:].startswith(CONFLICT_MARKERS):
+                found.append(Marker(file, line, text[1:].rstrip()))
+            line += 1
+        elif text.startswith(" "):
+            line += 1
+        previous = text
+    return found
+
+
 # ---------------------------------------------------------------------------- messages
 
 # Warnings are not the line that explains a failure; skip them when another line exists.

@@ -59,6 +59,7 @@ def make_stage(
     needs: tuple[str, ...] = (),
     provides: tuple[str, ...] = (),
     resume_only: bool = False,
+    gate: Callable[[JobContext], bool] | None = None,
 ) -> Stage:
     build, interpret = stepwise(plan)
     return Stage(
@@ -70,4 +71,5 @@ def make_stage(
         needs=needs,
         provides=provides,
         resume_only=resume_only,
+        gate=gate,
     )

@@ -13,6 +13,7 @@ COMMANDS = [
     "agents",
     "events",
     "jobs",
+    "cleanup",
     "demo",
     "deploy",
     "keys",

@@ -56,12 +56,18 @@ def follow(
     else:
         printer = compact = ProgressPrinter(sys.stdout, live=sys.stdout.isatty())
     last: list[str] = []
+    waited: list[str] = [""]
 
     def on_state(ev: P.JobChanged) -> None:
         # Stage moves show in the command headers; a note is for a new job state. Compact, the
         # summary says how it ended and a stage line that it runs.
         new = not last or last[-1] != ev.state
         last.append(ev.state)
+        # A running job whose command no agent takes (offline, busy) says so, once per reason.
+        waiting = str(ev.detail.get("waiting_for", "")) if ev.state == "RUNNING" else ""
+        if waiting and waiting != waited[-1]:
+            printer.note(f"{ev.job_id} waiting for: {waiting}")
+        waited.append(waiting)
         if compact is None and new:
             printer.note(f"{ev.job_id} {ev.state} at {ev.stage}")
         elif compact is not None and new and ev.state not in (*END_STATES, "RUNNING"):
@@ -85,7 +91,8 @@ def follow(
 
 
 def exit_code(view: P.JobView) -> int:
-    return {"DONE": EXIT_OK, "NOTHING_TO_DO": EXIT_OK, "WAITING_RESOLVE": EXIT_WAITING}.get(view.state, EXIT_JOB_FAILED)
+    waiting = {"WAITING_RESOLVE": EXIT_WAITING, "WAITING_APPROVAL": EXIT_WAITING}
+    return {"DONE": EXIT_OK, "NOTHING_TO_DO": EXIT_OK, **waiting}.get(view.state, EXIT_JOB_FAILED)
 
 
 def _exit_for(view: P.JobView) -> None:

@@ -11,6 +11,7 @@ from orchestrator.pipeline.transition import JobState
 # Job state -> the event kind a rule names (config.NOTIFY_EVENTS).
 STATE_EVENTS: dict[str, str] = {
     JobState.WAITING_RESOLVE: "waiting",
+    JobState.WAITING_APPROVAL: "waiting",
     JobState.FAILED: "failed",
     JobState.DONE: "done",
     JobState.NOTHING_TO_DO: "done",

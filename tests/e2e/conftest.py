@@ -104,11 +104,13 @@ class JobStack:
 
             return wait_for(reached, timeout, f"{job_id} to reach {states}", interval=0.1)
 
-    def p4(self, name: str, *args: str) -> str:
+    def p4(self, name: str, *args: str, stdin: str | None = None) -> str:
         """Run p4sim as a person would in the workspace; returns stdout."""
         ws = self.workspaces[name]
         env = {**os.environ, **self.env, **ws.p4_env()}
-        done = subprocess.run(["p4", *args], cwd=ws.root, env=env, capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            ["p4", *args], cwd=ws.root, env=env, capture_output=True, text=True, timeout=30, input=stdin
+        )
         return done.stdout + done.stderr
 
     def executions(self, name: str) -> list[str]:

@@ -400,7 +400,7 @@ def test_waiting_for_a_resolve_holds_the_workspace_until_resume_finishes(rig):
     assert eff.dispatch == [] and rig.store.open_commands(job_id) == []
     view = rig.engine.view(job_id)
     assert (view.state, view.stage, view.conflicts) == ("WAITING_RESOLVE", "CHECK", ["//depot/main/f.c"])
-    assert view.waiting_for == "a person to resolve the conflicts, then `p4bus resume`"
+    assert view.waiting_for == "a person to resolve the conflicts, then `p4bus resume` (1 file needs a resolve)"
     assert (view.reason, view.key_line) == ("", "must resolve")  # waiting is not a failure
     assert rig.job(waiting).state == JobState.QUEUED
     with pytest.raises(JobError, match="only FAILED or CANCELLED jobs can be retried; use resume"):

@@ -79,8 +79,9 @@ def test_stage_commands(stage, argv):
     assert build(stage).argv[1:] == argv
 
 
-def test_given_source_change_is_used_and_the_lookup_skipped():
-    assert build("GET_LATEST_CL", change=42, vars={}) is None
+def test_given_source_change_is_checked_not_looked_up():
+    assert build("GET_LATEST_CL", change=42, vars={}).argv[1:] == ["-ztag", "change", "-o", "42"]
+    assert build("GET_LATEST_CL", step=1, change=42, vars={}) is None
     assert build("INTEGRATE", change=42, vars={"change": 123}).argv[-2] == "//depot/main/...@42"
 
 
@@ -129,9 +130,10 @@ def test_branch_spec_commands():
     ]
 
 
-def test_branch_spec_with_given_change_still_reads_the_view_but_not_the_changes():
+def test_branch_spec_with_given_change_reads_the_view_then_checks_the_change():
     assert build("GET_LATEST_CL", vars={}, change=9, **BRANCH).argv[-1] == "main-to-rel"
-    assert build("GET_LATEST_CL", step=1, vars=VIEW, change=9, **BRANCH) is None
+    assert build("GET_LATEST_CL", step=1, vars=VIEW, change=9, **BRANCH).argv[1:] == ["-ztag", "change", "-o", "9"]
+    assert build("GET_LATEST_CL", step=2, vars=VIEW, change=9, **BRANCH) is None
 
 
 @pytest.mark.parametrize(
