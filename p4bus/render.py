@@ -22,6 +22,7 @@ STATE_STYLE = {
     "CANCELLED": "yellow",
     "WAITING_RESOLVE": "magenta",
     "RUNNING": "cyan",
+    "UNKNOWN": "yellow",  # its agent cannot be reached: the command may still be running
     "RETRY_WAIT": "yellow",
     "QUEUED": "dim",
     "LOST": "red",
