@@ -10,6 +10,7 @@ its effect already happened. A dispatch refused again and again fails its stage.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -18,8 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from common import protocol as P
 from tests.conftest import wait_for
 from tests.e2e.conftest import JobStack
+from tests.e2e.test_cli_jobs import p4bus
 from tests.e2e.test_reliability import _alive, _assert_each_command_ran_once
 
 pytestmark = pytest.mark.timeout(180)
@@ -33,14 +36,16 @@ class Gates:
     command then ends with its agent frozen or dead. A gate holds one command, once."""
 
     def __init__(self, jobs: JobStack) -> None:
+        self.jobs = jobs
         self.dir = jobs.tmp / "gates"
         self.dir.mkdir()
         wrapper = jobs.bin / "p4"
         logged, run = wrapper.read_text().rsplit("exec ", 1)
-        # Keyed on the client and p4's first argument (sync, change, submit). The whole stdin
-        # (a change spec) is read first: a freeze must not cut the command off from it.
+        # Keyed on the workspace's server (clients of different workspaces may share a name)
+        # and p4's first argument (sync, change, submit). The whole stdin (a change spec) is
+        # read first: a freeze must not cut the command off from it.
         hold = (
-            f'g="{self.dir}/$P4CLIENT.$1"\n'
+            f'g="{self.dir}/$(printf %s "$P4PORT" | tr -c "A-Za-z0-9" _).$1"\n'
             'if [ -e "$g.armed" ]; then\n'
             '    rm -f "$g.armed"\n'
             '    cat > "$g.stdin"\n'
@@ -51,19 +56,20 @@ class Gates:
         )
         wrapper.write_text(logged + hold + "exec " + run)
 
-    def _path(self, client: str, command: str, what: str) -> Path:
-        return self.dir / f"{client}.{command}.{what}"
+    def _path(self, name: str, command: str, what: str) -> Path:
+        server = re.sub("[^A-Za-z0-9]", "_", self.jobs.seeds[name]["P4PORT"])
+        return self.dir / f"{server}.{command}.{what}"
 
-    def arm(self, client: str, command: str) -> None:
-        self._path(client, command, "armed").touch()
+    def arm(self, name: str, command: str) -> None:
+        self._path(name, command, "armed").touch()
 
-    def held(self, client: str, command: str) -> int | None:
+    def held(self, name: str, command: str) -> int | None:
         """The pid of the command held at the gate (the wrapper execs p4 as that pid)."""
-        held = self._path(client, command, "held")
+        held = self._path(name, command, "held")
         return int(held.read_text()) if held.exists() and held.read_text().strip() else None
 
-    def open(self, client: str, command: str) -> None:
-        self._path(client, command, "open").touch()
+    def open(self, name: str, command: str) -> None:
+        self._path(name, command, "open").touch()
 
 
 def _pending_changes(jobs: JobStack, name: str) -> str:
@@ -83,12 +89,20 @@ def _pending_changes(jobs: JobStack, name: str) -> str:
     return done.stdout.strip()
 
 
+def in_flight(view: P.JobView | None, stage: str) -> bool:
+    """The orchestrator knows the stage's command reached its agent. (An agent frozen before
+    its answer to the dispatch got out leaves the command PENDING instead: sent again to the
+    agent when it is back, which knows it by its id and runs nothing twice.)"""
+    return view is not None and any(r.stage == stage and r.state in ("DISPATCHED", "RUNNING") for r in view.timeline)
+
+
 @dataclass
 class Frozen:
     """One job whose agent is frozen while its ``command`` runs."""
 
     name: str  # workspace, served by its own agent
     command: str
+    stage: str
     job_id: str = ""
     frozen_at: float = 0.0
     thawed: bool = False
@@ -100,13 +114,13 @@ class Frozen:
 
 
 def test_agents_frozen_15s_during_sync_create_change_and_submit_run_nothing_twice(jobs):
-    cases = [Frozen("ws1", "sync"), Frozen("ws2", "change"), Frozen("ws3", "submit")]
+    cases = [Frozen("ws1", "sync", "SYNC"), Frozen("ws2", "change", "CREATE_CHANGE"), Frozen("ws3", "submit", "P4PUSH")]
     for c in cases:
         jobs.workspace(c.name, "clean")
     gates = Gates(jobs)
     jobs.start(agents={c.agent: [c.name] for c in cases})
     for c in cases:
-        gates.arm(jobs.seeds[c.name]["P4CLIENT"], c.command)
+        gates.arm(c.name, c.command)
         c.job_id = jobs.submit(c.name)
     with jobs.orch() as oc:
         try:
@@ -123,20 +137,26 @@ def test_agents_frozen_15s_during_sync_create_change_and_submit_run_nothing_twic
         assert all(r.attempt == 1 and r.state == "DONE" for r in view.timeline), view.timeline
         _assert_each_command_ran_once(jobs, c.name, view)
         assert _pending_changes(jobs, c.name) == "", f"{c.name}: a spare pending change was left"
+        # The job's events said so, and what follows a job (tail, submit --follow) shows it.
+        tail = p4bus(jobs, "tail", c.job_id)
+        assert tail.returncode == 0, tail.stderr
+        notes = [line for line in tail.stdout.splitlines() if line.startswith(f"── {c.job_id} ")]
+        unknown = notes.index(f"── {c.job_id} UNKNOWN at {c.stage}")
+        # Then the agent's own result moved it on: no retry in between.
+        assert notes[unknown + 1].split()[2] in ("RUNNING", "DONE"), notes
 
 
 def _drive(jobs: JobStack, oc, gates: Gates, cases: list[Frozen]) -> bool:
     """One look at every case: freeze an agent whose command reached its gate and let the
     command run to its end; note what the job shows; thaw after FREEZE_S. True when all thawed."""
     for c in cases:
-        client = jobs.seeds[c.name]["P4CLIENT"]
         if not c.frozen_at:
-            pid = gates.held(client, c.command)
-            if pid is None:
+            pid = gates.held(c.name, c.command)
+            if pid is None or not in_flight(oc.job(c.job_id), c.stage):
                 continue
             jobs.procs[c.agent].signal_group(signal.SIGSTOP)
             c.frozen_at = time.time()
-            gates.open(client, c.command)
+            gates.open(c.name, c.command)
             wait_for(lambda pid=pid: not _alive(pid), 30, f"{c.name}: p4 {c.command} to end in the freeze")
         elif not c.thawed:
             c.seen.add(oc.job(c.job_id).state)
@@ -160,18 +180,20 @@ def test_an_agent_gone_for_good_is_given_up_on_and_a_new_agent_finishes_without_
     gates = Gates(jobs)
     held = {"ws1": "change", "ws2": "submit"}
     jobs.start(agents={"agent-1": list(held)})
-    clients = {name: jobs.seeds[name]["P4CLIENT"] for name in held}
     for name, command in held.items():
-        gates.arm(clients[name], command)
+        gates.arm(name, command)
     ids = {name: jobs.submit(name) for name in held}
     pids = {
-        name: wait_for(lambda n=name: gates.held(clients[n], held[n]), 60, f"{name}: p4 {held[name]} at its gate")
+        name: wait_for(lambda n=name: gates.held(n, held[n]), 60, f"{name}: p4 {held[name]} at its gate")
         for name in held
     }
+    with jobs.orch() as oc:
+        for name, stage in (("ws1", "CREATE_CHANGE"), ("ws2", "P4PUSH")):
+            wait_for(lambda n=name, s=stage: in_flight(oc.job(ids[n]), s), 30, f"{name}: {stage} in flight")
     agent = jobs.procs["agent-1"]
     agent.signal_group(signal.SIGSTOP)  # it never reports what follows
     for name, command in held.items():
-        gates.open(clients[name], command)
+        gates.open(name, command)
     for name, pid in pids.items():
         wait_for(lambda pid=pid: not _alive(pid), 30, f"{name}: p4 {held[name]} to end")
     agent.signal_group(signal.SIGKILL)

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import wait_for
 from tests.e2e.test_reliability import _alive, _assert_each_command_ran_once
-from tests.e2e.test_unreachable import Gates, _pending_changes
+from tests.e2e.test_unreachable import Gates, _pending_changes, in_flight
 from tests.netns.conftest import NetJobs
 
 pytestmark = pytest.mark.timeout(300)
@@ -25,20 +25,21 @@ def test_an_agent_cut_off_15s_during_create_change_and_submit_runs_nothing_twice
         hosts.workspace(name, "clean")
     gates = Gates(hosts)
     hosts.start()
-    clients = {name: hosts.seeds[name]["P4CLIENT"] for name in held}
     for name, command in held.items():
-        gates.arm(clients[name], command)
+        gates.arm(name, command)
     ids = {name: hosts.submit(name) for name in held}
     pids = {
-        name: wait_for(lambda n=name: gates.held(clients[n], held[n]), 90, f"{name}: p4 {held[name]} at its gate")
+        name: wait_for(lambda n=name: gates.held(n, held[n]), 90, f"{name}: p4 {held[name]} at its gate")
         for name in held
     }
+    for name, stage in (("ws1", "CREATE_CHANGE"), ("ws2", "P4PUSH")):
+        wait_for(lambda n=name, s=stage: in_flight(hosts.view(ids[n]), s), 60, f"{name}: {stage} in flight")
     hosts.net.cut("agent")
     cut_at = time.time()
     seen: dict[str, set[str]] = {name: set() for name in held}
     try:
         for name, command in held.items():
-            gates.open(clients[name], command)
+            gates.open(name, command)
         for name, pid in pids.items():
             wait_for(lambda pid=pid: not _alive(pid), 30, f"{name}: p4 {held[name]} to end in the cut")
 
