@@ -520,8 +520,9 @@ class Engine:
         params = msgspec.structs.asdict(job.params)
         waiting = ""
         position = 0
-        open_cmds = [c for c in (cmds or self.store.open_commands(job.id)) if c.state == CmdState.PENDING]
-        unknown = [c for c in (cmds or self.store.open_commands(job.id)) if c.state == CmdState.UNKNOWN]
+        live = cmds or self.store.open_commands(job.id)
+        open_cmds = [c for c in live if c.state == CmdState.PENDING]
+        unknown = [c for c in live if c.state == CmdState.UNKNOWN]
         if job.state == JobState.WAITING_RESOLVE:
             waiting = "a person to resolve the conflicts, then `p4bus resume`"
         elif unknown:
