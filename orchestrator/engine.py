@@ -344,13 +344,21 @@ class Engine:
         """No agent took it: it stays PENDING and says why. ``refused``: an agent or master
         said no (none fits, busy, its spool failed) rather than nobody answering (a master
         down, a request timed out: it may have reached an agent). Refused again and again for
-        dispatch_refused_deadline_s, the command fails its stage with the last reason."""
+        dispatch_refused_deadline_s, the command fails its stage with the last reason. A job
+        the orchestrator pinned to an agent that has refused it for the stage's unknown deadline
+        (an agent gone between two commands) is unpinned first, and the clock starts again."""
         now = self.clock()
         with self.store.tx(durable=False):
             cmd = self.store.command(cmd_id)
             if cmd is None or cmd.state != CmdState.PENDING:
                 return Effects()
             since = (cmd.refused_since or now) if refused else None
+            job = self.store.job(cmd.job_id)
+            gone = since is not None and now - since >= self.unknown_deadline(cmd)
+            if gone and job is not None and job.agent_pinned:
+                log.warning("job.unpinned", job_id=job.id, agent=job.agent, refused_for_s=now - (since or now), why=why)
+                self.store.unpin_agent(job.id, job.agent or "", now)
+                since = now
             if since is None or now - since < self.conf.dispatch_refused_deadline_s:
                 self.store.defer_dispatch(cmd_id, why, not_before=now + 1.0, refused_since=since)
                 return Effects()

@@ -487,6 +487,47 @@ def test_a_dispatch_refused_again_and_again_fails_its_stage_after_the_deadline(t
     assert eff.dispatch == [rig.open_cmd(waiting)]
 
 
+def test_a_job_whose_agent_is_gone_between_commands_is_unpinned_then_fails_if_nothing_takes_it(tmp_path):
+    rig = Rig(Store(tmp_path / "jobs.db"), dispatch_refused_deadline_s=100.0, unknown_deadline_s=50.0)
+    job_id, _ = rig.submit()
+    rig.step(job_id)  # SYNC ran on a1, which pinned the job there
+    check = rig.open_cmd(job_id)
+    assert rig.engine.route(rig.cmd(check))["agent"] == "a1"
+    why = "agent 'a1' is not connected to this master (connected: a2)"
+    rig.engine.on_dispatch_refused(check, why)
+    rig.clock.advance(49)
+    rig.engine.on_dispatch_refused(check, why)
+    assert rig.job(job_id).agent == "a1"
+    rig.clock.advance(1)
+    assert rig.engine.on_dispatch_refused(check, why) == Effects()
+    # Gone for the stage's unknown deadline: any agent with the workspace may take it now.
+    assert (rig.job(job_id).agent, rig.engine.route(rig.cmd(check))["agent"]) == (None, None)
+    assert rig.cmd(check).refused_since == START + 50  # the refusal clock starts again
+    rig.clock.advance(99)
+    rig.engine.on_dispatch_refused(check, "no live agent with workspace 'ws' (connected: none)")
+    assert rig.job(job_id).state == JobState.RUNNING
+    rig.clock.advance(1)
+    rig.engine.on_dispatch_refused(check, "no live agent with workspace 'ws' (connected: none)")
+    assert rig.job(job_id).state == JobState.FAILED
+
+
+def test_a_pin_that_was_asked_for_is_refused_until_the_stage_fails(tmp_path):
+    rig = Rig(Store(tmp_path / "jobs.db"), dispatch_refused_deadline_s=100.0, unknown_deadline_s=50.0)
+    job_id, eff = rig.engine.submit(
+        P.Submit(
+            req_id="r", workspace="ws", source="//depot/dev/...", target="//depot/main/...", pipeline="toy", agent="a1"
+        )
+    )
+    cmd_id = eff.dispatch[0]
+    rig.engine.on_dispatch_refused(cmd_id, "agent 'a1' is not connected to this master")
+    rig.clock.advance(60)
+    rig.engine.on_dispatch_refused(cmd_id, "agent 'a1' is not connected to this master")
+    assert rig.job(job_id).agent == "a1" and rig.cmd(cmd_id).refused_since == START
+    rig.clock.advance(40)
+    rig.engine.on_dispatch_refused(cmd_id, "agent 'a1' is not connected to this master")
+    assert rig.job(job_id).state == JobState.FAILED and rig.job(job_id).agent == "a1"
+
+
 def test_nobody_answering_a_dispatch_is_not_a_refusal(tmp_path):
     rig = Rig(Store(tmp_path / "jobs.db"), dispatch_refused_deadline_s=60.0)
     job_id, eff = rig.submit()
