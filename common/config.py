@@ -171,8 +171,16 @@ class OrchestratorConf(msgspec.Struct, forbid_unknown_fields=True):
     workspaces: dict[str, WorkspaceConf] = {}
     recheck_interval_s: float = 0.0  # auto re-check of WAITING_RESOLVE jobs; 0 = off
     reconcile_after_s: float = 5.0
-    # An agent that no master can reach for this long has lost its in-flight commands.
+    # An agent that no master can reach for this long: its in-flight commands are UNKNOWN (they
+    # may still be running there) until it answers or their stage's deadline passes.
     lost_after_s: float = 5.0
+    # How long a command may stay UNKNOWN before its job gives up on it: it is LOST and its
+    # stage's on_lost policy applies (retry, after checking its effect; or fail). A stage's
+    # own value: site.retry.STAGE.unknown_deadline_s.
+    unknown_deadline_s: float = 600.0
+    # A command every reply refuses (no agent fits, busy, a spool that fails) for this long
+    # fails its stage with the last refusal's reason. Nobody answering at all does not count.
+    dispatch_refused_deadline_s: float = 600.0
     site: dict[str, Any] = {}  # pre_submit, blocklist, name_check, push, retry
     # Finished jobs (DONE, NOTHING_TO_DO, FAILED, CANCELLED) unchanged for this long are removed
     # from the store; their events stay in the broker's journal. 0 keeps them forever.

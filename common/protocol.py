@@ -313,7 +313,7 @@ class StageRun(msgspec.Struct, omit_defaults=True):
     step: int
     attempt: int
     cmd_id: str
-    state: str  # PENDING DISPATCHED RUNNING DONE LOST CANCELLED
+    state: str  # PENDING DISPATCHED RUNNING UNKNOWN DONE LOST CANCELLED
     agent: str = ""
     argv: list[str] = []
     created_at: float = 0.0

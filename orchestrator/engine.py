@@ -9,6 +9,7 @@ and the effects, start-up reconciliation redoes them: a PENDING command is dispa
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import msgspec
 from common import logs
 from common import protocol as P
 from common.config import ConfigError, OrchestratorConf, WorkspaceConf, read_password_file
-from orchestrator.clock import Clock, system_clock, utc_day
+from orchestrator.clock import Clock, system_clock, utc_day, utc_time
 from orchestrator.pipeline import (
     PASSWORD_SECRET,
     PIPELINES,
@@ -300,14 +301,86 @@ class Engine:
             self.store.leave_retry_wait(job.id, now)
         return Effects(publish=[job.id]) if pin or leave_wait else Effects()
 
-    def touch(self, cmd_id: str) -> None:
+    def still_running(self, cmd_id: str) -> Effects:
+        """Its agent's spool says it runs: heard from, and RUNNING again if it was UNKNOWN."""
+        now = self.clock()
         with self.store.tx(durable=False):
-            self.store.touch(cmd_id, self.clock())
+            cmd = self.store.command(cmd_id)
+            if cmd is None or cmd.state not in IN_FLIGHT:
+                return Effects()
+            self.store.touch(cmd_id, now)
+            if cmd.state != CmdState.UNKNOWN:
+                return Effects()
+            self.store.mark_reached(cmd_id, now)
+            log.info("cmd.reached", cmd_id=cmd_id, agent=cmd.agent, unknown_for_s=round(now - cmd.unknown_since, 1))
+            if self.store.move_state(cmd.job_id, JobState.UNKNOWN, JobState.RUNNING, now):
+                return Effects(publish=[cmd.job_id])
+            return Effects()
 
-    def on_dispatch_refused(self, cmd_id: str, why: str) -> None:
-        """No agent took it (none fits, all busy, masters down): stay PENDING and say why."""
+    def unreachable(self, agent: str, since: float) -> Effects:
+        """No master has reached ``agent`` since ``since``: its commands are UNKNOWN (they may
+        still be running there) until it answers. Each is given up on -- LOST, and its stage's
+        on_lost policy decides -- once its stage's unknown deadline has passed."""
+        now = self.clock()
+        eff = Effects()
+        with self.store.tx():
+            for cmd in self.store.in_flight_on(agent):
+                if cmd.state != CmdState.UNKNOWN:
+                    log.warning("cmd.unknown", cmd_id=cmd.cmd_id, agent=agent, stage=cmd.stage, since=since)
+                    self.store.mark_unknown(cmd.cmd_id, since)
+                    cmd = dataclasses.replace(cmd, state=CmdState.UNKNOWN, unknown_since=since)
+                    if cmd.kind == CmdKind.STAGE and self.store.move_state(
+                        cmd.job_id, JobState.RUNNING, JobState.UNKNOWN, now
+                    ):
+                        eff.publish.append(cmd.job_id)
+                if now - cmd.unknown_since >= self.unknown_deadline(cmd):
+                    eff.add(self._give_up(cmd, now))
+        return eff
+
+    def _give_up(self, cmd: CommandRow, now: float) -> Effects:
+        """The deadline passed with the agent still silent: the command is LOST. A job the
+        orchestrator pinned to that agent may run its next command on another one."""
+        log.warning(
+            "cmd.given_up", cmd_id=cmd.cmd_id, agent=cmd.agent, stage=cmd.stage, unknown_for_s=now - cmd.unknown_since
+        )
+        self.store.unpin_agent(cmd.job_id, cmd.agent, now)
+        return self.on_done(cmd.cmd_id, P.CmdStatus(cmd_id=cmd.cmd_id, agent=cmd.agent, state="done"), lost=True)
+
+    def unknown_deadline(self, cmd: CommandRow) -> float:
+        """How long ``cmd`` may stay UNKNOWN: its stage's policy, else the orchestrator's."""
+        job = self.store.job(cmd.job_id)
+        if cmd.kind == CmdKind.STAGE and job is not None:
+            stage = self.pipelines[job.pipeline].stage(cmd.stage)
+            own = self.site.policy_for(cmd.stage, stage.retry).unknown_deadline_s
+            if own is not None:
+                return own
+        return self.conf.unknown_deadline_s
+
+    def on_dispatch_refused(self, cmd_id: str, why: str, refused: bool = True) -> Effects:
+        """No agent took it: it stays PENDING and says why. ``refused``: an agent or master
+        said no (none fits, busy, its spool failed) rather than nobody answering (a master
+        down, a request timed out: it may have reached an agent). Refused again and again for
+        dispatch_refused_deadline_s, the command fails its stage with the last reason. A job
+        the orchestrator pinned to an agent that has refused it for the stage's unknown deadline
+        (an agent gone between two commands) is unpinned first, and the clock starts again."""
+        now = self.clock()
         with self.store.tx(durable=False):
-            self.store.defer_dispatch(cmd_id, why, not_before=self.clock() + 1.0)
+            cmd = self.store.command(cmd_id)
+            if cmd is None or cmd.state != CmdState.PENDING:
+                return Effects()
+            since = (cmd.refused_since or now) if refused else None
+            job = self.store.job(cmd.job_id)
+            gone = since is not None and now - since >= self.unknown_deadline(cmd)
+            if gone and job is not None and job.agent_pinned:
+                log.warning("job.unpinned", job_id=job.id, agent=job.agent, refused_for_s=now - (since or now), why=why)
+                self.store.unpin_agent(job.id, job.agent or "", now)
+                since = now
+            if since is None or now - since < self.conf.dispatch_refused_deadline_s:
+                self.store.defer_dispatch(cmd_id, why, not_before=now + 1.0, refused_since=since)
+                return Effects()
+        log.warning("dispatch.given_up", cmd_id=cmd_id, refused_for_s=now - since, why=why)
+        error = f"no agent took it for {now - since:.0f}s (orchestrator.dispatch_refused_deadline_s): {why}"
+        return self.on_done(cmd_id, P.CmdStatus(cmd_id=cmd_id, state="done", error=error))
 
     def newly_waiting(self, cmd_id: str, why: str) -> str | None:
         """The job whose command is about to wait for a new reason (no agent fits, the agent is
@@ -340,24 +413,14 @@ class Engine:
             assert job is not None
             if cmd.kind == CmdKind.CLEANUP:
                 return Effects(dispatch=self._next_cleanup(job.id)).add(self._schedule_workspace(job.workspace))
-            if job.state not in (JobState.RUNNING, JobState.RETRY_WAIT) or (job.stage, job.step, job.attempt) != (
-                cmd.stage,
-                cmd.step,
-                cmd.attempt,
-            ):
+            moving = job.state in (JobState.RUNNING, JobState.UNKNOWN, JobState.RETRY_WAIT)
+            if not moving or (job.stage, job.step, job.attempt) != (cmd.stage, cmd.step, cmd.attempt):
                 return Effects()  # a command the job has moved past (cancelled, superseded)
             pipeline = self.pipelines[job.pipeline]
             ctx = self.ctx(job)
             outcome = pipeline.stage(job.stage).interpret(ctx, result_of(status, lost))
             self.store.record_outcome(cmd_id, str(outcome.kind), outcome.key_line, outcome.reason)
             return self._apply(job, transition(pipeline, ctx, outcome), outcome)
-
-    def lost(self, agent: str) -> Effects:
-        """Every in-flight command on an agent that no master can reach any more."""
-        eff = Effects()
-        for cmd in self.store.in_flight_on(agent):
-            eff.add(self.on_done(cmd.cmd_id, P.CmdStatus(cmd_id=cmd.cmd_id, agent=agent, state="done"), lost=True))
-        return eff
 
     def _apply(self, job: JobRow, tr: Transition, outcome: Outcome | None) -> Effects:
         """Persist a transition (and the next command row) inside the caller's transaction."""
@@ -550,12 +613,16 @@ class Engine:
         params = msgspec.structs.asdict(job.params)
         waiting = ""
         position = 0
-        open_cmds = [c for c in (cmds or self.store.open_commands(job.id)) if c.state == CmdState.PENDING]
+        live = cmds or self.store.open_commands(job.id)
+        open_cmds = [c for c in live if c.state == CmdState.PENDING]
+        unknown = [c for c in live if c.state == CmdState.UNKNOWN]
         if job.state == JobState.WAITING_RESOLVE:
             waiting = "a person to resolve the conflicts, then `p4bus resume`" + self._what_to_resolve(job, cmds)
         elif job.state == JobState.WAITING_APPROVAL:
             shelf = f"shelved change {vars.get('change')}" if vars.get("change") else "the shelved change"
             waiting = f"a person to review {shelf}, then `p4bus approve {job.id}` (or `p4bus cancel --revert`)"
+        elif unknown:
+            waiting = self._awaiting(unknown[0])
         elif open_cmds and open_cmds[0].waiting_for:
             waiting = open_cmds[0].waiting_for
         elif job.state == JobState.RETRY_WAIT:
@@ -592,6 +659,13 @@ class Engine:
         runs = cmds or self.store.job_commands(job.id)
         last = next((c for c in reversed(runs) if c.kind == CmdKind.STAGE and c.outcome), None)
         return f" ({last.reason})" if last is not None and last.reason else ""
+
+    def _awaiting(self, cmd: CommandRow) -> str:
+        give_up = cmd.unknown_since + self.unknown_deadline(cmd)
+        return (
+            f"agent {cmd.agent}, unreachable since {utc_time(cmd.unknown_since)}: {cmd.stage} may still be "
+            f"running there; its result is awaited until {utc_time(give_up)}, then {cmd.stage} is given up on there"
+        )
 
     @staticmethod
     def _run(c: CommandRow) -> P.StageRun:

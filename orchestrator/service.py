@@ -30,6 +30,9 @@ from orchestrator.trust import EarlyEvents, source_forged
 log = logs.get("orchestrator")
 
 TICK_S = 0.05
+# Dispatch replies that say nobody answered (the Exec may have reached an agent), not that
+# the command was refused: they do not count towards dispatch_refused_deadline_s.
+NO_ANSWER = ("timeout", "agent_unreachable")
 # Up to this much output is fetched whole from the spool for interpreters when a capture was cut.
 FULL_OUTPUT_MAX = 32 << 20
 
@@ -181,15 +184,17 @@ class Orchestrator:
                     self.on_command_event(got)
             else:
                 newly_waiting = self.engine.newly_waiting(cmd_id, reply.message)
-                self.engine.on_dispatch_refused(cmd_id, reply.message)
+                refused = reply.code not in NO_ANSWER
+                self.execute(self.engine.on_dispatch_refused(cmd_id, reply.message, refused=refused))
                 if newly_waiting:
                     self.publish(newly_waiting)
 
     def reconcile(self, agent: str) -> None:
         """Ask the agent's spool about every command we believe is in flight there.
 
-        An agent that no master can reach for lost_after_s has lost them; a busy agent that
-        merely missed heartbeats re-registers within that time and nothing is lost.
+        An agent that no master can reach for lost_after_s has its commands UNKNOWN: nothing
+        runs them again while it may still be running them. Its spool answers when it is back;
+        only a stage's unknown deadline gives up on it (engine.unreachable).
         """
         cmds = self.store.in_flight_on(agent)
         if not cmds:
@@ -202,16 +207,16 @@ class Orchestrator:
             now = self.clock()
             since = self.unreachable_since.setdefault(agent, now)
             if now - since >= self.cfg.orchestrator.lost_after_s:
-                log.warning("agent.lost", agent=agent, commands=[c.cmd_id for c in cmds], error=exc.message)
-                self.unreachable_since.pop(agent, None)
-                self.execute(self.engine.lost(agent))
+                if any(c.state != CmdState.UNKNOWN for c in cmds):
+                    log.warning("agent.unreachable", agent=agent, commands=[c.cmd_id for c in cmds], error=exc.message)
+                self.execute(self.engine.unreachable(agent, since))
             return
         self.unreachable_since.pop(agent, None)
         for st in statuses:
             if st.state == "done":
                 self.done(st)
             elif st.state == "running":
-                self.engine.touch(st.cmd_id)
+                self.execute(self.engine.still_running(st.cmd_id))
             else:
                 # It accepted this command (we saw its reply or its STARTED event), yet its spool
                 # does not know it: the record is gone with whatever ran. Sending it again could

@@ -109,6 +109,14 @@ MIGRATIONS: list[str] = [
     CREATE INDEX template_jobs_template ON template_jobs(template);
     CREATE INDEX jobs_updated ON jobs(state, updated_at);
     """,
+    """
+    -- 1 when the orchestrator pinned the job to the agent its first command reached (not a
+    -- person's or the workspace's choice), so it may go elsewhere once that agent is given up on.
+    ALTER TABLE jobs ADD COLUMN agent_pinned INTEGER NOT NULL DEFAULT 0;
+    -- When the command's agent became unreachable (UNKNOWN), and when agents began refusing it.
+    ALTER TABLE commands ADD COLUMN unknown_since REAL NOT NULL DEFAULT 0;
+    ALTER TABLE commands ADD COLUMN refused_since REAL NOT NULL DEFAULT 0;
+    """,
 ]
 
 
@@ -116,8 +124,11 @@ class CmdState(enum.StrEnum):
     PENDING = "PENDING"  # written, not yet accepted by an agent
     DISPATCHED = "DISPATCHED"  # an agent accepted it
     RUNNING = "RUNNING"
+    # Its agent cannot be reached: it may still be running, or have ended. Nothing runs it
+    # again until the agent answers or its stage's deadline passes (then LOST).
+    UNKNOWN = "UNKNOWN"
     DONE = "DONE"
-    LOST = "LOST"  # its agent was lost: it may or may not have run
+    LOST = "LOST"  # given up on: it may or may not have run
     CANCELLED = "CANCELLED"
 
 
@@ -126,10 +137,12 @@ class CmdKind(enum.StrEnum):
     CLEANUP = "cleanup"  # undoes a cancelled job's side effects
 
 
-IN_FLIGHT = frozenset({CmdState.DISPATCHED, CmdState.RUNNING})
+IN_FLIGHT = frozenset({CmdState.DISPATCHED, CmdState.RUNNING, CmdState.UNKNOWN})
 OPEN = frozenset({CmdState.PENDING, *IN_FLIGHT})
 # Job states that hold their workspace (the pending change is open in it).
-ACTIVE_STATES = frozenset({JobState.RUNNING, JobState.RETRY_WAIT, JobState.WAITING_RESOLVE, JobState.WAITING_APPROVAL})
+ACTIVE_STATES = frozenset(
+    {JobState.RUNNING, JobState.UNKNOWN, JobState.RETRY_WAIT, JobState.WAITING_RESOLVE, JobState.WAITING_APPROVAL}
+)
 
 
 @dataclass(frozen=True)
@@ -151,6 +164,7 @@ class JobRow:
     retry_from: str | None
     created_at: float
     updated_at: float
+    agent_pinned: bool  # by the orchestrator, to where its first command ran
 
 
 @dataclass(frozen=True)
@@ -178,6 +192,8 @@ class CommandRow:
     outcome: str
     reason: str
     waiting_for: str
+    unknown_since: float  # 0 unless UNKNOWN
+    refused_since: float  # 0 unless agents are refusing it (PENDING)
 
 
 _JOB_FIELDS = tuple(f.name for f in fields(JobRow))
@@ -191,6 +207,7 @@ def _job_row(r: tuple[Any, ...]) -> JobRow:
     col["params"] = msgspec.json.decode(col["params"], type=JobParams)
     col["state"] = JobState(col["state"])
     col["vars"] = msgspec.json.decode(col["vars"], type=dict[str, Any])
+    col["agent_pinned"] = bool(col["agent_pinned"])
     return JobRow(**col)
 
 
@@ -335,6 +352,7 @@ class Store:
                 None,
                 now,
                 now,
+                0,
             ),
         )
 
@@ -358,13 +376,25 @@ class Store:
         )
 
     def pin_agent(self, job_id: str, agent: str, now: float) -> None:
-        self.db.execute("UPDATE jobs SET agent=?, updated_at=? WHERE id=?", (agent, now, job_id))
+        self.db.execute("UPDATE jobs SET agent=?, agent_pinned=1, updated_at=? WHERE id=?", (agent, now, job_id))
+
+    def unpin_agent(self, job_id: str, agent: str, now: float) -> None:
+        """Free a job the orchestrator pinned to ``agent`` to run anywhere its workspace is
+        (a pin a person or the workspace's config asked for stays)."""
+        self.db.execute(
+            "UPDATE jobs SET agent=NULL, agent_pinned=0, updated_at=? WHERE id=? AND agent=? AND agent_pinned=1",
+            (now, job_id, agent),
+        )
+
+    def move_state(self, job_id: str, from_state: JobState, to_state: JobState, now: float) -> bool:
+        """``from_state`` -> ``to_state``; False (and no change) if the job is in another state."""
+        cur = self.db.execute(
+            "UPDATE jobs SET state=?, updated_at=? WHERE id=? AND state=?", (to_state, now, job_id, from_state)
+        )
+        return cur.rowcount == 1
 
     def leave_retry_wait(self, job_id: str, now: float) -> None:
-        self.db.execute(
-            "UPDATE jobs SET state=?, updated_at=? WHERE id=? AND state=?",
-            (JobState.RUNNING, now, job_id, JobState.RETRY_WAIT),
-        )
+        self.move_state(job_id, JobState.RETRY_WAIT, JobState.RUNNING, now)
 
     def requeue(self, job_id: str, from_stage: str, now: float) -> None:
         """Back in its workspace's queue, to run again from ``from_stage`` when its turn comes."""
@@ -493,9 +523,25 @@ class Store:
         """Its agent says it is still running."""
         self.db.execute("UPDATE commands SET last_contact=? WHERE cmd_id=?", (now, cmd_id))
 
-    def defer_dispatch(self, cmd_id: str, why: str, not_before: float) -> None:
-        """No agent took it: it stays PENDING, says why, and is tried again from ``not_before``."""
-        self.db.execute("UPDATE commands SET waiting_for=?, not_before=? WHERE cmd_id=?", (why, not_before, cmd_id))
+    def defer_dispatch(self, cmd_id: str, why: str, not_before: float, refused_since: float | None = None) -> None:
+        """No agent took it: it stays PENDING, says why, and is tried again from ``not_before``;
+        ``refused_since``: when agents began refusing it (None: no refusal, just no answer)."""
+        self.db.execute(
+            "UPDATE commands SET waiting_for=?, not_before=?, refused_since=COALESCE(?, refused_since) WHERE cmd_id=?",
+            (why, not_before, refused_since, cmd_id),
+        )
+
+    def mark_unknown(self, cmd_id: str, since: float) -> None:
+        self.db.execute(
+            "UPDATE commands SET state=?, unknown_since=? WHERE cmd_id=?", (CmdState.UNKNOWN, since, cmd_id)
+        )
+
+    def mark_reached(self, cmd_id: str, now: float) -> None:
+        """Its agent answers again and says it runs."""
+        self.db.execute(
+            "UPDATE commands SET state=?, unknown_since=0, last_contact=? WHERE cmd_id=?",
+            (CmdState.RUNNING, now, cmd_id),
+        )
 
     def finish_command(
         self, cmd_id: str, state: CmdState, status: P.CmdStatus, started_at: float, ended_at: float, agent: str

@@ -24,6 +24,7 @@ STATE_STYLE = {
     "WAITING_RESOLVE": "magenta",
     "WAITING_APPROVAL": "magenta",
     "RUNNING": "cyan",
+    "UNKNOWN": "yellow",  # its agent cannot be reached: the command may still be running
     "RETRY_WAIT": "yellow",
     "QUEUED": "dim",
     "LOST": "red",

@@ -26,6 +26,7 @@ from orchestrator.pipeline.model import (
     fail,
     next_,
     repeat,
+    rerun,
 )
 from orchestrator.pipeline.namecheck import find_offenders
 from orchestrator.pipeline.paths import matches
@@ -192,15 +193,29 @@ def _sync_read(ctx: JobContext, result: CommandResult) -> Outcome:
 # ---------------------------------------------------------------------------- CREATE_CHANGE
 
 
+def _job_mark(ctx: JobContext) -> str:
+    """Written into the change's description: how a check finds the change this job made."""
+    return f"(p4bus job {ctx.job_id})" if ctx.job_id else ""
+
+
 def _description(ctx: JobContext) -> str:
     if ctx.params.desc.strip():
-        return ctx.params.desc
+        return ctx.params.desc.rstrip("\n") + (f"\n\n{_job_mark(ctx)}" if ctx.job_id else "")
     what = (
         f"branch {ctx.params.branch_spec}" if ctx.params.branch_spec else f"{ctx.params.source} to {ctx.params.target}"
     )
     at = f" at change {_source_change(ctx)}" if _source_change(ctx) else ""
-    job = f" (p4bus job {ctx.job_id})" if ctx.job_id else ""
-    return f"Integrate {what}{at}{job}"
+    return f"Integrate {what}{at} {_job_mark(ctx)}".rstrip()
+
+
+def _this_jobs(ctx: JobContext, result: CommandResult) -> list[p4parse.ChangeEntry]:
+    """Changes listed by `p4 changes -l` whose description carries this job's mark."""
+    mark = _job_mark(ctx)
+    return [e for e in p4parse.long_changes(result.stdout) if mark and mark in e.description]
+
+
+def _client_changes(ctx: JobContext, status: str, *more: str) -> CommandSpec:
+    return p4cmd.p4(ctx, "changes", "-l", "-s", status, "-c", ctx.params.workspace.p4client, *more)
 
 
 def change_spec(ctx: JobContext) -> str:
@@ -221,6 +236,24 @@ def _create_change_read(ctx: JobContext, result: CommandResult) -> Outcome:
     if number is None:
         return fail("p4 change -i did not report a change number", p4parse.last_line(result.stdout))
     return next_(p4parse.contains(result.stdout, "created") or "", change=number)
+
+
+def _find_created(ctx: JobContext) -> CommandSpec:
+    return _client_changes(ctx, "pending")
+
+
+def _find_created_read(ctx: JobContext, result: CommandResult) -> Outcome:
+    """After a lost `p4 change -i`: the change it may have created, or create one now."""
+    if result.exit_code != 0:
+        return _failed("p4 changes", result)
+    found = _this_jobs(ctx, result)
+    if found:
+        # Listed newest first; more than one would be a spare from an earlier loss.
+        newest = found[0]
+        return next_(f"{newest.header} (created before the agent was lost)", change=newest.number)
+    if result.truncated:
+        return fail("the list of the client's pending changes was too long to search whole")
+    return rerun(f"no pending change of job {ctx.job_id}: creating it")
 
 
 # ---------------------------------------------------------------------------- INTEGRATE
@@ -599,10 +632,37 @@ def _review_first(ctx: JobContext) -> bool:
     return ctx.params.workspace.review_before_submit
 
 
+# Submitted changes of the client searched for this job's: the job holds the workspace, so
+# its own submit is among the newest.
+_SUBMITTED_SEARCHED = 20
+
+
+def _find_submitted(ctx: JobContext) -> CommandSpec:
+    return _client_changes(ctx, "submitted", "-m", str(_SUBMITTED_SEARCHED))
+
+
+def _find_submitted_read(ctx: JobContext, result: CommandResult) -> Outcome:
+    """After a lost push: the change as submitted (perhaps renumbered), or push it now."""
+    if result.exit_code != 0:
+        return _failed("p4 changes", result)
+    found = _this_jobs(ctx, result)
+    if found:
+        return Outcome(
+            kind=OutcomeKind.DONE,
+            key_line=f"{found[0].header} (submitted before the agent was lost)",
+            updates={"submitted_change": found[0].number},
+        )
+    return rerun(f"change {ctx.vars['change']} is not submitted: submitting it")
+
+
+_CREATE_CHANGE = Step(_create_change, _create_change_read, check=Step(_find_created, _find_created_read))
+_PUSH = Step(_push, _push_read, check=Step(_find_submitted, _find_submitted_read))
+
+
 def _push_plan(ctx: JobContext) -> list[Step]:
     # p4 refuses to submit a change that has shelved files; a site push tool may want them.
     delete = [Step(_delete_shelf, _delete_shelf_read)] if p4cmd.is_p4_submit(ctx, ctx.site.push) else []
-    return delete + [Step(_push, _push_read)]
+    return delete + [_PUSH]
 
 
 # ---------------------------------------------------------------------------- cleanup
@@ -624,8 +684,8 @@ def cleanup(ctx: JobContext) -> list[CommandSpec]:
 
 _READ = RetryPolicy(max_attempts=3, backoff_s=5.0)
 _WRITE = RetryPolicy(max_attempts=3, backoff_s=10.0)
-# A lost submit may have succeeded; running it again cannot tell, so a person decides.
-_SUBMIT = RetryPolicy(max_attempts=2, backoff_s=10.0, on_lost="fail")
+# A lost submit may have succeeded: the push step's check looks before it runs again.
+_SUBMIT = RetryPolicy(max_attempts=2, backoff_s=10.0)
 
 
 def _stage(name: str, plan: Plan, retry: RetryPolicy, timeout: float, **flags: Any) -> Stage:
@@ -637,7 +697,7 @@ def _build_pipeline() -> Pipeline:
         _stage(LOGIN, _login_plan, _READ, 60),
         _stage("GET_LATEST_CL", _latest_plan, _READ, 300, provides=("source_change",)),
         _stage("SYNC", lambda ctx: [Step(_sync, _sync_read)], _WRITE, 4 * 3600),
-        _stage("CREATE_CHANGE", lambda ctx: [Step(_create_change, _create_change_read)], _WRITE, 120, provides=_CHANGE),
+        _stage("CREATE_CHANGE", lambda ctx: [_CREATE_CHANGE], _WRITE, 120, provides=_CHANGE),
         _stage("INTEGRATE", _integrate_plan, _WRITE, 3600, needs=_CHANGE),
         _stage("RESOLVE_PASS_1", _resolve_pass("-as"), _WRITE, 3600, needs=_CHANGE),
         _stage("RESOLVE_PASS_2", _resolve_pass("-am"), _WRITE, 3600, needs=_CHANGE),

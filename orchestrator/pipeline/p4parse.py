@@ -84,6 +84,33 @@ def submitted_change(text: str) -> tuple[int, str] | None:
     return None
 
 
+class ChangeEntry(NamedTuple):
+    number: int
+    header: str  # the `Change N on DATE by USER@CLIENT [*pending*]` line
+    description: str
+
+
+_LONG_HEADER = re.compile(r"^Change (\d+) on \S+(?: \S+)? by \S+@\S+")
+
+
+def long_changes(text: str) -> list[ChangeEntry]:
+    """`p4 changes -l`: each header line, then its description with every line tab-indented
+    (blank lines around it). Lines of neither kind are ignored."""
+    entries: list[ChangeEntry] = []
+    number, header, desc = 0, "", list[str]()
+    for line in text.splitlines():
+        m = _LONG_HEADER.match(line)
+        if m:
+            if header:
+                entries.append(ChangeEntry(number, header, "\n".join(desc)))
+            number, header, desc = int(m.group(1)), line, list[str]()
+        elif header and line.startswith("\t"):
+            desc.append(line[1:])
+    if header:
+        entries.append(ChangeEntry(number, header, "\n".join(desc)))
+    return entries
+
+
 # ---------------------------------------------------------------------------- resolve
 
 

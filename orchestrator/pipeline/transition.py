@@ -39,6 +39,9 @@ class JobState(enum.StrEnum):
     WAITING_RESOLVE = "WAITING_RESOLVE"
     WAITING_APPROVAL = "WAITING_APPROVAL"  # before a gated stage, until `p4bus approve`
     RETRY_WAIT = "RETRY_WAIT"  # RUNNING, with the next command held back for delay_s
+    # RUNNING, with its command's agent unreachable: the command may still be running there.
+    # Set and cleared by the orchestrator (never by a transition).
+    UNKNOWN = "UNKNOWN"
     DONE = "DONE"
     NOTHING_TO_DO = "NOTHING_TO_DO"
     FAILED = "FAILED"
@@ -154,6 +157,8 @@ def transition(pipeline: Pipeline, ctx: JobContext, outcome: Outcome) -> Transit
             return walk.finish(ctx.stage)
         case OutcomeKind.REPEAT:
             return walk.dispatch(ctx.stage, ctx.step + 1)
+        case OutcomeKind.RERUN:
+            return walk.dispatch(ctx.stage, ctx.step, ctx.attempt)
         case OutcomeKind.RETRY:
             policy = ctx.site.policy_for(ctx.stage, pipeline.stage(ctx.stage).retry)
             if ctx.attempt >= policy.max_attempts:

@@ -90,7 +90,7 @@ def test_change_spec_on_stdin_with_every_description_line_indented():
     assert spec.stdin.decode() == change_spec(ctx("CREATE_CHANGE", desc="Merge main\nStatus: submitted\n\nthird"))
     assert spec.stdin.decode() == (
         "Change:\tnew\n\nClient:\tbob-rel\n\nUser:\tbob\n\nStatus:\tnew\n\n"
-        "Description:\n\tMerge main\n\tStatus: submitted\n\t\n\tthird\n"
+        "Description:\n\tMerge main\n\tStatus: submitted\n\t\n\tthird\n\t\n\t(p4bus job INT-20261128-0007)\n"
     )
 
 
