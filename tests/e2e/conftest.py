@@ -35,7 +35,8 @@ class JobStack:
         # Every p4 execution is logged (port + argv), so tests can prove nothing ran twice.
         self.exec_log = self.tmp / "p4-executions.log"
         self.bin = self.tmp / "bin"
-        self.env = {"PATH": counting_p4(self.bin, self.exec_log)}
+        path, self.real_p4 = counting_p4(self.bin, self.exec_log)
+        self.env = {"PATH": path}
         stack.env.update(self.env)
         self.workspaces: dict[str, SeededWorkspace] = {}
         self.procs: dict[str, ServiceProc] = {}

@@ -76,9 +76,8 @@ def _pending_changes(jobs: JobStack, name: str) -> str:
     """The workspace client's pending changes, looked up past the counting wrapper (the test's
     own look is not one of the job's commands)."""
     ws = jobs.workspaces[name]
-    real = jobs.tmp / "p4sim-bin" / "p4"
     done = subprocess.run(
-        [str(real), "changes", "-l", "-s", "pending", "-c", ws.facts["P4CLIENT"]],
+        [str(jobs.real_p4), "changes", "-l", "-s", "pending", "-c", ws.facts["P4CLIENT"]],
         env={**os.environ, **ws.p4_env()},
         cwd=ws.root,
         capture_output=True,
