@@ -227,7 +227,11 @@ def test_an_agent_gone_for_good_is_given_up_on_and_a_new_agent_finishes_without_
 def test_a_dispatch_refused_again_and_again_fails_the_stage_with_the_reason(jobs):
     jobs.stack.tree["orchestrator"]["dispatch_refused_deadline_s"] = 3.0
     jobs.workspace("ws1", "clean")
-    jobs.start()
+    # An agent the master has seen (one never seen is refused at submit) but that is gone now.
+    jobs.start(agents={"agent-1": ["ws1"], "agent-gone": ["ws1"]})
+    jobs.stack.kill("agent-gone")
+    with jobs.masters() as mc:
+        wait_for(lambda: not any(a.agent_id == "agent-gone" and a.alive for a in mc.agents()), 30, "agent-gone lost")
     job_id = jobs.submit("ws1", agent="agent-gone")
     view = jobs.wait_state(job_id, timeout=30)
     assert view.state == "FAILED" and view.stage == "GET_LATEST_CL"
