@@ -82,7 +82,7 @@ class Soak:
 
     def __post_init__(self) -> None:
         self.exec_log = self.tmp / "p4-executions.log"
-        path = counting_p4(self.tmp / "bin", self.exec_log)
+        path, _ = counting_p4(self.tmp / "bin", self.exec_log)
         tree: dict[str, Any] = {
             "state_dir": str(self.tmp / "state"),
             "port_base": 30000 if self.net else B.zmqutil.free_port_base(6),

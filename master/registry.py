@@ -10,6 +10,8 @@ import time
 from collections.abc import Set
 from dataclasses import dataclass, field
 
+import msgspec
+
 from common.protocol import AgentInfo
 
 MISSED_HEARTBEATS = 3
@@ -54,6 +56,9 @@ class Registry:
         self.by_identity: dict[bytes, str] = {}
         # cmd_id -> agent_id, from dispatches and heartbeats, so Kill/Query/Fetch need no agent.
         self.cmd_owner: dict[str, str] = {}
+        # Every agent that said HELLO since this master started, as it last described itself:
+        # a job for one that is offline now waits for it; one for a name never seen is refused.
+        self.seen: dict[str, AgentInfo] = {}
 
     def register(self, identity: bytes, info: AgentInfo, heartbeat_s: float, now: float | None = None) -> bool:
         """Add or refresh an agent; returns True when it is new (or came back with a new epoch)."""
@@ -69,6 +74,7 @@ class Registry:
         )
         self.agents[info.agent_id] = rec
         self.by_identity[identity] = info.agent_id
+        self.seen[info.agent_id] = info
         for cmd in info.running:
             self.cmd_owner[cmd] = info.agent_id
         return old is None or old.info.epoch != info.epoch
@@ -127,6 +133,15 @@ class Registry:
             want = " and ".join(x for x in (pool and f"pool {pool!r}", workspace and f"workspace {workspace!r}") if x)
             raise NoAgent(f"no live agent with {want or 'any pool'} (connected: {self._names()})")
         return max(fits, key=lambda r: (r.free_slots, -len(r.running)))
+
+    def known(self) -> list[AgentInfo]:
+        """Every agent seen since start: the connected ones live, the others with alive=False."""
+        gone = [
+            msgspec.structs.replace(info, running=[], alive=False)
+            for agent_id, info in self.seen.items()
+            if agent_id not in self.agents
+        ]
+        return [r.snapshot() for r in self.agents.values()] + gone
 
     def assign(self, cmd_id: str, rec: AgentRecord) -> None:
         self.cmd_owner[cmd_id] = rec.agent_id

@@ -228,9 +228,10 @@ class Master:
                 ),
             )
         elif isinstance(msg, P.ListAgents):
-            self._reply(
-                client, P.AgentList(req_id=msg.req_id, agents=[r.snapshot() for r in self.registry.agents.values()])
+            agents = (
+                self.registry.known() if msg.include_gone else [r.snapshot() for r in self.registry.agents.values()]
             )
+            self._reply(client, P.AgentList(req_id=msg.req_id, agents=agents))
         elif isinstance(msg, P.Exec):
             self._on_exec(client, msg)
         else:

@@ -18,3 +18,8 @@ system_clock: Clock = time.time
 def utc_day(t: float) -> str:
     """The UTC date of ``t`` as YYYYMMDD (job ids are numbered per day)."""
     return datetime.fromtimestamp(t, UTC).strftime("%Y%m%d")
+
+
+def utc_time(t: float) -> str:
+    """``t`` for people: YYYY-MM-DD HH:MM:SS UTC."""
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

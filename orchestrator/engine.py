@@ -9,17 +9,18 @@ and the effects, start-up reconciliation redoes them: a PENDING command is dispa
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import msgspec
 
 from common import logs
 from common import protocol as P
 from common.config import ConfigError, OrchestratorConf, WorkspaceConf, read_password_file
-from orchestrator.clock import Clock, system_clock, utc_day
+from orchestrator.clock import Clock, system_clock, utc_day, utc_time
 from orchestrator.pipeline import (
     PASSWORD_SECRET,
     PIPELINES,
@@ -34,6 +35,7 @@ from orchestrator.pipeline import (
     SiteConfig,
     Transition,
     Workspace,
+    approve_transition,
     resume_transition,
     retry_from,
     start,
@@ -42,6 +44,7 @@ from orchestrator.pipeline import (
     validate_site,
 )
 from orchestrator.pipeline.transition import CONFLICTS_KEY
+from orchestrator.pipeline.validate import blocklist_errors
 from orchestrator.store import IN_FLIGHT, OPEN, CmdKind, CmdState, CommandRow, JobRow, Store
 
 log = logs.get("orchestrator.engine")
@@ -112,6 +115,13 @@ class Engine:
         problems = validate_site(self.site)
         if problems:
             raise JobError("orchestrator.site in the configuration: " + "; ".join(problems))
+        blocklists = [
+            problem
+            for name, wc in conf.workspaces.items()
+            for problem in blocklist_errors(f"orchestrator.workspaces.{name}.blocklist", wc.blocklist)
+        ]
+        if blocklists:
+            raise JobError("; ".join(blocklists))
         for name, wc in conf.workspaces.items():
             if wc.password_file:
                 try:
@@ -133,6 +143,8 @@ class Engine:
             password_set=bool(wc.password_env or wc.password_file),
             tickets_file=wc.tickets_file,
             env=dict(wc.env),
+            blocklist=list(wc.blocklist),
+            review_before_submit=wc.review_before_submit,
         )
 
     def _ws_conf(self, name: str) -> WorkspaceConf:
@@ -191,7 +203,7 @@ class Engine:
         errors = validate_params(params, self.conf.workspaces.keys())
         if errors:
             raise JobError("; ".join(errors))
-        wc = self._ws_conf(name)
+        agent, pool = self.submit_route(req)
         now = self.clock()
         day = utc_day(now)
         with self.store.tx():
@@ -200,14 +212,19 @@ class Engine:
                 job_id,
                 req.pipeline,
                 params,
-                agent=req.agent or wc.agent,
-                pool=req.pool or wc.pool,
+                agent=agent,
+                pool=pool,
                 first_stage=self.pipelines[req.pipeline].first().name,
                 now=now,
             )
             eff = Effects(publish=[job_id])
             eff.add(self._schedule_workspace(name))
         return job_id, eff
+
+    def submit_route(self, req: P.Submit) -> tuple[str | None, str | None]:
+        """The agent and pool a submitted job is bound to: the request's, else its workspace's."""
+        wc = self._ws_conf(req.workspace or self._default_workspace())
+        return req.agent or wc.agent, req.pool or wc.pool
 
     def _default_workspace(self) -> str:
         if not self.conf.workspaces:
@@ -284,14 +301,94 @@ class Engine:
             self.store.leave_retry_wait(job.id, now)
         return Effects(publish=[job.id]) if pin or leave_wait else Effects()
 
-    def touch(self, cmd_id: str) -> None:
+    def still_running(self, cmd_id: str) -> Effects:
+        """Its agent's spool says it runs: heard from, and RUNNING again if it was UNKNOWN."""
+        now = self.clock()
         with self.store.tx(durable=False):
-            self.store.touch(cmd_id, self.clock())
+            cmd = self.store.command(cmd_id)
+            if cmd is None or cmd.state not in IN_FLIGHT:
+                return Effects()
+            self.store.touch(cmd_id, now)
+            if cmd.state != CmdState.UNKNOWN:
+                return Effects()
+            self.store.mark_reached(cmd_id, now)
+            log.info("cmd.reached", cmd_id=cmd_id, agent=cmd.agent, unknown_for_s=round(now - cmd.unknown_since, 1))
+            if self.store.move_state(cmd.job_id, JobState.UNKNOWN, JobState.RUNNING, now):
+                return Effects(publish=[cmd.job_id])
+            return Effects()
 
-    def on_dispatch_refused(self, cmd_id: str, why: str) -> None:
-        """No agent took it (none fits, all busy, masters down): stay PENDING and say why."""
+    def unreachable(self, agent: str, since: float) -> Effects:
+        """No master has reached ``agent`` since ``since``: its commands are UNKNOWN (they may
+        still be running there) until it answers. Each is given up on -- LOST, and its stage's
+        on_lost policy decides -- once its stage's unknown deadline has passed."""
+        now = self.clock()
+        eff = Effects()
+        with self.store.tx():
+            for cmd in self.store.in_flight_on(agent):
+                if cmd.state != CmdState.UNKNOWN:
+                    log.warning("cmd.unknown", cmd_id=cmd.cmd_id, agent=agent, stage=cmd.stage, since=since)
+                    self.store.mark_unknown(cmd.cmd_id, since)
+                    cmd = dataclasses.replace(cmd, state=CmdState.UNKNOWN, unknown_since=since)
+                    if cmd.kind == CmdKind.STAGE and self.store.move_state(
+                        cmd.job_id, JobState.RUNNING, JobState.UNKNOWN, now
+                    ):
+                        eff.publish.append(cmd.job_id)
+                if now - cmd.unknown_since >= self.unknown_deadline(cmd):
+                    eff.add(self._give_up(cmd, now))
+        return eff
+
+    def _give_up(self, cmd: CommandRow, now: float) -> Effects:
+        """The deadline passed with the agent still silent: the command is LOST. A job the
+        orchestrator pinned to that agent may run its next command on another one."""
+        log.warning(
+            "cmd.given_up", cmd_id=cmd.cmd_id, agent=cmd.agent, stage=cmd.stage, unknown_for_s=now - cmd.unknown_since
+        )
+        self.store.unpin_agent(cmd.job_id, cmd.agent, now)
+        return self.on_done(cmd.cmd_id, P.CmdStatus(cmd_id=cmd.cmd_id, agent=cmd.agent, state="done"), lost=True)
+
+    def unknown_deadline(self, cmd: CommandRow) -> float:
+        """How long ``cmd`` may stay UNKNOWN: its stage's policy, else the orchestrator's."""
+        job = self.store.job(cmd.job_id)
+        if cmd.kind == CmdKind.STAGE and job is not None:
+            stage = self.pipelines[job.pipeline].stage(cmd.stage)
+            own = self.site.policy_for(cmd.stage, stage.retry).unknown_deadline_s
+            if own is not None:
+                return own
+        return self.conf.unknown_deadline_s
+
+    def on_dispatch_refused(self, cmd_id: str, why: str, refused: bool = True) -> Effects:
+        """No agent took it: it stays PENDING and says why. ``refused``: an agent or master
+        said no (none fits, busy, its spool failed) rather than nobody answering (a master
+        down, a request timed out: it may have reached an agent). Refused again and again for
+        dispatch_refused_deadline_s, the command fails its stage with the last reason. A job
+        the orchestrator pinned to an agent that has refused it for the stage's unknown deadline
+        (an agent gone between two commands) is unpinned first, and the clock starts again."""
+        now = self.clock()
         with self.store.tx(durable=False):
-            self.store.defer_dispatch(cmd_id, why, not_before=self.clock() + 1.0)
+            cmd = self.store.command(cmd_id)
+            if cmd is None or cmd.state != CmdState.PENDING:
+                return Effects()
+            since = (cmd.refused_since or now) if refused else None
+            job = self.store.job(cmd.job_id)
+            gone = since is not None and now - since >= self.unknown_deadline(cmd)
+            if gone and job is not None and job.agent_pinned:
+                log.warning("job.unpinned", job_id=job.id, agent=job.agent, refused_for_s=now - (since or now), why=why)
+                self.store.unpin_agent(job.id, job.agent or "", now)
+                since = now
+            if since is None or now - since < self.conf.dispatch_refused_deadline_s:
+                self.store.defer_dispatch(cmd_id, why, not_before=now + 1.0, refused_since=since)
+                return Effects()
+        log.warning("dispatch.given_up", cmd_id=cmd_id, refused_for_s=now - since, why=why)
+        error = f"no agent took it for {now - since:.0f}s (orchestrator.dispatch_refused_deadline_s): {why}"
+        return self.on_done(cmd_id, P.CmdStatus(cmd_id=cmd_id, state="done", error=error))
+
+    def newly_waiting(self, cmd_id: str, why: str) -> str | None:
+        """The job whose command is about to wait for a new reason (no agent fits, the agent is
+        offline), so a job event can tell people what it waits for; None when nothing changes."""
+        cmd = self.store.command(cmd_id)
+        if cmd is None or cmd.state != CmdState.PENDING or cmd.waiting_for == why:
+            return None
+        return cmd.job_id
 
     def on_done(
         self, cmd_id: str, status: P.CmdStatus, lost: bool = False, stamp: tuple[str, str, str, int] | None = None
@@ -316,11 +413,8 @@ class Engine:
             assert job is not None
             if cmd.kind == CmdKind.CLEANUP:
                 return Effects(dispatch=self._next_cleanup(job.id)).add(self._schedule_workspace(job.workspace))
-            if job.state not in (JobState.RUNNING, JobState.RETRY_WAIT) or (job.stage, job.step, job.attempt) != (
-                cmd.stage,
-                cmd.step,
-                cmd.attempt,
-            ):
+            moving = job.state in (JobState.RUNNING, JobState.UNKNOWN, JobState.RETRY_WAIT)
+            if not moving or (job.stage, job.step, job.attempt) != (cmd.stage, cmd.step, cmd.attempt):
                 return Effects()  # a command the job has moved past (cancelled, superseded)
             pipeline = self.pipelines[job.pipeline]
             ctx = self.ctx(job)
@@ -328,20 +422,17 @@ class Engine:
             self.store.record_outcome(cmd_id, str(outcome.kind), outcome.key_line, outcome.reason)
             return self._apply(job, transition(pipeline, ctx, outcome), outcome)
 
-    def lost(self, agent: str) -> Effects:
-        """Every in-flight command on an agent that no master can reach any more."""
-        eff = Effects()
-        for cmd in self.store.in_flight_on(agent):
-            eff.add(self.on_done(cmd.cmd_id, P.CmdStatus(cmd_id=cmd.cmd_id, agent=agent, state="done"), lost=True))
-        return eff
-
     def _apply(self, job: JobRow, tr: Transition, outcome: Outcome | None) -> Effects:
         """Persist a transition (and the next command row) inside the caller's transaction."""
         now = self.clock()
         # A reason explains a failure or a pending retry; a job that moves on has none.
         reason = tr.reason if tr.state in (JobState.FAILED, JobState.RETRY_WAIT) else ""
+        if tr.state == JobState.FAILED:
+            reason += self._blocking_job_hint(job, tr.vars)
         self.store.apply_transition(job.id, tr.state, tr.stage, tr.step, tr.attempt, tr.vars, reason, tr.key_line, now)
         eff = Effects(publish=[job.id])
+        if tr.state == JobState.FAILED and self._ws_conf(job.workspace).cleanup_on_failure:
+            eff.add(self._start_cleanup(job.id, now))
         if tr.command is not None:
             cmd_id = self.store.add_command(
                 job.id, CmdKind.STAGE, tr.stage, tr.step, tr.attempt, tr.command, now + tr.delay_s, now
@@ -414,7 +505,10 @@ class Engine:
         with self.store.tx():
             job = self._job(job_id)
             if job.state in TERMINAL:
-                raise JobError(f"job {job_id} is already {job.state}: nothing to cancel")
+                left = (
+                    f"; `p4bus cleanup {job_id}` reverts and deletes its pending change" if "change" in job.vars else ""
+                )
+                raise JobError(f"job {job_id} is already {job.state}: nothing to cancel{left}")
             now = self.clock()
             eff = Effects(publish=[job.id])
             for cmd in self.store.open_commands(job.id):
@@ -422,14 +516,68 @@ class Engine:
                     eff.kill.append((cmd.cmd_id, cmd.agent))
                 self.store.cancel_command(cmd.cmd_id, "cancelled by request", now)
             self.store.cancel_job(job.id, "cancelled by request", now)
-            if revert and job.state != JobState.QUEUED:
-                for spec in self.pipelines[job.pipeline].cleanup(self.ctx(job)):
-                    self.store.add_command(job.id, CmdKind.CLEANUP, "CLEANUP", 0, 1, spec, now, now)
-                # The pending change is gone after the cleanup: a retry must create a new one.
-                self.store.set_vars(job.id, {k: v for k, v in job.vars.items() if k != "change"}, now)
-                eff.dispatch += self._next_cleanup(job.id)
+            if revert:
+                # A queued job that was retried still has the pending change of its first run.
+                eff.add(self._start_cleanup(job.id, now))
             eff.add(self._schedule_workspace(job.workspace))
             return eff
+
+    def cleanup(self, job_id: str) -> Effects:
+        """`p4bus cleanup`: revert a FAILED or CANCELLED job's pending change and delete it and its
+        shelf, through the agent, as the job's own commands."""
+        with self.store.tx():
+            job = self._job(job_id)
+            if job.state not in (JobState.FAILED, JobState.CANCELLED):
+                hint = f"`p4bus cancel --revert {job_id}` cancels it and cleans up" if job.state not in TERMINAL else ""
+                raise JobError(
+                    f"job {job_id} is {job.state}: only a FAILED or CANCELLED job is cleaned up"
+                    + (f"; {hint}" if hint else "")
+                )
+            if self.store.open_commands(job.id):
+                raise JobError(f"job {job_id} is being cleaned up already: `p4bus status {job_id}` shows its commands")
+            if "change" not in job.vars:
+                raise JobError(
+                    f"job {job_id} has no pending change to clean up (it created none, or it was cleaned up already)"
+                )
+            return Effects(publish=[job.id]).add(self._start_cleanup(job.id, self.clock()))
+
+    def _start_cleanup(self, job_id: str, now: float) -> Effects:
+        """Write the pipeline's cleanup commands for the job's pending change (on_done runs them one
+        after another) and forget the change: a retry creates a new one. The workspace's next job
+        waits until they are done (an open command keeps the workspace busy)."""
+        job = self.store.job(job_id)
+        assert job is not None
+        specs = self.pipelines[job.pipeline].cleanup(self.ctx(job))
+        if not specs:
+            return Effects()
+        for spec in specs:
+            self.store.add_command(job.id, CmdKind.CLEANUP, "CLEANUP", 0, 1, spec, now, now)
+        self.store.set_vars(job.id, {k: v for k, v in job.vars.items() if k != "change"}, now)
+        return Effects(dispatch=self._next_cleanup(job.id))
+
+    def _blocking_job_hint(self, job: JobRow, vars: Mapping[str, Any]) -> str:
+        """When another pending change holds the job's files and a p4bus job left it: which one,
+        and how to clean it up."""
+        held = vars.get("blocking_change")
+        owner = self.store.job_with_change(job.workspace, held, other_than=job.id) if isinstance(held, int) else None
+        if owner is None:
+            return ""
+        how = (
+            f"`p4bus cleanup {owner.id}` cleans it up"
+            if owner.state in (JobState.FAILED, JobState.CANCELLED)
+            else f"`p4bus cancel --revert {owner.id}` cancels it and cleans up"
+        )
+        return f" (change {held} is the pending change of job {owner.id}, {owner.state}: {how})"
+
+    def approve(self, job_id: str) -> Effects:
+        """`p4bus approve`: a person reviewed the shelf of a job waiting for approval; submit it."""
+        with self.store.tx():
+            job = self._job(job_id)
+            try:
+                tr = approve_transition(self.pipelines[job.pipeline], self.ctx(job), job.state)
+            except RefusedTransition as exc:
+                raise JobError(str(exc)) from None
+            return self._apply(job, tr, None)
 
     def _next_cleanup(self, job_id: str) -> list[str]:
         pending = self.store.open_commands(job_id)
@@ -465,9 +613,16 @@ class Engine:
         params = msgspec.structs.asdict(job.params)
         waiting = ""
         position = 0
-        open_cmds = [c for c in (cmds or self.store.open_commands(job.id)) if c.state == CmdState.PENDING]
+        live = cmds or self.store.open_commands(job.id)
+        open_cmds = [c for c in live if c.state == CmdState.PENDING]
+        unknown = [c for c in live if c.state == CmdState.UNKNOWN]
         if job.state == JobState.WAITING_RESOLVE:
-            waiting = "a person to resolve the conflicts, then `p4bus resume`"
+            waiting = "a person to resolve the conflicts, then `p4bus resume`" + self._what_to_resolve(job, cmds)
+        elif job.state == JobState.WAITING_APPROVAL:
+            shelf = f"shelved change {vars.get('change')}" if vars.get("change") else "the shelved change"
+            waiting = f"a person to review {shelf}, then `p4bus approve {job.id}` (or `p4bus cancel --revert`)"
+        elif unknown:
+            waiting = self._awaiting(unknown[0])
         elif open_cmds and open_cmds[0].waiting_for:
             waiting = open_cmds[0].waiting_for
         elif job.state == JobState.RETRY_WAIT:
@@ -495,6 +650,21 @@ class Engine:
             waiting_for=waiting,
             queue_position=position,
             timeline=[self._run(c) for c in cmds],
+            attempt=job.attempt,
+        )
+
+    def _what_to_resolve(self, job: JobRow, cmds: list[CommandRow]) -> str:
+        """What the check that sent the job to WAITING_RESOLVE found (conflicts, or markers left
+        in resolved files, with their lines), in brackets."""
+        runs = cmds or self.store.job_commands(job.id)
+        last = next((c for c in reversed(runs) if c.kind == CmdKind.STAGE and c.outcome), None)
+        return f" ({last.reason})" if last is not None and last.reason else ""
+
+    def _awaiting(self, cmd: CommandRow) -> str:
+        give_up = cmd.unknown_since + self.unknown_deadline(cmd)
+        return (
+            f"agent {cmd.agent}, unreachable since {utc_time(cmd.unknown_since)}: {cmd.stage} may still be "
+            f"running there; its result is awaited until {utc_time(give_up)}, then {cmd.stage} is given up on there"
         )
 
     @staticmethod

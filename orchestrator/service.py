@@ -19,14 +19,20 @@ from common.config import Config
 from common.publisher import Publisher
 from common.rpc import MasterClient, RequestError
 from common.sequence import GapDetector
+from orchestrator.change_poll import ChangePoller
 from orchestrator.dispatcher import Dispatcher
 from orchestrator.engine import Effects, Engine, JobError
+from orchestrator.known import KnownAgents
+from orchestrator.scheduler import Scheduler
 from orchestrator.store import OPEN, CmdState, Store
 from orchestrator.trust import EarlyEvents, source_forged
 
 log = logs.get("orchestrator")
 
 TICK_S = 0.05
+# Dispatch replies that say nobody answered (the Exec may have reached an agent), not that
+# the command was refused: they do not count towards dispatch_refused_deadline_s.
+NO_ANSWER = ("timeout", "agent_unreachable")
 # Up to this much output is fetched whole from the spool for interpreters when a capture was cut.
 FULL_OUTPUT_MAX = 32 << 20
 
@@ -39,11 +45,13 @@ class Orchestrator:
         self.store = Store(store_path)
         self.engine = Engine(self.store, cfg.orchestrator)
         self.clock = self.engine.clock
-        security = auth.for_service(cfg, "orchestrator", "orchestrator")
+        security = self.security = auth.for_service(cfg, "orchestrator", "orchestrator")
+        self.known = KnownAgents()
         self.masters = MasterClient(cfg.client_masters(), security, timeout=3.0, ctx=self.ctx)
         self.dispatcher = Dispatcher(self.ctx, cfg.client_masters(), security, timeout_s=5.0)
         self.api = zmqutil.router(self.ctx, cfg.endpoint("orchestrator_api"), security, roles.ORCHESTRATOR_API)
         self.api_guard = auth.Guard(security, roles.ORCHESTRATOR_API)
+        self.scheduler = Scheduler(self.store, self.engine, ChangePoller(cfg.client_masters(), security, self.ctx))
         self.sub = zmqutil.sub(self.ctx, cfg.endpoint("broker_xpub"), security, [topics.CMD + ".", topics.AGENT + "."])
         self.id = f"orchestrator-{ids.host_id()}"
         self.events = Publisher(
@@ -105,6 +113,7 @@ class Orchestrator:
         self.events.close(linger=zmqutil.LINGER_MS)  # stops its beacon thread before the socket closes
         self.dispatcher.close()
         self.masters.close()
+        self.scheduler.close()
         self.store.close()
 
     def recover(self) -> None:
@@ -124,14 +133,23 @@ class Orchestrator:
                 self.reconcile(agent)
             self.execute(self.engine.auto_recheck(now))
             self.execute(self.engine.schedule())
+            self.execute(self.scheduler.tick(now))
             if self.early.held:
                 pending = {c.cmd_id for c in self.store.open_commands() if c.state == CmdState.PENDING}
                 self.counters["wrong_agent_events"] += self.early.forget(pending)
-        if now - self._last_prune >= 3600:
+        if now - self._last_prune >= self.cfg.orchestrator.prune_interval_s:
             # A duplicate event arrives within seconds or minutes (replays, resends); a day of
             # handled-event records is plenty to recognise one.
             self._last_prune = now
             self.store.prune_events(now - 86400)
+            self.prune_jobs(now)
+
+    def prune_jobs(self, now: float) -> None:
+        retention = self.cfg.orchestrator.job_retention_s
+        if retention > 0:
+            pruned = self.store.prune_jobs(now - retention)
+            if pruned:
+                log.info("jobs.pruned", count=len(pruned), finished_before=now - retention)
 
     # ------------------------------------------------------------------ effects
 
@@ -171,13 +189,18 @@ class Orchestrator:
                 for got in mine:
                     self.on_command_event(got)
             else:
-                self.engine.on_dispatch_refused(cmd_id, reply.message)
+                newly_waiting = self.engine.newly_waiting(cmd_id, reply.message)
+                refused = reply.code not in NO_ANSWER
+                self.execute(self.engine.on_dispatch_refused(cmd_id, reply.message, refused=refused))
+                if newly_waiting:
+                    self.publish(newly_waiting)
 
     def reconcile(self, agent: str) -> None:
         """Ask the agent's spool about every command we believe is in flight there.
 
-        An agent that no master can reach for lost_after_s has lost them; a busy agent that
-        merely missed heartbeats re-registers within that time and nothing is lost.
+        An agent that no master can reach for lost_after_s has its commands UNKNOWN: nothing
+        runs them again while it may still be running them. Its spool answers when it is back;
+        only a stage's unknown deadline gives up on it (engine.unreachable).
         """
         cmds = self.store.in_flight_on(agent)
         if not cmds:
@@ -190,16 +213,16 @@ class Orchestrator:
             now = self.clock()
             since = self.unreachable_since.setdefault(agent, now)
             if now - since >= self.cfg.orchestrator.lost_after_s:
-                log.warning("agent.lost", agent=agent, commands=[c.cmd_id for c in cmds], error=exc.message)
-                self.unreachable_since.pop(agent, None)
-                self.execute(self.engine.lost(agent))
+                if any(c.state != CmdState.UNKNOWN for c in cmds):
+                    log.warning("agent.unreachable", agent=agent, commands=[c.cmd_id for c in cmds], error=exc.message)
+                self.execute(self.engine.unreachable(agent, since))
             return
         self.unreachable_since.pop(agent, None)
         for st in statuses:
             if st.state == "done":
                 self.done(st)
             elif st.state == "running":
-                self.engine.touch(st.cmd_id)
+                self.execute(self.engine.still_running(st.cmd_id))
             else:
                 # It accepted this command (we saw its reply or its STARTED event), yet its spool
                 # does not know it: the record is gone with whatever ran. Sending it again could
@@ -261,6 +284,7 @@ class Orchestrator:
         if isinstance(ev, P.CmdDone | P.CmdStarted):
             self.on_command_event(got)
         elif isinstance(ev, P.AgentUp):
+            self.known.saw([ev.agent])
             self.reconcile(ev.agent.agent_id)
         elif isinstance(ev, P.AgentLost):
             # One master losing it is not proof (another may still reach it, or it may be
@@ -327,6 +351,7 @@ class Orchestrator:
             "submitted_change": view.submitted_change,
             "agent": view.agent,
             "waiting_for": view.waiting_for,
+            "workspace": view.workspace,  # for the notifier's per-workspace rules
         }
         self.events.publish(
             P.JobChanged,
@@ -363,7 +388,8 @@ class Orchestrator:
         e = self.engine
         match msg:
             case P.Submit():
-                job_id, eff = e.submit(msg)
+                self.refuse_unknown_route(self.scheduler.resolve(msg))
+                job_id, eff = self.scheduler.submit(msg)
                 return P.JobReply(req_id=msg.req_id, job=e.view(job_id)), eff
             case P.GetJob():
                 return P.JobReply(req_id=msg.req_id, job=e.view(msg.job_id)), Effects()
@@ -379,7 +405,32 @@ class Orchestrator:
                 eff = e.cancel(msg.job_id, msg.revert)
             case P.RetryJob():
                 eff = e.retry(msg.job_id, msg.from_stage)
+            case P.CleanupJob():
+                eff = e.cleanup(msg.job_id)
+            case P.Approve():
+                eff = e.approve(msg.job_id)
+            case _:
+                return self.scheduler.handle(msg), Effects()
         return P.JobReply(req_id=msg.req_id, job=e.view(msg.job_id)), eff
+
+    def refuse_unknown_route(self, msg: P.Submit) -> None:
+        """A job for an agent or pool that no master has ever seen would wait forever: refuse it."""
+        agent, pool = self.engine.submit_route(msg)
+        why = self.known.refusal(agent, pool, self._masters_agents)
+        if why:
+            raise JobError(why)
+
+    def _masters_agents(self) -> list[list[P.AgentInfo] | None]:
+        """Every master's agents, the ones it saw but are gone too (None: that master did not answer).
+        Blocking, but only for a submit naming an agent or pool not learned from events yet."""
+        answers: list[list[P.AgentInfo] | None] = []
+        for endpoint in self.cfg.client_masters():
+            with MasterClient([endpoint], self.security, timeout=1.0, ctx=self.ctx) as mc:
+                try:
+                    answers.append(mc.agents(include_gone=True))
+                except RequestError:
+                    answers.append(None)
+        return answers
 
     def _reply(self, client: bytes, msg: P.Base) -> None:
         try:

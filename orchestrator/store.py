@@ -82,6 +82,41 @@ MIGRATIONS: list[str] = [
     );
     CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
     """,
+    """
+    -- Saved job presets (a P.Template as JSON) and the schedules that run them.
+    CREATE TABLE templates (
+        name TEXT PRIMARY KEY,
+        spec BLOB NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE schedules (
+        name TEXT PRIMARY KEY,
+        template TEXT NOT NULL REFERENCES templates(name),
+        spec BLOB NOT NULL,            -- P.Schedule's definition (cron, timezone, on_change, poll_s)
+        next_at REAL NOT NULL,         -- due from then on (a due run waits while its template has a job)
+        last_job TEXT NOT NULL DEFAULT '',
+        last_change INTEGER,           -- the source change the last job was started for (on_change)
+        last_run_at REAL NOT NULL DEFAULT 0,
+        note TEXT NOT NULL DEFAULT '', -- why it did not run when due
+        updated_at REAL NOT NULL
+    );
+    -- Which template (and schedule) a job came from: one active job per template.
+    CREATE TABLE template_jobs (
+        job_id TEXT PRIMARY KEY REFERENCES jobs(id),
+        template TEXT NOT NULL,
+        schedule TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX template_jobs_template ON template_jobs(template);
+    CREATE INDEX jobs_updated ON jobs(state, updated_at);
+    """,
+    """
+    -- 1 when the orchestrator pinned the job to the agent its first command reached (not a
+    -- person's or the workspace's choice), so it may go elsewhere once that agent is given up on.
+    ALTER TABLE jobs ADD COLUMN agent_pinned INTEGER NOT NULL DEFAULT 0;
+    -- When the command's agent became unreachable (UNKNOWN), and when agents began refusing it.
+    ALTER TABLE commands ADD COLUMN unknown_since REAL NOT NULL DEFAULT 0;
+    ALTER TABLE commands ADD COLUMN refused_since REAL NOT NULL DEFAULT 0;
+    """,
 ]
 
 
@@ -89,8 +124,11 @@ class CmdState(enum.StrEnum):
     PENDING = "PENDING"  # written, not yet accepted by an agent
     DISPATCHED = "DISPATCHED"  # an agent accepted it
     RUNNING = "RUNNING"
+    # Its agent cannot be reached: it may still be running, or have ended. Nothing runs it
+    # again until the agent answers or its stage's deadline passes (then LOST).
+    UNKNOWN = "UNKNOWN"
     DONE = "DONE"
-    LOST = "LOST"  # its agent was lost: it may or may not have run
+    LOST = "LOST"  # given up on: it may or may not have run
     CANCELLED = "CANCELLED"
 
 
@@ -99,10 +137,12 @@ class CmdKind(enum.StrEnum):
     CLEANUP = "cleanup"  # undoes a cancelled job's side effects
 
 
-IN_FLIGHT = frozenset({CmdState.DISPATCHED, CmdState.RUNNING})
+IN_FLIGHT = frozenset({CmdState.DISPATCHED, CmdState.RUNNING, CmdState.UNKNOWN})
 OPEN = frozenset({CmdState.PENDING, *IN_FLIGHT})
 # Job states that hold their workspace (the pending change is open in it).
-ACTIVE_STATES = frozenset({JobState.RUNNING, JobState.RETRY_WAIT, JobState.WAITING_RESOLVE})
+ACTIVE_STATES = frozenset(
+    {JobState.RUNNING, JobState.UNKNOWN, JobState.RETRY_WAIT, JobState.WAITING_RESOLVE, JobState.WAITING_APPROVAL}
+)
 
 
 @dataclass(frozen=True)
@@ -124,6 +164,7 @@ class JobRow:
     retry_from: str | None
     created_at: float
     updated_at: float
+    agent_pinned: bool  # by the orchestrator, to where its first command ran
 
 
 @dataclass(frozen=True)
@@ -151,6 +192,8 @@ class CommandRow:
     outcome: str
     reason: str
     waiting_for: str
+    unknown_since: float  # 0 unless UNKNOWN
+    refused_since: float  # 0 unless agents are refusing it (PENDING)
 
 
 _JOB_FIELDS = tuple(f.name for f in fields(JobRow))
@@ -164,6 +207,7 @@ def _job_row(r: tuple[Any, ...]) -> JobRow:
     col["params"] = msgspec.json.decode(col["params"], type=JobParams)
     col["state"] = JobState(col["state"])
     col["vars"] = msgspec.json.decode(col["vars"], type=dict[str, Any])
+    col["agent_pinned"] = bool(col["agent_pinned"])
     return JobRow(**col)
 
 
@@ -257,6 +301,23 @@ class Store:
         with self.tx():
             self.db.execute("DELETE FROM handled_events WHERE received_at < ?", (older_than,))
 
+    def prune_jobs(self, finished_before: float) -> list[str]:
+        """Remove finished jobs unchanged since ``finished_before`` with their commands (none
+        may be open: a cancel's cleanup still running keeps its job); their ids."""
+        with self.tx():
+            ids_ = [
+                r[0]
+                for r in self.db.execute(
+                    f"SELECT id FROM jobs WHERE state IN ({_marks(len(TERMINAL))}) AND updated_at < ? "
+                    f"AND NOT EXISTS (SELECT 1 FROM commands c WHERE c.job_id=jobs.id "
+                    f"AND c.state IN ({_marks(len(OPEN))}))",
+                    (*TERMINAL, finished_before, *OPEN),
+                )
+            ]
+            for table, column in (("commands", "job_id"), ("template_jobs", "job_id"), ("jobs", "id")):
+                self.db.executemany(f"DELETE FROM {table} WHERE {column}=?", [(i,) for i in ids_])
+            return ids_
+
     # ------------------------------------------------------------------ jobs: changes
 
     def add_job(
@@ -291,6 +352,7 @@ class Store:
                 None,
                 now,
                 now,
+                0,
             ),
         )
 
@@ -314,13 +376,25 @@ class Store:
         )
 
     def pin_agent(self, job_id: str, agent: str, now: float) -> None:
-        self.db.execute("UPDATE jobs SET agent=?, updated_at=? WHERE id=?", (agent, now, job_id))
+        self.db.execute("UPDATE jobs SET agent=?, agent_pinned=1, updated_at=? WHERE id=?", (agent, now, job_id))
+
+    def unpin_agent(self, job_id: str, agent: str, now: float) -> None:
+        """Free a job the orchestrator pinned to ``agent`` to run anywhere its workspace is
+        (a pin a person or the workspace's config asked for stays)."""
+        self.db.execute(
+            "UPDATE jobs SET agent=NULL, agent_pinned=0, updated_at=? WHERE id=? AND agent=? AND agent_pinned=1",
+            (now, job_id, agent),
+        )
+
+    def move_state(self, job_id: str, from_state: JobState, to_state: JobState, now: float) -> bool:
+        """``from_state`` -> ``to_state``; False (and no change) if the job is in another state."""
+        cur = self.db.execute(
+            "UPDATE jobs SET state=?, updated_at=? WHERE id=? AND state=?", (to_state, now, job_id, from_state)
+        )
+        return cur.rowcount == 1
 
     def leave_retry_wait(self, job_id: str, now: float) -> None:
-        self.db.execute(
-            "UPDATE jobs SET state=?, updated_at=? WHERE id=? AND state=?",
-            (JobState.RUNNING, now, job_id, JobState.RETRY_WAIT),
-        )
+        self.move_state(job_id, JobState.RETRY_WAIT, JobState.RUNNING, now)
 
     def requeue(self, job_id: str, from_stage: str, now: float) -> None:
         """Back in its workspace's queue, to run again from ``from_stage`` when its turn comes."""
@@ -354,6 +428,16 @@ class Store:
     def waiting_resolve_since(self, before: float) -> list[JobRow]:
         """WAITING_RESOLVE jobs that have not changed since ``before``."""
         return self._jobs("state=? AND updated_at < ?", (JobState.WAITING_RESOLVE, before))
+
+    def job_with_change(self, workspace: str, change: int, other_than: str) -> JobRow | None:
+        """The newest job of ``workspace`` but ``other_than`` whose pending change is ``change``."""
+        rows = self._jobs(
+            "workspace=? AND id!=? AND json_extract(CAST(vars AS TEXT), '$.change')=?",
+            (workspace, other_than, change),
+            limit=1,
+            newest=True,
+        )
+        return rows[0] if rows else None
 
     def active_job(self, workspace: str) -> JobRow | None:
         rows = self._jobs(
@@ -439,9 +523,25 @@ class Store:
         """Its agent says it is still running."""
         self.db.execute("UPDATE commands SET last_contact=? WHERE cmd_id=?", (now, cmd_id))
 
-    def defer_dispatch(self, cmd_id: str, why: str, not_before: float) -> None:
-        """No agent took it: it stays PENDING, says why, and is tried again from ``not_before``."""
-        self.db.execute("UPDATE commands SET waiting_for=?, not_before=? WHERE cmd_id=?", (why, not_before, cmd_id))
+    def defer_dispatch(self, cmd_id: str, why: str, not_before: float, refused_since: float | None = None) -> None:
+        """No agent took it: it stays PENDING, says why, and is tried again from ``not_before``;
+        ``refused_since``: when agents began refusing it (None: no refusal, just no answer)."""
+        self.db.execute(
+            "UPDATE commands SET waiting_for=?, not_before=?, refused_since=COALESCE(?, refused_since) WHERE cmd_id=?",
+            (why, not_before, refused_since, cmd_id),
+        )
+
+    def mark_unknown(self, cmd_id: str, since: float) -> None:
+        self.db.execute(
+            "UPDATE commands SET state=?, unknown_since=? WHERE cmd_id=?", (CmdState.UNKNOWN, since, cmd_id)
+        )
+
+    def mark_reached(self, cmd_id: str, now: float) -> None:
+        """Its agent answers again and says it runs."""
+        self.db.execute(
+            "UPDATE commands SET state=?, unknown_since=0, last_contact=? WHERE cmd_id=?",
+            (CmdState.RUNNING, now, cmd_id),
+        )
 
     def finish_command(
         self, cmd_id: str, state: CmdState, status: P.CmdStatus, started_at: float, ended_at: float, agent: str
@@ -507,6 +607,104 @@ class Store:
             f"SELECT {_CMD_COLS} FROM commands WHERE {where} ORDER BY created_at, rowid", args
         ).fetchall()
         return [_command_row(r) for r in rows]
+
+
+# The definition of a schedule as stored; the rest of P.Schedule is its state, in columns.
+_SCHEDULE_SPEC = ("cron", "timezone", "on_change", "poll_s")
+_SCHEDULE_STATE = "name, template, spec, next_at, last_job, last_change, last_run_at, note"
+
+
+def _schedule_row(r: tuple[Any, ...]) -> P.Schedule:
+    name, template, spec, next_at, last_job, last_change, last_run_at, note = r
+    return P.Schedule(
+        name=name,
+        template=template,
+        **msgspec.json.decode(spec, type=dict[str, Any]),
+        next_at=next_at,
+        last_job=last_job,
+        last_change=last_change,
+        last_run_at=last_run_at,
+        note=note,
+    )
+
+
+class TemplateStore:
+    """Templates, schedules and which job came from which, on a Store's connection (the same
+    transactions: a schedule's run and its job are committed together)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.db = store.db
+
+    # ------------------------------------------------------------------ templates
+
+    def put_template(self, t: P.Template, now: float) -> None:
+        self.db.execute(
+            "INSERT INTO templates(name, spec, updated_at) VALUES (?,?,?) "
+            "ON CONFLICT(name) DO UPDATE SET spec=excluded.spec, updated_at=excluded.updated_at",
+            (t.name, msgspec.json.encode(t), now),
+        )
+
+    def template(self, name: str) -> P.Template | None:
+        row = self.db.execute("SELECT spec FROM templates WHERE name=?", (name,)).fetchone()
+        return msgspec.json.decode(row[0], type=P.Template) if row else None
+
+    def templates(self) -> list[P.Template]:
+        rows = self.db.execute("SELECT spec FROM templates ORDER BY name").fetchall()
+        return [msgspec.json.decode(r[0], type=P.Template) for r in rows]
+
+    def remove_template(self, name: str) -> None:
+        self.db.execute("DELETE FROM templates WHERE name=?", (name,))
+
+    # ------------------------------------------------------------------ schedules
+
+    def put_schedule(self, s: P.Schedule, now: float) -> None:
+        """A new schedule, or a changed definition (its state starts afresh, but for the last
+        change an on-change schedule ran for: the new definition need not run it again)."""
+        spec = msgspec.json.encode({k: getattr(s, k) for k in _SCHEDULE_SPEC})
+        self.db.execute(
+            "INSERT INTO schedules(name, template, spec, next_at, last_change, updated_at) VALUES (?,?,?,?,?,?) "
+            "ON CONFLICT(name) DO UPDATE SET template=excluded.template, spec=excluded.spec, "
+            "next_at=excluded.next_at, note='', updated_at=excluded.updated_at",
+            (s.name, s.template, spec, s.next_at, s.last_change, now),
+        )
+
+    def schedule(self, name: str) -> P.Schedule | None:
+        row = self.db.execute(f"SELECT {_SCHEDULE_STATE} FROM schedules WHERE name=?", (name,)).fetchone()
+        return _schedule_row(row) if row else None
+
+    def schedules(self, template: str | None = None) -> list[P.Schedule]:
+        where, args = ("WHERE template=?", (template,)) if template is not None else ("", ())
+        rows = self.db.execute(f"SELECT {_SCHEDULE_STATE} FROM schedules {where} ORDER BY name", args).fetchall()
+        return [_schedule_row(r) for r in rows]
+
+    def remove_schedule(self, name: str) -> None:
+        self.db.execute("DELETE FROM schedules WHERE name=?", (name,))
+
+    def schedule_waits(self, name: str, next_at: float, note: str, now: float) -> None:
+        """Not run this time: due again from ``next_at``, and why."""
+        self.db.execute("UPDATE schedules SET next_at=?, note=?, updated_at=? WHERE name=?", (next_at, note, now, name))
+
+    def schedule_ran(self, name: str, job_id: str, change: int | None, next_at: float, now: float) -> None:
+        self.db.execute(
+            "UPDATE schedules SET next_at=?, last_job=?, last_change=COALESCE(?, last_change), last_run_at=?, "
+            "note='', updated_at=? WHERE name=?",
+            (next_at, job_id, change, now, now, name),
+        )
+
+    # ------------------------------------------------------------------ jobs of templates
+
+    def link_job(self, job_id: str, template: str, schedule: str = "") -> None:
+        self.db.execute("INSERT INTO template_jobs VALUES (?,?,?)", (job_id, template, schedule))
+
+    def active_job(self, template: str) -> str | None:
+        """A job of this template that has not finished (QUEUED included: it will run)."""
+        row = self.db.execute(
+            f"SELECT j.id FROM template_jobs t JOIN jobs j ON j.id=t.job_id WHERE t.template=? "
+            f"AND j.state NOT IN ({_marks(len(TERMINAL))}) ORDER BY j.n LIMIT 1",
+            (template, *TERMINAL),
+        ).fetchone()
+        return row[0] if row else None
 
 
 def _marks(n: int) -> str:

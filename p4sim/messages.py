@@ -12,6 +12,10 @@ def per_arg(message: str, arg: str | None) -> str:
 
 
 # Connection and authentication
+NO_SIM_SERVER = (
+    "Perforce client error:\n\tConnect to server failed; check $P4PORT.\n"
+    "\tp4sim: no server in {root} (create one with `p4sim init {root}` or `p4sim seed DIR`)"
+)
 CONNECT_FAILED = (
     "Perforce client error:\n\tConnect to server failed; check $P4PORT.\n"
     "\tTCP connect to {port} failed.\n\tconnect: {port}: Connection refused"
@@ -44,6 +48,7 @@ CHANGE_CREATED_FILES = "Change {change} created with {count} open file(s)."
 CHANGE_UPDATED = "Change {change} updated."
 CHANGE_DELETED = "Change {change} deleted."
 CHANGE_UNKNOWN = "Change {change} unknown."
+DIFF_HEADER = "==== {depot}#{rev} - {local} ===="
 CHANGE_COMMITTED = "Change {change} is already committed."
 CHANGE_HAS_FILES = "Change {change} has {count} open file(s) associated with it and can't be deleted."
 CHANGE_HAS_SHELVED = "Change {change} has shelved files associated with it and can't be deleted."

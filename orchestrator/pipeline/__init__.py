@@ -10,6 +10,7 @@ Driving a job (every call is pure; persist the Transition, then dispatch t.comma
     outcome = pipeline.stage(ctx.stage).interpret(ctx, result) # its command finished
     t = transition(pipeline, ctx, outcome)                     # what to do next
     t = resume_transition(pipeline, ctx, state)                # `p4bus resume`
+    t = approve_transition(pipeline, ctx, state)               # `p4bus approve`
     t = retry_from(pipeline, ctx, state, stage_or_None)        # `p4bus retry [--from]`
 
 A Transition gives the new state, (stage, step, attempt), the complete vars to store, the
@@ -45,6 +46,7 @@ from orchestrator.pipeline.transition import (
     JobState,
     RefusedTransition,
     Transition,
+    approve_transition,
     resume_transition,
     retry_from,
     start,
@@ -74,6 +76,7 @@ __all__ = [
     "Stage",
     "Transition",
     "Workspace",
+    "approve_transition",
     "resume_transition",
     "retry_from",
     "start",

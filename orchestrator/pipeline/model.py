@@ -78,6 +78,10 @@ class Workspace(msgspec.Struct, frozen=True, kw_only=True):
     password_set: bool = False
     tickets_file: str | None = None
     env: dict[str, str] = {}
+    # Depot path patterns this workspace's jobs may not submit, besides the site's blocklist.
+    blocklist: list[str] = []
+    # A person approves the shelved change (`p4bus approve`) before it is submitted.
+    review_before_submit: bool = False
 
 
 class JobParams(msgspec.Struct, frozen=True, kw_only=True):
@@ -114,6 +118,9 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
     # A command on an agent that died may or may not have run; "fail" for stages where
     # running twice is worse than stopping (submit).
     on_lost: Literal["retry", "fail"] = "retry"
+    # How long a command may stay UNKNOWN (its agent unreachable, so it may still be running)
+    # before the job gives up on it and on_lost applies; None: orchestrator.unknown_deadline_s.
+    unknown_deadline_s: float | None = None
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before attempt `attempt + 1`, after `attempt` failed ones."""
@@ -175,6 +182,8 @@ class OutcomeKind(enum.StrEnum):
     NOTHING_TO_DO = "NOTHING_TO_DO"
     DONE = "DONE"
     RETRY = "RETRY"  # transient: the same step again after backoff, while attempts remain
+    # An effect check found the step's effect missing: run the step itself now (same attempt).
+    RERUN = "RERUN"
     FAIL = "FAIL"
 
 
@@ -206,6 +215,10 @@ def retry(reason: str, key_line: str = "") -> Outcome:
     return Outcome(kind=OutcomeKind.RETRY, reason=reason, key_line=key_line)
 
 
+def rerun(key_line: str) -> Outcome:
+    return Outcome(kind=OutcomeKind.RERUN, key_line=key_line)
+
+
 # ---------------------------------------------------------------------------- stages
 
 Builder = Callable[[JobContext], CommandSpec | None]
@@ -231,6 +244,8 @@ class Stage:
     provides: tuple[str, ...] = ()
     # Only entered by resume, never by advancing from the previous stage.
     resume_only: bool = False
+    # True when the job must wait for a person's approval (`p4bus approve`) before this stage.
+    gate: Callable[[JobContext], bool] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,7 +3,8 @@ reads p4's output (docs/p4-behaviour.md). Rules shared by all stages (lost agent
 refused connections, expired tickets) are applied first, in rules.py.
 
 vars written here: source_change, branch_sources, branch_targets, change, integrate_followup,
-resolve_as, resolve_am, conflicts, opened_count, name_check_offenders, submitted_change.
+blocking_change, resolve_as, resolve_am, conflicts, resolved_files, opened_count,
+name_check_offenders, submitted_change.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from orchestrator.pipeline.model import (
     fail,
     next_,
     repeat,
+    rerun,
 )
 from orchestrator.pipeline.namecheck import find_offenders
 from orchestrator.pipeline.paths import matches
 from orchestrator.pipeline.steps import Plan, Step, make_stage
+from orchestrator.pipeline.transition import CONFLICTS_KEY
 
 LOGIN = "LOGIN"
 _CHANGE = ("change",)
@@ -137,12 +140,34 @@ def _latest_change_read(ctx: JobContext, result: CommandResult) -> Outcome:
     )
 
 
+def _given_change(ctx: JobContext) -> CommandSpec:
+    return p4cmd.p4(ctx, "-ztag", "change", "-o", str(ctx.params.change))
+
+
+def _given_change_read(ctx: JobContext, result: CommandResult) -> Outcome:
+    """A given source change must exist and be submitted: integrating up to a pending or
+    unknown number would quietly integrate something else (p4 reads `@N` as "up to N")."""
+    number = ctx.params.change
+    if result.exit_code != 0:
+        return fail(f"source change {number} cannot be used", p4parse.error_line(result.stderr, result.stdout))
+    spec = p4parse.parse_ztag_spec(result.stdout)
+    status = spec.get("Status", "")
+    line = f"Change {spec.get('Change', number)} by {spec.get('User', '?')}@{spec.get('Client', '?')} ({status or '?'})"
+    if spec.get("Change") != str(number) or status != "submitted":
+        return fail(
+            f"source change {number} is {status or 'not a change'}, not submitted: give a submitted change", line
+        )
+    return next_(line)
+
+
 def _latest_plan(ctx: JobContext) -> list[Step]:
     # A branch spec's view also tells SYNC and INTEGRATE the target paths, so it is read
     # even when the source change is given.
     steps = [Step(_branch_view, _branch_view_read)] if ctx.params.branch_spec else []
     if ctx.params.change is None:
         steps.append(Step(_latest_change, _latest_change_read))
+    else:
+        steps.append(Step(_given_change, _given_change_read))
     return steps
 
 
@@ -168,15 +193,29 @@ def _sync_read(ctx: JobContext, result: CommandResult) -> Outcome:
 # ---------------------------------------------------------------------------- CREATE_CHANGE
 
 
+def _job_mark(ctx: JobContext) -> str:
+    """Written into the change's description: how a check finds the change this job made."""
+    return f"(p4bus job {ctx.job_id})" if ctx.job_id else ""
+
+
 def _description(ctx: JobContext) -> str:
     if ctx.params.desc.strip():
-        return ctx.params.desc
+        return ctx.params.desc.rstrip("\n") + (f"\n\n{_job_mark(ctx)}" if ctx.job_id else "")
     what = (
         f"branch {ctx.params.branch_spec}" if ctx.params.branch_spec else f"{ctx.params.source} to {ctx.params.target}"
     )
     at = f" at change {_source_change(ctx)}" if _source_change(ctx) else ""
-    job = f" (p4bus job {ctx.job_id})" if ctx.job_id else ""
-    return f"Integrate {what}{at}{job}"
+    return f"Integrate {what}{at} {_job_mark(ctx)}".rstrip()
+
+
+def _this_jobs(ctx: JobContext, result: CommandResult) -> list[p4parse.ChangeEntry]:
+    """Changes listed by `p4 changes -l` whose description carries this job's mark."""
+    mark = _job_mark(ctx)
+    return [e for e in p4parse.long_changes(result.stdout) if mark and mark in e.description]
+
+
+def _client_changes(ctx: JobContext, status: str, *more: str) -> CommandSpec:
+    return p4cmd.p4(ctx, "changes", "-l", "-s", status, "-c", ctx.params.workspace.p4client, *more)
 
 
 def change_spec(ctx: JobContext) -> str:
@@ -197,6 +236,24 @@ def _create_change_read(ctx: JobContext, result: CommandResult) -> Outcome:
     if number is None:
         return fail("p4 change -i did not report a change number", p4parse.last_line(result.stdout))
     return next_(p4parse.contains(result.stdout, "created") or "", change=number)
+
+
+def _find_created(ctx: JobContext) -> CommandSpec:
+    return _client_changes(ctx, "pending")
+
+
+def _find_created_read(ctx: JobContext, result: CommandResult) -> Outcome:
+    """After a lost `p4 change -i`: the change it may have created, or create one now."""
+    if result.exit_code != 0:
+        return _failed("p4 changes", result)
+    found = _this_jobs(ctx, result)
+    if found:
+        # Listed newest first; more than one would be a spare from an earlier loss.
+        newest = found[0]
+        return next_(f"{newest.header} (created before the agent was lost)", change=newest.number)
+    if result.truncated:
+        return fail("the list of the client's pending changes was too long to search whole")
+    return rerun(f"no pending change of job {ctx.job_id}: creating it")
 
 
 # ---------------------------------------------------------------------------- INTEGRATE
@@ -264,12 +321,26 @@ def _check_opened_read(ctx: JobContext, result: CommandResult) -> Outcome:
     change = p4cmd.change(ctx)
     for record in records:
         if record.get("change") != change:
-            return fail(
-                f"{record.get('depotFile')} is already opened on this client in change "
-                f"{record.get('change')}: revert it or submit that change, then retry",
-                record.get("depotFile", ""),
-            )
+            return _opened_elsewhere(ctx, record)
     return next_(f"target files already opened in change {change}", integrate_followup=None)
+
+
+def _opened_elsewhere(ctx: JobContext, record: dict[str, str]) -> Outcome:
+    """Another change holds target files: name it and say how to clean it. The orchestrator
+    adds which job left it, when one did (it knows each job's pending change)."""
+    held, ws = record.get("change", "?"), ctx.params.workspace
+    how = (
+        f"revert its files and delete it in workspace {ws.name} (`p4 revert -c {held} //...` then "
+        f"`p4 change -d {held}`)"
+        if held.isdigit()
+        else f"revert the files opened in the default change of workspace {ws.name} (`p4 revert -c default //...`)"
+    )
+    return Outcome(
+        kind=OutcomeKind.FAIL,
+        reason=f"{record.get('depotFile')} is already opened on this client in change {held}: {how}, then retry",
+        key_line=record.get("depotFile", ""),
+        updates={"blocking_change": int(held) if held.isdigit() else None},
+    )
 
 
 _INTEGRATE_FOLLOWUPS = {
@@ -321,6 +392,51 @@ def _pending_read(ctx: JobContext, result: CommandResult) -> Outcome:
     )
 
 
+_RESOLVED = "resolved_files"
+
+
+def _recheck_read(ctx: JobContext, result: CommandResult) -> Outcome:
+    """Nothing left to resolve: the files a person resolved are checked for conflict markers next."""
+    outcome = _pending_read(ctx, result)
+    resolved = list(ctx.vars.get(CONFLICTS_KEY) or [])
+    if outcome.kind is not OutcomeKind.NEXT or not resolved:
+        return outcome
+    return repeat(outcome.key_line, conflicts=[], **{_RESOLVED: resolved})
+
+
+def _markers(ctx: JobContext) -> CommandSpec:
+    return p4cmd.p4(ctx, "diff", "-du", *ctx.vars[_RESOLVED])
+
+
+def _markers_read(ctx: JobContext, result: CommandResult) -> Outcome:
+    if result.exit_code != 0:
+        return _failed("p4 diff", result)
+    if result.truncated:
+        return fail(
+            "p4 diff: the diff of the resolved files was too long to capture whole, so it cannot be "
+            "checked for conflict markers; raise the agent's capture_bytes"
+        )
+    found = p4parse.conflict_markers(result.stdout)
+    checked = len(ctx.vars[_RESOLVED])
+    if not found:
+        return next_(f"no conflict markers in {checked} resolved file(s)", **{_RESOLVED: []})
+    files = list(dict.fromkeys(m.file for m in found))
+    places = ", ".join(f"{m.file}:{m.line}" for m in found[:5]) + (
+        f" (+{len(found) - 5} more)" if len(found) > 5 else ""
+    )
+    return Outcome(
+        kind=OutcomeKind.WAIT_RESOLVE,
+        conflicts=files,
+        reason=f"conflict markers left in {len(files)} resolved file(s) at {places}: edit them out or resolve again",
+        key_line=f"{found[0].file}:{found[0].line}: {found[0].text}",
+    )
+
+
+def _resolve_check_plan(ctx: JobContext) -> list[Step]:
+    check = [Step(_markers, _markers_read)] if ctx.vars.get(_RESOLVED) else []
+    return [Step(_pending, _recheck_read), *check]
+
+
 # ---------------------------------------------------------------------------- PRE_SUBMIT
 
 
@@ -332,10 +448,13 @@ def _blocklist_read(ctx: JobContext, result: CommandResult) -> Outcome:
     paths = _opened_paths("p4 opened", result)
     if isinstance(paths, Outcome):
         return paths
+    ws = ctx.params.workspace
+    lists = (("the site blocklist", ctx.site.blocklist), (f"workspace {ws.name}'s blocklist", ws.blocklist))
     for path in paths:
-        for pattern in ctx.site.blocklist:
-            if matches(pattern, path):
-                return fail(f"{path} is blocked by the site blocklist ({pattern})", path)
+        for which, patterns in lists:
+            for pattern in patterns:
+                if matches(pattern, path):
+                    return fail(f"{path} is blocked by {which} ({pattern})", path)
     return repeat(f"{len(paths)} opened file(s), none blocked", opened_count=len(paths))
 
 
@@ -508,10 +627,42 @@ def _push_read(ctx: JobContext, result: CommandResult) -> Outcome:
     )
 
 
+def _review_first(ctx: JobContext) -> bool:
+    # After SHELVE and NC_FIX, so the shelf a person reviews is the one that is submitted.
+    return ctx.params.workspace.review_before_submit
+
+
+# Submitted changes of the client searched for this job's: the job holds the workspace, so
+# its own submit is among the newest.
+_SUBMITTED_SEARCHED = 20
+
+
+def _find_submitted(ctx: JobContext) -> CommandSpec:
+    return _client_changes(ctx, "submitted", "-m", str(_SUBMITTED_SEARCHED))
+
+
+def _find_submitted_read(ctx: JobContext, result: CommandResult) -> Outcome:
+    """After a lost push: the change as submitted (perhaps renumbered), or push it now."""
+    if result.exit_code != 0:
+        return _failed("p4 changes", result)
+    found = _this_jobs(ctx, result)
+    if found:
+        return Outcome(
+            kind=OutcomeKind.DONE,
+            key_line=f"{found[0].header} (submitted before the agent was lost)",
+            updates={"submitted_change": found[0].number},
+        )
+    return rerun(f"change {ctx.vars['change']} is not submitted: submitting it")
+
+
+_CREATE_CHANGE = Step(_create_change, _create_change_read, check=Step(_find_created, _find_created_read))
+_PUSH = Step(_push, _push_read, check=Step(_find_submitted, _find_submitted_read))
+
+
 def _push_plan(ctx: JobContext) -> list[Step]:
     # p4 refuses to submit a change that has shelved files; a site push tool may want them.
     delete = [Step(_delete_shelf, _delete_shelf_read)] if p4cmd.is_p4_submit(ctx, ctx.site.push) else []
-    return delete + [Step(_push, _push_read)]
+    return delete + [_PUSH]
 
 
 # ---------------------------------------------------------------------------- cleanup
@@ -533,8 +684,8 @@ def cleanup(ctx: JobContext) -> list[CommandSpec]:
 
 _READ = RetryPolicy(max_attempts=3, backoff_s=5.0)
 _WRITE = RetryPolicy(max_attempts=3, backoff_s=10.0)
-# A lost submit may have succeeded; running it again cannot tell, so a person decides.
-_SUBMIT = RetryPolicy(max_attempts=2, backoff_s=10.0, on_lost="fail")
+# A lost submit may have succeeded: the push step's check looks before it runs again.
+_SUBMIT = RetryPolicy(max_attempts=2, backoff_s=10.0)
 
 
 def _stage(name: str, plan: Plan, retry: RetryPolicy, timeout: float, **flags: Any) -> Stage:
@@ -546,18 +697,16 @@ def _build_pipeline() -> Pipeline:
         _stage(LOGIN, _login_plan, _READ, 60),
         _stage("GET_LATEST_CL", _latest_plan, _READ, 300, provides=("source_change",)),
         _stage("SYNC", lambda ctx: [Step(_sync, _sync_read)], _WRITE, 4 * 3600),
-        _stage("CREATE_CHANGE", lambda ctx: [Step(_create_change, _create_change_read)], _WRITE, 120, provides=_CHANGE),
+        _stage("CREATE_CHANGE", lambda ctx: [_CREATE_CHANGE], _WRITE, 120, provides=_CHANGE),
         _stage("INTEGRATE", _integrate_plan, _WRITE, 3600, needs=_CHANGE),
         _stage("RESOLVE_PASS_1", _resolve_pass("-as"), _WRITE, 3600, needs=_CHANGE),
         _stage("RESOLVE_PASS_2", _resolve_pass("-am"), _WRITE, 3600, needs=_CHANGE),
         _stage("NEEDS_RESOLVE", lambda ctx: [Step(_pending, _pending_read)], _READ, 600, needs=_CHANGE),
-        _stage(
-            "RESOLVE_CHECK", lambda ctx: [Step(_pending, _pending_read)], _READ, 600, needs=_CHANGE, resume_only=True
-        ),
+        _stage("RESOLVE_CHECK", _resolve_check_plan, _READ, 600, needs=_CHANGE, resume_only=True),
         _stage("PRE_SUBMIT", _pre_submit_plan, _READ, 4 * 3600, needs=_CHANGE),
         _stage("SHELVE", lambda ctx: [Step(_shelve, _shelve_read)], _WRITE, 3600, needs=_CHANGE),
         _stage("NC_FIX", _name_check_plan, _WRITE, 1800, needs=_CHANGE),
-        _stage("P4PUSH", _push_plan, _SUBMIT, 3600, needs=_CHANGE),
+        _stage("P4PUSH", _push_plan, _SUBMIT, 3600, needs=_CHANGE, gate=_review_first),
     )
     return Pipeline(name="p4-integrate", stages=stages, resume_stage="RESOLVE_CHECK", cleanup=cleanup)
 

@@ -84,6 +84,33 @@ def submitted_change(text: str) -> tuple[int, str] | None:
     return None
 
 
+class ChangeEntry(NamedTuple):
+    number: int
+    header: str  # the `Change N on DATE by USER@CLIENT [*pending*]` line
+    description: str
+
+
+_LONG_HEADER = re.compile(r"^Change (\d+) on \S+(?: \S+)? by \S+@\S+")
+
+
+def long_changes(text: str) -> list[ChangeEntry]:
+    """`p4 changes -l`: each header line, then its description with every line tab-indented
+    (blank lines around it). Lines of neither kind are ignored."""
+    entries: list[ChangeEntry] = []
+    number, header, desc = 0, "", list[str]()
+    for line in text.splitlines():
+        m = _LONG_HEADER.match(line)
+        if m:
+            if header:
+                entries.append(ChangeEntry(number, header, "\n".join(desc)))
+            number, header, desc = int(m.group(1)), line, list[str]()
+        elif header and line.startswith("\t"):
+            desc.append(line[1:])
+    if header:
+        entries.append(ChangeEntry(number, header, "\n".join(desc)))
+    return entries
+
+
 # ---------------------------------------------------------------------------- resolve
 
 
@@ -144,6 +171,45 @@ _MUST_RESOLVE = re.compile(r"^(//.+?) - must resolve\b", re.M)
 def must_resolve(text: str) -> list[str]:
     """Depot paths from submit's `<depot> - must resolve before submitting` lines."""
     return _MUST_RESOLVE.findall(text)
+
+
+# ---------------------------------------------------------------------------- conflict markers
+
+# What p4 writes into a file resolved with its conflicts left in (`resolve -af`, or an editor
+# session that kept them): the base, theirs and yours versions of each conflicting chunk.
+CONFLICT_MARKERS = (">>>> ORIGINAL", "==== THEIRS", "==== YOURS", "<<<<")
+_FILE_HEADER = re.compile(r"^==== (.+?)#\d+ - (.+) ====$")
+_HUNK = re.compile(r"^@@ -\d+(?:,\d+)? \+(\d+)(?:,\d+)? @@")
+
+
+class Marker(NamedTuple):
+    file: str  # the workspace file, as `p4 diff` names it
+    line: int  # 1-based, in the workspace file
+    text: str
+
+
+def conflict_markers(diff: str) -> list[Marker]:
+    """Conflict markers that `p4 diff -du` shows as added lines: the header
+    `==== //depot/f#3 - /ws/f ====` names the file, `@@ -a,b +c,d @@` numbers its lines. A
+    marker already in the depot revision is a context line, not added by this resolve, and
+    is not reported. (A `--- a` / `+++ b` pair, as other diff tools print, also names the file.)"""
+    found: list[Marker] = []
+    file, line, previous = "", 0, ""
+    for text in diff.splitlines():
+        if m := _FILE_HEADER.match(text):
+            file, line = m.group(2), 0
+        elif text.startswith("+++ ") and previous.startswith("--- "):
+            file, line = text[4:].split("\t")[0], 0
+        elif m := _HUNK.match(text):
+            line = int(m.group(1))
+        elif text.startswith("+"):
+            if text[1:].startswith(CONFLICT_MARKERS):
+                found.append(Marker(file, line, text[1:].rstrip()))
+            line += 1
+        elif text.startswith(" "):
+            line += 1
+        previous = text
+    return found
 
 
 # ---------------------------------------------------------------------------- messages

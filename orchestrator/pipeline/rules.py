@@ -20,13 +20,21 @@ from orchestrator.pipeline.model import (
 RETURNED_KEY = "_returned_to"
 
 
+# Set when a step's command was lost (it may or may not have had its effect): [stage, step].
+# The step's effect check, if it has one, runs before the step is run again (steps.py).
+EFFECT_UNKNOWN_KEY = "_effect_unknown"
+
+
 def _process(ctx: JobContext, result: CommandResult, policy: RetryPolicy) -> Outcome | None:
     if result.lost:
+        unsure = {EFFECT_UNKNOWN_KEY: [ctx.stage, ctx.step]}
         if policy.on_lost == "retry":
-            return retry("the agent was lost while the command ran")
-        return fail(
-            f"the agent was lost while {ctx.stage} ran; it may or may not have "
-            f"completed, so it is not run again automatically (check, then retry)"
+            return Outcome(kind=OutcomeKind.RETRY, reason="the agent was lost while the command ran", updates=unsure)
+        return Outcome(
+            kind=OutcomeKind.FAIL,
+            reason=f"the agent was lost while {ctx.stage} ran; it may or may not have "
+            f"completed, so it is not run again automatically (check, then retry)",
+            updates=unsure,
         )
     if result.error:
         return fail(f"the command could not be started: {result.error}", result.error)

@@ -21,19 +21,27 @@ from orchestrator.pipeline.model import (
     Outcome,
     OutcomeKind,
     Pipeline,
+    Stage,
 )
 from orchestrator.pipeline.rules import RETURNED_KEY
 
 # Where a `come_back` call returns to; lives in vars while the called stage runs.
 RETURN_KEY = "_return"
 CONFLICTS_KEY = "conflicts"
+# A person approved the job's gated stage (review_before_submit); dropped when the job goes
+# back to re-check or re-run earlier stages, since what was reviewed may change.
+APPROVED_KEY = "approved"
 
 
 class JobState(enum.StrEnum):
     QUEUED = "QUEUED"
     RUNNING = "RUNNING"
     WAITING_RESOLVE = "WAITING_RESOLVE"
+    WAITING_APPROVAL = "WAITING_APPROVAL"  # before a gated stage, until `p4bus approve`
     RETRY_WAIT = "RETRY_WAIT"  # RUNNING, with the next command held back for delay_s
+    # RUNNING, with its command's agent unreachable: the command may still be running there.
+    # Set and cleared by the orchestrator (never by a transition).
+    UNKNOWN = "UNKNOWN"
     DONE = "DONE"
     NOTHING_TO_DO = "NOTHING_TO_DO"
     FAILED = "FAILED"
@@ -96,8 +104,11 @@ class _Walk:
     def dispatch(
         self, stage: str, step: int = 0, attempt: int = 1, state: JobState = JobState.RUNNING, delay_s: float = 0.0
     ) -> Transition:
-        """Run (stage, step) if it builds a command; otherwise that stage is over."""
+        """Run (stage, step) if it builds a command; otherwise that stage is over. A gated
+        stage waits for a person's approval first."""
         definition = self.pipeline.stage(stage)
+        if step == 0 and self._needs_approval(definition):
+            return self.result(JobState.WAITING_APPROVAL, stage, reason="")
         try:
             spec = definition.build(self.ctx.at(stage, step, attempt, self.vars))
         except BuildError as exc:
@@ -109,6 +120,10 @@ class _Walk:
         if spec.timeout is None:
             spec = msgspec.structs.replace(spec, timeout=definition.timeout)
         return self.result(state, stage, step, attempt, command=spec, delay_s=delay_s)
+
+    def _needs_approval(self, definition: Stage) -> bool:
+        gated = definition.gate is not None and definition.gate(self.ctx.at(definition.name, 0, 1, self.vars))
+        return gated and not self.vars.get(APPROVED_KEY)
 
     def finish(self, stage: str) -> Transition:
         """`stage` is over: return from a call, or go to the next stage, or the job is done."""
@@ -142,6 +157,8 @@ def transition(pipeline: Pipeline, ctx: JobContext, outcome: Outcome) -> Transit
             return walk.finish(ctx.stage)
         case OutcomeKind.REPEAT:
             return walk.dispatch(ctx.stage, ctx.step + 1)
+        case OutcomeKind.RERUN:
+            return walk.dispatch(ctx.stage, ctx.step, ctx.attempt)
         case OutcomeKind.RETRY:
             policy = ctx.site.policy_for(ctx.stage, pipeline.stage(ctx.stage).retry)
             if ctx.attempt >= policy.max_attempts:
@@ -174,8 +191,24 @@ def resume_transition(pipeline: Pipeline, ctx: JobContext, state: JobState) -> T
         )
     if pipeline.resume_stage is None:
         raise RefusedTransition(f"pipeline {pipeline.name} has no stage to resume at")
-    walk = _Walk(pipeline, ctx, _transient_free(dict(ctx.vars)), None)
+    walk = _Walk(pipeline, ctx, _unapproved(_transient_free(dict(ctx.vars))), None)
     return walk.dispatch(pipeline.resume_stage)
+
+
+def approve_transition(pipeline: Pipeline, ctx: JobContext, state: JobState) -> Transition:
+    """WAITING_APPROVAL -> the gated stage, approved (`p4bus approve`)."""
+    if state is not JobState.WAITING_APPROVAL:
+        raise RefusedTransition(
+            f"the job is {state}, not WAITING_APPROVAL: only a job waiting for approval can be approved"
+        )
+    vars = _transient_free(dict(ctx.vars))
+    vars[APPROVED_KEY] = True
+    return _Walk(pipeline, ctx, vars, None).dispatch(ctx.stage)
+
+
+def _unapproved(vars: dict[str, Any]) -> dict[str, Any]:
+    vars.pop(APPROVED_KEY, None)
+    return vars
 
 
 def retry_from(pipeline: Pipeline, ctx: JobContext, state: JobState, stage: str | None = None) -> Transition:
@@ -204,4 +237,8 @@ def retry_from(pipeline: Pipeline, ctx: JobContext, state: JobState, stage: str 
                 f"cannot retry from {target}: it needs the {key} that {producer} "
                 f"records, and this job has none; retry from {producer} or earlier"
             )
-    return _Walk(pipeline, ctx, _transient_free(dict(ctx.vars)), None).dispatch(target)
+    vars = _transient_free(dict(ctx.vars))
+    # An approval covers the shelf a person reviewed: re-running an earlier stage makes another.
+    if pipeline.stage(target).gate is None:
+        _unapproved(vars)
+    return _Walk(pipeline, ctx, vars, None).dispatch(target)

@@ -6,7 +6,21 @@ import importlib
 
 import click
 
-COMMANDS = ["services", "run", "up", "agents", "events", "jobs", "demo", "deploy", "keys"]
+COMMANDS = [
+    "services",
+    "run",
+    "up",
+    "agents",
+    "events",
+    "jobs",
+    "cleanup",
+    "demo",
+    "deploy",
+    "keys",
+    "notify",
+    "template",
+    "schedule",
+]
 
 
 def register(group: click.Group) -> None:

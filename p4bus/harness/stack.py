@@ -37,6 +37,8 @@ LOCAL_KEYS = {
     "master": roles.MASTER,
     "orchestrator": roles.ORCHESTRATOR,
     "operator": roles.OPERATOR,
+    # The notifier (p4bus/notify) only reads the bus.
+    "notify": roles.VIEWER,
 }
 START_TIMEOUT_S = 20.0
 # A readiness question costs one request; a quicker poll only loads the two cores others share.
@@ -285,6 +287,11 @@ class Stack:
             return pred()
 
         wait_for(alive_and, max(0.0, deadline - time.monotonic()), f"{what} (logs in {self.log_dir})", POLL_S)
+
+
+def notify_wanted(tree: Mapping[str, Any]) -> bool:
+    """Whether a stack of these settings runs the notifier: when [notify] names a receiver."""
+    return bool(tree.get("notify", {}).get("receivers"))
 
 
 def password_variables(tree: Mapping[str, Any]) -> set[str]:

@@ -88,15 +88,16 @@ def search_path(first: Path) -> str:
     return f"{first}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
-def counting_p4(bin_dir: Path, log: Path) -> str:
+def counting_p4(bin_dir: Path, log: Path) -> tuple[str, Path]:
     """Write ``bin_dir/p4``, p4sim behind a wrapper that appends "P4PORT argv" of every run to
-    ``log`` (so a test or bench can prove nothing ran twice), and return a PATH on which `p4` is it."""
+    ``log`` (so a test or bench can prove nothing ran twice). Returns a PATH on which `p4` is the
+    wrapper, and p4sim's own `p4` (for looks that must not count as a job's commands)."""
     real = write_shim(bin_dir.parent / f"{bin_dir.name}-p4sim")
     bin_dir.mkdir(parents=True, exist_ok=True)
     wrapper = bin_dir / "p4"
     wrapper.write_text(f'#!/bin/sh\necho "$P4PORT $*" >> {log}\nexec {real} "$@"\n')
     wrapper.chmod(0o755)
-    return search_path(bin_dir)
+    return search_path(bin_dir), real
 
 
 def p4sim_path(bin_dir: Path) -> str:

@@ -48,6 +48,7 @@ _MODULES = {
     "submit": "submit",
     "changes": "history",
     "describe": "history",
+    "diff": "diff",
 }
 
 

@@ -35,7 +35,8 @@ class JobStack:
         # Every p4 execution is logged (port + argv), so tests can prove nothing ran twice.
         self.exec_log = self.tmp / "p4-executions.log"
         self.bin = self.tmp / "bin"
-        self.env = {"PATH": counting_p4(self.bin, self.exec_log)}
+        path, self.real_p4 = counting_p4(self.bin, self.exec_log)
+        self.env = {"PATH": path}
         stack.env.update(self.env)
         self.workspaces: dict[str, SeededWorkspace] = {}
         self.procs: dict[str, ServiceProc] = {}
@@ -104,11 +105,13 @@ class JobStack:
 
             return wait_for(reached, timeout, f"{job_id} to reach {states}", interval=0.1)
 
-    def p4(self, name: str, *args: str) -> str:
+    def p4(self, name: str, *args: str, stdin: str | None = None) -> str:
         """Run p4sim as a person would in the workspace; returns stdout."""
         ws = self.workspaces[name]
         env = {**os.environ, **self.env, **ws.p4_env()}
-        done = subprocess.run(["p4", *args], cwd=ws.root, env=env, capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            ["p4", *args], cwd=ws.root, env=env, capture_output=True, text=True, timeout=30, input=stdin
+        )
         return done.stdout + done.stderr
 
     def executions(self, name: str) -> list[str]:

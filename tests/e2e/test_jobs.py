@@ -69,7 +69,9 @@ def test_conflict_waits_then_resolve_and_resume_finishes(jobs):
     view = jobs.wait_state(job_id)
     assert view.state == "DONE", view.reason
     assert view.submitted_change
-    assert [r.outcome for r in _checks(view)] == ["WAIT_RESOLVE", "NEXT"]
+    # Nothing left to resolve, then the resolved file is checked for conflict markers (p4 diff).
+    assert [r.outcome for r in _checks(view)] == ["WAIT_RESOLVE", "REPEAT", "NEXT"]
+    assert _checks(view)[-1].argv[1:3] == ["diff", "-du"]
 
 
 def test_already_integrated_is_nothing_to_do(jobs):
@@ -137,9 +139,11 @@ def test_automatic_recheck_continues_once_resolved(jobs):
     jobs.p4("ws1", "resolve", "-at")
     view = jobs.wait_state(job_id, timeout=60)
     assert view.state == "DONE", view.reason
-    # A later re-check found nothing left to resolve, and the job went on from there.
+    # A later re-check found nothing left to resolve and no conflict markers in the resolved
+    # file, and the job went on from there.
     outcomes = [r.outcome for r in _checks(view)]
-    assert len(outcomes) >= 2 and outcomes[-1] == "NEXT" and set(outcomes[:-1]) == {"WAIT_RESOLVE"}, outcomes
+    assert len(outcomes) >= 3 and outcomes[-2:] == ["REPEAT", "NEXT"], outcomes
+    assert set(outcomes[:-2]) == {"WAIT_RESOLVE"}, outcomes
     assert view.submitted_change
 
 

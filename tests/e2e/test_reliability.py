@@ -156,6 +156,7 @@ def _agent_killed_during_slow_sync(jobs):
 
 
 def test_agent_sigkilled_during_stage_is_lost_then_retried(jobs):
+    jobs.stack.tree["orchestrator"]["unknown_deadline_s"] = 3.0  # UNKNOWN, then given up on: LOST
     job_id, _run, pid = _agent_killed_during_slow_sync(jobs)
     with jobs.orch() as oc:
         wait_for(lambda: any(r.state == "LOST" for r in oc.job(job_id).timeline), 15, "the command to be LOST")

@@ -95,7 +95,12 @@ TOY = Pipeline(
     stages=(
         _stage("SYNC", RetryPolicy(max_attempts=3, backoff_s=10.0, factor=2.0), change=7),
         _stage("CHECK", RetryPolicy(), needs=("change",)),
-        _stage("SUBMIT", RetryPolicy(max_attempts=2, on_lost="fail"), needs=("change",), submitted_change=8),
+        _stage(
+            "SUBMIT",
+            RetryPolicy(max_attempts=2, on_lost="fail", unknown_deadline_s=30.0),
+            needs=("change",),
+            submitted_change=8,
+        ),
     ),
     resume_stage="CHECK",
     cleanup=_cleanup,
@@ -107,12 +112,10 @@ def _workspace(name: str) -> WorkspaceConf:
 
 
 class Rig:
-    def __init__(self, store: Store, workspaces: tuple[str, ...] = ("ws", "ws2"), recheck_interval_s: float = 0.0):
+    def __init__(self, store: Store, workspaces: tuple[str, ...] = ("ws", "ws2"), **conf: float):
         self.clock = ManualClock()
         self.store = store
-        conf = OrchestratorConf(
-            workspaces={name: _workspace(name) for name in workspaces}, recheck_interval_s=recheck_interval_s
-        )
+        conf = OrchestratorConf(workspaces={name: _workspace(name) for name in workspaces}, **conf)
         self.engine = Engine(store, conf, environ={}, pipelines={"toy": TOY}, clock=self.clock)
 
     def submit(self, workspace: str | None = "ws") -> tuple[str, Effects]:
@@ -236,7 +239,7 @@ def test_dispatch_reply_and_started_event_mark_the_command_and_pin_the_job(rig):
     assert (rig.cmd(cmd_id).state, rig.cmd(cmd_id).dispatched_at) == (CmdState.RUNNING, START + 4)
     assert rig.engine.on_started(cmd_id, "a1", START + 4) == Effects()  # a late STARTED changes nothing
     rig.clock.advance(1)
-    rig.engine.touch(cmd_id)
+    assert rig.engine.still_running(cmd_id) == Effects()  # heard from: nothing for people to see
     assert rig.cmd(cmd_id).last_contact == START + 5
 
 
@@ -353,40 +356,191 @@ def test_an_event_already_handled_is_ignored(rig):
     assert rig.job(job_id).stage == "SUBMIT"
 
 
-# ---------------------------------------------------------------------------- lost agents
+# ---------------------------------------------------------------------------- unreachable agents
 
 
-def test_a_lost_agent_means_a_retry_where_the_stage_allows_it(rig):
+def test_an_unreachable_agents_command_is_unknown_until_it_answers_and_its_result_is_used(rig):
     job_id, eff = rig.submit()
     other, other_eff = rig.submit("ws2")
-    rig.run(eff.dispatch[0], agent="a1")
+    cmd_id = eff.dispatch[0]
+    rig.run(cmd_id, agent="a1")
     rig.run(other_eff.dispatch[0], agent="a2")
-    eff = rig.engine.lost("a1")
-    assert eff.publish == [job_id] and eff.dispatch == []
-    assert rig.cmd(rig.store.job_commands(job_id)[0].cmd_id).state == CmdState.LOST
-    job = rig.job(job_id)
-    assert (job.state, job.attempt, job.reason) == (
-        JobState.RETRY_WAIT,
-        2,
-        "the agent was lost while the command ran",
-    )
-    assert rig.cmd(rig.open_cmd(job_id)).not_before == START + 10
+    rig.clock.advance(7)
+    eff = rig.engine.unreachable("a1", since=START + 2)
+    assert eff == Effects(publish=[job_id])  # nothing is dispatched: it may still be running
+    assert (rig.cmd(cmd_id).state, rig.cmd(cmd_id).unknown_since) == (CmdState.UNKNOWN, START + 2)
+    assert rig.job(job_id).state == JobState.UNKNOWN
     assert rig.cmd(rig.open_cmd(other)).state == CmdState.RUNNING  # on another agent: untouched
-    assert rig.engine.lost("a1") == Effects()  # nothing in flight there any more
+    view = rig.engine.view(job_id)
+    assert (view.state, [r.state for r in view.timeline]) == ("UNKNOWN", ["UNKNOWN"])
+    assert view.waiting_for == (
+        "agent a1, unreachable since 2026-03-14 23:59:02 UTC: SYNC may still be running there; its "
+        "result is awaited until 2026-03-15 00:09:02 UTC, then SYNC is given up on there"
+    )
+    assert rig.engine.views(include_finished=False, limit=10)[0].waiting_for == view.waiting_for
+    rig.clock.advance(590)  # just short of the default 600 s
+    assert rig.engine.unreachable("a1", since=START + 2) == Effects()
+    assert rig.cmd(cmd_id).state == CmdState.UNKNOWN
+    # Back: its spool says the command still runs.
+    assert rig.engine.still_running(cmd_id) == Effects(publish=[job_id])
+    assert (rig.cmd(cmd_id).state, rig.cmd(cmd_id).unknown_since) == (CmdState.RUNNING, 0)
+    assert rig.job(job_id).state == JobState.RUNNING and rig.engine.view(job_id).waiting_for == ""
+    # Gone again, and then its result comes from the spool: that result moves the job.
+    rig.engine.unreachable("a1", since=rig.clock.advance(5))
+    eff = rig.finish(cmd_id, "synced")
+    assert rig.cmd(cmd_id).state == CmdState.DONE and rig.job(job_id).state == JobState.RUNNING
+    assert [(c.stage, c.attempt) for c in rig.store.job_commands(job_id)] == [("SYNC", 1), ("CHECK", 1)]
+    assert eff.dispatch == [rig.open_cmd(job_id)]
 
 
-def test_a_lost_agent_fails_a_stage_that_must_not_run_twice(rig):
+def test_past_its_deadline_an_unknown_command_is_lost_and_retried_off_its_agent(rig):
+    job_id, eff = rig.submit()
+    cmd_id = eff.dispatch[0]
+    rig.run(cmd_id, agent="a1")
+    assert rig.job(job_id).agent == "a1"  # pinned where its first command ran
+    rig.clock.advance(599)
+    rig.engine.unreachable("a1", since=START)
+    assert rig.cmd(cmd_id).state == CmdState.UNKNOWN
+    rig.clock.advance(1)
+    eff = rig.engine.unreachable("a1", since=START)
+    assert eff.publish == [job_id] and eff.dispatch == []  # after the backoff
+    assert rig.cmd(cmd_id).state == CmdState.LOST
+    job = rig.job(job_id)
+    assert (job.state, job.attempt, job.reason) == (JobState.RETRY_WAIT, 2, "the agent was lost while the command ran")
+    assert job.vars["_effect_unknown"] == ["SYNC", 0]  # the stage's effect check (if any) goes first
+    retry = rig.cmd(rig.open_cmd(job_id))
+    assert retry.not_before == START + 600 + 10
+    # The orchestrator's pin is gone: the retry may run on any agent with the workspace.
+    assert (job.agent, rig.engine.route(retry)["agent"]) == (None, None)
+    assert rig.engine.unreachable("a1", since=START) == Effects()  # nothing in flight there any more
+    # The agent comes back after all and reports the old command: it is past, nothing changes.
+    assert rig.finish(cmd_id, "synced") == Effects()
+    assert rig.job(job_id).attempt == 2 and rig.cmd(cmd_id).state == CmdState.LOST
+
+
+def test_a_pin_that_was_asked_for_stays_when_the_agent_is_given_up_on(rig):
+    job_id, eff = rig.engine.submit(
+        P.Submit(
+            req_id="r", workspace="ws", source="//depot/dev/...", target="//depot/main/...", pipeline="toy", agent="a1"
+        )
+    )
+    rig.run(eff.dispatch[0], agent="a1")
+    rig.clock.advance(600)
+    rig.engine.unreachable("a1", since=START)
+    assert rig.job(job_id).agent == "a1"
+    assert rig.engine.route(rig.cmd(rig.open_cmd(job_id)))["agent"] == "a1"
+
+
+def test_a_stage_may_set_its_own_deadline_and_fail_rather_than_run_twice(tmp_path):
+    rig = Rig(Store(tmp_path / "jobs.db"), unknown_deadline_s=10_000.0)
     job_id, _ = rig.submit()
     waiting, _ = rig.submit()
     rig.step(job_id)
     rig.step(job_id)
     submit = rig.open_cmd(job_id)
     rig.run(submit)
-    eff = rig.engine.lost("a1")
+    rig.clock.advance(29)
+    rig.engine.unreachable("a1", since=START)
+    assert rig.job(job_id).state == JobState.UNKNOWN  # SUBMIT's own deadline is 30 s
+    rig.clock.advance(1)
+    eff = rig.engine.unreachable("a1", since=START)
     job = rig.job(job_id)
     assert job.state == JobState.FAILED and "may or may not have completed" in job.reason
     assert rig.cmd(submit).state == CmdState.LOST
     assert eff.dispatch == [rig.open_cmd(waiting)]  # the workspace is free for the next job
+
+
+def test_cancel_of_an_unknown_job_frees_its_workspace(rig):
+    job_id, eff = rig.submit()
+    waiting, _ = rig.submit()
+    rig.run(eff.dispatch[0], agent="a1")
+    rig.engine.unreachable("a1", since=START)
+    eff = rig.engine.cancel(job_id, revert=False)
+    assert eff.kill == [(rig.store.job_commands(job_id)[0].cmd_id, "a1")]
+    assert rig.job(job_id).state == JobState.CANCELLED and eff.dispatch == [rig.open_cmd(waiting)]
+
+
+# ---------------------------------------------------------------------------- refused dispatch
+
+
+def test_a_dispatch_refused_again_and_again_fails_its_stage_after_the_deadline(tmp_path):
+    rig = Rig(Store(tmp_path / "jobs.db"), dispatch_refused_deadline_s=60.0)
+    job_id, eff = rig.submit()
+    waiting, _ = rig.submit()
+    cmd_id = eff.dispatch[0]
+    why = "no live agent with workspace 'ws' (connected: none)"
+    assert rig.engine.on_dispatch_refused(cmd_id, why) == Effects()
+    cmd = rig.cmd(cmd_id)
+    assert (cmd.state, cmd.waiting_for, cmd.not_before, cmd.refused_since) == (CmdState.PENDING, why, START + 1, START)
+    assert rig.engine.view(job_id).waiting_for == why
+    rig.clock.advance(59)
+    assert rig.engine.on_dispatch_refused(cmd_id, why) == Effects()
+    assert rig.cmd(cmd_id).refused_since == START
+    rig.clock.advance(1)
+    eff = rig.engine.on_dispatch_refused(cmd_id, "every agent that fits is busy (tried a1)")
+    job = rig.job(job_id)
+    assert job.state == JobState.FAILED and rig.cmd(cmd_id).state == CmdState.DONE
+    assert job.reason == (
+        "the command could not be started: no agent took it for 60s (orchestrator.dispatch_refused_deadline_s): "
+        "every agent that fits is busy (tried a1)"
+    )
+    assert eff.dispatch == [rig.open_cmd(waiting)]
+
+
+def test_a_job_whose_agent_is_gone_between_commands_is_unpinned_then_fails_if_nothing_takes_it(tmp_path):
+    rig = Rig(Store(tmp_path / "jobs.db"), dispatch_refused_deadline_s=100.0, unknown_deadline_s=50.0)
+    job_id, _ = rig.submit()
+    rig.step(job_id)  # SYNC ran on a1, which pinned the job there
+    check = rig.open_cmd(job_id)
+    assert rig.engine.route(rig.cmd(check))["agent"] == "a1"
+    why = "agent 'a1' is not connected to this master (connected: a2)"
+    rig.engine.on_dispatch_refused(check, why)
+    rig.clock.advance(49)
+    rig.engine.on_dispatch_refused(check, why)
+    assert rig.job(job_id).agent == "a1"
+    rig.clock.advance(1)
+    assert rig.engine.on_dispatch_refused(check, why) == Effects()
+    # Gone for the stage's unknown deadline: any agent with the workspace may take it now.
+    assert (rig.job(job_id).agent, rig.engine.route(rig.cmd(check))["agent"]) == (None, None)
+    assert rig.cmd(check).refused_since == START + 50  # the refusal clock starts again
+    rig.clock.advance(99)
+    rig.engine.on_dispatch_refused(check, "no live agent with workspace 'ws' (connected: none)")
+    assert rig.job(job_id).state == JobState.RUNNING
+    rig.clock.advance(1)
+    rig.engine.on_dispatch_refused(check, "no live agent with workspace 'ws' (connected: none)")
+    assert rig.job(job_id).state == JobState.FAILED
+
+
+def test_a_pin_that_was_asked_for_is_refused_until_the_stage_fails(tmp_path):
+    rig = Rig(Store(tmp_path / "jobs.db"), dispatch_refused_deadline_s=100.0, unknown_deadline_s=50.0)
+    job_id, eff = rig.engine.submit(
+        P.Submit(
+            req_id="r", workspace="ws", source="//depot/dev/...", target="//depot/main/...", pipeline="toy", agent="a1"
+        )
+    )
+    cmd_id = eff.dispatch[0]
+    rig.engine.on_dispatch_refused(cmd_id, "agent 'a1' is not connected to this master")
+    rig.clock.advance(60)
+    rig.engine.on_dispatch_refused(cmd_id, "agent 'a1' is not connected to this master")
+    assert rig.job(job_id).agent == "a1" and rig.cmd(cmd_id).refused_since == START
+    rig.clock.advance(40)
+    rig.engine.on_dispatch_refused(cmd_id, "agent 'a1' is not connected to this master")
+    assert rig.job(job_id).state == JobState.FAILED and rig.job(job_id).agent == "a1"
+
+
+def test_nobody_answering_a_dispatch_is_not_a_refusal(tmp_path):
+    rig = Rig(Store(tmp_path / "jobs.db"), dispatch_refused_deadline_s=60.0)
+    job_id, eff = rig.submit()
+    cmd_id = eff.dispatch[0]
+    for _ in range(3):
+        rig.clock.advance(100)
+        assert rig.engine.on_dispatch_refused(cmd_id, "no master answered within 5s", refused=False) == Effects()
+    cmd = rig.cmd(cmd_id)
+    assert (cmd.state, cmd.refused_since, cmd.waiting_for) == (CmdState.PENDING, 0, "no master answered within 5s")
+    assert rig.job(job_id).state == JobState.RUNNING
+    # A refusal starts the clock only now.
+    rig.engine.on_dispatch_refused(cmd_id, "no live agent")
+    assert rig.cmd(cmd_id).refused_since == rig.clock()
 
 
 # ---------------------------------------------------------------------------- resolve and resume
@@ -400,7 +554,7 @@ def test_waiting_for_a_resolve_holds_the_workspace_until_resume_finishes(rig):
     assert eff.dispatch == [] and rig.store.open_commands(job_id) == []
     view = rig.engine.view(job_id)
     assert (view.state, view.stage, view.conflicts) == ("WAITING_RESOLVE", "CHECK", ["//depot/main/f.c"])
-    assert view.waiting_for == "a person to resolve the conflicts, then `p4bus resume`"
+    assert view.waiting_for == "a person to resolve the conflicts, then `p4bus resume` (1 file needs a resolve)"
     assert (view.reason, view.key_line) == ("", "must resolve")  # waiting is not a failure
     assert rig.job(waiting).state == JobState.QUEUED
     with pytest.raises(JobError, match="only FAILED or CANCELLED jobs can be retried; use resume"):

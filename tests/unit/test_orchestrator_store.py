@@ -33,6 +33,30 @@ def test_schema_migrates_once_and_refuses_a_newer_store(tmp_path):
         Store(path)
 
 
+def test_a_store_of_the_first_schema_keeps_its_jobs_and_commands(tmp_path):
+    path = tmp_path / "jobs.db"
+    con = sqlite3.connect(path)
+    con.executescript(MIGRATIONS[0] + "PRAGMA user_version=1;")
+    con.execute(
+        "INSERT INTO jobs(id, n, pipeline, workspace, agent, params, state, stage, vars, created_at, updated_at) "
+        "VALUES ('J1', 1, 'toy', 'ws', 'a1', ?, 'RUNNING', 'SYNC', '{}', 1, 1)",
+        (msgspec.json.encode(PARAMS),),
+    )
+    con.execute(
+        "INSERT INTO commands(cmd_id, job_id, kind, stage, step, attempt, spec, state, agent, created_at) "
+        "VALUES ('c1', 'J1', 'stage', 'SYNC', 0, 1, '{\"argv\": [\"p4\"]}', 'RUNNING', 'a1', 1)"
+    )
+    con.commit()
+    con.close()
+    store = Store(path)
+    job, cmd = store.job("J1"), store.command("c1")
+    assert job is not None and cmd is not None
+    # A pin from before is taken as asked for: it is never moved by the orchestrator.
+    assert (job.state, job.agent, job.agent_pinned) == (JobState.RUNNING, "a1", False)
+    assert (cmd.state, cmd.unknown_since, cmd.refused_since) == (CmdState.RUNNING, 0, 0)
+    assert store.in_flight_on("a1") == [cmd]
+
+
 def test_a_failed_step_leaves_nothing_behind(tmp_path):
     store = Store(tmp_path / "jobs.db")
     with pytest.raises(RuntimeError, match="mid-step"), store.tx():

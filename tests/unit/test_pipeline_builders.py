@@ -79,8 +79,9 @@ def test_stage_commands(stage, argv):
     assert build(stage).argv[1:] == argv
 
 
-def test_given_source_change_is_used_and_the_lookup_skipped():
-    assert build("GET_LATEST_CL", change=42, vars={}) is None
+def test_given_source_change_is_checked_not_looked_up():
+    assert build("GET_LATEST_CL", change=42, vars={}).argv[1:] == ["-ztag", "change", "-o", "42"]
+    assert build("GET_LATEST_CL", step=1, change=42, vars={}) is None
     assert build("INTEGRATE", change=42, vars={"change": 123}).argv[-2] == "//depot/main/...@42"
 
 
@@ -89,7 +90,7 @@ def test_change_spec_on_stdin_with_every_description_line_indented():
     assert spec.stdin.decode() == change_spec(ctx("CREATE_CHANGE", desc="Merge main\nStatus: submitted\n\nthird"))
     assert spec.stdin.decode() == (
         "Change:\tnew\n\nClient:\tbob-rel\n\nUser:\tbob\n\nStatus:\tnew\n\n"
-        "Description:\n\tMerge main\n\tStatus: submitted\n\t\n\tthird\n"
+        "Description:\n\tMerge main\n\tStatus: submitted\n\t\n\tthird\n\t\n\t(p4bus job INT-20261128-0007)\n"
     )
 
 
@@ -129,9 +130,10 @@ def test_branch_spec_commands():
     ]
 
 
-def test_branch_spec_with_given_change_still_reads_the_view_but_not_the_changes():
+def test_branch_spec_with_given_change_reads_the_view_then_checks_the_change():
     assert build("GET_LATEST_CL", vars={}, change=9, **BRANCH).argv[-1] == "main-to-rel"
-    assert build("GET_LATEST_CL", step=1, vars=VIEW, change=9, **BRANCH) is None
+    assert build("GET_LATEST_CL", step=1, vars=VIEW, change=9, **BRANCH).argv[1:] == ["-ztag", "change", "-o", "9"]
+    assert build("GET_LATEST_CL", step=2, vars=VIEW, change=9, **BRANCH) is None
 
 
 @pytest.mark.parametrize(

@@ -41,9 +41,10 @@ def test_start_skips_login_without_a_password():
     assert t.command.argv[1:] == ["-ztag", "changes", "-m1", "-s", "submitted", "//depot/main/..."]
 
 
-def test_start_with_a_source_change_skips_the_lookup_too():
+def test_start_with_a_source_change_checks_it_first():
     t = start(PIPELINE, ctx("", vars={}, change=42))
-    assert (t.stage, t.skipped) == ("SYNC", ("LOGIN", "GET_LATEST_CL"))
+    assert (t.stage, t.skipped) == ("GET_LATEST_CL", ("LOGIN",))
+    assert t.command.argv[1:] == ["-ztag", "change", "-o", "42"]
 
 
 def test_start_with_password_logs_in_first_and_keeps_the_secret_out_of_vars():
@@ -186,7 +187,7 @@ def test_retry_waits_with_backoff_and_the_same_command():
     second = step("SYNC", retry("cannot reach the server"), attempt=2)
     assert (first.state, first.stage, first.attempt, first.delay_s) == (S.RETRY_WAIT, "SYNC", 2, 10.0)
     assert (second.attempt, second.delay_s) == (3, 20.0)
-    assert first.command == start(PIPELINE, ctx("", change=42, vars={})).command  # SYNC's
+    assert first.command == transition(PIPELINE, ctx("GET_LATEST_CL", change=42, vars={}), next_()).command  # SYNC's
 
 
 def test_retry_keeps_the_sub_step():
