@@ -120,6 +120,7 @@ class Pump(threading.Thread):
         self._spool = spool
         self._chunk = max(1, conf.chunk_bytes)
         self._flush_s = conf.flush_ms / 1000.0
+        self._beacon_s = conf.beacon_s
         self._grace = conf.kill_grace_s
         self._capture = conf.capture_bytes
         self._sel = selectors.DefaultSelector()
@@ -174,7 +175,9 @@ class Pump(threading.Thread):
 
     # ------------------------------------------------------------------ thread
     def run(self) -> None:
-        self._events = Publisher(zmqutil.pub(self._ctx, self._broker, self._security), self._agent_id, self._epoch)
+        self._events = Publisher(
+            zmqutil.pub(self._ctx, self._broker, self._security), self._agent_id, self._epoch, self._beacon_s
+        )
         self._sel.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
         try:
             while not (self._stopping and not self._runs):

@@ -24,25 +24,43 @@ Splice algorithm (``history_then_live``), for any subscriber that wants "everyth
    event is yielded -- but only when the subscription covers the whole topic kind (``""``,
    ``"log."``...): seq counts per kind, so under a narrower prefix (``log.JOB.``) jumps are
    normal. Such subscribers check continuity themselves (log chunks carry byte offsets; a
-   missing range is fetched from the agent's spool).
+   missing range is fetched from the agent's spool). So does the first event of a publisher's
+   new epoch: the tail of its previous run may have been lost, and nothing else would show it.
+6. A lost *tail* leaves no hole until the publisher sends again, so such a subscription also
+   takes the publishers' beacons (``beacon.<source>``, every few seconds, live only): a beacon
+   whose last seq for a covered kind is above the highest one yielded triggers a catch-up
+   too. A kind a beacon names that was never seen from that run triggers one catch-up, after
+   which the beacon's seq is its starting point (the reader may have started after it).
+7. Whatever a catch-up could not fill -- the journal lacks it (pruned, or lost before it was
+   journalled), or the broker did not answer -- is handed to ``on_missing`` as a Gap
+   (publisher, source, kind, epoch, seq range) with the reason, and the stream goes on.
 
-Events come out once each and in broker order; only an event the live stream lost *after* its
-prefix was confirmed and that no later hole reveals can be missed (see 5).
+Events come out once each and in broker order. Under a prefix that covers whole kinds nothing
+is lost silently: every loss is repaired or reported within a beacon interval of the reader
+reading again. Only a publisher that dies takes the knowledge of its unsent tail with it (its
+restart is a new epoch, and 5 fetches whatever of the old one the journal has).
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import TypeVar
 
 import zmq
 
-from common import ids, protocol, roles, topics, zmqutil
+from common import ids, logs, protocol, roles, topics, zmqutil
 from common.auth import Security
+from common.sequence import Gap, GapDetector
+
+log = logs.get("broker.client")
 
 PAGE_LIMIT = 1000
 IDLE_MAX_S = 2.0
+# The spliced subscriber's queue (events). It repairs every loss from the journal, so it needs
+# no deep queue of its own, only enough to ride out short stalls without a catch-up: the common
+# 200,000 (limits.EVENT_HWM) would let a stalled `p4bus events` of 256 KiB log chunks hold 50 GB.
+SPLICE_RCVHWM = 10_000
 # A replay "after" no id can exceed (SQLite's largest integer): an empty page carrying head_id.
 _BEYOND_HEAD = (1 << 63) - 1
 
@@ -130,39 +148,59 @@ class ReplayClient:
         since_ts: float = 0.0,
         idle_s: float = 0.2,
         timeout_s: float = 10.0,
+        on_missing: OnMissing | None = None,
+        rcvhwm: int = SPLICE_RCVHWM,
     ) -> Generator[protocol.Delivered, None, None]:
         """Journal history, then live events, without gap or duplicate (module docstring), each
-        with its authenticated publisher.
+        with its authenticated publisher. A loss that cannot be repaired is handed to
+        ``on_missing`` (default: logged) and the stream goes on.
 
         Runs until the caller stops iterating (``close()`` the generator to release sockets).
         """
         splice = _Splice(
-            ReplayClient(ctx, replay_endpoint, security, timeout_s), normalize_prefixes(prefixes), since_ts
+            ReplayClient(ctx, replay_endpoint, security, timeout_s),
+            normalize_prefixes(prefixes),
+            since_ts,
+            on_missing or _log_missing,
         )
-        sub = zmqutil.sub(ctx, xpub_endpoint, security, splice.prefixes)
+        sub = zmqutil.sub(ctx, xpub_endpoint, security, splice.subscriptions(), rcvhwm)
         try:
-            yield from splice.catch_up()
+            yield from splice.catch_up()  # a broker that does not answer here is the caller's error
             wait_s = idle_s
             while True:
                 if not sub.poll(int(wait_s * 1000)):
                     if splice.unconfirmed:
-                        yield from splice.catch_up()
+                        yield from splice.repair()
                         wait_s = min(wait_s * 2, IDLE_MAX_S)
                     continue
                 try:
                     got = protocol.decode_delivered(sub.recv_multipart())
                 except protocol.ProtocolError:
                     continue  # the broker drops malformed events; nothing else can send here
-                if splice.needs_catch_up(got):
-                    yield from splice.catch_up()
-                if splice.admit(got):
-                    yield got
+                yield from splice.live(got)
         finally:
             sub.close()
             splice.client.close()
 
 
 history_then_live = ReplayClient.history_then_live
+
+# Why a range of events is missing, as handed to ``on_missing``.
+JOURNAL_LACKS = "not in the broker's journal (pruned by retention, or lost before the broker journalled it)"
+OnMissing = Callable[[Gap, str], None]
+
+
+def _log_missing(gap: Gap, why: str) -> None:
+    log.warning(
+        "events.missing",
+        publisher=gap.publisher,
+        source=gap.source,
+        kind=gap.kind,
+        epoch=gap.epoch,
+        first=gap.first_missing,
+        last=gap.last_missing,
+        why=why,
+    )
 
 
 def normalize_prefixes(prefixes: Iterable[str]) -> list[str]:
@@ -174,31 +212,120 @@ def normalize_prefixes(prefixes: Iterable[str]) -> list[str]:
     return out
 
 
-class _Splice:
-    """State of one history_then_live: per-prefix journal cursors and the dedup high-water marks."""
+_BEACONS = topics.BEACON + "."
 
-    def __init__(self, client: ReplayClient, prefixes: list[str], since_ts: float) -> None:
+
+class _Splice:
+    """State of one history_then_live: per-prefix journal cursors, and what was yielded per
+    (publisher, source, kind, epoch) -- the dedup high-water marks and the holes."""
+
+    def __init__(self, client: ReplayClient, prefixes: list[str], since_ts: float, on_missing: OnMissing) -> None:
         self.client = client
         self.prefixes = prefixes
         self.since_ts = since_ts
+        self.on_missing = on_missing
         self.cursor = dict.fromkeys(prefixes, 0)
         self.unconfirmed = set(prefixes)  # no live event seen yet: subscription maybe not active
-        self.last_seq: dict[tuple[str, str, str, str], int] = {}
+        self.gaps = GapDetector()
+        # Beacons are printed only to a reader who names them; "" wants history, not bookkeeping.
+        self.show_beacons = any(p and (_BEACONS.startswith(p) or p.startswith(_BEACONS)) for p in prefixes)
+        # Why the last repair failed ("" when it did not): the reason given for what it left missing.
+        self.unreachable = ""
+
+    def subscriptions(self) -> list[str]:
+        """The prefixes, and the beacons when a prefix covers a whole kind (they show its lost tails)."""
+        wants = any("." not in p[:-1] for p in self.prefixes)  # "", "log.", "lo": a whole kind
+        if wants and not any(_BEACONS.startswith(p) for p in self.prefixes):
+            return [*self.prefixes, _BEACONS]
+        return list(self.prefixes)
+
+    def covers(self, kind: str) -> bool:
+        """True if every event of ``kind`` comes through one prefix, so its seq has no holes
+        (under a narrower prefix such as ``log.JOB.`` jumps are normal). Beacons never count:
+        they are not journalled, so a lost one is neither repairable nor news."""
+        return kind != topics.BEACON and any((kind + ".").startswith(p) for p in self.prefixes)
 
     def catch_up(self) -> Iterator[protocol.Delivered]:
         """Yield new journalled events after the cursors, all prefixes merged in journal order.
 
         Every prefix is read up to one horizon, the journal head when the catch-up starts; else
         a prefix read later could yield an event newer than ones another prefix still lacks.
+        If the broker fails midway, the cursors go back to where they were (events yielded
+        meanwhile come again and are dropped as duplicates): a page read ahead by the merge but
+        not yet yielded must not be skipped.
         """
-        horizon = self.client.page(self.prefixes[0], after=_BEYOND_HEAD).head_id
-        for _id, topic, body, publisher in heapq.merge(*(self._stream(p, horizon) for p in self.prefixes)):
-            try:
-                got = protocol.decode_delivered([topic.encode(), body, publisher.encode()])
-            except protocol.ProtocolError:
-                continue  # only well-formed events are journalled; be lenient anyway
-            if self.admit(got):
-                yield got
+        before = dict(self.cursor)
+        try:
+            horizon = self.client.page(self.prefixes[0], after=_BEYOND_HEAD).head_id
+            for _id, topic, body, publisher in heapq.merge(*(self._stream(p, horizon) for p in self.prefixes)):
+                try:
+                    got = protocol.decode_delivered([topic.encode(), body, publisher.encode()])
+                except protocol.ProtocolError:
+                    continue  # only well-formed events are journalled; be lenient anyway
+                if self.admit(got):
+                    yield got
+        except (ReplayError, ReplayTimeout):
+            self.cursor = before
+            raise
+
+    def repair(self) -> Iterator[protocol.Delivered]:
+        """A catch-up after the start: if the broker cannot be asked, remember why (what stays
+        missing is reported with that reason) and carry on with the live stream."""
+        self.unreachable = ""
+        try:
+            yield from self.catch_up()
+        except (ReplayError, ReplayTimeout) as exc:
+            self.unreachable = f"the broker's journal could not be asked ({exc})"
+
+    def live(self, got: protocol.Delivered) -> Iterator[protocol.Delivered]:
+        """One live event: repair first whatever it shows was missed, then yield it if new."""
+        ev = got.event
+        confirming = self._confirm(ev.topic)
+        if isinstance(ev, protocol.Beacon):
+            yield from self._beacon(got, confirming)
+            return
+        if confirming or self._shows_loss(got):
+            yield from self.repair()
+        if self.admit(got):
+            yield got
+
+    def _confirm(self, topic: str) -> bool:
+        """The first live event of an unconfirmed prefix: its subscription is active now."""
+        for p in self.unconfirmed:
+            if topic.startswith(p):
+                self.unconfirmed.discard(p)
+                return True
+        return False
+
+    def _shows_loss(self, got: protocol.Delivered) -> bool:
+        """A hole before this event, or the first event of a publisher's new run (its previous
+        run's tail may have been lost, and no later event of that run will ever show it)."""
+        ev, publisher = got
+        kind = topics.kind(ev.topic)
+        if not self.covers(kind):
+            return False
+        if self.gaps.peek(ev.source, ev.topic, ev.epoch, ev.seq, publisher) is not None:
+            return True
+        runs = self.gaps.seen.get((publisher, ev.source, kind), {})
+        return bool(runs) and ev.epoch not in runs
+
+    def _beacon(self, got: protocol.Delivered, confirming: bool) -> Iterator[protocol.Delivered]:
+        """A publisher's last seq per kind: a tail we lack is repaired from the journal; what the
+        journal lacks too is reported. A kind never seen from this run is taken as the starting
+        point once the journal has been asked (the reader may have started after it)."""
+        beacon, publisher = got
+        assert isinstance(beacon, protocol.Beacon)
+        last = {kind: seq for kind, seq in beacon.last.items() if self.covers(kind)}
+        gaps, unseen = self.gaps.behind(publisher, beacon.source, beacon.epoch, last)
+        if gaps or unseen or confirming:
+            yield from self.repair()
+            gaps, unseen = self.gaps.behind(publisher, beacon.source, beacon.epoch, last)
+        for gap in gaps:
+            self.on_missing(gap, self.unreachable or JOURNAL_LACKS)
+        for kind, seq in last.items():
+            self.gaps.skip_to(publisher, beacon.source, kind, beacon.epoch, seq)
+        if self.show_beacons:
+            yield got
 
     def _stream(self, prefix: str, horizon: int) -> Iterator[tuple[int, str, bytes, str]]:
         while self.cursor[prefix] < horizon:
@@ -216,23 +343,11 @@ class _Splice:
             if not page.more:
                 return
 
-    def needs_catch_up(self, got: protocol.Delivered) -> bool:
-        ev = got.event
-        prefix = next(p for p in self.prefixes if ev.topic.startswith(p))
-        if prefix in self.unconfirmed:
-            self.unconfirmed.discard(prefix)
-            return True
-        kind = topics.kind(ev.topic)
-        if not any((kind + ".").startswith(p) for p in self.prefixes):
-            return False  # a narrower subscription: seq jumps are expected
-        last = self.last_seq.get((got.publisher, ev.source, kind, ev.epoch))
-        return ev.seq > (last + 1 if last is not None else 1)
-
     def admit(self, got: protocol.Delivered) -> bool:
-        """True (and remembered) if the event was not yielded before."""
-        ev = got.event
-        key = (got.publisher, ev.source, topics.kind(ev.topic), ev.epoch)
-        if ev.seq <= self.last_seq.get(key, 0):
-            return False
-        self.last_seq[key] = ev.seq
-        return True
+        """True (and remembered) if the event was not yielded before. A hole it leaves behind
+        under a prefix that covers its kind was repaired as far as it could be: report the rest."""
+        ev, publisher = got
+        is_new, gap, _restarted = self.gaps.observe(ev.source, ev.topic, ev.epoch, ev.seq, publisher)
+        if gap is not None and self.covers(gap.kind):
+            self.on_missing(gap, self.unreachable or JOURNAL_LACKS)
+        return is_new

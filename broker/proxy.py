@@ -10,6 +10,13 @@ being the key name ZAP authenticated the sending connection by (the frame's User
 which the body cannot forge. A publisher that sends three frames itself is dropped like any
 malformed event, so it cannot name a publisher of its choosing. On an insecure bus (no CURVE,
 so no User-Id) the publisher is "".
+
+Beacons (a publisher's last seq per kind, every few seconds) are forwarded but not journalled:
+they describe the live stream, not its history. A replay already returns every journalled event
+of a publisher, so a journalled beacon would tell a replaying reader nothing, while one per
+publisher every two seconds would soon outnumber the real events and push them out of a journal
+bounded by size. They are counted apart (``beacons``), so ``events_in``, the replay barrier's
+count, stays the number of events the journal will hold.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import zmq
 
 from broker.journal_schema import Row
 from broker.journal_writer import JournalWriter
-from common import limits, logs, protocol, roles, zmqutil
+from common import limits, logs, protocol, roles, topics, zmqutil
 from common.auth import Security
 
 log = logs.get("broker.proxy")
@@ -33,9 +40,11 @@ log = logs.get("broker.proxy")
 DRAIN_MAX = 2000
 POLL_MS = 100
 _NOBLOCK = int(zmq.NOBLOCK)
+_BEACON_PREFIX = topics.BEACON + "."
 _SNDMORE = int(zmq.SNDMORE)
 
 EVENT_TAGS = frozenset(cls.__struct_config__.tag for cls in get_args(protocol.Event))
+BEACON_TAG = protocol.Beacon.__struct_config__.tag
 
 
 class EventHead(msgspec.Struct):
@@ -60,6 +69,7 @@ class ProxyCounters:
     events_out: int = 0  # handed to XPUB
     bad_frames: int = 0  # malformed events and subscription frames, dropped
     unauthenticated: int = 0  # events without a User-Id on a CURVE socket (should stay 0), dropped
+    beacons: int = 0  # beacons forwarded (live only: neither journalled nor in events_in/out)
 
 
 class Proxy:
@@ -138,10 +148,15 @@ class Proxy:
             if row is None:
                 c.bad_frames += 1
                 continue
-            c.events_in += 1
+            beacon = row.topic.startswith(_BEACON_PREFIX)  # _validate: exactly the beacons
+            if not beacon:
+                c.events_in += 1
             send(frames[0], _SNDMORE, copy=False)
             send(frames[1], _SNDMORE, copy=False)
             send(self._publisher_frame(publisher), 0)
+            if beacon:
+                c.beacons += 1
+                continue
             c.events_out += 1
             rows.append(row)
             size += len(row.body)
@@ -178,4 +193,6 @@ class Proxy:
             return None
         if head.t not in EVENT_TAGS or head.topic != topic:
             return None
+        if (head.t == BEACON_TAG) != topic.startswith(_BEACON_PREFIX):
+            return None  # a beacon only on a beacon topic, and nothing else there (never journalled)
         return Row(now, topic, head.source, head.epoch, head.seq, body, publisher)

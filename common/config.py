@@ -25,6 +25,10 @@ CONFIG_ENV = "P4BUS_CONFIG"
 # The CLI's key pair (a .key_secret file); not a setting, so not read by env_overrides.
 KEY_ENV = "P4BUS_KEY"
 DEFAULT_PORT_BASE = 9090
+# Every publisher's beacon interval (common/publisher.py): how soon a subscriber that lost the
+# tail of a publisher's events learns it. 0 turns beacons off.
+DEFAULT_BEACON_S = 2.0
+BeaconSeconds = Annotated[float, msgspec.Meta(ge=0)]
 
 # Offsets from port_base; every endpoint can also be set on its own.
 PORT_OFFSETS = {
@@ -68,6 +72,7 @@ class MasterConf(msgspec.Struct, forbid_unknown_fields=True):
     heartbeat_s: float = 1.0
     # Clients waiting for an agent's reply give up after this long.
     request_timeout_s: float = 10.0
+    beacon_s: BeaconSeconds = DEFAULT_BEACON_S
 
 
 class AgentWorkspace(msgspec.Struct, forbid_unknown_fields=True):
@@ -99,6 +104,7 @@ class AgentConf(msgspec.Struct, forbid_unknown_fields=True):
     spool_dir: str = ""  # default: <state_dir>/spool/<agent id>
     spool_max_age_s: float = 7 * 24 * 3600
     heartbeat_s: float = 1.0
+    beacon_s: BeaconSeconds = DEFAULT_BEACON_S
     kill_grace_s: float = 5.0
     # Bounded so that every event the agent publishes fits the broker's event size limit.
     capture_bytes: Annotated[int, msgspec.Meta(ge=2, le=MAX_CAPTURE_BYTES)] = 64 * 1024
@@ -181,6 +187,7 @@ class OrchestratorConf(msgspec.Struct, forbid_unknown_fields=True):
     # A command every reply refuses (no agent fits, busy, a spool that fails) for this long
     # fails its stage with the last refusal's reason. Nobody answering at all does not count.
     dispatch_refused_deadline_s: float = 600.0
+    beacon_s: BeaconSeconds = DEFAULT_BEACON_S
     site: dict[str, Any] = {}  # pre_submit, blocklist, name_check, push, retry
     # Finished jobs (DONE, NOTHING_TO_DO, FAILED, CANCELLED) unchanged for this long are removed
     # from the store; their events stay in the broker's journal. 0 keeps them forever.

@@ -303,6 +303,15 @@ class JobChanged(EventBase, tag="job"):
     detail: dict[str, Any] = {}
 
 
+class Beacon(EventBase, tag="beacon"):
+    """Every few seconds, on ``beacon.<source>``: the last ``seq`` this publisher stamped per
+    kind in this epoch, so a subscriber that lost the tail of a kind (and would otherwise wait
+    for a later event to show the hole) learns it. Live only: the broker does not journal it.
+    Its own ``seq`` counts beacons (kind ``beacon``) and is never listed in ``last``."""
+
+    last: dict[str, int] = {}
+
+
 # --------------------------------------------------------------------------- orchestrator API
 
 
@@ -553,7 +562,7 @@ OrchestratorRequest = (
     Submit | GetJob | ListJobs | Resume | Cancel | RetryJob | CleanupJob | Approve | Ping | Stats | TemplateRequest
 )
 ReplayRequest = Replay | Stats | Ping
-Event = LogChunk | CmdStarted | CmdDone | AgentUp | AgentLost | AgentGone | JobChanged
+Event = LogChunk | CmdStarted | CmdDone | AgentUp | AgentLost | AgentGone | JobChanged | Beacon
 
 
 def _declared_reply(cls: type[Request[Any]]) -> type[Base]:

@@ -1,5 +1,6 @@
 """Event topics. Prefix-filterable: ``log.<job>.<cmd>``, ``cmd.<job>.<cmd>``, ``job.<job>``,
-``agent.<agent>``. A command run outside a job (``p4bus run``) uses the job id ``-``."""
+``agent.<agent>``, ``beacon.<source>``. A command run outside a job (``p4bus run``) uses the
+job id ``-``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ LOG = "log"
 CMD = "cmd"
 JOB = "job"
 AGENT = "agent"
+BEACON = "beacon"
 NO_JOB = "-"
 
 
@@ -24,6 +26,10 @@ def job(job_id: str) -> str:
 
 def agent(agent_id: str) -> str:
     return f"{AGENT}.{agent_id}"
+
+
+def beacon(source: str) -> str:
+    return f"{BEACON}.{source}"
 
 
 def kind(topic: str) -> str:

@@ -121,9 +121,16 @@ def pub(ctx: zmq.Context, connect: str, security: Security | None) -> zmq.Socket
 
 
 def sub(
-    ctx: zmq.Context, connect: str, security: Security | None, prefixes: list[str] | tuple[str, ...] = ("",)
+    ctx: zmq.Context,
+    connect: str,
+    security: Security | None,
+    prefixes: list[str] | tuple[str, ...] = ("",),
+    rcvhwm: int = limits.EVENT_HWM,
 ) -> zmq.Socket:
+    """``rcvhwm``: events queued while the application is busy; past it the broker drops this
+    subscriber's events (set here, before connecting: a connection takes the value it had then)."""
     sock = _common(ctx.socket(zmq.SUB))
+    sock.setsockopt(zmq.RCVHWM, rcvhwm)
     for p in prefixes:
         sock.setsockopt(zmq.SUBSCRIBE, p.encode())
     return _connect(sock, connect, security, roles.BROKER)

@@ -66,7 +66,10 @@ class Master:
         self.clients_guard = auth.Guard(self.security, roles.MASTER_CLIENTS)
         # Events are notifications; the registry (ask LIST_AGENTS) is the truth.
         self.events = Publisher(
-            zmqutil.pub(self.ctx, cfg.endpoint("broker_xsub"), self.security), self.id, ids.new_epoch()
+            zmqutil.pub(self.ctx, cfg.endpoint("broker_xsub"), self.security),
+            self.id,
+            ids.new_epoch(),
+            cfg.master.beacon_s,
         )
         self._last_hb_sent = 0.0
         self._refused_hellos: set[tuple[str, str]] = set()  # (key, claimed id) already logged
@@ -94,8 +97,9 @@ class Master:
         self.close()
 
     def close(self) -> None:
-        for s in (self.agents_sock, self.clients_sock, self.events.sock):
+        for s in (self.agents_sock, self.clients_sock):
             s.close(linger=zmqutil.LINGER_MS)
+        self.events.close(linger=zmqutil.LINGER_MS)  # stops its beacon thread before the socket closes
 
     def _tick(self, now: float) -> None:
         if now - self._last_hb_sent >= self.hb:

@@ -54,7 +54,12 @@ class Orchestrator:
         self.scheduler = Scheduler(self.store, self.engine, ChangePoller(cfg.client_masters(), security, self.ctx))
         self.sub = zmqutil.sub(self.ctx, cfg.endpoint("broker_xpub"), security, [topics.CMD + ".", topics.AGENT + "."])
         self.id = f"orchestrator-{ids.host_id()}"
-        self.events = Publisher(zmqutil.pub(self.ctx, cfg.endpoint("broker_xsub"), security), self.id, ids.new_epoch())
+        self.events = Publisher(
+            zmqutil.pub(self.ctx, cfg.endpoint("broker_xsub"), security),
+            self.id,
+            ids.new_epoch(),
+            cfg.orchestrator.beacon_s,
+        )
         self.gaps = GapDetector()
         self.early = EarlyEvents()
         self._insecure_logged = False
@@ -103,8 +108,9 @@ class Orchestrator:
                     self.on_dispatch_replies(self.dispatcher.drain(s))
             self.on_dispatch_replies(self.dispatcher.expire())
             self.tick(self.clock())
-        for s in (self.api, self.sub, self.events.sock):
+        for s in (self.api, self.sub):
             s.close(linger=zmqutil.LINGER_MS)
+        self.events.close(linger=zmqutil.LINGER_MS)  # stops its beacon thread before the socket closes
         self.dispatcher.close()
         self.masters.close()
         self.scheduler.close()

@@ -14,9 +14,10 @@ import pytest
 import zmq
 
 from broker import segments
-from broker.client import ReplayClient, ReplayError
+from broker.client import JOURNAL_LACKS, ReplayClient, ReplayError
 from common import ids, roles, topics, zmqutil
 from common import protocol as P
+from common.publisher import Publisher
 from common.sequence import Stamper
 from tests.conftest import wait_for
 
@@ -150,7 +151,12 @@ def test_malformed_events_counted_and_dropped(bus: Bus) -> None:
     good = bus.event("log.J.c", b"ok")
     mismatched = [b"log.J.OTHER", P.encode(good)]
     not_an_event = [b"job.X", P.encode(P.Ping(req_id="r"))]
-    bad = MALFORMED + [mismatched, not_an_event]
+    # Beacons only on beacon topics and nothing else there: the broker forwards beacons without
+    # journalling them, so neither may pass for the other.
+    stamp = bus.stamper.stamp("job.X")
+    beacon_off_topic = P.encode_event(P.Beacon(**stamp, last={"job": 1}))
+    job_on_beacon_topic = P.encode_event(P.JobChanged(**stamp | {"topic": "beacon.x"}, job_id="J", state="X"))
+    bad = MALFORMED + [mismatched, not_an_event, beacon_off_topic, job_on_beacon_topic]
     before = bus.stats()["bad_frames"]
     for frames in bad:
         bus.pub.send_multipart(frames)
@@ -439,3 +445,170 @@ def test_history_then_live_quiet_topic(bus: Bus) -> None:
         assert P.encode(next(stream).event) == live[1]
     finally:
         stream.close()
+
+
+# --------------------------------------------------------------------------- lost tails, beacons
+
+
+class Reader:
+    """Drains a history_then_live generator in a thread, or stops pulling from it (``pause``),
+    so its SUB queue fills as a slow reader's does. What it could not repair is in ``missing``."""
+
+    def __init__(self, bus: Bus, prefixes: list[str], rcvhwm: int = 50, timeout_s: float = 10.0) -> None:
+        self.got: list[P.Delivered] = []
+        self.missing: list[tuple[tuple[int, int], str]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.stopping = False
+        self.probe = prefixes[0] + "probe"  # a topic it subscribes to
+        self.stream = ReplayClient.history_then_live(
+            bus.ctx,
+            bus.stack.endpoint("broker_xpub"),
+            bus.stack.endpoint("broker_replay"),
+            bus.stack.security(),
+            prefixes,
+            timeout_s=timeout_s,
+            on_missing=lambda gap, why: self.missing.append(((gap.first_missing, gap.last_missing), why)),
+            rcvhwm=rcvhwm,
+        )
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            for got in self.stream:
+                self.got.append(got)
+                self.gate.wait()
+                if self.stopping:
+                    return
+        finally:
+            self.stream.close()
+
+    def stop(self, bus: Bus) -> None:
+        """Stop at the next event (a probe, if nothing else comes); the thread closes the stream."""
+        self.stopping = True
+        self.gate.set()
+        wait_for(lambda: bus.publish(self.probe) and not self.thread.is_alive(), what="the reader to stop")
+
+    def seqs(self, source: str, kind: str) -> list[int]:
+        return [ev.seq for ev, _p in list(self.got) if ev.source == source and topics.kind(ev.topic) == kind]
+
+    def seqs_of(self, source_prefix: str) -> list[int]:
+        return [ev.seq for ev, _p in list(self.got) if ev.source.startswith(source_prefix)]
+
+    def pause(self) -> None:
+        self.gate.clear()
+
+    def resume(self) -> None:
+        self.gate.set()
+
+
+def _probe(pub: Publisher) -> P.JobChanged:
+    return pub.publish(P.JobChanged, "job.probe", job_id="probe", state="x")
+
+
+def _live(bus: Bus, reader: Reader) -> None:
+    """Until a probe comes through the reader: its subscription is active."""
+    wait_for(lambda: bus.publish(reader.probe) and any(ev.topic == reader.probe for ev, _p in list(reader.got)))
+
+
+def _agent_publisher(bus: Bus, name: str, beacon_s: float) -> Publisher:
+    sock = zmqutil.pub(bus.ctx, bus.stack.endpoint("broker_xsub"), bus.stack.security(name, roles.AGENT))
+    return Publisher(sock, name, ids.new_epoch(), beacon_s=beacon_s)
+
+
+def test_a_lost_tail_shows_no_hole_until_the_publishers_beacon_repairs_it(bus: Bus) -> None:
+    """The reader stalls through 32 MB of events paced below the broker's own speed, so the
+    broker drops none of them until its queue for the reader (behind the reader's queue and TCP's
+    buffers) is full, and then drops every one: a pure tail loss. The publisher then falls
+    silent. Nothing shows the loss -- a fence from other publishers gets through after the
+    reader drained what it had, and nothing was replayed -- until the publisher's beacon, which
+    brings the whole tail back from the journal."""
+    reader = Reader(bus, [""])
+    pub = _agent_publisher(bus, "agent-t", beacon_s=0)  # its beacon is sent below, when the test says
+    try:
+        _live(bus, reader)
+        wait_for(lambda: bool(_probe(pub) and reader.seqs("agent-t", "job")), what="the publisher connected")
+        reader.pause()
+        total, chunk = 2000, os.urandom(16 * 1024)
+        for i in range(total):
+            offset = i * len(chunk)
+            pub.publish(P.LogChunk, "log.J.c", job_id="J", cmd_id="c", stream=P.STDOUT, offset=offset, data=chunk)
+            time.sleep(0.0005)  # load shaping, not a wait: a burst faster than the broker also drops mid-stream
+        wait_for(lambda: all_journalled(bus), 30, "the burst journalled")
+        requests = bus.stats()["replay_requests"]
+        reader.resume()
+        fences = iter(range(1_000_000))
+        wait_for(lambda: _fence(bus, next(fences)) and reader.seqs_of("fence-"), what="a fence through the reader")
+        before = reader.seqs("agent-t", "log")
+        assert before == list(range(1, len(before) + 1)) and len(before) < total, "no tail lost: nothing proved"
+        assert bus.stats()["replay_requests"] == requests, "a hole showed: the loss was not a pure tail"
+        pub.beacon()
+        wait_for(lambda: len(reader.seqs("agent-t", "log")) == total, 30, "the tail, after the beacon")
+        assert reader.seqs("agent-t", "log") == list(range(1, total + 1))
+        assert reader.missing == []
+    finally:
+        pub.close(linger=0)
+        reader.stop(bus)
+
+
+def _fence(bus: Bus, n: int) -> bool:
+    """An event of a new source each time: dropped or not, it never shows a hole or a new run."""
+    stamp = Stamper(f"fence-{n}", ids.new_epoch()).stamp("job.fence")
+    bus.pub.send_multipart(P.encode_event(P.JobChanged(**stamp, job_id="F", state="fence")))
+    return True
+
+
+def _stamped(bus: Bus, stamper: Stamper, seqs: range) -> None:
+    """Publish job events of ``stamper`` with exactly these seqs (those skipped never reach the
+    broker, as when a publisher's own queue overflowed)."""
+    for seq in seqs:
+        st = stamper.stamp("job.G") | {"seq": seq}
+        bus.pub.send_multipart(P.encode_event(P.JobChanged(**st, job_id="G", state=str(seq))))
+
+
+def test_what_the_journal_lacks_too_is_reported_after_a_hole_and_after_a_beacon(bus: Bus) -> None:
+    reader = Reader(bus, ["job.", "agent."])
+    try:
+        _live(bus, reader)
+        stamper = Stamper("gappy", ids.new_epoch())
+        _stamped(bus, stamper, range(1, 4))
+        _stamped(bus, stamper, range(7, 9))  # 4-6 never sent: a hole the next event shows
+        wait_for(lambda: reader.seqs("gappy", "job") == [1, 2, 3, 7, 8], what="the events around the hole")
+        assert reader.missing == [((4, 6), JOURNAL_LACKS)]
+        # 9-10 never sent, then silence: only the beacon says so.
+        beacon = P.Beacon(**stamper.stamp("beacon.gappy"), last={"job": 10, "log": 5})
+        bus.pub.send_multipart(P.encode_event(beacon))
+        wait_for(lambda: len(reader.missing) == 2, what="the lost tail reported")
+        # "log" is not subscribed: the beacon's word on it is none of this reader's business.
+        assert reader.missing[1] == ((9, 10), JOURNAL_LACKS)
+        assert bus.journal("beacon.") == [], "beacons are never journalled"
+        _stamped(bus, stamper, range(11, 12))
+        wait_for(lambda: reader.seqs("gappy", "job")[-1:] == [11], what="the next event")
+        assert len(reader.missing) == 2  # nothing reported twice
+    finally:
+        reader.stop(bus)
+
+
+def test_a_hole_the_broker_cannot_fill_now_is_reported_with_that_reason(bus: Bus) -> None:
+    """The reader finds a hole while the broker is frozen (SIGSTOP): its replay does not answer,
+    so the hole is reported as such and the reader goes on with the live stream."""
+    reader = Reader(bus, ["job."], timeout_s=1.0)
+    try:
+        _live(bus, reader)
+        stamper = Stamper("frozen", ids.new_epoch())
+        reader.pause()
+        forwarded = bus.stats()["events_out"]
+        _stamped(bus, stamper, range(1, 3))
+        _stamped(bus, stamper, range(5, 6))
+        wait_for(lambda: bus.stats()["events_out"] >= forwarded + 3, what="the events forwarded")
+        bus.proc.send_signal(signal.SIGSTOP)
+        try:
+            reader.resume()
+            wait_for(lambda: reader.seqs("frozen", "job") == [1, 2, 5], 15, "the event after the hole")
+        finally:
+            bus.proc.send_signal(signal.SIGCONT)
+        ((gap, why),) = reader.missing
+        assert gap == (3, 4) and why.startswith("the broker's journal could not be asked")
+    finally:
+        reader.stop(bus)

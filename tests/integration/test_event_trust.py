@@ -67,8 +67,9 @@ class Orch:
         self.agents = {name: Stamper(name, f"epoch-{name}") for name in ("agent-1", "agent-2")}
 
     def close(self) -> None:
-        for s in (self.o.api, self.o.sub, self.o.events.sock):
+        for s in (self.o.api, self.o.sub):
             s.close(linger=0)
+        self.o.events.close(linger=0)
         self.o.dispatcher.close()
         self.o.masters.close()
         self.o.store.close()

@@ -143,7 +143,7 @@ def test_the_flood_never_aborts_a_service(services, service, endpoint, kind, ser
 
 # --------------------------------------------------------------------------- a stalled reader
 
-STALLED_EVENTS = 400_000  # 2x a subscriber's queue (limits.EVENT_HWM): it fills and stops
+STALLED_EVENTS = 400_000  # 40x `p4bus events`' queue (broker.client.SPLICE_RCVHWM): it fills and stops
 # p4bus used to set ZMTP heartbeats every 2 s with a 6 s timeout. A stalled subscriber's
 # connection timed out, was replaced, and the replacement (which had received nothing, so had
 # not stopped its input) aborted at the first read: a stall that outlasts two such rounds.
@@ -224,7 +224,7 @@ def test_a_stalled_subscriber_aborts_only_with_zmtp_heartbeats(mode, aborts):
 
 def test_a_stalled_events_reader_survives_and_loses_nothing(stack):
     """`p4bus events | less` with less not reading: the reader's output pipe is full, its SUB
-    queue fills (400,000 events, twice its queue) and stays full for longer than two rounds of
+    queue fills (400,000 events, 40 times its queue) and stays full for longer than two rounds of
     the old ZMTP heartbeat. It must neither abort (the test above shows how a SUB with ZMTP
     heartbeats does) nor lose anything: events the broker dropped for it while it was full come
     back from the journal when it reads again."""

@@ -123,3 +123,11 @@ def test_agent_output_sizes_that_would_not_fit_an_event_are_refused_naming_the_s
     for setting, value in (("chunk_bytes", MAX_CHUNK_BYTES + 1), ("capture_bytes", MAX_CAPTURE_BYTES + 1)):
         with pytest.raises(C.ConfigError, match=rf"\$\.agent\.{setting}"):
             C.load(None, {"agent": {setting: value}}, environ={})
+
+
+def test_beacon_interval_per_service_defaults_on_and_refuses_a_negative_one():
+    cfg = C.load(None, {"orchestrator": {"beacon_s": 0}}, environ={"P4BUS_MASTER_BEACON_S": "0.5"})
+    assert (cfg.agent.beacon_s, cfg.master.beacon_s, cfg.orchestrator.beacon_s) == (C.DEFAULT_BEACON_S, 0.5, 0.0)
+    for section in ("agent", "master", "orchestrator"):
+        with pytest.raises(C.ConfigError, match=rf"\$\.{section}\.beacon_s"):
+            C.load(None, {section: {"beacon_s": -1}}, environ={})

@@ -1,11 +1,17 @@
-"""Publisher: stamping per topic kind over a real PUB socket, and never blocking when full."""
+"""Publisher: stamping per topic kind over a real PUB socket, never blocking when full, and
+beacons that never overtake an event they count."""
 
 from __future__ import annotations
 
+import threading
+
+import pytest
 import zmq
 
 from common import protocol as P
 from common.publisher import Publisher
+
+pytestmark = pytest.mark.timeout(60)
 
 
 def test_events_arrive_stamped_with_one_counter_per_kind():
@@ -50,3 +56,78 @@ def test_a_full_queue_drops_instead_of_blocking():
         assert last is not None and last.seq == 1000
     finally:
         pub.close(linger=0)
+
+
+def _connected(ctx: zmq.Context, pub: Publisher) -> zmq.Socket:
+    """A SUB to everything that ``pub`` reaches (probes until it does), neither side dropping."""
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.RCVHWM, 0)
+    sub.subscribe(b"")
+    port = sub.bind_to_random_port("tcp://127.0.0.1")
+    pub.sock.setsockopt(zmq.SNDHWM, 0)
+    pub.sock.connect(f"tcp://127.0.0.1:{port}")
+    while not sub.poll(20):
+        pub.publish(P.JobChanged, "job.probe", job_id="probe", state="x")
+    return sub
+
+
+def test_a_beacon_never_leaves_before_an_event_it_counts():
+    """Events from one thread, beacons every millisecond from the beacon thread: with nothing
+    dropped, each beacon's ``last`` is exactly the highest seq of each kind received before it."""
+    ctx = zmq.Context.instance()
+    pub = Publisher(ctx.socket(zmq.PUB), "src", "e1", beacon_s=0.001)
+    sub = _connected(ctx, pub)
+    total = 20_000
+    try:
+        for i in range(total):
+            if i % 3:
+                pub.publish(P.LogChunk, "log.J.c", job_id="J", cmd_id="c", stream=1, offset=i, data=b"x")
+            else:
+                pub.publish(P.JobChanged, "job.J", job_id="J", state=str(i))
+        sent = pub.stamper.last()
+        highest: dict[str, int] = {}
+        beacons = 0
+        while highest != sent:
+            ev = P.decode_event(sub.recv_multipart())
+            if isinstance(ev, P.Beacon):
+                beacons += 1
+                assert ev.last == {k: highest.get(k, 0) for k in ev.last}, (ev.last, highest)
+            else:
+                highest[ev.topic.split(".")[0]] = ev.seq
+        assert beacons > 0, "no beacon was sent while the events were"
+    finally:
+        pub.close(linger=0)
+        sub.close(linger=0)
+
+
+def test_beacons_come_every_interval_and_stop_with_close():
+    ctx = zmq.Context.instance()
+    pub = Publisher(ctx.socket(zmq.PUB), "src", "e1", beacon_s=0.05)
+    sub = _connected(ctx, pub)
+    try:
+        pub.publish(P.AgentGone, "agent.a1", agent_id="a1", master="m")
+        beacons = []
+        while len(beacons) < 3:
+            assert sub.poll(5000), "no beacon within 5 s"
+            ev = P.decode_event(sub.recv_multipart())
+            if isinstance(ev, P.Beacon):
+                beacons.append(ev)
+        assert beacons[-1].topic == "beacon.src" and beacons[-1].last["agent"] == 1
+        assert [b.seq for b in beacons] == list(range(beacons[0].seq, beacons[0].seq + 3))
+    finally:
+        pub.close(linger=0)
+        sub.close(linger=0)
+    assert not any(t.name == "beacon" and t.is_alive() for t in threading.enumerate())
+
+
+def test_no_beacons_unless_asked():
+    ctx = zmq.Context.instance()
+    pub = Publisher(ctx.socket(zmq.PUB), "src", "e1")
+    sub = _connected(ctx, pub)
+    try:
+        while sub.poll(100):
+            sub.recv_multipart()
+        assert not sub.poll(300)
+    finally:
+        pub.close(linger=0)
+        sub.close(linger=0)
