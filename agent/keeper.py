@@ -1,0 +1,350 @@
+"""The keeper: one small process per command that owns it for its whole life, so that the
+command outlives the agent process that started it (as Jenkins' durable tasks do).
+
+The agent forks the keeper (no exec: a fork of the running agent costs about a millisecond, a
+fresh interpreter tens); the keeper leaves the agent's session (``setsid``), closes everything
+it inherited, starts the command in a process group of its own with its output on pipes, and
+then, until the command has ended:
+- copies stdout/stderr into the spool files, taking out the secrets the agent knew when it
+  forked (agent/redact.py), so no secret ever reaches the disk; after every write it pokes the
+  agent's ``notify`` pipe (a byte; EOF on that pipe = the keeper has exited);
+- writes the request's stdin; in ``lifeline`` mode (the SSH executor's session) it then keeps
+  the stdin open and turns SIGUSR1/SIGUSR2 into the wrapper's ``TERM``/``KILL`` lines;
+- when the leader has exited, gives what is left of its group ``grace_s`` to close the pipes,
+  then SIGKILLs the group (the agent's long-standing rule for leftovers);
+- writes the ``exit`` file (atomically) and exits.
+It holds an exclusive flock on the spool's ``keeper`` file from before the fork (inherited) to
+its exit, so "is the keeper alive?" has an exact answer that no pid reuse can fool.
+
+It never talks to the agent except by those pokes: an agent that dies or restarts changes
+nothing for it, and a restarted agent finds everything it needs in the spool.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import selectors
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent import procgroup
+from agent.redact import Redactor
+from agent.spool import STREAM_FILES, KeeperExit, Spool
+from common import protocol as proto
+
+BLOCK = 1 << 20
+STDIN_BLOCK = 64 * 1024
+# A read's tail that may be the start of a secret waits this long for the rest of it.
+HOLD_S = 1.0
+# Without pidfd the leader's exit is noticed by polling at this period.
+POLL_S = 0.05
+KILL_LINES = {signal.SIGUSR1: b"TERM\n", signal.SIGUSR2: b"KILL\n"}
+# What the agent sends the keeper of a lifeline command for each signal it means.
+LIFELINE_SIGNALS: dict[int, int] = {signal.SIGTERM: signal.SIGUSR1, signal.SIGKILL: signal.SIGUSR2}
+
+
+@dataclass(frozen=True)
+class Plan:
+    argv: list[str]
+    cwd: str | None
+    env: dict[str, str] | None
+    stdin: bytes | None
+    grace_s: float
+    lifeline: bool = False
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A command its keeper has started."""
+
+    pid: int  # the command's process (its group's leader)
+    keeper: int
+    notify: int  # read end, the agent's: a byte per spooled write, EOF once the keeper exited
+
+
+class StartError(OSError):
+    """The command could not be started (its message says why); nothing runs."""
+
+
+def spawn(spool: Spool, cmd_id: str, plan: Plan, secrets: list[bytes]) -> Kept:
+    """Fork a keeper for ``cmd_id`` (already created in ``spool``) and wait until it has
+    started the command and recorded its pid; raises StartError if it could not."""
+    lock = os.open(spool.keeper_lock_path(cmd_id), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        report_r, report_w = os.pipe2(os.O_CLOEXEC)
+        notify_r, notify_w = os.pipe2(os.O_CLOEXEC)
+        keeper = os.fork()
+        if keeper == 0:  # pragma: no cover - the child; it never returns
+            _child(spool, cmd_id, plan, secrets, keep=(lock, report_w, notify_w))
+    finally:
+        os.close(lock)  # the keeper's copy holds the lock now
+    os.close(report_w)
+    os.close(notify_w)
+    with open(report_r, "rb") as f:
+        report = f.read()
+    if not report.startswith(b"ok "):
+        os.close(notify_r)
+        _reap(keeper)
+        raise StartError(report.decode(errors="replace") or "the command's keeper died before starting it")
+    os.set_blocking(notify_r, False)
+    return Kept(int(report.split()[1]), keeper, notify_r)
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def _child(spool: Spool, cmd_id: str, plan: Plan, secrets: list[bytes], keep: tuple[int, int, int]) -> None:
+    code = 1
+    try:
+        os.setsid()  # out of the agent's group and session: what ends the agent spares this
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            # Caught, not ignored: an exec resets caught signals, so the command gets the defaults.
+            signal.signal(sig, _ignore)
+        _close_all_but(keep)
+        _lock, report, notify = keep
+        _Keeper(spool, cmd_id, plan, secrets, report, notify).run()
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def _ignore(_sig: int, _frame: object) -> None:
+    pass
+
+
+def _close_all_but(keep: tuple[int, ...]) -> None:
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+
+
+class _Out:
+    """One output pipe of the command and its spool file."""
+
+    def __init__(self, stream: int, fd: int, path: Path) -> None:
+        self.stream = stream
+        self.fd = fd
+        self.file = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self.held = b""  # a tail that may be the start of a secret
+        self.held_since = 0.0
+        self.open = True
+        self.failed = ""  # why writing to the spool stopped
+        self.dropped = 0
+
+
+class _Keeper:
+    def __init__(
+        self, spool: Spool, cmd_id: str, plan: Plan, secrets: list[bytes], report: int, notify: int
+    ) -> None:
+        self.spool = spool
+        self.cmd_id = cmd_id
+        self.plan = plan
+        self.redactor = Redactor()
+        self.redactor.secrets = list(secrets)
+        self.report: int | None = report
+        self.notify: int | None = notify
+        self.sel = selectors.DefaultSelector()
+        self.stdin = memoryview(plan.stdin or b"")
+        self.cut: int | None = None
+        self.proc: subprocess.Popen | None = None
+
+    def run(self) -> None:
+        try:
+            self.spool.reserve_exit(self.cmd_id)
+            outs = [_Out(s, 0, self.spool.dir(self.cmd_id) / STREAM_FILES[s]) for s in (proto.STDOUT, proto.STDERR)]
+        except OSError as exc:
+            self._say(f"cannot create its output files in the spool: {exc}".encode())
+            return
+        try:
+            proc = procgroup.popen_piped(
+                self.plan.argv, self.plan.stdin is not None or self.plan.lifeline, self.plan.cwd, self.plan.env
+            )
+        except (OSError, ValueError) as exc:
+            self._say(str(exc).encode())
+            return
+        self.proc = proc
+        if self.plan.lifeline:
+            for sig in KILL_LINES:  # before the agent can know of us and send one
+                signal.signal(sig, self._on_kill_signal)
+        try:
+            self.spool.write_pid(self.cmd_id, proc.pid, procgroup.start_ticks(proc.pid), os.getpid())
+        except OSError as exc:
+            # Unrecorded, it could not be found again: it must not run at all.
+            procgroup.signal_group(proc.pid, signal.SIGKILL)
+            proc.wait()
+            self._say(f"cannot record its pid in the spool: {exc}".encode())
+            return
+        self._say(b"ok %d" % proc.pid)
+        assert proc.stdout is not None and proc.stderr is not None
+        for out, pipe in zip(outs, (proc.stdout, proc.stderr), strict=True):
+            out.fd = pipe.fileno()
+            self.sel.register(out.fd, selectors.EVENT_READ, out)
+        if proc.stdin is not None:
+            os.set_blocking(proc.stdin.fileno(), False)
+            if self.stdin:
+                self.sel.register(proc.stdin.fileno(), selectors.EVENT_WRITE, None)
+            elif not self.plan.lifeline:
+                proc.stdin.close()
+        returncode = self._watch(proc, outs)
+        if proc.stdin is not None and not proc.stdin.closed:
+            proc.stdin.close()
+        failed = [o for o in outs if o.failed]
+        why = "; ".join(
+            f"{proto.STREAM_NAMES[o.stream]}: {o.failed} ({o.dropped} bytes not spooled)" for o in failed
+        )
+        self.spool.write_exit(self.cmd_id, KeeperExit(returncode, time.time(), self.cut, why))
+
+    def _say(self, report: bytes) -> None:
+        assert self.report is not None
+        try:
+            os.write(self.report, report)
+        except OSError:
+            pass  # the agent is gone: the pid file says what it would have heard
+        os.close(self.report)
+        self.report = None
+
+    def _watch(self, proc: subprocess.Popen, outs: list[_Out]) -> int:
+        pidfd: int | None = None
+        try:
+            pidfd = os.pidfd_open(proc.pid)
+            self.sel.register(pidfd, selectors.EVENT_READ, "exit")
+        except (AttributeError, OSError):
+            pidfd = None
+        leftovers_until: float | None = None
+        while any(o.open for o in outs) or proc.returncode is None:
+            now = time.monotonic()
+            due = [o.held_since + HOLD_S for o in outs if o.held]
+            if pidfd is None and proc.returncode is None:
+                due.append(now + POLL_S)
+            if leftovers_until is not None:
+                due.append(leftovers_until)
+            for key, _ in self.sel.select(max(0.0, min(due) - now) if due else None):
+                if key.data == "exit":
+                    self.sel.unregister(key.fd)
+                    os.close(key.fd)
+                    pidfd = None
+                    proc.wait()
+                elif key.data is None:
+                    self._feed(key.fd)
+                elif key.data.open:
+                    self._read(key.data)
+            now = time.monotonic()
+            if proc.returncode is None and pidfd is None:
+                proc.poll()
+            if proc.returncode is not None and leftovers_until is None:
+                leftovers_until = now + self.plan.grace_s
+            if leftovers_until is not None and now >= leftovers_until:
+                # The leader is gone but something it left behind still holds the pipes open.
+                procgroup.signal_group(proc.pid, signal.SIGKILL)
+                for o in outs:
+                    self._drain_and_close(o)
+            for o in outs:
+                if o.held and now >= o.held_since + HOLD_S:
+                    self._write(o, *self.redactor.apply(o.held, final=True))
+        assert proc.returncode is not None
+        return proc.returncode
+
+    def _read(self, o: _Out) -> None:
+        data = os.read(o.fd, BLOCK)
+        if not data:
+            self._write(o, o.held, b"")
+            self._close(o)
+            return
+        if self.redactor.secrets:
+            out, held = self.redactor.apply(o.held + data, final=False)
+            if held and not o.held:
+                o.held_since = time.monotonic()
+            self._write(o, out, held)
+        else:
+            self._write(o, data, b"")
+
+    def _drain_and_close(self, o: _Out) -> None:
+        if not o.open:
+            return
+        os.set_blocking(o.fd, False)
+        try:
+            while o.open:
+                self._read(o)
+        except BlockingIOError:
+            pass
+        if o.held:
+            self._write(o, *self.redactor.apply(o.held, final=True))
+        self._close(o)
+
+    def _close(self, o: _Out) -> None:
+        if o.open:
+            o.open = False
+            self.sel.unregister(o.fd)
+            os.close(o.fd)
+
+    def _write(self, o: _Out, data: bytes, held: bytes) -> None:
+        o.held = held
+        if not data:
+            return
+        if o.failed:
+            o.dropped += len(data)
+            return
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(o.file, view) :]
+        except OSError as exc:
+            # Keep draining the pipe (the command must not block on a full pipe), drop the rest.
+            o.failed = exc.strerror or str(exc)
+            o.dropped += len(view)
+        self._poke()
+
+    def _poke(self) -> None:
+        if self.notify is None:
+            return
+        try:
+            os.write(self.notify, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full of pokes already
+        except OSError:
+            os.close(self.notify)
+            self.notify = None  # the agent is gone; a restarted one polls the spool
+
+    def _feed(self, fd: int) -> None:
+        try:
+            n = os.write(fd, self.stdin[:STDIN_BLOCK])
+            self.stdin = self.stdin[n:]
+        except BlockingIOError:
+            return
+        except OSError:
+            self.stdin = self.stdin[:0]  # the command closed its stdin: nothing more to give it
+        if not self.stdin:
+            self.sel.unregister(fd)
+            if not self.plan.lifeline and self.proc is not None and self.proc.stdin is not None:
+                self.proc.stdin.close()
+
+    def _on_kill_signal(self, sig: int, _frame: object) -> None:
+        """Lifeline mode: the agent asks for TERM (SIGUSR1) or KILL (SIGUSR2)."""
+        stdin = self.proc.stdin if self.proc is not None else None
+        if stdin is None or stdin.closed:
+            return
+        if not self.stdin:
+            try:
+                os.write(stdin.fileno(), KILL_LINES[signal.Signals(sig)])
+                return
+            except BlockingIOError:
+                pass  # the remote is not reading: cutting the session is all that is left
+            except OSError:
+                return  # the session has ended
+        # Request stdin is still flowing on the same pipe (a kill line would land inside it),
+        # or the remote is not reading: end the local session; the remote wrapper kills the group.
+        self.cut = signal.SIGTERM if sig == signal.SIGUSR1 else signal.SIGKILL
+        assert self.proc is not None
+        procgroup.signal_group(self.proc.pid, signal.SIGKILL)
