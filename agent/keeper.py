@@ -145,9 +145,7 @@ class _Out:
 
 
 class _Keeper:
-    def __init__(
-        self, spool: Spool, cmd_id: str, plan: Plan, secrets: list[bytes], report: int, notify: int
-    ) -> None:
+    def __init__(self, spool: Spool, cmd_id: str, plan: Plan, secrets: list[bytes], report: int, notify: int) -> None:
         self.spool = spool
         self.cmd_id = cmd_id
         self.plan = plan
@@ -201,9 +199,7 @@ class _Keeper:
         if proc.stdin is not None and not proc.stdin.closed:
             proc.stdin.close()
         failed = [o for o in outs if o.failed]
-        why = "; ".join(
-            f"{proto.STREAM_NAMES[o.stream]}: {o.failed} ({o.dropped} bytes not spooled)" for o in failed
-        )
+        why = "; ".join(f"{proto.STREAM_NAMES[o.stream]}: {o.failed} ({o.dropped} bytes not spooled)" for o in failed)
         self.spool.write_exit(self.cmd_id, KeeperExit(returncode, time.time(), self.cut, why))
 
     def _say(self, report: bytes) -> None:

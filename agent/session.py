@@ -303,9 +303,7 @@ class Agent:
         started_at = time.time()
         pid = handle.pid
         self.running[req.cmd_id] = _Slot(req.job_id, req.workspace, pid, started_at)
-        self.pump.start_cmd(
-            Started(req.cmd_id, req.job_id, list(spec.argv), handle, started_at, spec.timeout, notify)
-        )
+        self.pump.start_cmd(Started(req.cmd_id, req.job_id, list(spec.argv), handle, started_at, spec.timeout, notify))
         # Debug only: the CmdStarted event (journalled by the broker) is the record, and a log
         # line per command costs measurable time on the dispatch round trip.
         log.debug("command started", cmd_id=req.cmd_id, job_id=req.job_id, pid=pid, argv0=spec.argv[0])
@@ -461,6 +459,7 @@ class Agent:
             slots=self.conf.slots,
             running=list(self.running),
             epoch=self.epoch,
+            spool_free=self.spool.free_bytes(),
         )
         return proto.Hello(
             proto=proto.PROTOCOL_VERSION,
@@ -470,7 +469,11 @@ class Agent:
         )
 
     def _heartbeat(self) -> proto.Heartbeat:
-        return proto.Heartbeat(running=list(self.running), free_slots=max(0, self.conf.slots - len(self.running)))
+        return proto.Heartbeat(
+            running=list(self.running),
+            free_slots=max(0, self.conf.slots - len(self.running)),
+            spool_free=self.spool.free_bytes(),
+        )
 
 
 def _malformed(req: proto.Exec) -> str:

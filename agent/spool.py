@@ -103,6 +103,14 @@ class Spool:
         # Output may contain anything a p4 command prints: only the agent's user may read it.
         os.chmod(self.root, 0o700)
 
+    def free_bytes(self) -> int | None:
+        """Bytes an unprivileged writer may still use on the spool's filesystem."""
+        try:
+            st = os.statvfs(self.root)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
+
     def dir(self, cmd_id: str) -> Path:
         if not valid_cmd_id(cmd_id):
             raise ValueError(f"invalid cmd_id {cmd_id!r}")

@@ -329,7 +329,7 @@ def test_malformed_frames_get_errors_and_the_agent_keeps_serving(rig: Rig) -> No
 def _waiting_command(rig: Rig, cmd_id: str, tmp: Path) -> proto.CmdStarted:
     """A command that prints, then waits for the file ``go`` in ``tmp``, prints again and
     exits 7; returns its CmdStarted once its first line is spooled."""
-    script = f'echo before; while [ ! -e {tmp}/go ]; do sleep 0.02; done; echo after; echo err >&2; exit 7'
+    script = f"echo before; while [ ! -e {tmp}/go ]; do sleep 0.02; done; echo after; echo err >&2; exit 7"
     rig.master.exec(cmd_id, ["sh", "-c", script])
     started = rig.sink.until_started(cmd_id)
     wait_for(lambda: read_spool(rig, cmd_id, "stdout") == b"before\n", what="output in the spool")
