@@ -60,9 +60,9 @@ def test_an_agent_short_of_spool_space_gets_no_work_and_the_refusal_says_why():
     r = Registry(min_spool_free=64 << 20)
     r.register(b"i1", AgentInfo(agent_id="full", pools=["p"], spool_free=1 << 20), 1.0)
     r.register(b"i2", AgentInfo(agent_id="old", pools=["q"]), 1.0)  # reports nothing: not judged
-    with pytest.raises(NoAgent, match=r"agent full has 1.0 MiB free for its spool, below .*min_spool_free_mb"):
+    with pytest.raises(NoAgent, match=r"agent full has 1\.0 MiB free for its spool, below .*min_spool_free_mb"):
         r.select(None, "p", None)
-    with pytest.raises(NoAgent, match="agent full has 1.0 MiB"):
+    with pytest.raises(NoAgent, match=r"agent full has 1\.0 MiB"):
         r.select("full", None, None)
     assert r.select(None, "q", None).agent_id == "old"
     rec = r.agents["full"]
