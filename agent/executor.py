@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Protocol
 
 from agent import keeper, policy, procgroup
-from agent.spool import KeeperExit, Pids, Spool
+from agent.keeper import Keepers
+from agent.spool import KeeperExit, Pids
 from agent.ssh_exec import SshExecutor
 from common.config import AgentConf
 from common.protocol import CmdSpec, CmdStatus
@@ -41,8 +42,9 @@ class Handle(Protocol):
         """The final status, given the one the output thread derived from the keeper's record."""
 
 
-# (spool, cmd_id, the secrets to take out of its output) -> its handle and the keeper's notify fd
-Starter = Callable[[Spool, str, list[bytes]], tuple[Handle, int]]
+# (the agent's keepers, cmd_id, the secrets to take out of its output) -> its handle and the
+# keeper's notify fd
+Starter = Callable[[Keepers, str, list[bytes]], tuple[Handle, int]]
 
 
 class Executor(Protocol):
@@ -92,8 +94,8 @@ class LocalExecutor:
         launch = policy.check(self.conf, spec, workspace, self.environ)
         plan = keeper.Plan(launch.argv, launch.cwd, launch.env, spec.stdin, self.conf.kill_grace_s)
 
-        def start(spool: Spool, cmd_id: str, secrets: list[bytes]) -> tuple[Handle, int]:
-            kept = keeper.spawn(spool, cmd_id, plan, secrets)
+        def start(keepers: Keepers, cmd_id: str, secrets: list[bytes]) -> tuple[Handle, int]:
+            kept = keepers.spawn(cmd_id, plan, secrets)
             return LocalHandle(kept.pid, kept.keeper), kept.notify
 
         return start

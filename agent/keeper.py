@@ -2,9 +2,10 @@
 command outlives the agent process that started it (as Jenkins' durable tasks do).
 
 The agent forks the keeper (no exec: a fork of the running agent costs about a millisecond, a
-fresh interpreter tens); the keeper leaves the agent's session (``setsid``), closes everything
-it inherited, starts the command in a process group of its own with its output on pipes, and
-then, until the command has ended:
+fresh interpreter tens) ahead of need (``Keepers``); the keeper leaves the agent's session
+(``setsid``), closes everything it inherited and waits for its command. Given one, it starts
+it in a process group of its own with its output on pipes, and then, until the command has
+ended:
 - copies stdout/stderr into the spool files, taking out the secrets the agent knew when it
   forked (agent/redact.py), so no secret ever reaches the disk; after every write it pokes the
   agent's ``notify`` pipe (a byte; EOF on that pipe = the keeper has exited);
@@ -13,8 +14,8 @@ then, until the command has ended:
 - when the leader has exited, gives what is left of its group ``grace_s`` to close the pipes,
   then SIGKILLs the group (the agent's long-standing rule for leftovers);
 - writes the ``exit`` file (atomically) and exits.
-It holds an exclusive flock on the spool's ``keeper`` file from before the fork (inherited) to
-its exit, so "is the keeper alive?" has an exact answer that no pid reuse can fool.
+It holds an exclusive flock on the spool's ``keeper`` file from before it starts the command
+to its exit, so "is the keeper alive?" has an exact answer that no pid reuse can fool.
 
 It never talks to the agent except by those pokes: an agent that dies or restarts changes
 nothing for it, and a restarted agent finds everything it needs in the spool.
@@ -30,6 +31,8 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 from agent import procgroup
 from agent.redact import Redactor
@@ -47,14 +50,19 @@ KILL_LINES = {signal.SIGUSR1: b"TERM\n", signal.SIGUSR2: b"KILL\n"}
 LIFELINE_SIGNALS: dict[int, int] = {signal.SIGTERM: signal.SIGUSR1, signal.SIGKILL: signal.SIGUSR2}
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(msgspec.Struct, frozen=True):
     argv: list[str]
     cwd: str | None
     env: dict[str, str] | None
     stdin: bytes | None
     grace_s: float
     lifeline: bool = False
+
+
+class _Assignment(msgspec.Struct, frozen=True):
+    cmd_id: str
+    plan: Plan
+    secrets: list[bytes]
 
 
 @dataclass(frozen=True)
@@ -70,29 +78,86 @@ class StartError(OSError):
     """The command could not be started (its message says why); nothing runs."""
 
 
-def spawn(spool: Spool, cmd_id: str, plan: Plan, secrets: list[bytes]) -> Kept:
-    """Fork a keeper for ``cmd_id`` (already created in ``spool``) and wait until it has
-    started the command and recorded its pid; raises StartError if it could not."""
-    lock = os.open(spool.keeper_lock_path(cmd_id), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        report_r, report_w = os.pipe2(os.O_CLOEXEC)
-        notify_r, notify_w = os.pipe2(os.O_CLOEXEC)
-        keeper = os.fork()
-        if keeper == 0:  # pragma: no cover - the child; it never returns
-            _child(spool, cmd_id, plan, secrets, keep=(lock, report_w, notify_w))
-    finally:
-        os.close(lock)  # the keeper's copy holds the lock now
-    os.close(report_w)
-    os.close(notify_w)
-    with open(report_r, "rb") as f:
-        report = f.read()
-    if not report.startswith(b"ok "):
-        os.close(notify_r)
-        _reap(keeper)
-        raise StartError(report.decode(errors="replace") or "the command's keeper died before starting it")
-    os.set_blocking(notify_r, False)
-    return Kept(int(report.split()[1]), keeper, notify_r)
+@dataclass
+class _Spare:
+    """A keeper forked ahead of need, waiting for its command on ``assign``."""
+
+    pid: int
+    assign: int  # write end: one length-prefixed _Assignment
+    report: int  # read end: "ok <pid>" or why not, then EOF
+    notify: int  # read end, see Kept
+
+
+class Keepers:
+    """Forks keepers for one agent's commands. A keeper is forked ahead of need (``ready``,
+    called by the session between requests) and waits for its command: a fork costs the
+    forked child a wait for a CPU, which would otherwise fall on the dispatch round trip."""
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+        self._spare: _Spare | None = None
+
+    def ready(self) -> None:
+        """Have a keeper waiting for the next command."""
+        if self._spare is None:
+            self._spare = _fork_spare(self.spool)
+
+    def spawn(self, cmd_id: str, plan: Plan, secrets: list[bytes]) -> Kept:
+        """Hand ``cmd_id`` (already created in the spool) to a keeper and wait until it has
+        started the command and recorded its pid; raises StartError if it could not."""
+        self.ready()
+        spare, self._spare = self._spare, None
+        assert spare is not None
+        data = msgspec.msgpack.encode(_Assignment(cmd_id, plan, secrets))
+        try:
+            _write_all(spare.assign, len(data).to_bytes(8, "big") + data)
+        except OSError:
+            pass  # it died waiting: its report says nothing, which is reported below
+        finally:
+            os.close(spare.assign)
+        with open(spare.report, "rb") as f:
+            report = f.read()
+        if not report.startswith(b"ok "):
+            os.close(spare.notify)
+            _reap(spare.pid)
+            raise StartError(report.decode(errors="replace") or "the command's keeper died before starting it")
+        os.set_blocking(spare.notify, False)
+        return Kept(int(report.split()[1]), spare.pid, spare.notify)
+
+    def close(self) -> None:
+        """The waiting keeper, if any, exits (EOF on its assignment pipe)."""
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            for fd in (spare.assign, spare.report, spare.notify):
+                os.close(fd)
+            _reap(spare.pid)
+
+
+def _fork_spare(spool: Spool) -> _Spare:
+    assign_r, assign_w = os.pipe2(os.O_CLOEXEC)
+    report_r, report_w = os.pipe2(os.O_CLOEXEC)
+    notify_r, notify_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child; it never returns
+        _child(spool, keep=(assign_r, report_w, notify_w))
+    for fd in (assign_r, report_w, notify_w):
+        os.close(fd)
+    return _Spare(pid, assign_w, report_r, notify_r)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _read_all(fd: int) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
 
 
 def _reap(pid: int) -> None:
@@ -102,7 +167,7 @@ def _reap(pid: int) -> None:
         pass
 
 
-def _child(spool: Spool, cmd_id: str, plan: Plan, secrets: list[bytes], keep: tuple[int, int, int]) -> None:
+def _child(spool: Spool, keep: tuple[int, int, int]) -> None:
     code = 1
     try:
         os.setsid()  # out of the agent's group and session: what ends the agent spares this
@@ -111,8 +176,22 @@ def _child(spool: Spool, cmd_id: str, plan: Plan, secrets: list[bytes], keep: tu
             # Caught, not ignored: an exec resets caught signals, so the command gets the defaults.
             signal.signal(sig, _ignore)
         _close_all_but(keep)
-        _lock, report, notify = keep
-        _Keeper(spool, cmd_id, plan, secrets, report, notify).run()
+        assign, report, notify = keep
+        data = _read_all(assign)
+        os.close(assign)
+        if len(data) < 8:
+            code = 0  # the agent is gone, or let us go: nothing to keep
+            return
+        job = msgspec.msgpack.decode(data[8:], type=_Assignment)
+        # Held until we exit. A restarted agent that found the command without a keeper holds
+        # it while it records that; then there is a result, and the command must not start.
+        lock = os.open(spool.keeper_lock_path(job.cmd_id), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        keeper = _Keeper(spool, job.cmd_id, job.plan, job.secrets, report, notify)
+        if spool.has_result(job.cmd_id):
+            keeper.say(b"a restarted agent recorded this command as not started")
+        else:
+            keeper.run()
         code = 0
     finally:
         os._exit(code)
@@ -163,14 +242,14 @@ class _Keeper:
             self.spool.reserve_exit(self.cmd_id)
             outs = [_Out(s, 0, self.spool.dir(self.cmd_id) / STREAM_FILES[s]) for s in (proto.STDOUT, proto.STDERR)]
         except OSError as exc:
-            self._say(f"cannot create its output files in the spool: {exc}".encode())
+            self.say(f"cannot create its output files in the spool: {exc}".encode())
             return
         try:
             proc = procgroup.popen_piped(
                 self.plan.argv, self.plan.stdin is not None or self.plan.lifeline, self.plan.cwd, self.plan.env
             )
         except (OSError, ValueError) as exc:
-            self._say(str(exc).encode())
+            self.say(str(exc).encode())
             return
         self.proc = proc
         if self.plan.lifeline:
@@ -182,9 +261,9 @@ class _Keeper:
             # Unrecorded, it could not be found again: it must not run at all.
             procgroup.signal_group(proc.pid, signal.SIGKILL)
             proc.wait()
-            self._say(f"cannot record its pid in the spool: {exc}".encode())
+            self.say(f"cannot record its pid in the spool: {exc}".encode())
             return
-        self._say(b"ok %d" % proc.pid)
+        self.say(b"ok %d" % proc.pid)
         assert proc.stdout is not None and proc.stderr is not None
         for out, pipe in zip(outs, (proc.stdout, proc.stderr), strict=True):
             out.fd = pipe.fileno()
@@ -202,7 +281,7 @@ class _Keeper:
         why = "; ".join(f"{proto.STREAM_NAMES[o.stream]}: {o.failed} ({o.dropped} bytes not spooled)" for o in failed)
         self.spool.write_exit(self.cmd_id, KeeperExit(returncode, time.time(), self.cut, why))
 
-    def _say(self, report: bytes) -> None:
+    def say(self, report: bytes) -> None:
         assert self.report is not None
         try:
             os.write(self.report, report)

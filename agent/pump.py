@@ -370,10 +370,12 @@ class Pump(threading.Thread):
             self._spool.write_result(status)
         except OSError as exc:
             log.error("cannot write result to the spool", cmd_id=st.cmd_id, error=str(exc))
-        self._send_done(status)
-        del self._runs[st.cmd_id]
+        # The session has it before anyone hears of it: a Query prompted by CmdDone finds it
+        # even when the disk kept the result out of the spool.
         self._done.put(status)
         _poke(self._done_w)
+        self._send_done(status)
+        del self._runs[st.cmd_id]
 
     def _status(self, run: _Running) -> proto.CmdStatus:
         st = run.started

@@ -17,6 +17,7 @@ SIGKILL to what is left of its process group) and recorded as finished with an `
 
 from __future__ import annotations
 
+import os
 import time
 
 from agent.capture import capture_file
@@ -51,11 +52,12 @@ def recover(
     for cmd_id in spool.unfinished():
         entry = spool.read_spec(cmd_id)
         pids = _pids(spool, cmd_id)
+        lock = None
         if (
             entry is not None
             and pids is not None
             and pids.keeper is not None
-            and (spool.keeper_alive(cmd_id) or spool.read_exit(cmd_id) is not None)
+            and (spool.read_exit(cmd_id) is not None or (lock := spool.take_keeper_lock(cmd_id)) is None)
         ):
             spec = entry.spec
             attach.append(
@@ -77,6 +79,8 @@ def recover(
             error = RESTARTED
         else:
             error = KEEPER_LOST
+        if lock is None:
+            lock = spool.take_keeper_lock(cmd_id)
         killed = executor.end_orphan(pids.pid, pids.ticks) if pids else False
         caps = [capture_file(spool.output_path(cmd_id, s), capture_bytes) for s in (proto.STDOUT, proto.STDERR)]
         started = entry.received_at if entry else 0.0
@@ -98,6 +102,12 @@ def recover(
             stderr=caps[1].value(),
             truncated=caps[0].truncated or caps[1].truncated,
         )
-        spool.write_result(status)
+        try:
+            # Written while the lock is held: a keeper still waiting for this command to be
+            # handed over (its agent died meanwhile) sees the result and does not start it.
+            spool.write_result(status)
+        finally:
+            if lock is not None:
+                os.close(lock)
         ended.append(status)
     return attach, ended

@@ -34,6 +34,7 @@ import zmq
 
 from agent import policy, recovery
 from agent.executor import executor_for
+from agent.keeper import Keepers
 from agent.links import MasterLink
 from agent.pump import Pump, Started
 from agent.redact import Redactor
@@ -87,6 +88,7 @@ class Agent:
         self.refused: OrderedDict[str, proto.CmdStatus] = OrderedDict()
         # The secrets every keeper takes out of its command's output (agent/redact.py).
         self.redactor = Redactor()
+        self.keepers = Keepers(self.spool)
         self.recent: deque[tuple[float, str]] = deque(
             self.spool.finished_since(time.time() - RECENT_S)[-RECENT_MAX:], maxlen=RECENT_MAX
         )
@@ -147,6 +149,8 @@ class Agent:
                     self._drain(link)
             if self.pump.done_fd in ready:
                 self._on_done(self.pump.take_done())
+            # After the replies went out: the next command's keeper is forked off the round trip.
+            self.keepers.ready()
             if not self.pump.is_alive():
                 log.error("output thread died; stopping")
                 self._close()
@@ -204,6 +208,7 @@ class Agent:
     def _close(self) -> None:
         for link in self.links:
             link.sock.close()
+        self.keepers.close()
         self.executor.close()
         if self.pump.is_alive():
             # term() would wait forever for the PUB the stuck thread still owns.
@@ -259,6 +264,8 @@ class Agent:
         over = proto.over_limit(req)
         if over:
             return proto.ErrorReply(req_id=req.req_id, code="bad_request", message=over)
+        # Completions not taken yet: the answer must know every command that has ended.
+        self._on_done(self.pump.take_done())
         try:
             if isinstance(req, proto.Exec):
                 return self._exec(req)
@@ -295,7 +302,7 @@ class Agent:
             req.cmd_id, SpoolEntry(spec=spec, job_id=req.job_id, workspace=req.workspace, received_at=time.time())
         )
         try:
-            handle, notify = starter(self.spool, req.cmd_id, self.redactor.secrets)
+            handle, notify = starter(self.keepers, req.cmd_id, self.redactor.secrets)
         except OSError as exc:
             # It never ran: forget it, so that the same cmd_id can be sent again.
             self.spool.discard(req.cmd_id)

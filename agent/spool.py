@@ -187,6 +187,17 @@ class Spool:
         finally:
             os.close(fd)
 
+    def take_keeper_lock(self, cmd_id: str) -> int | None:
+        """The keeper lock, held (the fd; close it to release) if no keeper holds it: while it
+        is held no keeper can start the command. None if a keeper holds it."""
+        fd = os.open(self.keeper_lock_path(cmd_id), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            os.close(fd)
+            return None
+
     def write_exit(self, cmd_id: str, ended: KeeperExit) -> None:
         """Fill the reserved record. In place is safe: it is read only once its keeper is gone."""
         data = proto.encode(msgspec.structs.replace(ended, spool_error=ended.spool_error[:EXIT_TEXT_MAX]))

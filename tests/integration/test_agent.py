@@ -332,7 +332,14 @@ def _waiting_command(rig: Rig, cmd_id: str, tmp: Path) -> proto.CmdStarted:
     script = f"echo before; while [ ! -e {tmp}/go ]; do sleep 0.02; done; echo after; echo err >&2; exit 7"
     rig.master.exec(cmd_id, ["sh", "-c", script])
     started = rig.sink.until_started(cmd_id)
-    wait_for(lambda: read_spool(rig, cmd_id, "stdout") == b"before\n", what="output in the spool")
+    out = rig.sink.transcripts[cmd_id].streams[proto.STDOUT]
+
+    def published() -> bool:
+        rig.sink.next(0.05)
+        return bytes(out) == b"before\n"
+
+    # Published, not just spooled: a SIGKILL drops what the agent's PUB has not sent yet.
+    wait_for(published, what="the first line published")
     return started
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from agent import policy, procgroup
 from agent.executor import LocalExecutor, LocalHandle, executor_for
+from agent.keeper import Keepers
 from agent.spool import KeeperExit, Spool, SpoolEntry
 from agent.ssh_exec import SshExecutor
 from common.config import AgentConf
@@ -38,7 +39,7 @@ def start_with_child(ex: LocalExecutor, tmp_path: Path) -> tuple[LocalHandle, in
     spool = Spool(tmp_path / "spool")
     spec = CmdSpec(argv=["sh", "-c", "sleep 60 & echo $!; wait"])
     spool.create("c", SpoolEntry(spec=spec))
-    handle, notify = ex.prepare(spec, None)(spool, "c", [])
+    handle, notify = ex.prepare(spec, None)(Keepers(spool), "c", [])
     os.close(notify)
     assert isinstance(handle, LocalHandle)
     out = spool.output_path("c", 1)

@@ -38,19 +38,20 @@ def until_eof(fd: int) -> bytes:
 def test_output_is_spooled_redacted_and_the_exit_recorded(tmp_path: Path) -> None:
     argv = ["sh", "-c", "cat; printf 'pw=hunter22\\n' >&2; exit 3"]
     spool, plan = spool_with(tmp_path, argv, stdin=b"from stdin\n")
-    kept = keeper.spawn(spool, "c", plan, [b"hunter22"])
+    kept = keeper.Keepers(spool).spawn("c", plan, [b"hunter22"])
     assert spool.read_pid("c")[:3] == (kept.pid, spool.read_pid("c").ticks, kept.keeper)
     assert until_eof(kept.notify)  # a poke per spooled write, then EOF when the keeper exits
     ended = spool.read_exit("c")
     assert ended is not None and (ended.returncode, ended.spool_error) == (3, "")
     assert spool.output_path("c", proto.STDOUT).read_bytes() == b"from stdin\n"
     assert spool.output_path("c", proto.STDERR).read_bytes() == b"pw=***\n"
-    assert not spool.keeper_alive("c")
+    # The lock goes with the process, a moment after the notify pipe's EOF.
+    wait_for(lambda: not spool.keeper_alive("c"), 10, "the keeper's lock released")
 
 
 def test_the_keeper_outlives_its_agents_end_of_the_notify_pipe(tmp_path: Path) -> None:
     spool, plan = spool_with(tmp_path, ["sh", "-c", "echo one; while [ ! -e go ]; do sleep 0.02; done; echo two"])
-    kept = keeper.spawn(spool, "c", plan, [])
+    kept = keeper.Keepers(spool).spawn("c", plan, [])
     assert spool.keeper_alive("c")
     wait_for(lambda: spool.output_path("c", proto.STDOUT).read_bytes() == b"one\n", 10, "the first line")
     os.close(kept.notify)  # the agent is gone
@@ -63,7 +64,7 @@ def test_the_keeper_outlives_its_agents_end_of_the_notify_pipe(tmp_path: Path) -
 
 def test_a_leftover_holding_the_pipes_is_killed_after_the_grace(tmp_path: Path) -> None:
     spool, plan = spool_with(tmp_path, ["sh", "-c", "sleep 60 & echo started"])
-    kept = keeper.spawn(spool, "c", plan, [])
+    kept = keeper.Keepers(spool).spawn("c", plan, [])
     until_eof(kept.notify)
     assert spool.read_exit("c").returncode == 0
     assert spool.output_path("c", proto.STDOUT).read_bytes() == b"started\n"
@@ -72,9 +73,24 @@ def test_a_leftover_holding_the_pipes_is_killed_after_the_grace(tmp_path: Path) 
 def test_a_command_that_cannot_start_is_reported_and_nothing_runs(tmp_path: Path) -> None:
     spool, plan = spool_with(tmp_path, [str(tmp_path / "missing")])
     with pytest.raises(keeper.StartError, match="No such file"):
-        keeper.spawn(spool, "c", plan, [])
+        keeper.Keepers(spool).spawn("c", plan, [])
     assert spool.read_pid("c") is None and spool.read_exit("c") is None
     assert not spool.keeper_alive("c")
+
+
+def test_a_keeper_waits_for_its_command_and_starts_none_a_restarted_agent_has_decided(tmp_path: Path) -> None:
+    spool, plan = spool_with(tmp_path, ["sh", "-c", "echo ran > ran"])
+    keepers = keeper.Keepers(spool)
+    keepers.ready()  # forked ahead of need
+    lock = spool.take_keeper_lock("c")  # a restarted agent's recovery, deciding about "c"
+    assert lock is not None
+    spool.write_result(proto.CmdStatus(cmd_id="c", state="done", error="not started"))
+    os.close(lock)
+    with pytest.raises(keeper.StartError, match="recorded this command as not started"):
+        keepers.spawn("c", plan, [])
+    assert not (tmp_path / "ran").exists()
+    keepers.ready()
+    keepers.close()  # the next waiting keeper exits: nothing to keep
 
 
 def test_lifeline_signals_become_kill_lines(tmp_path: Path) -> None:
@@ -82,7 +98,7 @@ def test_lifeline_signals_become_kill_lines(tmp_path: Path) -> None:
     argv = ["sh", "-c", "read line; echo got $line; exit 5"]
     spool, plan = spool_with(tmp_path, argv)
     plan = keeper.Plan(argv, str(tmp_path), None, None, grace_s=1.0, lifeline=True)
-    kept = keeper.spawn(spool, "c", plan, [])
+    kept = keeper.Keepers(spool).spawn("c", plan, [])
     os.kill(kept.keeper, keeper.LIFELINE_SIGNALS[signal.SIGTERM])
     until_eof(kept.notify)
     assert spool.output_path("c", proto.STDOUT).read_bytes() == b"got TERM\n"
