@@ -27,7 +27,9 @@ import fcntl
 import os
 import selectors
 import signal
+import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +47,8 @@ STDIN_BLOCK = 64 * 1024
 HOLD_S = 1.0
 # Without pidfd the leader's exit is noticed by polling at this period.
 POLL_S = 0.05
+# How long a closing agent waits for its keeper factory to exit.
+FACTORY_WAIT_S = 5.0
 KILL_LINES = {signal.SIGUSR1: b"TERM\n", signal.SIGUSR2: b"KILL\n"}
 # What the agent sends the keeper of a lifeline command for each signal it means.
 LIFELINE_SIGNALS: dict[int, int] = {signal.SIGTERM: signal.SIGUSR1, signal.SIGKILL: signal.SIGUSR2}
@@ -89,25 +93,29 @@ class _Spare:
 
 
 class Keepers:
-    """Forks keepers for one agent's commands. A keeper is forked ahead of need (``ready``,
-    called by the session between requests) and waits for its command: a fork costs the
-    forked child a wait for a CPU, which would otherwise fall on the dispatch round trip."""
+    """Keepers for one agent's commands, forked ahead of need by a small **factory** process
+    (``python -m agent.keeper``, started with the first command): a fork of the agent itself
+    would copy its page tables and leave it copy-on-write faults, and the new process waits for
+    a CPU on a busy host; handing a command to a keeper that is already waiting is a pipe write
+    that wakes it at once. The factory passes each keeper's pipes over a unix socket and exits
+    when the agent closes it (or dies)."""
 
     def __init__(self, spool: Spool) -> None:
         self.spool = spool
         self._spare: _Spare | None = None
+        self._factory: subprocess.Popen | None = None
+        self._sock: socket.socket | None = None
+        self._asked = False  # a spare is on its way from the factory
 
     def ready(self) -> None:
-        """Have a keeper waiting for the next command."""
-        if self._spare is None:
-            self._spare = _fork_spare(self.spool)
+        """Ask for a keeper to wait for the next command (without waiting for it)."""
+        if self._spare is None and not self._asked:
+            self._ask()
 
     def spawn(self, cmd_id: str, plan: Plan, secrets: list[bytes]) -> Kept:
         """Hand ``cmd_id`` (already created in the spool) to a keeper and wait until it has
         started the command and recorded its pid; raises StartError if it could not."""
-        self.ready()
-        spare, self._spare = self._spare, None
-        assert spare is not None
+        spare, self._spare = self._spare or self._receive(), None
         data = msgspec.msgpack.encode(_Assignment(cmd_id, plan, secrets))
         try:
             _write_all(spare.assign, len(data).to_bytes(8, "big") + data)
@@ -119,18 +127,101 @@ class Keepers:
             report = f.read()
         if not report.startswith(b"ok "):
             os.close(spare.notify)
-            _reap(spare.pid)
             raise StartError(report.decode(errors="replace") or "the command's keeper died before starting it")
         os.set_blocking(spare.notify, False)
         return Kept(int(report.split()[1]), spare.pid, spare.notify)
 
     def close(self) -> None:
-        """The waiting keeper, if any, exits (EOF on its assignment pipe)."""
+        """The waiting keeper and the factory exit (EOF on their pipe and socket)."""
         spare, self._spare = self._spare, None
         if spare is not None:
             for fd in (spare.assign, spare.report, spare.notify):
                 os.close(fd)
-            _reap(spare.pid)
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._factory is not None:
+            try:
+                self._factory.wait(FACTORY_WAIT_S)
+            except subprocess.TimeoutExpired:
+                self._factory.kill()
+                self._factory.wait()
+            self._factory = None
+
+    def _ask(self) -> None:
+        if self._sock is None or self._factory is None or self._factory.poll() is not None:
+            self._start_factory()
+        assert self._sock is not None
+        try:
+            self._sock.send(b"spare")
+            self._asked = True
+        except OSError as exc:
+            self._sock = None
+            raise StartError(f"the keeper factory is gone: {exc}") from None
+
+    def _receive(self) -> _Spare:
+        if not self._asked:
+            self._ask()
+        assert self._sock is not None
+        self._asked = False
+        try:
+            msg, fds, _flags, _addr = socket.recv_fds(self._sock, 64, 3)
+        except OSError as exc:
+            msg, fds = b"", []
+            why = str(exc)
+        else:
+            why = "it ended"
+        if len(fds) != 3 or not msg:
+            for fd in fds:
+                os.close(fd)
+            self._sock = None  # started again at the next command
+            raise StartError(f"the keeper factory did not hand over a keeper: {why}")
+        return _Spare(int(msg), *fds)
+
+    def _start_factory(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        try:
+            self._factory = subprocess.Popen(
+                [sys.executable, "-m", "agent.keeper", str(self.spool.root), str(theirs.fileno())],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+        except OSError as exc:
+            ours.close()
+            raise StartError(f"cannot start the keeper factory: {exc}") from None
+        finally:
+            theirs.close()
+        self._sock = ours
+        self._asked = False
+
+
+def factory_main(spool_root: str, fd: int) -> None:
+    """The factory: a keeper per request, until the agent closes the socket."""
+    spool = Spool(spool_root)
+    sock = socket.socket(fileno=fd)
+    # Keepers are the factory's children only for a moment: they are never waited for here.
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is the agent's to handle
+    while _asked(sock):
+        spare = _fork_spare(spool)
+        try:
+            socket.send_fds(sock, [b"%d" % spare.pid], [spare.assign, spare.report, spare.notify])
+        except OSError:
+            return
+        finally:
+            for f in (spare.assign, spare.report, spare.notify):
+                os.close(f)
+
+
+def _asked(sock: socket.socket) -> bool:
+    try:
+        return bool(sock.recv(64))
+    except OSError:
+        return False  # the agent is gone
 
 
 def _fork_spare(spool: Spool) -> _Spare:
@@ -139,6 +230,8 @@ def _fork_spare(spool: Spool) -> _Spare:
     notify_r, notify_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child; it never returns
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # it waits for its command
+        signal.signal(signal.SIGINT, _ignore)
         _child(spool, keep=(assign_r, report_w, notify_w))
     for fd in (assign_r, report_w, notify_w):
         os.close(fd)
@@ -158,13 +251,6 @@ def _read_all(fd: int) -> bytes:
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
-
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
 
 
 def _child(spool: Spool, keep: tuple[int, int, int]) -> None:
@@ -423,3 +509,7 @@ class _Keeper:
         self.cut = signal.SIGTERM if sig == signal.SIGUSR1 else signal.SIGKILL
         assert self.proc is not None
         procgroup.signal_group(self.proc.pid, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    factory_main(sys.argv[1], int(sys.argv[2]))

@@ -124,7 +124,6 @@ class Pump(threading.Thread):
         self._done_r, self._done_w = _nonblocking_pipe()
         self._stopping = False
         self._events: Publisher | None = None
-        self._zombies: set[int] = set()  # exited keepers of ours not reaped yet
 
     # ------------------------------------------------------------------ session-thread API
     @property
@@ -192,8 +191,6 @@ class Pump(threading.Thread):
             if run.started.notify is None:
                 due.append(now + POLL_S)
             due += [s.pending_since + self._flush_s for s in run.streams if s.fill]
-        if self._zombies:
-            due.append(now + POLL_S)
         return max(0.0, min(due) - now) if due else None
 
     def _on_wake(self, fd: int) -> None:
@@ -364,7 +361,6 @@ class Pump(threading.Thread):
         if st.notify is not None:
             self._sel.unregister(st.notify)
             os.close(st.notify)
-            self._reap(st.handle.keeper)
         status = self._status(run)
         try:
             self._spool.write_result(status)
@@ -407,18 +403,6 @@ class Pump(threading.Thread):
         status.exit_code, status.signal = (rc, None) if rc >= 0 else (None, -rc)
         status.spool_error = ended.spool_error
         return st.handle.conclude(status, ended)
-
-    def _reap(self, keeper: int) -> None:
-        """Our own keepers are our children: collect their exit, now or a moment later (EOF on
-        the notify pipe can come just before the process is a zombie)."""
-        self._zombies.add(keeper)
-        for pid in list(self._zombies):
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                done = pid
-            if done:
-                self._zombies.discard(pid)
 
 
 def _nonblocking_pipe() -> tuple[int, int]:
