@@ -1,21 +1,21 @@
 """The keeper: one small process per command that owns it for its whole life, so that the
 command outlives the agent process that started it (as Jenkins' durable tasks do).
 
-The agent forks the keeper (no exec: a fork of the running agent costs about a millisecond, a
-fresh interpreter tens) ahead of need (``Keepers``); the keeper leaves the agent's session
-(``setsid``), closes everything it inherited and waits for its command. Given one, it starts
-it in a process group of its own with its output on pipes, and then, until the command has
-ended:
-- copies stdout/stderr into the spool files, taking out the secrets the agent knew when it
-  forked (agent/redact.py), so no secret ever reaches the disk; after every write it pokes the
-  agent's ``notify`` pipe (a byte; EOF on that pipe = the keeper has exited);
+Keepers are forked ahead of need by the agent's keeper factory (``Keepers``, a small process:
+no fork of the agent itself, no interpreter start on the dispatch path). A keeper leaves the
+agent's session (``setsid``), closes everything it inherited and waits for its command. Given
+one, it takes the spool's ``keeper`` lock, starts the command in a process group of its own
+with its output on pipes, and then, until the command has ended:
+- copies stdout/stderr into the spool files, taking out the secrets the agent sent with the
+  command (agent/redact.py), so no secret ever reaches the disk; after every write it pokes
+  the agent's ``notify`` pipe (a byte; EOF on that pipe = the keeper has exited);
 - writes the request's stdin; in ``lifeline`` mode (the SSH executor's session) it then keeps
   the stdin open and turns SIGUSR1/SIGUSR2 into the wrapper's ``TERM``/``KILL`` lines;
 - when the leader has exited, gives what is left of its group ``grace_s`` to close the pipes,
   then SIGKILLs the group (the agent's long-standing rule for leftovers);
-- writes the ``exit`` file (atomically) and exits.
-It holds an exclusive flock on the spool's ``keeper`` file from before it starts the command
-to its exit, so "is the keeper alive?" has an exact answer that no pid reuse can fool.
+- fills in the ``exit`` record it reserved before starting the command, and exits.
+The exclusive flock on ``keeper`` is held from before the command starts to the keeper's exit,
+so "is the keeper alive?" has an exact answer that no pid reuse can fool.
 
 It never talks to the agent except by those pokes: an agent that dies or restarts changes
 nothing for it, and a restarted agent finds everything it needs in the spool.
