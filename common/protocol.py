@@ -346,6 +346,7 @@ class JobView(msgspec.Struct, omit_defaults=True):
     queue_position: int = 0
     waiting_for: str = ""  # why nothing runs right now (no agent, backoff, a person)
     timeline: list[StageRun] = []
+    attempt: int = 0  # the try of its current stage (1 first; 0 from an orchestrator before this field)
 
 
 class JobReply(Base, tag="job_r"):

@@ -495,6 +495,7 @@ class Engine:
             waiting_for=waiting,
             queue_position=position,
             timeline=[self._run(c) for c in cmds],
+            attempt=job.attempt,
         )
 
     @staticmethod

@@ -321,6 +321,7 @@ class Orchestrator:
             "submitted_change": view.submitted_change,
             "agent": view.agent,
             "waiting_for": view.waiting_for,
+            "workspace": view.workspace,  # for the notifier's per-workspace rules
         }
         self.events.publish(
             P.JobChanged,

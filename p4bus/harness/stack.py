@@ -37,6 +37,8 @@ LOCAL_KEYS = {
     "master": roles.MASTER,
     "orchestrator": roles.ORCHESTRATOR,
     "operator": roles.OPERATOR,
+    # The notifier (p4bus/notify) only reads the bus.
+    "notify": roles.VIEWER,
 }
 START_TIMEOUT_S = 20.0
 # A readiness question costs one request; a quicker poll only loads the two cores others share.
@@ -123,9 +125,10 @@ class Stack:
         self.env = dict(env or {})  # over this process's environment, for every service
         self.cwd = cwd
         self.procs: list[ServiceProc] = []
-        # service -> argv in front of its command, to run it on another host, e.g.
-        # ("ip", "netns", "exec", NS) (harness/netns.py); it must exec the service, so that the
-        # pid is the service's. Read at every start, so a restart runs where the map says now.
+        # service (or one service's name, e.g. an agent's id, which wins) -> argv in front of
+        # its command, to run it on another host, e.g. ("ip", "netns", "exec", NS)
+        # (harness/netns.py); it must exec the service, so that the pid is the service's. Read
+        # at every start, so a restart runs where the map says now.
         self.placement: dict[str, tuple[str, ...]] = {}
         self._prefix = config_prefix
         self._files = 0
@@ -199,7 +202,7 @@ class Stack:
         if launch.service != "orchestrator":
             for name in password_variables(self.settings(launch.extra)):
                 env.pop(name, None)
-        where = self.placement.get(launch.service, ())
+        where = self.placement.get(launch.name, self.placement.get(launch.service, ()))
         argv = [*where, sys.executable, "-m", "p4bus", "--config", str(config), launch.service, *launch.args]
         earlier = sum(1 for p in self.procs if p.name == launch.name)
         log = self.log_dir / (f"{launch.name}.log" if not earlier else f"{launch.name}-{earlier + 1}.log")
@@ -284,6 +287,11 @@ class Stack:
             return pred()
 
         wait_for(alive_and, max(0.0, deadline - time.monotonic()), f"{what} (logs in {self.log_dir})", POLL_S)
+
+
+def notify_wanted(tree: Mapping[str, Any]) -> bool:
+    """Whether a stack of these settings runs the notifier: when [notify] names a receiver."""
+    return bool(tree.get("notify", {}).get("receivers"))
 
 
 def password_variables(tree: Mapping[str, Any]) -> set[str]:
