@@ -1,8 +1,8 @@
 """The keeper: one small process per command that owns it for its whole life, so that the
 command outlives the agent process that started it (as Jenkins' durable tasks do).
 
-Keepers are forked ahead of need by the agent's keeper factory (``Keepers``, a small process:
-no fork of the agent itself, no interpreter start on the dispatch path). A keeper leaves the
+Keepers are forked ahead of need by the agent's keeper factory (``Keepers``, forked once when
+the agent starts: no fork of the running agent, no interpreter start on the dispatch path). A keeper leaves the
 agent's session (``setsid``), closes everything it inherited and waits for its command. Given
 one, it takes the spool's ``keeper`` lock, starts the command in a process group of its own
 with its output on pipes, and then, until the command has ended:
@@ -29,7 +29,6 @@ import selectors
 import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,17 +92,17 @@ class _Spare:
 
 
 class Keepers:
-    """Keepers for one agent's commands, forked ahead of need by a small **factory** process
-    (``python -m agent.keeper``, started with the first command): a fork of the agent itself
-    would copy its page tables and leave it copy-on-write faults, and the new process waits for
-    a CPU on a busy host; handing a command to a keeper that is already waiting is a pipe write
-    that wakes it at once. The factory passes each keeper's pipes over a unix socket and exits
-    when the agent closes it (or dies)."""
+    """Keepers for one agent's commands, forked ahead of need by a **factory** process that the
+    agent forks once, at its start, before it has threads or sockets (``start``): forking a
+    keeper from the running agent would copy its page tables and leave it copy-on-write faults
+    on the dispatch path, and the new process waits for a CPU on a busy host; handing a command
+    to a keeper that is already waiting is a pipe write that wakes it at once. The factory
+    passes each keeper's pipes over a unix socket and exits when the agent closes it (or dies)."""
 
     def __init__(self, spool: Spool) -> None:
         self.spool = spool
         self._spare: _Spare | None = None
-        self._factory: subprocess.Popen | None = None
+        self._factory: int | None = None  # its pid
         self._sock: socket.socket | None = None
         self._asked = False  # a spare is on its way from the factory
 
@@ -141,16 +140,32 @@ class Keepers:
             self._sock.close()
             self._sock = None
         if self._factory is not None:
-            try:
-                self._factory.wait(FACTORY_WAIT_S)
-            except subprocess.TimeoutExpired:
-                self._factory.kill()
-                self._factory.wait()
+            _end(self._factory)
             self._factory = None
 
+    def start(self) -> None:
+        """Fork the factory (again, if it has died)."""
+        if self._sock is not None:
+            self._sock.close()
+        if self._factory is not None:
+            _end(self._factory)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the factory; it never returns
+            code = 1
+            try:
+                signal.set_wakeup_fd(-1)
+                _close_all_but((theirs.fileno(),))
+                factory_main(self.spool, theirs)
+                code = 0
+            finally:
+                os._exit(code)
+        theirs.close()
+        self._factory, self._sock, self._asked = pid, ours, False
+
     def _ask(self) -> None:
-        if self._sock is None or self._factory is None or self._factory.poll() is not None:
-            self._start_factory()
+        if self._sock is None:
+            self.start()
         assert self._sock is not None
         try:
             self._sock.send(b"spare")
@@ -178,31 +193,9 @@ class Keepers:
             raise StartError(f"the keeper factory did not hand over a keeper: {why}")
         return _Spare(int(msg), *fds)
 
-    def _start_factory(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        try:
-            self._factory = subprocess.Popen(
-                [sys.executable, "-m", "agent.keeper", str(self.spool.root), str(theirs.fileno())],
-                pass_fds=[theirs.fileno()],
-                stdin=subprocess.DEVNULL,
-                env=env,
-            )
-        except OSError as exc:
-            ours.close()
-            raise StartError(f"cannot start the keeper factory: {exc}") from None
-        finally:
-            theirs.close()
-        self._sock = ours
-        self._asked = False
 
-
-def factory_main(spool_root: str, fd: int) -> None:
+def factory_main(spool: Spool, sock: socket.socket) -> None:
     """The factory: a keeper per request, until the agent closes the socket."""
-    spool = Spool(spool_root)
-    sock = socket.socket(fileno=fd)
     # Keepers are the factory's children only for a moment: they are never waited for here.
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is the agent's to handle
@@ -215,6 +208,20 @@ def factory_main(spool_root: str, fd: int) -> None:
         finally:
             for f in (spare.assign, spare.report, spare.notify):
                 os.close(f)
+
+
+def _end(pid: int) -> None:
+    """Reap the factory, which exits once its socket is closed; SIGKILL it if it does not."""
+    deadline = time.monotonic() + FACTORY_WAIT_S
+    try:
+        while not os.waitpid(pid, os.WNOHANG)[0]:
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return
+            time.sleep(0.01)  # bounded: it exits as soon as it reads the EOF
+    except ChildProcessError:
+        pass  # reaped already
 
 
 def _asked(sock: socket.socket) -> bool:
@@ -509,7 +516,3 @@ class _Keeper:
         self.cut = signal.SIGTERM if sig == signal.SIGUSR1 else signal.SIGKILL
         assert self.proc is not None
         procgroup.signal_group(self.proc.pid, signal.SIGKILL)
-
-
-if __name__ == "__main__":
-    factory_main(sys.argv[1], int(sys.argv[2]))

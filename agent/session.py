@@ -74,6 +74,9 @@ class Agent:
         self.agent_id = cfg.agent_id()
         self.epoch = new_epoch()
         self.spool = Spool(self.conf.spool_dir or cfg.state_path / "spool" / self.agent_id)
+        # Forked now, while this process has no threads or sockets yet (agent/keeper.py).
+        self.keepers = Keepers(self.spool)
+        self.keepers.start()
         security = auth.for_service(cfg, "agent", self.agent_id)
         if security is not None:
             security.keyring.server_key(roles.BROKER, cfg.agent_broker())  # a missing key fails here, not in the pump
@@ -88,7 +91,6 @@ class Agent:
         self.refused: OrderedDict[str, proto.CmdStatus] = OrderedDict()
         # The secrets every keeper takes out of its command's output (agent/redact.py).
         self.redactor = Redactor()
-        self.keepers = Keepers(self.spool)
         self.recent: deque[tuple[float, str]] = deque(
             self.spool.finished_since(time.time() - RECENT_S)[-RECENT_MAX:], maxlen=RECENT_MAX
         )

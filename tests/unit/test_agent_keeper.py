@@ -75,7 +75,7 @@ def test_a_command_that_cannot_start_is_reported_and_nothing_runs(tmp_path: Path
     with pytest.raises(keeper.StartError, match="No such file"):
         keeper.Keepers(spool).spawn("c", plan, [])
     assert spool.read_pid("c") is None and spool.read_exit("c") is None
-    assert not spool.keeper_alive("c")
+    wait_for(lambda: not spool.keeper_alive("c"), 10, "the keeper to exit")
 
 
 def test_a_keeper_waits_for_its_command_and_starts_none_a_restarted_agent_has_decided(tmp_path: Path) -> None:
