@@ -1,18 +1,21 @@
-"""The output thread: the one owner of every running command's pipes and of the PUB socket.
+"""The output thread: it tails every running command's spool files and owns the PUB socket.
 
 Why one thread: it keeps event stamping hole-free (one Stamper, one socket, one thread) and
-moves output in big blocks with a single selector instead of a thread per pipe. Per command it
-- reads stdout/stderr in blocks into a chunk buffer; a chunk (full at ``chunk_bytes``, or
-  older than ``flush_ms``, never a message per line) has the known secrets taken out
-  (agent/redact.py; nothing to do while none is known), is appended to the spool and THEN
-  published as a LogChunk, so every byte an event announces can already be fetched;
-- keeps a bounded head+tail capture of each stream (of what was published) for the CmdStatus;
-- writes the optional stdin without blocking;
+moves output in big blocks with a single selector instead of a thread per command. Each
+command's keeper (agent/keeper.py) writes its output, already redacted, to the spool files and
+pokes a notify pipe after each write; this thread, per command,
+- reads what is new in the files into a chunk buffer; a chunk (full at ``chunk_bytes``, or
+  older than ``flush_ms``, never a message per line) is published as a LogChunk at its byte
+  offset in the file, so every byte an event announces can already be fetched;
+- saves how far it has published (``published``) about once a second, where a restarted agent
+  resumes;
 - enforces the timeout and kill requests: SIGTERM to the whole command (through its executor
   handle), SIGKILL after ``kill_grace_s``;
-- when both pipes hit EOF and the leader has exited: lets the handle conclude the status,
-  writes the result to the spool, THEN publishes CmdDone, then hands the status to the
-  session thread.
+- when the keeper has exited (EOF on the notify pipe; for a command re-attached after a
+  restart, whose notify pipe died with the old agent, the keeper's lock is polled): publishes
+  the rest of the files, builds the status from the keeper's ``exit`` record, lets the handle
+  conclude it, writes the result to the spool, THEN publishes CmdDone, then hands the status to
+  the session thread.
 The session thread talks to it only through ``start_cmd``/``kill``/``publish_done``/``shutdown``
 (callables queued to this thread) and reads finished statuses from ``done_fd``/``take_done``.
 """
@@ -28,13 +31,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import IO, Any
+from typing import Any
 
 import zmq
 
-from agent.capture import Capture
+from agent.capture import capture_file
 from agent.executor import Handle
-from agent.redact import Redactor
 from agent.spool import Spool
 from common import logs, topics, zmqutil
 from common import protocol as proto
@@ -42,18 +44,18 @@ from common.auth import Security
 from common.config import AgentConf
 from common.publisher import Publisher
 
-STDIN_BLOCK = 64 * 1024
-# Without pidfd (non-Linux) leader exit is noticed by polling at this period.
+# A re-attached command's files and keeper are looked at this often (no notify pipe).
 POLL_S = 0.05
-# A chunk's tail that may be the start of a secret waits this long for the rest of it.
-HOLD_S = 1.0
+# How often the published offsets are saved: what a restarted agent may publish twice.
+SAVE_S = 1.0
+KEEPER_DIED = "its keeper process ended without recording the command's exit; the exit status is unknown"
 
 log = logs.get("agent.pump")
 
 
 @dataclass
 class Started:
-    """A command the session has started and recorded (spec + pid) in the spool."""
+    """A command the session has started (or re-attached) and recorded in the spool."""
 
     cmd_id: str
     job_id: str
@@ -61,26 +63,21 @@ class Started:
     handle: Handle
     started_at: float  # wall clock
     timeout: float | None
-    stdin: bytes | None
+    notify: int | None  # the keeper's notify pipe; None: re-attached, polled
+    published: tuple[int, int] = (0, 0)  # stdout, stderr bytes published already
 
 
 class _Stream:
-    """One pipe of one command. Output is read straight into a fixed chunk-sized buffer (no
-    per-read allocation or copy); a full buffer, or one older than flush_ms, is published."""
+    """One spool file of one command. Output is read straight into a fixed chunk-sized buffer
+    (no per-read allocation or copy); a full buffer, or one older than flush_ms, is published."""
 
-    def __init__(self, stream: int, pipe: IO[bytes], spool_fd: int, chunk: int, capture: Capture) -> None:
+    def __init__(self, stream: int, fd: int, offset: int, chunk: int) -> None:
         self.stream = stream
-        self.pipe = pipe  # the Popen file object; closing it closes the fd
-        self.fd = pipe.fileno()
-        self.spool_fd = spool_fd
-        self.capture = capture
+        self.fd = fd
         self.buf = memoryview(bytearray(chunk))
         self.fill = 0  # bytes in buf not yet published
-        self.offset = 0  # bytes spooled and published so far (after redaction)
-        # Bytes at the start of buf held back by redaction, while nothing has followed them.
-        self.held = 0
+        self.offset = offset  # bytes published so far; the file is read from offset + fill
         self.pending_since = 0.0
-        self.open = True
 
 
 @dataclass
@@ -90,14 +87,11 @@ class _Running:
     log_topic: str
     cmd_topic: str
     deadline: float | None  # monotonic: timeout
-    pidfd: int | None = None
-    exited_at: float | None = None  # monotonic: the leader's exit was noticed
     kill_at: float | None = None  # monotonic: SIGKILL escalation
     timed_out: bool = False
     killed: bool = False
-    spool_failed: bool = False
-    stdin: memoryview | None = None  # request stdin not yet written
-    stdin_pipe: IO[bytes] | None = None
+    saved_at: float = 0.0  # monotonic: published offsets last saved
+    saved: tuple[int, int] = (0, 0)
 
 
 class Pump(threading.Thread):
@@ -131,7 +125,6 @@ class Pump(threading.Thread):
         self._done_r, self._done_w = _nonblocking_pipe()
         self._stopping = False
         self._events: Publisher | None = None
-        self._redactor = Redactor()  # this thread's only
 
     # ------------------------------------------------------------------ session-thread API
     @property
@@ -143,10 +136,6 @@ class Pump(threading.Thread):
 
     def kill(self, cmd_id: str) -> None:
         self._call(partial(self._kill, cmd_id))
-
-    def learn_secrets(self, stdin: bytes) -> None:
-        """Redact the values of this secret stdin from all output from now on."""
-        self._call(partial(self._redactor.learn, stdin))
 
     def publish_done(self, status: proto.CmdStatus) -> None:
         """Publish CmdDone for a command that never ran: its status is already recorded (in the
@@ -202,9 +191,7 @@ class Pump(threading.Thread):
         due: list[float] = []
         for run in self._runs.values():
             due += [t for t in (run.deadline, run.kill_at) if t is not None]
-            if run.exited_at is not None:
-                due.append(run.exited_at + self._grace)
-            elif run.pidfd is None:
+            if run.started.notify is None:
                 due.append(now + POLL_S)
             due += [s.pending_since + self._flush_s for s in run.streams if s.fill]
         return max(0.0, min(due) - now) if due else None
@@ -226,102 +213,68 @@ class Pump(threading.Thread):
     # ------------------------------------------------------------------ start
     def _start(self, st: Started) -> None:
         now = time.monotonic()
+        remaining = st.started_at + st.timeout - time.time() if st.timeout else None
         run = _Running(
             started=st,
             streams=[],
             log_topic=topics.log(st.job_id, st.cmd_id),
             cmd_topic=topics.cmd(st.job_id, st.cmd_id),
-            deadline=now + st.timeout if st.timeout else None,
+            deadline=now + remaining if remaining is not None else None,
+            saved=st.published,
         )
         self._runs[st.cmd_id] = run
-        # CmdStarted precedes every LogChunk of the command: pipes are watched only from here on.
-        self._publish(
-            proto.CmdStarted,
-            run.cmd_topic,
-            job_id=st.job_id,
-            cmd_id=st.cmd_id,
-            agent=self._agent_id,
-            pid=st.handle.proc.pid,
-            argv=st.argv,
-        )
-        proc = st.handle.proc
-        # Every executor pipes both streams (procgroup.popen_piped).
-        assert proc.stdout is not None and proc.stderr is not None
-        for stream, pipe in ((proto.STDOUT, proc.stdout), (proto.STDERR, proc.stderr)):
-            spool_fd = os.open(
-                self._spool.output_path(st.cmd_id, stream), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600
+        if st.notify is not None:
+            # CmdStarted precedes every LogChunk of the command. A re-attached command had
+            # its CmdStarted from the agent that started it.
+            self._publish(
+                proto.CmdStarted,
+                run.cmd_topic,
+                job_id=st.job_id,
+                cmd_id=st.cmd_id,
+                agent=self._agent_id,
+                pid=st.handle.pid,
+                argv=st.argv,
             )
-            s = _Stream(stream, pipe, spool_fd, self._chunk, Capture(self._capture))
-            run.streams.append(s)
-            self._sel.register(s.fd, selectors.EVENT_READ, partial(self._on_readable, run, s))
-        if st.stdin is not None:
-            assert proc.stdin is not None
-            run.stdin, run.stdin_pipe = memoryview(st.stdin), proc.stdin
-            os.set_blocking(proc.stdin.fileno(), False)
-            self._sel.register(proc.stdin.fileno(), selectors.EVENT_WRITE, partial(self._on_writable, run))
-        try:
-            run.pidfd = os.pidfd_open(proc.pid)
-            self._sel.register(run.pidfd, selectors.EVENT_READ, partial(self._on_exit, run))
-        except (AttributeError, OSError):
-            run.pidfd = None  # polled instead (see POLL_S)
+            self._sel.register(st.notify, selectors.EVENT_READ, partial(self._on_notify, run))
+        for stream, offset in zip((proto.STDOUT, proto.STDERR), st.published, strict=True):
+            fd = os.open(self._spool.output_path(st.cmd_id, stream), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            os.lseek(fd, offset, os.SEEK_SET)
+            run.streams.append(_Stream(stream, fd, offset, self._chunk))
         if self._stopping:
             run.killed = True
             self._terminate(run)
+        if st.notify is None:
+            self._poll(run)  # what was written while no agent watched goes out now
 
-    # ------------------------------------------------------------------ I/O callbacks
-    def _on_readable(self, run: _Running, s: _Stream, fd: int) -> None:
-        n = os.readv(fd, [s.buf[s.fill :]])
-        if not n:
-            self._close_stream(run, s)
-            self._maybe_finish(run)
-            return
-        if not s.fill or s.held:
-            s.pending_since = time.monotonic()
-            s.held = 0
-        s.fill += n
-        if s.fill == len(s.buf):
-            self._publish_chunk(run, s)
-
-    def _spool_write(self, run: _Running, s: _Stream, data: memoryview) -> None:
+    # ------------------------------------------------------------------ reading
+    def _on_notify(self, run: _Running, fd: int) -> None:
         try:
-            while data:
-                data = data[os.write(s.spool_fd, data) :]
-        except OSError as exc:
-            # Keep streaming to subscribers. ``error`` is reserved for "never started", so the
-            # short spool copy shows as a file smaller than the result's byte counts.
-            if not run.spool_failed:
-                run.spool_failed = True
-                log.error("spool write failed", cmd_id=run.started.cmd_id, error=str(exc))
-
-    def _on_writable(self, run: _Running, fd: int) -> None:
-        assert run.stdin is not None and run.stdin_pipe is not None
-        try:
-            n = os.write(fd, run.stdin[:STDIN_BLOCK])
-            run.stdin = run.stdin[n:]
+            pokes = os.read(fd, 65536)
         except BlockingIOError:
             return
-        except OSError:
-            run.stdin = run.stdin[:0]  # the child closed its stdin: nothing more to give it
-        if not run.stdin:
-            self._sel.unregister(fd)
-            run.stdin_pipe.close()
+        self._read_all(run)
+        if not pokes:  # EOF: the keeper has exited, its exit record is written
+            self._finish(run)
 
-    def _on_exit(self, run: _Running, fd: int) -> None:
-        self._sel.unregister(fd)
-        os.close(fd)
-        run.pidfd = None
-        run.started.handle.proc.poll()
-        run.exited_at = time.monotonic()
-        self._maybe_finish(run)
+    def _poll(self, run: _Running) -> None:
+        """A re-attached command: no pokes, so look at its files and its keeper's lock."""
+        ended = not self._spool.keeper_alive(run.started.cmd_id)
+        self._read_all(run)
+        if ended:
+            self._finish(run)
 
-    def _close_stream(self, run: _Running, s: _Stream) -> None:
-        if s.open:
-            if s.fill:
-                self._publish_chunk(run, s, final=True)  # the rest of the stream goes out at once
-            s.open = False
-            self._sel.unregister(s.fd)
-            s.pipe.close()
-            os.close(s.spool_fd)
+    def _read_all(self, run: _Running) -> None:
+        for s in run.streams:
+            while True:
+                n = os.readv(s.fd, [s.buf[s.fill :]])
+                if not n:
+                    break
+                if not s.fill:
+                    s.pending_since = time.monotonic()
+                s.fill += n
+                if s.fill < len(s.buf):
+                    break  # all there is for now
+                self._publish_chunk(run, s)
 
     # ------------------------------------------------------------------ timeouts and kills
     def _kill(self, cmd_id: str) -> None:
@@ -349,50 +302,43 @@ class Pump(threading.Thread):
         if run.kill_at is not None and now >= run.kill_at:
             run.kill_at = None
             run.started.handle.signal(signal.SIGKILL)
-        if run.pidfd is None and run.exited_at is None and run.started.handle.proc.poll() is not None:
-            run.exited_at = now
-            self._maybe_finish(run)
-        if run.exited_at is not None and now >= run.exited_at + self._grace and run.started.cmd_id in self._runs:
-            # The leader is gone but something it left behind still holds the pipes open:
-            # end the rest of the group and stop waiting for its output.
-            run.started.handle.signal(signal.SIGKILL)
-            for s in run.streams:
-                self._close_stream(run, s)
-            self._maybe_finish(run)
+        if run.started.notify is None and run.started.cmd_id in self._runs:
+            self._poll(run)
 
     # ------------------------------------------------------------------ publishing
     def _flush_due(self, now: float) -> None:
-        for run in self._runs.values():
+        for run in list(self._runs.values()):
             for s in run.streams:
                 if s.fill and now - s.pending_since >= self._flush_s:
                     self._publish_chunk(run, s)
+            if now - run.saved_at >= SAVE_S:
+                self._save_offsets(run, now)
 
-    def _publish_chunk(self, run: _Running, s: _Stream, final: bool = False) -> None:
-        data: bytes | memoryview = s.buf[: s.fill]
-        held = b""
-        if self._redactor.secrets:
-            # Held bytes that nothing followed within HOLD_S go out as they are.
-            data, held = self._redactor.apply(data, final or s.held > 0)
-        if data:
-            # Spool first, in one write per chunk: whoever sees the event can Fetch its bytes.
-            self._spool_write(run, s, memoryview(data))
-            s.capture.feed(data)
-            st = run.started
-            self._publish(
-                proto.LogChunk,
-                run.log_topic,
-                job_id=st.job_id,
-                cmd_id=st.cmd_id,
-                stream=s.stream,
-                offset=s.offset,
-                data=data,
-            )
-            s.offset += len(data)
-        # Encoding copied the bytes: the buffer is free again, but for what is held back.
-        s.fill = s.held = len(held)
-        if held:
-            s.buf[: len(held)] = held
-            s.pending_since = time.monotonic() + HOLD_S - self._flush_s
+    def _publish_chunk(self, run: _Running, s: _Stream) -> None:
+        st = run.started
+        self._publish(
+            proto.LogChunk,
+            run.log_topic,
+            job_id=st.job_id,
+            cmd_id=st.cmd_id,
+            stream=s.stream,
+            offset=s.offset,
+            data=s.buf[: s.fill],
+        )
+        # Encoding copied the bytes: the buffer is free again.
+        s.offset += s.fill
+        s.fill = 0
+
+    def _save_offsets(self, run: _Running, now: float) -> None:
+        run.saved_at = now
+        offsets = (run.streams[0].offset, run.streams[1].offset)
+        if offsets != run.saved:
+            try:
+                self._spool.write_published(run.started.cmd_id, *offsets)
+                run.saved = offsets
+            except OSError as exc:
+                # A restarted agent would publish a little more twice; tail drops the overlap.
+                log.warning("cannot save published offsets", cmd_id=run.started.cmd_id, error=str(exc))
 
     def _send_done(self, status: proto.CmdStatus) -> None:
         self._publish(
@@ -408,45 +354,58 @@ class Pump(threading.Thread):
         self._events.publish(cls, topic, **fields)
 
     # ------------------------------------------------------------------ the end of a command
-    def _maybe_finish(self, run: _Running) -> None:
+    def _finish(self, run: _Running) -> None:
         st = run.started
-        proc = st.handle.proc
-        if any(s.open for s in run.streams) or proc.returncode is None:
-            return
-        if run.stdin_pipe is not None and not run.stdin_pipe.closed:
-            self._sel.unregister(run.stdin_pipe.fileno())
-            run.stdin_pipe.close()
-        rc = proc.returncode
-        out, err = run.streams
-        ended = time.time()
+        self._read_all(run)  # the keeper has exited: nothing more will be written
+        for s in run.streams:
+            if s.fill:
+                self._publish_chunk(run, s)
+            os.close(s.fd)
+        if st.notify is not None:
+            self._sel.unregister(st.notify)
+            os.close(st.notify)
+        status = self._status(run)
+        try:
+            self._spool.write_result(status)
+        except OSError as exc:
+            log.error("cannot write result to the spool", cmd_id=st.cmd_id, error=str(exc))
+        # The session has it before anyone hears of it: a Query prompted by CmdDone finds it
+        # even when the disk kept the result out of the spool.
+        self._done.put(status)
+        _poke(self._done_w)
+        self._send_done(status)
+        del self._runs[st.cmd_id]
+
+    def _status(self, run: _Running) -> proto.CmdStatus:
+        st = run.started
+        ended = self._spool.read_exit(st.cmd_id)
+        out, err = (capture_file(self._spool.output_path(st.cmd_id, s), self._capture) for s in proto.STREAM_NAMES)
         status = proto.CmdStatus(
             cmd_id=st.cmd_id,
             job_id=st.job_id,
             agent=self._agent_id,
             state="done",
-            pid=proc.pid,
-            exit_code=rc if rc >= 0 else None,
-            signal=-rc if rc < 0 else None,
+            pid=st.handle.pid,
             timed_out=run.timed_out,
             killed=run.killed,
             started_at=st.started_at,
-            ended_at=ended,
-            duration=ended - st.started_at,
-            stdout_bytes=out.offset,
-            stderr_bytes=err.offset,
-            stdout=out.capture.value(),
-            stderr=err.capture.value(),
-            truncated=out.capture.truncated or err.capture.truncated,
+            ended_at=ended.ended_at if ended else time.time(),
+            stdout_bytes=run.streams[0].offset,
+            stderr_bytes=run.streams[1].offset,
+            stdout=out.value(),
+            stderr=err.value(),
+            truncated=out.truncated or err.truncated,
         )
-        status = st.handle.conclude(status)
-        try:
-            self._spool.write_result(status)
-        except OSError as exc:
-            log.error("cannot write result to the spool", cmd_id=st.cmd_id, error=str(exc))
-        self._send_done(status)
-        del self._runs[st.cmd_id]
-        self._done.put(status)
-        _poke(self._done_w)
+        status.duration = max(0.0, status.ended_at - st.started_at)
+        if ended is None:
+            # Killed by hand, most likely: what it ran may live on, with nobody to report it.
+            st.handle.signal(signal.SIGKILL)
+            status.error = KEEPER_DIED
+            return status
+        rc = ended.returncode
+        status.exit_code, status.signal = (rc, None) if rc >= 0 else (None, -rc)
+        status.spool_error = ended.spool_error
+        return st.handle.conclude(status, ended)
 
 
 def _nonblocking_pipe() -> tuple[int, int]:

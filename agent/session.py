@@ -16,8 +16,8 @@ Outcomes of an Exec (docs/protocol.md repeats this):
   answered like a command that ran: ExecReply(status=done, error set) and a CmdDone event --
   one path for the orchestrator, idempotent and queryable while remembered (a refusal
   forgotten or lost in a restart is refused again when resent: the policy decides alike);
-- allowed but not executable: recorded in the spool as a finished command with ``error`` set,
-  answered as a refusal;
+- allowed but not executable (or its keeper could not record it): its spool entry is removed
+  and it is remembered and answered as a refusal;
 - started: ExecReply(status=running, pid), then CmdStarted, LogChunks and CmdDone events.
 """
 
@@ -32,10 +32,12 @@ from dataclasses import dataclass
 
 import zmq
 
-from agent import policy, procgroup, recovery
+from agent import policy, recovery
 from agent.executor import executor_for
+from agent.keeper import Keepers
 from agent.links import MasterLink
 from agent.pump import Pump, Started
+from agent.redact import Redactor
 from agent.spool import Spool, SpoolEntry, valid_cmd_id
 from common import auth, limits, logs, roles, zmqutil
 from common import protocol as proto
@@ -47,7 +49,8 @@ RECENT_S = 600.0
 RECENT_MAX = 1000
 # Per wake-up and socket, so one chatty master cannot starve the other.
 DRAIN_BATCH = 256
-# Refusals remembered (in memory only) for Query and duplicate Execs.
+# Outcomes remembered in memory only (refusals; results a full disk kept out of the spool),
+# for Query and duplicate Execs.
 REFUSED_MAX = 1000
 # libzmq never reconnects a socket whose handshake failed (a process squatting on the master's
 # port, a key the master does not accept yet): a link not welcomed for this long gets a new one.
@@ -71,6 +74,9 @@ class Agent:
         self.agent_id = cfg.agent_id()
         self.epoch = new_epoch()
         self.spool = Spool(self.conf.spool_dir or cfg.state_path / "spool" / self.agent_id)
+        # Forked now, while this process has no threads or sockets yet (agent/keeper.py).
+        self.keepers = Keepers(self.spool)
+        self.keepers.start()
         security = auth.for_service(cfg, "agent", self.agent_id)
         if security is not None:
             security.keyring.server_key(roles.BROKER, cfg.agent_broker())  # a missing key fails here, not in the pump
@@ -83,6 +89,8 @@ class Agent:
         self.executor = executor_for(self.conf, cfg.state_path, self.environ)
         self.running: dict[str, _Slot] = {}
         self.refused: OrderedDict[str, proto.CmdStatus] = OrderedDict()
+        # The secrets every keeper takes out of its command's output (agent/redact.py).
+        self.redactor = Redactor()
         self.recent: deque[tuple[float, str]] = deque(
             self.spool.finished_since(time.time() - RECENT_S)[-RECENT_MAX:], maxlen=RECENT_MAX
         )
@@ -105,13 +113,23 @@ class Agent:
         self._stop = True
 
     def run(self) -> int:
-        recovered = recovery.recover(self.spool, self.agent_id, self.conf.capture_bytes, self.executor)
+        attach, recovered = recovery.recover(self.spool, self.agent_id, self.conf.capture_bytes, self.executor)
         self.executor.open()
         self.pump.start()
         for status in recovered:
-            log.warning("command orphaned by a previous agent process", cmd_id=status.cmd_id, killed=status.killed)
+            log.warning(
+                "command orphaned by a previous agent process",
+                cmd_id=status.cmd_id,
+                killed=status.killed,
+                error=status.error,
+            )
             self._remember_done(status)
             self.pump.publish_done(status)
+        for st in attach:
+            log.info("re-attached to a command of a previous agent process", cmd_id=st.cmd_id, pid=st.handle.pid)
+            workspace = entry.workspace if (entry := self.spool.read_spec(st.cmd_id)) else None
+            self.running[st.cmd_id] = _Slot(st.job_id, workspace, st.handle.pid, st.started_at)
+            self.pump.start_cmd(st)
         log.info(
             "agent started",
             agent_id=self.agent_id,
@@ -133,6 +151,8 @@ class Agent:
                     self._drain(link)
             if self.pump.done_fd in ready:
                 self._on_done(self.pump.take_done())
+            # After the replies went out: the next command's keeper is forked off the round trip.
+            self.keepers.ready()
             if not self.pump.is_alive():
                 log.error("output thread died; stopping")
                 self._close()
@@ -190,6 +210,7 @@ class Agent:
     def _close(self) -> None:
         for link in self.links:
             link.sock.close()
+        self.keepers.close()
         self.executor.close()
         if self.pump.is_alive():
             # term() would wait forever for the PUB the stuck thread still owns.
@@ -245,6 +266,8 @@ class Agent:
         over = proto.over_limit(req)
         if over:
             return proto.ErrorReply(req_id=req.req_id, code="bad_request", message=over)
+        # Completions not taken yet: the answer must know every command that has ended.
+        self._on_done(self.pump.take_done())
         try:
             if isinstance(req, proto.Exec):
                 return self._exec(req)
@@ -274,23 +297,22 @@ class Agent:
         try:
             starter = self.executor.prepare(spec, req.workspace)
         except policy.Refusal as exc:
-            return self._unstarted(req, str(exc), spooled=False)
+            return self._unstarted(req, str(exc))
         if spec.stdin_secret and spec.stdin:
-            self.pump.learn_secrets(spec.stdin)
+            self.redactor.learn(spec.stdin)
         self.spool.create(
             req.cmd_id, SpoolEntry(spec=spec, job_id=req.job_id, workspace=req.workspace, received_at=time.time())
         )
         try:
-            handle = starter()
-        except (OSError, ValueError) as exc:
+            handle, notify = starter(self.keepers, req.cmd_id, self.redactor.secrets)
+        except OSError as exc:
+            # It never ran: forget it, so that the same cmd_id can be sent again.
+            self.spool.discard(req.cmd_id)
             return self._unstarted(req, f"cannot execute {spec.argv[0]!r}: {exc}")
         started_at = time.time()
-        pid = handle.proc.pid
-        self.spool.write_pid(req.cmd_id, pid, procgroup.start_ticks(pid))
+        pid = handle.pid
         self.running[req.cmd_id] = _Slot(req.job_id, req.workspace, pid, started_at)
-        self.pump.start_cmd(
-            Started(req.cmd_id, req.job_id, list(spec.argv), handle, started_at, spec.timeout, spec.stdin)
-        )
+        self.pump.start_cmd(Started(req.cmd_id, req.job_id, list(spec.argv), handle, started_at, spec.timeout, notify))
         # Debug only: the CmdStarted event (journalled by the broker) is the record, and a log
         # line per command costs measurable time on the dispatch round trip.
         log.debug("command started", cmd_id=req.cmd_id, job_id=req.job_id, pid=pid, argv0=spec.argv[0])
@@ -317,9 +339,9 @@ class Agent:
                     return f"workspace {workspace!r} is busy with command {cmd_id}"
         return ""
 
-    def _unstarted(self, req: proto.Exec, error: str, spooled: bool = True) -> proto.ExecReply:
-        """A command that will never run: its outcome is recorded like any other, in the spool
-        if it has a spool entry, else (a refusal) in memory."""
+    def _unstarted(self, req: proto.Exec, error: str) -> proto.ExecReply:
+        """A command that will never run: its outcome is remembered in memory (nothing of it is
+        on disk) and answered like any other."""
         now = time.time()
         status = proto.CmdStatus(
             cmd_id=req.cmd_id,
@@ -330,16 +352,16 @@ class Agent:
             started_at=now,
             ended_at=now,
         )
-        if spooled:
-            self.spool.write_result(status)
-        else:
-            self.refused[req.cmd_id] = status
-            if len(self.refused) > REFUSED_MAX:
-                self.refused.popitem(last=False)
+        self._keep_in_memory(status)
         self.pump.publish_done(status)
         self._remember_done(status)
         log.warning("command refused", cmd_id=req.cmd_id, error=error)
         return proto.ExecReply(req_id=req.req_id, cmd_id=req.cmd_id, agent=self.agent_id, status=status)
+
+    def _keep_in_memory(self, status: proto.CmdStatus) -> None:
+        self.refused[status.cmd_id] = status
+        if len(self.refused) > REFUSED_MAX:
+            self.refused.popitem(last=False)
 
     # ------------------------------------------------------------------ Kill, Query, Fetch
     def _kill(self, req: proto.Kill) -> proto.KillReply:
@@ -350,7 +372,7 @@ class Agent:
 
     def _status(self, cmd_id: str) -> proto.CmdStatus:
         """From the spool: the result if there is one, else the live state of our own process.
-        (Start-up recovery leaves no other kind of spool entry.)"""
+        (Start-up recovery re-attaches to every other kind of spool entry, or ends it.)"""
         refused = self.refused.get(cmd_id)
         if refused is not None:
             return refused
@@ -380,7 +402,7 @@ class Agent:
                 code="bad_request",
                 message="fetch needs stream 1 (stdout) or 2 (stderr), offset >= 0 and size > 0",
             )
-        if req.cmd_id in self.refused:
+        if req.cmd_id in self.refused and not self.spool.exists(req.cmd_id):
             return proto.FetchReply(
                 req_id=req.req_id,
                 cmd_id=req.cmd_id,
@@ -395,7 +417,7 @@ class Agent:
                 req_id=req.req_id, code="unknown_cmd", message=f"no command {req.cmd_id!r} in the spool"
             )
         # Asked before reading: a result written means the output files are final.
-        finished = self.spool.read_result(req.cmd_id) is not None
+        finished = self.spool.read_result(req.cmd_id) is not None or req.cmd_id in self.refused
         data, total = self.spool.read_range(req.cmd_id, req.stream, req.offset, min(req.size, limits.MAX_FETCH_BYTES))
         # Complete only when nothing is left to read: a read capped at MAX_FETCH_BYTES is not.
         complete = finished and req.offset + len(data) >= total
@@ -413,6 +435,8 @@ class Agent:
     def _on_done(self, statuses: list[proto.CmdStatus]) -> None:
         for status in statuses:
             self.running.pop(status.cmd_id, None)
+            if not self.spool.has_result(status.cmd_id):
+                self._keep_in_memory(status)  # a full disk: Query still gets the real answer
             self._remember_done(status)
             log.info(
                 "command done",
@@ -444,6 +468,7 @@ class Agent:
             slots=self.conf.slots,
             running=list(self.running),
             epoch=self.epoch,
+            spool_free=self.spool.free_bytes(),
         )
         return proto.Hello(
             proto=proto.PROTOCOL_VERSION,
@@ -453,7 +478,11 @@ class Agent:
         )
 
     def _heartbeat(self) -> proto.Heartbeat:
-        return proto.Heartbeat(running=list(self.running), free_slots=max(0, self.conf.slots - len(self.running)))
+        return proto.Heartbeat(
+            running=list(self.running),
+            free_slots=max(0, self.conf.slots - len(self.running)),
+            spool_free=self.spool.free_bytes(),
+        )
 
 
 def _malformed(req: proto.Exec) -> str:

@@ -2,8 +2,15 @@
 
 Files per command (the directory's existence is what makes an Exec a duplicate):
 - ``spec``   msgpack SpoolEntry: the CmdSpec (a secret stdin removed), job, workspace, time
-- ``pid``    "<pid> <start ticks>" of the process-group leader (start ticks tell a reused pid)
-- ``stdout``, ``stderr``  raw output bytes; byte offset N of a LogChunk is byte N here
+- ``keeper`` empty; flock()ed by the command's keeper (agent/keeper.py) for as long as it lives
+- ``pid``    "<pid> <start ticks> <keeper pid>" of the process-group leader (start ticks tell a
+  reused pid), written by the keeper once the command runs; its mtime is the start time
+- ``stdout``, ``stderr``  output bytes (redacted), written by the keeper; byte offset N of a
+  LogChunk is byte N here
+- ``exit``   how the command ended: a KeeperExit (4-byte length + msgpack) in a record its
+  keeper reserves before starting the command and fills in place when it ends
+- ``published`` "<stdout offset> <stderr offset>": how far the agent had published, saved about
+  once a second, so a restarted agent resumes there (tail drops the little it sends twice)
 - ``result`` msgpack CmdStatus, written atomically (tmp + fsync + rename): present = finished
 
 This module only stores and reads; deciding what a missing result means is the caller's job.
@@ -11,19 +18,36 @@ This module only stores and reads; deciding what a missing result means is the c
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import re
 import shutil
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
 
 from common import protocol as proto
 
 STREAM_FILES = {proto.STDOUT: "stdout", proto.STDERR: "stderr"}
+# The exit record's reserved size, and the most of its text that is kept.
+EXIT_RECORD = 4096
+EXIT_TEXT_MAX = 1024
 # cmd_ids become directory names: refuse anything that could escape the spool or hide.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$")
+
+
+class KeeperExit(msgspec.Struct, omit_defaults=True):
+    """What a command's keeper saw of its end (agent/keeper.py)."""
+
+    returncode: int  # Popen's: negative = killed by that signal
+    ended_at: float
+    # The SSH executor's keeper answered a kill by cutting the session: the signal it stood for.
+    cut: int | None = None
+    # Output that could not be written to the spool (and so was never published either).
+    spool_error: str = ""
 
 
 class SpoolEntry(msgspec.Struct, omit_defaults=True):
@@ -31,6 +55,13 @@ class SpoolEntry(msgspec.Struct, omit_defaults=True):
     job_id: str = ""
     workspace: str | None = None
     received_at: float = 0.0
+
+
+class Pids(NamedTuple):
+    pid: int  # the command's process-group leader
+    ticks: int | None  # its start time in clock ticks
+    keeper: int | None  # its keeper's pid (None: spooled by an agent from before keepers)
+    started_at: float  # wall clock: when the keeper recorded the start
 
 
 def valid_cmd_id(cmd_id: str) -> bool:
@@ -72,6 +103,14 @@ class Spool:
         # Output may contain anything a p4 command prints: only the agent's user may read it.
         os.chmod(self.root, 0o700)
 
+    def free_bytes(self) -> int | None:
+        """Bytes an unprivileged writer may still use on the spool's filesystem."""
+        try:
+            st = os.statvfs(self.root)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
+
     def dir(self, cmd_id: str) -> Path:
         if not valid_cmd_id(cmd_id):
             raise ValueError(f"invalid cmd_id {cmd_id!r}")
@@ -81,13 +120,24 @@ class Spool:
         return self.dir(cmd_id).is_dir()
 
     def create(self, cmd_id: str, entry: SpoolEntry) -> None:
-        """Record a command before anything runs; raises FileExistsError for a known cmd_id."""
+        """Record a command before anything runs; raises FileExistsError for a known cmd_id.
+
+        A failed write (a full disk) leaves nothing behind: a half-made directory would make
+        every resend of the same cmd_id fail with FileExistsError."""
         d = self.dir(cmd_id)
         d.mkdir(mode=0o700)
         if entry.spec.stdin_secret:
             entry = msgspec.structs.replace(entry, spec=msgspec.structs.replace(entry.spec, stdin=None))
-        _write_atomic(d / "spec", proto.encode(entry), durable=True)
-        # The output files are created by the output thread when it opens them, off this path.
+        try:
+            _write_atomic(d / "spec", proto.encode(entry), durable=True)
+        except OSError:
+            shutil.rmtree(d, ignore_errors=True)
+            raise
+        # The output files are created by the keeper, off this path.
+
+    def discard(self, cmd_id: str) -> None:
+        """Forget a command that never started (its keeper could not be made): a resend may run it."""
+        shutil.rmtree(self.dir(cmd_id), ignore_errors=True)
 
     def read_spec(self, cmd_id: str) -> SpoolEntry | None:
         try:
@@ -95,15 +145,86 @@ class Spool:
         except (FileNotFoundError, proto.ProtocolError):
             return None
 
-    def write_pid(self, cmd_id: str, pid: int, start_ticks: int | None) -> None:
-        _write_atomic(self.dir(cmd_id) / "pid", f"{pid} {start_ticks or 0}\n".encode(), durable=False)
+    def write_pid(self, cmd_id: str, pid: int, start_ticks: int | None, keeper: int) -> None:
+        _write_atomic(self.dir(cmd_id) / "pid", f"{pid} {start_ticks or 0} {keeper}\n".encode(), durable=False)
 
-    def read_pid(self, cmd_id: str) -> tuple[int, int | None] | None:
+    def read_pid(self, cmd_id: str) -> Pids | None:
         try:
-            pid, ticks = (self.dir(cmd_id) / "pid").read_text().split()
-            return int(pid), int(ticks) or None
-        except (FileNotFoundError, ValueError):
+            path = self.dir(cmd_id) / "pid"
+            fields = path.read_text().split()
+            pid, ticks = int(fields[0]), int(fields[1]) or None
+            # No keeper field: written by an agent from before keepers, whose pipes died with it.
+            keeper = int(fields[2]) if len(fields) > 2 else None
+            return Pids(pid, ticks, keeper, path.stat().st_mtime)
+        except (FileNotFoundError, ValueError, IndexError):
             return None
+
+    def keeper_lock_path(self, cmd_id: str) -> Path:
+        return self.dir(cmd_id) / "keeper"
+
+    def keeper_alive(self, cmd_id: str) -> bool:
+        """True while the command's keeper lives: it holds the lock until it exits (whatever
+        ends it), and no pid can be mistaken for it."""
+        try:
+            fd = os.open(self.keeper_lock_path(cmd_id), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    def reserve_exit(self, cmd_id: str) -> None:
+        """Allocate the exit record before the command starts, so that a disk the command fills
+        cannot keep its keeper from recording how it ended (written in place, not renamed)."""
+        fd = os.open(self.dir(cmd_id) / "exit", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            if os.write(fd, bytes(EXIT_RECORD)) != EXIT_RECORD:
+                raise OSError(errno.ENOSPC, "short write of the exit record")
+        finally:
+            os.close(fd)
+
+    def take_keeper_lock(self, cmd_id: str) -> int | None:
+        """The keeper lock, held (the fd; close it to release) if no keeper holds it: while it
+        is held no keeper can start the command. None if a keeper holds it."""
+        fd = os.open(self.keeper_lock_path(cmd_id), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            os.close(fd)
+            return None
+
+    def write_exit(self, cmd_id: str, ended: KeeperExit) -> None:
+        """Fill the reserved record. In place is safe: it is read only once its keeper is gone."""
+        data = proto.encode(msgspec.structs.replace(ended, spool_error=ended.spool_error[:EXIT_TEXT_MAX]))
+        fd = os.open(self.dir(cmd_id) / "exit", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.pwrite(fd, len(data).to_bytes(4, "big") + data, 0)
+        finally:
+            os.close(fd)
+
+    def read_exit(self, cmd_id: str) -> KeeperExit | None:
+        """None until the keeper has recorded the exit (a reserved record is all zeros)."""
+        try:
+            record = (self.dir(cmd_id) / "exit").read_bytes()
+            size = int.from_bytes(record[:4], "big")
+            return proto.decode(record[4 : 4 + size], KeeperExit) if size else None
+        except (FileNotFoundError, proto.ProtocolError):
+            return None
+
+    def write_published(self, cmd_id: str, stdout: int, stderr: int) -> None:
+        _write_atomic(self.dir(cmd_id) / "published", f"{stdout} {stderr}\n".encode(), durable=False)
+
+    def read_published(self, cmd_id: str) -> tuple[int, int]:
+        try:
+            out, err = (self.dir(cmd_id) / "published").read_text().split()
+            return int(out), int(err)
+        except (FileNotFoundError, ValueError):
+            return 0, 0
 
     def output_path(self, cmd_id: str, stream: int) -> Path:
         return self.dir(cmd_id) / STREAM_FILES[stream]

@@ -1,8 +1,8 @@
 """The SSH executor: an agent's commands run on another host, one SSH session each.
 
-An ``Executor`` (agent/executor.py) like the local one: the pump reads the session's
-stdout/stderr (the remote command's, byte for byte: no tty) into the local spool and the events,
-and ends a command through its ``RemoteRun`` handle. The connection is the ControlMaster of
+An ``Executor`` (agent/executor.py) like the local one: a keeper (agent/keeper.py) runs the
+local ssh session and spools its stdout/stderr (the remote command's, byte for byte: no tty),
+the pump tails the spool into the events, and ends a command through its ``RemoteRun`` handle. The connection is the ControlMaster of
 common/ssh.py; the policy for remote paths is agent/ssh_policy.py.
 
 The remote side is a POSIX sh wrapper (no agent, no Python needed there):
@@ -10,10 +10,13 @@ The remote side is a POSIX sh wrapper (no agent, no Python needed there):
   ``env -i`` with only the allowlisted environment overlay (PATH/HOME/LANG from the login);
 - the command runs under ``setsid``, in its own process group, after ``cd -P`` to its cwd and
   a check that the physical cwd is inside a workspace root;
-- the session's stdin is a lifeline: first the request's stdin bytes (if any, passed on
-  through a private FIFO), then one line per kill request ("TERM"/"KILL"), which the wrapper
-  turns into ``kill -SIG -PGID``. When the stdin reaches EOF -- the agent closed it, died, or
-  the connection was cut -- the wrapper SIGKILLs the group, so no orphan keeps running;
+- the session's stdin is a lifeline, held by the command's keeper: first the request's stdin
+  bytes (if any, passed on through a private FIFO), then one line per kill request
+  ("TERM"/"KILL": the agent signals the keeper SIGUSR1/SIGUSR2, agent/keeper.py), which the
+  wrapper turns into ``kill -SIG -PGID``. When the stdin reaches EOF -- the keeper closed it or
+  died, or the connection was cut -- the wrapper SIGKILLs the group, so no orphan keeps running.
+  The keeper outlives the agent, and so does the session as long as the ControlMaster does
+  (``ssh -f``: it is in no agent process group, and a restarted agent adopts it);
 - when the leader exits, what is left of its group gets ``kill_grace_s`` and then SIGKILL
   (the local executor's rule for leftovers), and the wrapper exits with the leader's status.
 The kill path never needs a second SSH round trip nor the remote pid.
@@ -29,13 +32,14 @@ from __future__ import annotations
 import os
 import shlex
 import signal
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
 
-from agent import procgroup, ssh_policy
+from agent import keeper, procgroup, ssh_policy
+from agent.keeper import Keepers
+from agent.spool import KeeperExit, Pids
 from common import logs
 from common.config import AgentConf
 from common.protocol import CmdSpec, CmdStatus
@@ -87,55 +91,36 @@ def remote_command(launch: ssh_policy.RemoteLaunch, stdin_bytes: int, grace_s: f
 
 
 class RemoteRun:
-    """The pump's handle on one remote command (an ``executor.Handle``): ``proc`` is the local
-    ssh session."""
+    """The pump's handle on one remote command (an ``executor.Handle``): ``pid`` is the local
+    ssh session, whose stdin (the lifeline) its keeper holds."""
 
-    def __init__(self, proc: subprocess.Popen, master: ControlMaster, master_pid: int) -> None:
-        assert proc.stdin is not None  # always piped: see SshExecutor.start
-        self.proc = proc
-        self.dest = master.dest
-        self.master_pid = master_pid
-        # Our own end of the session's stdin: kill lines go here, and closing it ends the command.
-        self.lifeline: int | None = os.dup(proc.stdin.fileno())
-        os.set_blocking(self.lifeline, False)
-        self.cut: int | None = None  # the signal we answered by cutting the session ourselves
+    def __init__(self, pid: int, keeper_pid: int, dest: str, master_pid: int | None) -> None:
+        self.pid = pid
+        self.keeper = keeper_pid
+        self.dest = dest
+        self.master_pid = master_pid  # None: re-attached by a restarted agent
 
     def signal(self, sig: int) -> bool:
-        if self.lifeline is None:
-            return False
-        stdin = self.proc.stdin
-        if stdin is not None and not stdin.closed:
-            # Request stdin is still flowing on the same pipe: a kill line would land inside it.
-            return self._cut(sig)
+        # The keeper writes the kill line, or cuts the session when it cannot (agent/keeper.py).
         try:
-            os.write(self.lifeline, b"TERM\n" if sig == signal.SIGTERM else b"KILL\n")
+            os.kill(self.keeper, keeper.LIFELINE_SIGNALS.get(sig, signal.SIGUSR2))
             return True
-        except BlockingIOError:
-            return self._cut(sig)  # the remote is not reading: closing the session is all that is left
-        except OSError:
-            return False  # the session has ended
+        except ProcessLookupError:
+            return False  # the keeper has ended: so has the session
 
-    def _cut(self, sig: int) -> bool:
-        """End the local ssh client: the remote wrapper sees its stdin close and SIGKILLs the group."""
-        self.cut = sig
-        return procgroup.signal_group(self.proc.pid, signal.SIGKILL)
-
-    def conclude(self, status: CmdStatus) -> CmdStatus:
-        if self.lifeline is not None:
-            os.close(self.lifeline)
-            self.lifeline = None
-        if self.proc.stdin is not None and not self.proc.stdin.closed:
-            self.proc.stdin.close()
-        rc = self.proc.returncode
-        if self.cut is not None and rc is not None and rc < 0:
-            return msgspec.structs.replace(status, exit_code=None, signal=self.cut)
-        if rc is not None and rc < 0:
+    def conclude(self, status: CmdStatus, ended: KeeperExit) -> CmdStatus:
+        rc = ended.returncode
+        if ended.cut is not None and rc < 0:
+            return msgspec.structs.replace(status, exit_code=None, signal=ended.cut)
+        if rc < 0:
             return self._lost(status, f"the ssh client was ended by signal {-rc}")
-        if rc == 255 and not pid_alive(self.master_pid):
+        if rc == 255 and self.master_pid is None:
+            return self._lost(status, f"the session to {self.dest} ended with 255 while the agent restarted")
+        if rc == 255 and self.master_pid is not None and not pid_alive(self.master_pid):
             return self._lost(
                 status, f"the connection to {self.dest} closed (ssh master pid {self.master_pid} is gone)"
             )
-        if (status.killed or status.timed_out) and rc is not None and 128 < rc <= 128 + 64:
+        if (status.killed or status.timed_out) and 128 < rc <= 128 + 64:
             # sh reports a leader killed by signal N as 128+N; we sent it, so say so as locally.
             return msgspec.structs.replace(status, exit_code=None, signal=rc - 128)
         return status
@@ -158,20 +143,25 @@ class SshExecutor:
         except SshError as exc:
             log.error("ssh executor cannot connect yet; every command retries", error=str(exc))
 
-    def prepare(self, spec: CmdSpec, workspace: str | None) -> Callable[[], RemoteRun]:
+    def prepare(
+        self, spec: CmdSpec, workspace: str | None
+    ) -> Callable[[Keepers, str, list[bytes]], tuple[RemoteRun, int]]:
         """Raises policy.Refusal; the starter raises OSError (SshError included) if ssh cannot be started."""
         launch = ssh_policy.check(self.conf, spec, workspace)
-        return lambda: self._start(launch, spec)
 
-    def _start(self, launch: ssh_policy.RemoteLaunch, spec: CmdSpec) -> RemoteRun:
-        master_pid = self.master.ensure()
-        argv = self.master.session(remote_command(launch, len(spec.stdin or b""), self.conf.kill_grace_s))
-        # Always a stdin pipe: it is the lifeline even when the request has no stdin.
-        proc = procgroup.popen_piped(argv, with_stdin=True)
-        run = RemoteRun(proc, self.master, master_pid)
-        if spec.stdin is None and proc.stdin is not None:
-            proc.stdin.close()  # the lifeline dup keeps the pipe open
-        return run
+        def start(keepers: Keepers, cmd_id: str, secrets: list[bytes]) -> tuple[RemoteRun, int]:
+            master_pid = self.master.ensure()
+            argv = self.master.session(remote_command(launch, len(spec.stdin or b""), self.conf.kill_grace_s))
+            # Always a stdin: it is the lifeline even when the request has none.
+            plan = keeper.Plan(argv, None, None, spec.stdin, self.conf.kill_grace_s, lifeline=True)
+            kept = keepers.spawn(cmd_id, plan, secrets)
+            return RemoteRun(kept.pid, kept.keeper, str(self.master.dest), master_pid), kept.notify
+
+        return start
+
+    def reattach(self, pids: Pids) -> RemoteRun:
+        assert pids.keeper is not None
+        return RemoteRun(pids.pid, pids.keeper, str(self.master.dest), None)
 
     def end_orphan(self, pid: int, ticks: int | None) -> bool:
         # ``pid`` leads the local ssh session's group: ending it closes the session's stdin, and

@@ -73,6 +73,8 @@ class MasterConf(msgspec.Struct, forbid_unknown_fields=True):
     # Clients waiting for an agent's reply give up after this long.
     request_timeout_s: float = 10.0
     beacon_s: BeaconSeconds = DEFAULT_BEACON_S
+    # No exec goes to an agent with less free spool space than this (what it reports).
+    min_spool_free_mb: Annotated[float, msgspec.Meta(ge=0)] = 64.0
 
 
 class AgentWorkspace(msgspec.Struct, forbid_unknown_fields=True):

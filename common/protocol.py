@@ -71,6 +71,8 @@ class CmdStatus(msgspec.Struct, omit_defaults=True):
     stdout: bytes = b""
     stderr: bytes = b""
     truncated: bool = False
+    # Output that could not be spooled whole (a full disk): why, and how much was dropped.
+    spool_error: str = ""
 
 
 class AgentInfo(msgspec.Struct, omit_defaults=True):
@@ -84,6 +86,8 @@ class AgentInfo(msgspec.Struct, omit_defaults=True):
     epoch: str = ""
     last_seen: float = 0.0
     alive: bool = True
+    # Bytes free for its spool (None: not reported); below the master's threshold it gets no work.
+    spool_free: int | None = None
 
 
 # --------------------------------------------------------------------------- agent <-> master
@@ -110,6 +114,7 @@ class Heartbeat(Base, tag="hb"):
 
     running: list[str] = []
     free_slots: int = 0
+    spool_free: int | None = None  # as AgentInfo.spool_free, refreshed
 
 
 class Reregister(Base, tag="rereg"):

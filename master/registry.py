@@ -25,6 +25,7 @@ class AgentRecord:
     last_seen: float
     running: set[str] = field(default_factory=set)
     free_slots: int = 0
+    spool_free: int | None = None  # bytes, as the agent last reported (None: not reported)
 
     @property
     def agent_id(self) -> str:
@@ -43,6 +44,17 @@ class AgentRecord:
             epoch=info.epoch,
             last_seen=self.last_seen,
             alive=True,
+            spool_free=self.spool_free,
+        )
+
+    def short_of_spool(self, min_free: int) -> str:
+        """Why this agent gets no work for lack of spool space; "" when it has enough."""
+        if self.spool_free is None or self.spool_free >= min_free:
+            return ""
+        return (
+            f"agent {self.agent_id} has {self.spool_free / 2**20:.1f} MiB free for its spool, below this "
+            f"master's min_spool_free_mb ({min_free / 2**20:.0f} MiB): free space on it "
+            "(or lower master.min_spool_free_mb)"
         )
 
 
@@ -51,7 +63,8 @@ class NoAgent(Exception):
 
 
 class Registry:
-    def __init__(self) -> None:
+    def __init__(self, min_spool_free: int = 0) -> None:
+        self.min_spool_free = min_spool_free  # bytes
         self.agents: dict[str, AgentRecord] = {}
         self.by_identity: dict[bytes, str] = {}
         # cmd_id -> agent_id, from dispatches and heartbeats, so Kill/Query/Fetch need no agent.
@@ -71,6 +84,7 @@ class Registry:
             last_seen=now,
             running=set(info.running),
             free_slots=max(0, info.slots - len(info.running)),
+            spool_free=info.spool_free,
         )
         self.agents[info.agent_id] = rec
         self.by_identity[identity] = info.agent_id
@@ -86,10 +100,18 @@ class Registry:
     def touch(self, rec: AgentRecord, now: float | None = None) -> None:
         rec.last_seen = time.time() if now is None else now
 
-    def heartbeat(self, rec: AgentRecord, running: list[str], free_slots: int, now: float | None = None) -> None:
+    def heartbeat(
+        self,
+        rec: AgentRecord,
+        running: list[str],
+        free_slots: int,
+        now: float | None = None,
+        spool_free: int | None = None,
+    ) -> None:
         self.touch(rec, now)
         rec.running = set(running)
         rec.free_slots = free_slots
+        rec.spool_free = spool_free
         for cmd in running:
             self.cmd_owner[cmd] = rec.agent_id
 
@@ -121,6 +143,9 @@ class Registry:
                 raise NoAgent(
                     f"agent {agent!r} has no workspace {workspace!r} (it has: {', '.join(rec.info.workspaces) or 'none'})"
                 )
+            short = rec.short_of_spool(self.min_spool_free)
+            if short:
+                raise NoAgent(short)
             return rec
         fits = [
             r
@@ -129,6 +154,10 @@ class Registry:
             and (pool is None or pool in r.info.pools)
             and (workspace is None or workspace in r.info.workspaces)
         ]
+        roomy = [r for r in fits if not r.short_of_spool(self.min_spool_free)]
+        if fits and not roomy:
+            raise NoAgent("; ".join(r.short_of_spool(self.min_spool_free) for r in fits))
+        fits = roomy
         if not fits:
             want = " and ".join(x for x in (pool and f"pool {pool!r}", workspace and f"workspace {workspace!r}") if x)
             raise NoAgent(f"no live agent with {want or 'any pool'} (connected: {self._names()})")

@@ -42,7 +42,7 @@ class Master:
         self.id = cfg.master.id or f"master-{ids.host_id()}"
         self.hb = cfg.master.heartbeat_s
         self.ctx = ctx or zmq.Context.instance()
-        self.registry = Registry()
+        self.registry = Registry(int(cfg.master.min_spool_free_mb * 2**20))
         self.pending: dict[str, Pending] = {}
         self.counters: dict[str, int] = {
             "agent_msgs": 0,
@@ -152,7 +152,7 @@ class Master:
             return
         self.registry.touch(rec)
         if isinstance(msg, P.Heartbeat):
-            self.registry.heartbeat(rec, msg.running, msg.free_slots)
+            self.registry.heartbeat(rec, msg.running, msg.free_slots, spool_free=msg.spool_free)
         elif isinstance(msg, P.Bye):
             self.registry.remove(rec.agent_id)
             self.events.publish(P.AgentGone, topics.agent(rec.agent_id), agent_id=rec.agent_id, master=self.id)

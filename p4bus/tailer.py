@@ -322,6 +322,11 @@ class JobTail:
             return
         self._guarded(cmd_id, lambda out: out.finish(status))
         self.finished.add(cmd_id)
+        if status.spool_error:
+            # Its agent could not keep all of it (a full disk): what is shown is all there is.
+            self.printer.note(
+                f"output of {cmd_id} is incomplete: the agent could not spool it all: {status.spool_error}"
+            )
 
     def _complete(self, view: P.JobView) -> None:
         """The job has ended: print whatever output neither history nor live delivered."""

@@ -326,19 +326,101 @@ def test_malformed_frames_get_errors_and_the_agent_keeps_serving(rig: Rig) -> No
 # --------------------------------------------------------------------------- agent restarts
 
 
-def test_sigkilled_agent_restarts_and_answers_from_the_spool(rig: Rig) -> None:
-    rig.master.exec("orphan", ["sh", "-c", "echo before; sleep 100"])
-    started = rig.sink.until_started("orphan")
-    wait_for(lambda: read_spool(rig, "orphan", "stdout") == b"before\n", what="output in the spool")
+def _waiting_command(rig: Rig, cmd_id: str, tmp: Path) -> proto.CmdStarted:
+    """A command that prints, then waits for the file ``go`` in ``tmp``, prints again and
+    exits 7; returns its CmdStarted once its first line is spooled."""
+    script = f"echo before; while [ ! -e {tmp}/go ]; do sleep 0.02; done; echo after; echo err >&2; exit 7"
+    rig.master.exec(cmd_id, ["sh", "-c", script])
+    started = rig.sink.until_started(cmd_id)
+    out = rig.sink.transcripts[cmd_id].streams[proto.STDOUT]
+
+    def published() -> bool:
+        rig.sink.next(0.05)
+        return bytes(out) == b"before\n"
+
+    # Published, not just spooled: a SIGKILL drops what the agent's PUB has not sent yet.
+    wait_for(published, what="the first line published")
+    return started
+
+
+def test_a_command_that_ends_while_its_agent_is_down_is_reported_with_its_real_exit(rig: Rig, tmp_path: Path) -> None:
+    started = _waiting_command(rig, "durable", tmp_path)
     rig.stop(signal.SIGKILL)
-    assert group_members(started.pid)  # the child outlived the agent
+    assert group_members(started.pid)  # the command outlived the agent
+    (tmp_path / "go").touch()
+    # Its keeper records the end with no agent there.
+    wait_for(lambda: not group_members(started.pid), what="the command to end")
+    wait_for(lambda: read_spool(rig, "durable", "exit")[:4] != bytes(4), what="the keeper's exit record")
     rig.start()
-    status = rig.master.query("orphan")
-    assert (status.state, status.error, status.killed) == ("done", "agent restarted while running", True)
-    assert status.stdout == b"before\n" and status.pid == started.pid
+    # (Its CmdDone went out at start-up, likely before the new PUB was subscribed to: like any
+    # restarted publisher's first events. The spool, asked by Query, is the record.)
+    status = rig.master.query("durable")
+    assert (status.state, status.exit_code, status.error, status.killed) == ("done", 7, "", False)
+    assert status.pid == started.pid and status.duration > 0
+    assert status.stdout == b"before\nafter\n" and status.stderr == b"err\n"
+    assert (status.stdout_bytes, status.stderr_bytes) == (13, 4)
+    assert rig.master.exec("durable", ["true"]).duplicate
+
+
+def test_a_still_running_command_is_reattached_reported_and_killable(rig: Rig, tmp_path: Path) -> None:
+    started = _waiting_command(rig, "attach", tmp_path)
+    rig.stop(signal.SIGKILL)
+    rig.start()
+    assert rig.master.hellos[-1].agent.running == ["attach"]
+    running = rig.master.query("attach")
+    assert (running.state, running.pid) == ("running", started.pid)
+    # Still the same command's slot: a resend is a duplicate, and nothing runs twice.
+    assert rig.master.exec("attach", ["true"]).duplicate
+    (tmp_path / "go").touch()
+    # Output written after the re-attachment is published by the new agent, where the old
+    # one left off (tail drops what both sent): byte-exact.
+    t = rig.sink.until_done("attach")
+    assert (t.done.status.exit_code, t.done.status.error) == (7, "")
+    assert bytes(t.streams[proto.STDOUT]) == b"before\nafter\n" and bytes(t.streams[proto.STDERR]) == b"err\n"
+
+
+def test_a_reattached_command_is_ended_by_a_kill_and_its_timeout(rig: Rig, tmp_path: Path) -> None:
+    rig.master.exec("long", ["sleep", "100"])
+    killed = rig.sink.until_started("long")
+    rig.master.exec("timed", ["sleep", "100"], timeout=4.0)
+    timed = rig.sink.until_started("timed")
+    rig.stop(signal.SIGKILL)
+    rig.start()
+    assert rig.master.request(proto.Kill(req_id=new_id("r"), cmd_id="long")).found
+    status = rig.sink.until_done("long").done.status
+    assert (status.killed, status.signal, status.error) == (True, signal.SIGTERM, "")
+    # The timeout counts from the command's start, not from the re-attachment.
+    status = rig.sink.until_done("timed", timeout=20).done.status
+    assert (status.timed_out, status.signal) == (True, signal.SIGTERM)
+    assert not group_members(killed.pid) and not group_members(timed.pid)
+
+
+def test_a_command_whose_keeper_was_killed_is_ended_and_recorded_as_unknown(rig: Rig) -> None:
+    rig.master.exec("kept", ["sh", "-c", "echo before; sleep 100"])
+    started = rig.sink.until_started("kept")
+    wait_for(lambda: read_spool(rig, "kept", "stdout") == b"before\n", what="output in the spool")
+    rig.stop(signal.SIGKILL)
+    keeper = int(read_spool(rig, "kept", "pid").split()[2])
+    os.kill(keeper, signal.SIGKILL)
+    wait_for(lambda: not group_members(keeper), what="the keeper to die")
+    rig.start()
+    status = rig.master.query("kept")
+    assert (status.state, status.killed) == ("done", True)
+    assert "keeper process died" in status.error and status.stdout == b"before\n"
     wait_for(lambda: not group_members(started.pid), timeout=5, what="the orphaned group ended")
-    assert rig.master.exec("orphan", ["true"]).duplicate
-    assert "orphan" in rig.master.hellos[-1].recent_done
+
+
+def test_a_command_spooled_by_an_agent_from_before_keepers_is_ended_as_restarted(rig: Rig) -> None:
+    rig.master.exec("old", ["sleep", "100"])
+    started = rig.sink.until_started("old")
+    rig.stop(signal.SIGKILL)
+    pid, ticks, keeper = read_spool(rig, "old", "pid").split()
+    os.kill(int(keeper), signal.SIGKILL)  # what an old agent left: no keeper, a two-field pid file
+    (rig.spool / "old" / "pid").write_bytes(pid + b" " + ticks + b"\n")
+    rig.start()
+    status = rig.master.query("old")
+    assert (status.state, status.error, status.killed) == ("done", "agent restarted while running", True)
+    wait_for(lambda: not group_members(started.pid), timeout=5, what="the orphaned group ended")
 
 
 def test_clean_shutdown_kills_and_records_running_commands(rig: Rig) -> None:

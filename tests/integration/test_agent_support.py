@@ -90,7 +90,10 @@ class MasterPeer:
 
 
 class Transcript:
-    """Everything published for one command, checked for order and contiguity as it arrives."""
+    """Everything published for one command, checked for order and contiguity as it arrives.
+
+    A chunk may overlap what came before only by what a restarted agent publishes again (from
+    the offsets its predecessor last saved); it is taken as ``tail`` takes it, and counted."""
 
     def __init__(self) -> None:
         self.started: proto.CmdStarted | None = None
@@ -98,6 +101,7 @@ class Transcript:
         self.streams: dict[int, bytearray] = {proto.STDOUT: bytearray(), proto.STDERR: bytearray()}
         self.chunks = 0
         self.max_chunk = 0
+        self.overlap = 0  # bytes published twice (across an agent restart)
 
     def add(self, ev: Any) -> None:
         assert self.done is None, f"event after CmdDone: {type(ev).__name__}"
@@ -106,8 +110,11 @@ class Transcript:
         elif isinstance(ev, proto.LogChunk):
             assert self.started is not None, "LogChunk before CmdStarted"
             buf = self.streams[ev.stream]
-            assert ev.offset == len(buf), f"chunk at offset {ev.offset}, expected {len(buf)}"
-            buf += ev.data
+            assert ev.offset <= len(buf), f"chunk at offset {ev.offset}, expected {len(buf)}"
+            seen = len(buf) - ev.offset
+            assert ev.offset == len(buf) or bytes(buf[ev.offset :][: len(ev.data)]) == ev.data[:seen]
+            self.overlap += min(seen, len(ev.data))
+            buf += ev.data[seen:]
             self.chunks += 1
             self.max_chunk = max(self.max_chunk, len(ev.data))
         elif isinstance(ev, proto.CmdDone):

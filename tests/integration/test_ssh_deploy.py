@@ -99,7 +99,19 @@ def bus_config(stack: Stack) -> list[str]:
 
 
 def agent_processes(remote: Path) -> list[str]:
-    return processes_with(f"{remote}/agent.toml")
+    """The agents, not their keeper factories and waiting keepers (forks with the same command
+    line whose parent is one of them, agent/keeper.py)."""
+    found = processes_with(f"{remote}/agent.toml")
+    pids = {line.split()[0] for line in found}
+
+    def forked_by_one(line: str) -> bool:
+        try:
+            stat = Path(f"/proc/{line.split()[0]}/stat").read_text()
+        except OSError:
+            return True  # gone meanwhile: not a running agent
+        return stat[stat.rindex(")") + 2 :].split()[1] in pids  # its parent is one of them
+
+    return [line for line in found if not forked_by_one(line)]
 
 
 def run_on(mc: MasterClient, agent: str, argv: list[str]) -> P.CmdStatus:

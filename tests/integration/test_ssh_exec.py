@@ -168,7 +168,7 @@ def test_cut_master_connection_fails_the_command_and_cleans_up(stack: Stack, rig
     assert (status.exit_code, status.stdout) == (0, b"again\n") and master_pid(stack, sshd) != old
 
 
-def test_killed_ssh_client_and_killed_agent_leave_nothing_remote(rig: Rig) -> None:
+def test_killed_ssh_client_leaves_nothing_remote_and_a_killed_agent_is_reattached(rig: Rig) -> None:
     m = marker_sleep()
     cmd_id = new_id("c")
     rig.master.exec(cmd_id, ["sleep", m])
@@ -182,10 +182,16 @@ def test_killed_ssh_client_and_killed_agent_leave_nothing_remote(rig: Rig) -> No
     m = marker_sleep()
     rig.master.exec("at-crash", ["sleep", m])
     wait_for(lambda: remote_sleeps(m), what="the remote sleep")
-    rig.stop(signal.SIGKILL)  # the session's stdin closes with the agent
-    wait_for(lambda: not processes_with(m), timeout=10, what="the remote sleep ended with the agent")
+    # The session's keeper holds its stdin, and the ControlMaster (ssh -f) is in no agent
+    # process group: the remote command lives on, and the restarted agent takes it up again.
+    rig.stop(signal.SIGKILL)
     rig.start()
-    assert rig.master.query("at-crash").error == "agent restarted while running"
+    assert remote_sleeps(m)
+    assert rig.master.query("at-crash").state == "running"
+    assert rig.master.request(proto.Kill(req_id=new_id("r"), cmd_id="at-crash")).found
+    status = rig.sink.until_done("at-crash", timeout=20).done.status
+    assert (status.killed, status.signal, status.error) == (True, signal.SIGTERM, "")
+    wait_for(lambda: not processes_with(m), timeout=10, what="the remote sleep ended by the kill")
 
 
 def test_unreachable_host_is_a_recorded_refusal(stack: Stack, ctx: zmq.Context, sshd) -> None:

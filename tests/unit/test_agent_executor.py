@@ -9,6 +9,8 @@ import pytest
 
 from agent import policy, procgroup
 from agent.executor import LocalExecutor, LocalHandle, executor_for
+from agent.keeper import Keepers
+from agent.spool import KeeperExit, Spool, SpoolEntry
 from agent.ssh_exec import SshExecutor
 from common.config import AgentConf
 from common.protocol import CmdSpec, CmdStatus
@@ -31,11 +33,22 @@ def running(pid: int) -> bool:
     return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] != b"Z"
 
 
-def start_with_child(ex: LocalExecutor) -> tuple[LocalHandle, int]:
-    """sh leading its group, with a background sleep in it; returns (its handle, the sleep's pid)."""
-    handle = ex.prepare(CmdSpec(argv=["sh", "-c", "sleep 60 & echo $!; wait"]), None)()
-    assert handle.proc.stdout is not None
-    return handle, int(handle.proc.stdout.readline())
+def start_with_child(ex: LocalExecutor, tmp_path: Path) -> tuple[LocalHandle, int, Spool]:
+    """sh leading its group, with a background sleep in it; returns (its handle, the sleep's
+    pid, the spool its keeper writes)."""
+    spool = Spool(tmp_path / "spool")
+    spec = CmdSpec(argv=["sh", "-c", "sleep 60 & echo $!; wait"])
+    spool.create("c", SpoolEntry(spec=spec))
+    handle, notify = ex.prepare(spec, None)(Keepers(spool), "c", [])
+    os.close(notify)
+    assert isinstance(handle, LocalHandle)
+    out = spool.output_path("c", 1)
+    wait_for(lambda: out.read_bytes().endswith(b"\n"), 10, "the background pid")
+    return handle, int(out.read_bytes()), spool
+
+
+def ended(spool: Spool) -> KeeperExit:
+    return wait_for(lambda: spool.read_exit("c"), 10, "the keeper's exit record")
 
 
 def test_the_factory_chooses_by_exec_via_and_connects_nothing_yet(tmp_path: Path) -> None:
@@ -51,22 +64,23 @@ def test_local_prepare_applies_the_policy(tmp_path: Path) -> None:
 
 
 def test_local_handle_signals_the_whole_group_and_keeps_the_status(tmp_path: Path) -> None:
-    handle, child = start_with_child(local(tmp_path))
-    assert os.getpgid(child) == handle.proc.pid  # the command leads a group of its own
+    handle, child, spool = start_with_child(local(tmp_path), tmp_path)
+    assert os.getpgid(child) == handle.pid  # the command leads a group of its own
+    assert os.getpgid(handle.keeper) != handle.pid  # and its keeper is outside it
     assert handle.signal(signal.SIGTERM)
-    assert handle.proc.wait(10) == -signal.SIGTERM
+    assert ended(spool).returncode == -signal.SIGTERM
     wait_for(lambda: not running(child), 10, "the background sleep to end with its group")
     status = CmdStatus(cmd_id="c", state="done", signal=signal.SIGTERM)
-    assert handle.conclude(status) is status
+    assert handle.conclude(status, ended(spool)) is status
 
 
 def test_end_orphan_ends_our_group_but_not_a_reused_pid(tmp_path: Path) -> None:
     ex = local(tmp_path)
-    handle, child = start_with_child(ex)
-    ticks = procgroup.start_ticks(handle.proc.pid)
+    handle, child, spool = start_with_child(ex, tmp_path)
+    ticks = procgroup.start_ticks(handle.pid)
     assert ticks is not None
     # Another start time: the pid now belongs to some other process, left alone.
-    assert not ex.end_orphan(handle.proc.pid, ticks + 1) and running(child)
-    assert ex.end_orphan(handle.proc.pid, ticks)
-    assert handle.proc.wait(10) == -signal.SIGKILL
+    assert not ex.end_orphan(handle.pid, ticks + 1) and running(child)
+    assert ex.end_orphan(handle.pid, ticks)
+    assert ended(spool).returncode == -signal.SIGKILL
     wait_for(lambda: not running(child), 10, "the background sleep to end with its group")

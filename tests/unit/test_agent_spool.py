@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.spool import Spool, SpoolEntry, valid_cmd_id
+from agent import spool as spool_mod
+from agent.spool import KeeperExit, Spool, SpoolEntry, valid_cmd_id
 from common import protocol as proto
 
 
@@ -24,8 +25,18 @@ def test_layout_permissions_and_secret_stdin(tmp_path: Path) -> None:
 def test_pid_result_and_ranges(tmp_path: Path) -> None:
     s = Spool(tmp_path)
     s.create("c", SpoolEntry(spec=proto.CmdSpec(argv=["x"])))
-    s.write_pid("c", 123, 456)
-    assert s.read_pid("c") == (123, 456)
+    s.write_pid("c", 123, 456, 789)
+    pids = s.read_pid("c")
+    assert (pids.pid, pids.ticks, pids.keeper) == (123, 456, 789) and pids.started_at > 0
+    assert not s.keeper_alive("c") and s.read_exit("c") is None
+    s.reserve_exit("c")
+    assert s.read_exit("c") is None  # reserved, not written
+    s.write_exit("c", KeeperExit(returncode=-9, ended_at=1.0, spool_error="x" * 5000))
+    ended = s.read_exit("c")
+    assert ended.returncode == -9 and len(ended.spool_error) == 1024
+    assert s.read_published("c") == (0, 0)
+    s.write_published("c", 10, 2)
+    assert s.read_published("c") == (10, 2)
     s.output_path("c", proto.STDERR).write_bytes(b"0123456789")
     assert s.read_range("c", proto.STDERR, 3, 4) == (b"3456", 10)
     assert s.read_range("c", proto.STDERR, 8, 100) == (b"89", 10)
@@ -64,3 +75,18 @@ def test_prune_removes_only_old_finished(tmp_path: Path) -> None:
 )
 def test_cmd_ids_are_safe_directory_names(cmd_id: str, ok: bool) -> None:
     assert valid_cmd_id(cmd_id) is ok
+
+
+def test_a_failed_create_leaves_nothing_so_a_resend_can_succeed(tmp_path: Path, monkeypatch) -> None:
+    s = Spool(tmp_path)
+
+    def full(*_a, **_k):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(spool_mod, "_write_atomic", full)
+        with pytest.raises(OSError, match="No space"):
+            s.create("c", SpoolEntry(spec=proto.CmdSpec(argv=["x"])))
+    assert not s.exists("c")
+    s.create("c", SpoolEntry(spec=proto.CmdSpec(argv=["x"])))  # no FileExistsError
+    assert s.read_spec("c") is not None

@@ -54,3 +54,18 @@ def test_register_reports_new_epoch_and_tracks_owners():
     assert r.register(b"i1", AgentInfo(agent_id="a1", epoch="e2"), 1.0) is True
     r.assign("c2", r.agents["a2"])
     assert r.owner("c2") == "a2" and "c2" in r.agents["a2"].snapshot().running
+
+
+def test_an_agent_short_of_spool_space_gets_no_work_and_the_refusal_says_why():
+    r = Registry(min_spool_free=64 << 20)
+    r.register(b"i1", AgentInfo(agent_id="full", pools=["p"], spool_free=1 << 20), 1.0)
+    r.register(b"i2", AgentInfo(agent_id="old", pools=["q"]), 1.0)  # reports nothing: not judged
+    with pytest.raises(NoAgent, match=r"agent full has 1\.0 MiB free for its spool, below .*min_spool_free_mb"):
+        r.select(None, "p", None)
+    with pytest.raises(NoAgent, match=r"agent full has 1\.0 MiB"):
+        r.select("full", None, None)
+    assert r.select(None, "q", None).agent_id == "old"
+    rec = r.agents["full"]
+    r.heartbeat(rec, [], 1, spool_free=100 << 20)  # space freed
+    assert r.select(None, "p", None).agent_id == "full"
+    assert r.agents["full"].snapshot().spool_free == 100 << 20

@@ -1,0 +1,518 @@
+"""The keeper: one small process per command that owns it for its whole life, so that the
+command outlives the agent process that started it (as Jenkins' durable tasks do).
+
+Keepers are forked ahead of need by the agent's keeper factory (``Keepers``, forked once when
+the agent starts: no fork of the running agent, no interpreter start on the dispatch path). A keeper leaves the
+agent's session (``setsid``), closes everything it inherited and waits for its command. Given
+one, it takes the spool's ``keeper`` lock, starts the command in a process group of its own
+with its output on pipes, and then, until the command has ended:
+- copies stdout/stderr into the spool files, taking out the secrets the agent sent with the
+  command (agent/redact.py), so no secret ever reaches the disk; after every write it pokes
+  the agent's ``notify`` pipe (a byte; EOF on that pipe = the keeper has exited);
+- writes the request's stdin; in ``lifeline`` mode (the SSH executor's session) it then keeps
+  the stdin open and turns SIGUSR1/SIGUSR2 into the wrapper's ``TERM``/``KILL`` lines;
+- when the leader has exited, gives what is left of its group ``grace_s`` to close the pipes,
+  then SIGKILLs the group (the agent's long-standing rule for leftovers);
+- fills in the ``exit`` record it reserved before starting the command, and exits.
+The exclusive flock on ``keeper`` is held from before the command starts to the keeper's exit,
+so "is the keeper alive?" has an exact answer that no pid reuse can fool.
+
+It never talks to the agent except by those pokes: an agent that dies or restarts changes
+nothing for it, and a restarted agent finds everything it needs in the spool.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from agent import procgroup
+from agent.redact import Redactor
+from agent.spool import STREAM_FILES, KeeperExit, Spool
+from common import protocol as proto
+
+BLOCK = 1 << 20
+STDIN_BLOCK = 64 * 1024
+# A read's tail that may be the start of a secret waits this long for the rest of it.
+HOLD_S = 1.0
+# Without pidfd the leader's exit is noticed by polling at this period.
+POLL_S = 0.05
+# How long a closing agent waits for its keeper factory to exit.
+FACTORY_WAIT_S = 5.0
+KILL_LINES = {signal.SIGUSR1: b"TERM\n", signal.SIGUSR2: b"KILL\n"}
+# What the agent sends the keeper of a lifeline command for each signal it means.
+LIFELINE_SIGNALS: dict[int, int] = {signal.SIGTERM: signal.SIGUSR1, signal.SIGKILL: signal.SIGUSR2}
+
+
+class Plan(msgspec.Struct, frozen=True):
+    argv: list[str]
+    cwd: str | None
+    env: dict[str, str] | None
+    stdin: bytes | None
+    grace_s: float
+    lifeline: bool = False
+
+
+class _Assignment(msgspec.Struct, frozen=True):
+    cmd_id: str
+    plan: Plan
+    secrets: list[bytes]
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A command its keeper has started."""
+
+    pid: int  # the command's process (its group's leader)
+    keeper: int
+    notify: int  # read end, the agent's: a byte per spooled write, EOF once the keeper exited
+
+
+class StartError(OSError):
+    """The command could not be started (its message says why); nothing runs."""
+
+
+@dataclass
+class _Spare:
+    """A keeper forked ahead of need, waiting for its command on ``assign``."""
+
+    pid: int
+    assign: int  # write end: one length-prefixed _Assignment
+    report: int  # read end: "ok <pid>" or why not, then EOF
+    notify: int  # read end, see Kept
+
+
+class Keepers:
+    """Keepers for one agent's commands, forked ahead of need by a **factory** process that the
+    agent forks once, at its start, before it has threads or sockets (``start``): forking a
+    keeper from the running agent would copy its page tables and leave it copy-on-write faults
+    on the dispatch path, and the new process waits for a CPU on a busy host; handing a command
+    to a keeper that is already waiting is a pipe write that wakes it at once. The factory
+    passes each keeper's pipes over a unix socket and exits when the agent closes it (or dies)."""
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+        self._spare: _Spare | None = None
+        self._factory: int | None = None  # its pid
+        self._sock: socket.socket | None = None
+        self._asked = False  # a spare is on its way from the factory
+
+    def ready(self) -> None:
+        """Ask for a keeper to wait for the next command (without waiting for it)."""
+        if self._spare is None and not self._asked:
+            self._ask()
+
+    def spawn(self, cmd_id: str, plan: Plan, secrets: list[bytes]) -> Kept:
+        """Hand ``cmd_id`` (already created in the spool) to a keeper and wait until it has
+        started the command and recorded its pid; raises StartError if it could not."""
+        spare, self._spare = self._spare or self._receive(), None
+        data = msgspec.msgpack.encode(_Assignment(cmd_id, plan, secrets))
+        try:
+            _write_all(spare.assign, len(data).to_bytes(8, "big") + data)
+        except OSError:
+            pass  # it died waiting: its report says nothing, which is reported below
+        finally:
+            os.close(spare.assign)
+        with open(spare.report, "rb") as f:
+            report = f.read()
+        if not report.startswith(b"ok "):
+            os.close(spare.notify)
+            raise StartError(report.decode(errors="replace") or "the command's keeper died before starting it")
+        os.set_blocking(spare.notify, False)
+        return Kept(int(report.split()[1]), spare.pid, spare.notify)
+
+    def close(self) -> None:
+        """The waiting keeper and the factory exit (EOF on their pipe and socket)."""
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            for fd in (spare.assign, spare.report, spare.notify):
+                os.close(fd)
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._factory is not None:
+            _end(self._factory)
+            self._factory = None
+
+    def start(self) -> None:
+        """Fork the factory (again, if it has died)."""
+        if self._sock is not None:
+            self._sock.close()
+        if self._factory is not None:
+            _end(self._factory)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the factory; it never returns
+            code = 1
+            try:
+                signal.set_wakeup_fd(-1)
+                _close_all_but((theirs.fileno(),))
+                factory_main(self.spool, theirs)
+                code = 0
+            finally:
+                os._exit(code)
+        theirs.close()
+        self._factory, self._sock, self._asked = pid, ours, False
+
+    def _ask(self) -> None:
+        if self._sock is None:
+            self.start()
+        assert self._sock is not None
+        try:
+            self._sock.send(b"spare")
+            self._asked = True
+        except OSError as exc:
+            self._sock = None
+            raise StartError(f"the keeper factory is gone: {exc}") from None
+
+    def _receive(self) -> _Spare:
+        if not self._asked:
+            self._ask()
+        assert self._sock is not None
+        self._asked = False
+        try:
+            msg, fds, _flags, _addr = socket.recv_fds(self._sock, 64, 3)
+        except OSError as exc:
+            msg, fds = b"", []
+            why = str(exc)
+        else:
+            why = "it ended"
+        if len(fds) != 3 or not msg:
+            for fd in fds:
+                os.close(fd)
+            self._sock = None  # started again at the next command
+            raise StartError(f"the keeper factory did not hand over a keeper: {why}")
+        return _Spare(int(msg), *fds)
+
+
+def factory_main(spool: Spool, sock: socket.socket) -> None:
+    """The factory: a keeper per request, until the agent closes the socket."""
+    # Keepers are the factory's children only for a moment: they are never waited for here.
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is the agent's to handle
+    while _asked(sock):
+        spare = _fork_spare(spool)
+        try:
+            socket.send_fds(sock, [b"%d" % spare.pid], [spare.assign, spare.report, spare.notify])
+        except OSError:
+            return
+        finally:
+            for f in (spare.assign, spare.report, spare.notify):
+                os.close(f)
+
+
+def _end(pid: int) -> None:
+    """Reap the factory, which exits once its socket is closed; SIGKILL it if it does not."""
+    deadline = time.monotonic() + FACTORY_WAIT_S
+    try:
+        while not os.waitpid(pid, os.WNOHANG)[0]:
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return
+            time.sleep(0.01)  # bounded: it exits as soon as it reads the EOF
+    except ChildProcessError:
+        pass  # reaped already
+
+
+def _asked(sock: socket.socket) -> bool:
+    try:
+        return bool(sock.recv(64))
+    except OSError:
+        return False  # the agent is gone
+
+
+def _fork_spare(spool: Spool) -> _Spare:
+    assign_r, assign_w = os.pipe2(os.O_CLOEXEC)
+    report_r, report_w = os.pipe2(os.O_CLOEXEC)
+    notify_r, notify_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child; it never returns
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # it waits for its command
+        signal.signal(signal.SIGINT, _ignore)
+        _child(spool, keep=(assign_r, report_w, notify_w))
+    for fd in (assign_r, report_w, notify_w):
+        os.close(fd)
+    return _Spare(pid, assign_w, report_r, notify_r)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _read_all(fd: int) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _child(spool: Spool, keep: tuple[int, int, int]) -> None:
+    code = 1
+    try:
+        os.setsid()  # out of the agent's group and session: what ends the agent spares this
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            # Caught, not ignored: an exec resets caught signals, so the command gets the defaults.
+            signal.signal(sig, _ignore)
+        _close_all_but(keep)
+        assign, report, notify = keep
+        data = _read_all(assign)
+        os.close(assign)
+        if len(data) < 8:
+            code = 0  # the agent is gone, or let us go: nothing to keep
+            return
+        job = msgspec.msgpack.decode(data[8:], type=_Assignment)
+        # Held until we exit. A restarted agent that found the command without a keeper holds
+        # it while it records that; then there is a result, and the command must not start.
+        lock = os.open(spool.keeper_lock_path(job.cmd_id), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        keeper = _Keeper(spool, job.cmd_id, job.plan, job.secrets, report, notify)
+        if spool.has_result(job.cmd_id):
+            keeper.say(b"a restarted agent recorded this command as not started")
+        else:
+            keeper.run()
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def _ignore(_sig: int, _frame: object) -> None:
+    pass
+
+
+def _close_all_but(keep: tuple[int, ...]) -> None:
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+
+
+class _Out:
+    """One output pipe of the command and its spool file."""
+
+    def __init__(self, stream: int, fd: int, path: Path) -> None:
+        self.stream = stream
+        self.fd = fd
+        self.file = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self.held = b""  # a tail that may be the start of a secret
+        self.held_since = 0.0
+        self.open = True
+        self.failed = ""  # why writing to the spool stopped
+        self.dropped = 0
+
+
+class _Keeper:
+    def __init__(self, spool: Spool, cmd_id: str, plan: Plan, secrets: list[bytes], report: int, notify: int) -> None:
+        self.spool = spool
+        self.cmd_id = cmd_id
+        self.plan = plan
+        self.redactor = Redactor()
+        self.redactor.secrets = list(secrets)
+        self.report: int | None = report
+        self.notify: int | None = notify
+        self.sel = selectors.DefaultSelector()
+        self.stdin = memoryview(plan.stdin or b"")
+        self.cut: int | None = None
+        self.proc: subprocess.Popen | None = None
+
+    def run(self) -> None:
+        try:
+            self.spool.reserve_exit(self.cmd_id)
+            outs = [_Out(s, 0, self.spool.dir(self.cmd_id) / STREAM_FILES[s]) for s in (proto.STDOUT, proto.STDERR)]
+        except OSError as exc:
+            self.say(f"cannot create its output files in the spool: {exc}".encode())
+            return
+        try:
+            proc = procgroup.popen_piped(
+                self.plan.argv, self.plan.stdin is not None or self.plan.lifeline, self.plan.cwd, self.plan.env
+            )
+        except (OSError, ValueError) as exc:
+            self.say(str(exc).encode())
+            return
+        self.proc = proc
+        if self.plan.lifeline:
+            for sig in KILL_LINES:  # before the agent can know of us and send one
+                signal.signal(sig, self._on_kill_signal)
+        try:
+            self.spool.write_pid(self.cmd_id, proc.pid, procgroup.start_ticks(proc.pid), os.getpid())
+        except OSError as exc:
+            # Unrecorded, it could not be found again: it must not run at all.
+            procgroup.signal_group(proc.pid, signal.SIGKILL)
+            proc.wait()
+            self.say(f"cannot record its pid in the spool: {exc}".encode())
+            return
+        self.say(b"ok %d" % proc.pid)
+        assert proc.stdout is not None and proc.stderr is not None
+        for out, pipe in zip(outs, (proc.stdout, proc.stderr), strict=True):
+            out.fd = pipe.fileno()
+            self.sel.register(out.fd, selectors.EVENT_READ, out)
+        if proc.stdin is not None:
+            os.set_blocking(proc.stdin.fileno(), False)
+            if self.stdin:
+                self.sel.register(proc.stdin.fileno(), selectors.EVENT_WRITE, None)
+            elif not self.plan.lifeline:
+                proc.stdin.close()
+        returncode = self._watch(proc, outs)
+        if proc.stdin is not None and not proc.stdin.closed:
+            proc.stdin.close()
+        failed = [o for o in outs if o.failed]
+        why = "; ".join(f"{proto.STREAM_NAMES[o.stream]}: {o.failed} ({o.dropped} bytes not spooled)" for o in failed)
+        self.spool.write_exit(self.cmd_id, KeeperExit(returncode, time.time(), self.cut, why))
+
+    def say(self, report: bytes) -> None:
+        assert self.report is not None
+        try:
+            os.write(self.report, report)
+        except OSError:
+            pass  # the agent is gone: the pid file says what it would have heard
+        os.close(self.report)
+        self.report = None
+
+    def _watch(self, proc: subprocess.Popen, outs: list[_Out]) -> int:
+        pidfd: int | None = None
+        try:
+            pidfd = os.pidfd_open(proc.pid)
+            self.sel.register(pidfd, selectors.EVENT_READ, "exit")
+        except (AttributeError, OSError):
+            pidfd = None
+        leftovers_until: float | None = None
+        while any(o.open for o in outs) or proc.returncode is None:
+            now = time.monotonic()
+            due = [o.held_since + HOLD_S for o in outs if o.held]
+            if pidfd is None and proc.returncode is None:
+                due.append(now + POLL_S)
+            if leftovers_until is not None:
+                due.append(leftovers_until)
+            for key, _ in self.sel.select(max(0.0, min(due) - now) if due else None):
+                if key.data == "exit":
+                    self.sel.unregister(key.fd)
+                    os.close(key.fd)
+                    pidfd = None
+                    proc.wait()
+                elif key.data is None:
+                    self._feed(key.fd)
+                elif key.data.open:
+                    self._read(key.data)
+            now = time.monotonic()
+            if proc.returncode is None and pidfd is None:
+                proc.poll()
+            if proc.returncode is not None and leftovers_until is None:
+                leftovers_until = now + self.plan.grace_s
+            if leftovers_until is not None and now >= leftovers_until:
+                # The leader is gone but something it left behind still holds the pipes open.
+                procgroup.signal_group(proc.pid, signal.SIGKILL)
+                for o in outs:
+                    self._drain_and_close(o)
+            for o in outs:
+                if o.held and now >= o.held_since + HOLD_S:
+                    self._write(o, *self.redactor.apply(o.held, final=True))
+        assert proc.returncode is not None
+        return proc.returncode
+
+    def _read(self, o: _Out) -> None:
+        data = os.read(o.fd, BLOCK)
+        if not data:
+            self._write(o, o.held, b"")
+            self._close(o)
+            return
+        if self.redactor.secrets:
+            out, held = self.redactor.apply(o.held + data, final=False)
+            if held and not o.held:
+                o.held_since = time.monotonic()
+            self._write(o, out, held)
+        else:
+            self._write(o, data, b"")
+
+    def _drain_and_close(self, o: _Out) -> None:
+        if not o.open:
+            return
+        os.set_blocking(o.fd, False)
+        try:
+            while o.open:
+                self._read(o)
+        except BlockingIOError:
+            pass
+        if o.held:
+            self._write(o, *self.redactor.apply(o.held, final=True))
+        self._close(o)
+
+    def _close(self, o: _Out) -> None:
+        if o.open:
+            o.open = False
+            self.sel.unregister(o.fd)
+            os.close(o.fd)
+
+    def _write(self, o: _Out, data: bytes, held: bytes) -> None:
+        o.held = held
+        if not data:
+            return
+        if o.failed:
+            o.dropped += len(data)
+            return
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(o.file, view) :]
+        except OSError as exc:
+            # Keep draining the pipe (the command must not block on a full pipe), drop the rest.
+            o.failed = exc.strerror or str(exc)
+            o.dropped += len(view)
+        self._poke()
+
+    def _poke(self) -> None:
+        if self.notify is None:
+            return
+        try:
+            os.write(self.notify, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full of pokes already
+        except OSError:
+            os.close(self.notify)
+            self.notify = None  # the agent is gone; a restarted one polls the spool
+
+    def _feed(self, fd: int) -> None:
+        try:
+            n = os.write(fd, self.stdin[:STDIN_BLOCK])
+            self.stdin = self.stdin[n:]
+        except BlockingIOError:
+            return
+        except OSError:
+            self.stdin = self.stdin[:0]  # the command closed its stdin: nothing more to give it
+        if not self.stdin:
+            self.sel.unregister(fd)
+            if not self.plan.lifeline and self.proc is not None and self.proc.stdin is not None:
+                self.proc.stdin.close()
+
+    def _on_kill_signal(self, sig: int, _frame: object) -> None:
+        """Lifeline mode: the agent asks for TERM (SIGUSR1) or KILL (SIGUSR2)."""
+        stdin = self.proc.stdin if self.proc is not None else None
+        if stdin is None or stdin.closed:
+            return
+        if not self.stdin:
+            try:
+                os.write(stdin.fileno(), KILL_LINES[signal.Signals(sig)])
+                return
+            except BlockingIOError:
+                pass  # the remote is not reading: cutting the session is all that is left
+            except OSError:
+                return  # the session has ended
+        # Request stdin is still flowing on the same pipe (a kill line would land inside it),
+        # or the remote is not reading: end the local session; the remote wrapper kills the group.
+        self.cut = signal.SIGTERM if sig == signal.SIGUSR1 else signal.SIGKILL
+        assert self.proc is not None
+        procgroup.signal_group(self.proc.pid, signal.SIGKILL)
