@@ -41,6 +41,7 @@ from bench import common as B
 from common import protocol as P
 from p4bus.harness import netns
 from p4bus.harness.stack import Stack, wait_for
+from p4bus.harness.tail_output import sections, streams
 from p4bus.harness.workspaces import (
     SeededWorkspace,
     agent_settings,
@@ -239,14 +240,11 @@ class Soak:
     def bytes_lost(self, view: P.JobView) -> int:
         """Bytes in the agent's spool that `p4bus tail` did not print, or printed differently."""
         tail = self.cli("tail", view.job_id, timeout=120)
-        bodies = [body for header, body in sections(tail.stdout) if not header.startswith(view.job_id)]
+        bodies = [body for _, body in sections(tail.stdout)]
         lost = 0
         for i, run in enumerate(view.timeline):
             body = bodies[i] if i < len(bodies) else []
-            printed = {
-                "stdout": "".join(line for line in body if not line.startswith("stderr| ")),
-                "stderr": "".join(line[len("stderr| ") :] for line in body if line.startswith("stderr| ")),
-            }
+            printed = dict(zip(("stdout", "stderr"), streams(body), strict=True))
             for stream, text in printed.items():
                 path = self.tmp / "spool" / run.agent / run.cmd_id / stream
                 spooled = path.read_text() if path.exists() else ""
@@ -294,19 +292,6 @@ class SlowReader:
         self.code = self.proc.poll()  # None: still running, as it should be
         self.proc.terminate()
         _, self.err = self.proc.communicate(timeout=30)
-
-
-def sections(text: str) -> list[tuple[str, list[str]]]:
-    """(header, body lines) per `── header` line of `p4bus tail`, up to the closing summary."""
-    out: list[tuple[str, list[str]]] = []
-    for line in text.splitlines(keepends=True):
-        if line.startswith("── "):
-            out.append((line[3:].rstrip("\n"), []))
-        elif out and not line.startswith("INT-"):
-            out[-1][1].append(line)
-        elif out:
-            break
-    return out
 
 
 def common_prefix(a: str, b: str) -> int:

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tests.conftest import wait_for
-from tests.e2e.test_cli_jobs import _sections, _spool, p4bus
+from tests.e2e.test_cli_jobs import _sections, _spool, p4bus, streams
 from tests.e2e.test_reliability import _assert_each_command_ran_once, _running_cmd
 
 pytestmark = pytest.mark.timeout(240)
@@ -28,11 +28,10 @@ def _tail_is_the_spool(jobs, job_id: str) -> None:
     assert tail.returncode == 0, tail.stderr
     with jobs.orch() as oc:
         view = oc.job(job_id)
-    bodies = [body for h, body in _sections(tail.stdout) if not h.startswith(job_id)]
+    bodies = [body for _, body in _sections(tail.stdout)]
     assert len(bodies) == len(view.timeline)
     for run, body in zip(view.timeline, bodies, strict=True):
-        out = "".join(line for line in body if not line.startswith("stderr| "))
-        err = "".join(line[len("stderr| ") :] for line in body if line.startswith("stderr| "))
+        out, err = streams(body)
         assert (out, err) == (_spool(jobs, run, "stdout"), _spool(jobs, run, "stderr")), run.stage
 
 

@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from p4bus.harness.tail_output import sections as _sections
+from p4bus.harness.tail_output import streams
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.timeout(180)
@@ -23,19 +25,6 @@ def p4bus(jobs, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
         timeout=timeout,
         cwd=REPO,
     )
-
-
-def _sections(text: str) -> list[tuple[str, list[str]]]:
-    """(header, body lines) per `── header` line, up to the job's closing summary."""
-    out: list[tuple[str, list[str]]] = []
-    for line in text.splitlines(keepends=True):
-        if line.startswith("── "):
-            out.append((line[3:].rstrip("\n"), []))
-        elif out and not line.startswith("INT-"):
-            out[-1][1].append(line)
-        elif out:
-            break  # the timeline printed at the end
-    return out
 
 
 def _spool(jobs, run, stream: str) -> str:
@@ -56,14 +45,13 @@ def test_submit_follow_then_tail_shows_every_byte_once(jobs):
     with jobs.orch() as oc:
         view = oc.job(job_id)
     sections = _sections(tail.stdout)
-    assert [h for h, _ in sections if not h.startswith(job_id)] == [
+    assert [h for h, _ in sections] == [
         f"{r.stage}" + (f" step {r.step}" if r.step else "") + f": {' '.join(r.argv)}" for r in view.timeline
     ]
-    bodies = [body for h, body in sections if not h.startswith(job_id)]
+    bodies = [body for _, body in sections]
     for run, body in zip(view.timeline, bodies, strict=False):
         # Exactly the spool's bytes: nothing missing, nothing twice, stderr marked.
-        out = "".join(line for line in body if not line.startswith("stderr| "))
-        err = "".join(line[len("stderr| ") :] for line in body if line.startswith("stderr| "))
+        out, err = streams(body)
         assert (out, err) == (_spool(jobs, run, "stdout"), _spool(jobs, run, "stderr")), run.stage
     assert "DONE" in tail.stdout and str(view.submitted_change) in tail.stdout
 

@@ -15,7 +15,7 @@ from common import protocol as P
 from common.config import PORT_OFFSETS
 from p4bus.harness import netns
 from tests.conftest import wait_for
-from tests.e2e.test_cli_jobs import _sections
+from tests.e2e.test_cli_jobs import _sections, streams
 from tests.e2e.test_reliability import _assert_each_command_ran_once
 from tests.netns.conftest import NetJobs, spread_over_hosts
 
@@ -31,11 +31,10 @@ def _assert_tail_is_the_spool(hosts: NetJobs, job_id: str) -> None:
     assert view is not None
     tail = hosts.cli("tail", job_id)
     assert tail.returncode == 0, tail.stderr
-    bodies = [body for header, body in _sections(tail.stdout) if not header.startswith(job_id)]
+    bodies = [body for _, body in _sections(tail.stdout)]
     assert len(bodies) == len(view.timeline)
     for run, body in zip(view.timeline, bodies, strict=True):
-        out = "".join(line for line in body if not line.startswith("stderr| "))
-        err = "".join(line[len("stderr| ") :] for line in body if line.startswith("stderr| "))
+        out, err = streams(body)
         assert (out, err) == (hosts.spool(run, "stdout"), hosts.spool(run, "stderr")), run.stage
 
 
