@@ -35,6 +35,8 @@ PORT_OFFSETS = {
     "broker_replay": 4,
     "orchestrator_api": 5,
 }
+# The dashboard's HTTP port ([web] bind), the one after the bus's six.
+WEB_PORT_OFFSET = 6
 
 
 class ConfigError(ValueError):
@@ -176,6 +178,23 @@ class SecurityConf(msgspec.Struct, forbid_unknown_fields=True):
     keyring: str = ""  # default: <keys_dir>/keyring.toml
 
 
+class WebConf(msgspec.Struct, forbid_unknown_fields=True):
+    """`p4bus web`, the dashboard (p4bus/web/, docs/operations.md "The web dashboard")."""
+
+    bind: str = ""  # host:port; default: <host>:<port_base + 6> (127.0.0.1:9096)
+    url: str = ""  # how people reach it (links in pages and notifications); default: http://<bind>/
+    tokens_file: str = ""  # default: <state_dir>/web-tokens.json (0600; tokens stored hashed)
+    # Single sign-on by a reverse proxy: the header naming the person, accepted only from these
+    # addresses, and the role of each person it may name (anyone else is refused).
+    trusted_header: str = ""
+    trusted_proxies: list[str] = []
+    users: dict[str, str] = {}
+    session_ttl_s: float = 12 * 3600
+    # Set when people reach the dashboard over https (a proxy terminating TLS): the cookie is then
+    # never sent in clear.
+    cookie_secure: bool = False
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     state_dir: str = "~/.p4bus"
     host: str = "127.0.0.1"
@@ -193,6 +212,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     agent: AgentConf = msgspec.field(default_factory=AgentConf)
     orchestrator: OrchestratorConf = msgspec.field(default_factory=OrchestratorConf)
     security: SecurityConf = msgspec.field(default_factory=SecurityConf)
+    web: WebConf = msgspec.field(default_factory=WebConf)
 
     # ---- derived values (never stored, so a port_base change moves every endpoint)
     def endpoint(self, name: str) -> str:
@@ -217,6 +237,30 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
             else self.keys_path / "keyring.toml"
         )
 
+    def web_bind(self) -> tuple[str, int]:
+        """(host, port) the dashboard listens on: ``[web] bind``, else the port after the bus's six."""
+        if not self.web.bind:
+            return self.host, self.port_base + WEB_PORT_OFFSET
+        host, sep, port = self.web.bind.rpartition(":")
+        if not sep or not port.isdigit() or not host:
+            raise ConfigError(f"web.bind {self.web.bind!r} is not HOST:PORT (e.g. 127.0.0.1:9096)")
+        return host.strip("[]"), int(port)
+
+    def web_url(self) -> str:
+        """The dashboard's address for people, ending in /."""
+        if self.web.url:
+            return self.web.url.rstrip("/") + "/"
+        host, port = self.web_bind()
+        return f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
+
+    @property
+    def web_tokens_path(self) -> Path:
+        return (
+            Path(os.path.expanduser(self.web.tokens_file))
+            if self.web.tokens_file
+            else self.state_path / "web-tokens.json"
+        )
+
     def agent_id(self) -> str:
         return self.agent.id or ids.host_id()
 
@@ -230,7 +274,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
         return self.orchestrator.masters or [self.endpoint("master_clients")]
 
 
-_SECTIONS = {"broker", "master", "agent", "orchestrator", "security"}
+_SECTIONS = {"broker", "master", "agent", "orchestrator", "security", "web"}
 
 
 def _set_path(tree: dict, path: list[str], value: Any) -> None:

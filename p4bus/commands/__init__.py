@@ -6,7 +6,7 @@ import importlib
 
 import click
 
-COMMANDS = ["services", "run", "up", "agents", "events", "jobs", "demo", "deploy", "keys"]
+COMMANDS = ["services", "run", "up", "agents", "events", "jobs", "demo", "deploy", "keys", "web"]
 
 
 def register(group: click.Group) -> None:

@@ -13,6 +13,7 @@ INIT_KEYS = {
     "master": roles.MASTER,
     "orchestrator": roles.ORCHESTRATOR,
     "operator": roles.OPERATOR,
+    "web": roles.WEB,
 }
 
 

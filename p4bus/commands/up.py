@@ -1,4 +1,4 @@
-"""`p4bus up`: broker, master, orchestrator and one local agent on loopback until Ctrl-C.
+"""`p4bus up`: broker, master, orchestrator, one local agent and the dashboard on loopback until Ctrl-C.
 
 Secure by default: the first run creates the services' keys and an operator key in
 ``<state_dir>/keys`` (the harness does), so other local users cannot use the bus."""
@@ -14,7 +14,7 @@ import click
 from common import keys, lifecycle
 from common.config import PORT_OFFSETS, AgentConf, Config, deep_merge
 from p4bus.cli import Ctx, UserError
-from p4bus.harness.stack import SERVICES, Stack, StackError
+from p4bus.harness.stack import PEOPLE_URLS, SERVICES, Stack, StackError
 
 
 @click.command()
@@ -46,6 +46,8 @@ def up(obj: Ctx, state_dir: str | None, up_port_base: int | None, workspace_root
         click.echo("p4bus is up:")
         for name in PORT_OFFSETS:
             click.echo(f"  {name:16} {cfg.endpoint(name)}")
+        for name, url in PEOPLE_URLS.items():
+            click.echo(f"  {name:16} {url(cfg)}")
         click.echo(f"  state dir        {cfg.state_path}  (logs in {cfg.state_path / 'logs'})")
         click.echo(f"  workspace roots  {', '.join(roots)}")
         key = "" if cfg.insecure else str(keys.secret_path(cfg.keys_path, "operator"))
@@ -53,6 +55,7 @@ def up(obj: Ctx, state_dir: str | None, up_port_base: int | None, workspace_root
             click.echo(f"  operator key     {key}")
         # The CLI finds the operator key by itself under the default state dir; elsewhere it is told.
         prefix = f"P4BUS_KEY={key} " if key and cfg.keys_path != Config().keys_path else ""
+        click.echo(f"Dashboard: {cfg.web_url()}  (a login token: {prefix}p4bus web token add NAME --role operator)")
         click.echo(f"Try: {prefix}p4bus --port-base {cfg.port_base} run -- echo hello   (Ctrl-C here stops everything)")
         while not stop:
             stack.check_alive()
