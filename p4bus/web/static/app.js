@@ -60,7 +60,8 @@ class LogView {
     this.lines = 0;
     this.queue = [];
     this.scheduled = false;
-    this.received = 0;          // ops applied, for tests and the status line
+    this.received = 0;          // ops applied
+    this.resets = 0;            // snapshots taken: 1 unless a reconnect came too late for the server's ring
     this.lastId = null;
     this.connect();
   }
@@ -105,6 +106,7 @@ class LogView {
   }
 
   reset() {
+    this.resets++;
     this.box.replaceChildren();
     this.sections.clear();
     this.nodes = []; this.lines = 0;
