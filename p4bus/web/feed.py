@@ -36,7 +36,7 @@ from common.auth import Security
 from common.config import Config
 from common.rpc import MasterClient, OrchestratorClient, RequestError
 from p4bus.stream import Cursor
-from p4bus.web.journal import JournalCursor
+from p4bus.web.journal import JournalCursor, Journalled
 from p4bus.web.wakeup import Wakeup
 
 log = logs.get("web.feed")
@@ -46,6 +46,7 @@ RING_MESSAGES = 4096
 RING_BYTES = 32 << 20
 IDLE_READ_S = 1.0  # read the journal at least this often (a subscription not yet active)
 FETCH_MAX = 4 << 20
+BATCH_EVENTS = 16  # journal events per SSE message (an agent's chunk holds up to chunk_bytes)
 
 Op = dict[str, Any]
 
@@ -256,8 +257,12 @@ class JobFeed(threading.Thread):
 
     def _read(self, cursor: JournalCursor) -> None:
         events = cursor.read()
-        if not events:
-            return
+        # A long history becomes many messages: a watcher that resumes needs only the tail of it.
+        for start in range(0, len(events), BATCH_EVENTS):
+            self._apply(events[start : start + BATCH_EVENTS])
+        self.error = ""
+
+    def _apply(self, events: list[Journalled]) -> None:
         ops: list[Op] = []
         last = events[-1][0]
         with self.model_lock:
@@ -272,7 +277,6 @@ class JobFeed(threading.Thread):
             self.last_id = last
             if ops:
                 self.ring.add(last, sse(last, ops))
-        self.error = ""
         self.wakeup.bump()
 
     def _orchestrator_key(self, publisher: str) -> bool:
