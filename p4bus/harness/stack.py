@@ -129,9 +129,10 @@ class Stack:
         self.env = dict(env or {})  # over this process's environment, for every service
         self.cwd = cwd
         self.procs: list[ServiceProc] = []
-        # service -> argv in front of its command, to run it on another host, e.g.
-        # ("ip", "netns", "exec", NS) (harness/netns.py); it must exec the service, so that the
-        # pid is the service's. Read at every start, so a restart runs where the map says now.
+        # service (or one service's name, e.g. an agent's id, which wins) -> argv in front of
+        # its command, to run it on another host, e.g. ("ip", "netns", "exec", NS)
+        # (harness/netns.py); it must exec the service, so that the pid is the service's. Read
+        # at every start, so a restart runs where the map says now.
         self.placement: dict[str, tuple[str, ...]] = {}
         self._prefix = config_prefix
         self._files = 0
@@ -205,7 +206,7 @@ class Stack:
         if launch.service != "orchestrator":
             for name in password_variables(self.settings(launch.extra)):
                 env.pop(name, None)
-        where = self.placement.get(launch.service, ())
+        where = self.placement.get(launch.name, self.placement.get(launch.service, ()))
         argv = [*where, sys.executable, "-m", "p4bus", "--config", str(config), launch.service, *launch.args]
         earlier = sum(1 for p in self.procs if p.name == launch.name)
         log = self.log_dir / (f"{launch.name}.log" if not earlier else f"{launch.name}-{earlier + 1}.log")

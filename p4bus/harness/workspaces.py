@@ -88,6 +88,17 @@ def search_path(first: Path) -> str:
     return f"{first}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
+def counting_p4(bin_dir: Path, log: Path) -> str:
+    """Write ``bin_dir/p4``, p4sim behind a wrapper that appends "P4PORT argv" of every run to
+    ``log`` (so a test or bench can prove nothing ran twice), and return a PATH on which `p4` is it."""
+    real = write_shim(bin_dir.parent / f"{bin_dir.name}-p4sim")
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    wrapper = bin_dir / "p4"
+    wrapper.write_text(f'#!/bin/sh\necho "$P4PORT $*" >> {log}\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    return search_path(bin_dir)
+
+
 def p4sim_path(bin_dir: Path) -> str:
     """Write ``bin_dir/p4`` (running p4sim) and return a PATH on which `p4` is that."""
     write_shim(bin_dir)

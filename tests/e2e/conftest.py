@@ -17,10 +17,9 @@ from p4bus.harness.workspaces import (
     P4SIM_FAULT_ENV,
     SeededWorkspace,
     agent_settings,
-    search_path,
+    counting_p4,
     seed_workspace,
 )
-from p4sim.tools import write_shim
 from tests.conftest import Stack, wait_for
 
 TERMINAL = ("DONE", "NOTHING_TO_DO", "FAILED", "CANCELLED")
@@ -33,15 +32,10 @@ class JobStack:
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
         self.tmp = stack.tmp
-        real = write_shim(self.tmp / "p4sim-bin")
         # Every p4 execution is logged (port + argv), so tests can prove nothing ran twice.
         self.exec_log = self.tmp / "p4-executions.log"
         self.bin = self.tmp / "bin"
-        self.bin.mkdir()
-        wrapper = self.bin / "p4"
-        wrapper.write_text(f'#!/bin/sh\necho "$P4PORT $*" >> {self.exec_log}\nexec {real} "$@"\n')
-        wrapper.chmod(0o755)
-        self.env = {"PATH": search_path(self.bin)}
+        self.env = {"PATH": counting_p4(self.bin, self.exec_log)}
         stack.env.update(self.env)
         self.workspaces: dict[str, SeededWorkspace] = {}
         self.procs: dict[str, ServiceProc] = {}
