@@ -363,6 +363,9 @@ class Submit(Request[JobReply], tag="submit"):
     agent: str | None = None
     pool: str | None = None
     pipeline: str = "p4-integrate"
+    # The person a web key says it submits for; the orchestrator records it as the submitter
+    # only from a key of role web (from any other key it records the key's own name).
+    by: str = ""
 
 
 class GetJob(Request[JobReply], tag="get_job"):

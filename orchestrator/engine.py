@@ -175,7 +175,7 @@ class Engine:
 
     # ------------------------------------------------------------------ submit and schedule
 
-    def submit(self, req: P.Submit) -> tuple[str, Effects]:
+    def submit(self, req: P.Submit, by: str = "") -> tuple[str, Effects]:
         if req.pipeline not in self.pipelines:
             raise JobError(f"unknown pipeline {req.pipeline!r} (known: {', '.join(self.pipelines)})")
         name = req.workspace or self._default_workspace()
@@ -187,6 +187,7 @@ class Engine:
             branch_spec=req.branch_spec,
             change=req.change,
             desc=req.desc,
+            submitted_by=by,
         )
         errors = validate_params(params, self.conf.workspaces.keys())
         if errors:

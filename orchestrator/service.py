@@ -343,7 +343,7 @@ class Orchestrator:
         client, msg = got.identity, cast(P.OrchestratorRequest, got.msg)
         eff = Effects()
         try:
-            reply, eff = self.handle(msg)
+            reply, eff = self.handle(msg, got.user)
         except JobError as exc:
             reply = P.ErrorReply(req_id=msg.req_id, code=exc.code, message=str(exc))
         except Exception as exc:  # a bug must not take the orchestrator down with it
@@ -353,11 +353,11 @@ class Orchestrator:
         self._reply(client, reply)
         self.execute(eff)
 
-    def handle(self, msg: P.OrchestratorRequest) -> tuple[P.Base, Effects]:
+    def handle(self, msg: P.OrchestratorRequest, user: str = "") -> tuple[P.Base, Effects]:
         e = self.engine
         match msg:
             case P.Submit():
-                job_id, eff = e.submit(msg)
+                job_id, eff = e.submit(msg, self._submitter(user, msg.by))
                 return P.JobReply(req_id=msg.req_id, job=e.view(job_id)), eff
             case P.GetJob():
                 return P.JobReply(req_id=msg.req_id, job=e.view(msg.job_id)), Effects()
@@ -374,6 +374,15 @@ class Orchestrator:
             case P.RetryJob():
                 eff = e.retry(msg.job_id, msg.from_stage)
         return P.JobReply(req_id=msg.req_id, job=e.view(msg.job_id)), eff
+
+    def _submitter(self, user: str, claimed: str) -> str:
+        """Who submits: the requesting key's name, or the person the web's key names (the web
+        authenticated them); on an insecure bus, whoever the request names."""
+        if not user:
+            return claimed
+        if claimed and self.api_guard.security is not None and self.api_guard.security.role_of(user) == roles.WEB:
+            return claimed
+        return user
 
     def _reply(self, client: bytes, msg: P.Base) -> None:
         try:

@@ -267,6 +267,7 @@ class Web:
             k: form.get(k) or None for k in ("workspace", "source", "target", "branch_spec", "agent", "pool")
         }
         fields["desc"] = form.get("desc", "")
+        fields["by"] = session.person.name  # the job records who submitted it
         if form.get("change"):
             if not form["change"].isdigit() or int(form["change"]) < 1:
                 ctx["error"] = f"change {form['change']!r} is not a change number (a whole number from 1)"

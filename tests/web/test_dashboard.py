@@ -58,8 +58,8 @@ def test_table_and_output_are_live(web: WebStack, browser) -> None:
 
 
 def test_conflict_shows_its_files_and_resume_finishes_it(web: WebStack, browser) -> None:
-    job_id = web.jobs.submit("conflict")
-    web.jobs.wait_state(job_id, ("WAITING_RESOLVE",))
+    job_id = web.jobs.submit("conflict", by="mallory")  # only a web key may name someone else
+    assert web.jobs.wait_state(job_id, ("WAITING_RESOLVE",)).params["submitted_by"] == "operator"
     page = login(browser, web)
     page.goto(f"{web.url}jobs/{job_id}")
     files = page.locator("#conflicts .conflict-file").all_text_contents()
@@ -161,6 +161,7 @@ def test_html_in_peoples_text_renders_as_text(web: WebStack, browser) -> None:
     page.click("#submit")
     page.wait_for_url(re.compile(r".*/jobs/INT-.*"))
     assert page.locator(".param-desc").text_content() == evil
+    assert page.locator(".param-submitted_by").text_content() == "olive"  # the person, not the web's key
     page.goto(web.url + "jobs")
     assert evil in (page.locator("#jobs").text_content() or "")
     assert page.locator("#bold").count() == 0

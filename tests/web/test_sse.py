@@ -18,7 +18,12 @@ pytestmark = pytest.mark.timeout(120)
 def _session(web: WebStack) -> str:
     u = urlsplit(web.url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
-    conn.request("POST", "/login", body=f"token={web.tokens['vera']}", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    conn.request(
+        "POST",
+        "/login",
+        body=f"token={web.tokens['vera']}",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     cookie = conn.getresponse().getheader("set-cookie") or ""
     conn.close()
     return cookie.split(";", 1)[0]
