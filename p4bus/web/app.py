@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from importlib import resources
 from typing import Any
@@ -38,6 +39,9 @@ PACKAGE = resources.files("p4bus.web")
 KEEPALIVE_S = 15.0
 LIVE_MIN_GAP_S = 0.25  # jobs/agents change notices, at most this often per page
 FETCH_CHUNK = 4 << 20
+WORKERS = 32
+REAP_S = 30.0
+READY_S = 10.0
 Handler = Callable[[Request, str, Session], Awaitable[Response]]
 
 
@@ -77,7 +81,16 @@ class Web:
             Route("/submit", page(self.submit), methods=["GET", "POST"]),
             Mount("/static", StaticFiles(directory=str(PACKAGE / "static")), name="static"),
         ]
-        return Starlette(routes=routes, lifespan=self._lifespan)
+        return Starlette(routes=routes, lifespan=self._lifespan, exception_handlers={RequestError: self._bus_error})
+
+    async def _bus_error(self, request: Request, exc: Exception) -> Response:
+        """The orchestrator or a master did not answer (or refused): one line, not a traceback."""
+        message = exc.message if isinstance(exc, RequestError) else str(exc)
+        code = 404 if isinstance(exc, RequestError) and exc.code in ("unknown_job", "unknown_cmd") else 502
+        log.warning("web.bus_error", path=request.url.path, error=message)
+        if "text/html" in request.headers.get("accept", ""):
+            return self.render(request, "error.html", None, code, error=message)
+        return PlainTextResponse(message, code)
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
@@ -85,12 +98,23 @@ class Web:
         self.watch = BusWatch(self.cfg, self.security, loop)
         self.watch.start()
         self.feeds = Feeds(self.cfg, self.security, loop)
+        # Bus requests wait in worker threads (each with its own sockets): enough of them that a
+        # slow answer for one page does not hold up the others.
+        loop.set_default_executor(ThreadPoolExecutor(WORKERS, thread_name_prefix="bus"))
+        reaper = asyncio.create_task(self._reap(self.feeds))
         log.info("web.ready", url=self.cfg.web_url(), orchestrator=self.cfg.endpoint("orchestrator_api"))
         try:
             yield
         finally:
+            reaper.cancel()
             self.watch.stopping.set()
             self.feeds.stop()
+
+    @staticmethod
+    async def _reap(feeds: Feeds) -> None:
+        while True:
+            await asyncio.sleep(REAP_S)
+            feeds.reap()
 
     def _person(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
@@ -291,7 +315,10 @@ class Web:
 
         async def stream() -> AsyncIterator[bytes]:
             async with feeds.watch(job_id) as feed:
-                await asyncio.to_thread(feed.ready.wait, 10.0)
+                # The history is read once before anyone gets a snapshot (at most READY_S).
+                deadline = time.monotonic() + READY_S
+                while not feed.ready.is_set() and time.monotonic() < deadline:
+                    await feed.wakeup.wait(feed.wakeup.version, 0.1)
                 yield b"retry: 500\n\n"
                 pos = -1 if at is None else at
                 while True:
