@@ -69,7 +69,13 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebStack]:
         f"{real}\n"
     )
     port = _free_port()
-    stack.tree["web"] = {"bind": f"127.0.0.1:{port}"}
+    # A trusted proxy on loopback naming paula (tests of the header path send it; browsers do not).
+    stack.tree["web"] = {
+        "bind": f"127.0.0.1:{port}",
+        "trusted_header": "X-Test-User",
+        "trusted_proxies": ["127.0.0.1/32"],
+        "users": {"paula": "viewer"},
+    }
     try:
         jobs.start()
         w = WebStack(jobs, f"http://127.0.0.1:{port}/")

@@ -4,6 +4,7 @@ HTML in people's text."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -88,6 +89,15 @@ def test_conflict_shows_its_files_and_resume_finishes_it(web: WebStack, browser)
     page.click("#action-resume")
     page.wait_for_selector("#job-state.s-DONE", timeout=60_000)
     assert web.jobs.wait_state(job_id, ("DONE",)).submitted_change
+    # Every action and refusal is in the web's log with the person's name.
+    logged = [
+        json.loads(line)
+        for line in web.jobs.stack.proc("web").log_path.read_text().splitlines()
+        if line.startswith("{")
+    ]
+    acts = [(e["event"], e.get("person"), e.get("action")) for e in logged if e.get("job") == job_id]
+    assert ("web.action", "olive", "resume") in acts
+    assert ("web.action_refused", "vera", "resume") in acts and ("web.action_refused", "olive", "cancel") in acts
 
 
 def test_a_cut_connection_resumes_without_gap_or_duplicate(web: WebStack, browser) -> None:
@@ -119,6 +129,7 @@ def test_a_cut_connection_resumes_without_gap_or_duplicate(web: WebStack, browse
         proxy.close()
 
 
+@pytest.mark.timeout(240)  # a few seconds alone; generous for a machine shared with other suites
 def test_500000_lines_keep_the_page_responsive(web: WebStack, browser) -> None:
     web.hook("big", "sync", "seq -f 'big-line-%.0f' 1 500000\n")
     page = login(browser, web)
@@ -131,7 +142,7 @@ def test_500000_lines_keep_the_page_responsive(web: WebStack, browser) -> None:
                window.__maxLag = Math.max(window.__maxLag, now - last - 50); last = now; }, 50); }"""
     )
     worst = 0.0
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 200
     while not page.evaluate("document.getElementById('log').textContent.includes('big-line-500000\\n')"):
         t0 = time.monotonic()
         page.evaluate("1")
@@ -140,8 +151,9 @@ def test_500000_lines_keep_the_page_responsive(web: WebStack, browser) -> None:
         page.wait_for_timeout(100)
     lines = page.evaluate("document.getElementById('log').textContent.split('\\n').length")
     assert lines < 6000, f"{lines} lines in the page"
-    assert page.evaluate("window.__maxLag") < 1000, "the page stalled"
-    assert worst < 1.0
+    # A page that rendered every line would stall for many seconds; 2 s allows for a loaded machine.
+    assert page.evaluate("window.__maxLag") < 2000, "the page stalled"
+    assert worst < 2.0
     # The whole output is one click away, byte-exact.
     view = web.jobs.wait_state(job_id)
     sync = next(r for r in view.timeline if r.stage == "SYNC")

@@ -77,3 +77,43 @@ def test_resume_after_any_id_is_exact_and_bytes_match_the_spool(web: WebStack) -
 
     for cut in (ids[0], ids[len(ids) // 2], ids[-2]):
         assert _messages(web, cookie, job_id, cut) == [m for m in whole if m[0] > cut]
+
+
+def test_a_silent_orchestrator_is_one_line_and_the_web_keeps_running(web: WebStack) -> None:
+    cookie = _session(web)
+    u = urlsplit(web.url)
+
+    def get(path: str) -> tuple[int, str]:
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+        conn.request("GET", path, headers={"Cookie": cookie})
+        resp = conn.getresponse()
+        body = resp.read().decode()
+        conn.close()
+        return resp.status, body
+
+    web.jobs.stack.kill("orchestrator")
+    try:
+        status, body = get("/jobs/table")
+        assert status == 502 and "did not answer" in body and "\n" not in body.strip()
+        assert get("/healthz") == (200, "ok")
+    finally:
+        web.jobs.restart("orchestrator")
+    web.jobs.wait_ready(1)
+    assert get("/jobs/table")[0] == 200
+
+
+def test_a_trusted_proxys_header_is_a_login_for_the_people_it_may_name(web: WebStack) -> None:
+    u = urlsplit(web.url)
+
+    def get(headers: dict[str, str]) -> tuple[int, str]:
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+        conn.request("GET", "/jobs", headers=headers)
+        resp = conn.getresponse()
+        body = resp.read().decode()
+        conn.close()
+        return resp.status, body
+
+    status, body = get({"X-Test-User": "paula"})
+    assert status == 200 and "paula" in body and 'href="/submit"' not in body  # a viewer: no Submit
+    assert get({"X-Test-User": "mallory"})[0] == 401  # not in [web] users
+    assert get({})[0] == 401
