@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 
 import click
@@ -40,12 +42,15 @@ def web(ctx: click.Context, web__bind: str | None) -> None:
             bind=f"{host}:{port}",
             message="listening beyond loopback over plain http: put it behind a TLS proxy and set web.cookie_secure",
         )
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
-    )
-    server.run()
-    if not server.started:
-        raise UserError(f"the dashboard could not listen on {host}:{port} (in use? set web.bind or --bind)")
+    try:
+        # Bound here rather than by uvicorn, so a port in use is one line and exit code 1.
+        sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    except OSError as exc:
+        raise UserError(
+            f"the dashboard cannot listen on {host}:{port}: {os.strerror(exc.errno or 0)} (set web.bind or --bind)"
+        ) from None
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
+    server.run(sockets=[sock])
 
 
 @web.group()
