@@ -140,3 +140,25 @@ def test_token_commands(tmp_path):
     bad = runner.invoke(cli, ["web", "token", "revoke", "bob"], env=env)
     assert bad.exit_code == 2 and "no token named 'bob'" in bad.stderr
     assert runner.invoke(cli, ["web", "token", "revoke", "alice"], env=env).exit_code == 0
+
+
+def test_a_port_in_use_is_one_line_and_exit_1(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "p4bus", "web", "--bind", f"127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env={"PATH": "/usr/bin:/bin", "P4BUS_INSECURE": "1", "P4BUS_STATE_DIR": str(tmp_path)},
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert f"p4bus: the dashboard cannot listen on 127.0.0.1:{port}: Address already in use" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -14,7 +14,7 @@ function liveFragment() {
     if (busy) { pending = true; return; }
     busy = true;
     try {
-      const r = await fetch(box.dataset.src, { headers: { Accept: "text/html-fragment" } });
+      const r = await fetch(box.dataset.src);
       if (r.ok) {
         // The fragment is server-rendered with autoescaping: its markup is ours, its text escaped.
         const tpl = document.createElement("template");
