@@ -55,7 +55,11 @@ def up(obj: Ctx, state_dir: str | None, up_port_base: int | None, workspace_root
             click.echo(f"  operator key     {key}")
         # The CLI finds the operator key by itself under the default state dir; elsewhere it is told.
         prefix = f"P4BUS_KEY={key} " if key and cfg.keys_path != Config().keys_path else ""
-        click.echo(f"Dashboard: {cfg.web_url()}  (a login token: {prefix}p4bus web token add NAME --role operator)")
+        # Tokens live in the state dir: elsewhere than the default, the command is told where.
+        tokens_prefix = f"P4BUS_STATE_DIR={cfg.state_path} " if cfg.state_path != Config().state_path else ""
+        click.echo(
+            f"Dashboard: {cfg.web_url()}  (a login token: {tokens_prefix}p4bus web token add NAME --role operator)"
+        )
         click.echo(f"Try: {prefix}p4bus --port-base {cfg.port_base} run -- echo hello   (Ctrl-C here stops everything)")
         while not stop:
             stack.check_alive()

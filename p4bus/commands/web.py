@@ -49,7 +49,9 @@ def web(ctx: click.Context, web__bind: str | None) -> None:
         raise UserError(
             f"the dashboard cannot listen on {host}:{port}: {os.strerror(exc.errno or 0)} (set web.bind or --bind)"
         ) from None
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
+    # Event streams never end by themselves: on SIGTERM they get 2 s, then are closed.
+    conf = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=2)
+    server = uvicorn.Server(conf)
     server.run(sockets=[sock])
 
 

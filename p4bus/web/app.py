@@ -310,6 +310,7 @@ class Web:
         job_id = request.path_params["job_id"]
         raw = request.headers.get("last-event-id") or request.query_params.get("after") or ""
         at = int(raw) if raw.isdigit() else None
+        await self.bus.orch(lambda oc: oc.job(job_id))  # no feed (a thread) for a job that does not exist
         assert self.feeds is not None
         feeds = self.feeds
 
