@@ -12,7 +12,6 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from importlib import resources
 from typing import Any
 from urllib.parse import quote
@@ -21,27 +20,24 @@ import structlog
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from common import protocol as P
 from common.auth import Security
 from common.config import Config
-from common.rpc import MasterClient, RequestError
+from common.rpc import RequestError
 from p4bus.web import views
 from p4bus.web.bus import Bus, BusWatch, Feeds
 from p4bus.web.people import COOKIE, People, Session, csrf_ok
+from p4bus.web.streams import Streams
 from p4bus.web.tokens import TokenFile
 
 log = structlog.get_logger("web")
 PACKAGE = resources.files("p4bus.web")
-KEEPALIVE_S = 15.0
-LIVE_MIN_GAP_S = 0.25  # jobs/agents change notices, at most this often per page
-FETCH_CHUNK = 4 << 20
 WORKERS = 32
 REAP_S = 30.0
-READY_S = 10.0
 Handler = Callable[[Request, str, Session], Awaitable[Response]]
 
 
@@ -55,8 +51,7 @@ class Web:
             loader=FileSystemLoader(str(PACKAGE / "templates")), autoescape=select_autoescape(default=True)
         )
         self.templates.globals.update(age=views.age, duration=views.duration, when=views.when)
-        self.watch: BusWatch | None = None
-        self.feeds: Feeds | None = None
+        self.streams: Streams | None = None  # made when the event loop runs
 
     # ------------------------------------------------------------------ plumbing
     def app(self) -> Starlette:
@@ -69,12 +64,12 @@ class Web:
             Route("/", page(self.index)),
             Route("/jobs", page(self.jobs_page)),
             Route("/jobs/table", page(self.jobs_table)),
-            Route("/events", page(self.live_events)),
+            Route("/events", page(self._stream(lambda s: s.live_events))),
             Route("/jobs/{job_id}", page(self.job_page)),
             Route("/jobs/{job_id}/summary", page(self.job_summary)),
-            Route("/jobs/{job_id}/events", page(self.job_events)),
-            Route("/jobs/{job_id}/log.txt", page(self.job_log)),
-            Route("/jobs/{job_id}/output/{cmd_id}", page(self.command_output)),
+            Route("/jobs/{job_id}/events", page(self._stream(lambda s: s.job_events))),
+            Route("/jobs/{job_id}/log.txt", page(self._stream(lambda s: s.job_log))),
+            Route("/jobs/{job_id}/output/{cmd_id}", page(self._stream(lambda s: s.command_output))),
             Route("/jobs/{job_id}/{action}", page(self.job_action), methods=["POST"]),
             Route("/agents", page(self.agents_page)),
             Route("/agents/table", page(self.agents_table)),
@@ -95,20 +90,28 @@ class Web:
     @contextlib.asynccontextmanager
     async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
-        self.watch = BusWatch(self.cfg, self.security, loop)
-        self.watch.start()
-        self.feeds = Feeds(self.cfg, self.security, loop)
         # Bus requests wait in worker threads (each with its own sockets): enough of them that a
         # slow answer for one page does not hold up the others.
         loop.set_default_executor(ThreadPoolExecutor(WORKERS, thread_name_prefix="bus"))
-        reaper = asyncio.create_task(self._reap(self.feeds))
+        watch = BusWatch(self.cfg, self.security, loop)
+        watch.start()
+        feeds = Feeds(self.cfg, self.security, loop)
+        self.streams = Streams(self.bus, feeds, watch)
+        reaper = asyncio.create_task(self._reap(feeds))
         log.info("web.ready", url=self.cfg.web_url(), orchestrator=self.cfg.endpoint("orchestrator_api"))
         try:
             yield
         finally:
             reaper.cancel()
-            self.watch.stopping.set()
-            self.feeds.stop()
+            watch.stopping.set()
+            feeds.stop()
+
+    def _stream(self, pick: Callable[[Streams], Callable[[Request], Awaitable[Response]]]) -> Handler:
+        async def handler(request: Request, _sid: str, _s: Session) -> Response:
+            assert self.streams is not None  # the lifespan has run before any request
+            return await pick(self.streams)(request)
+
+        return handler
 
     @staticmethod
     async def _reap(feeds: Feeds) -> None:
@@ -305,105 +308,6 @@ class Web:
         log.info("web.action", person=session.person.name, action="submit", job=view.job_id, workspace=view.workspace)
         return RedirectResponse(f"/jobs/{view.job_id}", 303)
 
-    # ------------------------------------------------------------------ output
-    async def job_events(self, request: Request, _sid: str, _s: Session) -> Response:
-        job_id = request.path_params["job_id"]
-        raw = request.headers.get("last-event-id") or request.query_params.get("after") or ""
-        at = int(raw) if raw.isdigit() else None
-        await self.bus.orch(lambda oc: oc.job(job_id))  # no feed (a thread) for a job that does not exist
-        assert self.feeds is not None
-        feeds = self.feeds
-
-        async def stream() -> AsyncIterator[bytes]:
-            async with feeds.watch(job_id) as feed:
-                # The history is read once before anyone gets a snapshot (at most READY_S).
-                deadline = time.monotonic() + READY_S
-                while not feed.ready.is_set() and time.monotonic() < deadline:
-                    await feed.wakeup.wait(feed.wakeup.version, 0.1)
-                yield b"retry: 500\n\n"
-                pos = -1 if at is None else at
-                while True:
-                    seen = feed.wakeup.version
-                    got = feed.since(pos) if pos >= 0 else None
-                    if got is None:
-                        pos, msg = await asyncio.to_thread(feed.snapshot)
-                        yield msg
-                        continue
-                    pos, msgs = got
-                    if msgs:
-                        yield b"".join(msgs)
-                    elif await feed.wakeup.wait(seen, KEEPALIVE_S) == seen:
-                        yield b": keepalive\n\n"
-
-        return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)
-
-    async def live_events(self, request: Request, _sid: str, _s: Session) -> Response:
-        assert self.watch is not None
-        watch = self.watch
-
-        async def stream() -> AsyncIterator[bytes]:
-            yield b"retry: 1000\n\n"
-            jobs, agents = watch.jobs.version, watch.agents.version
-            while True:
-                await asyncio.wait(
-                    [
-                        asyncio.ensure_future(watch.jobs.wait(jobs, KEEPALIVE_S)),
-                        asyncio.ensure_future(watch.agents.wait(agents, KEEPALIVE_S)),
-                    ],
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                out = b""
-                if watch.jobs.version != jobs:
-                    jobs, out = watch.jobs.version, out + b"event: jobs\ndata: \n\n"
-                if watch.agents.version != agents:
-                    agents, out = watch.agents.version, out + b"event: agents\ndata: \n\n"
-                yield out or b": keepalive\n\n"
-                await asyncio.sleep(LIVE_MIN_GAP_S)  # a burst of changes is one refresh
-
-        return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)
-
-    async def command_output(self, request: Request, _sid: str, _s: Session) -> Response:
-        """One command's stream from its agent's spool, byte-exact: all of it, or ``size`` bytes from ``offset``."""
-        job_id, cmd_id = request.path_params["job_id"], request.path_params["cmd_id"]
-        q = request.query_params
-        stream = {"stdout": P.STDOUT, "stderr": P.STDERR}.get(q.get("stream", "stdout"))
-        offset, size = q.get("offset", "0"), q.get("size", "")
-        if stream is None or not offset.isdigit() or (size and not size.isdigit()):
-            return PlainTextResponse("stream is stdout or stderr; offset and size are byte counts", 400)
-        job = await self.bus.orch(lambda oc: oc.job(job_id))
-        run = next((r for r in job.timeline if r.cmd_id == cmd_id), None)
-        if run is None or not run.agent:
-            return PlainTextResponse(f"job {job_id} has no command {cmd_id} that ran", 404)
-        chunks = self._read(run, stream, int(offset), int(size) if size else None)
-        name = f"{job_id}-{cmd_id}.{P.STREAM_NAMES[stream]}"
-        return StreamingResponse(chunks, media_type="application/octet-stream", headers=_download(name))
-
-    async def job_log(self, request: Request, _sid: str, _s: Session) -> Response:
-        """The whole output of the job: each command's heading, stdout, then stderr, byte-exact."""
-        job_id = request.path_params["job_id"]
-        job = await self.bus.orch(lambda oc: oc.job(job_id))
-
-        async def whole() -> AsyncIterator[bytes]:
-            for run in job.timeline:
-                if not run.agent or run.state in ("PENDING", "CANCELLED"):
-                    continue
-                yield f"── {run.stage} step {run.step} attempt {run.attempt}: {' '.join(run.argv)}\n".encode()
-                for stream in (P.STDOUT, P.STDERR):
-                    async for data in self._read(run, stream, 0, None):
-                        yield data
-
-        return StreamingResponse(whole(), media_type="text/plain; charset=utf-8", headers=_download(f"{job_id}.log"))
-
-    async def _read(self, run: P.StageRun, stream: int, offset: int, size: int | None) -> AsyncIterator[bytes]:
-        end = None if size is None else offset + size
-        while end is None or offset < end:
-            want = FETCH_CHUNK if end is None else min(FETCH_CHUNK, end - offset)
-            reply = await self.bus.masters(partial(_fetch, run, stream, offset, want))
-            if not reply.data:
-                return
-            offset += len(reply.data)
-            yield reply.data
-
     # ------------------------------------------------------------------ agents
     async def _agents(self) -> dict[str, Any]:
         agents = await self.bus.masters(lambda mc: mc.agents())
@@ -423,12 +327,3 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
 }
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-def _fetch(run: P.StageRun, stream: int, offset: int, size: int, mc: MasterClient) -> P.FetchReply:
-    return mc.fetch(run.cmd_id, stream, offset, size, agent=run.agent)
-
-
-def _download(name: str) -> dict[str, str]:
-    return {"Content-Disposition": f'attachment; filename="{name}"', "X-Content-Type-Options": "nosniff"}
