@@ -67,7 +67,11 @@ Fetcher = Callable[[str, str, int, int, int], bytes]  # (cmd, agent, stream, off
 
 
 class OutputModel:
-    """Pure state of one job's display: events in, display operations out."""
+    """Pure state of one job's display: events in, display operations out.
+
+    Every change of state appends its operation to ``out`` at once, so when asking a spool or
+    the orchestrator fails half-way through an event, what did change is still in ``out`` (the
+    caller publishes it and offers the event again; a stream's cursor drops bytes already shown)."""
 
     def __init__(self, job_id: str, fetch: Fetcher, runs: Callable[[str], P.StageRun | None]) -> None:
         self.job_id = job_id
@@ -76,28 +80,33 @@ class OutputModel:
         self.commands: dict[str, CommandView] = {}
         self.job: Op | None = None
         self.ignored: set[str] = set()
+        self.out: list[Op] = []
+
+    def take(self) -> list[Op]:
+        ops, self.out = self.out, []
+        return ops
 
     def apply(self, got: P.Delivered, orchestrator_key: Callable[[str], bool]) -> list[Op]:
+        """The operations of one event (``take()`` them after an exception)."""
         ev, publisher = got
         if isinstance(ev, P.JobChanged):
-            if ev.job_id != self.job_id or (publisher and not orchestrator_key(publisher)):
-                return []
-            self.job = {"k": "job", "state": ev.state, "stage": ev.stage}
-            return [self.job]
+            if ev.job_id == self.job_id and (not publisher or orchestrator_key(publisher)):
+                self.job = {"k": "job", "state": ev.state, "stage": ev.stage}
+                self.out.append(self.job)
+            return self.take()
         if not isinstance(ev, P.LogChunk | P.CmdStarted | P.CmdDone) or ev.job_id != self.job_id:
-            return []
+            return self.take()
         run = self.runs(ev.cmd_id)
         if run is None or (publisher and run.agent != publisher):
             self.ignored.add(publisher)
-            return []
-        ops: list[Op] = []
-        view = self._view(ev.cmd_id, run, ops)
+            return self.take()
+        view = self._view(ev.cmd_id, run)
         if isinstance(ev, P.LogChunk):
-            ops += self._bytes(view, run, ev.stream, ev.offset, ev.data)
+            self._bytes(view, run, ev.stream, ev.offset, ev.data)
         elif isinstance(ev, P.CmdDone) and view.done is None:
             st = ev.status
             for stream, total in ((P.STDOUT, st.stdout_bytes), (P.STDERR, st.stderr_bytes)):
-                ops += self._fill(view, run, stream, total)
+                self._fill(view, run, stream, total)
             view.done = {
                 "k": "done",
                 "cmd": ev.cmd_id,
@@ -106,10 +115,10 @@ class OutputModel:
                 "error": st.error,
                 "duration": round(st.duration, 3),
             }
-            ops.append(view.done)
-        return ops
+            self.out.append(view.done)
+        return self.take()
 
-    def _view(self, cmd_id: str, run: P.StageRun, ops: list[Op]) -> CommandView:
+    def _view(self, cmd_id: str, run: P.StageRun) -> CommandView:
         view = self.commands.get(cmd_id)
         if view is None:
             section = {
@@ -121,38 +130,37 @@ class OutputModel:
                 "argv": run.argv,
             }
             view = self.commands[cmd_id] = CommandView(section)
-            ops.append(section)
+            self.out.append(section)
         return view
 
-    def _bytes(self, view: CommandView, run: P.StageRun, stream: int, offset: int, data: bytes) -> list[Op]:
+    def _bytes(self, view: CommandView, run: P.StageRun, stream: int, offset: int, data: bytes) -> None:
         cur = view.cursors[stream]
-        ops = self._fill(view, run, stream, offset) if offset > cur.next else []
+        if offset > cur.next:
+            self._fill(view, run, stream, offset)
         start = cur.next
         out, _ = cur.accept(offset, data)
         if out:
-            ops.append(self._out(view, stream, start, out))
-        return ops
+            self._out(view, stream, start, out)
 
-    def _fill(self, view: CommandView, run: P.StageRun, stream: int, upto: int) -> list[Op]:
+    def _fill(self, view: CommandView, run: P.StageRun, stream: int, upto: int) -> None:
         """The bytes before ``upto`` that no event brought, from the agent's spool."""
         cur = view.cursors[stream]
-        ops = []
         while cur.next < upto:
             start = cur.next
             data = self.fetch(run.cmd_id, run.agent, stream, start, min(upto - start, FETCH_MAX))
             if not data:
-                ops.append({"k": "note", "cmd": run.cmd_id, "text": f"output missing from byte {start}"})
+                self.out.append({"k": "note", "cmd": run.cmd_id, "text": f"output missing from byte {start}"})
                 break
             out, _ = cur.accept(start, data)
-            ops.append(self._out(view, stream, start, out))
-        return ops
+            self._out(view, stream, start, out)
 
-    @staticmethod
-    def _out(view: CommandView, stream: int, offset: int, data: bytes) -> Op:
+    def _out(self, view: CommandView, stream: int, offset: int, data: bytes) -> None:
         tail = view.tails[stream]
         tail += data
         del tail[:-TAIL_BYTES]
-        return {"k": "out", "cmd": view.section["cmd"], "s": stream, "o": offset, "d": base64.b64encode(data).decode()}
+        self.out.append(
+            {"k": "out", "cmd": view.section["cmd"], "s": stream, "o": offset, "d": base64.b64encode(data).decode()}
+        )
 
     def snapshot(self) -> list[Op]:
         """Everything a new watcher needs: headings, each stream's tail, ends, the job's state."""
@@ -229,6 +237,8 @@ class JobFeed(threading.Thread):
         self._runs: dict[str, P.StageRun] = {}
         self.model = OutputModel(job_id, self._fetch, self._run)
         self.error = ""
+        self.failure: Exception | None = None
+        self._carry: list[Op] = []
 
     # ---------------------------------------------------------------- the thread
     def run(self) -> None:
@@ -259,25 +269,45 @@ class JobFeed(threading.Thread):
         events = cursor.read()
         # A long history becomes many messages: a watcher that resumes needs only the tail of it.
         for start in range(0, len(events), BATCH_EVENTS):
-            self._apply(events[start : start + BATCH_EVENTS])
+            handled = self._apply(events[start : start + BATCH_EVENTS])
+            if handled is not None and self.failure is not None:
+                cursor.commit(handled)
+                raise self.failure
+        cursor.commit()
         self.error = ""
 
-    def _apply(self, events: list[Journalled]) -> None:
-        ops: list[Op] = []
-        last = events[-1][0]
+    def _apply(self, events: list[Journalled]) -> int | None:
+        """Apply and publish a batch. None when all went well; else (asking a spool or the
+        orchestrator failed: ``failure``) the id of the last event fully handled, and the events
+        after it are read again. Operations of an event handled only in part are carried over
+        and published with the id of that event, once it has been handled whole."""
+        ops, self._carry = self._carry, []
+        last = 0
+        self.failure = None
         with self.model_lock:
-            for _jid, topic, body, publisher in events:
+            for jid, topic, body, publisher in events:
                 try:
                     got = P.decode_delivered([topic.encode(), body, publisher.encode()])
+                    ops += self.model.apply(got, self._orchestrator_key)
                 except P.ProtocolError:
-                    continue
-                ops += self.model.apply(got, self._orchestrator_key)
-            self.model_id = last
+                    pass
+                except (RequestError, TimeoutError) as exc:
+                    self.failure = exc
+                    break
+                last = jid
+            partial = self.model.take()
+            if last:
+                self.model_id = max(self.model_id, last)
+        if not last:
+            self._carry = ops + partial
+            return None if self.failure is None else 0
+        self._carry = partial
         with self.lock:
-            self.last_id = last
+            self.last_id = max(self.last_id, last)
             if ops:
                 self.ring.add(last, sse(last, ops))
         self.wakeup.bump()
+        return None if self.failure is None else last
 
     def _orchestrator_key(self, publisher: str) -> bool:
         return self.security is not None and self.security.role_of(publisher) == roles.ORCHESTRATOR

@@ -22,21 +22,32 @@ Journalled = tuple[int, str, bytes, str]  # (journal id, topic, body, publisher)
 
 
 class JournalCursor:
-    """Where reading stopped, per prefix; ``read()`` returns everything newer, in journal order."""
+    """Where reading stopped, per prefix. ``read()`` returns everything newer, in journal order;
+    ``commit(upto)`` then moves past what was handled (all of it, or up to the id where handling
+    failed: the rest comes again with the next read)."""
 
     def __init__(self, client: ReplayClient, prefixes: list[str]) -> None:
         self.client = client
         self.cursor = dict.fromkeys(prefixes, 0)
+        self._read_to = dict(self.cursor)
 
     def read(self) -> list[Journalled]:
         horizon = self.client.page(next(iter(self.cursor)), after=BEYOND_HEAD).head_id
+        self._read_to = dict(self.cursor)
         return list(heapq.merge(*(self._stream(p, horizon) for p in self.cursor)))
 
+    def commit(self, upto: int = BEYOND_HEAD) -> None:
+        # Events come merged by id, so every event of a prefix up to ``upto`` has been handled.
+        for p, read_to in self._read_to.items():
+            self.cursor[p] = max(self.cursor[p], min(read_to, upto))
+
     def _stream(self, prefix: str, horizon: int) -> Iterator[Journalled]:
-        while self.cursor[prefix] < horizon:
-            page = self.client.page(prefix, self.cursor[prefix])
+        after = self.cursor[prefix]
+        while after < horizon:
+            page = self.client.page(prefix, after)
             publishers = page.publishers or [""] * len(page.events)
             yield from ((i, t, b, p) for (i, t, b), p in zip(page.events, publishers, strict=True) if i <= horizon)
-            self.cursor[prefix] = min(horizon, page.last_id if page.more else max(page.last_id, page.head_id))
+            after = min(horizon, page.last_id if page.more else max(page.last_id, page.head_id))
+            self._read_to[prefix] = after
             if not page.more:
                 return

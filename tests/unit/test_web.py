@@ -162,3 +162,65 @@ def test_a_port_in_use_is_one_line_and_exit_1(tmp_path):
     assert done.returncode == 1
     assert f"p4bus: the dashboard cannot listen on 127.0.0.1:{port}: Address already in use" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+class _Journal:
+    """The broker's replay answers over a fixed list of (id, topic, body, publisher)."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def page(self, prefix, after=0, since_ts=0.0, limit=1000):
+        head = self.rows[-1][0]
+        mine = [r for r in self.rows if r[1].startswith(prefix) and r[0] > after][:2]  # small pages
+        more = len([r for r in self.rows if r[1].startswith(prefix) and r[0] > after]) > 2
+        return P.ReplayPage(
+            req_id="r",
+            events=[(i, t, b) for i, t, b, _ in mine],
+            publishers=[p for *_, p in mine],
+            last_id=mine[-1][0] if mine else after,
+            head_id=head,
+            more=more,
+        )
+
+
+def test_a_failed_spool_read_loses_and_repeats_nothing(monkeypatch):
+    import asyncio
+
+    from common.config import Config
+    from common.rpc import RequestError
+    from p4bus.web.feed import JobFeed
+    from p4bus.web.journal import JournalCursor
+
+    spool = b"0123456789ab"
+    job = P.JobChanged(topic="job.J", source="o", epoch="e", seq=1, ts=0.0, job_id="J", state="DONE")
+    rows = [
+        (1, "log.J.c1", P.encode(_chunk(0, b"0123")), "agent-1"),
+        (2, "log.J.c1", P.encode(_chunk(8, b"89ab")), "agent-1"),  # 4..8 must come from the spool
+        (3, "job.J", P.encode(job), ""),
+    ]
+    fails = [RequestError("timeout", "the master did not answer")]
+
+    def fetch(cmd, agent, stream, offset, size):
+        if fails:
+            raise fails.pop()
+        return spool[offset : offset + size]
+
+    loop = asyncio.new_event_loop()
+    try:
+        feed = JobFeed(Config(), None, "J", loop)
+        feed.model = OutputModel("J", fetch, lambda cmd: _run())
+        cursor = JournalCursor(_Journal(rows), ["log.J.", "cmd.J.", "job.J"])
+        with pytest.raises(RequestError):
+            feed._read(cursor)
+        assert feed.ring.ids == [1]  # what was handled is out; the rest is read again
+        feed._read(cursor)
+        assert feed.ring.ids == [1, 3] and feed.last_id == 3  # events 2 and 3: one message
+        ops = [op for m in feed.ring.msgs for op in json.loads(m.decode().split("data: ", 1)[1])]
+        assert _bytes(ops) == spool
+        assert [op["o"] for op in ops if op["k"] == "out"] == [0, 4, 8]
+        assert [op["k"] for op in ops].count("section") == 1
+        feed._read(cursor)  # nothing new
+        assert feed.ring.ids == [1, 3]
+    finally:
+        loop.close()

@@ -94,8 +94,14 @@ class LogView {
         else if (op.k === "out") {
           const sec = this.section({ cmd: op.cmd });
           if (!(op.s in sec.first)) { sec.first[op.s] = op.o; this.earlierLink(sec, op.cmd); }
+          // Bytes are placed by offset: any already shown (a message sent again) are dropped.
+          let bytes = b64bytes(op.d);
+          const next = sec.next[op.s] ?? op.o;
+          if (op.o + bytes.length <= next) continue;
+          if (op.o < next) bytes = bytes.subarray(next - op.o);
+          sec.next[op.s] = Math.max(next, op.o) + bytes.length;
           const dec = sec.decoders[op.s] || (sec.decoders[op.s] = new TextDecoder("utf-8"));
-          texts.push([sec, op.s, dec.decode(b64bytes(op.d), { stream: true })]);
+          texts.push([sec, op.s, dec.decode(bytes, { stream: true })]);
         } else if (op.k === "done") { this.done(op); jobChanged = true; }
         else if (op.k === "note") this.note(op);
         else if (op.k === "job") jobChanged = true;
@@ -122,7 +128,7 @@ class LogView {
     const pre = document.createElement("pre");
     el.append(head, pre);
     this.box.append(el);
-    sec = { el, head, pre, decoders: {}, first: {} };
+    sec = { el, head, pre, decoders: {}, first: {}, next: {} };
     this.sections.set(op.cmd, sec);
     return sec;
   }
@@ -189,6 +195,8 @@ class LogView {
 
   done(op) {
     const sec = this.section({ cmd: op.cmd });
+    if (sec.done) return;
+    sec.done = true;
     const tag = document.createElement("span");
     tag.className = "exit";
     tag.textContent = op.error ? ` (could not start: ${op.error})` : ` (exit ${op.exit ?? "sig " + op.signal}, ${op.duration}s)`;
