@@ -98,7 +98,14 @@ class OutputModel:
             return self.take()
         run = self.runs(ev.cmd_id)
         if run is None or (publisher and run.agent != publisher):
-            self.ignored.add(publisher)
+            # Not placed yet (agent ""): dropped quietly, the spool fills the gap. Else forged:
+            # said once per key, as `p4bus tail` does.
+            if (run is None or run.agent) and publisher not in self.ignored:
+                self.ignored.add(publisher)
+                why = f"it runs on {run.agent}" if run is not None else "no such command in this job"
+                self.out.append(
+                    {"k": "note", "text": f"ignoring events about {ev.cmd_id} published by key {publisher}: {why}"}
+                )
             return self.take()
         view = self._view(ev.cmd_id, run)
         if isinstance(ev, P.LogChunk):

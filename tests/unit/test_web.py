@@ -110,7 +110,9 @@ def test_the_output_model_fills_a_gap_from_the_spool_and_drops_repeats():
 
 def test_the_output_model_ignores_events_from_another_key():
     m = OutputModel("J", lambda *a: b"", lambda cmd: _run(agent="agent-1"))
-    assert m.apply(P.Delivered(_chunk(0, b"forged"), "agent-2"), lambda k: False) == []
+    said = m.apply(P.Delivered(_chunk(0, b"forged"), "agent-2"), lambda k: False)
+    assert [op["k"] for op in said] == ["note"] and "key agent-2: it runs on agent-1" in said[0]["text"]
+    assert m.apply(P.Delivered(_chunk(6, b"again"), "agent-2"), lambda k: False) == []  # said once
     job = P.JobChanged(topic="job.J", source="o", epoch="e", seq=1, ts=0.0, job_id="J", state="DONE")
     assert m.apply(P.Delivered(job, "agent-2"), lambda k: k == "orchestrator") == []
     assert m.apply(P.Delivered(job, "orchestrator"), lambda k: k == "orchestrator")[0]["state"] == "DONE"

@@ -204,10 +204,9 @@ class LogView {
   }
 
   note(op) {
-    const sec = this.section({ cmd: op.cmd });
     const p = document.createElement("p");
     p.className = "note"; p.textContent = op.text;
-    sec.el.append(p);
+    if (op.cmd) this.section({ cmd: op.cmd }).el.append(p); else this.box.append(p);
   }
 
   text() { return Array.from(this.sections.values(), (s) => s.pre.textContent).join(""); }
