@@ -277,16 +277,16 @@ class JobFeed(threading.Thread):
         # A long history becomes many messages: a watcher that resumes needs only the tail of it.
         for start in range(0, len(events), BATCH_EVENTS):
             handled = self._apply(events[start : start + BATCH_EVENTS])
-            if handled is not None and self.failure is not None:
+            if self.failure is not None:
                 cursor.commit(handled)
                 raise self.failure
         cursor.commit()
         self.error = ""
 
-    def _apply(self, events: list[Journalled]) -> int | None:
-        """Apply and publish a batch. None when all went well; else (asking a spool or the
-        orchestrator failed: ``failure``) the id of the last event fully handled, and the events
-        after it are read again. Operations of an event handled only in part are carried over
+    def _apply(self, events: list[Journalled]) -> int:
+        """Apply and publish a batch; returns the id of the last event handled whole (0: none).
+        When asking a spool or the orchestrator failed (``failure``), the events after it are
+        read again. Operations of an event handled only in part are carried over
         and published with the id of that event, once it has been handled whole."""
         ops, self._carry = self._carry, []
         last = 0
@@ -307,14 +307,14 @@ class JobFeed(threading.Thread):
                 self.model_id = max(self.model_id, last)
         if not last:
             self._carry = ops + partial
-            return None if self.failure is None else 0
+            return 0
         self._carry = partial
         with self.lock:
             self.last_id = max(self.last_id, last)
             if ops:
                 self.ring.add(last, sse(last, ops))
         self.wakeup.bump()
-        return None if self.failure is None else last
+        return last
 
     def _orchestrator_key(self, publisher: str) -> bool:
         return self.security is not None and self.security.role_of(publisher) == roles.ORCHESTRATOR
