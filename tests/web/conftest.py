@@ -1,4 +1,4 @@
-"""One stack with the dashboard and a headless Chromium, shared by the browser tests.
+"""One stack with the dashboard and a headless Chromium, shared by all of tests/web (session scope).
 
 Chromium is the distribution's (``apt-get install chromium``; .ci/run installs it), driven by
 Playwright pointed at that executable: nothing is downloaded. Each test uses its own workspace
@@ -53,7 +53,7 @@ class WebStack:
         return self.jobs.tmp / f"gate-{name}"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebStack]:
     stack = Stack(tmp_path_factory.mktemp("web"))
     jobs = JobStack(stack)
@@ -86,7 +86,7 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebStack]:
         stack.stop_all()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser() -> Iterator[object]:
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (apt-get install chromium; .ci/run does)")
