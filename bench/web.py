@@ -112,36 +112,43 @@ def _cookie(port: int, token: str) -> str:
     return cookie
 
 
-def _client(port: int, cookie: str, job_id: str, lags: list[float], stop: threading.Event) -> None:
+def _client(port: int, cookie: str, job_id: str, got: list[tuple[float, bytes]], stop: threading.Event) -> None:
+    """Follow the stream, noting when each message arrived; decoding waits until the run is over,
+    so that 100 clients in one Python process measure the server, not their own GIL."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     conn.request("GET", f"/jobs/{job_id}/events", headers={"Cookie": cookie})
     resp = conn.getresponse()
-    partial = b""
     while not stop.is_set():
         line = resp.readline()
         if not line:
-            return
-        if not line.startswith(b"data: "):
-            continue
-        now = time.time()
+            break
+        if line.startswith(b"data: "):
+            got.append((time.time(), line))
+            if b'"k":"job","state":"DONE"' in line or b'"k":"job","state":"FAILED"' in line:
+                break
+    conn.close()
+
+
+def _lags(got: list[tuple[float, bytes]]) -> list[float]:
+    """Each written line's lag: when its message arrived minus the time the line carries."""
+    lags: list[float] = []
+    partial = b""
+    for now, line in got:
         for op in json.loads(line[6:]):
             if op["k"] == "out" and op["s"] == 1:
-                data = partial + base64.b64decode(op["d"])
-                *whole, partial = data.split(b"\n")
+                *whole, partial = (partial + base64.b64decode(op["d"])).split(b"\n")
                 lags += [now - float(w[2:19]) for w in whole if w.startswith(b"t=")]
-            elif op["k"] == "job" and op["state"] in ("DONE", "FAILED"):
-                return
-    conn.close()
+    return lags
 
 
 def _follow(stack: Stack, port: int, tmp: Path, args: argparse.Namespace) -> None:
     cookie = _cookie(port, TokenFile(stack.config().web_tokens_path).add("bench", "viewer"))
     job_id = _submit(stack, "busy")
     web_pid = stack.proc("web").pid
-    lags: list[list[float]] = [[] for _ in range(args.clients)]
+    got: list[list[tuple[float, bytes]]] = [[] for _ in range(args.clients)]
     stop = threading.Event()
     threads = [
-        threading.Thread(target=_client, args=(port, cookie, job_id, lags[i], stop), daemon=True)
+        threading.Thread(target=_client, args=(port, cookie, job_id, got[i], stop), daemon=True)
         for i in range(args.clients)
     ]
     cpu0, t0 = B.proc_usage(web_pid).cpu_s, time.monotonic()
@@ -152,6 +159,7 @@ def _follow(stack: Stack, port: int, tmp: Path, args: argparse.Namespace) -> Non
     stop.set()
     cpu = B.proc_usage(web_pid).cpu_s - cpu0
     wall = time.monotonic() - t0
+    lags = [_lags(g) for g in got]
     every = [x for xs in lags for x in xs]
     per_client_p99 = [sorted(xs)[int(len(xs) * 0.99) - 1] for xs in lags if xs]
     lines = [len(xs) for xs in lags]
