@@ -13,7 +13,7 @@ import stat
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -135,6 +135,8 @@ class WorkspaceConf(msgspec.Struct, forbid_unknown_fields=True):
     password_file: str | None = None
     tickets_file: str | None = None
     env: dict[str, str] = {}
+    # Depot path patterns no job in this workspace may submit, checked with the site's.
+    blocklist: list[str] = []
 
 
 def read_password_file(path: str) -> str:
@@ -169,6 +171,11 @@ class OrchestratorConf(msgspec.Struct, forbid_unknown_fields=True):
     # An agent that no master can reach for this long has lost its in-flight commands.
     lost_after_s: float = 5.0
     site: dict[str, Any] = {}  # pre_submit, blocklist, name_check, push, retry
+    # Finished jobs (DONE, NOTHING_TO_DO, FAILED, CANCELLED) unchanged for this long are removed
+    # from the store; their events stay in the broker's journal. 0 keeps them forever.
+    job_retention_s: Annotated[float, msgspec.Meta(ge=0)] = 90 * 24 * 3600
+    # How often the store is pruned (finished jobs past retention, handled-event records).
+    prune_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
 
 
 class SecurityConf(msgspec.Struct, forbid_unknown_fields=True):
@@ -195,6 +202,51 @@ class WebConf(msgspec.Struct, forbid_unknown_fields=True):
     cookie_secure: bool = False
 
 
+# ---- notifications (p4bus/notify): who is told what, how
+NotifyEvent = Literal["waiting", "failed", "done", "cancelled"]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = ("waiting", "failed", "done", "cancelled")
+
+
+class NotifyReceiver(msgspec.Struct, forbid_unknown_fields=True):
+    """One destination (``[notify.receivers.NAME]``): a webhook (generic JSON or Slack's
+    incoming-webhook format) or a mailbox reached over SMTP with STARTTLS."""
+
+    kind: Literal["webhook", "slack", "email"]
+    url: str = ""  # webhook, slack: http(s)://...
+    # Or the URL in a file (0600, like a password file): a Slack webhook's URL is its secret.
+    url_file: str = ""
+    smtp_host: str = ""  # email
+    smtp_port: int = 587
+    # The CA file the SMTP server's certificate must verify against; default: the system's CAs.
+    ca_file: str = ""
+    username: str = ""  # SMTP login; with it, password_file (0600)
+    password_file: str = ""
+    sender: str = ""
+    to: list[str] = []
+    timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+
+
+class NotifyRule(msgspec.Struct, forbid_unknown_fields=True):
+    """Send ``events`` of jobs in ``workspaces`` (fnmatch patterns) to ``receivers``."""
+
+    receivers: list[str]
+    workspaces: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    events: list[NotifyEvent] = msgspec.field(default_factory=lambda: list(NOTIFY_EVENTS))
+
+
+class NotifyConf(msgspec.Struct, forbid_unknown_fields=True):
+    # The dashboard's address for the links (<web_url>/jobs/<id>); default http://<host>:<port_base + 6>.
+    web_url: str = ""
+    state: str = ""  # the outbox and journal cursor (SQLite, 0600); default <state_dir>/notify.db
+    receivers: dict[str, NotifyReceiver] = {}
+    rules: list[NotifyRule] = []
+    # A receiver that fails is retried after retry_initial_s, doubling up to retry_max_s.
+    retry_initial_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    retry_max_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
+    # Delivered notifications are kept this long in the outbox (for the record), then pruned.
+    keep_sent_s: float = 7 * 24 * 3600
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     state_dir: str = "~/.p4bus"
     host: str = "127.0.0.1"
@@ -213,6 +265,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     orchestrator: OrchestratorConf = msgspec.field(default_factory=OrchestratorConf)
     security: SecurityConf = msgspec.field(default_factory=SecurityConf)
     web: WebConf = msgspec.field(default_factory=WebConf)
+    notify: NotifyConf = msgspec.field(default_factory=NotifyConf)
 
     # ---- derived values (never stored, so a port_base change moves every endpoint)
     def endpoint(self, name: str) -> str:
@@ -273,8 +326,15 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     def client_masters(self) -> list[str]:
         return self.orchestrator.masters or [self.endpoint("master_clients")]
 
+    def notify_web_url(self) -> str:
+        # The dashboard's own address ([web] url, else its bind) unless [notify] names another.
+        return (self.notify.web_url or self.web_url()).rstrip("/")
 
-_SECTIONS = {"broker", "master", "agent", "orchestrator", "security", "web"}
+    def notify_state_path(self) -> Path:
+        return Path(os.path.expanduser(self.notify.state)) if self.notify.state else self.state_path / "notify.db"
+
+
+_SECTIONS = {"broker", "master", "agent", "orchestrator", "security", "notify", "web"}
 
 
 def _set_path(tree: dict, path: list[str], value: Any) -> None:

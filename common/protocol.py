@@ -341,6 +341,7 @@ class JobView(msgspec.Struct, omit_defaults=True):
     queue_position: int = 0
     waiting_for: str = ""  # why nothing runs right now (no agent, backoff, a person)
     timeline: list[StageRun] = []
+    attempt: int = 0  # the try of its current stage (1 first; 0 from an orchestrator before this field)
 
 
 class JobReply(Base, tag="job_r"):
@@ -363,6 +364,8 @@ class Submit(Request[JobReply], tag="submit"):
     agent: str | None = None
     pool: str | None = None
     pipeline: str = "p4-integrate"
+    # A saved template's parameters are the defaults; the fields given here override them.
+    template: str | None = None
     # The person a web key says it submits for; the orchestrator records it as the submitter
     # only from a key of role web (from any other key it records the key's own name).
     by: str = ""
@@ -389,6 +392,90 @@ class Cancel(Request[JobReply], tag="cancel"):
 class RetryJob(Request[JobReply], tag="retry"):
     job_id: str
     from_stage: str | None = None
+
+
+# --------------------------------------------------------------------------- templates and schedules
+
+
+class Template(msgspec.Struct, omit_defaults=True):
+    """A saved job preset: a submit's parameters under a name."""
+
+    name: str
+    workspace: str | None = None
+    source: str | None = None
+    target: str | None = None
+    branch_spec: str | None = None
+    desc: str = ""
+    agent: str | None = None
+    pool: str | None = None
+
+
+class Schedule(msgspec.Struct, omit_defaults=True):
+    """When a template runs by itself: at the times of a cron expression read in ``timezone``,
+    or (``on_change``) whenever its source has a newer submitted change than its last job's.
+    The fields after ``poll_s`` are the orchestrator's to fill in; a put ignores them."""
+
+    name: str
+    template: str
+    cron: str = ""
+    timezone: str = "UTC"
+    on_change: bool = False
+    poll_s: float = 60.0
+    next_at: float = 0.0
+    last_job: str = ""
+    last_change: int | None = None
+    last_run_at: float = 0.0
+    note: str = ""
+
+
+class TemplateReply(Base, tag="template_r"):
+    req_id: str
+    template: Template
+
+
+class TemplateList(Base, tag="templates_r"):
+    req_id: str
+    templates: list[Template]
+
+
+class ScheduleReply(Base, tag="schedule_r"):
+    req_id: str
+    schedule: Schedule
+
+
+class ScheduleList(Base, tag="schedules_r"):
+    req_id: str
+    schedules: list[Schedule]
+
+
+class PutTemplate(Request[TemplateReply], tag="put_template"):
+    template: Template
+    replace: bool = False  # an existing template of that name is replaced, not refused
+
+
+class GetTemplate(Request[TemplateReply], tag="get_template"):
+    name: str
+
+
+class ListTemplates(Request[TemplateList], tag="list_templates"):
+    """Every saved template, by name."""
+
+
+class RemoveTemplate(Request[TemplateReply], tag="remove_template"):
+    name: str
+
+
+class PutSchedule(Request[ScheduleReply], tag="put_schedule"):
+    schedule: Schedule
+    replace: bool = False
+
+
+class ListSchedules(Request[ScheduleList], tag="list_schedules"):
+    """Every schedule, by name, with its next run."""
+
+
+class RemoveSchedule(Request[ScheduleReply], tag="remove_schedule"):
+    name: str
 
 
 # --------------------------------------------------------------------------- replay (broker)
@@ -441,9 +528,16 @@ Reply = (
     | ReplayPage
     | JobReply
     | JobList
+    | TemplateReply
+    | TemplateList
+    | ScheduleReply
+    | ScheduleList
     | ErrorReply
 )
-OrchestratorRequest = Submit | GetJob | ListJobs | Resume | Cancel | RetryJob | Ping | Stats
+TemplateRequest = (
+    PutTemplate | GetTemplate | ListTemplates | RemoveTemplate | PutSchedule | ListSchedules | RemoveSchedule
+)
+OrchestratorRequest = Submit | GetJob | ListJobs | Resume | Cancel | RetryJob | Ping | Stats | TemplateRequest
 ReplayRequest = Replay | Stats | Ping
 Event = LogChunk | CmdStarted | CmdDone | AgentUp | AgentLost | AgentGone | JobChanged
 

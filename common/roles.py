@@ -55,6 +55,9 @@ REQUESTS: dict[str, dict[str, frozenset[str]]] = {
         "retry": _JOB_ACT,
         "get_job": _JOB_READ,
         "list_jobs": _JOB_READ,
+        # Templates and schedules start jobs: changing them is an operator's, reading a viewer's.
+        **dict.fromkeys(("put_template", "remove_template", "put_schedule", "remove_schedule"), frozenset({OPERATOR})),
+        **dict.fromkeys(("get_template", "list_templates", "list_schedules"), _JOB_READ),
         "ping": _JOB_READ,
         "stats": _JOB_READ,
     },

@@ -159,7 +159,7 @@ class MasterClient(RpcClient):
 
 
 class OrchestratorClient(RpcClient):
-    """Jobs: submit, look at, resume, cancel, retry."""
+    """Jobs: submit, look at, resume, cancel, retry; templates and schedules."""
 
     server_role = roles.ORCHESTRATOR
 
@@ -183,3 +183,26 @@ class OrchestratorClient(RpcClient):
     def retry(self, job_id: str, from_stage: str | None = None) -> P.JobView:
         msg = P.RetryJob(req_id=ids.new_id("r"), job_id=job_id, from_stage=from_stage)
         return self.request(msg).job
+
+    # Templates and schedules (orchestrator/scheduler.py).
+
+    def put_template(self, template: P.Template, replace: bool = False) -> P.Template:
+        return self.request(P.PutTemplate(req_id=ids.new_id("r"), template=template, replace=replace)).template
+
+    def template(self, name: str) -> P.Template:
+        return self.request(P.GetTemplate(req_id=ids.new_id("r"), name=name)).template
+
+    def templates(self) -> list[P.Template]:
+        return self.request(P.ListTemplates(req_id=ids.new_id("r"))).templates
+
+    def remove_template(self, name: str) -> P.Template:
+        return self.request(P.RemoveTemplate(req_id=ids.new_id("r"), name=name)).template
+
+    def put_schedule(self, schedule: P.Schedule, replace: bool = False) -> P.Schedule:
+        return self.request(P.PutSchedule(req_id=ids.new_id("r"), schedule=schedule, replace=replace)).schedule
+
+    def schedules(self) -> list[P.Schedule]:
+        return self.request(P.ListSchedules(req_id=ids.new_id("r"))).schedules
+
+    def remove_schedule(self, name: str) -> P.Schedule:
+        return self.request(P.RemoveSchedule(req_id=ids.new_id("r"), name=name)).schedule

@@ -42,6 +42,7 @@ from orchestrator.pipeline import (
     validate_site,
 )
 from orchestrator.pipeline.transition import CONFLICTS_KEY
+from orchestrator.pipeline.validate import blocklist_errors
 from orchestrator.store import IN_FLIGHT, OPEN, CmdKind, CmdState, CommandRow, JobRow, Store
 
 log = logs.get("orchestrator.engine")
@@ -112,6 +113,13 @@ class Engine:
         problems = validate_site(self.site)
         if problems:
             raise JobError("orchestrator.site in the configuration: " + "; ".join(problems))
+        blocklists = [
+            problem
+            for name, wc in conf.workspaces.items()
+            for problem in blocklist_errors(f"orchestrator.workspaces.{name}.blocklist", wc.blocklist)
+        ]
+        if blocklists:
+            raise JobError("; ".join(blocklists))
         for name, wc in conf.workspaces.items():
             if wc.password_file:
                 try:
@@ -133,6 +141,7 @@ class Engine:
             password_set=bool(wc.password_env or wc.password_file),
             tickets_file=wc.tickets_file,
             env=dict(wc.env),
+            blocklist=list(wc.blocklist),
         )
 
     def _ws_conf(self, name: str) -> WorkspaceConf:
@@ -175,7 +184,7 @@ class Engine:
 
     # ------------------------------------------------------------------ submit and schedule
 
-    def submit(self, req: P.Submit, by: str = "") -> tuple[str, Effects]:
+    def submit(self, req: P.Submit) -> tuple[str, Effects]:
         if req.pipeline not in self.pipelines:
             raise JobError(f"unknown pipeline {req.pipeline!r} (known: {', '.join(self.pipelines)})")
         name = req.workspace or self._default_workspace()
@@ -187,7 +196,7 @@ class Engine:
             branch_spec=req.branch_spec,
             change=req.change,
             desc=req.desc,
-            submitted_by=by,
+            submitted_by=req.by,
         )
         errors = validate_params(params, self.conf.workspaces.keys())
         if errors:
@@ -496,6 +505,7 @@ class Engine:
             waiting_for=waiting,
             queue_position=position,
             timeline=[self._run(c) for c in cmds],
+            attempt=job.attempt,
         )
 
     @staticmethod

@@ -19,8 +19,10 @@ from common.config import Config
 from common.publisher import Publisher
 from common.rpc import MasterClient, RequestError
 from common.sequence import GapDetector
+from orchestrator.change_poll import ChangePoller
 from orchestrator.dispatcher import Dispatcher
 from orchestrator.engine import Effects, Engine, JobError
+from orchestrator.scheduler import Scheduler
 from orchestrator.store import OPEN, CmdState, Store
 from orchestrator.trust import EarlyEvents, source_forged
 
@@ -44,6 +46,7 @@ class Orchestrator:
         self.dispatcher = Dispatcher(self.ctx, cfg.client_masters(), security, timeout_s=5.0)
         self.api = zmqutil.router(self.ctx, cfg.endpoint("orchestrator_api"), security, roles.ORCHESTRATOR_API)
         self.api_guard = auth.Guard(security, roles.ORCHESTRATOR_API)
+        self.scheduler = Scheduler(self.store, self.engine, ChangePoller(cfg.client_masters(), security, self.ctx))
         self.sub = zmqutil.sub(self.ctx, cfg.endpoint("broker_xpub"), security, [topics.CMD + ".", topics.AGENT + "."])
         self.id = f"orchestrator-{ids.host_id()}"
         self.events = Publisher(zmqutil.pub(self.ctx, cfg.endpoint("broker_xsub"), security), self.id, ids.new_epoch())
@@ -99,6 +102,7 @@ class Orchestrator:
             s.close(linger=zmqutil.LINGER_MS)
         self.dispatcher.close()
         self.masters.close()
+        self.scheduler.close()
         self.store.close()
 
     def recover(self) -> None:
@@ -118,14 +122,23 @@ class Orchestrator:
                 self.reconcile(agent)
             self.execute(self.engine.auto_recheck(now))
             self.execute(self.engine.schedule())
+            self.execute(self.scheduler.tick(now))
             if self.early.held:
                 pending = {c.cmd_id for c in self.store.open_commands() if c.state == CmdState.PENDING}
                 self.counters["wrong_agent_events"] += self.early.forget(pending)
-        if now - self._last_prune >= 3600:
+        if now - self._last_prune >= self.cfg.orchestrator.prune_interval_s:
             # A duplicate event arrives within seconds or minutes (replays, resends); a day of
             # handled-event records is plenty to recognise one.
             self._last_prune = now
             self.store.prune_events(now - 86400)
+            self.prune_jobs(now)
+
+    def prune_jobs(self, now: float) -> None:
+        retention = self.cfg.orchestrator.job_retention_s
+        if retention > 0:
+            pruned = self.store.prune_jobs(now - retention)
+            if pruned:
+                log.info("jobs.pruned", count=len(pruned), finished_before=now - retention)
 
     # ------------------------------------------------------------------ effects
 
@@ -321,6 +334,7 @@ class Orchestrator:
             "submitted_change": view.submitted_change,
             "agent": view.agent,
             "waiting_for": view.waiting_for,
+            "workspace": view.workspace,  # for the notifier's per-workspace rules
         }
         self.events.publish(
             P.JobChanged,
@@ -357,7 +371,9 @@ class Orchestrator:
         e = self.engine
         match msg:
             case P.Submit():
-                job_id, eff = e.submit(msg, self._submitter(user, msg.by))
+                # Who submits is the orchestrator's finding, not the request's word (_submitter).
+                msg = msgspec.structs.replace(msg, by=self._submitter(user, msg.by))
+                job_id, eff = self.scheduler.submit(msg)
                 return P.JobReply(req_id=msg.req_id, job=e.view(job_id)), eff
             case P.GetJob():
                 return P.JobReply(req_id=msg.req_id, job=e.view(msg.job_id)), Effects()
@@ -373,6 +389,8 @@ class Orchestrator:
                 eff = e.cancel(msg.job_id, msg.revert)
             case P.RetryJob():
                 eff = e.retry(msg.job_id, msg.from_stage)
+            case _:
+                return self.scheduler.handle(msg), Effects()
         return P.JobReply(req_id=msg.req_id, job=e.view(msg.job_id)), eff
 
     def _submitter(self, user: str, claimed: str) -> str:

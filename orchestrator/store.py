@@ -82,6 +82,33 @@ MIGRATIONS: list[str] = [
     );
     CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
     """,
+    """
+    -- Saved job presets (a P.Template as JSON) and the schedules that run them.
+    CREATE TABLE templates (
+        name TEXT PRIMARY KEY,
+        spec BLOB NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE schedules (
+        name TEXT PRIMARY KEY,
+        template TEXT NOT NULL REFERENCES templates(name),
+        spec BLOB NOT NULL,            -- P.Schedule's definition (cron, timezone, on_change, poll_s)
+        next_at REAL NOT NULL,         -- due from then on (a due run waits while its template has a job)
+        last_job TEXT NOT NULL DEFAULT '',
+        last_change INTEGER,           -- the source change the last job was started for (on_change)
+        last_run_at REAL NOT NULL DEFAULT 0,
+        note TEXT NOT NULL DEFAULT '', -- why it did not run when due
+        updated_at REAL NOT NULL
+    );
+    -- Which template (and schedule) a job came from: one active job per template.
+    CREATE TABLE template_jobs (
+        job_id TEXT PRIMARY KEY REFERENCES jobs(id),
+        template TEXT NOT NULL,
+        schedule TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX template_jobs_template ON template_jobs(template);
+    CREATE INDEX jobs_updated ON jobs(state, updated_at);
+    """,
 ]
 
 
@@ -256,6 +283,23 @@ class Store:
     def prune_events(self, older_than: float) -> None:
         with self.tx():
             self.db.execute("DELETE FROM handled_events WHERE received_at < ?", (older_than,))
+
+    def prune_jobs(self, finished_before: float) -> list[str]:
+        """Remove finished jobs unchanged since ``finished_before`` with their commands (none
+        may be open: a cancel's cleanup still running keeps its job); their ids."""
+        with self.tx():
+            ids_ = [
+                r[0]
+                for r in self.db.execute(
+                    f"SELECT id FROM jobs WHERE state IN ({_marks(len(TERMINAL))}) AND updated_at < ? "
+                    f"AND NOT EXISTS (SELECT 1 FROM commands c WHERE c.job_id=jobs.id "
+                    f"AND c.state IN ({_marks(len(OPEN))}))",
+                    (*TERMINAL, finished_before, *OPEN),
+                )
+            ]
+            for table, column in (("commands", "job_id"), ("template_jobs", "job_id"), ("jobs", "id")):
+                self.db.executemany(f"DELETE FROM {table} WHERE {column}=?", [(i,) for i in ids_])
+            return ids_
 
     # ------------------------------------------------------------------ jobs: changes
 
@@ -507,6 +551,104 @@ class Store:
             f"SELECT {_CMD_COLS} FROM commands WHERE {where} ORDER BY created_at, rowid", args
         ).fetchall()
         return [_command_row(r) for r in rows]
+
+
+# The definition of a schedule as stored; the rest of P.Schedule is its state, in columns.
+_SCHEDULE_SPEC = ("cron", "timezone", "on_change", "poll_s")
+_SCHEDULE_STATE = "name, template, spec, next_at, last_job, last_change, last_run_at, note"
+
+
+def _schedule_row(r: tuple[Any, ...]) -> P.Schedule:
+    name, template, spec, next_at, last_job, last_change, last_run_at, note = r
+    return P.Schedule(
+        name=name,
+        template=template,
+        **msgspec.json.decode(spec, type=dict[str, Any]),
+        next_at=next_at,
+        last_job=last_job,
+        last_change=last_change,
+        last_run_at=last_run_at,
+        note=note,
+    )
+
+
+class TemplateStore:
+    """Templates, schedules and which job came from which, on a Store's connection (the same
+    transactions: a schedule's run and its job are committed together)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.db = store.db
+
+    # ------------------------------------------------------------------ templates
+
+    def put_template(self, t: P.Template, now: float) -> None:
+        self.db.execute(
+            "INSERT INTO templates(name, spec, updated_at) VALUES (?,?,?) "
+            "ON CONFLICT(name) DO UPDATE SET spec=excluded.spec, updated_at=excluded.updated_at",
+            (t.name, msgspec.json.encode(t), now),
+        )
+
+    def template(self, name: str) -> P.Template | None:
+        row = self.db.execute("SELECT spec FROM templates WHERE name=?", (name,)).fetchone()
+        return msgspec.json.decode(row[0], type=P.Template) if row else None
+
+    def templates(self) -> list[P.Template]:
+        rows = self.db.execute("SELECT spec FROM templates ORDER BY name").fetchall()
+        return [msgspec.json.decode(r[0], type=P.Template) for r in rows]
+
+    def remove_template(self, name: str) -> None:
+        self.db.execute("DELETE FROM templates WHERE name=?", (name,))
+
+    # ------------------------------------------------------------------ schedules
+
+    def put_schedule(self, s: P.Schedule, now: float) -> None:
+        """A new schedule, or a changed definition (its state starts afresh, but for the last
+        change an on-change schedule ran for: the new definition need not run it again)."""
+        spec = msgspec.json.encode({k: getattr(s, k) for k in _SCHEDULE_SPEC})
+        self.db.execute(
+            "INSERT INTO schedules(name, template, spec, next_at, last_change, updated_at) VALUES (?,?,?,?,?,?) "
+            "ON CONFLICT(name) DO UPDATE SET template=excluded.template, spec=excluded.spec, "
+            "next_at=excluded.next_at, note='', updated_at=excluded.updated_at",
+            (s.name, s.template, spec, s.next_at, s.last_change, now),
+        )
+
+    def schedule(self, name: str) -> P.Schedule | None:
+        row = self.db.execute(f"SELECT {_SCHEDULE_STATE} FROM schedules WHERE name=?", (name,)).fetchone()
+        return _schedule_row(row) if row else None
+
+    def schedules(self, template: str | None = None) -> list[P.Schedule]:
+        where, args = ("WHERE template=?", (template,)) if template is not None else ("", ())
+        rows = self.db.execute(f"SELECT {_SCHEDULE_STATE} FROM schedules {where} ORDER BY name", args).fetchall()
+        return [_schedule_row(r) for r in rows]
+
+    def remove_schedule(self, name: str) -> None:
+        self.db.execute("DELETE FROM schedules WHERE name=?", (name,))
+
+    def schedule_waits(self, name: str, next_at: float, note: str, now: float) -> None:
+        """Not run this time: due again from ``next_at``, and why."""
+        self.db.execute("UPDATE schedules SET next_at=?, note=?, updated_at=? WHERE name=?", (next_at, note, now, name))
+
+    def schedule_ran(self, name: str, job_id: str, change: int | None, next_at: float, now: float) -> None:
+        self.db.execute(
+            "UPDATE schedules SET next_at=?, last_job=?, last_change=COALESCE(?, last_change), last_run_at=?, "
+            "note='', updated_at=? WHERE name=?",
+            (next_at, job_id, change, now, now, name),
+        )
+
+    # ------------------------------------------------------------------ jobs of templates
+
+    def link_job(self, job_id: str, template: str, schedule: str = "") -> None:
+        self.db.execute("INSERT INTO template_jobs VALUES (?,?,?)", (job_id, template, schedule))
+
+    def active_job(self, template: str) -> str | None:
+        """A job of this template that has not finished (QUEUED included: it will run)."""
+        row = self.db.execute(
+            f"SELECT j.id FROM template_jobs t JOIN jobs j ON j.id=t.job_id WHERE t.template=? "
+            f"AND j.state NOT IN ({_marks(len(TERMINAL))}) ORDER BY j.n LIMIT 1",
+            (template, *TERMINAL),
+        ).fetchone()
+        return row[0] if row else None
 
 
 def _marks(n: int) -> str:

@@ -3,13 +3,36 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
 from common import auth, logs
 from common import config as cfgmod
 from common.auth import Security
+from common.rpc import RequestError, RpcClient
+
+T = TypeVar("T")
+
+# Exit codes, the same for every command (README "Exit codes"; `p4bus run` exits with its
+# command's own code instead, as a shell does).
+EXIT_OK = 0
+EXIT_JOB_FAILED = 1  # the job failed or was cancelled; or the request was refused
+EXIT_USAGE = 2  # bad flags or input, unknown or ambiguous job, unknown stage
+EXIT_WAITING = 3  # the job waits for a person (a resolve)
+EXIT_UNREACHABLE = 4  # a service did not answer
+EXIT_CODES_HELP = (
+    "JOB is a job id in any case, or a unique end of it (14, 0014, 1201-0014).\n\n"
+    "Exit codes: 0 ok; 1 the job failed or was cancelled, or a service refused the request; "
+    "2 bad usage or input (unknown or ambiguous job id, unknown stage); "
+    "3 the job waits for a person to resolve; 4 a service did not answer. "
+    "`p4bus run` exits with its command's exit code."
+)
+# How long a service has to answer a ping before it is called down: a person waits at most this.
+PING_TIMEOUT_S = 2.0
+# Request codes that mean the person asked for something that cannot be (not a fault).
+_USAGE_CODES = ("bad_request", "unknown_job", "no_agent", "unknown_cmd")
 
 
 class Ctx:
@@ -49,19 +72,50 @@ class P4busGroup(click.Group):
             return super().invoke(ctx)
         except cfgmod.ConfigError as exc:
             click.echo(f"p4bus: config error: {exc}", err=True)
-            sys.exit(2)
+            sys.exit(EXIT_USAGE)
         except UserError as exc:
             click.echo(f"p4bus: {exc}", err=True)
             sys.exit(exc.exit_code)
 
 
 class UserError(Exception):
-    def __init__(self, message: str, exit_code: int = 1) -> None:
+    def __init__(self, message: str, exit_code: int = EXIT_JOB_FAILED) -> None:
         super().__init__(message)
         self.exit_code = exit_code
 
 
-@click.group(cls=P4busGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def request_failed(service: str, exc: RequestError) -> UserError:
+    """A failed request as one line that names the service, with the exit code it means."""
+    if exc.code == "timeout":
+        return UserError(
+            f"the {service} did not answer ({exc.message.removeprefix('no answer: ')}); "
+            f"is it running? (`p4bus {service}` or `p4bus up`)",
+            EXIT_UNREACHABLE,
+        )
+    return UserError(exc.message, EXIT_USAGE if exc.code in _USAGE_CODES else EXIT_JOB_FAILED)
+
+
+def ask(service: str, client: RpcClient, fn: Callable[[], T]) -> T:
+    """``fn()`` against a service that answered a ping within PING_TIMEOUT_S: a service that is
+    down is said within that time, by name, instead of after the request's own timeout."""
+    try:
+        client.ping(timeout=PING_TIMEOUT_S)
+    except RequestError as exc:
+        if exc.code != "timeout":
+            raise request_failed(service, exc) from None
+        where = ", ".join(client.endpoints)
+        raise UserError(
+            f"the {service} did not answer within {PING_TIMEOUT_S:g}s at {where}: it is down or "
+            f"unreachable (start it with `p4bus {service}` or `p4bus up`)",
+            EXIT_UNREACHABLE,
+        ) from None
+    try:
+        return fn()
+    except RequestError as exc:
+        raise request_failed(service, exc) from None
+
+
+@click.group(cls=P4busGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
 @click.option(
     "--config",
     "config_path",

@@ -11,11 +11,24 @@ checked with the orchestrator before the tail stops. So an event forged by anoth
 nothing printed but one note naming the key; a command event the orchestrator's timeline does
 not explain yet is dropped, and whatever it would have delivered comes from the spool when a
 later chunk or the command's end shows the gap.
+
+Whether the job has ended is asked of the orchestrator too, not only read from events
+(level-triggered): when the stream has been quiet for QUIET_S, and every CHECK_EVERY_S while it
+flows. So a job whose final events never reached the journal (the broker was down when it
+ended) still ends the tail, its output completed from the spools. The events are read by a
+pump thread into a queue, so the reader drains everything that has arrived before it renders
+and never falls behind the job; the pump's sockets live in a context of their own, whose
+termination (zmq_ctx_term, the thread-safe way) ends the pump's blocking read.
 """
 
 from __future__ import annotations
 
+import queue
+import sys
+import threading
+import time
 from collections.abc import Callable
+from typing import Protocol
 
 import zmq
 
@@ -24,14 +37,97 @@ from common import auth, roles, topics
 from common import protocol as P
 from common.config import Config
 from common.rpc import MasterClient, OrchestratorClient, RequestError
-from p4bus.render import END_STATES, LogPrinter
+from p4bus.render import END_STATES
 from p4bus.stream import MissingOutput, OutputAssembler
+
+# No event for this long: ask the orchestrator whether the job has ended.
+QUIET_S = 1.0
+# Ask anyway this often while events flow (a replay of a long history, a busy job).
+CHECK_EVERY_S = 5.0
+# A command in one of these states will not run again under its id.
+_ENDED_RUNS = ("DONE", "LOST", "CANCELLED")
+# Events handled between two renders at most: a render is never more than this far behind.
+BATCH = 5000
+
+
+class Printer(Protocol):
+    """What a tail prints to: the byte-exact log (render.LogPrinter) or progress (progress.py)."""
+
+    def header(self, run: P.StageRun) -> None: ...
+    def note(self, text: str) -> None: ...
+    def write(self, cmd_id: str, stream: int, data: bytes) -> None: ...
+    def tick(self) -> None: ...
+
+
+class _Pump(threading.Thread):
+    """Journal history then live events of one job into a queue; None marks its end."""
+
+    def __init__(self, cfg: Config, security: auth.Security | None, prefixes: list[str]) -> None:
+        super().__init__(name="tail-pump", daemon=True)
+        self.ctx = zmq.Context()
+        self.cfg = cfg
+        self.security = security
+        self.prefixes = prefixes
+        self.events: queue.SimpleQueue[P.Delivered | None] = queue.SimpleQueue()
+        self.error: Exception | None = None
+
+    def run(self) -> None:
+        stream = history_then_live(
+            self.ctx,
+            self.cfg.endpoint("broker_xpub"),
+            self.cfg.endpoint("broker_replay"),
+            self.security,
+            self.prefixes,
+        )
+        try:
+            for got in stream:
+                self.events.put(got)
+        except zmq.ContextTerminated:
+            pass  # stop() asked for it
+        except Exception as exc:  # the broker is down or refused: the orchestrator still answers
+            self.error = exc
+        finally:
+            stream.close()
+            self.events.put(None)
+
+    def stop(self) -> None:
+        # Blocking calls of the pump return ETERM and it closes its sockets; term() returns
+        # once they are closed. Bounded, so a stuck pump cannot hold the CLI.
+        term = threading.Thread(target=self.ctx.term, name="tail-pump-term", daemon=True)
+        term.start()
+        term.join(timeout=5)
+        self.join(timeout=5)
+
+
+def _warn(text: str) -> None:
+    """What the tail itself has to say goes to stderr: stdout is the job's output."""
+    sys.stderr.write(f"p4bus: {text}\n")
+    sys.stderr.flush()
+
+
+def _take(events: queue.SimpleQueue[P.Delivered | None], wait_s: float) -> list[P.Delivered | None]:
+    """The items that have arrived (up to BATCH), waiting up to ``wait_s`` for the first."""
+    out: list[P.Delivered | None] = []
+    try:
+        out.append(events.get(timeout=wait_s) if wait_s > 0 else events.get_nowait())
+        while len(out) < BATCH:
+            out.append(events.get_nowait())
+    except queue.Empty:
+        pass
+    return out
 
 
 class JobTail:
     def __init__(
-        self, cfg: Config, job_id: str, printer: LogPrinter, on_state: Callable[[P.JobChanged], None] | None = None
+        self,
+        cfg: Config,
+        job_id: str,
+        printer: Printer,
+        on_state: Callable[[P.JobChanged], None] | None = None,
+        after: P.JobView | None = None,
     ) -> None:
+        """``after``: show only what happens after this view of the job (a resume or retry just
+        answered): the commands it had finished and the job events before it are history."""
         self.cfg = cfg
         self.job_id = job_id
         self.printer = printer
@@ -44,6 +140,9 @@ class JobTail:
         self.runs: dict[str, P.StageRun] = {}
         self.broken: set[str] = set()  # commands whose spool could not fill a gap
         self.ignored: set[str] = set()  # keys whose events about this job's commands were ignored
+        self.orch_silent = False  # said once that the orchestrator does not answer
+        self.since = after.updated_at if after else 0.0
+        self.old = {r.cmd_id for r in after.timeline if r.state in _ENDED_RUNS} if after else set()
 
     def close(self) -> None:
         self.orch.close()
@@ -51,36 +150,79 @@ class JobTail:
 
     def follow(self, until: tuple[str, ...] = END_STATES) -> P.JobView:
         """Print everything until the job reaches one of ``until``; returns its final view."""
-        view = self.orch.job(self.job_id)  # fails early and clearly for an unknown job
+        self.orch.job(self.job_id)  # fails early and clearly for an unknown job
         prefixes = [f"{topics.LOG}.{self.job_id}.", f"{topics.CMD}.{self.job_id}.", topics.job(self.job_id)]
-        stream = history_then_live(
-            zmq.Context.instance(),
-            self.cfg.endpoint("broker_xpub"),
-            self.cfg.endpoint("broker_replay"),
-            self.security,
-            prefixes,
-        )
+        pump = _Pump(self.cfg, self.security, prefixes)
+        pump.start()
+        last_check = time.monotonic()
         try:
-            for ev, publisher in stream:
-                if isinstance(ev, P.JobChanged):
-                    if ev.job_id != self.job_id or not self._from_an_orchestrator(publisher):
-                        continue
-                    if self.on_state:
-                        self.on_state(ev)
-                    if ev.state in until:
-                        view = self.orch.job(self.job_id)  # the event is a claim; the orchestrator knows
-                        if view.state in until:
-                            self._complete(view)
-                            return view
-                elif (
-                    isinstance(ev, P.LogChunk | P.CmdStarted | P.CmdDone)
-                    and ev.job_id == self.job_id
-                    and self._from_its_agent(ev.cmd_id, publisher)
-                ):
-                    self._command_event(ev)
+            while True:
+                batch = _take(pump.events, QUIET_S if pump.is_alive() else CHECK_EVERY_S / 5)
+                if (ended := self._handle(pump, batch, until)) is not None:
+                    return ended
+                self.printer.tick()
+                if batch and pump.is_alive() and time.monotonic() - last_check < CHECK_EVERY_S:
+                    continue
+                last_check = time.monotonic()
+                view = self._ask()
+                if view is not None and view.state in until:
+                    # What has arrived meanwhile goes first, so the output stays in order.
+                    while rest := _take(pump.events, 0):
+                        if (ended := self._handle(pump, rest, until)) is not None:
+                            return ended
+                    self._complete(view)
+                    return view
         finally:
-            stream.close()
-        return view
+            pump.stop()
+
+    def _handle(self, pump: _Pump, batch: list[P.Delivered | None], until: tuple[str, ...]) -> P.JobView | None:
+        for got in batch:
+            if got is None:
+                self._pump_ended(pump)
+            elif (ended := self._event(got, until)) is not None:
+                return ended
+        return None
+
+    def _ask(self) -> P.JobView | None:
+        """The job as the orchestrator has it; None while it does not answer (restarting)."""
+        try:
+            return self.orch.job(self.job_id)
+        except RequestError as exc:
+            if exc.code != "timeout":
+                raise
+            if not self.orch_silent:
+                self.orch_silent = True
+                _warn(f"the orchestrator does not answer ({exc.message}); still waiting")
+            return None
+
+    def _pump_ended(self, pump: _Pump) -> None:
+        if pump.error is not None:
+            _warn(
+                f"the broker's event stream is unavailable ({pump.error}); "
+                "following the job through the orchestrator and the agents' spools"
+            )
+
+    def _event(self, got: P.Delivered, until: tuple[str, ...]) -> P.JobView | None:
+        """Handle one event; the job's final view if it ended."""
+        ev, publisher = got
+        if isinstance(ev, P.JobChanged):
+            if ev.job_id != self.job_id or ev.ts < self.since or not self._from_an_orchestrator(publisher):
+                return None
+            if self.on_state:
+                self.on_state(ev)
+            if ev.state in until:
+                view = self.orch.job(self.job_id)  # the event is a claim; the orchestrator knows
+                if view.state in until:
+                    self._complete(view)
+                    return view
+        elif (
+            isinstance(ev, P.LogChunk | P.CmdStarted | P.CmdDone)
+            and ev.job_id == self.job_id
+            and ev.cmd_id not in self.old
+            and self._from_its_agent(ev.cmd_id, publisher)
+        ):
+            self._command_event(ev)
+        return None
 
     def _from_an_orchestrator(self, publisher: str) -> bool:
         """True if the keyring gives ``publisher`` the orchestrator's role (any, on an insecure bus)."""
@@ -136,7 +278,7 @@ class JobTail:
             self._close_earlier(cmd_id)
             run = self._run(cmd_id)
             if run is not None:
-                self.printer.header(run.stage, run.step, run.attempt, run.argv)
+                self.printer.header(run)
             out = self.outputs[cmd_id] = OutputAssembler(
                 lambda stream, offset, size: self._fetch(cmd_id, stream, offset, size),
                 lambda stream, data: self.printer.write(cmd_id, stream, data),
@@ -150,7 +292,7 @@ class JobTail:
         for run in self.runs.values():
             if run.cmd_id == cmd_id:
                 return
-            if run.cmd_id not in self.finished and run.state == "DONE" and run.agent:
+            if run.cmd_id not in self.finished | self.old and run.state == "DONE" and run.agent:
                 self._finish_from_spool(run)
 
     def _finish_from_spool(self, run: P.StageRun) -> None:
@@ -184,7 +326,7 @@ class JobTail:
     def _complete(self, view: P.JobView) -> None:
         """The job has ended: print whatever output neither history nor live delivered."""
         for run in view.timeline:
-            if run.cmd_id in self.finished or run.state in ("PENDING", "CANCELLED") or not run.agent:
+            if run.cmd_id in self.finished | self.old or run.state in ("PENDING", "CANCELLED") or not run.agent:
                 continue
             self.runs[run.cmd_id] = run
             self._finish_from_spool(run)

@@ -18,7 +18,15 @@ from p4sim.output import Output
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-TOOLS = ("seed", "shim")
+TOOLS = ("init", "seed", "shim")
+HELP = """usage: p4sim [p4 global options] COMMAND [ARGS]   (as `p4`; the same through the shim)
+       p4sim init DIR       create an empty server in DIR (P4PORT=sim:DIR)
+       p4sim seed DIR ...   a server and workspace for a scenario (p4sim seed --help)
+       p4sim shim DIR       write DIR/p4, running this p4sim
+
+P4PORT=sim:/abs/dir selects a server, which must exist; any other P4PORT fails like an
+unreachable server. p4 commands: see p4sim/README.md.
+"""
 _VALUE_OPTIONS = {
     "p": "port",
     "u": "user",
@@ -38,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         from p4sim import tools
 
         return tools.main(args)
+    if prog != "p4" and args in ([], ["-h"], ["--help"]):
+        sys.stdout.write(HELP)
+        return 0
     return run_p4(args, os.environ)
 
 
@@ -117,9 +128,12 @@ def _run_command(name: str, args: list[str], values: dict[str, str], env: Mappin
     opts, args = command.parse(args)
     if command.needs_auth and connection_fault(env, {"expired"}):
         raise P4Error(msg.SESSION_EXPIRED, generic=6)
-    from p4sim.server.store import Store
+    from p4sim.server.store import NoServer, Store
 
-    store = Store(root)
+    try:
+        store = Store(root)
+    except NoServer:
+        raise P4Error(msg.NO_SIM_SERVER.format(root=root), generic=38) from None
     ctx = Context(settings, store, out)
     try:
         # Commands record partial progress (e.g. sync up to an unclobberable file) before

@@ -12,6 +12,10 @@ def per_arg(message: str, arg: str | None) -> str:
 
 
 # Connection and authentication
+NO_SIM_SERVER = (
+    "Perforce client error:\n\tConnect to server failed; check $P4PORT.\n"
+    "\tp4sim: no server in {root} (create one with `p4sim init {root}` or `p4sim seed DIR`)"
+)
 CONNECT_FAILED = (
     "Perforce client error:\n\tConnect to server failed; check $P4PORT.\n"
     "\tTCP connect to {port} failed.\n\tconnect: {port}: Connection refused"

@@ -136,7 +136,7 @@ def seed(dir: Path, scenario: str, password: str | None = None) -> dict:
     if scenario not in ("clean", "conflict", "nothing-to-do") and not _big_count(scenario):
         raise ValueError(f"unknown scenario {scenario!r} (clean, conflict, nothing-to-do, big:N)")
     ws_root.mkdir(parents=True, exist_ok=True)
-    store = Store(str(server))
+    store = Store(str(server), create=True)
     try:
         store.begin()
         if password:

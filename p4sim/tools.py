@@ -1,4 +1,4 @@
-"""The p4sim-only subcommands: `p4sim seed` and `p4sim shim`."""
+"""The p4sim-only subcommands: `p4sim init`, `p4sim seed` and `p4sim shim`."""
 
 from __future__ import annotations
 
@@ -39,10 +39,14 @@ def main(argv: list[str]) -> int:
     seed_p.add_argument("--json", action="store_true", help="print the connection facts as JSON")
     shim_p = sub.add_parser("shim", help="write DIR/p4 so that p4 runs p4sim")
     shim_p.add_argument("dir", type=Path)
+    init_p = sub.add_parser("init", help="create an empty server in DIR (P4PORT=sim:DIR)")
+    init_p.add_argument("dir", type=Path)
     args = parser.parse_args(argv)
     if args.tool == "shim":
         print(write_shim(args.dir))
         return 0
+    if args.tool == "init":
+        return init(args.dir)
     from p4sim.seed import seed
 
     try:
@@ -55,4 +59,14 @@ def main(argv: list[str]) -> int:
     else:
         for key in ("P4PORT", "P4USER", "P4CLIENT"):
             print(f"export {key}={facts[key]}")
+    return 0
+
+
+def init(directory: Path) -> int:
+    """An empty server in DIRECTORY (idempotent); prints its P4PORT."""
+    from p4sim.server.store import Store
+
+    root = directory.resolve()
+    Store(str(root), create=True).close()
+    print(f"P4PORT=sim:{root}")
     return 0

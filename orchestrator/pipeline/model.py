@@ -78,6 +78,8 @@ class Workspace(msgspec.Struct, frozen=True, kw_only=True):
     password_set: bool = False
     tickets_file: str | None = None
     env: dict[str, str] = {}
+    # Depot path patterns this workspace's jobs may not submit, besides the site's blocklist.
+    blocklist: list[str] = []
 
 
 class JobParams(msgspec.Struct, frozen=True, kw_only=True):

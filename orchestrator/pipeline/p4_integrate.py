@@ -332,10 +332,13 @@ def _blocklist_read(ctx: JobContext, result: CommandResult) -> Outcome:
     paths = _opened_paths("p4 opened", result)
     if isinstance(paths, Outcome):
         return paths
+    ws = ctx.params.workspace
+    lists = (("the site blocklist", ctx.site.blocklist), (f"workspace {ws.name}'s blocklist", ws.blocklist))
     for path in paths:
-        for pattern in ctx.site.blocklist:
-            if matches(pattern, path):
-                return fail(f"{path} is blocked by the site blocklist ({pattern})", path)
+        for which, patterns in lists:
+            for pattern in patterns:
+                if matches(pattern, path):
+                    return fail(f"{path} is blocked by {which} ({pattern})", path)
     return repeat(f"{len(paths)} opened file(s), none blocked", opened_count=len(paths))
 
 

@@ -128,10 +128,13 @@ def validate_site(site: SiteConfig) -> list[str]:
         errors += _template_errors(f"site.pre_submit[{index}]", hook)
     if site.name_check != "builtin":
         errors += _template_errors("site.name_check", site.name_check)
-    for pattern in site.blocklist:
-        if not pattern.startswith("//"):
-            errors.append(
-                f"site.blocklist entry {pattern!r} is not a depot path pattern: "
-                f"write it as //depot/path/... (wildcards ... and *)"
-            )
-    return errors
+    return errors + blocklist_errors("site.blocklist", site.blocklist)
+
+
+def blocklist_errors(where: str, patterns: list[str]) -> list[str]:
+    """Problems with a blocklist (the site's, or a workspace's in the orchestrator's config)."""
+    return [
+        f"{where} entry {pattern!r} is not a depot path pattern: write it as //depot/path/... (wildcards ... and *)"
+        for pattern in patterns
+        if not pattern.startswith("//")
+    ]

@@ -6,7 +6,21 @@ import importlib
 
 import click
 
-COMMANDS = ["services", "run", "up", "agents", "events", "jobs", "demo", "deploy", "keys", "web"]
+COMMANDS = [
+    "services",
+    "run",
+    "up",
+    "agents",
+    "events",
+    "jobs",
+    "demo",
+    "deploy",
+    "keys",
+    "notify",
+    "template",
+    "schedule",
+    "web",
+]
 
 
 def register(group: click.Group) -> None:

@@ -79,8 +79,7 @@ def demo(obj: Ctx, keep: bool, serve: bool) -> None:
             done = subprocess.run(argv, cwd=ws.root, env=p4env, capture_output=True, text=True)
             sys.stdout.write(done.stdout + done.stderr)
             console.print(f"$ p4bus resume {job.job_id}")
-            oc.resume(job.job_id)
-            view = follow(obj, job.job_id)
+            view = follow(obj, job.job_id, after=oc.resume(job.job_id))
             summary.append(view)
             console.rule("2. a clean integration goes straight through")
             info = seeds["clean"].facts

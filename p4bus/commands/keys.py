@@ -14,6 +14,7 @@ INIT_KEYS = {
     "orchestrator": roles.ORCHESTRATOR,
     "operator": roles.OPERATOR,
     "web": roles.WEB,
+    "notify": roles.VIEWER,  # the notifier only reads the bus
 }
 
 

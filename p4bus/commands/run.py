@@ -8,8 +8,8 @@ import sys
 import click
 
 from common import protocol as P
-from common.rpc import MasterClient, RequestError
-from p4bus.cli import Ctx, UserError
+from common.rpc import MasterClient
+from p4bus.cli import Ctx, UserError, ask
 from p4bus.runner import exit_code_of, run_command
 
 
@@ -46,8 +46,10 @@ def run(
                 interrupted.append(1)  # kill once
                 mc.kill(started[0].cmd_id, agent=started[0].agent)
 
-        try:
-            result = run_command(
+        result = ask(
+            "master",
+            mc,
+            lambda: run_command(
                 mc,
                 cfg.endpoint("broker_xpub"),
                 P.CmdSpec(argv=list(argv), cwd=cwd, timeout=timeout),
@@ -56,9 +58,8 @@ def run(
                 pool=pool,
                 on_started=started.append,
                 on_tick=on_tick,
-            )
-        except RequestError as exc:
-            raise UserError(exc.message, 2 if exc.code in ("no_agent", "bad_request") else 1) from None
+            ),
+        )
     if result.status.error:
         raise UserError(f"agent {result.agent} refused the command: {result.status.error}", exit_code_of(result.status))
     sys.exit(exit_code_of(result.status))

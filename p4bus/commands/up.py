@@ -1,12 +1,17 @@
 """`p4bus up`: broker, master, orchestrator, one local agent and the dashboard on loopback until Ctrl-C.
 
 Secure by default: the first run creates the services' keys and an operator key in
-``<state_dir>/keys`` (the harness does), so other local users cannot use the bus."""
+``<state_dir>/keys`` (the harness does), so other local users cannot use the bus.
+
+A service that dies is started again after a backoff (doubling from FIRST_BACKOFF_S up to
+MAX_BACKOFF_S; a service that had run STABLE_S is back to the first), each exit and restart
+said on stderr: one crash does not stop the stack, and a crash loop does not spin."""
 
 from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -14,7 +19,49 @@ import click
 from common import keys, lifecycle
 from common.config import PORT_OFFSETS, AgentConf, Config, deep_merge
 from p4bus.cli import Ctx, UserError
-from p4bus.harness.stack import PEOPLE_URLS, SERVICES, Stack, StackError
+from p4bus.harness.stack import PEOPLE_URLS, SERVICES, Stack, StackError, notify_wanted
+
+FIRST_BACKOFF_S = 1.0
+MAX_BACKOFF_S = 30.0
+STABLE_S = 60.0
+
+
+def backoff(failures: int) -> float:
+    """Seconds before restart number ``failures`` (1, 2, ...) of a service in a row."""
+    return min(FIRST_BACKOFF_S * 2 ** (failures - 1), MAX_BACKOFF_S)
+
+
+class Supervisor:
+    """Restarts the stack's services that exit without being stopped, with backoff."""
+
+    def __init__(self, stack: Stack, say: Callable[[str], None], clock: Callable[[], float] = time.monotonic) -> None:
+        self.stack = stack
+        self.say = say
+        self.clock = clock
+        now = clock()
+        self.started = dict.fromkeys(stack.current(), now)
+        self.failures: dict[str, int] = {}
+        self.due: dict[str, float] = {}  # name -> when it is started again
+
+    def poll(self) -> None:
+        now = self.clock()
+        for name, p in self.stack.current().items():
+            if p.stopped or p.poll() is None:
+                continue
+            if name not in self.due:
+                ran = now - self.started.get(name, now)
+                self.failures[name] = 1 if ran >= STABLE_S else self.failures.get(name, 0) + 1
+                delay = backoff(self.failures[name])
+                self.due[name] = now + delay
+                self.say(
+                    f"{name} exited with code {p.returncode} after {ran:.0f}s; "
+                    f"restarting it in {delay:g}s (log: {p.log_path})"
+                )
+            elif now >= self.due[name]:
+                del self.due[name]
+                fresh = self.stack.restart(name)
+                self.started[name] = now
+                self.say(f"{name} restarted (pid {fresh.pid}, log: {fresh.log_path})")
 
 
 @click.command()
@@ -42,6 +89,8 @@ def up(obj: Ctx, state_dir: str | None, up_port_base: int | None, workspace_root
     try:
         for service in SERVICES:
             stack.start(service)
+        if notify_wanted(tree):
+            stack.start("notify")
         stack.wait_ready(agents=1)
         click.echo("p4bus is up:")
         for name in PORT_OFFSETS:
@@ -50,6 +99,11 @@ def up(obj: Ctx, state_dir: str | None, up_port_base: int | None, workspace_root
             click.echo(f"  {name:16} {url(cfg)}")
         click.echo(f"  state dir        {cfg.state_path}  (logs in {cfg.state_path / 'logs'})")
         click.echo(f"  workspace roots  {', '.join(roots)}")
+        click.echo(
+            f"  notifications    {', '.join(sorted(cfg.notify.receivers))}"
+            if notify_wanted(tree)
+            else "  notifications    off (no [notify.receivers] in the settings)"
+        )
         key = "" if cfg.insecure else str(keys.secret_path(cfg.keys_path, "operator"))
         if key:
             click.echo(f"  operator key     {key}")
@@ -61,8 +115,9 @@ def up(obj: Ctx, state_dir: str | None, up_port_base: int | None, workspace_root
             f"Dashboard: {cfg.web_url()}  (a login token: {tokens_prefix}p4bus web token add NAME --role operator)"
         )
         click.echo(f"Try: {prefix}p4bus --port-base {cfg.port_base} run -- echo hello   (Ctrl-C here stops everything)")
+        supervisor = Supervisor(stack, lambda line: click.echo(f"p4bus up: {line}", err=True))
         while not stop:
-            stack.check_alive()
+            supervisor.poll()
             time.sleep(0.2)
     except StackError as exc:
         raise UserError(str(exc)) from None

@@ -43,6 +43,8 @@ LOCAL_KEYS = {
     "orchestrator": roles.ORCHESTRATOR,
     "operator": roles.OPERATOR,
     "web": roles.WEB,
+    # The notifier (p4bus/notify) only reads the bus.
+    "notify": roles.VIEWER,
 }
 START_TIMEOUT_S = 20.0
 # A readiness question costs one request; a quicker poll only loads the two cores others share.
@@ -310,6 +312,11 @@ def _web_ready(cfg: cfgmod.Config) -> bool:
 READY: dict[str, Callable[[cfgmod.Config], bool]] = {"web": _web_ready}
 # Where people reach a service: name -> its address, printed by `up` and `demo`.
 PEOPLE_URLS: dict[str, Callable[[cfgmod.Config], str]] = {"web": lambda cfg: cfg.web_url()}
+
+
+def notify_wanted(tree: Mapping[str, Any]) -> bool:
+    """Whether a stack of these settings runs the notifier: when [notify] names a receiver."""
+    return bool(tree.get("notify", {}).get("receivers"))
 
 
 def password_variables(tree: Mapping[str, Any]) -> set[str]:

@@ -65,9 +65,16 @@ def _range(prefix: str) -> tuple[str, str]:
     return prefix, prefix + "\U0010ffff"
 
 
+class NoServer(Exception):
+    """The server root holds no p4sim server (``Store(root, create=True)`` makes one)."""
+
+
 class Store:
-    def __init__(self, root: str):
+    def __init__(self, root: str, create: bool = False):
         self.root = str(root)
+        if not create and not os.path.isfile(os.path.join(self.root, DB_NAME)):
+            # A typo in P4PORT must not quietly start an empty depot.
+            raise NoServer(self.root)
         os.makedirs(self.root, exist_ok=True)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves (BEGIN IMMEDIATE below).
         self.db = sqlite3.connect(os.path.join(self.root, DB_NAME), timeout=60, isolation_level=None)

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 
 import pytest
@@ -119,13 +120,18 @@ def test_cancel_and_retry_from_cli(jobs):
             lambda: all(r.state == "DONE" for r in oc.job(job_id).timeline if r.stage == "CLEANUP"), 30, "the cleanup"
         )
     assert "not opened" in jobs.p4("ws1", "opened")
-    bad = p4bus(jobs, "retry", job_id, "--from", "NOPE")
+    bad = p4bus(jobs, "retry", job_id, "--from", "nope")
     assert bad.returncode == 2 and "unknown stage" in bad.stderr
     # Its change is gone, so it cannot go on where it stopped; from an earlier stage it can.
     stuck = p4bus(jobs, "retry", job_id)
     assert stuck.returncode == 2 and "retry from CREATE_CHANGE or earlier" in stuck.stderr
-    assert p4bus(jobs, "retry", job_id, "--from", "SYNC").returncode == 0
-    assert jobs.wait_state(job_id, ("WAITING_RESOLVE", "FAILED")).state == "WAITING_RESOLVE"
+    # Stage names in any case, the job by the end of its id.
+    again = p4bus(jobs, "retry", job_id[-2:], "--from", "sync")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith(f"{job_id} ")
+    view = jobs.wait_state(job_id, ("WAITING_RESOLVE", "FAILED"))
+    assert view.state == "WAITING_RESOLVE"
+    assert "then `p4bus resume" in p4bus(jobs, "status", job_id.lower()).stdout
 
 
 def test_demo_runs_end_to_end_and_serves_the_dashboard_until_ctrl_c():
@@ -160,3 +166,74 @@ def test_demo_runs_end_to_end_and_serves_the_dashboard_until_ctrl_c():
     assert stdout.count("DONE            submitted change") == 2
     kept = re.search(r"working in (\S+)", stdout)
     assert kept and not os.path.exists(kept.group(1))  # Ctrl-C still cleans up
+
+
+def test_services_that_do_not_answer_are_named_within_seconds(stack):
+    stack.start("broker")
+    stack.start("master")
+    stack.wait_ready()
+    config = str(stack.config_file())
+
+    def cli(*args: str) -> tuple[subprocess.CompletedProcess, float]:
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "p4bus", "--config", config, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+        )
+        return done, time.monotonic() - started
+
+    empty, _ = cli("agents")
+    assert empty.returncode == 0 and empty.stdout.strip() == "no agent is connected to the master"
+    down, took = cli("status")
+    assert down.returncode == 4 and "the orchestrator did not answer within 2s" in down.stderr
+    assert took < 10  # 2 s for the answer, the rest is starting Python on a loaded machine
+    stack.kill("master")
+    gone, took = cli("agents")
+    assert gone.returncode == 4 and "the master did not answer" in gone.stderr and took < 10
+    ran, _ = cli("run", "--", "echo", "hi")
+    assert ran.returncode == 4 and "the master did not answer within 2s" in ran.stderr
+
+
+def test_help_documents_the_exit_codes():
+    done = subprocess.run([sys.executable, "-m", "p4bus", "--help"], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    assert "Exit codes: 0 ok; 1 the job failed or was cancelled" in text and "4 a service did not answer" in text
+
+
+def _complete(jobs, words: str) -> list[str]:
+    """What bash completion offers for the last of ``words`` (click's bash_complete protocol)."""
+    line = f"p4bus --config {jobs.stack.config_file()} {words}"
+    env = {
+        **os.environ,
+        "_P4BUS_COMPLETE": "bash_complete",
+        "COMP_WORDS": line,
+        "COMP_CWORD": str(len(line.split()) - (0 if line.endswith(" ") else 1)),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "p4bus"], capture_output=True, text=True, timeout=30, cwd=REPO, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    return [item.split(",", 1)[1] for item in done.stdout.splitlines()]
+
+
+def test_job_ids_by_their_end_one_exit_code_for_an_unknown_job_and_completion(jobs):
+    jobs.workspace("ws1", "clean")
+    jobs.start()
+    job_id = jobs.submit("ws1")
+    jobs.wait_state(job_id)
+    number = str(int(job_id.rsplit("-", 1)[1]))
+    shown = p4bus(jobs, "status", number)
+    assert shown.returncode == 0 and shown.stdout.startswith(job_id), shown.stderr
+    for args in (["status", "9999"], ["tail", "9999"], ["cancel", "nosuch"], ["resume", "9999"], ["retry", "x"]):
+        done = p4bus(jobs, *args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert "no job" in done.stderr and "Traceback" not in done.stderr
+    # Shell completion: job ids (also by their number), stages in any case, workspaces.
+    assert _complete(jobs, "status INT") == [job_id]
+    assert _complete(jobs, f"tail {number}") == [job_id]
+    assert _complete(jobs, f"retry {job_id} --from resolve") == ["RESOLVE_PASS_1", "RESOLVE_PASS_2", "RESOLVE_CHECK"]
+    assert _complete(jobs, "submit --workspace ") == ["ws1"]

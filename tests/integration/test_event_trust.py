@@ -432,7 +432,9 @@ def test_forged_events_do_not_crash_submit_follow_or_tail(hook_stack: HookStack)
     cli = [sys.executable, "-m", "p4bus", "--config", str(stack.config_file())]
     env = {**os.environ, **jobs.env}
     follow = subprocess.Popen(
-        [*cli, "submit", "--workspace", "ws1", "--source", info["source"], "--target", info["target"], "--follow"],
+        # --log: the byte-exact output, which the forged chunks and end must not cut or fill.
+        [*cli, "submit", "--workspace", "ws1", "--source", info["source"], "--target", info["target"], "--follow"]
+        + ["--log"],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

@@ -37,6 +37,13 @@ SAMPLES: dict[str, P.Base] = {
     "cancel": P.Cancel(req_id="r", job_id=UNKNOWN_JOB),
     "retry": P.RetryJob(req_id="r", job_id=UNKNOWN_JOB),
     "replay": P.Replay(req_id="r", limit=1),
+    "put_template": P.PutTemplate(req_id="r", template=P.Template(name="t", workspace="no-such-workspace")),
+    "get_template": P.GetTemplate(req_id="r", name="none"),
+    "list_templates": P.ListTemplates(req_id="r"),
+    "remove_template": P.RemoveTemplate(req_id="r", name="none"),
+    "put_schedule": P.PutSchedule(req_id="r", schedule=P.Schedule(name="s", template="none", cron="0 2 * * *")),
+    "list_schedules": P.ListSchedules(req_id="r"),
+    "remove_schedule": P.RemoveSchedule(req_id="r", name="none"),
 }
 # ROUTER endpoints: (config name, domain, server role).
 ROUTERS = [
