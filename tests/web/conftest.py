@@ -97,9 +97,21 @@ def browser() -> Iterator[object]:
         b.close()
 
 
-def login(browser, web: WebStack, who: str = "olive"):
+@pytest.fixture
+def contexts(browser) -> Iterator[list]:
+    """Browser contexts a test opens (login()), closed when it ends: no page of an earlier test
+    keeps streaming in the background."""
+    opened: list = []
+    yield opened
+    for ctx in opened:
+        ctx.close()
+
+
+def login(browser, web: WebStack, who: str = "olive", contexts: list | None = None):
     """A fresh browser context logged in as ``who``; returns its first page."""
     ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    if contexts is not None:
+        contexts.append(ctx)
     page = ctx.new_page()
     page.set_default_timeout(30_000)
     page.goto(web.url + "login")

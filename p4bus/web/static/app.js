@@ -71,7 +71,13 @@ class LogView {
     this.es.onmessage = (e) => {
       this.lastId = e.lastEventId;
       this.queue.push(JSON.parse(e.data));
-      if (!this.scheduled) { this.scheduled = true; requestAnimationFrame(() => this.flush()); }
+      if (!this.scheduled) {
+        // Next frame; a hidden tab gets no frames, so a timer too: its queue never grows unbounded.
+        this.scheduled = true;
+        const once = () => { if (this.scheduled) this.flush(); };
+        requestAnimationFrame(once);
+        setTimeout(once, 250);
+      }
     };
     this.es.onerror = () => { this.setStatus("connection lost; reconnecting where it stopped …"); };
     this.es.onopen = () => { this.setStatus(""); };
