@@ -160,9 +160,22 @@ class LogView {
       const n = countLines(text);
       this.nodes.push([node, n, sec]); this.lines += n;
     }
-    while (this.lines > MAX_LINES && this.nodes.length > 1) {
-      const [node, n, sec] = this.nodes.shift();
-      node.remove(); this.lines -= n; this.markTrimmed(sec);
+    // Oldest lines first; a node holding more than the excess loses only its first lines (one
+    // node may hold a whole burst, and the newest lines must stay).
+    while (this.lines > MAX_LINES && this.nodes.length) {
+      const entry = this.nodes[0];
+      const [node, n, sec] = entry;
+      const excess = this.lines - MAX_LINES;
+      if (n <= excess) {
+        node.remove(); this.nodes.shift(); this.lines -= n;
+      } else {
+        const text = node.textContent;
+        let i = -1;
+        for (let k = 0; k < excess; k++) i = text.indexOf("\n", i + 1);
+        node.textContent = text.slice(i + 1);
+        entry[1] = n - excess; this.lines -= excess;
+      }
+      this.markTrimmed(sec);
     }
     const nearBottom = window.innerHeight + window.scrollY >= document.body.scrollHeight - 200;
     if (nearBottom) window.scrollTo(0, document.body.scrollHeight);
