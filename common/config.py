@@ -39,6 +39,8 @@ PORT_OFFSETS = {
     "broker_replay": 4,
     "orchestrator_api": 5,
 }
+# The dashboard's HTTP port ([web] bind), the one after the bus's six.
+WEB_PORT_OFFSET = 6
 
 
 class ConfigError(ValueError):
@@ -205,11 +207,26 @@ class SecurityConf(msgspec.Struct, forbid_unknown_fields=True):
     keyring: str = ""  # default: <keys_dir>/keyring.toml
 
 
+class WebConf(msgspec.Struct, forbid_unknown_fields=True):
+    """`p4bus web`, the dashboard (p4bus/web/, docs/operations.md "The web dashboard")."""
+
+    bind: str = ""  # host:port; default: <host>:<port_base + 6> (127.0.0.1:9096)
+    url: str = ""  # how people reach it (links in pages and notifications); default: http://<bind>/
+    tokens_file: str = ""  # default: <state_dir>/web-tokens.json (0600; tokens stored hashed)
+    # Single sign-on by a reverse proxy: the header naming the person, accepted only from these
+    # addresses, and the role of each person it may name (anyone else is refused).
+    trusted_header: str = ""
+    trusted_proxies: list[str] = []
+    users: dict[str, str] = {}
+    session_ttl_s: float = 12 * 3600
+    # Set when people reach the dashboard over https (a proxy terminating TLS): the cookie is then
+    # never sent in clear.
+    cookie_secure: bool = False
+
+
 # ---- notifications (p4bus/notify): who is told what, how
 NotifyEvent = Literal["waiting", "failed", "done", "cancelled"]
 NOTIFY_EVENTS: tuple[NotifyEvent, ...] = ("waiting", "failed", "done", "cancelled")
-# The dashboard's default port (p4bus web), for the links in notifications.
-WEB_PORT_OFFSET = 6
 
 
 class NotifyReceiver(msgspec.Struct, forbid_unknown_fields=True):
@@ -269,6 +286,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     agent: AgentConf = msgspec.field(default_factory=AgentConf)
     orchestrator: OrchestratorConf = msgspec.field(default_factory=OrchestratorConf)
     security: SecurityConf = msgspec.field(default_factory=SecurityConf)
+    web: WebConf = msgspec.field(default_factory=WebConf)
     notify: NotifyConf = msgspec.field(default_factory=NotifyConf)
 
     # ---- derived values (never stored, so a port_base change moves every endpoint)
@@ -294,6 +312,30 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
             else self.keys_path / "keyring.toml"
         )
 
+    def web_bind(self) -> tuple[str, int]:
+        """(host, port) the dashboard listens on: ``[web] bind``, else the port after the bus's six."""
+        if not self.web.bind:
+            return self.host, self.port_base + WEB_PORT_OFFSET
+        host, sep, port = self.web.bind.rpartition(":")
+        if not sep or not port.isdigit() or not host:
+            raise ConfigError(f"web.bind {self.web.bind!r} is not HOST:PORT (e.g. 127.0.0.1:9096)")
+        return host.strip("[]"), int(port)
+
+    def web_url(self) -> str:
+        """The dashboard's address for people, ending in /."""
+        if self.web.url:
+            return self.web.url.rstrip("/") + "/"
+        host, port = self.web_bind()
+        return f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
+
+    @property
+    def web_tokens_path(self) -> Path:
+        return (
+            Path(os.path.expanduser(self.web.tokens_file))
+            if self.web.tokens_file
+            else self.state_path / "web-tokens.json"
+        )
+
     def agent_id(self) -> str:
         return self.agent.id or ids.host_id()
 
@@ -307,13 +349,14 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
         return self.orchestrator.masters or [self.endpoint("master_clients")]
 
     def notify_web_url(self) -> str:
-        return (self.notify.web_url or f"http://{self.host}:{self.port_base + WEB_PORT_OFFSET}").rstrip("/")
+        # The dashboard's own address ([web] url, else its bind) unless [notify] names another.
+        return (self.notify.web_url or self.web_url()).rstrip("/")
 
     def notify_state_path(self) -> Path:
         return Path(os.path.expanduser(self.notify.state)) if self.notify.state else self.state_path / "notify.db"
 
 
-_SECTIONS = {"broker", "master", "agent", "orchestrator", "security", "notify"}
+_SECTIONS = {"broker", "master", "agent", "orchestrator", "security", "notify", "web"}
 
 
 def _set_path(tree: dict, path: list[str], value: Any) -> None:

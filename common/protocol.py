@@ -383,6 +383,9 @@ class Submit(Request[JobReply], tag="submit"):
     pipeline: str = "p4-integrate"
     # A saved template's parameters are the defaults; the fields given here override them.
     template: str | None = None
+    # The person a web key says it submits for; the orchestrator records it as the submitter
+    # only from a key of role web (from any other key it records the key's own name).
+    by: str = ""
 
 
 class GetJob(Request[JobReply], tag="get_job"):

@@ -14,7 +14,10 @@ BROKER = "broker"
 ORCHESTRATOR = "orchestrator"
 OPERATOR = "operator"
 VIEWER = "viewer"
-ROLES = (AGENT, MASTER, BROKER, ORCHESTRATOR, OPERATOR, VIEWER)
+# The dashboard process (p4bus web): acts on jobs for the people it authenticates and reads the
+# bus, but may not run commands on agents (no exec/kill), unlike an operator key.
+WEB = "web"
+ROLES = (AGENT, MASTER, BROKER, ORCHESTRATOR, OPERATOR, VIEWER, WEB)
 # Roles whose keys servers hold; clients pin the public key of the one they connect to.
 SERVER_ROLES = (BROKER, MASTER, ORCHESTRATOR)
 
@@ -26,9 +29,10 @@ BROKER_SUBSCRIBE = "broker-subscribe"
 BROKER_REPLAY = "broker-replay"
 
 _EVERY = frozenset(ROLES)
-_READ_BUS = frozenset({VIEWER, OPERATOR, ORCHESTRATOR})
+_READ_BUS = frozenset({VIEWER, OPERATOR, ORCHESTRATOR, WEB})
 _RUN = frozenset({OPERATOR, ORCHESTRATOR})
-_JOB_READ = frozenset({VIEWER, OPERATOR})
+_JOB_READ = frozenset({VIEWER, OPERATOR, WEB})
+_JOB_ACT = frozenset({OPERATOR, WEB})
 
 # domain -> request tag (protocol.py's ``t``) -> roles that may send it.
 REQUESTS: dict[str, dict[str, frozenset[str]]] = {
@@ -45,17 +49,18 @@ REQUESTS: dict[str, dict[str, frozenset[str]]] = {
         "stats": _READ_BUS,
     },
     ORCHESTRATOR_API: {
-        "submit": frozenset({OPERATOR}),
-        "resume": frozenset({OPERATOR}),
-        "cancel": frozenset({OPERATOR}),
-        "retry": frozenset({OPERATOR}),
+        "submit": _JOB_ACT,
+        "resume": _JOB_ACT,
+        "cancel": _JOB_ACT,
+        "retry": _JOB_ACT,
         "cleanup": frozenset({OPERATOR}),
         "approve": frozenset({OPERATOR}),
         "get_job": _JOB_READ,
         "list_jobs": _JOB_READ,
         # Templates and schedules start jobs: changing them is an operator's, reading a viewer's.
         **dict.fromkeys(("put_template", "remove_template", "put_schedule", "remove_schedule"), frozenset({OPERATOR})),
-        **dict.fromkeys(("get_template", "list_templates", "list_schedules"), _JOB_READ),
+        # (The dashboard shows none of them, so its key may not read them either.)
+        **dict.fromkeys(("get_template", "list_templates", "list_schedules"), frozenset({VIEWER, OPERATOR})),
         "ping": _JOB_READ,
         "stats": _JOB_READ,
     },

@@ -199,6 +199,7 @@ class Engine:
             branch_spec=req.branch_spec,
             change=req.change,
             desc=req.desc,
+            submitted_by=req.by,
         )
         errors = validate_params(params, self.conf.workspaces.keys())
         if errors:

@@ -137,4 +137,5 @@ def apply_template(t: P.Template, req: P.Submit) -> P.Submit:
         agent=req.agent or t.agent,
         pool=req.pool or t.pool,
         pipeline=req.pipeline,
+        by=req.by,
     )

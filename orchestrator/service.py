@@ -374,7 +374,7 @@ class Orchestrator:
         client, msg = got.identity, cast(P.OrchestratorRequest, got.msg)
         eff = Effects()
         try:
-            reply, eff = self.handle(msg)
+            reply, eff = self.handle(msg, got.user)
         except JobError as exc:
             reply = P.ErrorReply(req_id=msg.req_id, code=exc.code, message=str(exc))
         except Exception as exc:  # a bug must not take the orchestrator down with it
@@ -384,10 +384,12 @@ class Orchestrator:
         self._reply(client, reply)
         self.execute(eff)
 
-    def handle(self, msg: P.OrchestratorRequest) -> tuple[P.Base, Effects]:
+    def handle(self, msg: P.OrchestratorRequest, user: str = "") -> tuple[P.Base, Effects]:
         e = self.engine
         match msg:
             case P.Submit():
+                # Who submits is the orchestrator's finding, not the request's word (_submitter).
+                msg = msgspec.structs.replace(msg, by=self._submitter(user, msg.by))
                 self.refuse_unknown_route(self.scheduler.resolve(msg))
                 job_id, eff = self.scheduler.submit(msg)
                 return P.JobReply(req_id=msg.req_id, job=e.view(job_id)), eff
@@ -431,6 +433,15 @@ class Orchestrator:
                 except RequestError:
                     answers.append(None)
         return answers
+
+    def _submitter(self, user: str, claimed: str) -> str:
+        """Who submits: the requesting key's name, or the person the web's key names (the web
+        authenticated them); on an insecure bus, whoever the request names."""
+        if not user:
+            return claimed
+        if claimed and self.api_guard.security is not None and self.api_guard.security.role_of(user) == roles.WEB:
+            return claimed
+        return user
 
     def _reply(self, client: bytes, msg: P.Base) -> None:
         try:

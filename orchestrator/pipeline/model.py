@@ -91,6 +91,7 @@ class JobParams(msgspec.Struct, frozen=True, kw_only=True):
     branch_spec: str | None = None
     change: int | None = None  # the source change to integrate up to; None = latest
     desc: str = ""
+    submitted_by: str = ""  # the key that asked, or the person the web authenticated
 
 
 # ---------------------------------------------------------------------------- site policy

@@ -20,6 +20,7 @@ COMMANDS = [
     "notify",
     "template",
     "schedule",
+    "web",
 ]
 
 

@@ -2,13 +2,15 @@
 
 A conflicting integration waits for a person, is resolved the way a person would
 (`p4 resolve -at` in the workspace), resumed and submitted; then a clean one goes straight
-through. Everything runs on loopback and is removed afterwards.
+through. Everything runs on loopback and is removed afterwards; with ``--serve`` the stack and
+its dashboard stay up (a login token is printed) until Ctrl-C, to look around.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -18,6 +20,7 @@ from pathlib import Path
 import click
 from rich.text import Text
 
+from common.config import WEB_PORT_OFFSET
 from common.rpc import OrchestratorClient
 from common.zmqutil import free_port_base
 from p4bus.cli import Ctx, UserError
@@ -25,12 +28,14 @@ from p4bus.commands.jobs import follow
 from p4bus.harness.stack import SERVICES, Stack, StackError
 from p4bus.harness.workspaces import agent_settings, orchestrator_settings, p4sim_path, seed_workspace
 from p4bus.render import console as text_console
+from p4bus.web.tokens import TokenFile
 
 
 @click.command()
 @click.option("--keep", is_flag=True, help="Keep the temporary directory (logs, depots, store) afterwards.")
+@click.option("--serve", is_flag=True, help="Keep the stack and the dashboard running after the jobs, until Ctrl-C.")
 @click.pass_obj
-def demo(obj: Ctx, keep: bool) -> None:
+def demo(obj: Ctx, keep: bool, serve: bool) -> None:
     """Run a conflicting and a clean integration job end to end against p4sim."""
     console = text_console()
     t0 = time.monotonic()
@@ -41,7 +46,7 @@ def demo(obj: Ctx, keep: bool) -> None:
     path = p4sim_path(tmp / "bin")
     tree = {
         "state_dir": str(tmp / "state"),
-        "port_base": free_port_base(6),
+        "port_base": free_port_base(WEB_PORT_OFFSET + 1),
         "agent": agent_settings(seeds.values()),
         "orchestrator": {"workspaces": orchestrator_settings(seeds.values())},
     }
@@ -49,10 +54,13 @@ def demo(obj: Ctx, keep: bool) -> None:
     obj.use(stack.config())  # the job commands below talk to this stack
     summary = []
     try:
-        console.print("starting broker, master, orchestrator and an agent on loopback ...")
+        console.print(f"starting {', '.join(SERVICES)} on loopback ...")
         for service in SERVICES:
             stack.start(service)
         stack.wait_ready(agents=1)
+        cfg = stack.config()
+        token = TokenFile(cfg.web_tokens_path).add("demo", "operator")
+        console.print(f"dashboard: {cfg.web_url()}  (log in with the token {token})")
         with OrchestratorClient([stack.endpoint("orchestrator_api")], stack.security()) as oc:
             ws = seeds["conflict"]
             info = ws.facts
@@ -86,6 +94,9 @@ def demo(obj: Ctx, keep: bool) -> None:
         console.print(f"demo took {time.monotonic() - t0:.1f}s")
         if any(v.state != "DONE" for v in summary):
             raise UserError("a demo job did not reach DONE; logs are in " + str(tmp / "logs"))
+        if serve:
+            console.print(f"serving the dashboard at {cfg.web_url()} (token {token}); Ctrl-C stops everything")
+            _until_interrupted(stack)
     except StackError as exc:
         keep = True
         raise UserError(f"{exc} (kept {tmp})") from None
@@ -95,6 +106,15 @@ def demo(obj: Ctx, keep: bool) -> None:
             console.print(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _until_interrupted(stack: Stack) -> None:
+    stop: list[int] = []
+    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    while not stop:
+        stack.check_alive()
+        time.sleep(0.2)
 
 
 COMMANDS = [demo]

@@ -13,6 +13,7 @@ INIT_KEYS = {
     "master": roles.MASTER,
     "orchestrator": roles.ORCHESTRATOR,
     "operator": roles.OPERATOR,
+    "web": roles.WEB,
     "notify": roles.VIEWER,  # the notifier only reads the bus
 }
 

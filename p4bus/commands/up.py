@@ -1,4 +1,4 @@
-"""`p4bus up`: broker, master, orchestrator and one local agent on loopback until Ctrl-C.
+"""`p4bus up`: broker, master, orchestrator, one local agent and the dashboard on loopback until Ctrl-C.
 
 Secure by default: the first run creates the services' keys and an operator key in
 ``<state_dir>/keys`` (the harness does), so other local users cannot use the bus.
@@ -19,7 +19,7 @@ import click
 from common import keys, lifecycle
 from common.config import PORT_OFFSETS, AgentConf, Config, deep_merge
 from p4bus.cli import Ctx, UserError
-from p4bus.harness.stack import SERVICES, Stack, StackError, notify_wanted
+from p4bus.harness.stack import PEOPLE_URLS, SERVICES, Stack, StackError, notify_wanted
 
 FIRST_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 30.0
@@ -95,6 +95,8 @@ def up(obj: Ctx, state_dir: str | None, up_port_base: int | None, workspace_root
         click.echo("p4bus is up:")
         for name in PORT_OFFSETS:
             click.echo(f"  {name:16} {cfg.endpoint(name)}")
+        for name, url in PEOPLE_URLS.items():
+            click.echo(f"  {name:16} {url(cfg)}")
         click.echo(f"  state dir        {cfg.state_path}  (logs in {cfg.state_path / 'logs'})")
         click.echo(f"  workspace roots  {', '.join(roots)}")
         click.echo(
@@ -107,6 +109,11 @@ def up(obj: Ctx, state_dir: str | None, up_port_base: int | None, workspace_root
             click.echo(f"  operator key     {key}")
         # The CLI finds the operator key by itself under the default state dir; elsewhere it is told.
         prefix = f"P4BUS_KEY={key} " if key and cfg.keys_path != Config().keys_path else ""
+        # Tokens live in the state dir: elsewhere than the default, the command is told where.
+        tokens_prefix = f"P4BUS_STATE_DIR={cfg.state_path} " if cfg.state_path != Config().state_path else ""
+        click.echo(
+            f"Dashboard: {cfg.web_url()}  (a login token: {tokens_prefix}p4bus web token add NAME --role operator)"
+        )
         click.echo(f"Try: {prefix}p4bus --port-base {cfg.port_base} run -- echo hello   (Ctrl-C here stops everything)")
         supervisor = Supervisor(stack, lambda line: click.echo(f"p4bus up: {line}", err=True))
         while not stop:

@@ -19,8 +19,10 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,13 +32,17 @@ from common import auth, keys, roles
 from common import config as cfgmod
 from common.rpc import MasterClient, OrchestratorClient, RequestError
 
-SERVICES = ("broker", "master", "orchestrator", "agent")
+# What `p4bus up` and `p4bus demo` start, in this order (each is a `p4bus SERVICE` command): the
+# bus, then its clients. A new service adds its name here, its key to LOCAL_KEYS, and, if it
+# answers something, a readiness check to READY and its address for people to PEOPLE_URLS.
+SERVICES = ("broker", "master", "orchestrator", "agent", "web")
 # The keys a stack makes on its first start: name -> role (agents get theirs as they start).
 LOCAL_KEYS = {
     "broker": roles.BROKER,
     "master": roles.MASTER,
     "orchestrator": roles.ORCHESTRATOR,
     "operator": roles.OPERATOR,
+    "web": roles.WEB,
     # The notifier (p4bus/notify) only reads the bus.
     "notify": roles.VIEWER,
 }
@@ -280,6 +286,11 @@ class Stack:
         if "orchestrator" in self.current():
             with OrchestratorClient([self.endpoint("orchestrator_api")], self.security(), timeout=ASK_TIMEOUT_S) as oc:
                 self._until(lambda: _answer(oc.ping) is not None, deadline, "the orchestrator to answer")
+        started = {p.service for p in self.current().values()}
+        cfg = self.config()
+        for service, ready in READY.items():
+            if service in started:
+                self._until(partial(ready, cfg), deadline, f"the {service} to answer")
 
     def _until(self, pred: Callable[[], bool], deadline: float, what: str) -> None:
         def alive_and() -> bool:
@@ -287,6 +298,20 @@ class Stack:
             return pred()
 
         wait_for(alive_and, max(0.0, deadline - time.monotonic()), f"{what} (logs in {self.log_dir})", POLL_S)
+
+
+def _web_ready(cfg: cfgmod.Config) -> bool:
+    try:
+        with urllib.request.urlopen(cfg.web_url() + "healthz", timeout=ASK_TIMEOUT_S) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+# Services that are not asked over the bus: service -> "does it answer yet?".
+READY: dict[str, Callable[[cfgmod.Config], bool]] = {"web": _web_ready}
+# Where people reach a service: name -> its address, printed by `up` and `demo`.
+PEOPLE_URLS: dict[str, Callable[[cfgmod.Config], str]] = {"web": lambda cfg: cfg.web_url()}
 
 
 def notify_wanted(tree: Mapping[str, Any]) -> bool:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 
@@ -119,13 +122,38 @@ def test_cancel_and_retry_from_cli(jobs):
     assert "then `p4bus resume" in p4bus(jobs, "status", job_id.lower()).stdout
 
 
-def test_demo_runs_end_to_end():
-    done = subprocess.run(
-        [sys.executable, "-m", "p4bus", "demo"], capture_output=True, text=True, timeout=150, cwd=REPO
+def test_demo_runs_end_to_end_and_serves_the_dashboard_until_ctrl_c():
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "p4bus", "demo", "--serve"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        start_new_session=True,
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    assert "WAITING_RESOLVE" in done.stdout and "conflict.c" in done.stdout
-    assert done.stdout.count("DONE            submitted change") == 2
+    try:
+        lines: list[str] = []
+        while not (lines and lines[-1].startswith("serving the dashboard at ")):
+            line = demo.stdout.readline()  # type: ignore[union-attr]
+            assert line, "".join(lines[-40:]) + demo.stderr.read()  # type: ignore[union-attr]
+            lines.append(line)
+        url, token = re.match(r"serving the dashboard at (\S+) \(token (\S+)\)", lines[-1]).groups()  # type: ignore[union-attr]
+        login = urllib.request.Request(url + "login", data=f"token={token}".encode(), method="POST")
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+        with opener.open(login, timeout=10) as page:
+            jobs = page.read().decode()  # redirected to the jobs table
+        assert jobs.count('data-state="DONE"') == 2, jobs
+        demo.send_signal(signal.SIGINT)
+        out, err = demo.communicate(timeout=60)
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+    stdout = "".join(lines) + out
+    assert demo.returncode == 0, stdout[-3000:] + err[-2000:]
+    assert "WAITING_RESOLVE" in stdout and "conflict.c" in stdout
+    assert stdout.count("DONE            submitted change") == 2
+    kept = re.search(r"working in (\S+)", stdout)
+    assert kept and not os.path.exists(kept.group(1))  # Ctrl-C still cleans up
 
 
 def test_services_that_do_not_answer_are_named_within_seconds(stack):

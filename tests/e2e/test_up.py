@@ -22,7 +22,7 @@ class Up:
 
     def __init__(self, tmp: Path) -> None:
         self.state = tmp / "state"
-        self.port_base = free_port_base(6)
+        self.port_base = free_port_base(7)  # the bus's six and the dashboard's
         self.err = tmp / "up.err"
         self.out = tmp / "up.out"
         env = {k: v for k, v in os.environ.items() if not k.startswith("P4BUS_")}

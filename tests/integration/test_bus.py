@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from typing import TypeVar
 
 import pytest
@@ -215,7 +216,7 @@ def test_two_masters_share_one_agent_and_its_slot_limit(stack, tmp_path):
 def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path):
     from common.zmqutil import free_port_base
 
-    base = free_port_base(6)
+    base = free_port_base(7)  # the bus's six and the dashboard's
     env = {k: v for k, v in os.environ.items() if not k.startswith("P4BUS_")}
     up = subprocess.Popen(
         [sys.executable, "-m", "p4bus", "up", "--state-dir", str(tmp_path / "s"), "--port-base", str(base)],
@@ -231,6 +232,10 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path):
         assert line, b"".join(lines)
         lines.append(line)
     assert any(f"tcp://127.0.0.1:{base + 5}".encode() in line for line in lines)
+    web = f"http://127.0.0.1:{base + 6}/"
+    assert any(line.split() == [b"web", web.encode()] for line in lines), b"".join(lines)
+    with urllib.request.urlopen(web + "healthz", timeout=10) as r:
+        assert r.read() == b"ok"
     done = subprocess.run(
         [sys.executable, "-m", "p4bus", "--port-base", str(base), "run", "--", "seq", "1000000"],
         capture_output=True,
@@ -243,7 +248,7 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path):
     children = [
         int(p) for p in subprocess.run(["pgrep", "-P", str(up.pid)], capture_output=True, text=True).stdout.split()
     ]
-    assert len(children) == 4  # broker, master, orchestrator, agent
+    assert len(children) == 5  # broker, master, orchestrator, agent, web
     up.send_signal(signal.SIGINT)
     assert up.wait(30) == 0
     assert b"p4bus stopped." in up.stdout.read()

@@ -144,7 +144,7 @@ def test_up_writes_nothing_that_others_can_read(tmp_path: Path) -> None:
 
     state = tmp_path / "state"
     state.mkdir(mode=0o755)  # made by someone else's umask: up tightens it
-    base = free_port_base(6)
+    base = free_port_base(7)
     env = {k: v for k, v in os.environ.items() if not k.startswith("P4BUS_")}
     up = subprocess.Popen(
         [sys.executable, "-m", "p4bus", "up", "--state-dir", str(state), "--port-base", str(base)],

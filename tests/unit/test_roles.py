@@ -28,14 +28,15 @@ def test_master_clients() -> None:
             "viewer",
             "operator",
             "orchestrator",
+            "web",
         }
 
 
 def test_orchestrator_api() -> None:
     for tag in ("submit", "resume", "cancel", "retry"):
-        assert {r for r in ALL if roles.may_send(roles.ORCHESTRATOR_API, r, tag)} == {"operator"}
+        assert {r for r in ALL if roles.may_send(roles.ORCHESTRATOR_API, r, tag)} == {"operator", "web"}
     for tag in ("get_job", "list_jobs", "ping", "stats"):
-        assert {r for r in ALL if roles.may_send(roles.ORCHESTRATOR_API, r, tag)} == {"viewer", "operator"}
+        assert {r for r in ALL if roles.may_send(roles.ORCHESTRATOR_API, r, tag)} == {"viewer", "operator", "web"}
 
 
 def test_who_may_connect_where() -> None:
@@ -43,8 +44,8 @@ def test_who_may_connect_where() -> None:
         return {r for r in ALL if roles.may_connect(domain, r)}
 
     assert connect(roles.MASTER_AGENTS) == {"agent"}
-    assert connect(roles.MASTER_CLIENTS) == {"viewer", "operator", "orchestrator"}
-    assert connect(roles.ORCHESTRATOR_API) == {"viewer", "operator"}
+    assert connect(roles.MASTER_CLIENTS) == {"viewer", "operator", "orchestrator", "web"}
+    assert connect(roles.ORCHESTRATOR_API) == {"viewer", "operator", "web"}
     assert connect(roles.BROKER_PUBLISH) == {"agent", "master", "orchestrator"}
     assert connect(roles.BROKER_SUBSCRIBE) == ALL
     assert connect(roles.BROKER_REPLAY) == ALL
