@@ -53,8 +53,8 @@ REQUESTS: dict[str, dict[str, frozenset[str]]] = {
         "resume": _JOB_ACT,
         "cancel": _JOB_ACT,
         "retry": _JOB_ACT,
-        "cleanup": frozenset({OPERATOR}),
-        "approve": frozenset({OPERATOR}),
+        "cleanup": _JOB_ACT,
+        "approve": _JOB_ACT,
         "get_job": _JOB_READ,
         "list_jobs": _JOB_READ,
         # Templates and schedules start jobs: changing them is an operator's, reading a viewer's.

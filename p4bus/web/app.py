@@ -254,6 +254,8 @@ class Web:
             "cancel": lambda oc: oc.cancel(job_id),
             "revert": lambda oc: oc.cancel(job_id, revert=True),
             "retry": lambda oc: oc.retry(job_id, stage),
+            "approve": lambda oc: oc.approve(job_id),
+            "cleanup": lambda oc: oc.cleanup(job_id),
         }
         if action not in calls:
             return PlainTextResponse(f"no action {action!r} (one of: {', '.join(calls)})", 404)

@@ -27,12 +27,16 @@ def actions(job: P.JobView) -> list[Action]:
     out = []
     if job.state == "WAITING_RESOLVE":
         out.append(Action("resume", "Resume"))
+    if job.state == "WAITING_APPROVAL":
+        out.append(Action("approve", "Approve and submit", f"Submit the shelved change {job.change} of {job.job_id}?"))
     if job.state not in TERMINAL:
         out.append(Action("cancel", "Cancel", f"Cancel {job.job_id}?"))
         if job.change:
             out.append(Action("revert", "Cancel and revert", f"Cancel {job.job_id} and revert change {job.change}?"))
     if job.state in ("FAILED", "CANCELLED"):
         out.append(Action("retry", "Retry"))
+        if job.change:
+            out.append(Action("cleanup", "Clean up", f"Revert and delete pending change {job.change} of {job.job_id}?"))
     return out
 
 

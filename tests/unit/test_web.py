@@ -13,6 +13,7 @@ from common import protocol as P
 from common.config import WebConf
 from p4bus.cli import cli
 from p4bus.commands import register
+from p4bus.web import views
 from p4bus.web.feed import OutputModel, Ring, sse
 from p4bus.web.people import People, csrf_ok
 from p4bus.web.tokens import TokenError, TokenFile
@@ -226,3 +227,31 @@ def test_a_failed_spool_read_loses_and_repeats_nothing(monkeypatch):
         assert feed.ring.ids == [1, 3]
     finally:
         loop.close()
+
+
+def _job(state: str, change: int | None = None) -> P.JobView:
+    return P.JobView(
+        job_id="INT-20261201-0001",
+        state=state,
+        stage="P4PUSH",
+        pipeline="p4-integrate",
+        workspace="ws",
+        created_at=0.0,
+        updated_at=0.0,
+        change=change,
+    )
+
+
+@pytest.mark.parametrize(
+    ("state", "change", "names"),
+    [
+        ("WAITING_RESOLVE", 5, ["resume", "cancel", "revert"]),
+        ("WAITING_APPROVAL", 5, ["approve", "cancel", "revert"]),
+        ("UNKNOWN", None, ["cancel"]),
+        ("FAILED", 5, ["retry", "cleanup"]),
+        ("FAILED", None, ["retry"]),
+        ("DONE", None, []),
+    ],
+)
+def test_the_actions_a_page_offers_follow_the_jobs_state(state, change, names):
+    assert [a.name for a in views.actions(_job(state, change))] == names
