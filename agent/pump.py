@@ -124,6 +124,7 @@ class Pump(threading.Thread):
         self._wake_r, self._wake_w = _nonblocking_pipe()
         self._done_r, self._done_w = _nonblocking_pipe()
         self._stopping = False
+        self._detached = False
         self._events: Publisher | None = None
 
     # ------------------------------------------------------------------ session-thread API
@@ -142,9 +143,11 @@ class Pump(threading.Thread):
         spool, or in memory for a refusal)."""
         self._call(partial(self._send_done, status))
 
-    def shutdown(self) -> None:
-        """Kill every running command, record and publish their ends, then stop the thread."""
-        self._call(self._begin_shutdown)
+    def shutdown(self, detach: bool = False) -> None:
+        """Kill every running command, record and publish their ends, then stop the thread;
+        ``detach``: publish what is read, save how far, and stop, leaving the commands to their
+        keepers for the next agent to re-attach to."""
+        self._call(self._detach if detach else self._begin_shutdown)
 
     def take_done(self) -> list[proto.CmdStatus]:
         try:
@@ -169,7 +172,7 @@ class Pump(threading.Thread):
         )
         self._sel.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
         try:
-            while not (self._stopping and not self._runs):
+            while not (self._stopping and not self._runs) and not self._detached:
                 for key, _mask in self._sel.select(self._timeout(time.monotonic())):
                     # An earlier callback of this batch may have finished the command and
                     # unregistered (closed) this fd already.
@@ -282,6 +285,15 @@ class Pump(threading.Thread):
         if run is not None:
             run.killed = True
             self._terminate(run)
+
+    def _detach(self) -> None:
+        now = time.monotonic()
+        for run in self._runs.values():
+            for stream in run.streams:
+                if stream.fill:
+                    self._publish_chunk(run, stream)
+            self._save_offsets(run, now)
+        self._detached = True
 
     def _begin_shutdown(self) -> None:
         self._stopping = True

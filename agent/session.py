@@ -196,14 +196,15 @@ class Agent:
                 log.info("spool pruned", removed=len(removed))
 
     def _shutdown(self) -> None:
-        """Clean stop: say Bye, then end running commands (TERM, KILL after the grace period)
-        and record them ``killed`` (``error`` stays empty: they did start), so the spool never
-        holds an orphan that a later agent could not watch."""
+        """Clean stop: say Bye, then (``on_stop = "kill"``) end running commands (TERM, KILL
+        after the grace period) and record them ``killed`` (``error`` stays empty: they did
+        start), or (``"detach"``) leave them to their keepers for the next agent."""
         now = time.monotonic()
-        log.info("agent stopping", running=list(self.running))
+        detach = self.conf.on_stop == "detach"
+        log.info("agent stopping", running=list(self.running), commands="left to their keepers" if detach else "ended")
         for link in self.links:
             link.send(proto.Bye(agent_id=self.agent_id), now)
-        self.pump.shutdown()
+        self.pump.shutdown(detach)
         self.pump.join(timeout=self.conf.kill_grace_s + 5.0)
         self._close()
 

@@ -110,6 +110,11 @@ class AgentConf(msgspec.Struct, forbid_unknown_fields=True):
     heartbeat_s: float = 1.0
     beacon_s: BeaconSeconds = DEFAULT_BEACON_S
     kill_grace_s: float = 5.0
+    # What a clean stop (SIGTERM, SIGINT) does with running commands: "kill" ends them (TERM,
+    # then KILL after kill_grace_s) and records them killed; "detach" leaves them to their
+    # keepers, so that the agent started next (an upgrade, a unit restart) re-attaches to them
+    # and reports their real ends, as after a crash.
+    on_stop: Literal["kill", "detach"] = "kill"
     # Bounded so that every event the agent publishes fits the broker's event size limit.
     capture_bytes: Annotated[int, msgspec.Meta(ge=2, le=MAX_CAPTURE_BYTES)] = 64 * 1024
     chunk_bytes: Annotated[int, msgspec.Meta(ge=1, le=MAX_CHUNK_BYTES)] = 256 * 1024

@@ -25,6 +25,8 @@ def agent_toml(plan: Plan, agent_id: str, remote_dir: str, insecure: bool) -> st
         "slots": plan.slots,
         "workspace_roots": plan.workspace_roots,
         "allowed_executables": plan.allowed_executables,
+        # A re-run of deploy-agent (an upgrade) restarts the agent: its commands live on.
+        "on_stop": "detach",
     }
     if plan.workspaces:
         agent["workspaces"] = plan.workspaces

@@ -433,6 +433,24 @@ def test_clean_shutdown_kills_and_records_running_commands(rig: Rig) -> None:
     assert msgspec.msgpack.decode(read_spool(rig, "at-stop", "result"))["killed"] is True
 
 
+def test_a_clean_stop_with_on_stop_detach_leaves_commands_to_the_next_agent(
+    stack: Stack, ctx: zmq.Context, tmp_path: Path
+) -> None:
+    """An upgrade or a unit restart (SIGTERM) with on_stop = "detach": the command lives on under
+    its keeper and the next agent reports its real end, its output byte-exact."""
+    rig = Rig(stack, ctx, on_stop="detach")
+    rig.start()
+    started = _waiting_command(rig, "upgrade", tmp_path)
+    assert rig.stop() == 0
+    assert group_members(started.pid), "the command died with the agent's clean stop"
+    rig.start()
+    assert rig.master.hellos[-1].agent.running == ["upgrade"]
+    (tmp_path / "go").touch()
+    t = rig.sink.until_done("upgrade")
+    assert (t.done.status.exit_code, t.done.status.error, t.done.status.killed) == (7, "", False)
+    assert bytes(t.streams[proto.STDOUT]) == b"before\nafter\n" and bytes(t.streams[proto.STDERR]) == b"err\n"
+
+
 def test_spool_is_pruned_by_age(stack: Stack, ctx: zmq.Context) -> None:
     r = Rig(stack, ctx, spool_max_age_s=1.0)
     r.start()

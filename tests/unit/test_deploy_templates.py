@@ -71,6 +71,7 @@ def test_agent_toml_is_a_config_the_agent_loads(tmp_path: Path) -> None:
     a = cfg.agent
     assert (a.id, a.masters, a.broker, a.pools, a.slots) == ("ws-07", plan.masters, plan.broker, ["linux"], 2)
     assert (a.workspace_roots, a.allowed_executables) == (['/work/p4 "quoted"'], ["p4"])
+    assert a.on_stop == "detach"  # an upgrade (deploy-agent again) restarts the agent, not its commands
 
 
 def test_agent_toml_holds_the_workspace_tables_given_on_the_command_line(tmp_path: Path) -> None:
