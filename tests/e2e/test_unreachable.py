@@ -50,7 +50,8 @@ class Gates:
             '    rm -f "$g.armed"\n'
             '    cat > "$g.stdin"\n'
             '    echo $$ > "$g.held"\n'
-            '    while [ ! -e "$g.open" ]; do sleep 0.05; done\n'
+            # Bounded (about 5 min): a test that fails before opening its gate leaves nothing behind.
+            '    n=0; while [ ! -e "$g.open" ] && [ $n -lt 6000 ]; do sleep 0.05; n=$((n+1)); done\n'
             f'    exec {run.strip()} < "$g.stdin"\n'
             "fi\n"
         )
