@@ -72,6 +72,18 @@ class Gates:
     def open(self, name: str, command: str) -> None:
         self._path(name, command, "open").touch()
 
+    def submit_held(self, held: dict[str, str], timeout: float) -> tuple[dict[str, str], dict[str, int]]:
+        """Arm a gate per workspace -> p4 command, submit a job on each workspace, and wait until
+        each command waits at its gate; returns the job ids and the held commands' pids."""
+        for name, command in held.items():
+            self.arm(name, command)
+        ids = {name: self.jobs.submit(name) for name in held}
+        pids = {
+            name: wait_for(lambda n=name: self.held(n, held[n]), timeout, f"{name}: p4 {held[name]} at its gate")
+            for name in held
+        }
+        return ids, pids
+
 
 def _pending_changes(jobs: JobStack, name: str) -> str:
     """The workspace client's pending changes, looked up past the counting wrapper (the test's
@@ -180,13 +192,7 @@ def test_an_agent_gone_for_good_is_given_up_on_and_a_new_agent_finishes_without_
     gates = Gates(jobs)
     held = {"ws1": "change", "ws2": "submit"}
     jobs.start(agents={"agent-1": list(held)})
-    for name, command in held.items():
-        gates.arm(name, command)
-    ids = {name: jobs.submit(name) for name in held}
-    pids = {
-        name: wait_for(lambda n=name: gates.held(n, held[n]), 60, f"{name}: p4 {held[name]} at its gate")
-        for name in held
-    }
+    ids, pids = gates.submit_held(held, 60)
     with jobs.orch() as oc:
         for name, stage in (("ws1", "CREATE_CHANGE"), ("ws2", "P4PUSH")):
             wait_for(lambda n=name, s=stage: in_flight(oc.job(ids[n]), s), 30, f"{name}: {stage} in flight")

@@ -25,13 +25,7 @@ def test_an_agent_cut_off_15s_during_create_change_and_submit_runs_nothing_twice
         hosts.workspace(name, "clean")
     gates = Gates(hosts)
     hosts.start()
-    for name, command in held.items():
-        gates.arm(name, command)
-    ids = {name: hosts.submit(name) for name in held}
-    pids = {
-        name: wait_for(lambda n=name: gates.held(n, held[n]), 90, f"{name}: p4 {held[name]} at its gate")
-        for name in held
-    }
+    ids, pids = gates.submit_held(held, 90)
     for name, stage in (("ws1", "CREATE_CHANGE"), ("ws2", "P4PUSH")):
         wait_for(lambda n=name, s=stage: in_flight(hosts.view(ids[n]), s), 60, f"{name}: {stage} in flight")
     hosts.net.cut("agent")
