@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import textwrap
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
+import click
+import msgspec
 from rich.console import Console
 from rich.text import Text
 
@@ -78,6 +81,16 @@ GAP = 2
 CAPPED_WIDTH = 24
 SQUEEZED_WIDTH = 6
 WRAP_MIN_WIDTH = 12
+
+
+def print_items(items: Sequence[object], as_json: bool, table: Callable[[], Grid], none: str) -> None:
+    """A list command's answer: JSON, its table, or ``none`` when there is nothing."""
+    if as_json:
+        click.echo(msgspec.json.encode(items).decode())
+    elif items:
+        print_grid(console(), table())
+    else:
+        click.echo(none)
 
 
 def column_widths(grid: Grid, width: int) -> list[int]:

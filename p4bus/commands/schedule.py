@@ -7,12 +7,11 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import click
-import msgspec
 
 from common import protocol as P
 from p4bus.cli import EXIT_USAGE, Ctx, UserError
 from p4bus.commands.jobs import _call
-from p4bus.render import Grid, age, console, print_grid
+from p4bus.render import Grid, age, print_items
 
 
 def when(s: P.Schedule) -> str:
@@ -50,12 +49,12 @@ def schedule() -> None:
 def list_(obj: Ctx, as_json: bool) -> None:
     """Every schedule with its next run and its last job."""
     schedules = _call(obj, lambda oc: oc.schedules())
-    if as_json:
-        click.echo(msgspec.json.encode(schedules).decode())
-    elif schedules:
-        print_grid(console(), schedules_table(schedules, time.time()))
-    else:
-        click.echo("no schedules (add one with `p4bus schedule add NAME --template T --cron '0 2 * * *'`)")
+    print_items(
+        schedules,
+        as_json,
+        lambda: schedules_table(schedules, time.time()),
+        "no schedules (add one with `p4bus schedule add NAME --template T --cron '0 2 * * *'`)",
+    )
 
 
 @schedule.command()

@@ -8,7 +8,7 @@ import msgspec
 from common import protocol as P
 from p4bus.cli import EXIT_USAGE, Ctx, UserError
 from p4bus.commands.jobs import _call
-from p4bus.render import Grid, console, print_grid
+from p4bus.render import Grid, print_items
 
 
 def what(t: P.Template) -> str:
@@ -37,12 +37,12 @@ def template() -> None:
 def list_(obj: Ctx, as_json: bool) -> None:
     """Every template."""
     templates = _call(obj, lambda oc: oc.templates())
-    if as_json:
-        click.echo(msgspec.json.encode(templates).decode())
-    elif templates:
-        print_grid(console(), templates_table(templates))
-    else:
-        click.echo("no templates (add one with `p4bus template add NAME --source ... --target ...`)")
+    print_items(
+        templates,
+        as_json,
+        lambda: templates_table(templates),
+        "no templates (add one with `p4bus template add NAME --source ... --target ...`)",
+    )
 
 
 @template.command()
