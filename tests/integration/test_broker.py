@@ -598,6 +598,10 @@ def test_a_hole_the_broker_cannot_fill_now_is_reported_with_that_reason(bus: Bus
         _live(bus, reader)
         stamper = Stamper("frozen", ids.new_epoch())
         reader.pause()
+        # Parked at its gate holding an event, so the stream reads (and repairs) nothing more
+        # until resumed: the hole below is found only once the broker is frozen.
+        held = len(reader.got)
+        wait_for(lambda: bus.publish(reader.probe) and len(reader.got) > held, what="the reader parked")
         forwarded = bus.stats()["events_out"]
         _stamped(bus, stamper, range(1, 3))
         _stamped(bus, stamper, range(5, 6))
