@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,7 @@ from p4bus.harness.stack import wait_for
 
 if TYPE_CHECKING:
     from bench.sshd import SshTarget
+    from p4bus.harness.postgres import PgServer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -62,3 +64,42 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     s = Stack(tmp_path)
     yield s
     s.stop_all()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A real PostgreSQL server (p4bus/harness/postgres.py) for the session, one per xdist worker."""
+    from p4bus.harness.postgres import PgServer, PgUnavailable
+
+    try:
+        server = PgServer()
+    except PgUnavailable as e:
+        pytest.skip(str(e))
+    with server:
+        yield server
+
+
+_pg_databases = itertools.count(1)
+
+
+@pytest.fixture
+def pg_database(pg_server: PgServer) -> Callable[[], str]:
+    """Make a fresh, empty database on the session's server; returns its DSN (unix socket, no password)."""
+    return lambda: pg_server.create_database(f"t{next(_pg_databases)}")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_at(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], str]:
+    """Where a test's orchestrator store lives, on each engine: ``store_at("jobs")`` is a SQLite
+    file under tmp_path, or a fresh PostgreSQL database (the same name in one test, the same one)."""
+    if request.param == "sqlite":
+        return lambda name="jobs": str(tmp_path / f"{name}.db")
+    make = request.getfixturevalue("pg_database")
+    made: dict[str, str] = {}
+
+    def at(name: str = "jobs") -> str:
+        if name not in made:
+            made[name] = make()
+        return made[name]
+
+    return at
