@@ -104,3 +104,18 @@ def test_a_lost_database_connection_stops_the_orchestrator_and_a_restart_finishe
     view = jobs.wait_state(job_id, timeout=120)
     assert view.state == "DONE", view.reason
     _assert_each_command_ran_once(jobs, "ws1", view)
+
+
+def test_an_orchestrator_whose_database_is_not_there_exits_with_one_line(stack, tmp_path):
+    password_file = tmp_path / "pg-password"
+    password_file.write_text("s3cret-never-shown\n")
+    password_file.chmod(0o600)
+    store = "postgresql://p4bus@127.0.0.1:1/p4bus?connect_timeout=5"
+    orch = stack.start(
+        "orchestrator", extra={"orchestrator": {"store": store, "store_password_file": str(password_file)}}
+    )
+    wait_for(lambda: orch.poll() is not None, 60, "the orchestrator to give up on its store")
+    assert orch.returncode != 0
+    lines = orch.log_path.read_text().strip().splitlines()
+    assert lines[-1].startswith(f"p4bus orchestrator: cannot connect to the store {store}: "), lines
+    assert not any("Traceback" in line or "s3cret" in line for line in lines), lines
