@@ -108,32 +108,45 @@ _pg_databases = itertools.count(1)
 
 
 @pytest.fixture
-def pg_database(pg_server: PgServer) -> Iterator[Callable[[], str]]:
-    """Make a fresh, empty database on the session's server; returns its DSN (unix socket, no
-    password). The test's databases are dropped after it, with any session still open on them."""
+def pg_database(pg_server: PgServer) -> Iterator[Callable[..., str]]:
+    """Make a fresh database on the session's server (empty, or a copy of ``template``); returns
+    its DSN (unix socket, no password). The test's databases are dropped after it, with any
+    session still open on them."""
     made: list[str] = []
 
-    def make() -> str:
+    def make(template: str = "template1") -> str:
         made.append(f"t{next(_pg_databases)}")
-        return pg_server.create_database(made[-1])
+        return pg_server.create_database(made[-1], template)
 
     yield make
     for name in made:
         pg_server.drop_database(name)
 
 
+@pytest.fixture(scope="session")
+def pg_store_template(pg_server: PgServer) -> str:
+    """A database holding the store's schema, copied for each test that wants a store: a copy is
+    cheaper than migrating each time (migrating from nothing is tested on databases of its own)."""
+    from orchestrator.store import Store
+
+    Store(pg_server.create_database("store_template")).close()
+    return "store_template"
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def store_at(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], str]:
     """Where a test's orchestrator store lives, on each engine: ``store_at("jobs")`` is a SQLite
-    file under tmp_path, or a fresh PostgreSQL database (the same name in one test, the same one)."""
+    file under tmp_path, or a fresh PostgreSQL database with the store's schema (the same name
+    in one test, the same one)."""
     if request.param == "sqlite":
         return lambda name="jobs": str(tmp_path / f"{name}.db")
     make = request.getfixturevalue("pg_database")
+    template = request.getfixturevalue("pg_store_template")
     made: dict[str, str] = {}
 
     def at(name: str = "jobs") -> str:
         if name not in made:
-            made[name] = make()
+            made[name] = make(template)
         return made[name]
 
     return at

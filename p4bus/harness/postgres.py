@@ -231,15 +231,20 @@ class PgServer:
         """The database over loopback TCP: the password is required (and not in this DSN)."""
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{dbname}"
 
-    def create_database(self, dbname: str) -> str:
-        """A new empty database; its (socket) DSN."""
+    def create_database(self, dbname: str, template: str = "template1") -> str:
+        """A new database, a copy of ``template`` (by default an empty one); its (socket) DSN."""
         import psycopg
         from psycopg import sql
 
-        if not re.fullmatch(r"[a-z_][a-z0-9_]*", dbname):
-            raise ValueError(f"database name {dbname!r}: use lower-case letters, digits and _")
+        for name in (dbname, template):
+            if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+                raise ValueError(f"database name {name!r}: use lower-case letters, digits and _")
         with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {} STRATEGY file_copy").format(sql.Identifier(dbname)))
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY file_copy").format(
+                    sql.Identifier(dbname), sql.Identifier(template)
+                )
+            )
         return self.dsn(dbname)
 
     def drop_database(self, dbname: str) -> None:

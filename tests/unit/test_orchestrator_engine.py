@@ -29,7 +29,8 @@ from orchestrator.pipeline.model import fail, next_, retry
 from orchestrator.pipeline.rules import guarded
 from orchestrator.store import CmdKind, CmdState, Store
 
-pytestmark = pytest.mark.timeout(10)
+# Generous: half the tests talk to a PostgreSQL server, which a loaded machine slows down.
+pytestmark = pytest.mark.timeout(30)
 
 # 2026-03-14 23:59:00 UTC: a minute before the job ids' day changes.
 START = 1_773_532_740.0

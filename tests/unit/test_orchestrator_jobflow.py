@@ -24,7 +24,8 @@ from orchestrator.pipeline.rules import guarded
 from orchestrator.store import CmdKind, Store
 from p4bus.notify.rules import news
 
-pytestmark = pytest.mark.timeout(10)
+# Generous: half the tests talk to a PostgreSQL server, which a loaded machine slows down.
+pytestmark = pytest.mark.timeout(30)
 
 
 @pytest.fixture
