@@ -220,11 +220,12 @@ class PgTarget:
 
     @classmethod
     def from_config(cls, dsn: str, password_file: str = "") -> PgTarget:
+        import psycopg
         from psycopg import conninfo
 
         try:
             params = conninfo.conninfo_to_dict(dsn)
-        except Exception as exc:  # psycopg.ProgrammingError: libpq's own words on what is wrong
+        except psycopg.ProgrammingError as exc:  # libpq's own words on what is wrong
             raise ConfigError(f"orchestrator.store {redact(dsn)} is not a valid PostgreSQL DSN: {exc}") from None
         if params.get("password"):
             raise ConfigError(
@@ -271,9 +272,11 @@ class PgDb(Db):
 
     def __init__(self, target: PgTarget) -> None:
         import psycopg
+        from psycopg.pq import TransactionStatus
 
         self.target = target
         self.location = target.location
+        self._idle = TransactionStatus.IDLE
         self._errors: tuple[type[BaseException], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
         try:
             self.conn = target.connect()
@@ -312,9 +315,7 @@ class PgDb(Db):
 
     @property
     def in_transaction(self) -> bool:
-        from psycopg.pq import TransactionStatus
-
-        return self.conn.info.transaction_status != TransactionStatus.IDLE
+        return self.conn.info.transaction_status != self._idle
 
     @contextmanager
     def tx(self, durable: bool = True) -> Iterator[Db]:

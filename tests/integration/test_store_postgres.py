@@ -53,6 +53,11 @@ def test_the_password_comes_from_a_private_file_never_from_the_dsn(pg_server: Pg
     assert pg_server.password not in str(refused.value)
 
 
+def test_a_malformed_dsn_is_a_config_error_naming_what_is_wrong():
+    with pytest.raises(ConfigError, match='not a valid PostgreSQL DSN: invalid URI query parameter: "bogus"'):
+        Store("postgresql://p4bus@localhost/p4bus?bogus=1")
+
+
 def test_a_password_file_is_refused_for_a_sqlite_store(tmp_path):
     with pytest.raises(ConfigError, match="only for a postgresql:// store"):
         Store(tmp_path / "jobs.db", password_file=_password_file(tmp_path, "x"))
