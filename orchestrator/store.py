@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import enum
 import sqlite3
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -230,6 +231,8 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA foreign_keys=ON")
+        # Seconds each commit took (orchestrator/metrics.py observes them).
+        self.on_commit: Callable[[float], None] = lambda _s: None
         self.migrate()
 
     def close(self) -> None:
@@ -274,7 +277,9 @@ class Store:
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise
+            started = time.perf_counter()
             self.db.execute("COMMIT")
+            self.on_commit(time.perf_counter() - started)
         finally:
             if not durable:
                 self.db.execute("PRAGMA synchronous=FULL")
@@ -416,6 +421,10 @@ class Store:
     def job(self, job_id: str) -> JobRow | None:
         rows = self._jobs("id=?", (job_id,))
         return rows[0] if rows else None
+
+    def count_by_state(self) -> dict[str, int]:
+        """How many jobs are in each state (for the metrics)."""
+        return dict(self.db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
 
     def list_jobs(self, include_finished: bool, limit: int) -> list[JobRow]:
         """The newest ``limit`` jobs (unfinished ones only, unless ``include_finished``), oldest first."""
