@@ -7,9 +7,10 @@ it with ``serve``: a small HTTP server in a daemon thread answering
 
 - ``GET /metrics``: the registry in Prometheus' text format;
 - ``GET /health``: 200 and ``{"service", "id", "status": "ok", ...}`` while the service's loop
-  ticks, 503 and ``"status": "stalled"`` when it has not ticked for ``stale_s`` -- or did not
-  for that long within the last ``hold_s`` (a stall between two scrapes still shows, and a
-  process that was frozen whole, SIGSTOP, says so once it answers again).
+  ticks; 503 with ``"status": "starting"`` before its first tick, and ``"stalled"`` when it has
+  not ticked for ``stale_s`` -- or did not for that long within the last ``hold_s`` (a stall
+  between two scrapes still shows, and a process that was frozen whole, SIGSTOP, says so once
+  it answers again).
 
 Counters a service keeps already (the ``counters`` its Stats reply serves) are exposed by
 ``CountersCollector``, which reads them at scrape time rather than counting twice.
@@ -81,36 +82,40 @@ class Health:
         self.hold_s = hold_s
         self.clock = clock
         self.started = clock()
-        self.last_tick = self.started
+        self.last_tick: float | None = None
         self.stall_s = 0.0  # the longest recent gap between two ticks
         self.stall_ended = float("-inf")
-        self.details: Callable[[], Mapping[str, Any]] = dict
 
     def tick(self) -> None:
         now = self.clock()
-        gap = now - self.last_tick
+        # The first tick ends the start-up, which is no stall, however long it took.
+        gap = now - (self.last_tick if self.last_tick is not None else now)
         if gap > self.stale_s:
             self.stall_s, self.stall_ended = gap, now
         self.last_tick = now
 
     def report(self) -> tuple[int, dict[str, Any]]:
-        """(HTTP status, body): 200 when ok, 503 when the loop is or was just stalled."""
+        """(HTTP status, body): 200 when ok, 503 while starting and when the loop is or was just stalled."""
         now = self.clock()
-        since = now - self.last_tick
+        last = self.last_tick
         recent_stall = now - self.stall_ended <= self.hold_s
-        ok = since <= self.stale_s and not recent_stall
+        if last is None:
+            status = "starting"
+        elif now - last > self.stale_s or recent_stall:
+            status = "stalled"
+        else:
+            status = "ok"
         body: dict[str, Any] = {
             "service": self.service,
             "id": self.id,
-            "status": "ok" if ok else "stalled",
-            "last_tick_s": round(since, 3),
+            "status": status,
+            "last_tick_s_ago": None if last is None else round(now - last, 3),
             "uptime_s": round(now - self.started, 3),
         }
         if recent_stall:
             body["stalled_for_s"] = round(self.stall_s, 3)
             body["stall_ended_s_ago"] = round(now - self.stall_ended, 3)
-        body.update(self.details())
-        return (200 if ok else 503), body
+        return (200 if status == "ok" else 503), body
 
 
 class ProcessMetrics:
