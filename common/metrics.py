@@ -30,7 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -94,6 +94,9 @@ class Health:
             self.stall_s, self.stall_ended = gap, now
         self.last_tick = now
 
+    def tick_age(self) -> float:
+        return -1.0 if self.last_tick is None else self.clock() - self.last_tick
+
     def report(self) -> tuple[int, dict[str, Any]]:
         """(HTTP status, body): 200 when ok, 503 while starting and when the loop is or was just stalled."""
         now = self.clock()
@@ -124,6 +127,12 @@ class ProcessMetrics:
     def __init__(self, service: str, ident: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.health = Health(service, ident)
+        # /health as a number Prometheus can alert on (a scrape still works while the loop is stuck).
+        Gauge(
+            PREFIX + "loop_tick_age_seconds",
+            "Seconds since the service's main loop last ticked (-1 before its first tick).",
+            registry=self.registry,
+        ).set_function(self.health.tick_age)
 
     def collect(self, collector: Collector) -> None:
         self.registry.register(collector)
