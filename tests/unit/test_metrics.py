@@ -53,7 +53,7 @@ def test_health_starting_ok_stalled_and_a_stall_that_ended_shows_for_hold_s() ->
         clock.now += 1.0
         h.tick()
     assert h.report()[0] == 503
-    clock.now += 1.0
+    clock.now += 1.5  # 15.5 s after it ended
     h.tick()
     assert h.report()[0] == 200
     assert h.tick_age() == 0.0
