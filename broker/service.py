@@ -82,7 +82,7 @@ class Broker:
 
 def main(cfg: Config) -> None:
     broker = Broker(cfg)
-    metrics.serve(cfg.metrics_url("broker"), broker.metrics)
+    metrics.serve(cfg, "broker", broker.metrics)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -364,7 +364,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
         if explicit.lower() in METRICS_OFF:
             return None
         if explicit:
-            return explicit.rstrip("/") + "/"
+            return explicit
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port_base + METRICS_PORT_OFFSETS[service]}/"
 

@@ -35,7 +35,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from common import logs
-from common.config import ConfigError
+from common.config import Config, ConfigError
 from common.protocol import CmdStatus
 
 log = logs.get("metrics")
@@ -202,17 +202,18 @@ class _V6Server(ThreadingHTTPServer):
     address_family = socket.AF_INET6
 
 
-def serve(url: str | None, metrics: ProcessMetrics) -> MetricsServer | None:
-    """Serve ``metrics`` at ``url`` (None: metrics are off). A port that cannot be bound is
-    logged as an error and the service runs on without metrics: they are for watching it,
-    and a port taken must not take the bus down with it."""
+def serve(cfg: Config, service: str, metrics: ProcessMetrics) -> MetricsServer | None:
+    """Serve ``metrics`` where ``[service] metrics`` says (None: it is off). A malformed value is
+    a ConfigError; a port that cannot be bound is logged as an error and the service runs on
+    without metrics: they are for watching it, and a port taken must not take the bus down."""
+    url = cfg.metrics_url(service)
     if url is None:
         return None
-    host, port = parse_url(url, "metrics")
+    host, port = parse_url(url, f"{service}.metrics")
     try:
         server = MetricsServer(host, port, metrics)
     except OSError as exc:
-        log.error("metrics.bind_failed", url=url, error=exc.strerror or str(exc), fix="set [SERVICE] metrics")
+        log.error("metrics.bind_failed", url=url, error=exc.strerror or str(exc), fix=f"set {service}.metrics")
         return None
     log.info("metrics.ready", url=server.url, health=server.url + "health")
     return server

@@ -357,5 +357,5 @@ def msg_with_req_id(msg: P.Base, req_id: str) -> P.Base:
 
 def main(cfg: Config) -> None:
     master = Master(cfg)
-    metrics.serve(cfg.metrics_url("master"), master.metrics)
+    metrics.serve(cfg, "master", master.metrics)
     master.run(lifecycle.stop_on_signals())

@@ -466,5 +466,5 @@ def main(cfg: Config) -> None:
         orch = Orchestrator(cfg)
     except JobError as exc:
         raise SystemExit(f"p4bus orchestrator: {exc}") from None
-    metrics.serve(cfg.metrics_url("orchestrator"), orch.metrics)
+    metrics.serve(cfg, "orchestrator", orch.metrics)
     orch.run(lifecycle.stop_on_signals())

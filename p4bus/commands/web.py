@@ -49,7 +49,7 @@ def web(ctx: click.Context, web__bind: str | None) -> None:
         raise UserError(
             f"the dashboard cannot listen on {host}:{port}: {os.strerror(exc.errno or 0)} (set web.bind or --bind)"
         ) from None
-    metrics.serve(cfg.metrics_url("web"), dashboard.metrics)
+    metrics.serve(cfg, "web", dashboard.metrics)
     # Event streams never end by themselves: on SIGTERM they get 2 s, then are closed.
     conf = uvicorn.Config(
         dashboard.app(), log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=2

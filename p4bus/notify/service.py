@@ -32,7 +32,7 @@ def main(cfg: Config) -> None:
     check(cfg)
     security = auth.for_service(cfg, "notify", "notify")
     notifier = Notifier(cfg, security, lifecycle.stop_on_signals())
-    metrics.serve(cfg.metrics_url("notify"), notifier.metrics)
+    metrics.serve(cfg, "notify", notifier.metrics)
     notifier.run()
 
 

@@ -64,7 +64,7 @@ def test_metrics_url_defaults_to_port_base_offsets_and_can_be_set_or_turned_off(
     assert cfg.metrics_url("broker") == "http://127.0.0.1:20007/"
     assert cfg.metrics_url("notify") == "http://127.0.0.1:20012/"
     cfg = from_tree({"master": {"metrics": "http://0.0.0.0:9999"}, "agent": {"metrics": "off"}})
-    assert cfg.metrics_url("master") == "http://0.0.0.0:9999/"
+    assert cfg.metrics_url("master") == "http://0.0.0.0:9999"
     assert cfg.metrics_url("agent") is None
     assert env_overrides({"P4BUS_ORCHESTRATOR_METRICS": "off"}) == {"orchestrator": {"metrics": "off"}}
 
@@ -118,8 +118,13 @@ def test_a_port_in_use_leaves_the_service_without_metrics_not_down() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        assert metrics.serve(f"http://127.0.0.1:{port}/", metrics.ProcessMetrics("agent", "a")) is None
-    assert metrics.serve(None, metrics.ProcessMetrics("agent", "a")) is None
+        cfg = from_tree({"agent": {"metrics": f"http://127.0.0.1:{port}"}})
+        assert metrics.serve(cfg, "agent", metrics.ProcessMetrics("agent", "a")) is None
+    assert (
+        metrics.serve(from_tree({"agent": {"metrics": "off"}}), "agent", metrics.ProcessMetrics("agent", "a")) is None
+    )
+    with pytest.raises(ConfigError, match=r"^agent\.metrics 'tcp://h:1' is not http://HOST:PORT/"):
+        metrics.serve(from_tree({"agent": {"metrics": "tcp://h:1"}}), "agent", metrics.ProcessMetrics("agent", "a"))
 
 
 def test_master_counts_late_heartbeats_only() -> None:
