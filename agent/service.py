@@ -8,6 +8,7 @@ import sys
 import zmq
 
 from agent.session import Agent
+from common import metrics
 from common.config import Config, ConfigError
 
 
@@ -18,6 +19,7 @@ def main(cfg: Config) -> None:
         raise ConfigError(f"agent endpoints {cfg.agent_masters()} / {cfg.agent_broker()}: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"agent spool directory: {exc}") from None
+    metrics.serve(cfg, "agent", agent.metrics)
     # Signals only set a flag; the wake-up fd interrupts the poll so the loop notices at once.
     signal.set_wakeup_fd(agent.stop_fd, warn_on_full_buffer=False)
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -36,6 +36,7 @@ from agent import policy, recovery
 from agent.executor import executor_for
 from agent.keeper import Keepers
 from agent.links import MasterLink
+from agent.metrics import AgentMetrics
 from agent.pump import Pump, Started
 from agent.redact import Redactor
 from agent.spool import Spool, SpoolEntry, valid_cmd_id
@@ -102,6 +103,14 @@ class Agent:
         os.set_blocking(self._stop_w, False)
         self._prune_every = min(60.0, max(1.0, self.conf.spool_max_age_s / 4))
         self._next_prune = 0.0
+        self.metrics = AgentMetrics(
+            self.agent_id,
+            self.conf.slots,
+            self.running,
+            self.spool.free_bytes,
+            lambda: sum(link.welcomed for link in self.links),
+            self.counters,
+        )
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -158,6 +167,7 @@ class Agent:
                 self._close()
                 return 1
             self._tick(time.monotonic())
+            self.metrics.health.tick()
         self._shutdown()
         return 0
 
@@ -436,6 +446,7 @@ class Agent:
     def _on_done(self, statuses: list[proto.CmdStatus]) -> None:
         for status in statuses:
             self.running.pop(status.cmd_id, None)
+            self.metrics.done(status)
             if not self.spool.has_result(status.cmd_id):
                 self._keep_in_memory(status)  # a full disk: Query still gets the real answer
             self._remember_done(status)

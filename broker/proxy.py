@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import get_args
 
@@ -100,7 +101,8 @@ class Proxy:
         self.xsub.close()
         self.xpub.close()
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, tick: Callable[[], None] = lambda: None) -> None:
+        """Forward until ``stop`` is set; ``tick`` is called at every wake-up (the health check)."""
         poller = zmq.Poller()
         poller.register(self.xsub, zmq.POLLIN)
         poller.register(self.xpub, zmq.POLLIN)
@@ -110,6 +112,7 @@ class Proxy:
                 self._forward_subscriptions()
             if self.xsub in ready:
                 self._forward_events()
+            tick()
 
     def _forward_subscriptions(self) -> None:
         for _ in range(DRAIN_MAX):

@@ -12,9 +12,10 @@ import zmq
 from broker.journal_reader import JournalReader
 from broker.journal_schema import journal_path
 from broker.journal_writer import JournalWriter
+from broker.metrics import BrokerMetrics
 from broker.proxy import Proxy
 from broker.replay import ReplayServer
-from common import auth, logs
+from common import auth, logs, metrics
 from common.config import Config
 
 log = logs.get("broker")
@@ -48,6 +49,7 @@ class Broker:
             # destroy, not term: a socket whose bind failed inside a helper is still open.
             self.ctx.destroy(linger=0)
             raise
+        self.metrics = BrokerMetrics(self.source, self.counters, cfg.broker.journal_max_bytes)
 
     def counters(self) -> dict[str, int]:
         out = dataclasses.asdict(self.proxy.counters) | dataclasses.asdict(self.journal.counters)
@@ -68,7 +70,7 @@ class Broker:
             journal=str(self.journal.path),
         )
         try:
-            self.proxy.run(stop)
+            self.proxy.run(stop, self.metrics.health.tick)
         finally:
             self.replay.stop()
             self.proxy.close()
@@ -80,6 +82,7 @@ class Broker:
 
 def main(cfg: Config) -> None:
     broker = Broker(cfg)
+    metrics.serve(cfg, "broker", broker.metrics)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -41,6 +41,10 @@ PORT_OFFSETS = {
 }
 # The dashboard's HTTP port ([web] bind), the one after the bus's six.
 WEB_PORT_OFFSET = 6
+# Each service's Prometheus metrics and health endpoint (common/metrics.py), after the dashboard;
+# ``[SERVICE] metrics`` sets one ("http://HOST:PORT/", or "off").
+METRICS_PORT_OFFSETS = {"broker": 7, "master": 8, "orchestrator": 9, "agent": 10, "web": 11, "notify": 12}
+METRICS_OFF = ("off", "0")
 
 
 class ConfigError(ValueError):
@@ -67,6 +71,8 @@ class BrokerConf(msgspec.Struct, forbid_unknown_fields=True):
     journal_max_age_s: float = 7 * 24 * 3600
     journal_max_bytes: int = 2 << 30
     prune_interval_s: float = 60.0
+    # Prometheus metrics and /health: "http://HOST:PORT/"; default: <host>:<port_base + 7>; "off".
+    metrics: str = ""
 
 
 class MasterConf(msgspec.Struct, forbid_unknown_fields=True):
@@ -77,6 +83,8 @@ class MasterConf(msgspec.Struct, forbid_unknown_fields=True):
     beacon_s: BeaconSeconds = DEFAULT_BEACON_S
     # No exec goes to an agent with less free spool space than this (what it reports).
     min_spool_free_mb: Annotated[float, msgspec.Meta(ge=0)] = 64.0
+    # Prometheus metrics and /health: "http://HOST:PORT/"; default: <host>:<port_base + 8>; "off".
+    metrics: str = ""
 
 
 class AgentWorkspace(msgspec.Struct, forbid_unknown_fields=True):
@@ -124,6 +132,8 @@ class AgentConf(msgspec.Struct, forbid_unknown_fields=True):
     exec_via: str = ""
     # ssh(1) -o options for exec_via (ssh_config syntax), e.g. ["IdentityFile=/path/key", "ProxyJump=bastion"].
     ssh_options: list[str] = []
+    # Prometheus metrics and /health: "http://HOST:PORT/"; default: <host>:<port_base + 10>; "off".
+    metrics: str = ""
 
     def workspace(self, name: str | None) -> AgentWorkspace | None:
         """The named workspace as a table (the plain ``name = "root"`` form has no p4 settings)."""
@@ -206,6 +216,8 @@ class OrchestratorConf(msgspec.Struct, forbid_unknown_fields=True):
     job_retention_s: Annotated[float, msgspec.Meta(ge=0)] = 90 * 24 * 3600
     # How often the store is pruned (finished jobs past retention, handled-event records).
     prune_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
+    # Prometheus metrics and /health: "http://HOST:PORT/"; default: <host>:<port_base + 9>; "off".
+    metrics: str = ""
 
 
 class SecurityConf(msgspec.Struct, forbid_unknown_fields=True):
@@ -230,6 +242,8 @@ class WebConf(msgspec.Struct, forbid_unknown_fields=True):
     # Set when people reach the dashboard over https (a proxy terminating TLS): the cookie is then
     # never sent in clear.
     cookie_secure: bool = False
+    # Prometheus metrics and /health: "http://HOST:PORT/"; default: <host>:<port_base + 11>; "off".
+    metrics: str = ""
 
 
 # ---- notifications (p4bus/notify): who is told what, how
@@ -275,6 +289,8 @@ class NotifyConf(msgspec.Struct, forbid_unknown_fields=True):
     retry_max_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
     # Delivered notifications are kept this long in the outbox (for the record), then pruned.
     keep_sent_s: float = 7 * 24 * 3600
+    # Prometheus metrics and /health: "http://HOST:PORT/"; default: <host>:<port_base + 12>; "off".
+    metrics: str = ""
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True):
@@ -343,6 +359,17 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
             if self.web.tokens_file
             else self.state_path / "web-tokens.json"
         )
+
+    def metrics_url(self, service: str) -> str | None:
+        """Where ``service`` serves its metrics and health: ``[service] metrics``, else the port
+        METRICS_PORT_OFFSETS gives it on ``host``; None when it is "off"."""
+        explicit = str(getattr(self, service).metrics).strip()
+        if explicit.lower() in METRICS_OFF:
+            return None
+        if explicit:
+            return explicit
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port_base + METRICS_PORT_OFFSETS[service]}/"
 
     def agent_id(self) -> str:
         return self.agent.id or ids.host_id()

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 import msgspec
 import zmq
 
-from common import auth, ids, lifecycle, logs, roles, topics, zmqutil
+from common import auth, ids, lifecycle, logs, metrics, roles, topics, zmqutil
 from common import protocol as P
 from common.config import Config
 from common.publisher import Publisher
+from master.metrics import MasterMetrics
 from master.registry import AgentRecord, NoAgent, Registry
 
 log = logs.get("master")
@@ -73,6 +74,7 @@ class Master:
         )
         self._last_hb_sent = 0.0
         self._refused_hellos: set[tuple[str, str]] = set()  # (key, claimed id) already logged
+        self.metrics = MasterMetrics(self.id, lambda: self.counters, self.registry.agents)
 
     # ------------------------------------------------------------------ loop
 
@@ -94,6 +96,7 @@ class Master:
             if self.clients_sock in ready:
                 zmqutil.drain(self.clients_sock, self._on_client_frames, copy=False)
             self._tick(time.time())
+            self.metrics.health.tick()
         self.close()
 
     def close(self) -> None:
@@ -150,6 +153,7 @@ class Master:
                 # We restarted, or declared it dead: it must introduce itself again.
                 self._send(self.agents_sock, identity, P.Reregister(reason="unknown agent"))
             return
+        self.metrics.heard(rec, msg, time.time())
         self.registry.touch(rec)
         if isinstance(msg, P.Heartbeat):
             self.registry.heartbeat(rec, msg.running, msg.free_slots, spool_free=msg.spool_free)
@@ -352,4 +356,6 @@ def msg_with_req_id(msg: P.Base, req_id: str) -> P.Base:
 
 
 def main(cfg: Config) -> None:
-    Master(cfg).run(lifecycle.stop_on_signals())
+    master = Master(cfg)
+    metrics.serve(cfg, "master", master.metrics)
+    master.run(lifecycle.stop_on_signals())

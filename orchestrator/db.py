@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -87,6 +88,8 @@ class Db(ABC):
     """One connection, used by one thread at a time (the orchestrator's loop)."""
 
     location: str  # for logs and messages: a path, or the DSN without any password
+    # Seconds each commit took (orchestrator/metrics.py observes them, through the Store).
+    on_commit: Callable[[float], None] = staticmethod(lambda _s: None)
 
     @abstractmethod
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Cursor: ...
@@ -177,7 +180,9 @@ class SqliteDb(Db):
             except BaseException:
                 self.conn.execute("ROLLBACK")
                 raise
+            started = time.perf_counter()
             self.conn.execute("COMMIT")
+            self.on_commit(time.perf_counter() - started)
         finally:
             if not durable:
                 self.conn.execute("PRAGMA synchronous=FULL")
@@ -331,7 +336,9 @@ class PgDb(Db):
             if not (self.conn.closed or self.conn.broken):
                 self.conn.execute("ROLLBACK")
             raise
+        started = time.perf_counter()
         self.execute("COMMIT")
+        self.on_commit(time.perf_counter() - started)
 
     def lock_schema(self) -> None:
         self.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))

@@ -9,7 +9,8 @@ again through the next master: safe, because dispatch is idempotent by cmd_id.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import zmq
 
@@ -24,6 +25,7 @@ class _Pending:
     master: int
     deadline: float
     tries: int = 1
+    sent_at: float = field(default_factory=time.monotonic)
 
 
 Outcome = tuple[str, P.ExecReply | P.ErrorReply]  # (cmd_id, reply)
@@ -37,6 +39,9 @@ class Dispatcher:
         self.current = 0
         self.pending: dict[str, _Pending] = {}  # req_id -> request
         self.by_cmd: dict[str, str] = {}  # cmd_id -> req_id
+        # Metrics hooks (orchestrator/metrics.py): seconds from send to reply; a master failed over.
+        self.on_round_trip: Callable[[float], None] = lambda _s: None
+        self.on_failover: Callable[[str], None] = lambda _endpoint: None
 
     def busy(self, cmd_id: str) -> bool:
         return cmd_id in self.by_cmd
@@ -105,6 +110,7 @@ class Dispatcher:
 
     def _resend(self, p: _Pending) -> None:
         # The master that failed us is no longer the first choice for later requests either.
+        self.on_failover(self.endpoints[p.master])
         p.master = self.current = (p.master + 1) % len(self.socks)
         p.tries += 1
         p.deadline = time.monotonic() + self.timeout_s
@@ -113,6 +119,7 @@ class Dispatcher:
     def _finish(self, p: _Pending, reply: P.ExecReply | P.ErrorReply) -> Outcome:
         del self.pending[p.msg.req_id]
         self.by_cmd.pop(p.msg.cmd_id, None)
+        self.on_round_trip(time.monotonic() - p.sent_at)
         return p.msg.cmd_id, reply
 
     def close(self) -> None:

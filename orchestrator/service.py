@@ -13,7 +13,7 @@ from typing import cast
 import msgspec
 import zmq
 
-from common import auth, ids, lifecycle, logs, roles, topics, zmqutil
+from common import auth, ids, lifecycle, logs, metrics, roles, topics, zmqutil
 from common import protocol as P
 from common.config import Config
 from common.publisher import Publisher
@@ -23,6 +23,7 @@ from orchestrator.change_poll import ChangePoller
 from orchestrator.dispatcher import Dispatcher
 from orchestrator.engine import Effects, Engine, JobError
 from orchestrator.known import KnownAgents
+from orchestrator.metrics import OrchestratorMetrics
 from orchestrator.scheduler import Scheduler
 from orchestrator.store import OPEN, CmdState, Store
 from orchestrator.trust import EarlyEvents, source_forged
@@ -81,6 +82,8 @@ class Orchestrator:
         }
         self._last_sweep = 0.0
         self._last_prune = 0.0
+        self.metrics = OrchestratorMetrics(self.id, lambda: self.counters)
+        self.metrics.attach(self.store, self.dispatcher)
 
     # ------------------------------------------------------------------ loop
 
@@ -92,6 +95,7 @@ class Orchestrator:
             masters=self.cfg.client_masters(),
         )
         self.recover()
+        self.metrics.active.set(1)
         poller = zmq.Poller()
         poller.register(self.sub, zmq.POLLIN)
         poller.register(self.api, zmq.POLLIN)
@@ -108,6 +112,7 @@ class Orchestrator:
                     self.on_dispatch_replies(self.dispatcher.drain(s))
             self.on_dispatch_replies(self.dispatcher.expire())
             self.tick(self.clock())
+            self.metrics.health.tick()
         for s in (self.api, self.sub):
             s.close(linger=zmqutil.LINGER_MS)
         self.events.close(linger=zmqutil.LINGER_MS)  # stops its beacon thread before the socket closes
@@ -137,6 +142,7 @@ class Orchestrator:
             if self.early.held:
                 pending = {c.cmd_id for c in self.store.open_commands() if c.state == CmdState.PENDING}
                 self.counters["wrong_agent_events"] += self.early.forget(pending)
+            self.metrics.counts(self.store.count_by_state(), (c.state for c in self.store.open_commands()))
         if now - self._last_prune >= self.cfg.orchestrator.prune_interval_s:
             # A duplicate event arrives within seconds or minutes (replays, resends); a day of
             # handled-event records is plenty to recognise one.
@@ -205,6 +211,7 @@ class Orchestrator:
         cmds = self.store.in_flight_on(agent)
         if not cmds:
             self.unreachable_since.pop(agent, None)
+            self.metrics.reconciled(agent)
             return
         self.counters["reconciles"] += 1
         try:
@@ -218,6 +225,7 @@ class Orchestrator:
                 self.execute(self.engine.unreachable(agent, since))
             return
         self.unreachable_since.pop(agent, None)
+        self.metrics.reconciled(agent)
         for st in statuses:
             if st.state == "done":
                 self.done(st)
@@ -231,6 +239,7 @@ class Orchestrator:
                 self.execute(self.engine.on_done(st.cmd_id, st, lost=True))
 
     def done(self, status: P.CmdStatus, stamp: tuple[str, str, str, int] | None = None) -> None:
+        self.metrics.command_done(status)
         self.execute(self.engine.on_done(status.cmd_id, self.whole_output(status), stamp=stamp))
 
     def whole_output(self, status: P.CmdStatus) -> P.CmdStatus:
@@ -292,6 +301,7 @@ class Orchestrator:
             self.reconcile(ev.agent_id)
         if (gap or restarted) and kind == topics.CMD:
             # We missed cmd events from this agent: its spool knows what they said.
+            self.metrics.hole(ev.source)
             self.reconcile(ev.source)
 
     def on_command_event(self, got: P.Delivered) -> None:
@@ -343,6 +353,7 @@ class Orchestrator:
             view = self.engine.view(job_id)
         except JobError:
             return
+        self.metrics.job_changed(view)
         detail = {
             "reason": view.reason,
             "key_line": view.key_line,
@@ -455,4 +466,5 @@ def main(cfg: Config) -> None:
         orch = Orchestrator(cfg)
     except JobError as exc:
         raise SystemExit(f"p4bus orchestrator: {exc}") from None
+    metrics.serve(cfg, "orchestrator", orch.metrics)
     orch.run(lifecycle.stop_on_signals())

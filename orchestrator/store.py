@@ -13,7 +13,7 @@ named method; times are passed in by the caller, whose clock is the one truth.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -253,6 +253,15 @@ class Store:
             self.db.close()
             raise
 
+    @property
+    def on_commit(self) -> Callable[[float], None]:
+        """Called with the seconds each commit took (orchestrator/metrics.py observes them)."""
+        return self.db.on_commit
+
+    @on_commit.setter
+    def on_commit(self, observe: Callable[[float], None]) -> None:
+        self.db.on_commit = observe
+
     def close(self) -> None:
         self.db.close()
 
@@ -428,6 +437,10 @@ class Store:
     def job(self, job_id: str) -> JobRow | None:
         rows = self._jobs("id=?", (job_id,))
         return rows[0] if rows else None
+
+    def count_by_state(self) -> dict[str, int]:
+        """How many jobs are in each state (for the metrics)."""
+        return dict(self.db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
 
     def list_jobs(self, include_finished: bool, limit: int) -> list[JobRow]:
         """The newest ``limit`` jobs (unfinished ones only, unless ``include_finished``), oldest first."""

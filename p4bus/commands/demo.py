@@ -61,6 +61,8 @@ def demo(obj: Ctx, keep: bool, serve: bool) -> None:
         cfg = stack.config()
         token = TokenFile(cfg.web_tokens_path).add("demo", "operator")
         console.print(f"dashboard: {cfg.web_url()}  (log in with the token {token})")
+        metrics = (f"{name} {stack.metrics_url(name)}" for name in stack.current())
+        console.print(f"metrics (and /health): {', '.join(metrics)}")
         with OrchestratorClient([stack.endpoint("orchestrator_api")], stack.security()) as oc:
             ws = seeds["conflict"]
             info = ws.facts

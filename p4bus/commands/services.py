@@ -15,7 +15,7 @@ from common.config import Config
 from common.zmqutil import BindError
 from p4bus.cli import Ctx, UserError, configure_logging
 
-# The endpoints each service binds; the agent binds none.
+# The bus endpoints each service binds; the agent binds none (metrics: common/metrics.py).
 BINDS = {
     "broker": ("broker_xsub", "broker_xpub", "broker_replay"),
     "master": ("master_agents", "master_clients"),

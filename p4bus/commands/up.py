@@ -66,7 +66,13 @@ class Supervisor:
 
 @click.command()
 @click.option("--state-dir", default=None, help="Where journal, spools and logs live (default ~/.p4bus).")
-@click.option("--port-base", "up_port_base", type=int, default=None, help="First of six consecutive ports.")
+@click.option(
+    "--port-base",
+    "up_port_base",
+    type=int,
+    default=None,
+    help="First of 13 consecutive ports (bus, dashboard, metrics).",
+)
 @click.option("--workspace-root", multiple=True, help="Directory the local agent may run commands in (repeatable).")
 @click.pass_obj
 def up(obj: Ctx, state_dir: str | None, up_port_base: int | None, workspace_root: tuple[str, ...]) -> None:
@@ -82,7 +88,8 @@ def up(obj: Ctx, state_dir: str | None, up_port_base: int | None, workspace_root
         # A development stack on one's own machine: any executable, as `p4bus run` promises.
         agent["allowed_executables"] = ["*"]
     tree = deep_merge(obj.tree(state_dir=state_dir, port_base=up_port_base), {"agent": agent})
-    stack = Stack(tree, cfg.state_path, log_dir=cfg.state_path / "logs", config_prefix="up")
+    # Metrics on the settings' ports (port_base + 7...), where an operator's Prometheus finds them.
+    stack = Stack(tree, cfg.state_path, log_dir=cfg.state_path / "logs", config_prefix="up", free_metrics=False)
     stop: list[int] = []
     signal.signal(signal.SIGINT, lambda *_: stop.append(1))
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
@@ -97,6 +104,8 @@ def up(obj: Ctx, state_dir: str | None, up_port_base: int | None, workspace_root
             click.echo(f"  {name:16} {cfg.endpoint(name)}")
         for name, url in PEOPLE_URLS.items():
             click.echo(f"  {name:16} {url(cfg)}")
+        for name in stack.current():
+            click.echo(f"  {name + ' metrics':16} {stack.metrics_url(name) or 'off'}  (and /health)")
         click.echo(f"  state dir        {cfg.state_path}  (logs in {cfg.state_path / 'logs'})")
         click.echo(f"  workspace roots  {', '.join(roots)}")
         click.echo(

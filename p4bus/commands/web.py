@@ -8,7 +8,7 @@ import time
 
 import click
 
-from common import auth, lifecycle, logs
+from common import auth, lifecycle, logs, metrics
 from p4bus.cli import Ctx, UserError, configure_logging
 from p4bus.web.tokens import PEOPLE_ROLES, TokenError, TokenFile
 
@@ -33,7 +33,7 @@ def web(ctx: click.Context, web__bind: str | None) -> None:
     from p4bus.web.app import Web
 
     try:
-        app = Web(cfg, auth.for_service(cfg, "web", "web")).app()
+        dashboard = Web(cfg, auth.for_service(cfg, "web", "web"))
     except TokenError as exc:
         raise UserError(str(exc), 2) from None
     if host not in ("127.0.0.1", "localhost", "::1") and not cfg.web.cookie_secure:
@@ -49,8 +49,11 @@ def web(ctx: click.Context, web__bind: str | None) -> None:
         raise UserError(
             f"the dashboard cannot listen on {host}:{port}: {os.strerror(exc.errno or 0)} (set web.bind or --bind)"
         ) from None
+    metrics.serve(cfg, "web", dashboard.metrics)
     # Event streams never end by themselves: on SIGTERM they get 2 s, then are closed.
-    conf = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=2)
+    conf = uvicorn.Config(
+        dashboard.app(), log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=2
+    )
     server = uvicorn.Server(conf)
     server.run(sockets=[sock])
 

@@ -31,6 +31,7 @@ import tomli_w
 from common import auth, keys, roles
 from common import config as cfgmod
 from common.rpc import MasterClient, OrchestratorClient, RequestError
+from common.zmqutil import free_port
 
 # What `p4bus up` and `p4bus demo` start, in this order (each is a `p4bus SERVICE` command): the
 # bus, then its clients. A new service adds its name here, its key to LOCAL_KEYS, and, if it
@@ -124,6 +125,7 @@ class Stack:
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
         config_prefix: str = "p4bus",
+        free_metrics: bool = True,
     ) -> None:
         self.tree = tree
         self.config_dir = config_dir
@@ -137,6 +139,12 @@ class Stack:
         # at every start, so a restart runs where the map says now.
         self.placement: dict[str, tuple[str, ...]] = {}
         self._prefix = config_prefix
+        # Each service's metrics endpoint: with free_metrics, a free loopback port per name (kept
+        # across restarts) unless the settings name one, so that stacks side by side (tests,
+        # several agents in one stack) never meet on port_base's metrics ports; without, the
+        # settings' own (`p4bus up`: ports an operator can point Prometheus at).
+        self.free_metrics = free_metrics
+        self.metrics_urls: dict[str, str] = {}
         self._files = 0
         self._last_file: tuple[dict[str, Any], Path] | None = None
 
@@ -201,7 +209,7 @@ class Stack:
 
     def _spawn(self, launch: Launch) -> ServiceProc:
         self.ensure_keys(launch.extra, agent=launch.service == "agent")
-        config = self.config_file(launch.extra)
+        config = self.config_file(self._with_metrics(launch))
         env = {k: v for k, v in os.environ.items() if not k.startswith(cfgmod.ENV_PREFIX)}
         env.update(self.env)
         env.update(launch.env)
@@ -215,6 +223,22 @@ class Stack:
         proc = ServiceProc(launch, argv, log, env, self.cwd)
         self.procs.append(proc)
         return proc
+
+    def _with_metrics(self, launch: Launch) -> Mapping[str, Any]:
+        """The launch's extra settings, with the service's metrics endpoint added if the stack
+        chooses it (free_metrics) and the settings do not."""
+        service = launch.service
+        if not self.free_metrics or service not in cfgmod.METRICS_PORT_OFFSETS:
+            return launch.extra
+        if self.settings(launch.extra).get(service, {}).get("metrics"):
+            return launch.extra
+        url = self.metrics_urls.setdefault(launch.name, f"http://127.0.0.1:{free_port()}/")
+        return cfgmod.deep_merge({service: {"metrics": url}}, launch.extra)
+
+    def metrics_url(self, name: str) -> str | None:
+        """Where the service started as ``name`` serves its metrics and /health (None: off)."""
+        launch = self.proc(name).launch
+        return self.metrics_urls.get(name) or self.config(launch.extra).metrics_url(launch.service)
 
     def proc(self, name: str) -> ServiceProc:
         """The most recent process started under ``name``."""

@@ -10,11 +10,12 @@ import time
 import zmq
 
 from broker.client import ReplayError, ReplayTimeout
-from common import auth, lifecycle, logs
+from common import auth, ids, lifecycle, logs, metrics
 from common import protocol as P
 from common.auth import Security
 from common.config import Config, read_password_file
 from p4bus.notify import backoff, message, rules
+from p4bus.notify.metrics import NotifyMetrics
 from p4bus.notify.outbox import Outbox
 from p4bus.notify.senders import sender
 from p4bus.notify.source import JobEvents
@@ -30,7 +31,9 @@ PRUNE_EVERY_S = 3600.0
 def main(cfg: Config) -> None:
     check(cfg)
     security = auth.for_service(cfg, "notify", "notify")
-    Notifier(cfg, security, lifecycle.stop_on_signals()).run()
+    notifier = Notifier(cfg, security, lifecycle.stop_on_signals())
+    metrics.serve(cfg, "notify", notifier.metrics)
+    notifier.run()
 
 
 def check(cfg: Config) -> None:
@@ -55,6 +58,7 @@ class Notifier:
             name: Worker(name, sender(rcv), self.path, stop, cfg.notify.retry_initial_s, cfg.notify.retry_max_s)
             for name, rcv in cfg.notify.receivers.items()
         }
+        self.metrics = NotifyMetrics(f"notify-{ids.host_id()}", self.workers)
 
     def run(self) -> None:
         outbox = Outbox(self.path)
@@ -83,6 +87,7 @@ class Notifier:
         failures = 0
         pruned = 0.0
         while not self.stop.is_set():
+            self.metrics.health.tick()
             try:
                 if cursor is None:
                     cursor = self._start_cursor(outbox, source)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,6 +42,7 @@ class Worker(threading.Thread):
         self.retry = (retry_initial_s, retry_max_s)
         self.jitter = jitter
         self.error: Exception | None = None
+        self.counts: Counter[str] = Counter()  # sent, failed, rejected (p4bus/notify/metrics.py)
 
     def run(self) -> None:
         try:
@@ -68,6 +70,7 @@ class Worker(threading.Thread):
                     self.send(pending.notice)
                 except Rejected as exc:
                     outbox.done(self.receiver, pending.key, REJECTED, str(exc))
+                    self.counts["rejected"] += 1
                     log.error(
                         "notify.rejected",
                         receiver=self.receiver,
@@ -81,6 +84,7 @@ class Worker(threading.Thread):
                     failures += 1
                     error = f"{type(exc).__name__}: {exc}"
                     outbox.failed(self.receiver, pending.key, error)
+                    self.counts["failed"] += 1
                     wait = backoff.delay_s(failures, *self.retry, self.jitter())
                     log.warning(
                         "notify.retry",
@@ -94,6 +98,7 @@ class Worker(threading.Thread):
                     self.stop.wait(wait)  # not woken by new notices: the receiver is down
                     continue
                 outbox.done(self.receiver, pending.key)
+                self.counts["sent"] += 1
                 failures = 0
                 log.info(
                     "notify.sent",

@@ -24,12 +24,14 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from common import ids
 from common import protocol as P
 from common.auth import Security
 from common.config import Config
 from common.rpc import RequestError
 from p4bus.web import views
 from p4bus.web.bus import Bus, BusWatch, Feeds
+from p4bus.web.metrics import WebMetrics
 from p4bus.web.people import COOKIE, People, Session, csrf_ok
 from p4bus.web.streams import Streams
 from p4bus.web.tokens import TokenFile
@@ -52,6 +54,7 @@ class Web:
         )
         self.templates.globals.update(age=views.age, duration=views.duration, when=views.when)
         self.streams: Streams | None = None  # made when the event loop runs
+        self.metrics = WebMetrics(f"web-{ids.host_id()}")
 
     # ------------------------------------------------------------------ plumbing
     def app(self) -> Starlette:
@@ -98,11 +101,13 @@ class Web:
         feeds = Feeds(self.cfg, self.security, loop)
         self.streams = Streams(self.bus, feeds, watch)
         reaper = asyncio.create_task(self._reap(feeds))
+        ticker = asyncio.create_task(self.metrics.ticker())
         log.info("web.ready", url=self.cfg.web_url(), orchestrator=self.cfg.endpoint("orchestrator_api"))
         try:
             yield
         finally:
             reaper.cancel()
+            ticker.cancel()
             watch.stopping.set()
             feeds.stop()
 

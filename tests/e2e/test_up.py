@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +25,8 @@ class Up:
 
     def __init__(self, tmp: Path) -> None:
         self.state = tmp / "state"
-        self.port_base = free_port_base(7)  # the bus's six and the dashboard's
+        # The bus's six, the dashboard's and the services' metrics (port_base + 7 ... + 12).
+        self.port_base = free_port_base(13)
         self.err = tmp / "up.err"
         self.out = tmp / "up.out"
         env = {k: v for k, v in os.environ.items() if not k.startswith("P4BUS_")}
@@ -82,6 +86,14 @@ class Up:
             self.proc.wait()
 
 
+def health_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "health", timeout=2) as r:
+            return bool(json.load(r)["status"] == "ok")
+    except OSError:
+        return False
+
+
 @pytest.fixture
 def up(tmp_path: Path) -> Iterator[Up]:
     u = Up(tmp_path)
@@ -92,6 +104,12 @@ def up(tmp_path: Path) -> Iterator[Up]:
 def test_a_killed_master_and_agent_come_back_and_run_works_again(up: Up) -> None:
     wait_for(lambda: "p4bus is up" in up.out.read_text() or up.proc.poll() is not None, 60, "p4bus up")
     assert up.proc.poll() is None, up.said()
+    # Each service's metrics URL is printed (on port_base's metrics ports) and answers /health.
+    urls = dict(re.findall(r"(\w+) metrics\s+(http://\S+)", up.out.read_text()))
+    assert sorted(urls) == ["agent", "broker", "master", "orchestrator", "web"], up.out.read_text()
+    assert urls["broker"] == f"http://127.0.0.1:{up.port_base + 7}/"
+    for url in urls.values():
+        wait_for(lambda u=url: health_ok(u), 20, f"{url}health to say ok")
     first = {s: up.service_pid(s) for s in ("master", "agent")}
     before = up.run("echo", "before")
     assert before.stdout == "before\n", before.stderr

@@ -7,6 +7,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -17,7 +18,7 @@ from p4bus.harness import netns
 from tests.conftest import wait_for
 from tests.e2e.test_cli_jobs import _sections, streams
 from tests.e2e.test_reliability import _assert_each_command_ran_once
-from tests.netns.conftest import NetJobs, spread_over_hosts
+from tests.netns.conftest import CORE, NetJobs, spread_over_hosts
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -51,9 +52,14 @@ def test_services_listen_on_the_bus_hosts_address_and_a_job_runs_across_hosts(ho
     hosts.workspace("ws1", "clean")
     hosts.start()
     bus = net["bus"].address
-    # Exactly the six endpoints, on the bus host's own address: nothing on loopback or 0.0.0.0.
-    assert net.listening("bus") == {f"{bus}:{hosts.stack.port_base + off}" for off in PORT_OFFSETS.values()}
-    assert net.listening("agent") == set()
+    # Exactly the six endpoints, on the bus host's own address, nothing on 0.0.0.0; on loopback
+    # only each service's metrics endpoint (unauthenticated HTTP: docs/security.md).
+    metrics = {
+        name: f"127.0.0.1:{urlsplit(hosts.stack.metrics_url(name) or '').port}" for name in hosts.stack.current()
+    }
+    on_bus = {f"{bus}:{hosts.stack.port_base + off}" for off in PORT_OFFSETS.values()}
+    assert net.listening("bus") == on_bus | {metrics[name] for name in CORE}
+    assert net.listening("agent") == {metrics[name] for name in hosts.stack.current() if name not in CORE}
     # The agent reaches the master and the broker from its own address.
     established = net.run("agent", "ss", "-Htn", "state", "established").stdout.split()
     for name in ("master_agents", "broker_xsub"):
