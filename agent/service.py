@@ -15,7 +15,7 @@ def main(cfg: Config) -> None:
     try:
         agent = Agent(cfg)
     except zmq.ZMQError as exc:
-        raise ConfigError(f"agent endpoints {cfg.agent_masters()} / {cfg.agent_broker()}: {exc}") from None
+        raise ConfigError(f"agent endpoints {cfg.agent_masters()} / {cfg.agent_brokers()}: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"agent spool directory: {exc}") from None
     # Signals only set a flag; the wake-up fd interrupts the poll so the loop notices at once.

@@ -35,7 +35,19 @@ Splice algorithm (``history_then_live``), for any subscriber that wants "everyth
    journalled), or the broker did not answer -- is handed to ``on_missing`` as a Gap
    (publisher, source, kind, epoch, seq range) with the reason, and the stream goes on.
 
-Events come out once each and in broker order. Under a prefix that covers whole kinds nothing
+8. Several brokers (every publisher sends each event to each): one SUB and one replay client
+   per broker, each with its own cursors and confirmations (1-3 per broker), one dedup state
+   for all (4). A seq at or below the highest yielded is then not always a copy: one broker may
+   have dropped seq 5 and delivered 6 before the other's 5 arrives. So holes are kept (a
+   bounded set per key, common/sequence.py) and a late copy fills one exactly once. A live hole
+   triggers a catch-up from every broker's journal; what none had stays open for HOLE_GRACE_S
+   (the other broker's live copy may be a little behind) and is reported at the publisher's
+   next beacon, after one more catch-up from all. A broker that does not answer is skipped
+   (with the reason kept for what stays missing) until its SUB delivers again, when it is
+   caught up from its own cursors; only no broker answering at the start is an error.
+
+Events come out once each and in broker order (with several brokers, each key's events in seq
+order except for the late copies that fill holes). Under a prefix that covers whole kinds nothing
 is lost silently: every loss is repaired or reported within a beacon interval of the reader
 reading again. Only a publisher that dies takes the knowledge of its unsent tail with it (its
 restart is a new epoch, and 5 fetches whatever of the old one the journal has).
@@ -44,7 +56,7 @@ restart is a new epoch, and 5 fetches whatever of the old one the journal has).
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import TypeVar
 
 import zmq
@@ -61,6 +73,10 @@ IDLE_MAX_S = 2.0
 # no deep queue of its own, only enough to ride out short stalls without a catch-up: the common
 # 200,000 (limits.EVENT_HWM) would let a stalled `p4bus events` of 256 KiB log chunks hold 50 GB.
 SPLICE_RCVHWM = 10_000
+# With several brokers, a hole one broker's stream shows is reported lost only after it stayed
+# open this long and a beacon of its publisher then triggered a repair from every journal: the
+# other broker's copy of the missing events may be a little behind.
+HOLE_GRACE_S = 1.0
 # A replay "after" no id can exceed (SQLite's largest integer): an empty page carrying head_id.
 _BEYOND_HEAD = (1 << 63) - 1
 
@@ -141,8 +157,8 @@ class ReplayClient:
     @staticmethod
     def history_then_live(
         ctx: zmq.Context,
-        xpub_endpoint: str,
-        replay_endpoint: str,
+        xpub_endpoint: str | Sequence[str],
+        replay_endpoint: str | Sequence[str],
         security: Security | None,
         prefixes: Iterable[str] = ("",),
         since_ts: float = 0.0,
@@ -155,32 +171,45 @@ class ReplayClient:
         with its authenticated publisher. A loss that cannot be repaired is handed to
         ``on_missing`` (default: logged) and the stream goes on.
 
+        Several brokers (lists of xpub and replay endpoints, in the same order): every one is
+        read, each event comes out once (module docstring, "Several brokers"); only when none
+        answers at the start is that the caller's error.
+
         Runs until the caller stops iterating (``close()`` the generator to release sockets).
         """
-        splice = _Splice(
-            ReplayClient(ctx, replay_endpoint, security, timeout_s),
-            normalize_prefixes(prefixes),
-            since_ts,
-            on_missing or _log_missing,
-        )
-        sub = zmqutil.sub(ctx, xpub_endpoint, security, splice.subscriptions(), rcvhwm)
+        xpubs = [xpub_endpoint] if isinstance(xpub_endpoint, str) else list(xpub_endpoint)
+        replays = [replay_endpoint] if isinstance(replay_endpoint, str) else list(replay_endpoint)
+        if not xpubs or len(xpubs) != len(replays):
+            raise ValueError(f"history_then_live needs one replay endpoint per xpub ({xpubs} / {replays})")
+        splice = _Splice(normalize_prefixes(prefixes), since_ts, on_missing or _log_missing, several=len(xpubs) > 1)
+        poller = zmq.Poller()
         try:
-            yield from splice.catch_up()  # a broker that does not answer here is the caller's error
+            for xpub, replay in zip(xpubs, replays, strict=True):
+                b = _Broker(replay, ReplayClient(ctx, replay, security, timeout_s), splice.prefixes)
+                splice.brokers.append(b)
+                b.sub = zmqutil.sub(ctx, xpub, security, splice.subscriptions(), rcvhwm)
+                poller.register(b.sub, zmq.POLLIN)
+            yield from splice.start()  # no broker answering here is the caller's error
+            by_sock = {b.sub: b for b in splice.brokers}
             wait_s = idle_s
             while True:
-                if not sub.poll(int(wait_s * 1000)):
-                    if splice.unconfirmed:
+                ready = poller.poll(int(wait_s * 1000))
+                if not ready:
+                    if splice.waiting():
                         yield from splice.repair()
                         wait_s = min(wait_s * 2, IDLE_MAX_S)
                     continue
-                try:
-                    got = protocol.decode_delivered(sub.recv_multipart())
-                except protocol.ProtocolError:
-                    continue  # the broker drops malformed events; nothing else can send here
-                yield from splice.live(got)
+                for sock, _ in ready:
+                    try:
+                        got = protocol.decode_delivered(sock.recv_multipart())
+                    except protocol.ProtocolError:
+                        continue  # the broker drops malformed events; nothing else can send here
+                    yield from splice.live(by_sock[sock], got)
         finally:
-            sub.close()
-            splice.client.close()
+            for b in splice.brokers:
+                if b.sub is not None:
+                    b.sub.close()
+                b.client.close()
 
 
 history_then_live = ReplayClient.history_then_live
@@ -215,21 +244,47 @@ def normalize_prefixes(prefixes: Iterable[str]) -> list[str]:
 _BEACONS = topics.BEACON + "."
 
 
-class _Splice:
-    """State of one history_then_live: per-prefix journal cursors, and what was yielded per
-    (publisher, source, kind, epoch) -- the dedup high-water marks and the holes."""
+class _Broker:
+    """One broker as a spliced reader sees it: its replay client and live SUB, a journal cursor
+    per prefix, the prefixes whose subscription it has not confirmed yet, and whether it failed
+    to answer (then it is skipped until it delivers a live event again)."""
 
-    def __init__(self, client: ReplayClient, prefixes: list[str], since_ts: float, on_missing: OnMissing) -> None:
+    def __init__(self, name: str, client: ReplayClient, prefixes: list[str]) -> None:
+        self.name = name
         self.client = client
+        self.sub: zmq.Socket | None = None
+        self.cursor = dict.fromkeys(prefixes, 0)
+        self.unconfirmed = set(prefixes)  # no live event seen yet: subscription maybe not active
+        self.down = ""  # why it last failed to answer; "" while it answers
+
+    def confirm(self, topic: str) -> bool:
+        """The first live event of an unconfirmed prefix (or of a broker that was down): its
+        subscription is active now, and what the journal got meanwhile must be read first."""
+        revived = bool(self.down)
+        self.down = ""
+        for p in self.unconfirmed:
+            if topic.startswith(p):
+                self.unconfirmed.discard(p)
+                return True
+        return revived
+
+
+class _Splice:
+    """State of one history_then_live: its brokers, and what was yielded per (publisher,
+    source, kind, epoch) -- the dedup high-water marks and, with several brokers, the holes a
+    copy from another broker may still fill."""
+
+    def __init__(self, prefixes: list[str], since_ts: float, on_missing: OnMissing, several: bool = False) -> None:
+        self.brokers: list[_Broker] = []
         self.prefixes = prefixes
         self.since_ts = since_ts
         self.on_missing = on_missing
-        self.cursor = dict.fromkeys(prefixes, 0)
-        self.unconfirmed = set(prefixes)  # no live event seen yet: subscription maybe not active
-        self.gaps = GapDetector()
+        self.several = several
+        self.gaps = GapDetector(keep_holes=several)
         # Beacons are printed only to a reader who names them; "" wants history, not bookkeeping.
         self.show_beacons = any(p and (_BEACONS.startswith(p) or p.startswith(_BEACONS)) for p in prefixes)
-        # Why the last repair failed ("" when it did not): the reason given for what it left missing.
+        # Why the last repair could not ask every broker ("" when it could): the reason given
+        # for what it left missing.
         self.unreachable = ""
 
     def subscriptions(self) -> list[str]:
@@ -245,8 +300,29 @@ class _Splice:
         they are not journalled, so a lost one is neither repairable nor news."""
         return kind != topics.BEACON and any((kind + ".").startswith(p) for p in self.prefixes)
 
-    def catch_up(self) -> Iterator[protocol.Delivered]:
-        """Yield new journalled events after the cursors, all prefixes merged in journal order.
+    def start(self) -> Iterator[protocol.Delivered]:
+        """The history of every broker. One broker that does not answer is the caller's error;
+        of several, only all of them not answering is (a dead one is read again once it is back)."""
+        failed: ReplayError | ReplayTimeout | None = None
+        for b in self.brokers:
+            try:
+                yield from self.catch_up(b)
+            except (ReplayError, ReplayTimeout) as exc:
+                if not self.several:
+                    raise
+                failed = exc
+                b.down = str(exc)
+                log.warning("broker.unavailable", broker=b.name, error=str(exc))
+        if failed is not None and all(b.down for b in self.brokers):
+            raise failed
+
+    def waiting(self) -> bool:
+        """A broker that answers has a subscription not confirmed yet: catch up while idle."""
+        return any(b.unconfirmed and not b.down for b in self.brokers)
+
+    def catch_up(self, b: _Broker) -> Iterator[protocol.Delivered]:
+        """Yield new journalled events of broker ``b`` after its cursors, all prefixes merged in
+        journal order.
 
         Every prefix is read up to one horizon, the journal head when the catch-up starts; else
         a prefix read later could yield an event newer than ones another prefix still lacks.
@@ -254,10 +330,10 @@ class _Splice:
         meanwhile come again and are dropped as duplicates): a page read ahead by the merge but
         not yet yielded must not be skipped.
         """
-        before = dict(self.cursor)
+        before = dict(b.cursor)
         try:
-            horizon = self.client.page(self.prefixes[0], after=_BEYOND_HEAD).head_id
-            for _id, topic, body, publisher in heapq.merge(*(self._stream(p, horizon) for p in self.prefixes)):
+            horizon = b.client.page(self.prefixes[0], after=_BEYOND_HEAD).head_id
+            for _id, topic, body, publisher in heapq.merge(*(self._stream(b, p, horizon) for p in self.prefixes)):
                 try:
                     got = protocol.decode_delivered([topic.encode(), body, publisher.encode()])
                 except protocol.ProtocolError:
@@ -265,37 +341,40 @@ class _Splice:
                 if self.admit(got):
                     yield got
         except (ReplayError, ReplayTimeout):
-            self.cursor = before
+            b.cursor = before
             raise
 
-    def repair(self) -> Iterator[protocol.Delivered]:
-        """A catch-up after the start: if the broker cannot be asked, remember why (what stays
-        missing is reported with that reason) and carry on with the live stream."""
+    def repair(self, only: _Broker | None = None) -> Iterator[protocol.Delivered]:
+        """A catch-up after the start, from ``only`` or from every broker that answers: if one
+        cannot be asked, remember why (what stays missing is reported with that reason), skip it
+        until it delivers again, and carry on with the others and the live stream."""
         self.unreachable = ""
-        try:
-            yield from self.catch_up()
-        except (ReplayError, ReplayTimeout) as exc:
-            self.unreachable = f"the broker's journal could not be asked ({exc})"
+        for b in [only] if only is not None else self.brokers:
+            if b.down and only is None:
+                continue
+            try:
+                yield from self.catch_up(b)
+            except (ReplayError, ReplayTimeout) as exc:
+                b.down = str(exc)
+                if self.several:
+                    log.warning("broker.unavailable", broker=b.name, error=str(exc))
+        down = [b for b in self.brokers if b.down]
+        if down:
+            self.unreachable = "; ".join(f"the broker's journal could not be asked ({b.down})" for b in down)
 
-    def live(self, got: protocol.Delivered) -> Iterator[protocol.Delivered]:
-        """One live event: repair first whatever it shows was missed, then yield it if new."""
+    def live(self, b: _Broker, got: protocol.Delivered) -> Iterator[protocol.Delivered]:
+        """One live event from broker ``b``: repair first whatever it shows was missed, then
+        yield it if new."""
         ev = got.event
-        confirming = self._confirm(ev.topic)
+        confirming = b.confirm(ev.topic)
         if isinstance(ev, protocol.Beacon):
-            yield from self._beacon(got, confirming)
+            yield from self._beacon(b, got, confirming)
             return
-        if confirming or self._shows_loss(got):
-            yield from self.repair()
+        loss = self._shows_loss(got)
+        if loss or confirming:
+            yield from self.repair(None if loss else b)
         if self.admit(got):
             yield got
-
-    def _confirm(self, topic: str) -> bool:
-        """The first live event of an unconfirmed prefix: its subscription is active now."""
-        for p in self.unconfirmed:
-            if topic.startswith(p):
-                self.unconfirmed.discard(p)
-                return True
-        return False
 
     def _shows_loss(self, got: protocol.Delivered) -> bool:
         """A hole before this event, or the first event of a publisher's new run (its previous
@@ -309,27 +388,37 @@ class _Splice:
         runs = self.gaps.seen.get((publisher, ev.source, kind), {})
         return bool(runs) and ev.epoch not in runs
 
-    def _beacon(self, got: protocol.Delivered, confirming: bool) -> Iterator[protocol.Delivered]:
+    def _beacon(self, b: _Broker, got: protocol.Delivered, confirming: bool) -> Iterator[protocol.Delivered]:
         """A publisher's last seq per kind: a tail we lack is repaired from the journal; what the
         journal lacks too is reported. A kind never seen from this run is taken as the starting
-        point once the journal has been asked (the reader may have started after it)."""
+        point once the journal has been asked (the reader may have started after it). With
+        several brokers, so are the holes that stayed open for HOLE_GRACE_S: no broker's live
+        stream or journal filled them."""
         beacon, publisher = got
         assert isinstance(beacon, protocol.Beacon)
         last = {kind: seq for kind, seq in beacon.last.items() if self.covers(kind)}
         gaps, unseen = self.gaps.behind(publisher, beacon.source, beacon.epoch, last)
-        if gaps or unseen or confirming:
+        if confirming:
+            yield from self.repair(b)
+        if gaps or unseen or self._due(publisher, beacon.source, beacon.epoch, last):
             yield from self.repair()
             gaps, unseen = self.gaps.behind(publisher, beacon.source, beacon.epoch, last)
-        for gap in gaps:
+        for gap in [*self._due(publisher, beacon.source, beacon.epoch, last), *gaps]:
             self.on_missing(gap, self.unreachable or JOURNAL_LACKS)
+            self.gaps.give_up(gap)
         for kind, seq in last.items():
             self.gaps.skip_to(publisher, beacon.source, kind, beacon.epoch, seq)
         if self.show_beacons:
             yield got
 
-    def _stream(self, prefix: str, horizon: int) -> Iterator[tuple[int, str, bytes, str]]:
-        while self.cursor[prefix] < horizon:
-            page = self.client.page(prefix, self.cursor[prefix], self.since_ts)
+    def _due(self, publisher: str, source: str, epoch: str, kinds: Iterable[str]) -> list[Gap]:
+        """Holes of those kinds open for HOLE_GRACE_S (only kept with several brokers)."""
+        before = self.gaps.clock() - HOLE_GRACE_S
+        return [h for kind in kinds for h in self.gaps.holes(publisher, source, kind, epoch, opened_before=before)]
+
+    def _stream(self, b: _Broker, prefix: str, horizon: int) -> Iterator[tuple[int, str, bytes, str]]:
+        while b.cursor[prefix] < horizon:
+            page = b.client.page(prefix, b.cursor[prefix], self.since_ts)
             # A broker that predates publishers sends none: "", as on an insecure bus.
             publishers = page.publishers or [""] * len(page.events)
             if len(publishers) != len(page.events):
@@ -337,17 +426,19 @@ class _Splice:
                     "bad_reply",
                     f"replay page has {len(page.events)} events but {len(publishers)} publishers",
                 )
-            yield from ((i, t, b, p) for (i, t, b), p in zip(page.events, publishers, strict=True) if i <= horizon)
+            yield from ((i, t, b_, p) for (i, t, b_), p in zip(page.events, publishers, strict=True) if i <= horizon)
             # At the end, nothing of this prefix lies between last_id and head_id (one snapshot).
-            self.cursor[prefix] = min(horizon, page.last_id if page.more else max(page.last_id, page.head_id))
+            b.cursor[prefix] = min(horizon, page.last_id if page.more else max(page.last_id, page.head_id))
             if not page.more:
                 return
 
     def admit(self, got: protocol.Delivered) -> bool:
         """True (and remembered) if the event was not yielded before. A hole it leaves behind
-        under a prefix that covers its kind was repaired as far as it could be: report the rest."""
+        under a prefix that covers its kind was repaired as far as it could be: with one broker,
+        report the rest now; with several, another broker's copy may still be on its way, so
+        the hole stays open until a beacon finds it still open after HOLE_GRACE_S."""
         ev, publisher = got
         is_new, gap, _restarted = self.gaps.observe(ev.source, ev.topic, ev.epoch, ev.seq, publisher)
-        if gap is not None and self.covers(gap.kind):
+        if gap is not None and self.covers(gap.kind) and not self.several:
             self.on_missing(gap, self.unreachable or JOURNAL_LACKS)
         return is_new

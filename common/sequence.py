@@ -57,10 +57,10 @@ MAX_HOLES = 10_000
 @dataclass
 class _Run:
     """One (publisher, source, kind, epoch): the highest seq seen and, when holes are kept, the
-    ranges below it not seen yet as [first, last, opened_at], sorted and disjoint."""
+    ranges below it not seen yet as (first, last, opened_at), sorted and disjoint."""
 
     top: int
-    holes: list[list[float]] = field(default_factory=list)
+    holes: list[tuple[int, int, float]] = field(default_factory=list)
 
     def fill(self, seq: int) -> bool:
         """Take ``seq`` out of the hole that holds it; False if no hole does (seen before)."""
@@ -68,7 +68,7 @@ class _Run:
         if i < 0 or seq > self.holes[i][1]:
             return False
         first, last, opened = self.holes[i]
-        pieces = [[a, b, opened] for a, b in ((first, seq - 1), (seq + 1, last)) if a <= b]
+        pieces = [(a, b, opened) for a, b in ((first, seq - 1), (seq + 1, last)) if a <= b]
         self.holes[i : i + 1] = pieces
         return True
 
@@ -129,7 +129,7 @@ class GapDetector:
             return (self.keep_holes and run.fill(seq)), None, False
         gap = Gap(publisher, source, kind, epoch, run.top + 1, seq - 1) if seq > run.top + 1 else None
         if gap is not None and self.keep_holes:
-            run.holes.append([gap.first_missing, gap.last_missing, self.clock()])
+            run.holes.append((gap.first_missing, gap.last_missing, self.clock()))
             if len(run.holes) > MAX_HOLES:
                 del run.holes[0]
         run.top = seq
@@ -143,7 +143,7 @@ class GapDetector:
         if run is None:
             return []
         return [
-            Gap(publisher, source, kind, epoch, int(a), int(b))
+            Gap(publisher, source, kind, epoch, a, b)
             for a, b, opened in run.holes
             if opened_before is None or opened < opened_before
         ]
@@ -153,12 +153,14 @@ class GapDetector:
         run = self.seen.get((gap.publisher, gap.source, gap.kind), {}).get(gap.epoch)
         if run is None:
             return
-        kept: list[list[float]] = []
+        kept: list[tuple[int, int, float]] = []
         for first, last, opened in run.holes:
             if last < gap.first_missing or first > gap.last_missing:
-                kept.append([first, last, opened])
+                kept.append((first, last, opened))
                 continue
-            kept += [[x, y, opened] for x, y in ((first, gap.first_missing - 1), (gap.last_missing + 1, last)) if x <= y]
+            kept += [
+                (x, y, opened) for x, y in ((first, gap.first_missing - 1), (gap.last_missing + 1, last)) if x <= y
+            ]
         run.holes = kept
 
     def behind(self, publisher: str, source: str, epoch: str, last: dict[str, int]) -> tuple[list[Gap], list[str]]:
