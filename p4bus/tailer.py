@@ -74,8 +74,8 @@ class _Pump(threading.Thread):
     def run(self) -> None:
         stream = history_then_live(
             self.ctx,
-            self.cfg.endpoint("broker_xpub"),
-            self.cfg.endpoint("broker_replay"),
+            self.cfg.broker_xpubs(),
+            self.cfg.broker_replays(),
             self.security,
             self.prefixes,
         )
