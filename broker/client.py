@@ -56,6 +56,7 @@ restart is a new epoch, and 5 fetches whatever of the old one the journal has).
 from __future__ import annotations
 
 import heapq
+import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import TypeVar
 
@@ -77,6 +78,10 @@ SPLICE_RCVHWM = 10_000
 # open this long and a beacon of its publisher then triggered a repair from every journal: the
 # other broker's copy of the missing events may be a little behind.
 HOLE_GRACE_S = 1.0
+# With several brokers: how long the start waits for each to answer a ping (all at once), and
+# how long one found down is left alone before a live event from it brings it back.
+PROBE_S = 2.0
+RETRY_DOWN_S = 5.0
 # A replay "after" no id can exceed (SQLite's largest integer): an empty page carrying head_id.
 _BEYOND_HEAD = (1 << 63) - 1
 
@@ -244,6 +249,30 @@ def normalize_prefixes(prefixes: Iterable[str]) -> list[str]:
 _BEACONS = topics.BEACON + "."
 
 
+def _probe(brokers: list[_Broker], timeout_s: float) -> dict[_Broker, str]:
+    """Ping every broker at once; those that do not answer within ``timeout_s``, and why."""
+    waiting: dict[zmq.Socket, tuple[_Broker, str]] = {}
+    for b in brokers:
+        req_id = ids.new_id()
+        b.client.sock.send(protocol.encode(protocol.Ping(req_id=req_id)))
+        waiting[b.client.sock] = (b, req_id)
+    poller = zmq.Poller()
+    for sock in waiting:
+        poller.register(sock, zmq.POLLIN)
+    deadline = time.monotonic() + timeout_s
+    while waiting and (left := deadline - time.monotonic()) > 0:
+        for sock, _ in poller.poll(int(left * 1000) + 1):
+            b, req_id = waiting[sock]
+            try:
+                reply = protocol.decode(sock.recv(), protocol.Reply)
+            except protocol.ProtocolError:
+                continue
+            if reply.req_id == req_id:
+                poller.unregister(sock)
+                del waiting[sock]
+    return {b: f"no answer from the broker's replay endpoint {b.name} within {timeout_s}s" for b, _ in waiting.values()}
+
+
 class _Broker:
     """One broker as a spliced reader sees it: its replay client and live SUB, a journal cursor
     per prefix, the prefixes whose subscription it has not confirmed yet, and whether it failed
@@ -256,17 +285,29 @@ class _Broker:
         self.cursor = dict.fromkeys(prefixes, 0)
         self.unconfirmed = set(prefixes)  # no live event seen yet: subscription maybe not active
         self.down = ""  # why it last failed to answer; "" while it answers
+        self.down_at = 0.0  # monotonic time it was found down
+
+    def mark_down(self, why: str) -> None:
+        if not self.down:
+            log.warning("broker.unavailable", broker=self.name, error=why)
+        self.down = why
+        self.down_at = time.monotonic()
 
     def confirm(self, topic: str) -> bool:
-        """The first live event of an unconfirmed prefix (or of a broker that was down): its
-        subscription is active now, and what the journal got meanwhile must be read first."""
-        revived = bool(self.down)
-        self.down = ""
+        """The first live event of an unconfirmed prefix (or of a broker that was down, once
+        RETRY_DOWN_S has passed, so a broker too slow to answer costs a timeout that often at
+        most): its subscription is active now, and what the journal got meanwhile must be read
+        first."""
+        if self.down:
+            if time.monotonic() - self.down_at < RETRY_DOWN_S:
+                return False  # its live events still count; its journal is asked again later
+            self.down = ""
+            return True
         for p in self.unconfirmed:
             if topic.startswith(p):
                 self.unconfirmed.discard(p)
                 return True
-        return revived
+        return False
 
 
 class _Splice:
@@ -302,17 +343,23 @@ class _Splice:
 
     def start(self) -> Iterator[protocol.Delivered]:
         """The history of every broker. One broker that does not answer is the caller's error;
-        of several, only all of them not answering is (a dead one is read again once it is back)."""
+        of several, only all of them not answering is (a dead one is read again once it is back).
+        Several are pinged at once first, so a dead one costs PROBE_S, not a replay timeout."""
         failed: ReplayError | ReplayTimeout | None = None
+        if self.several:
+            for b, why in _probe(self.brokers, PROBE_S).items():
+                b.mark_down(why)
         for b in self.brokers:
+            if b.down:
+                failed = ReplayTimeout(b.down)
+                continue
             try:
                 yield from self.catch_up(b)
             except (ReplayError, ReplayTimeout) as exc:
                 if not self.several:
                     raise
                 failed = exc
-                b.down = str(exc)
-                log.warning("broker.unavailable", broker=b.name, error=str(exc))
+                b.mark_down(str(exc))
         if failed is not None and all(b.down for b in self.brokers):
             raise failed
 
@@ -355,9 +402,7 @@ class _Splice:
             try:
                 yield from self.catch_up(b)
             except (ReplayError, ReplayTimeout) as exc:
-                b.down = str(exc)
-                if self.several:
-                    log.warning("broker.unavailable", broker=b.name, error=str(exc))
+                b.mark_down(str(exc))
         down = [b for b in self.brokers if b.down]
         if down:
             self.unreachable = "; ".join(f"the broker's journal could not be asked ({b.down})" for b in down)

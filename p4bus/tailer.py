@@ -141,6 +141,9 @@ class JobTail:
         self.broken: set[str] = set()  # commands whose spool could not fill a gap
         self.ignored: set[str] = set()  # keys whose events about this job's commands were ignored
         self.orch_silent = False  # said once that the orchestrator does not answer
+        # Output read from the agents' spools because no broker delivered it: said at the end,
+        # so a lossy bus (or a dead broker whose twin should have had it) shows.
+        self.spool_bytes = 0
         self.since = after.updated_at if after else 0.0
         self.old = {r.cmd_id for r in after.timeline if r.state in _ENDED_RUNS} if after else set()
 
@@ -174,6 +177,8 @@ class JobTail:
                     return view
         finally:
             pump.stop()
+            if self.spool_bytes:
+                _warn(f"{self.spool_bytes} bytes of output were read from the agents' spools (the bus lacked them)")
 
     def _handle(self, pump: _Pump, batch: list[P.Delivered | None], until: tuple[str, ...]) -> P.JobView | None:
         for got in batch:
@@ -315,6 +320,7 @@ class JobTail:
     def _fetch(self, cmd_id: str, stream: int, offset: int, size: int) -> tuple[bytes, int]:
         run = self._run(cmd_id)
         r = self.masters.fetch(cmd_id, stream, offset, size, agent=run.agent if run and run.agent else None)
+        self.spool_bytes += len(r.data)
         return r.data, r.total
 
     def _finish(self, cmd_id: str, status: P.CmdStatus) -> None:
