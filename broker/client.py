@@ -171,6 +171,7 @@ class ReplayClient:
         timeout_s: float = 10.0,
         on_missing: OnMissing | None = None,
         rcvhwm: int = SPLICE_RCVHWM,
+        on_down: OnDown | None = None,
     ) -> Generator[protocol.Delivered, None, None]:
         """Journal history, then live events, without gap or duplicate (module docstring), each
         with its authenticated publisher. A loss that cannot be repaired is handed to
@@ -178,7 +179,8 @@ class ReplayClient:
 
         Several brokers (lists of xpub and replay endpoints, in the same order): every one is
         read, each event comes out once (module docstring, "Several brokers"); only when none
-        answers at the start is that the caller's error.
+        answers at the start is that the caller's error. One that stops answering is handed to
+        ``on_down`` (endpoint, why; default: logged) and the others carry on.
 
         Runs until the caller stops iterating (``close()`` the generator to release sockets).
         """
@@ -186,7 +188,9 @@ class ReplayClient:
         replays = [replay_endpoint] if isinstance(replay_endpoint, str) else list(replay_endpoint)
         if not xpubs or len(xpubs) != len(replays):
             raise ValueError(f"history_then_live needs one replay endpoint per xpub ({xpubs} / {replays})")
-        splice = _Splice(normalize_prefixes(prefixes), since_ts, on_missing or _log_missing, several=len(xpubs) > 1)
+        splice = _Splice(
+            normalize_prefixes(prefixes), since_ts, on_missing or _log_missing, several=len(xpubs) > 1, on_down=on_down
+        )
         poller = zmq.Poller()
         try:
             for xpub, replay in zip(xpubs, replays, strict=True):
@@ -222,6 +226,8 @@ history_then_live = ReplayClient.history_then_live
 # Why a range of events is missing, as handed to ``on_missing``.
 JOURNAL_LACKS = "not in the broker's journal (pruned by retention, or lost before the broker journalled it)"
 OnMissing = Callable[[Gap, str], None]
+# A broker of several that stopped answering: (its replay endpoint, why).
+OnDown = Callable[[str, str], None]
 
 
 def _log_missing(gap: Gap, why: str) -> None:
@@ -237,6 +243,10 @@ def _log_missing(gap: Gap, why: str) -> None:
     )
 
 
+def _log_down(broker: str, why: str) -> None:
+    log.warning("broker.unavailable", broker=broker, error=why)
+
+
 def normalize_prefixes(prefixes: Iterable[str]) -> list[str]:
     """Drop prefixes covered by a shorter one, so the per-prefix journal streams are disjoint."""
     out: list[str] = []
@@ -249,28 +259,32 @@ def normalize_prefixes(prefixes: Iterable[str]) -> list[str]:
 _BEACONS = topics.BEACON + "."
 
 
-def _probe(brokers: list[_Broker], timeout_s: float) -> dict[_Broker, str]:
-    """Ping every broker at once; those that do not answer within ``timeout_s``, and why."""
-    waiting: dict[zmq.Socket, tuple[_Broker, str]] = {}
-    for b in brokers:
-        req_id = ids.new_id()
-        b.client.sock.send(protocol.encode(protocol.Ping(req_id=req_id)))
-        waiting[b.client.sock] = (b, req_id)
-    poller = zmq.Poller()
-    for sock in waiting:
-        poller.register(sock, zmq.POLLIN)
-    deadline = time.monotonic() + timeout_s
-    while waiting and (left := deadline - time.monotonic()) > 0:
-        for sock, _ in poller.poll(int(left * 1000) + 1):
-            b, req_id = waiting[sock]
+class _Pings:
+    """A ping sent to each broker at once, and the answers as they come."""
+
+    def __init__(self, brokers: list[_Broker]) -> None:
+        self.waiting: dict[zmq.Socket, tuple[_Broker, str]] = {}
+        self.poller = zmq.Poller()
+        for b in brokers:
+            req_id = ids.new_id()
+            b.client.sock.send(protocol.encode(protocol.Ping(req_id=req_id)))
+            self.waiting[b.client.sock] = (b, req_id)
+            self.poller.register(b.client.sock, zmq.POLLIN)
+
+    def answered(self, timeout_s: float) -> list[_Broker]:
+        """Brokers whose answer arrived, waiting up to ``timeout_s`` for one."""
+        out: list[_Broker] = []
+        for sock, _ in self.poller.poll(int(timeout_s * 1000)):
+            b, req_id = self.waiting[sock]
             try:
                 reply = protocol.decode(sock.recv(), protocol.Reply)
             except protocol.ProtocolError:
                 continue
             if reply.req_id == req_id:
-                poller.unregister(sock)
-                del waiting[sock]
-    return {b: f"no answer from the broker's replay endpoint {b.name} within {timeout_s}s" for b, _ in waiting.values()}
+                self.poller.unregister(sock)
+                del self.waiting[sock]
+                out.append(b)
+        return out
 
 
 class _Broker:
@@ -287,18 +301,12 @@ class _Broker:
         self.down = ""  # why it last failed to answer; "" while it answers
         self.down_at = 0.0  # monotonic time it was found down
 
-    def mark_down(self, why: str) -> None:
-        if not self.down:
-            log.warning("broker.unavailable", broker=self.name, error=why)
-        self.down = why
-        self.down_at = time.monotonic()
-
     def confirm(self, topic: str) -> bool:
         """The first live event of an unconfirmed prefix (or of a broker that was down, once
         RETRY_DOWN_S has passed, so a broker too slow to answer costs a timeout that often at
         most): its subscription is active now, and what the journal got meanwhile must be read
         first."""
-        if self.down:
+        if self.down:  # only ever with several brokers
             if time.monotonic() - self.down_at < RETRY_DOWN_S:
                 return False  # its live events still count; its journal is asked again later
             self.down = ""
@@ -315,8 +323,16 @@ class _Splice:
     source, kind, epoch) -- the dedup high-water marks and, with several brokers, the holes a
     copy from another broker may still fill."""
 
-    def __init__(self, prefixes: list[str], since_ts: float, on_missing: OnMissing, several: bool = False) -> None:
+    def __init__(
+        self,
+        prefixes: list[str],
+        since_ts: float,
+        on_missing: OnMissing,
+        several: bool = False,
+        on_down: OnDown | None = None,
+    ) -> None:
         self.brokers: list[_Broker] = []
+        self.on_down = on_down or _log_down
         self.prefixes = prefixes
         self.since_ts = since_ts
         self.on_missing = on_missing
@@ -343,25 +359,34 @@ class _Splice:
 
     def start(self) -> Iterator[protocol.Delivered]:
         """The history of every broker. One broker that does not answer is the caller's error;
-        of several, only all of them not answering is (a dead one is read again once it is back).
-        Several are pinged at once first, so a dead one costs PROBE_S, not a replay timeout."""
-        failed: ReplayError | ReplayTimeout | None = None
-        if self.several:
-            for b, why in _probe(self.brokers, PROBE_S).items():
-                b.mark_down(why)
-        for b in self.brokers:
-            if b.down:
-                failed = ReplayTimeout(b.down)
-                continue
-            try:
-                yield from self.catch_up(b)
-            except (ReplayError, ReplayTimeout) as exc:
-                if not self.several:
-                    raise
-                failed = exc
-                b.mark_down(str(exc))
-        if failed is not None and all(b.down for b in self.brokers):
-            raise failed
+        of several, only all of them not answering is (a dead one is read again once it is back)."""
+        if not self.several:
+            yield from self.catch_up(self.brokers[0])
+            return
+        yield from self._from_each(self.brokers)
+        if all(b.down for b in self.brokers):
+            raise ReplayTimeout("no broker answered: " + "; ".join(b.down for b in self.brokers))
+
+    def _from_each(self, brokers: list[_Broker]) -> Iterator[protocol.Delivered]:
+        """Catch up from each of several brokers in the order they answer a ping sent to all at
+        once, so the first history comes as soon as one answers and a dead one costs PROBE_S,
+        not a replay timeout. One that fails or does not answer is marked down."""
+        pings = _Pings(brokers)
+        deadline = time.monotonic() + PROBE_S
+        while pings.waiting and (ready := pings.answered(max(0.0, deadline - time.monotonic()))):
+            for b in ready:
+                try:
+                    yield from self.catch_up(b)
+                except (ReplayError, ReplayTimeout) as exc:
+                    self._down(b, str(exc))
+        for b, _req in pings.waiting.values():
+            self._down(b, f"no answer from the broker's replay endpoint {b.name} within {PROBE_S}s")
+
+    def _down(self, b: _Broker, why: str) -> None:
+        if not b.down:
+            self.on_down(b.name, why)
+        b.down = why
+        b.down_at = time.monotonic()
 
     def waiting(self) -> bool:
         """A broker that answers has a subscription not confirmed yet: catch up while idle."""
@@ -393,19 +418,20 @@ class _Splice:
 
     def repair(self, only: _Broker | None = None) -> Iterator[protocol.Delivered]:
         """A catch-up after the start, from ``only`` or from every broker that answers: if one
-        cannot be asked, remember why (what stays missing is reported with that reason), skip it
-        until it delivers again, and carry on with the others and the live stream."""
+        cannot be asked, remember why (what stays missing is reported with that reason) and
+        carry on with the live stream (with several, the others; one found down is skipped until
+        it delivers live again, after RETRY_DOWN_S)."""
         self.unreachable = ""
-        for b in [only] if only is not None else self.brokers:
-            if b.down and only is None:
-                continue
+        if not self.several:
             try:
-                yield from self.catch_up(b)
+                yield from self.catch_up(self.brokers[0])
             except (ReplayError, ReplayTimeout) as exc:
-                b.mark_down(str(exc))
-        down = [b for b in self.brokers if b.down]
-        if down:
-            self.unreachable = "; ".join(f"the broker's journal could not be asked ({b.down})" for b in down)
+                self.unreachable = f"the broker's journal could not be asked ({exc})"
+            return
+        yield from self._from_each([only] if only is not None else [b for b in self.brokers if not b.down])
+        self.unreachable = "; ".join(
+            f"the journal of broker {b.name} could not be asked ({b.down})" for b in self.brokers if b.down
+        )
 
     def live(self, b: _Broker, got: protocol.Delivered) -> Iterator[protocol.Delivered]:
         """One live event from broker ``b``: repair first whatever it shows was missed, then

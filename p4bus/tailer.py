@@ -78,6 +78,7 @@ class _Pump(threading.Thread):
             self.cfg.broker_replays(),
             self.security,
             self.prefixes,
+            on_down=_broker_down,
         )
         try:
             for got in stream:
@@ -103,6 +104,10 @@ def _warn(text: str) -> None:
     """What the tail itself has to say goes to stderr: stdout is the job's output."""
     sys.stderr.write(f"p4bus: {text}\n")
     sys.stderr.flush()
+
+
+def _broker_down(broker: str, why: str) -> None:
+    _warn(f"broker {broker} does not answer ({why}); following the job through the others")
 
 
 def _take(events: queue.SimpleQueue[P.Delivered | None], wait_s: float) -> list[P.Delivered | None]:

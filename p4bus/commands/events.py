@@ -102,6 +102,9 @@ def events(obj: Ctx, prefixes: tuple[str, ...], since: str) -> None:
         prefixes or ("",),
         since_ts=since_ts,
         on_missing=missing,
+        on_down=lambda broker, why: click.echo(
+            f"p4bus: broker {broker} does not answer ({why}); reading the others", err=True
+        ),
     )
     try:
         for ev, publisher in stream:
