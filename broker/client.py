@@ -363,17 +363,20 @@ class _Splice:
         if not self.several:
             yield from self.catch_up(self.brokers[0])
             return
-        yield from self._from_each(self.brokers)
+        yield from self._from_each(self.brokers, first_wait_s=self.brokers[0].client.timeout_s)
         if all(b.down for b in self.brokers):
             raise ReplayTimeout("no broker answered: " + "; ".join(b.down for b in self.brokers))
 
-    def _from_each(self, brokers: list[_Broker]) -> Iterator[protocol.Delivered]:
+    def _from_each(self, brokers: list[_Broker], first_wait_s: float = PROBE_S) -> Iterator[protocol.Delivered]:
         """Catch up from each of several brokers in the order they answer a ping sent to all at
-        once, so the first history comes as soon as one answers and a dead one costs PROBE_S,
-        not a replay timeout. One that fails or does not answer is marked down."""
+        once, so the first history comes as soon as one answers and, once one has, another
+        that is dead costs PROBE_S more, not a replay timeout. One that fails or does not answer
+        is marked down. ``first_wait_s``: how long to wait for the first (at the start: the
+        replay timeout, as with one broker, so brokers still starting are waited for)."""
         pings = _Pings(brokers)
-        deadline = time.monotonic() + PROBE_S
+        deadline = time.monotonic() + first_wait_s
         while pings.waiting and (ready := pings.answered(max(0.0, deadline - time.monotonic()))):
+            deadline = min(deadline, time.monotonic() + PROBE_S)
             for b in ready:
                 try:
                     yield from self.catch_up(b)

@@ -136,7 +136,7 @@ def test_with_two_brokers_up_each_subscriber_sees_each_event_once(jobs):
         def printed_the_end() -> bool:
             lines.append(json.loads(events.stdout.readline()))  # type: ignore[union-attr]
             ev = lines[-1]
-            return ev["t"] == "job_changed" and ev["job_id"] == job_id and ev["state"] == "DONE"
+            return ev["t"] == "job" and ev["job_id"] == job_id and ev["state"] == "DONE"
 
         wait_for(printed_the_end, 60, "`p4bus events` to print the job's end", interval=0)
     finally:
