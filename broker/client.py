@@ -103,12 +103,30 @@ class ReplayTimeout(TimeoutError):
 class ReplayClient:
     """Requests to the broker's replay ROUTER over one DEALER (not thread-safe)."""
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, security: Security | None, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        endpoint: str,
+        security: Security | None,
+        timeout_s: float = 10.0,
+        fail_on_disconnect: bool = False,
+    ) -> None:
+        """``fail_on_disconnect``: a request whose connection drops (or cannot be made again)
+        fails at once (ReplayTimeout) instead of after ``timeout_s`` -- for a reader of several brokers, whose others can
+        answer: a SIGKILLed broker's connection closes at once, and a reader stalled ten seconds
+        on it would hold back the events the others deliver."""
         self.endpoint = endpoint
         self.timeout_s = timeout_s
         self.sock = zmqutil.dealer(ctx, endpoint, security, roles.BROKER)
+        self.drops: zmq.Socket | None = None
+        if fail_on_disconnect:
+            # A drop, or a reconnection refused (the broker's port is closed: it is dead).
+            self.drops = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED)
 
     def close(self) -> None:
+        if self.drops is not None:
+            self.sock.disable_monitor()
+            self.drops.close(linger=0)
         self.sock.close()
 
     def __enter__(self) -> ReplayClient:
@@ -121,9 +139,11 @@ class ReplayClient:
         """Send and wait for the reply with the same req_id (late replies to earlier, timed-out
         requests are skipped). Raises ReplayError (also for a reply of the wrong type) or
         ReplayTimeout."""
+        if self.drops is not None:
+            self.forget_drops()
         self.sock.send(protocol.encode(msg))
         deadline_ms = int(self.timeout_s * 1000)
-        while self.sock.poll(deadline_ms):
+        while self._readable(deadline_ms):
             reply: protocol.Reply = protocol.decode(self.sock.recv(), protocol.Reply)
             if reply.req_id != msg.req_id:
                 continue
@@ -134,6 +154,25 @@ class ReplayClient:
             except protocol.ProtocolError as exc:
                 raise ReplayError(exc.code, exc.message) from None
         raise ReplayTimeout(f"no reply from the broker's replay endpoint {self.endpoint} within {self.timeout_s}s")
+
+    def forget_drops(self) -> None:
+        """Drops seen so far are history: what follows is about the next request."""
+        while self.drops is not None and self.drops.poll(0):
+            self.drops.recv_multipart()
+
+    def _readable(self, timeout_ms: int) -> bool:
+        """A reply is waiting (within ``timeout_ms``); ReplayTimeout at once if the connection drops."""
+        if self.drops is None:
+            return bool(self.sock.poll(timeout_ms))
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.drops, zmq.POLLIN)
+        ready = dict(poller.poll(timeout_ms))
+        if self.sock in ready:
+            return True
+        if self.drops in ready:
+            raise ReplayTimeout(f"the connection to the broker's replay endpoint {self.endpoint} dropped")
+        return False
 
     def page(
         self, prefix: str = "", after: int = 0, since_ts: float = 0.0, limit: int = PAGE_LIMIT
@@ -194,7 +233,8 @@ class ReplayClient:
         poller = zmq.Poller()
         try:
             for xpub, replay in zip(xpubs, replays, strict=True):
-                b = _Broker(replay, ReplayClient(ctx, replay, security, timeout_s), splice.prefixes)
+                client = ReplayClient(ctx, replay, security, timeout_s, fail_on_disconnect=len(xpubs) > 1)
+                b = _Broker(replay, client, splice.prefixes)
                 splice.brokers.append(b)
                 b.sub = zmqutil.sub(ctx, xpub, security, splice.subscriptions(), rcvhwm)
                 poller.register(b.sub, zmq.POLLIN)
@@ -260,21 +300,40 @@ _BEACONS = topics.BEACON + "."
 
 
 class _Pings:
-    """A ping sent to each broker at once, and the answers as they come."""
+    """A ping sent to each broker at once, and the answers as they come. With ``fail_fast``, a
+    broker whose connection drops or is refused meanwhile has failed at once (its replay
+    client's ``drops``), so a repair does not wait PROBE_S for a broker that was just killed."""
 
-    def __init__(self, brokers: list[_Broker]) -> None:
+    def __init__(self, brokers: list[_Broker], fail_fast: bool = False) -> None:
         self.waiting: dict[zmq.Socket, tuple[_Broker, str]] = {}
+        self.drops: dict[zmq.Socket, _Broker] = {}
         self.poller = zmq.Poller()
         for b in brokers:
             req_id = ids.new_id()
+            b.client.forget_drops()
             b.client.sock.send(protocol.encode(protocol.Ping(req_id=req_id)))
             self.waiting[b.client.sock] = (b, req_id)
             self.poller.register(b.client.sock, zmq.POLLIN)
+            if fail_fast and b.client.drops is not None:
+                self.drops[b.client.drops] = b
+                self.poller.register(b.client.drops, zmq.POLLIN)
 
-    def answered(self, timeout_s: float) -> list[_Broker]:
-        """Brokers whose answer arrived, waiting up to ``timeout_s`` for one."""
-        out: list[_Broker] = []
+    def answered(self, timeout_s: float) -> tuple[list[_Broker], list[_Broker]]:
+        """(brokers whose answer arrived, brokers whose connection failed), waiting up to
+        ``timeout_s`` for one of either."""
+        ok: list[_Broker] = []
+        failed: list[_Broker] = []
         for sock, _ in self.poller.poll(int(timeout_s * 1000)):
+            if sock in self.drops:
+                b = self.drops.pop(sock)
+                self.poller.unregister(sock)
+                if b.client.sock in self.waiting:
+                    self.poller.unregister(b.client.sock)
+                    del self.waiting[b.client.sock]
+                    failed.append(b)
+                continue
+            if sock not in self.waiting:
+                continue
             b, req_id = self.waiting[sock]
             try:
                 reply = protocol.decode(sock.recv(), protocol.Reply)
@@ -283,8 +342,11 @@ class _Pings:
             if reply.req_id == req_id:
                 self.poller.unregister(sock)
                 del self.waiting[sock]
-                out.append(b)
-        return out
+                if b.client.drops is not None and b.client.drops in self.drops:
+                    self.poller.unregister(b.client.drops)
+                    del self.drops[b.client.drops]
+                ok.append(b)
+        return ok, failed
 
 
 class _Broker:
@@ -363,20 +425,30 @@ class _Splice:
         if not self.several:
             yield from self.catch_up(self.brokers[0])
             return
-        yield from self._from_each(self.brokers, first_wait_s=self.brokers[0].client.timeout_s)
+        # Brokers still starting refuse connections for a moment: wait for them as for one.
+        yield from self._from_each(self.brokers, first_wait_s=self.brokers[0].client.timeout_s, fail_fast=False)
         if all(b.down for b in self.brokers):
             raise ReplayTimeout("no broker answered: " + "; ".join(b.down for b in self.brokers))
 
-    def _from_each(self, brokers: list[_Broker], first_wait_s: float = PROBE_S) -> Iterator[protocol.Delivered]:
+    def _from_each(
+        self, brokers: list[_Broker], first_wait_s: float = PROBE_S, fail_fast: bool = True
+    ) -> Iterator[protocol.Delivered]:
         """Catch up from each of several brokers in the order they answer a ping sent to all at
         once, so the first history comes as soon as one answers and, once one has, another
-        that is dead costs PROBE_S more, not a replay timeout. One that fails or does not answer
-        is marked down. ``first_wait_s``: how long to wait for the first (at the start: the
-        replay timeout, as with one broker, so brokers still starting are waited for)."""
-        pings = _Pings(brokers)
+        that is dead costs PROBE_S more, not a replay timeout (nothing, with ``fail_fast``, if its
+        connection drops or is refused meanwhile). One that fails or does not answer is marked
+        down. ``first_wait_s``: how long to wait for the first (at the start: the replay timeout,
+        as with one broker, so brokers still starting are waited for)."""
+        pings = _Pings(brokers, fail_fast)
         deadline = time.monotonic() + first_wait_s
-        while pings.waiting and (ready := pings.answered(max(0.0, deadline - time.monotonic()))):
-            deadline = min(deadline, time.monotonic() + PROBE_S)
+        while pings.waiting:
+            ready, failed = pings.answered(max(0.0, deadline - time.monotonic()))
+            if not ready and not failed:
+                break
+            for b in failed:
+                self._down(b, f"the connection to the broker's replay endpoint {b.name} failed")
+            if ready:
+                deadline = min(deadline, time.monotonic() + PROBE_S)
             for b in ready:
                 try:
                     yield from self.catch_up(b)
