@@ -42,9 +42,12 @@ Splice algorithm (``history_then_live``), for any subscriber that wants "everyth
    bounded set per key, common/sequence.py) and a late copy fills one exactly once. A live hole
    triggers a catch-up from every broker's journal; what none had stays open for HOLE_GRACE_S
    (the other broker's live copy may be a little behind) and is reported at the publisher's
-   next beacon, after one more catch-up from all. A broker that does not answer is skipped
-   (with the reason kept for what stays missing) until its SUB delivers again, when it is
-   caught up from its own cursors; only no broker answering at the start is an error.
+   next beacon, after one more catch-up from all. Each catch-up pings the brokers at once and
+   reads them in the order they answer; a request whose connection drops or is refused fails
+   at once (a socket monitor), so a SIGKILLed broker costs no replay timeout. A broker that
+   does not answer is skipped (with the reason kept for what stays missing) until its SUB
+   delivers again, when it is caught up from its own cursors; only no broker answering at the
+   start is an error.
 
 Events come out once each and in broker order (with several brokers, each key's events in seq
 order except for the late copies that fill holes). Under a prefix that covers whole kinds nothing
