@@ -98,7 +98,7 @@ class Pump(threading.Thread):
     def __init__(
         self,
         ctx: zmq.Context,
-        broker: str,
+        brokers: list[str],
         security: Security | None,
         agent_id: str,
         epoch: str,
@@ -107,7 +107,7 @@ class Pump(threading.Thread):
     ) -> None:
         super().__init__(name="agent-pump", daemon=True)
         self._ctx = ctx
-        self._broker = broker
+        self._brokers = brokers  # each gets every event
         self._security = security
         self._agent_id = agent_id
         self._epoch = epoch
@@ -168,7 +168,7 @@ class Pump(threading.Thread):
     # ------------------------------------------------------------------ thread
     def run(self) -> None:
         self._events = Publisher(
-            zmqutil.pub(self._ctx, self._broker, self._security), self._agent_id, self._epoch, self._beacon_s
+            zmqutil.pub(self._ctx, self._brokers, self._security), self._agent_id, self._epoch, self._beacon_s
         )
         self._sel.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
         try:

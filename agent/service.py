@@ -16,7 +16,7 @@ def main(cfg: Config) -> None:
     try:
         agent = Agent(cfg)
     except zmq.ZMQError as exc:
-        raise ConfigError(f"agent endpoints {cfg.agent_masters()} / {cfg.agent_broker()}: {exc}") from None
+        raise ConfigError(f"agent endpoints {cfg.agent_masters()} / {cfg.agent_brokers()}: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"agent spool directory: {exc}") from None
     metrics.serve(cfg, "agent", agent.metrics)

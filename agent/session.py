@@ -80,13 +80,14 @@ class Agent:
         self.keepers.start()
         security = auth.for_service(cfg, "agent", self.agent_id)
         if security is not None:
-            security.keyring.server_key(roles.BROKER, cfg.agent_broker())  # a missing key fails here, not in the pump
+            for broker in cfg.agent_brokers():  # a missing key fails here, not in the pump
+                security.keyring.server_key(roles.BROKER, broker)
         self.ctx = zmq.Context()
         self._security = security
         self.links = [MasterLink(ep, self._dealer(ep), self.conf.heartbeat_s) for ep in cfg.agent_masters()]
         self._dialed = dict.fromkeys(cfg.agent_masters(), 0.0)  # endpoint -> last welcome or redial
         self._poller = zmq.Poller()
-        self.pump = Pump(self.ctx, cfg.agent_broker(), security, self.agent_id, self.epoch, self.spool, self.conf)
+        self.pump = Pump(self.ctx, cfg.agent_brokers(), security, self.agent_id, self.epoch, self.spool, self.conf)
         self.executor = executor_for(self.conf, cfg.state_path, self.environ)
         self.running: dict[str, _Slot] = {}
         self.refused: OrderedDict[str, proto.CmdStatus] = OrderedDict()

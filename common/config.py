@@ -75,6 +75,16 @@ class BrokerConf(msgspec.Struct, forbid_unknown_fields=True):
     metrics: str = ""
 
 
+class BrokerEndpoints(msgspec.Struct, forbid_unknown_fields=True):
+    """One of several brokers (``[[brokers]]``): where its publishers, subscribers and replay
+    clients connect. Every publisher sends each event to each broker; every subscriber reads
+    all of them and drops the copies (docs/design.md, "Replicated brokers")."""
+
+    xsub: str
+    xpub: str
+    replay: str
+
+
 class MasterConf(msgspec.Struct, forbid_unknown_fields=True):
     id: str = ""
     heartbeat_s: float = 1.0
@@ -103,6 +113,9 @@ class AgentConf(msgspec.Struct, forbid_unknown_fields=True):
     id: str = ""
     masters: list[str] = []  # default: [master_agents]
     broker: str = ""  # default: broker_xsub
+    # Several brokers' XSUB endpoints, each sent every event; default: [broker] if set, else
+    # the xsub of every broker the top-level ``brokers`` names.
+    brokers: list[str] = []
     pools: list[str] = msgspec.field(default_factory=lambda: ["default"])
     labels: dict[str, str] = {}
     slots: int = 4
@@ -303,6 +316,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     broker_xpub: str = ""
     broker_replay: str = ""
     orchestrator_api: str = ""
+    # Several brokers (replicated: each gets every event); default: the one broker_* name.
+    brokers: list[BrokerEndpoints] = []
     log_level: str = "info"
     insecure: bool = False
     broker: BrokerConf = msgspec.field(default_factory=BrokerConf)
@@ -377,8 +392,26 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     def agent_masters(self) -> list[str]:
         return self.agent.masters or [self.endpoint("master_agents")]
 
-    def agent_broker(self) -> str:
-        return self.agent.broker or self.endpoint("broker_xsub")
+    def bus_brokers(self) -> list[BrokerEndpoints]:
+        """Every broker of the bus: ``brokers``, else the one broker_* (or port_base) names."""
+        return self.brokers or [
+            BrokerEndpoints(self.endpoint("broker_xsub"), self.endpoint("broker_xpub"), self.endpoint("broker_replay"))
+        ]
+
+    def broker_xsubs(self) -> list[str]:
+        """Where a service's publisher connects (each gets every event)."""
+        return [b.xsub for b in self.bus_brokers()]
+
+    def broker_xpubs(self) -> list[str]:
+        return [b.xpub for b in self.bus_brokers()]
+
+    def broker_replays(self) -> list[str]:
+        return [b.replay for b in self.bus_brokers()]
+
+    def agent_brokers(self) -> list[str]:
+        if self.agent.brokers:
+            return self.agent.brokers
+        return [self.agent.broker] if self.agent.broker else self.broker_xsubs()
 
     def client_masters(self) -> list[str]:
         return self.orchestrator.masters or [self.endpoint("master_clients")]

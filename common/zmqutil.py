@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import socket as _socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import zmq
@@ -113,16 +113,18 @@ def dealer(
     return _connect(sock, connect, security, server_role)
 
 
-def pub(ctx: zmq.Context, connect: str, security: Security | None) -> zmq.Socket:
+def pub(ctx: zmq.Context, connect: str | Sequence[str], security: Security | None) -> zmq.Socket:
+    """Connected to one broker's XSUB, or to several: PUB then sends each event down every
+    pipe, each with its own SNDHWM, so a dead or slow broker only drops its own copies."""
     sock = _common(ctx.socket(zmq.PUB))
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-    return _connect(sock, connect, security, roles.BROKER)
+    return _connect_all(sock, connect, security)
 
 
 def sub(
     ctx: zmq.Context,
-    connect: str,
+    connect: str | Sequence[str],
     security: Security | None,
     prefixes: list[str] | tuple[str, ...] = ("",),
     rcvhwm: int = limits.EVENT_HWM,
@@ -133,7 +135,14 @@ def sub(
     sock.setsockopt(zmq.RCVHWM, rcvhwm)
     for p in prefixes:
         sock.setsockopt(zmq.SUBSCRIBE, p.encode())
-    return _connect(sock, connect, security, roles.BROKER)
+    return _connect_all(sock, connect, security)
+
+
+def _connect_all(sock: zmq.Socket, connect: str | Sequence[str], security: Security | None) -> zmq.Socket:
+    """Connect to each broker (CURVE_SERVERKEY is read at each connect, so each pins its own)."""
+    for endpoint in [connect] if isinstance(connect, str) else connect:
+        _connect(sock, endpoint, security, roles.BROKER)
+    return sock
 
 
 def proxy_end(ctx: zmq.Context, kind: int, bind: str, security: Security | None, domain: str) -> zmq.Socket:

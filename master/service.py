@@ -67,7 +67,7 @@ class Master:
         self.clients_guard = auth.Guard(self.security, roles.MASTER_CLIENTS)
         # Events are notifications; the registry (ask LIST_AGENTS) is the truth.
         self.events = Publisher(
-            zmqutil.pub(self.ctx, cfg.endpoint("broker_xsub"), self.security),
+            zmqutil.pub(self.ctx, cfg.broker_xsubs(), self.security),
             self.id,
             ids.new_epoch(),
             cfg.master.beacon_s,

@@ -53,15 +53,15 @@ class Orchestrator:
         self.api = zmqutil.router(self.ctx, cfg.endpoint("orchestrator_api"), security, roles.ORCHESTRATOR_API)
         self.api_guard = auth.Guard(security, roles.ORCHESTRATOR_API)
         self.scheduler = Scheduler(self.store, self.engine, ChangePoller(cfg.client_masters(), security, self.ctx))
-        self.sub = zmqutil.sub(self.ctx, cfg.endpoint("broker_xpub"), security, [topics.CMD + ".", topics.AGENT + "."])
+        self.sub = zmqutil.sub(self.ctx, cfg.broker_xpubs(), security, [topics.CMD + ".", topics.AGENT + "."])
         self.id = f"orchestrator-{ids.host_id()}"
         self.events = Publisher(
-            zmqutil.pub(self.ctx, cfg.endpoint("broker_xsub"), security),
+            zmqutil.pub(self.ctx, cfg.broker_xsubs(), security),
             self.id,
             ids.new_epoch(),
             cfg.orchestrator.beacon_s,
         )
-        self.gaps = GapDetector()
+        self.gaps = GapDetector(keep_holes=len(cfg.bus_brokers()) > 1)  # a copy per broker
         self.early = EarlyEvents()
         self._insecure_logged = False
         self._refused: dict[tuple[str, str], int] = {}  # (counter, publisher) -> dropped, for the log's rate

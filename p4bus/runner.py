@@ -7,7 +7,7 @@ recovered from the agent's spool (Fetch, Query), so nothing is lost even when PU
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import zmq
@@ -91,7 +91,7 @@ class CommandFollower:
 
 def run_command(
     mc: MasterClient,
-    xpub: str,
+    xpub: str | Sequence[str],
     spec: P.CmdSpec,
     sink: Sink,
     *,

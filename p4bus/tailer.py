@@ -74,10 +74,11 @@ class _Pump(threading.Thread):
     def run(self) -> None:
         stream = history_then_live(
             self.ctx,
-            self.cfg.endpoint("broker_xpub"),
-            self.cfg.endpoint("broker_replay"),
+            self.cfg.broker_xpubs(),
+            self.cfg.broker_replays(),
             self.security,
             self.prefixes,
+            on_down=_broker_down,
         )
         try:
             for got in stream:
@@ -103,6 +104,10 @@ def _warn(text: str) -> None:
     """What the tail itself has to say goes to stderr: stdout is the job's output."""
     sys.stderr.write(f"p4bus: {text}\n")
     sys.stderr.flush()
+
+
+def _broker_down(broker: str, why: str) -> None:
+    _warn(f"broker {broker} does not answer ({why}); following the job through the others")
 
 
 def _take(events: queue.SimpleQueue[P.Delivered | None], wait_s: float) -> list[P.Delivered | None]:
@@ -141,6 +146,9 @@ class JobTail:
         self.broken: set[str] = set()  # commands whose spool could not fill a gap
         self.ignored: set[str] = set()  # keys whose events about this job's commands were ignored
         self.orch_silent = False  # said once that the orchestrator does not answer
+        # Output read from the agents' spools because no broker delivered it: said at the end,
+        # so a lossy bus (or a dead broker whose twin should have had it) shows.
+        self.spool_bytes = 0
         self.since = after.updated_at if after else 0.0
         self.old = {r.cmd_id for r in after.timeline if r.state in _ENDED_RUNS} if after else set()
 
@@ -174,6 +182,8 @@ class JobTail:
                     return view
         finally:
             pump.stop()
+            if self.spool_bytes:
+                _warn(f"{self.spool_bytes} bytes of output were read from the agents' spools (the bus lacked them)")
 
     def _handle(self, pump: _Pump, batch: list[P.Delivered | None], until: tuple[str, ...]) -> P.JobView | None:
         for got in batch:
@@ -315,6 +325,7 @@ class JobTail:
     def _fetch(self, cmd_id: str, stream: int, offset: int, size: int) -> tuple[bytes, int]:
         run = self._run(cmd_id)
         r = self.masters.fetch(cmd_id, stream, offset, size, agent=run.agent if run and run.agent else None)
+        self.spool_bytes += len(r.data)
         return r.data, r.total
 
     def _finish(self, cmd_id: str, status: P.CmdStatus) -> None:

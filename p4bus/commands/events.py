@@ -96,19 +96,22 @@ def events(obj: Ctx, prefixes: tuple[str, ...], since: str) -> None:
     signal.signal(signal.SIGTERM, _stop_on_term)
     stream = history_then_live(
         zmq.Context.instance(),
-        cfg.endpoint("broker_xpub"),
-        cfg.endpoint("broker_replay"),
+        cfg.broker_xpubs(),
+        cfg.broker_replays(),
         obj.security(),
         prefixes or ("",),
         since_ts=since_ts,
         on_missing=missing,
+        on_down=lambda broker, why: click.echo(
+            f"p4bus: broker {broker} does not answer ({why}); reading the others", err=True
+        ),
     )
     try:
         for ev, publisher in stream:
             out.write(enc.encode(msgspec.to_builtins(ev) | {"publisher": publisher}) + b"\n")
             out.flush()
     except (ReplayError, ReplayTimeout) as exc:
-        raise UserError(f"broker at {cfg.endpoint('broker_replay')}: {exc} (is `p4bus broker` running?)") from None
+        raise UserError(f"broker at {', '.join(cfg.broker_replays())}: {exc} (is `p4bus broker` running?)") from None
     except (KeyboardInterrupt, BrokenPipeError):
         pass
     finally:

@@ -51,7 +51,7 @@ def run(
             mc,
             lambda: run_command(
                 mc,
-                cfg.endpoint("broker_xpub"),
+                cfg.broker_xpubs(),  # a chunk from each broker: the output's offsets drop the copies
                 P.CmdSpec(argv=list(argv), cwd=cwd, timeout=timeout),
                 sink,
                 agent=agent,

@@ -74,8 +74,18 @@ class Supervisor:
     help="First of 13 consecutive ports (bus, dashboard, metrics).",
 )
 @click.option("--workspace-root", multiple=True, help="Directory the local agent may run commands in (repeatable).")
+@click.option(
+    "--brokers",
+    "n_brokers",
+    type=click.IntRange(1, 9),
+    default=1,
+    show_default=True,
+    help="Replicated brokers to start (each gets every event; the extra ones on free ports).",
+)
 @click.pass_obj
-def up(obj: Ctx, state_dir: str | None, up_port_base: int | None, workspace_root: tuple[str, ...]) -> None:
+def up(
+    obj: Ctx, state_dir: str | None, up_port_base: int | None, workspace_root: tuple[str, ...], n_brokers: int
+) -> None:
     """Start every service on loopback; Ctrl-C stops them cleanly."""
     cfg = obj.cfg(state_dir=state_dir, port_base=up_port_base)
     # Before anything is written: the logs and config files below are created by this process.
@@ -90,18 +100,25 @@ def up(obj: Ctx, state_dir: str | None, up_port_base: int | None, workspace_root
     tree = deep_merge(obj.tree(state_dir=state_dir, port_base=up_port_base), {"agent": agent})
     # Metrics on the settings' ports (port_base + 7...), where an operator's Prometheus finds them.
     stack = Stack(tree, cfg.state_path, log_dir=cfg.state_path / "logs", config_prefix="up", free_metrics=False)
+    replicas = stack.replicate_brokers(n_brokers) if n_brokers > 1 else {}
     stop: list[int] = []
     signal.signal(signal.SIGINT, lambda *_: stop.append(1))
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     try:
         for service in SERVICES:
-            stack.start(service)
+            if service == "broker" and replicas:
+                for name, extra in replicas.items():
+                    stack.start(service, name=name, extra=extra)
+            else:
+                stack.start(service)
         if notify_wanted(tree):
             stack.start("notify")
         stack.wait_ready(agents=1)
         click.echo("p4bus is up:")
         for name in PORT_OFFSETS:
             click.echo(f"  {name:16} {cfg.endpoint(name)}")
+        for i, b in enumerate(stack.config().bus_brokers()[1:], start=2):
+            click.echo(f"  broker-{i:<9} {b.xsub} {b.xpub} {b.replay}")
         for name, url in PEOPLE_URLS.items():
             click.echo(f"  {name:16} {url(cfg)}")
         for name in stack.current():

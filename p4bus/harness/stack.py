@@ -26,12 +26,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
 import tomli_w
 
 from common import auth, keys, roles
 from common import config as cfgmod
 from common.rpc import MasterClient, OrchestratorClient, RequestError
-from common.zmqutil import free_port
+from common.zmqutil import free_port, free_port_base
 
 # What `p4bus up` and `p4bus demo` start, in this order (each is a `p4bus SERVICE` command): the
 # bus, then its clients. A new service adds its name here, its key to LOCAL_KEYS, and, if it
@@ -194,6 +195,28 @@ class Stack:
         if role is not None:
             keys.init(cfg.keys_path, cfg.keyring_path, {name: role})
         return auth.Security(keys.load_pair(keys.secret_path(cfg.keys_path, name)), keys.Keyring(cfg.keyring_path))
+
+    def replicate_brokers(self, n: int) -> dict[str, dict[str, Any]]:
+        """Make the bus ``n`` brokers (the tree's ``brokers``): the first is the one broker_*
+        names, each other gets three free ports and a journal of its own. Returns the extra
+        settings of each one's start, by name: ``start("broker", name=NAME, extra=EXTRA)``."""
+        cfg = self.config()
+        first = cfg.bus_brokers()[0]
+        brokers = [msgspec.to_builtins(first)]
+        starts: dict[str, dict[str, Any]] = {"broker": {}}
+        for i in range(2, n + 1):
+            base = free_port_base(3, cfg.host)
+            xsub, xpub, replay = (f"tcp://{cfg.host}:{base + k}" for k in range(3))
+            brokers.append({"xsub": xsub, "xpub": xpub, "replay": replay})
+            journal = str(cfg.state_path / f"journal-{i}.db")
+            starts[f"broker-{i}"] = {
+                "broker_xsub": xsub,
+                "broker_xpub": xpub,
+                "broker_replay": replay,
+                "broker": {"journal": journal},
+            }
+        self.tree["brokers"] = brokers
+        return starts
 
     # ------------------------------------------------------------------ processes
     def start(

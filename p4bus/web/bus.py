@@ -63,7 +63,7 @@ class BusWatch(threading.Thread):
     def run(self) -> None:
         sub = zmqutil.sub(
             zmq.Context.instance(),
-            self.cfg.endpoint("broker_xpub"),
+            self.cfg.broker_xpubs(),  # only wake-ups: a copy from each broker costs a re-read
             self.security,
             [topics.JOB + ".", topics.AGENT + "."],
         )

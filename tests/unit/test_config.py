@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from common import config as C
@@ -131,3 +133,23 @@ def test_beacon_interval_per_service_defaults_on_and_refuses_a_negative_one():
     for section in ("agent", "master", "orchestrator"):
         with pytest.raises(C.ConfigError, match=rf"\$\.{section}\.beacon_s"):
             C.load(None, {section: {"beacon_s": -1}}, environ={})
+
+
+def test_one_broker_by_default_or_the_brokers_named_and_the_agent_may_name_its_own():
+    cfg = C.load(environ={})
+    [only] = cfg.bus_brokers()
+    assert (only.xsub, only.xpub, only.replay) == tuple(
+        cfg.endpoint(n) for n in ("broker_xsub", "broker_xpub", "broker_replay")
+    )
+    assert cfg.agent_brokers() == [cfg.endpoint("broker_xsub")]
+    two = [{"xsub": f"tcp://h{i}:1", "xpub": f"tcp://h{i}:2", "replay": f"tcp://h{i}:3"} for i in (1, 2)]
+    cfg = C.load(environ={"P4BUS_BROKERS": json.dumps(two)})
+    assert cfg.broker_xsubs() == ["tcp://h1:1", "tcp://h2:1"]
+    assert cfg.broker_xpubs() == ["tcp://h1:2", "tcp://h2:2"]
+    assert cfg.broker_replays() == ["tcp://h1:3", "tcp://h2:3"]
+    assert cfg.agent_brokers() == ["tcp://h1:1", "tcp://h2:1"]
+    assert C.load(environ={"P4BUS_BROKERS": json.dumps(two), "P4BUS_AGENT_BROKER": "tcp://x:1"}).agent_brokers() == [
+        "tcp://x:1"
+    ]
+    with pytest.raises(C.ConfigError, match="replay"):
+        C.load(environ={"P4BUS_BROKERS": json.dumps([{"xsub": "tcp://h:1", "xpub": "tcp://h:2"}])})

@@ -9,6 +9,7 @@ import pytest
 import zmq
 
 from common import protocol as P
+from common import zmqutil
 from common.publisher import Publisher
 
 pytestmark = pytest.mark.timeout(60)
@@ -131,3 +132,27 @@ def test_no_beacons_unless_asked():
     finally:
         pub.close(linger=0)
         sub.close(linger=0)
+
+
+def test_connected_to_several_brokers_each_gets_every_event_and_a_stuck_one_holds_back_nobody():
+    """One PUB connected to two XSUB-like peers (zmqutil.pub with a list): each pipe has its own
+    queue, so a peer that never reads only drops its own copies."""
+    ctx = zmq.Context.instance()
+    live, stuck = ctx.socket(zmq.SUB), ctx.socket(zmq.SUB)
+    stuck.setsockopt(zmq.RCVHWM, 10)
+    for s in (live, stuck):
+        s.subscribe(b"")
+    ports = [s.bind_to_random_port("tcp://127.0.0.1") for s in (stuck, live)]
+    pub = Publisher(zmqutil.pub(ctx, [f"tcp://127.0.0.1:{p}" for p in ports], None), "src", "e1")
+    try:
+        while not (live.poll(20) and stuck.poll(0)):  # slow joiners: both subscribed
+            pub.publish(P.JobChanged, "job.probe", job_id="probe", state="x")
+        while live.poll(100):
+            live.recv_multipart()
+        sent = [pub.publish(P.JobChanged, "job.J", job_id="J", state=str(i)) for i in range(5000)]
+        got = [P.decode_event(live.recv_multipart()) for _ in sent]
+        assert got == sent
+    finally:
+        pub.close(linger=0)
+        live.close(linger=0)
+        stuck.close(linger=0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from common.sequence import GapDetector, Stamper
@@ -99,3 +101,60 @@ def test_stamper_last_is_per_kind_and_leaves_beacons_out():
     for topic in ("log.J.c", "log.J.c", "cmd.J.c", "beacon.a"):
         s.stamp(topic)
     assert s.last() == {"log": 2, "cmd": 1}
+
+
+# ---- several brokers: holes are kept, a late copy fills one exactly once
+
+
+def test_with_holes_kept_a_late_copy_from_the_other_broker_fills_the_hole_once():
+    g = GapDetector(keep_holes=True)
+    assert g.observe("a", "log.J.c", "e1", 1, publisher="a") == (True, None, False)
+    new, gap, _ = g.observe("a", "log.J.c", "e1", 5, publisher="a")  # broker A dropped 2..4
+    assert new and gap is not None and (gap.first_missing, gap.last_missing) == (2, 4)
+    assert g.observe("a", "log.J.c", "e1", 5, publisher="a")[0] is False  # B's copy of 5
+    assert g.observe("a", "log.J.c", "e1", 3, publisher="a") == (True, None, False)  # B's 3 fills
+    assert g.observe("a", "log.J.c", "e1", 3, publisher="a")[0] is False  # once
+    assert [(h.first_missing, h.last_missing) for h in g.holes("a", "a", "log", "e1")] == [(2, 2), (4, 4)]
+    assert g.observe("a", "log.J.c", "e1", 2, publisher="a")[0] is True
+    assert g.observe("a", "log.J.c", "e1", 4, publisher="a")[0] is True
+    assert g.holes("a", "a", "log", "e1") == []
+    assert g.observe("a", "log.J.c", "e1", 1, publisher="a")[0] is False  # below every hole: a copy
+
+
+def test_without_holes_kept_a_seq_below_the_highest_is_a_copy():
+    """One broker forwards in order: what it skipped it will never send again."""
+    g = GapDetector()
+    g.observe("a", "log.J.c", "e1", 1, publisher="a")
+    g.observe("a", "log.J.c", "e1", 5, publisher="a")
+    assert g.observe("a", "log.J.c", "e1", 3, publisher="a")[0] is False
+    assert g.holes("a", "a", "log", "e1") == []
+
+
+def test_a_hole_given_up_is_no_longer_fillable_and_only_old_holes_are_listed_as_due():
+    now = [100.0]
+    g = GapDetector(keep_holes=True, clock=lambda: now[0])
+    g.observe("a", "cmd.J.c", "e1", 1, publisher="a")
+    g.observe("a", "cmd.J.c", "e1", 10, publisher="a")  # hole 2..9 opened at 100
+    now[0] = 105.0
+    g.observe("a", "cmd.J.c", "e1", 20, publisher="a")  # hole 11..19 opened at 105
+    due = g.holes("a", "a", "cmd", "e1", opened_before=104.0)
+    assert [(h.first_missing, h.last_missing) for h in due] == [(2, 9)]
+    g.give_up(due[0])
+    assert g.observe("a", "cmd.J.c", "e1", 5, publisher="a")[0] is False  # reported lost: a copy now
+    assert g.observe("a", "cmd.J.c", "e1", 15, publisher="a")[0] is True
+    # Giving up part of a hole keeps the rest open.
+    g.give_up(dataclasses.replace(g.holes("a", "a", "cmd", "e1")[0], first_missing=11, last_missing=12))
+    assert [(h.first_missing, h.last_missing) for h in g.holes("a", "a", "cmd", "e1")] == [(13, 14), (16, 19)]
+
+
+def test_open_holes_are_bounded_per_run():
+    from common import sequence
+
+    g = GapDetector(keep_holes=True)
+    g.observe("a", "log.J.c", "e1", 0, publisher="a")
+    for seq in range(2, 2 * (sequence.MAX_HOLES + 5), 2):  # every odd seq missing
+        g.observe("a", "log.J.c", "e1", seq, publisher="a")
+    holes = g.holes("a", "a", "log", "e1")
+    assert len(holes) == sequence.MAX_HOLES
+    assert g.observe("a", "log.J.c", "e1", 1, publisher="a")[0] is False  # the oldest, given up
+    assert g.observe("a", "log.J.c", "e1", holes[0].first_missing, publisher="a")[0] is True
