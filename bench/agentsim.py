@@ -16,6 +16,7 @@ agents' secret keys, never argv) and driven over its stdin/stdout, one line each
 - it prints ``ready N`` once all N agents are welcomed;
 - ``kill ID`` closes that agent's sockets abruptly (linger 0, no Bye), then prints
   ``killed ID T`` with T the wall-clock time just before the close;
+- with ``hold``, every Exec is accepted as running and never ends (a queue that stays deep);
 - ``stats`` prints ``stats {json}`` (execs answered, misses, heartbeats sent, sends dropped);
 - end of input stops it (also without Byes: the bench kills agents, it does not retire them).
 """
@@ -72,6 +73,8 @@ class SimConfig(msgspec.Struct):
     agents: list[SimAgent]
     heartbeat_s: float = 1.0
     answers: dict[str, Answer] = {}  # answer_key(argv) -> result
+    # Accept every Exec as running and never finish it (a queue that stays deep).
+    hold: bool = False
 
 
 def answer_key(argv: list[str]) -> str:
@@ -92,7 +95,7 @@ class _Live:
     sock: zmq.Socket
     events: Publisher | None
     welcomed: bool = False
-    done: dict[str, P.CmdStatus] = field(default_factory=dict)
+    done: dict[str, P.CmdStatus] = field(default_factory=dict)  # commands it answered, by id
 
 
 class Simulator:
@@ -186,6 +189,10 @@ class Simulator:
         known = live.done.get(req.cmd_id)
         if known is not None:
             return P.ExecReply(req_id=req.req_id, cmd_id=req.cmd_id, agent=live.spec.id, status=known, duplicate=True)
+        if self.cfg.hold:
+            status = P.CmdStatus(cmd_id=req.cmd_id, job_id=req.job_id, agent=live.spec.id, state="running", pid=1)
+            self._remember(live, status)
+            return P.ExecReply(req_id=req.req_id, cmd_id=req.cmd_id, agent=live.spec.id, status=status)
         answer = self.cfg.answers.get(answer_key(req.spec.argv))
         if answer is None:
             self.counters["misses"] += 1
@@ -204,12 +211,15 @@ class Simulator:
             stdout=answer.stdout,
             stderr=answer.stderr,
         )
-        live.done[req.cmd_id] = status
-        if len(live.done) > REMEMBER:
-            del live.done[next(iter(live.done))]
+        self._remember(live, status)
         if live.events is not None:
             live.events.publish(P.CmdDone, f"cmd.{req.cmd_id}", job_id=req.job_id, cmd_id=req.cmd_id, status=status)
         return P.ExecReply(req_id=req.req_id, cmd_id=req.cmd_id, agent=live.spec.id, status=status)
+
+    def _remember(self, live: _Live, status: P.CmdStatus) -> None:
+        live.done[status.cmd_id] = status
+        if len(live.done) > REMEMBER:
+            del live.done[next(iter(live.done))]
 
     def _hello(self, live: _Live) -> P.Hello:
         info = P.AgentInfo(

@@ -27,8 +27,8 @@ import zmq
 
 from bench import common as B
 from bench.agentsim import SimConfig, SimProcess, authorize, new_agents, simulators
-from common import topics, zmqutil
 from common import protocol as P
+from common import topics, zmqutil
 from common.rpc import MasterClient
 from p4bus.harness.stack import wait_for
 
@@ -67,15 +67,6 @@ def wait_lost(sub: zmq.Socket, want: set[str], timeout: float) -> dict[str, floa
     return got
 
 
-def live_subscription(sub: zmq.Socket, timeout: float = 15.0) -> None:
-    """Until the subscription carries events (the master's beacon comes every few seconds)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if sub.poll(200) and isinstance(P.decode_event(sub.recv_multipart()), P.Beacon):
-            return
-    raise RuntimeError(f"the subscription to the broker carried nothing in {timeout:g}s")
-
-
 def cpu_pct(pids: list[int], window_s: float) -> tuple[float, ...]:
     """Each process's CPU over the next ``window_s`` seconds, as % of one core."""
     before = [B.proc_usage(p).cpu_s for p in pids]
@@ -92,7 +83,9 @@ def run(tmp_root: Path, n: int, per_process: int, settle_s: float, window_s: flo
         cfg = bus.stack.config()
         agents = new_agents([f"sim-{i:04d}" for i in range(n)])
         authorize(cfg.keyring_path, agents)
-        sub = zmqutil.sub(zmq.Context.instance(), bus.endpoint("broker_xpub"), bus.security(), [topics.AGENT + ".", "beacon."])
+        sub = zmqutil.sub(
+            zmq.Context.instance(), bus.endpoint("broker_xpub"), bus.security(), [topics.AGENT + ".", "beacon."]
+        )
         base = SimConfig(
             master=bus.endpoint("master_agents"),
             broker=bus.endpoint("broker_xsub"),
@@ -101,12 +94,13 @@ def run(tmp_root: Path, n: int, per_process: int, settle_s: float, window_s: flo
         )
         t0 = time.monotonic()
         try:
-            with simulators(tmp, base, per_process) as sims, MasterClient(
-                [bus.endpoint("master_clients")], bus.security()
-            ) as mc:
+            with (
+                simulators(tmp, base, per_process) as sims,
+                MasterClient([bus.endpoint("master_clients")], bus.security()) as mc,
+            ):
                 join_s = time.monotonic() - t0
                 wait_for(lambda: len(mc.agents()) >= n, 60.0, f"the master to list {n} agents", 0.5)
-                live_subscription(sub)
+                B.live_subscription(sub)
                 time.sleep(settle_s)  # steady state: every agent past its first heartbeats
                 master_pid = bus.pid("master")
                 master_cpu, *sim_cpu = cpu_pct([master_pid, *(s.pid for s in sims)], window_s)
@@ -203,7 +197,9 @@ def main() -> None:
         f"goal master CPU <= {GOAL_CPU_PCT:g} % at {top.agents} agents: "
         f"{'met' if top.master_cpu_pct <= GOAL_CPU_PCT else 'NOT met'} ({top.master_cpu_pct:.1f} %)"
     )
-    print(f"goal lost reported <= {GOAL_LOST_S:g} s: {'met' if worst <= GOAL_LOST_S else 'NOT met'} (worst {worst:.2f} s)")
+    print(
+        f"goal lost reported <= {GOAL_LOST_S:g} s: {'met' if worst <= GOAL_LOST_S else 'NOT met'} (worst {worst:.2f} s)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,207 @@
+"""Aggregate output: 50 agents each streaming 200,000 lines at once through one broker.
+
+Real agent processes (not the simulator: the output path -- keeper, spool, pump, PUB -- is what
+is measured), each running `cat` of one file of ``--lines`` lines of 100 bytes, all Execs sent
+back to back. One subscriber to ``log.`` and ``cmd.`` on the broker counts what arrives live and
+detects loss two ways: a chunk whose byte offset is not where its command's stream ended so far,
+and a hole in the publishers' seq numbers. Then the broker's journal is read back through the
+replay API and counted the same way.
+
+Reported: lines per second in total (first Exec to the last command's CmdDone with all of its
+bytes counted), lines lost live and in the journal (the goal is 0), the broker's CPU (% of one
+core over that window) and the agents' together. ``--brokers 2`` needs replicated brokers (issue
+13, item 3); without them it says so and stops.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zmq
+
+from bench import common as B
+from bench.logs import LINE_BYTES
+from broker.client import ReplayClient
+from common import ids, topics, zmqutil
+from common import protocol as P
+from common.rpc import MasterClient
+
+RUN_TIMEOUT_S = 600.0
+
+
+def write_lines(path: Path, n: int) -> int:
+    """``n`` lines of LINE_BYTES bytes; returns the file's size."""
+    pad = "x" * (LINE_BYTES - 11)
+    path.write_bytes("".join(f"{i:09d} {pad}\n" for i in range(n)).encode())
+    return n * LINE_BYTES
+
+
+@dataclass
+class Count:
+    """What a reader of log events saw: bytes and lines per command, and every sign of loss."""
+
+    size: int  # bytes each command's stdout should have
+    ends: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # cmd id -> stdout bytes so far
+    lines: int = 0
+    offset_gaps: int = 0  # chunks that did not start where the stream ended
+    gap_bytes: int = 0
+    seq_holes: int = 0
+    last_seq: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    duplicates: int = 0
+
+    def add(self, ev: P.Event) -> None:
+        key = (ev.source, ev.epoch, topics.kind(ev.topic))
+        last = self.last_seq.get(key)
+        if last is not None and ev.seq > last + 1:
+            self.seq_holes += ev.seq - last - 1
+        if last is None or ev.seq > last:
+            self.last_seq[key] = ev.seq
+        if not isinstance(ev, P.LogChunk) or ev.stream != P.STDOUT:
+            return
+        end = self.ends[ev.cmd_id]
+        if ev.offset + len(ev.data) <= end:
+            self.duplicates += 1
+            return
+        if ev.offset > end:
+            self.offset_gaps += 1
+            self.gap_bytes += ev.offset - end
+        data = ev.data[max(0, end - ev.offset) :]
+        self.ends[ev.cmd_id] = ev.offset + len(ev.data)
+        self.lines += data.count(b"\n")
+
+    def whole(self, cmd_id: str) -> bool:
+        return self.ends.get(cmd_id, 0) >= self.size
+
+
+@dataclass
+class Result:
+    agents: int
+    lines_each: int
+    seconds: float
+    live: Count
+    journal: Count
+    journal_s: float
+    broker_cpu_s: float
+    agents_cpu_s: float
+    failed: list[str]
+
+
+def run(stack: B.BusStack, n_lines: int, path: Path) -> Result:
+    size = n_lines * LINE_BYTES
+    ctx: zmq.Context = zmq.Context.instance()
+    security = stack.security()
+    sub = zmqutil.sub(ctx, stack.endpoint("broker_xpub"), security, [topics.LOG + ".", topics.CMD + ".", "beacon."])
+    live = Count(size)
+    try:
+        B.live_subscription(sub)
+        pids = [stack.agent_pid(i) for i in range(len(stack.agents))]
+        broker_before = B.proc_usage(stack.pid("broker")).cpu_s
+        agents_before = sum(B.proc_usage(p).cpu_s for p in pids)
+        cmd_ids = {ids.new_id("c"): a.id for a in stack.agents}
+        done: dict[str, P.CmdStatus] = {}
+        t0 = time.perf_counter()
+        with MasterClient([stack.endpoint("master_clients")], security, timeout=30.0) as mc:
+            for cmd_id, agent in cmd_ids.items():
+                mc.exec(P.CmdSpec(argv=["cat", str(path)]), cmd_id=cmd_id, agent=agent)
+            deadline = time.monotonic() + RUN_TIMEOUT_S
+            while len(done) < len(cmd_ids) or not all(live.whole(c) for c in done):
+                if time.monotonic() > deadline:
+                    break  # counted as lost below: the numbers say what did not arrive
+                if not sub.poll(1000):
+                    if len(done) == len(cmd_ids):
+                        break  # every command ended and nothing more comes: the rest is lost
+                    continue
+                while True:
+                    try:
+                        frames = sub.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    ev = P.decode_event(frames)
+                    live.add(ev)
+                    if isinstance(ev, P.CmdDone) and ev.cmd_id in cmd_ids:
+                        done[ev.cmd_id] = ev.status
+            seconds = time.perf_counter() - t0
+        broker_cpu = B.proc_usage(stack.pid("broker")).cpu_s - broker_before
+        agents_cpu = sum(B.proc_usage(p).cpu_s for p in pids) - agents_before
+    finally:
+        sub.close(linger=0)
+    failed = [f"{c}: exit {s.exit_code} {s.error}" for c, s in done.items() if s.exit_code != 0 or s.error]
+    failed += [f"{c}: no CmdDone" for c in cmd_ids if c not in done]
+    t1 = time.perf_counter()
+    journal = Count(size)
+    with ReplayClient(ctx, stack.endpoint("broker_replay"), security, timeout_s=30.0) as rc:
+        for page in rc.pages(prefix=topics.LOG + "."):
+            for _id, _topic, body in page:
+                ev = P.decode(body, P.Event)
+                if isinstance(ev, P.LogChunk) and ev.cmd_id in cmd_ids:
+                    journal.add(ev)
+    return Result(
+        len(cmd_ids), n_lines, seconds, live, journal, time.perf_counter() - t1, broker_cpu, agents_cpu, failed
+    )
+
+
+def main() -> None:
+    p = B.parser(__doc__)
+    p.add_argument("--agents", type=int, default=50, help="agents, each running one command (default 50)")
+    p.add_argument("--lines", type=int, default=200_000, help="lines of 100 bytes per command (default 200,000)")
+    p.add_argument("--brokers", type=int, default=1, choices=[1, 2], help="brokers (2 needs replicated brokers)")
+    args = p.parse_args()
+    if args.brokers == 2:
+        raise SystemExit(
+            "--brokers 2 needs replicated brokers (agents publishing to several brokers, subscribers "
+            "dropping duplicates: issue 13 item 3), which this tree does not have yet; run with one broker"
+        )
+    print(B.machine())
+    with B.workdir(args, "fanout") as tmp:
+        path = tmp / "lines.txt"
+        write_lines(path, args.lines)
+        agents = [
+            B.AgentSpec(f"agent-{i + 1:02d}", ["cat"], {"workspace_roots": [str(tmp)]}) for i in range(args.agents)
+        ]
+        t0 = time.monotonic()
+        with B.BusStack(tmp / "stack", agents) as stack:
+            print(f"{args.agents} agents up in {time.monotonic() - t0:.1f} s", flush=True)
+            r = run(stack, args.lines, path)
+    total = r.agents * r.lines_each
+    print(
+        B.table(
+            [
+                "agents x lines",
+                "wall s",
+                "lines/s total",
+                "MB/s",
+                "lost live (offset gaps, seq holes)",
+                "lost in journal (offset gaps)",
+                "journal read back s",
+                "broker CPU % of a core",
+                "agents CPU % (all)",
+            ],
+            [
+                (
+                    f"{r.agents} x {r.lines_each:,}",
+                    r.seconds,
+                    int(r.live.lines / r.seconds),
+                    r.live.lines * LINE_BYTES / r.seconds / 1e6,
+                    f"{total - r.live.lines:,} ({r.live.offset_gaps}, {r.live.seq_holes})",
+                    f"{total - r.journal.lines:,} ({r.journal.offset_gaps})",
+                    r.journal_s,
+                    100 * r.broker_cpu_s / r.seconds,
+                    100 * r.agents_cpu_s / r.seconds,
+                )
+            ],
+        )
+    )
+    if r.failed:
+        print(f"commands that did not end well: {r.failed[:5]}")
+    lost = total - r.live.lines
+    print(f"goal 0 lines lost (live): {'met' if lost == 0 else 'NOT met'} ({lost:,} lost)")
+    print(
+        f"goal 0 lines lost (journal): {'met' if total == r.journal.lines else 'NOT met'} ({total - r.journal.lines:,})"
+    )
+
+
+if __name__ == "__main__":
+    main()
