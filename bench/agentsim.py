@@ -16,6 +16,9 @@ agents' secret keys, never argv) and driven over its stdin/stdout, one line each
 - it prints ``ready N`` once all N agents are welcomed;
 - ``kill ID`` closes that agent's sockets abruptly (linger 0, no Bye), then prints
   ``killed ID T`` with T the wall-clock time just before the close;
+- ``gate`` holds every Exec from then on unanswered (prints ``gated``), ``go`` answers the held
+  ones and every later one at once again (prints ``went N``), so a bench can fill a queue first
+  and then time how fast it drains;
 - with ``hold``, every Exec is accepted as running and never ends (a queue that stays deep);
 - ``stats`` prints ``stats {json}`` (execs answered, misses, heartbeats sent, sends dropped);
 - end of input stops it (also without Byes: the bench kills agents, it does not retire them).
@@ -126,6 +129,8 @@ class Simulator:
         self.poller.register(sys.stdin.fileno(), zmq.POLLIN)
         self._announced = False
         self._pending = b""  # control input not yet ended by a newline
+        # While the bench holds the gate closed: Execs received, answered when it opens.
+        self.gated: list[tuple[_Live, P.Exec]] | None = None
 
     # ------------------------------------------------------------------ loop
     def run(self) -> None:
@@ -172,6 +177,8 @@ class Simulator:
             elif isinstance(msg, P.Reregister):
                 live.welcomed = False
                 self._send(live, self._hello(live))
+            elif isinstance(msg, P.Exec) and self.gated is not None:
+                self.gated.append((live, msg))
             elif isinstance(msg, P.Exec):
                 self._send(live, self._exec(live, msg))
             elif isinstance(msg, P.Query):
@@ -251,10 +258,19 @@ class Simulator:
             if live.events is not None:
                 live.events.close(linger=0)
             _say(f"killed {words[1]} {t:.6f}")
+        elif words[0] == "gate":
+            self.gated = self.gated or []
+            _say("gated")
+        elif words[0] == "go":
+            held, self.gated = self.gated or [], None
+            for live, req in held:
+                if live.spec.id in self.agents:
+                    self._send(live, self._exec(live, req))
+            _say(f"went {len(held)}")
         elif words[0] == "stats":
-            _say("stats " + json.dumps(self.counters))
+            _say("stats " + json.dumps(self.counters, separators=(",", ":")))
         else:
-            _say(f"error control: unknown command {line.strip()!r} (kill ID, stats)")
+            _say(f"error control: unknown command {line.strip()!r} (kill ID, gate, go, stats)")
 
     def _close(self) -> None:
         for live in self.agents.values():
@@ -334,6 +350,15 @@ class SimProcess:
         """Close one agent's sockets abruptly; the wall-clock time it happened."""
         self.say(f"kill {agent_id}")
         return float(self.expect("killed", 10.0)[2])
+
+    def gate(self) -> None:
+        self.say("gate")
+        self.expect("gated", 10.0)
+
+    def go(self) -> int:
+        """Open the gate; how many held Execs were answered."""
+        self.say("go")
+        return int(self.expect("went", 10.0)[1])
 
     def stats(self) -> dict[str, int]:
         self.say("stats")
