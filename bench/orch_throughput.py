@@ -46,6 +46,8 @@ from p4bus.harness.workspaces import agent_settings, orchestrator_settings, p4si
 
 GOAL_PER_S = 1000.0
 RECORD_TIMEOUT_S = 60.0
+# For a batch of jobs to end (a loaded machine can make 300 jobs take minutes).
+WAIT_S = 900.0
 
 
 # ---------------------------------------------------------------------------- recording
@@ -182,7 +184,7 @@ def measure(f: Fleet, facts: dict[str, Any], n_jobs: int, store: str) -> Result:
     try:
         wait_for(lambda: len(f.oc.jobs()) == 0, 10.0, "an idle orchestrator", 0.2)
         warm = submit_all(f, facts, len(f.workspaces))
-        watcher.wait(warm)
+        watcher.wait(warm, WAIT_S)
         # The queue is filled behind a closed gate, then drained: the submits (one request
         # each, as `p4bus submit` makes them) are not what is timed.
         for sim in f.sims:
@@ -193,7 +195,7 @@ def measure(f: Fleet, facts: dict[str, Any], n_jobs: int, store: str) -> Result:
         t0 = time.time()
         for sim in f.sims:
             sim.go()
-        ends = watcher.wait(job_ids)
+        ends = watcher.wait(job_ids, WAIT_S)
         seconds = max(ends.values()) - t0
         after = [B.proc_usage(p).cpu_s for p in pids]
     finally:
@@ -216,40 +218,7 @@ def measure(f: Fleet, facts: dict[str, Any], n_jobs: int, store: str) -> Result:
     )
 
 
-def main() -> None:
-    p = B.parser(__doc__)
-    p.add_argument("--jobs", type=int, default=300, help="jobs measured (default 300)")
-    p.add_argument("--workspaces", type=int, default=100, help="workspaces the jobs spread over (default 100)")
-    p.add_argument("--agents", type=int, default=4, help="simulated agents holding them (default 4)")
-    p.add_argument(
-        "--postgres",
-        action="store_true",
-        help="also measure with the store on a throwaway PostgreSQL server (p4bus/harness/postgres.py: "
-        "the distribution's server, fsync off)",
-    )
-    p.add_argument(
-        "--store-dir",
-        type=Path,
-        help="also measure with the SQLite file in this directory, e.g. /dev/shm (tmpfs: fsync costs "
-        "nothing, so the row shows what the orchestrator does when the disk is not what it waits for)",
-    )
-    args = p.parse_args()
-    print(B.machine())
-    results = []
-    with B.workdir(args, "orch") as tmp, contextlib.ExitStack() as cleanup:
-        stores: list[tuple[str, dict[str, Any]]] = [("SQLite", {})]
-        if args.store_dir:
-            where = Path(tempfile.mkdtemp(prefix="p4bus-bench-orch-", dir=args.store_dir))
-            cleanup.callback(shutil.rmtree, where, True)
-            stores.append((f"SQLite in {args.store_dir}", {"store": str(where / "jobs.db")}))
-        if args.postgres:
-            pg = cleanup.enter_context(PgServer())
-            stores.append(("PostgreSQL (fsync off)", {"store": pg.create_database("bench")}))
-        rec = record(tmp / "rec")
-        print(f"recorded one job: {len(rec.stages)} commands ({', '.join(rec.stages)})")
-        for store, settings in stores:
-            with fleet(tmp / store, rec.conf, args.workspaces, args.agents, rec.answers, orchestrator=settings) as f:
-                results.append(measure(f, rec.facts, args.jobs, store))
+def report(results: list[Result]) -> None:
     print(
         B.table(
             [
@@ -288,6 +257,44 @@ def main() -> None:
         print(
             f"goal >= {GOAL_PER_S:g} transitions/s ({r.store}): {'met' if rate >= GOAL_PER_S else 'NOT met'} ({rate:.0f}/s)"
         )
+
+
+def main() -> None:
+    p = B.parser(__doc__)
+    p.add_argument("--jobs", type=int, default=300, help="jobs measured (default 300)")
+    p.add_argument("--workspaces", type=int, default=100, help="workspaces the jobs spread over (default 100)")
+    p.add_argument("--agents", type=int, default=4, help="simulated agents holding them (default 4)")
+    p.add_argument(
+        "--postgres",
+        action="store_true",
+        help="also measure with the store on a throwaway PostgreSQL server (p4bus/harness/postgres.py: "
+        "the distribution's server, fsync off)",
+    )
+    p.add_argument(
+        "--store-dir",
+        type=Path,
+        help="also measure with the SQLite file in this directory, e.g. /dev/shm (tmpfs: fsync costs "
+        "nothing, so the row shows what the orchestrator does when the disk is not what it waits for)",
+    )
+    args = p.parse_args()
+    print(B.machine())
+    results = []
+    with B.workdir(args, "orch") as tmp, contextlib.ExitStack() as cleanup:
+        stores: list[tuple[str, dict[str, Any]]] = [("SQLite", {})]
+        if args.store_dir:
+            where = Path(tempfile.mkdtemp(prefix="p4bus-bench-orch-", dir=args.store_dir))
+            cleanup.callback(shutil.rmtree, where, True)
+            stores.append((f"SQLite in {args.store_dir}", {"store": str(where / "jobs.db")}))
+        if args.postgres:
+            pg = cleanup.enter_context(PgServer())
+            stores.append(("PostgreSQL (fsync off)", {"store": pg.create_database("bench")}))
+        rec = record(tmp / "rec")
+        print(f"recorded one job: {len(rec.stages)} commands ({', '.join(rec.stages)})")
+        for store, settings in stores:
+            with fleet(tmp / store, rec.conf, args.workspaces, args.agents, rec.answers, orchestrator=settings) as f:
+                results.append(measure(f, rec.facts, args.jobs, store))
+            report(results[-1:])  # now: a later row may fail
+    report(results)
 
 
 if __name__ == "__main__":
