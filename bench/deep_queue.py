@@ -165,7 +165,7 @@ def main() -> None:
             n = measure(f, facts, args.jobs, args.submitters, args.samples, args.cli_samples, args.idle)
     print(
         B.table(
-            ["request", "N", "p50 ms", "p99 ms", "mean ms"],
+            ["request", "N", "p50 ms", "p99 ms", "mean ms", "orchestrator CPU ms each"],
             [
                 (
                     f"submit (queue growing to {args.jobs:,})",
@@ -173,6 +173,7 @@ def main() -> None:
                     n.submit.p50_ms,
                     n.submit.p99_ms,
                     n.submit.mean_ms,
+                    "",
                 ),
                 (
                     f"status (list: {n.listed} jobs shown)",
@@ -180,6 +181,7 @@ def main() -> None:
                     n.status.p50_ms,
                     n.status.p99_ms,
                     n.status.mean_ms,
+                    n.status_cpu_ms,
                 ),
                 (
                     f"status ID (number {n.position} in its workspace's queue)",
@@ -187,8 +189,9 @@ def main() -> None:
                     n.status_id.p50_ms,
                     n.status_id.p99_ms,
                     n.status_id.mean_ms,
+                    n.status_id_cpu_ms,
                 ),
-                ("`p4bus status` command, new process", n.cli.n, n.cli.p50_ms, n.cli.p99_ms, n.cli.mean_ms),
+                ("`p4bus status` command, new process", n.cli.n, n.cli.p50_ms, n.cli.p99_ms, n.cli.mean_ms, ""),
             ],
         )
     )
