@@ -179,7 +179,8 @@ def main() -> None:
     if args.brokers == 2:
         raise SystemExit(
             "--brokers 2 needs replicated brokers (agents publishing to several brokers, subscribers "
-            "dropping duplicates: issue 13 item 3), which this tree does not have yet; run with one broker"
+            "dropping duplicates: issue 13 item 3, on the wt-brokers branch), which this tree does not "
+            "have yet; run with one broker"
         )
     print(B.machine())
     with B.workdir(args, "fanout") as tmp:
