@@ -231,6 +231,17 @@ def single_agent(tmp: Path, allowed: list[str], curve: bool = True) -> BusStack:
     return BusStack(tmp, [AgentSpec("bench-agent", allowed, {"workspace_roots": [str(tmp)]})], curve=curve)
 
 
+def live_subscription(sub: zmq.Socket, timeout: float = 15.0) -> None:
+    """Until ``sub`` (subscribed to ``beacon.`` among others) carries a beacon: from then on the
+    broker forwards its topics, so nothing published after this return is missed for want of a
+    subscription still on its way (every service beacons every few seconds)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sub.poll(200) and isinstance(P.decode_event(sub.recv_multipart()), P.Beacon):
+            return
+    raise RuntimeError(f"the subscription to the broker carried no beacon in {timeout:g}s")
+
+
 def null_sink(_stream: int, _data: bytes) -> None:
     """run_command's sink when only the round trip matters."""
 

@@ -61,13 +61,13 @@ class JobWatcher:
         )
         self.done_ts: dict[str, float] = {}  # cmd id -> when the agent published CmdDone
 
-    def wait(self, job_ids: list[str]) -> dict[str, float]:
+    def wait(self, job_ids: list[str], timeout: float = JOB_TIMEOUT_S) -> dict[str, float]:
         """job id -> wall-clock time it stopped."""
         pending, ends = set(job_ids), {}
-        deadline = time.monotonic() + JOB_TIMEOUT_S
+        deadline = time.monotonic() + timeout
         while pending:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{len(pending)} jobs did not finish within {JOB_TIMEOUT_S:g}s")
+                raise RuntimeError(f"{len(pending)} jobs did not finish within {timeout:g}s")
             if not self.sub.poll(1000):
                 for job_id in list(pending):
                     view = self.oc.job(job_id)

@@ -72,6 +72,10 @@ class Registry:
         # Every agent that said HELLO since this master started, as it last described itself:
         # a job for one that is offline now waits for it; one for a name never seen is refused.
         self.seen: dict[str, AgentInfo] = {}
+        # No agent can be dead before this: the earliest deadline the last expiry scan saw. A
+        # message only moves an agent's deadline later, so the master's loop, which asks on every
+        # wake-up (a thousand a second with a thousand agents), scans only when one may be due.
+        self._next_expiry = 0.0
 
     def register(self, identity: bytes, info: AgentInfo, heartbeat_s: float, now: float | None = None) -> bool:
         """Add or refresh an agent; returns True when it is new (or came back with a new epoch)."""
@@ -87,6 +91,8 @@ class Registry:
             spool_free=info.spool_free,
         )
         self.agents[info.agent_id] = rec
+        # Its own interval is no longer than the one expire() applies: an early enough bound.
+        self._next_expiry = min(self._next_expiry, now + MISSED_HEARTBEATS * heartbeat_s)
         self.by_identity[identity] = info.agent_id
         self.seen[info.agent_id] = info
         for cmd in info.running:
@@ -124,9 +130,16 @@ class Registry:
     def expire(self, master_hb: float, now: float | None = None) -> list[AgentRecord]:
         """Agents silent for MISSED_HEARTBEATS of their (or our, if longer) interval are dead."""
         now = time.time() if now is None else now
-        dead = [
-            r for r in self.agents.values() if now - r.last_seen > MISSED_HEARTBEATS * max(r.heartbeat_s, master_hb)
-        ]
+        if now <= self._next_expiry:
+            return []
+        dead, soonest = [], float("inf")
+        for r in self.agents.values():
+            deadline = r.last_seen + MISSED_HEARTBEATS * max(r.heartbeat_s, master_hb)
+            if now > deadline:
+                dead.append(r)
+            else:
+                soonest = min(soonest, deadline)
+        self._next_expiry = soonest
         for r in dead:
             self.remove(r.agent_id)
         return dead

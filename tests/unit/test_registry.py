@@ -47,6 +47,20 @@ def test_expiry_after_three_missed_intervals():
     assert r.lookup(b"i1") is None and r.lookup(b"i2").agent_id == "a2"
 
 
+def test_expiry_scans_skipped_until_one_may_be_due_stay_exact():
+    # The master asks on every wake-up; the registry skips scans before the earliest deadline.
+    r = _reg()
+    assert r.expire(0.5, now=100.5) == []  # earliest deadline now 103.0
+    r.touch(r.agents["a1"], now=102.0)
+    # An agent that joins after that scan with a shorter interval is still expired on time.
+    r.register(b"i3", AgentInfo(agent_id="a3", epoch="e"), 0.2, now=101.0)  # due at 101 + 3 * 0.5
+    assert [x.agent_id for x in r.expire(0.5, now=102.4)] == []
+    assert [x.agent_id for x in r.expire(0.5, now=102.6)] == ["a3"]
+    assert [x.agent_id for x in r.expire(0.5, now=103.1)] == ["a2"]
+    assert [x.agent_id for x in r.expire(0.5, now=104.9)] == []  # a1 spoke at 102: due at 105.0
+    assert [x.agent_id for x in r.expire(0.5, now=105.1)] == ["a1"]
+
+
 def test_register_reports_new_epoch_and_tracks_owners():
     r = _reg()
     assert r.register(b"i1", AgentInfo(agent_id="a1", epoch="e", running=["c1"]), 1.0) is False
