@@ -243,7 +243,7 @@ class Engine:
     def schedule(self) -> Effects:
         eff = Effects()
         with self.store.tx():
-            for ws in sorted({j.workspace for j in self.store.queued()}):
+            for ws in self.store.queued_workspaces():
                 eff.add(self._schedule_workspace(ws))
         return eff
 
@@ -251,7 +251,7 @@ class Engine:
         """Start the oldest queued job of a free workspace (inside the caller's transaction)."""
         if self.store.workspace_busy(workspace):
             return Effects()
-        queued = self.store.queued(workspace)
+        queued = self.store.queued(workspace, limit=1)
         if not queued:
             return Effects()
         job = queued[0]
@@ -607,9 +607,10 @@ class Engine:
         return self._view(job, self.store.job_commands(job.id))
 
     def views(self, include_finished: bool, limit: int) -> list[P.JobView]:
-        return [self._view(j, []) for j in self.store.list_jobs(include_finished, limit)]
+        active: dict[str, JobRow | None] = {}  # by workspace: a deep queue lists many of each
+        return [self._view(j, [], active) for j in self.store.list_jobs(include_finished, limit)]
 
-    def _view(self, job: JobRow, cmds: list[CommandRow]) -> P.JobView:
+    def _view(self, job: JobRow, cmds: list[CommandRow], active: dict[str, JobRow | None] | None = None) -> P.JobView:
         vars = job.vars
         params = msgspec.structs.asdict(job.params)
         waiting = ""
@@ -629,9 +630,13 @@ class Engine:
         elif job.state == JobState.RETRY_WAIT:
             waiting = "backoff before the next attempt"
         elif job.state == JobState.QUEUED:
-            position = [q.id for q in self.store.queued(job.workspace)].index(job.id) + 1
-            active = self.store.active_job(job.workspace)
-            ahead = f"job {active.id}" if active else "the workspace"
+            position = self.store.queue_position(job)
+            if active is None:
+                active = {}
+            if job.workspace not in active:
+                active[job.workspace] = self.store.active_job(job.workspace)
+            holder = active[job.workspace]
+            ahead = f"job {holder.id}" if holder else "the workspace"
             waiting = f"{ahead} on workspace {job.workspace} (number {position} in its queue)"
         return P.JobView(
             job_id=job.id,

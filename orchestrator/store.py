@@ -470,11 +470,24 @@ class Store:
         )
         return rows[0] if rows else None
 
-    def queued(self, workspace: str | None = None) -> list[JobRow]:
+    def queued(self, workspace: str | None = None, limit: int = 10_000) -> list[JobRow]:
         """QUEUED jobs in the order they run."""
         if workspace is None:
-            return self._jobs("state=?", (JobState.QUEUED,))
-        return self._jobs("state=? AND workspace=?", (JobState.QUEUED, workspace))
+            return self._jobs("state=?", (JobState.QUEUED,), limit)
+        return self._jobs("state=? AND workspace=?", (JobState.QUEUED, workspace), limit)
+
+    def queued_workspaces(self) -> list[str]:
+        """Workspaces with a QUEUED job, by name (read from the index, no job row decoded)."""
+        rows = self.db.execute("SELECT DISTINCT workspace FROM jobs WHERE state=?", (JobState.QUEUED,)).fetchall()
+        return sorted(r[0] for r in rows)
+
+    def queue_position(self, job: JobRow) -> int:
+        """A QUEUED job's place in its workspace's queue, 1 for the next to run."""
+        position: int = self.db.execute(
+            "SELECT COUNT(*) FROM jobs WHERE state=? AND workspace=? AND n<=?",
+            (JobState.QUEUED, job.workspace, job.n),
+        ).fetchone()[0]
+        return position
 
     def workspace_busy(self, workspace: str) -> bool:
         """A job holds it, or some job's command (e.g. a cancel's cleanup) is still open there."""

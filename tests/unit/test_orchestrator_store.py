@@ -94,6 +94,10 @@ def test_queue_order_busy_workspace_and_newest_jobs(store_at):
     assert [j.id for j in store.list_jobs(include_finished=False, limit=10)] == ["J1", "J2", "J3", "J4", "J6"]
     assert [j.id for j in store.waiting_resolve_since(10.5)] == ["J1"]
     assert store.waiting_resolve_since(10.0) == []
+    # Read from the index: a deep queue is never decoded whole for a position or a sweep.
+    assert store.queued_workspaces() == ["other", "ws"]
+    assert [store.queue_position(j) for j in store.queued("ws")] == [1, 2, 3]
+    assert [j.id for j in store.queued("ws", limit=1)] == ["J2"]
 
 
 def test_rows_come_back_typed_and_a_secret_stdin_is_never_stored(store_at, tmp_path):
