@@ -292,6 +292,8 @@ class Orchestrator:
 
     def _read_done(self, read: OutputRead, status: P.CmdStatus) -> None:
         del self.reading[status.cmd_id]
+        if not status.truncated:
+            log.info("output.read", cmd_id=status.cmd_id, bytes=len(status.stdout) + len(status.stderr))
         self.execute(self.engine.on_done(status.cmd_id, status, stamp=read.stamp))
 
     # ------------------------------------------------------------------ events
