@@ -48,6 +48,7 @@ class Orchestrator:
         # Every request to the masters, none waited for (orchestrator/channel.py).
         self.channel = MasterChannel(self.ctx, cfg.client_masters(), security)
         self.reading: dict[str, OutputRead] = {}  # cmd_id -> its whole output being read
+        self.ask_again: set[str] = set()  # agents to reconcile again when their query is answered
         self.api = zmqutil.router(self.ctx, cfg.endpoint("orchestrator_api"), security, roles.ORCHESTRATOR_API)
         self.api_guard = auth.Guard(security, roles.ORCHESTRATOR_API)
         self.scheduler = Scheduler(self.store, self.engine, ChangePoller(cfg.client_masters(), security, self.ctx))
@@ -200,9 +201,12 @@ class Orchestrator:
                 self.publish(newly_waiting)
 
     def reconcile(self, agent: str) -> None:
-        """Ask the agent's spool about every command we believe is in flight there (one query
-        per agent in flight at a time; its answer is handled in on_statuses)."""
+        """Ask the agent's spool about every command we believe is in flight there; the answer
+        is handled in on_statuses. One query per agent is in flight at a time: asked again
+        meanwhile (a hole in its events, a sweep), the agent is asked once more after the
+        answer, which may predate what prompted the new question."""
         if self.channel.busy(("query", agent)):
+            self.ask_again.add(agent)
             return
         cmds = self.store.in_flight_on(agent)
         if not cmds:
@@ -219,6 +223,12 @@ class Orchestrator:
         runs them again while it may still be running them. Its spool answers when it is back;
         only a stage's unknown deadline gives up on it (engine.unreachable).
         """
+        self._on_statuses(agent, reply)
+        if agent in self.ask_again:
+            self.ask_again.discard(agent)
+            self.reconcile(agent)
+
+    def _on_statuses(self, agent: str, reply: P.QueryReply | P.ErrorReply) -> None:
         if isinstance(reply, P.ErrorReply):
             now = self.clock()
             since = self.unreachable_since.setdefault(agent, now)

@@ -59,7 +59,7 @@ def two_masters(jobs: JobStack) -> Iterator[tuple[JobStack, dict]]:
     jobs.procs["master"].signal_group(signal.SIGCONT)
 
 
-def test_status_answers_at_once_while_a_frozen_master_is_failed_over(two_masters):
+def test_status_answers_at_once_while_a_frozen_master_is_failed_over(two_masters: tuple[JobStack, dict]) -> None:
     jobs, second = two_masters
     jobs.start(agents={"agent-1": list(WORKSPACES[:2]), "agent-2": list(WORKSPACES[2:])})
     with MasterClient([second["master_clients"]], jobs.stack.security(), timeout=5.0) as m2:

@@ -137,7 +137,9 @@ def masters() -> Iterator[tuple[zmq.Context, list[zmq.Socket]]]:
     ctx.term()
 
 
-def test_the_channel_fails_over_from_a_silent_master_without_waiting(masters) -> None:
+def test_the_channel_fails_over_from_a_silent_master_without_waiting(
+    masters: tuple[zmq.Context, list[zmq.Socket]],
+) -> None:
     ctx, (silent, live) = masters
     endpoints = [s.getsockopt_string(zmq.LAST_ENDPOINT) for s in (silent, live)]
     now = [0.0]
@@ -159,7 +161,9 @@ def test_the_channel_fails_over_from_a_silent_master_without_waiting(masters) ->
     channel.close()
 
 
-def test_a_reply_of_the_wrong_type_reaches_the_continuation_as_an_error(masters) -> None:
+def test_a_reply_of_the_wrong_type_reaches_the_continuation_as_an_error(
+    masters: tuple[zmq.Context, list[zmq.Socket]],
+) -> None:
     ctx, (_silent, live) = masters
     channel = MasterChannel(ctx, [live.getsockopt_string(zmq.LAST_ENDPOINT)], None)
     got: list[P.Base] = []
