@@ -258,6 +258,10 @@ class Orchestrator:
         cmd = self.store.command(cmd_id)
         return cmd is not None and cmd.state in IN_FLIGHT
 
+    def _open(self, cmd_id: str) -> bool:
+        cmd = self.store.command(cmd_id)
+        return cmd is not None and cmd.state in OPEN
+
     def done(self, status: P.CmdStatus, stamp: Stamp | None = None) -> None:
         """A command's result, from its DONE event or its spool; applied once its whole output
         is in when the capture was cut (whole_output.py)."""
@@ -265,8 +269,7 @@ class Orchestrator:
         if read is not None:
             read.adopt(stamp)  # the read under way applies the result, with this event
             return
-        cmd = self.store.command(status.cmd_id)
-        if wanted(status) and cmd is not None and cmd.state in OPEN:
+        if wanted(status) and self._open(status.cmd_id):
             self.reading[status.cmd_id] = read = OutputRead(status, stamp)
             self._read_next(read)
             return
