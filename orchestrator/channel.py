@@ -57,7 +57,7 @@ OPS: dict[type[P.Base], Op] = {
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class Request:
     """One request in flight: where it was sent last, until when, and where its reply goes."""
 
@@ -133,6 +133,8 @@ class Pending:
         return self._finish(req, reply)
 
     def expired(self, now: float) -> list[Action]:
+        if not self.by_id:
+            return []
         return [
             self.unanswered(req, self._timeout(req), now) for req in list(self.by_id.values()) if req.deadline <= now
         ]
