@@ -2,13 +2,15 @@
 
 Names are learned from agents' HELLOs (agent.up events) and, when a submit names one not
 learned yet, from the masters themselves (each remembers every agent that said HELLO since
-it started). A name seen once is kept: its agent may be offline now, and a job for it waits
+it started): such a submit is answered once every master has answered a listing (``Listing``)
+or timed out, without the orchestrator's loop waiting for it. A name seen once is kept: its agent may be offline now, and a job for it waits
 for it (with the dispatch deadline) rather than being refused.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 from common import protocol as P
 
@@ -48,3 +50,24 @@ class KnownAgents:
             f"no master has seen {what} (known: {', '.join(names) or 'none'}): check the name, "
             f"or start that agent first"
         )
+
+
+Answers = list[list[P.AgentInfo] | None]
+
+
+@dataclass
+class Listing:
+    """One round of "which agents have you seen?" to every master, and the submits waiting for
+    it. A submit that comes while a round is out waits for that round rather than starting one."""
+
+    masters: int
+    answers: dict[int, list[P.AgentInfo] | None] = field(default_factory=dict)
+    waiting: list[Callable[[], None]] = field(default_factory=list)
+
+    def answer(self, master: int, infos: list[P.AgentInfo] | None) -> bool:
+        """Master ``master``'s agents (None: it did not answer); True once every master has."""
+        self.answers[master] = infos
+        return len(self.answers) == self.masters
+
+    def result(self) -> Answers:
+        return [self.answers.get(i) for i in range(self.masters)]

@@ -11,7 +11,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from common import protocol as P
 from common.metrics import PREFIX, SECONDS_BUCKETS, CountersCollector, ProcessMetrics, command_outcome
-from orchestrator.dispatcher import Dispatcher
+from orchestrator.channel import MasterChannel
 from orchestrator.pipeline.transition import TERMINAL, JobState
 from orchestrator.store import CmdState, Store
 
@@ -107,11 +107,11 @@ class OrchestratorMetrics(ProcessMetrics):
         self._stages: dict[str, tuple[str, float]] = {}  # job_id -> (stage, entered at)
         self._seen: OrderedDict[str, None] = OrderedDict()
 
-    def attach(self, store: Store, dispatcher: Dispatcher) -> None:
-        """Observe the store's commits and the dispatcher's round trips and failovers."""
+    def attach(self, store: Store, channel: MasterChannel) -> None:
+        """Observe the store's commits and the channel's dispatch round trips and failovers."""
         store.on_commit = self.commit_seconds.observe
-        dispatcher.on_round_trip = self.dispatch_seconds.observe
-        dispatcher.on_failover = lambda master: self.failovers.labels(master).inc()
+        channel.on_round_trip = self.dispatch_seconds.observe
+        channel.on_failover = lambda master: self.failovers.labels(master).inc()
 
     def counts(self, jobs: Mapping[str, int], open_commands: Iterable[CmdState]) -> None:
         """The store's counts (from the loop's once-a-second sweep)."""

@@ -7,6 +7,7 @@ reconciliation asks the agents' spools about anything in flight that has gone qu
 from __future__ import annotations
 
 import threading
+from functools import partial
 from pathlib import Path
 from typing import cast
 
@@ -17,25 +18,20 @@ from common import auth, ids, lifecycle, logs, metrics, roles, topics, zmqutil
 from common import protocol as P
 from common.config import Config
 from common.publisher import Publisher
-from common.rpc import MasterClient, RequestError
 from common.sequence import GapDetector
 from orchestrator.change_poll import ChangePoller
-from orchestrator.dispatcher import Dispatcher
+from orchestrator.channel import NO_ANSWER, MasterChannel
 from orchestrator.engine import Effects, Engine, JobError
-from orchestrator.known import KnownAgents
+from orchestrator.known import Answers, KnownAgents, Listing
 from orchestrator.metrics import OrchestratorMetrics
 from orchestrator.scheduler import Scheduler
-from orchestrator.store import OPEN, CmdState, Store
+from orchestrator.store import IN_FLIGHT, OPEN, CmdState, Store
 from orchestrator.trust import EarlyEvents, source_forged
+from orchestrator.whole_output import OutputRead, Stamp, wanted
 
 log = logs.get("orchestrator")
 
 TICK_S = 0.05
-# Dispatch replies that say nobody answered (the Exec may have reached an agent), not that
-# the command was refused: they do not count towards dispatch_refused_deadline_s.
-NO_ANSWER = ("timeout", "agent_unreachable")
-# Up to this much output is fetched whole from the spool for interpreters when a capture was cut.
-FULL_OUTPUT_MAX = 32 << 20
 
 
 class Orchestrator:
@@ -48,8 +44,12 @@ class Orchestrator:
         self.clock = self.engine.clock
         security = self.security = auth.for_service(cfg, "orchestrator", "orchestrator")
         self.known = KnownAgents()
-        self.masters = MasterClient(cfg.client_masters(), security, timeout=3.0, ctx=self.ctx)
-        self.dispatcher = Dispatcher(self.ctx, cfg.client_masters(), security, timeout_s=5.0)
+        self.listing: Listing | None = None  # agents asked of every master for waiting submits
+        self.listed: Answers = []  # the last listing's answers
+        # Every request to the masters, none waited for (orchestrator/channel.py).
+        self.channel = MasterChannel(self.ctx, cfg.client_masters(), security)
+        self.reading: dict[str, OutputRead] = {}  # cmd_id -> its whole output being read
+        self.ask_again: set[str] = set()  # agents to reconcile again when their query is answered
         self.api = zmqutil.router(self.ctx, cfg.endpoint("orchestrator_api"), security, roles.ORCHESTRATOR_API)
         self.api_guard = auth.Guard(security, roles.ORCHESTRATOR_API)
         self.scheduler = Scheduler(self.store, self.engine, ChangePoller(cfg.client_masters(), security, self.ctx))
@@ -83,7 +83,7 @@ class Orchestrator:
         self._last_sweep = 0.0
         self._last_prune = 0.0
         self.metrics = OrchestratorMetrics(self.id, lambda: self.counters)
-        self.metrics.attach(self.store, self.dispatcher)
+        self.metrics.attach(self.store, self.channel)
 
     # ------------------------------------------------------------------ loop
 
@@ -99,7 +99,7 @@ class Orchestrator:
         poller = zmq.Poller()
         poller.register(self.sub, zmq.POLLIN)
         poller.register(self.api, zmq.POLLIN)
-        for s in self.dispatcher.socks:
+        for s in self.channel.socks:
             poller.register(s, zmq.POLLIN)
         while not stop.is_set():
             ready = dict(poller.poll(int(TICK_S * 1000)))
@@ -107,17 +107,16 @@ class Orchestrator:
                 zmqutil.drain(self.sub, self.on_event_frames, 1000)
             if self.api in ready:
                 zmqutil.drain(self.api, self.on_api_frames, 1000, copy=False)
-            for s in self.dispatcher.socks:
+            for s in self.channel.socks:
                 if s in ready:
-                    self.on_dispatch_replies(self.dispatcher.drain(s))
-            self.on_dispatch_replies(self.dispatcher.expire())
+                    self.channel.drain(s)
+            self.channel.expire()
             self.tick(self.clock())
             self.metrics.health.tick()
         for s in (self.api, self.sub):
             s.close(linger=zmqutil.LINGER_MS)
         self.events.close(linger=zmqutil.LINGER_MS)  # stops its beacon thread before the socket closes
-        self.dispatcher.close()
-        self.masters.close()
+        self.channel.close()
         self.scheduler.close()
         self.store.close()
 
@@ -162,14 +161,17 @@ class Orchestrator:
     def execute(self, eff: Effects) -> None:
         # The next command first: job events are for people and can wait a millisecond.
         for cmd_id, agent in eff.kill:
-            try:
-                self.masters.kill(cmd_id, agent=agent or None)
-            except RequestError as exc:
-                log.warning("kill.failed", cmd_id=cmd_id, agent=agent, error=exc.message)
+            msg = P.Kill(req_id=ids.new_id("r"), cmd_id=cmd_id, agent=agent or None)
+            self.channel.request(msg, partial(self.on_killed, cmd_id, agent))
         for cmd_id in eff.dispatch:
             self.dispatch(cmd_id)
         for job_id in eff.publish:
             self.publish(job_id)
+
+    def on_killed(self, cmd_id: str, agent: str, reply: P.KillReply | P.ErrorReply) -> None:
+        # Nothing waits for a kill: its command's DONE (or reconciliation) ends it.
+        if isinstance(reply, P.ErrorReply):
+            log.warning("kill.failed", cmd_id=cmd_id, agent=agent, error=reply.message, code=reply.code)
 
     def dispatch_due(self, now: float) -> None:
         for cmd in self.engine.due_pending(now):
@@ -177,97 +179,144 @@ class Orchestrator:
 
     def dispatch(self, cmd_id: str) -> None:
         """Send a PENDING command's Exec; the reply is handled when it arrives."""
-        if self.dispatcher.busy(cmd_id):
+        if self.channel.busy(("exec", cmd_id)):
             return
         cmd = self.store.command(cmd_id)
         if cmd is None or cmd.state != CmdState.PENDING:
             return
         self.counters["dispatches"] += 1
-        self.dispatcher.exec(cmd_id, self.engine.dispatch_spec(cmd), **self.engine.route(cmd))
+        route = self.engine.route(cmd)
+        msg = P.Exec(req_id=ids.new_id("r"), cmd_id=cmd_id, spec=self.engine.dispatch_spec(cmd), **route)
+        self.channel.request(msg, partial(self.on_dispatch_reply, cmd_id), key=("exec", cmd_id))
 
-    def on_dispatch_replies(self, replies: list) -> None:
-        for cmd_id, reply in replies:
-            if isinstance(reply, P.ExecReply):
-                self.execute(self.engine.on_dispatched(cmd_id, reply))
-                # Events that came before this reply, now that it names the command's agent.
-                mine, others = self.early.release(cmd_id, reply.agent)
-                self.counters["wrong_agent_events"] += others
-                for got in mine:
-                    self.on_command_event(got)
-            else:
-                newly_waiting = self.engine.newly_waiting(cmd_id, reply.message)
-                refused = reply.code not in NO_ANSWER
-                self.execute(self.engine.on_dispatch_refused(cmd_id, reply.message, refused=refused))
-                if newly_waiting:
-                    self.publish(newly_waiting)
+    def on_dispatch_reply(self, cmd_id: str, reply: P.ExecReply | P.ErrorReply) -> None:
+        if isinstance(reply, P.ExecReply):
+            self.execute(self.engine.on_dispatched(cmd_id, reply))
+            # Events that came before this reply, now that it names the command's agent.
+            mine, others = self.early.release(cmd_id, reply.agent)
+            self.counters["wrong_agent_events"] += others
+            for got in mine:
+                self.on_command_event(got)
+        else:
+            # Nobody answering (the Exec may have reached an agent) is not a refusal: it does
+            # not count towards dispatch_refused_deadline_s.
+            newly_waiting = self.engine.newly_waiting(cmd_id, reply.message)
+            refused = reply.code not in NO_ANSWER
+            self.execute(self.engine.on_dispatch_refused(cmd_id, reply.message, refused=refused))
+            if newly_waiting:
+                self.publish(newly_waiting)
 
     def reconcile(self, agent: str) -> None:
-        """Ask the agent's spool about every command we believe is in flight there.
-
-        An agent that no master can reach for lost_after_s has its commands UNKNOWN: nothing
-        runs them again while it may still be running them. Its spool answers when it is back;
-        only a stage's unknown deadline gives up on it (engine.unreachable).
-        """
+        """Ask the agent's spool about every command we believe is in flight there; the answer
+        is handled in on_statuses. One query per agent is in flight at a time: asked again
+        meanwhile (a hole in its events, a sweep), the agent is asked once more after the
+        answer, which may predate what prompted the new question."""
+        if self.channel.busy(("query", agent)):
+            self.ask_again.add(agent)
+            return
         cmds = self.store.in_flight_on(agent)
         if not cmds:
             self.unreachable_since.pop(agent, None)
             self.metrics.reconciled(agent)
             return
         self.counters["reconciles"] += 1
-        try:
-            statuses = self.masters.query([c.cmd_id for c in cmds], agent=agent)
-        except RequestError as exc:
+        msg = P.Query(req_id=ids.new_id("r"), cmd_ids=[c.cmd_id for c in cmds], agent=agent)
+        self.channel.request(msg, partial(self.on_statuses, agent), key=("query", agent))
+
+    def on_statuses(self, agent: str, reply: P.QueryReply | P.ErrorReply) -> None:
+        """The spool's answer to a reconciliation, or no master reaching the agent.
+
+        An agent that no master can reach for lost_after_s has its commands UNKNOWN: nothing
+        runs them again while it may still be running them. Its spool answers when it is back;
+        only a stage's unknown deadline gives up on it (engine.unreachable).
+        """
+        self._on_statuses(agent, reply)
+        if agent in self.ask_again:
+            self.ask_again.discard(agent)
+            self.reconcile(agent)
+
+    def _on_statuses(self, agent: str, reply: P.QueryReply | P.ErrorReply) -> None:
+        if isinstance(reply, P.ErrorReply):
             now = self.clock()
             since = self.unreachable_since.setdefault(agent, now)
             if now - since >= self.cfg.orchestrator.lost_after_s:
+                cmds = self.store.in_flight_on(agent)
                 if any(c.state != CmdState.UNKNOWN for c in cmds):
-                    log.warning("agent.unreachable", agent=agent, commands=[c.cmd_id for c in cmds], error=exc.message)
+                    log.warning(
+                        "agent.unreachable", agent=agent, commands=[c.cmd_id for c in cmds], error=reply.message
+                    )
                 self.execute(self.engine.unreachable(agent, since))
             return
         self.unreachable_since.pop(agent, None)
         self.metrics.reconciled(agent)
-        for st in statuses:
+        for st in reply.statuses:
             if st.state == "done":
                 self.done(st)
             elif st.state == "running":
                 self.execute(self.engine.still_running(st.cmd_id))
-            else:
+            elif self._in_flight(st.cmd_id):
                 # It accepted this command (we saw its reply or its STARTED event), yet its spool
                 # does not know it: the record is gone with whatever ran. Sending it again could
                 # run it twice, so it is LOST and the stage's policy decides.
                 log.warning("cmd.unknown_to_agent", cmd_id=st.cmd_id, agent=agent)
                 self.execute(self.engine.on_done(st.cmd_id, st, lost=True))
 
-    def done(self, status: P.CmdStatus, stamp: tuple[str, str, str, int] | None = None) -> None:
+    def _in_flight(self, cmd_id: str) -> bool:
+        # Still so when the answer came: the query was sent a moment ago.
+        cmd = self.store.command(cmd_id)
+        return cmd is not None and cmd.state in IN_FLIGHT
+
+    def _open(self, cmd_id: str) -> bool:
+        cmd = self.store.command(cmd_id)
+        return cmd is not None and cmd.state in OPEN
+
+    def done(self, status: P.CmdStatus, stamp: Stamp | None = None) -> None:
+        """A command's result, from its DONE event or its spool; applied once its whole output
+        is in when the capture was cut (whole_output.py)."""
+        read = self.reading.get(status.cmd_id)
+        if read is not None:
+            read.adopt(stamp)  # the read under way applies the result, with this event
+            return
         self.metrics.command_done(status)
-        self.execute(self.engine.on_done(status.cmd_id, self.whole_output(status), stamp=stamp))
+        if wanted(status) and self._open(status.cmd_id):
+            self.reading[status.cmd_id] = read = OutputRead(status, stamp)
+            self._read_next(read)
+            return
+        self.execute(self.engine.on_done(status.cmd_id, status, stamp=stamp))
 
-    def whole_output(self, status: P.CmdStatus) -> P.CmdStatus:
-        """Interpreters that must see every line (opened-file lists) get the spool's full output
-        when the event's capture was cut; a huge output (a big sync) keeps its head and tail."""
-        if not status.truncated or status.stdout_bytes + status.stderr_bytes > FULL_OUTPUT_MAX:
-            return status
-        cmd = self.store.command(status.cmd_id)
-        if cmd is None or cmd.state not in OPEN:
-            return status
+    def _read_next(self, read: OutputRead) -> None:
+        chunk = read.next()
+        if chunk is None:
+            self._read_done(read, read.result())
+            return
+        stream, offset, size = chunk
+        status = read.status
+        msg = P.Fetch(
+            req_id=ids.new_id("r"),
+            cmd_id=status.cmd_id,
+            stream=stream,
+            offset=offset,
+            size=size,
+            agent=status.agent or None,
+        )
+        self.channel.request(msg, partial(self.on_chunk, read))
+
+    def on_chunk(self, read: OutputRead, reply: P.FetchReply | P.ErrorReply) -> None:
         try:
-            out = [
-                self._read_all(status, stream, size)
-                for stream, size in ((P.STDOUT, status.stdout_bytes), (P.STDERR, status.stderr_bytes))
-            ]
-        except RequestError as exc:
-            log.warning("fetch.failed", cmd_id=status.cmd_id, error=exc.message)
-            return status
-        return msgspec.structs.replace(status, stdout=out[0], stderr=out[1], truncated=False)
+            if isinstance(reply, P.ErrorReply):
+                raise ValueError(reply.message)
+            read.take(reply)
+        except ValueError as exc:
+            log.warning("fetch.failed", cmd_id=read.status.cmd_id, error=str(exc))
+            self._read_done(read, read.status)  # the cut capture, as the event had it
+            return
+        self._read_next(read)
 
-    def _read_all(self, status: P.CmdStatus, stream: int, size: int) -> bytes:
-        data = bytearray()
-        while len(data) < size:
-            r = self.masters.fetch(status.cmd_id, stream, len(data), size - len(data), agent=status.agent or None)
-            if not r.data:
-                break
-            data += r.data
-        return bytes(data)
+    def _read_done(self, read: OutputRead, status: P.CmdStatus) -> None:
+        del self.reading[status.cmd_id]
+        if not status.truncated:
+            log.info("output.read", cmd_id=status.cmd_id, bytes=len(status.stdout) + len(status.stderr))
+        self.execute(self.engine.on_done(status.cmd_id, status, stamp=read.stamp))
 
     # ------------------------------------------------------------------ events
 
@@ -383,9 +432,14 @@ class Orchestrator:
             return
         # routed decoded the frame as an OrchestratorRequest, or answered it and gave None.
         client, msg = got.identity, cast(P.OrchestratorRequest, got.msg)
+        if isinstance(msg, P.Submit) and self.route_unchecked(client, msg, got.user):
+            return  # answered when the masters have said which agents they have seen
+        self.answer(client, msg, got.user)
+
+    def answer(self, client: bytes, msg: P.OrchestratorRequest, user: str) -> None:
         eff = Effects()
         try:
-            reply, eff = self.handle(msg, got.user)
+            reply, eff = self.handle(msg, user)
         except JobError as exc:
             reply = P.ErrorReply(req_id=msg.req_id, code=exc.code, message=str(exc))
         except Exception as exc:  # a bug must not take the orchestrator down with it
@@ -427,23 +481,42 @@ class Orchestrator:
         return P.JobReply(req_id=msg.req_id, job=e.view(msg.job_id)), eff
 
     def refuse_unknown_route(self, msg: P.Submit) -> None:
-        """A job for an agent or pool that no master has ever seen would wait forever: refuse it."""
+        """A job for an agent or pool that no master has ever seen would wait forever: refuse it.
+        A name not learned from events was asked of the masters before (route_unchecked)."""
         agent, pool = self.engine.submit_route(msg)
-        why = self.known.refusal(agent, pool, self._masters_agents)
+        why = self.known.refusal(agent, pool, lambda: self.listed)
         if why:
             raise JobError(why)
 
-    def _masters_agents(self) -> list[list[P.AgentInfo] | None]:
-        """Every master's agents, the ones it saw but are gone too (None: that master did not answer).
-        Blocking, but only for a submit naming an agent or pool not learned from events yet."""
-        answers: list[list[P.AgentInfo] | None] = []
-        for endpoint in self.cfg.client_masters():
-            with MasterClient([endpoint], self.security, timeout=1.0, ctx=self.ctx) as mc:
-                try:
-                    answers.append(mc.agents(include_gone=True))
-                except RequestError:
-                    answers.append(None)
-        return answers
+    def route_unchecked(self, client: bytes, msg: P.Submit, user: str) -> bool:
+        """Whether the submit names an agent or pool not learned yet: then every master is asked
+        which agents it has seen (they remember the gone ones too) and the submit is answered
+        when they all have, or have timed out (the loop goes on meanwhile)."""
+        try:
+            agent, pool = self.engine.submit_route(self.scheduler.resolve(msg))
+        except JobError:
+            return False  # handle() refuses it with the reason
+        if not self.known.unknown(agent, pool):
+            return False
+        if self.listing is None:
+            self.listing = Listing(len(self.channel.socks))
+            for master in range(self.listing.masters):
+                ask = P.ListAgents(req_id=ids.new_id("r"), include_gone=True)
+                self.channel.request(ask, partial(self.on_listed, master), master=master)
+        self.listing.waiting.append(partial(self.answer, client, msg, user))
+        return True
+
+    def on_listed(self, master: int, reply: P.AgentList | P.ErrorReply) -> None:
+        listing = self.listing
+        assert listing is not None  # one round at a time, each master answered once
+        if not listing.answer(master, reply.agents if isinstance(reply, P.AgentList) else None):
+            return
+        self.listing = None
+        self.listed = listing.result()
+        for infos in self.listed:
+            self.known.saw(infos or [])
+        for resume in listing.waiting:
+            resume()
 
     def _submitter(self, user: str, claimed: str) -> str:
         """Who submits: the requesting key's name, or the person the web's key names (the web

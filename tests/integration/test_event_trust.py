@@ -70,8 +70,7 @@ class Orch:
         for s in (self.o.api, self.o.sub):
             s.close(linger=0)
         self.o.events.close(linger=0)
-        self.o.dispatcher.close()
-        self.o.masters.close()
+        self.o.channel.close()
         self.o.store.close()
 
     def state(self) -> CmdState:
@@ -96,9 +95,7 @@ class Orch:
     def reply(self, agent: str) -> None:
         """The dispatch reply: ``agent`` accepted the command and is running it."""
         status = P.CmdStatus(cmd_id=self.cmd_id, agent=agent, state="running", pid=42)
-        self.o.on_dispatch_replies(
-            [(self.cmd_id, P.ExecReply(req_id="x", cmd_id=self.cmd_id, agent=agent, status=status))]
-        )
+        self.o.on_dispatch_reply(self.cmd_id, P.ExecReply(req_id="x", cmd_id=self.cmd_id, agent=agent, status=status))
 
     def counters(self, *names: str) -> tuple[int, ...]:
         return tuple(self.o.counters[n] for n in names)

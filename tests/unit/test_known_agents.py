@@ -7,7 +7,7 @@ import pytest
 
 from common.protocol import AgentInfo
 from master.registry import Registry
-from orchestrator.known import KnownAgents
+from orchestrator.known import KnownAgents, Listing
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -56,3 +56,13 @@ def test_an_unknown_name_is_asked_for_then_learned_or_refused():
 
 def test_with_no_master_answering_a_job_is_accepted_to_wait():
     assert KnownAgents().refusal("a1", None, lambda: [None, None]) == ""
+
+
+def test_a_listing_is_complete_when_every_master_has_answered_or_timed_out():
+    listing = Listing(3)
+    assert not listing.answer(2, [A2])
+    assert not listing.answer(0, None)  # timed out
+    assert listing.answer(1, [A1])
+    assert listing.result() == [None, [A1], [A2]]
+    known = KnownAgents()
+    assert known.refusal("nosuch", None, listing.result).startswith("no master has seen agent 'nosuch'")
