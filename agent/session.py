@@ -304,13 +304,15 @@ class Agent:
         self.spool.create(
             req.cmd_id, SpoolEntry(spec=spec, job_id=req.job_id, workspace=req.workspace, received_at=time.time())
         )
+        # Taken before the keeper starts it: a command that ends at once must not look shorter
+        # than it was (its keeper's grace for leftovers runs from the leader's exit).
+        started_at = time.time()
         try:
             handle, notify = starter(self.keepers, req.cmd_id, self.redactor.secrets)
         except OSError as exc:
             # It never ran: forget it, so that the same cmd_id can be sent again.
             self.spool.discard(req.cmd_id)
             return self._unstarted(req, f"cannot execute {spec.argv[0]!r}: {exc}")
-        started_at = time.time()
         pid = handle.pid
         self.running[req.cmd_id] = _Slot(req.job_id, req.workspace, pid, started_at)
         self.pump.start_cmd(Started(req.cmd_id, req.job_id, list(spec.argv), handle, started_at, spec.timeout, notify))
