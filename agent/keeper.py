@@ -27,6 +27,7 @@ from __future__ import annotations
 import fcntl
 import gc
 import os
+import select
 import selectors
 import shutil
 import signal
@@ -50,6 +51,8 @@ STDIN_BLOCK = 64 * 1024
 HOLD_S = 1.0
 # Without pidfd the leader's exit is noticed by polling at this period.
 POLL_S = 0.05
+# A keeper's report is one write of at most this (atomic on a pipe), so one read gets it whole.
+REPORT_MAX = select.PIPE_BUF
 # How long a closing agent waits for its keeper factory to exit.
 FACTORY_WAIT_S = 5.0
 KILL_LINES = {signal.SIGUSR1: b"TERM\n", signal.SIGUSR2: b"KILL\n"}
@@ -128,8 +131,12 @@ class Keepers:
             pass  # it died waiting: its report says nothing, which is reported below
         finally:
             os.close(spare.assign)
-        with open(spare.report, "rb") as f:
-            report = f.read()
+        # One read: a report is one atomic write (REPORT_MAX), or nothing and EOF if the keeper
+        # died; waiting for the EOF that follows a report would cost a second wake-up.
+        try:
+            report = os.read(spare.report, REPORT_MAX)
+        finally:
+            os.close(spare.report)
         if not report.startswith(b"ok "):
             os.close(spare.notify)
             raise StartError(report.decode(errors="replace") or "the command's keeper died before starting it")
@@ -272,13 +279,18 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _read_all(fd: int) -> bytes:
-    chunks: list[bytes] = []
-    while True:
-        chunk = os.read(fd, 1 << 16)
+def _read_message(fd: int) -> bytes | None:
+    """One length-prefixed message, read as soon as it is whole; None at an EOF before that."""
+    data = b""
+    size = 8
+    while len(data) < size:
+        chunk = os.read(fd, size - len(data))
         if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
+            return None
+        data += chunk
+        if size == 8 and len(data) >= 8:
+            size += int.from_bytes(data[:8], "big")
+    return data[8:]
 
 
 def _child(spool: Spool, keep: tuple[int, int, int]) -> None:
@@ -292,12 +304,12 @@ def _child(spool: Spool, keep: tuple[int, int, int]) -> None:
         _close_all_but(keep)
         assign, report, notify = keep
         pipes = procgroup.Pipes()  # made while nothing waits for this keeper
-        data = _read_all(assign)
+        data = _read_message(assign)
         os.close(assign)
-        if len(data) < 8:
+        if data is None:
             code = 0  # the agent is gone, or let us go: nothing to keep
             return
-        job = msgspec.msgpack.decode(data[8:], type=_Assignment)
+        job = msgspec.msgpack.decode(data, type=_Assignment)
         # Held until we exit. A restarted agent that found the command without a keeper holds
         # it while it records that; then there is a result, and the command must not start.
         lock = os.open(spool.keeper_lock_path(job.cmd_id), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -421,7 +433,7 @@ class _Keeper:
     def say(self, report: bytes) -> None:
         assert self.report is not None
         try:
-            os.write(self.report, report)
+            os.write(self.report, report[:REPORT_MAX])
         except OSError:
             pass  # the agent is gone: the pid file says what it would have heard
         os.close(self.report)
