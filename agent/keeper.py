@@ -51,6 +51,8 @@ STDIN_BLOCK = 64 * 1024
 HOLD_S = 1.0
 # Without pidfd the leader's exit is noticed by polling at this period.
 POLL_S = 0.05
+# The agent's word that the command's spool entry is durable: the keeper may start it.
+GO = b"g"
 # A keeper's report is one write of at most this (atomic on a pipe), so one read gets it whole.
 REPORT_MAX = select.PIPE_BUF
 # How long a closing agent waits for its keeper factory to exit.
@@ -121,12 +123,23 @@ class Keepers:
             self._ask()
 
     def spawn(self, cmd_id: str, plan: Plan, secrets: list[bytes]) -> Kept:
-        """Hand ``cmd_id`` (already created in the spool) to a keeper and wait until it has
-        started the command and recorded its pid; raises StartError if it could not."""
+        """Hand ``cmd_id`` (already created in the spool, durably or not) to a keeper and wait
+        until it has started the command and recorded its pid; raises StartError if it could not.
+
+        The spool entry is made durable (``Spool.sync``) while the keeper gets ready (its lock,
+        exit record and output files), and only then is it told to go: the fsync and the
+        keeper's preparations overlap, and nothing starts that a power cut could make unknown."""
         spare, self._spare = self._spare or self._receive(), None
         data = msgspec.msgpack.encode(_Assignment(cmd_id, plan, secrets))
+        unsynced: OSError | None = None
         try:
             _write_all(spare.assign, len(data).to_bytes(8, "big") + data)
+            try:
+                self.spool.sync(cmd_id)
+            except OSError as exc:
+                unsynced = exc  # no go: the keeper starts nothing, and says so
+            else:
+                os.write(spare.assign, GO)
         except OSError:
             pass  # it died waiting: its report says nothing, which is reported below
         finally:
@@ -139,6 +152,8 @@ class Keepers:
             os.close(spare.report)
         if not report.startswith(b"ok "):
             os.close(spare.notify)
+            if unsynced is not None:
+                raise StartError(f"cannot record it durably in the spool: {unsynced}")
             raise StartError(report.decode(errors="replace") or "the command's keeper died before starting it")
         os.set_blocking(spare.notify, False)
         return Kept(int(report.split()[1]), spare.pid, spare.notify)
@@ -167,7 +182,7 @@ class Keepers:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with theirs:
             self._factory = subprocess.Popen(
-                [sys.executable, "-c", _FACTORY_MAIN, _CODE_ROOT, str(self.spool.root.resolve()), str(theirs.fileno())],
+                _factory_argv(self.spool.root.resolve(), theirs.fileno()),
                 stdin=subprocess.DEVNULL,
                 pass_fds=(theirs.fileno(),),
             )
@@ -204,11 +219,29 @@ class Keepers:
         return _Spare(int(msg), *fds)
 
 
-# The factory's process: this module, from where the agent has it, and nothing else of the agent.
+# The factory's process: this module, from where the agent has it, and nothing else of the
+# agent. No site (-S, -E): its .pth files and finders would take most of the start-up; the
+# agent's own search path is handed over instead.
 _CODE_ROOT = str(Path(__file__).resolve().parent.parent)
 _FACTORY_MAIN = (
-    "import sys; sys.path.insert(0, sys.argv[1]); from agent import keeper; keeper.factory_entry(sys.argv[2:])"
+    "import sys; sys.path[:0] = sys.argv[1].split(sys.argv[2]); "
+    "from agent import keeper; keeper.factory_entry(sys.argv[3:])"
 )
+
+
+def _factory_argv(spool_root: Path, fd: int) -> list[str]:
+    path = [_CODE_ROOT, *(p for p in sys.path if p and os.path.isdir(p))]
+    return [
+        sys.executable,
+        "-S",
+        "-E",
+        "-c",
+        _FACTORY_MAIN,
+        os.pathsep.join(path),
+        os.pathsep,
+        str(spool_root),
+        str(fd),
+    ]
 
 
 def factory_entry(args: list[str]) -> None:
@@ -305,7 +338,6 @@ def _child(spool: Spool, keep: tuple[int, int, int]) -> None:
         assign, report, notify = keep
         pipes = procgroup.Pipes()  # made while nothing waits for this keeper
         data = _read_message(assign)
-        os.close(assign)
         if data is None:
             code = 0  # the agent is gone, or let us go: nothing to keep
             return
@@ -314,7 +346,7 @@ def _child(spool: Spool, keep: tuple[int, int, int]) -> None:
         # it while it records that; then there is a result, and the command must not start.
         lock = os.open(spool.keeper_lock_path(job.cmd_id), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(lock, fcntl.LOCK_EX)
-        keeper = _Keeper(spool, job.cmd_id, job.plan, job.secrets, pipes, report, notify)
+        keeper = _Keeper(spool, job.cmd_id, job.plan, job.secrets, pipes, assign, report, notify)
         if spool.has_result(job.cmd_id):
             keeper.say(b"a restarted agent recorded this command as not started")
         else:
@@ -358,6 +390,7 @@ class _Keeper:
         plan: Plan,
         secrets: list[bytes],
         pipes: procgroup.Pipes,
+        assign: int,
         report: int,
         notify: int,
     ) -> None:
@@ -365,6 +398,7 @@ class _Keeper:
         self.cmd_id = cmd_id
         self.plan = plan
         self.pipes = pipes
+        self.assign = assign  # where the agent's GO comes once the spool entry is durable
         self.redactor = Redactor()
         self.redactor.secrets = list(secrets)
         self.report: int | None = report
@@ -384,6 +418,9 @@ class _Keeper:
         try:
             if self.plan.cwd is not None:
                 os.chdir(self.plan.cwd)  # this process is the command's alone
+            if os.read(self.assign, len(GO)) != GO:
+                self.say(b"the agent did not confirm the command (its spool entry may not be durable)")
+                return
             with_stdin = self.plan.stdin is not None or self.plan.lifeline
             proc = procgroup.spawn_piped(self._executable(), self.plan.argv, with_stdin, self.pipes, self.plan.env)
         except (OSError, ValueError) as exc:

@@ -74,9 +74,9 @@ class Agent:
         self.agent_id = cfg.agent_id()
         self.epoch = new_epoch()
         self.spool = Spool(self.conf.spool_dir or cfg.state_path / "spool" / self.agent_id)
-        # Forked now, while this process has no threads or sockets yet (agent/keeper.py).
+        # The keeper factory starts now, and makes the first keeper while the agent starts up.
         self.keepers = Keepers(self.spool)
-        self.keepers.start()
+        self.keepers.ready()
         security = auth.for_service(cfg, "agent", self.agent_id)
         if security is not None:
             security.keyring.server_key(roles.BROKER, cfg.agent_broker())  # a missing key fails here, not in the pump
@@ -301,8 +301,11 @@ class Agent:
             return self._unstarted(req, str(exc))
         if spec.stdin_secret and spec.stdin:
             self.redactor.learn(spec.stdin)
+        # Made durable by the keepers while a keeper gets ready for it (Keepers.spawn).
         self.spool.create(
-            req.cmd_id, SpoolEntry(spec=spec, job_id=req.job_id, workspace=req.workspace, received_at=time.time())
+            req.cmd_id,
+            SpoolEntry(spec=spec, job_id=req.job_id, workspace=req.workspace, received_at=time.time()),
+            durable=False,
         )
         # Taken before the keeper starts it: a command that ends at once must not look shorter
         # than it was (its keeper's grace for leftovers runs from the leader's exit).
