@@ -1,11 +1,13 @@
 """The keeper: one small process per command that owns it for its whole life, so that the
 command outlives the agent process that started it (as Jenkins' durable tasks do).
 
-Keepers are forked ahead of need by the agent's keeper factory (``Keepers``, forked once when
-the agent starts: no fork of the running agent, no interpreter start on the dispatch path). A keeper leaves the
-agent's session (``setsid``), closes everything it inherited and waits for its command. Given
-one, it takes the spool's ``keeper`` lock, starts the command in a process group of its own
-with its output on pipes, and then, until the command has ended:
+Keepers are forked ahead of need by the agent's keeper factory (``Keepers``, started once when
+the agent starts: no fork of the running agent, no interpreter start on the dispatch path). A
+keeper leaves the agent's session (``setsid``), closes everything it inherited, makes the
+command's pipes and waits for its command. Given one, it takes the spool's ``keeper`` lock,
+reserves the exit record and creates the output files while the agent fsyncs the command's
+spec, and on the agent's GO starts the command (posix_spawn, a session of its own, output on
+the pipes), records its pid, reports "ok <pid>", and then, until the command has ended:
 - copies stdout/stderr into the spool files, taking out the secrets the agent sent with the
   command (agent/redact.py), so no secret ever reaches the disk; after every write it pokes
   the agent's ``notify`` pipe (a byte; EOF on that pipe = the keeper has recorded the exit,
@@ -14,11 +16,12 @@ with its output on pipes, and then, until the command has ended:
   the stdin open and turns SIGUSR1/SIGUSR2 into the wrapper's ``TERM``/``KILL`` lines;
 - when the leader has exited, gives what is left of its group ``grace_s`` to close the pipes,
   then SIGKILLs the group (the agent's long-standing rule for leftovers);
-- fills in the ``exit`` record it reserved before starting the command, and exits.
+- fills in the ``exit`` record it reserved before starting the command, closes the notify
+  pipe (the agent need not wait for this process's teardown), and exits.
 The exclusive flock on ``keeper`` is held from before the command starts to the keeper's exit,
 so "is the keeper alive?" has an exact answer that no pid reuse can fool.
 
-It never talks to the agent except by those pokes: an agent that dies or restarts changes
+Once started, it never talks to the agent except by those pokes: an agent that dies or restarts changes
 nothing for it, and a restarted agent finds everything it needs in the spool.
 """
 
@@ -104,9 +107,9 @@ class _Spare:
 
 class Keepers:
     """Keepers for one agent's commands, forked ahead of need by a **factory** process that the
-    agent forks once, at its start, before it has threads or sockets (``start``): forking a
-    keeper from the running agent would copy its page tables and leave it copy-on-write faults
-    on the dispatch path, and the new process waits for a CPU on a busy host; handing a command
+    agent starts once (``start``): forking a keeper from the running agent would copy its page
+    tables and leave it copy-on-write faults on the dispatch path, and the new process waits
+    for a CPU on a busy host; handing a command
     to a keeper that is already waiting is a pipe write that wakes it at once. The factory
     passes each keeper's pipes over a unix socket and exits when the agent closes it (or dies)."""
 
