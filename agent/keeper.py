@@ -125,6 +125,12 @@ class Keepers:
         if self._spare is None and not self._asked:
             self._ask()
 
+    def prime(self) -> None:
+        """Wait for the first keeper -- the factory's start-up, a fresh interpreter -- before the
+        agent serves requests: a first command must not hold its main loop (and heartbeats)."""
+        if self._spare is None:
+            self._spare = self._receive()
+
     def spawn(self, cmd_id: str, plan: Plan, secrets: list[bytes]) -> Kept:
         """Hand ``cmd_id`` (already created in the spool, durably or not) to a keeper and wait
         until it has started the command and recorded its pid; raises StartError if it could not.

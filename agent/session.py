@@ -34,7 +34,7 @@ import zmq
 
 from agent import policy, recovery
 from agent.executor import executor_for
-from agent.keeper import Keepers
+from agent.keeper import Keepers, StartError
 from agent.links import MasterLink
 from agent.pump import Pump, Started
 from agent.redact import Redactor
@@ -74,7 +74,7 @@ class Agent:
         self.agent_id = cfg.agent_id()
         self.epoch = new_epoch()
         self.spool = Spool(self.conf.spool_dir or cfg.state_path / "spool" / self.agent_id)
-        # The keeper factory starts now, and makes the first keeper while the agent starts up.
+        # The keeper factory starts now and makes the first keeper while the agent starts up.
         self.keepers = Keepers(self.spool)
         self.keepers.ready()
         security = auth.for_service(cfg, "agent", self.agent_id)
@@ -113,6 +113,10 @@ class Agent:
         self._stop = True
 
     def run(self) -> int:
+        try:
+            self.keepers.prime()
+        except StartError as exc:
+            log.error("no keeper yet; the first command tries again", error=str(exc))
         attach, recovered = recovery.recover(self.spool, self.agent_id, self.conf.capture_bytes, self.executor)
         self.executor.open()
         self.pump.start()
