@@ -54,16 +54,24 @@ class Capture:
 
 def capture_file(path: Path, limit: int) -> Capture:
     """The capture a live reader would have built, rebuilt from a spool file (restart recovery)."""
-    cap = Capture(limit)
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            cap.feed(f.read(cap.head_limit))
-            rest = size - len(cap.head)
-            if rest > 0:
-                f.seek(max(size - cap.tail_limit, len(cap.head)))
-                cap.tail = bytearray(f.read())
-            cap.total = size
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        pass
+        return Capture(limit)
+    try:
+        return capture_fd(fd, limit)
+    finally:
+        os.close(fd)
+
+
+def capture_fd(fd: int, limit: int) -> Capture:
+    """``capture_file`` of a file already open (read with pread: its offset is left alone)."""
+    cap = Capture(limit)
+    size = os.fstat(fd).st_size
+    if size:
+        cap.feed(os.pread(fd, min(size, cap.head_limit), 0))
+        start = max(size - cap.tail_limit, len(cap.head))
+        if start < size:
+            cap.tail = bytearray(os.pread(fd, size - start, start))
+        cap.total = size
     return cap

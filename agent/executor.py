@@ -92,7 +92,9 @@ class LocalExecutor:
 
     def prepare(self, spec: CmdSpec, workspace: str | None) -> Starter:
         launch = policy.check(self.conf, spec, workspace, self.environ)
-        plan = keeper.Plan(launch.argv, launch.cwd, launch.env, spec.stdin, self.conf.kill_grace_s)
+        plan = keeper.Plan(
+            launch.argv, launch.cwd, launch.env, spec.stdin, self.conf.kill_grace_s, executable=launch.executable
+        )
 
         def start(keepers: Keepers, cmd_id: str, secrets: list[bytes]) -> tuple[Handle, int]:
             kept = keepers.spawn(cmd_id, plan, secrets)

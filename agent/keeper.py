@@ -1,34 +1,42 @@
 """The keeper: one small process per command that owns it for its whole life, so that the
 command outlives the agent process that started it (as Jenkins' durable tasks do).
 
-Keepers are forked ahead of need by the agent's keeper factory (``Keepers``, forked once when
-the agent starts: no fork of the running agent, no interpreter start on the dispatch path). A keeper leaves the
-agent's session (``setsid``), closes everything it inherited and waits for its command. Given
-one, it takes the spool's ``keeper`` lock, starts the command in a process group of its own
-with its output on pipes, and then, until the command has ended:
+Keepers are forked ahead of need by the agent's keeper factory (``Keepers``, started once when
+the agent starts: no fork of the running agent, no interpreter start on the dispatch path). A
+keeper leaves the agent's session (``setsid``), closes everything it inherited, makes the
+command's pipes and waits for its command. Given one, it takes the spool's ``keeper`` lock,
+reserves the exit record and creates the output files while the agent fsyncs the command's
+spec, and on the agent's GO starts the command (posix_spawn, a session of its own, output on
+the pipes), records its pid, reports "ok <pid>", and then, until the command has ended:
 - copies stdout/stderr into the spool files, taking out the secrets the agent sent with the
   command (agent/redact.py), so no secret ever reaches the disk; after every write it pokes
-  the agent's ``notify`` pipe (a byte; EOF on that pipe = the keeper has exited);
+  the agent's ``notify`` pipe (a byte; EOF on that pipe = the keeper has recorded the exit,
+  or died);
 - writes the request's stdin; in ``lifeline`` mode (the SSH executor's session) it then keeps
   the stdin open and turns SIGUSR1/SIGUSR2 into the wrapper's ``TERM``/``KILL`` lines;
 - when the leader has exited, gives what is left of its group ``grace_s`` to close the pipes,
   then SIGKILLs the group (the agent's long-standing rule for leftovers);
-- fills in the ``exit`` record it reserved before starting the command, and exits.
+- fills in the ``exit`` record it reserved before starting the command, closes the notify
+  pipe (the agent need not wait for this process's teardown), and exits.
 The exclusive flock on ``keeper`` is held from before the command starts to the keeper's exit,
 so "is the keeper alive?" has an exact answer that no pid reuse can fool.
 
-It never talks to the agent except by those pokes: an agent that dies or restarts changes
+Once started, it never talks to the agent except by those pokes: an agent that dies or restarts changes
 nothing for it, and a restarted agent finds everything it needs in the spool.
 """
 
 from __future__ import annotations
 
 import fcntl
+import gc
 import os
+import select
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +54,10 @@ STDIN_BLOCK = 64 * 1024
 HOLD_S = 1.0
 # Without pidfd the leader's exit is noticed by polling at this period.
 POLL_S = 0.05
+# The agent's word that the command's spool entry is durable: the keeper may start it.
+GO = b"g"
+# A keeper's report is one write of at most this (atomic on a pipe), so one read gets it whole.
+REPORT_MAX = select.PIPE_BUF
 # How long a closing agent waits for its keeper factory to exit.
 FACTORY_WAIT_S = 5.0
 KILL_LINES = {signal.SIGUSR1: b"TERM\n", signal.SIGUSR2: b"KILL\n"}
@@ -60,6 +72,8 @@ class Plan(msgspec.Struct, frozen=True):
     stdin: bytes | None
     grace_s: float
     lifeline: bool = False
+    # The file argv[0] runs, as the policy resolved it; None: looked up in the PATH here.
+    executable: str | None = None
 
 
 class _Assignment(msgspec.Struct, frozen=True):
@@ -93,16 +107,16 @@ class _Spare:
 
 class Keepers:
     """Keepers for one agent's commands, forked ahead of need by a **factory** process that the
-    agent forks once, at its start, before it has threads or sockets (``start``): forking a
-    keeper from the running agent would copy its page tables and leave it copy-on-write faults
-    on the dispatch path, and the new process waits for a CPU on a busy host; handing a command
+    agent starts once (``start``): forking a keeper from the running agent would copy its page
+    tables and leave it copy-on-write faults on the dispatch path, and the new process waits
+    for a CPU on a busy host; handing a command
     to a keeper that is already waiting is a pipe write that wakes it at once. The factory
     passes each keeper's pipes over a unix socket and exits when the agent closes it (or dies)."""
 
     def __init__(self, spool: Spool) -> None:
         self.spool = spool
         self._spare: _Spare | None = None
-        self._factory: int | None = None  # its pid
+        self._factory: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self._asked = False  # a spare is on its way from the factory
 
@@ -111,21 +125,44 @@ class Keepers:
         if self._spare is None and not self._asked:
             self._ask()
 
+    def prime(self) -> None:
+        """Wait for the first keeper -- the factory's start-up, a fresh interpreter -- before the
+        agent serves requests: a first command must not hold its main loop (and heartbeats)."""
+        if self._spare is None:
+            self._spare = self._receive()
+
     def spawn(self, cmd_id: str, plan: Plan, secrets: list[bytes]) -> Kept:
-        """Hand ``cmd_id`` (already created in the spool) to a keeper and wait until it has
-        started the command and recorded its pid; raises StartError if it could not."""
+        """Hand ``cmd_id`` (already created in the spool, durably or not) to a keeper and wait
+        until it has started the command and recorded its pid; raises StartError if it could not.
+
+        The spool entry is made durable (``Spool.sync``) while the keeper gets ready (its lock,
+        exit record and output files), and only then is it told to go: the fsync and the
+        keeper's preparations overlap, and nothing starts that a power cut could make unknown."""
         spare, self._spare = self._spare or self._receive(), None
         data = msgspec.msgpack.encode(_Assignment(cmd_id, plan, secrets))
+        unsynced: OSError | None = None
         try:
             _write_all(spare.assign, len(data).to_bytes(8, "big") + data)
+            try:
+                self.spool.sync(cmd_id)
+            except OSError as exc:
+                unsynced = exc  # no go: the keeper starts nothing, and says so
+            else:
+                os.write(spare.assign, GO)
         except OSError:
             pass  # it died waiting: its report says nothing, which is reported below
         finally:
             os.close(spare.assign)
-        with open(spare.report, "rb") as f:
-            report = f.read()
+        # One read: a report is one atomic write (REPORT_MAX), or nothing and EOF if the keeper
+        # died; waiting for the EOF that follows a report would cost a second wake-up.
+        try:
+            report = os.read(spare.report, REPORT_MAX)
+        finally:
+            os.close(spare.report)
         if not report.startswith(b"ok "):
             os.close(spare.notify)
+            if unsynced is not None:
+                raise StartError(f"cannot record it durably in the spool: {unsynced}")
             raise StartError(report.decode(errors="replace") or "the command's keeper died before starting it")
         os.set_blocking(spare.notify, False)
         return Kept(int(report.split()[1]), spare.pid, spare.notify)
@@ -144,24 +181,21 @@ class Keepers:
             self._factory = None
 
     def start(self) -> None:
-        """Fork the factory (again, if it has died)."""
+        """Start the factory (again, if it has died): a fresh interpreter that imports only
+        this module, so that each keeper forked from it is small -- its fork, its first writes
+        to inherited pages and its exit cost a fraction of what a fork of the agent does."""
         if self._sock is not None:
             self._sock.close()
         if self._factory is not None:
             _end(self._factory)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the factory; it never returns
-            code = 1
-            try:
-                signal.set_wakeup_fd(-1)
-                _close_all_but((theirs.fileno(),))
-                factory_main(self.spool, theirs)
-                code = 0
-            finally:
-                os._exit(code)
-        theirs.close()
-        self._factory, self._sock, self._asked = pid, ours, False
+        with theirs:
+            self._factory = subprocess.Popen(
+                _factory_argv(self.spool.root.resolve(), theirs.fileno()),
+                stdin=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),),
+            )
+        self._sock, self._asked = ours, False
 
     def _ask(self) -> None:
         if self._sock is None:
@@ -194,11 +228,52 @@ class Keepers:
         return _Spare(int(msg), *fds)
 
 
+# The factory's process: this module, from where the agent has it, and nothing else of the
+# agent. No site (-S, -E): its .pth files and finders would take most of the start-up; the
+# agent's own search path is handed over instead.
+_CODE_ROOT = str(Path(__file__).resolve().parent.parent)
+_FACTORY_MAIN = (
+    "import sys; sys.path[:0] = sys.argv[1].split(sys.argv[2]); "
+    "from agent import keeper; keeper.factory_entry(sys.argv[3:])"
+)
+
+
+def _factory_argv(spool_root: Path, fd: int) -> list[str]:
+    path = [_CODE_ROOT, *(p for p in sys.path if p and os.path.isdir(p))]
+    return [
+        sys.executable,
+        "-S",
+        "-E",
+        "-c",
+        _FACTORY_MAIN,
+        os.pathsep.join(path),
+        os.pathsep,
+        str(spool_root),
+        str(fd),
+    ]
+
+
+def factory_entry(args: list[str]) -> None:
+    """The factory process's main: ``args`` = [spool root, socket fd]."""
+    # A terminal's ^C, a stop signal to the agent's process group: the agent's to handle. The
+    # factory ends when the agent closes its socket (or dies).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    spool = Spool(args[0])
+    # What every keeper would otherwise build on its first command, in pages it must copy.
+    msgspec.msgpack.decode(
+        msgspec.msgpack.encode(_Assignment("c", Plan(["x"], None, None, None, 0.0), [])), type=_Assignment
+    )
+    proto.encode(KeeperExit(0, 0.0))
+    # Out of the collector's reach: a keeper's collections never write to the inherited objects.
+    gc.freeze()
+    factory_main(spool, socket.socket(fileno=int(args[1])))
+
+
 def factory_main(spool: Spool, sock: socket.socket) -> None:
     """The factory: a keeper per request, until the agent closes the socket."""
     # Keepers are the factory's children only for a moment: they are never waited for here.
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is the agent's to handle
     while _asked(sock):
         spare = _fork_spare(spool)
         try:
@@ -210,18 +285,13 @@ def factory_main(spool: Spool, sock: socket.socket) -> None:
                 os.close(f)
 
 
-def _end(pid: int) -> None:
+def _end(factory: subprocess.Popen[bytes]) -> None:
     """Reap the factory, which exits once its socket is closed; SIGKILL it if it does not."""
-    deadline = time.monotonic() + FACTORY_WAIT_S
     try:
-        while not os.waitpid(pid, os.WNOHANG)[0]:
-            if time.monotonic() > deadline:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                return
-            time.sleep(0.01)  # bounded: it exits as soon as it reads the EOF
-    except ChildProcessError:
-        pass  # reaped already
+        factory.wait(FACTORY_WAIT_S)
+    except subprocess.TimeoutExpired:
+        factory.kill()
+        factory.wait()
 
 
 def _asked(sock: socket.socket) -> bool:
@@ -251,13 +321,18 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _read_all(fd: int) -> bytes:
-    chunks: list[bytes] = []
-    while True:
-        chunk = os.read(fd, 1 << 16)
+def _read_message(fd: int) -> bytes | None:
+    """One length-prefixed message, read as soon as it is whole; None at an EOF before that."""
+    data = b""
+    size = 8
+    while len(data) < size:
+        chunk = os.read(fd, size - len(data))
         if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
+            return None
+        data += chunk
+        if size == 8 and len(data) >= 8:
+            size += int.from_bytes(data[:8], "big")
+    return data[8:]
 
 
 def _child(spool: Spool, keep: tuple[int, int, int]) -> None:
@@ -270,17 +345,17 @@ def _child(spool: Spool, keep: tuple[int, int, int]) -> None:
             signal.signal(sig, _ignore)
         _close_all_but(keep)
         assign, report, notify = keep
-        data = _read_all(assign)
-        os.close(assign)
-        if len(data) < 8:
+        pipes = procgroup.Pipes()  # made while nothing waits for this keeper
+        data = _read_message(assign)
+        if data is None:
             code = 0  # the agent is gone, or let us go: nothing to keep
             return
-        job = msgspec.msgpack.decode(data[8:], type=_Assignment)
+        job = msgspec.msgpack.decode(data, type=_Assignment)
         # Held until we exit. A restarted agent that found the command without a keeper holds
         # it while it records that; then there is a result, and the command must not start.
         lock = os.open(spool.keeper_lock_path(job.cmd_id), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(lock, fcntl.LOCK_EX)
-        keeper = _Keeper(spool, job.cmd_id, job.plan, job.secrets, report, notify)
+        keeper = _Keeper(spool, job.cmd_id, job.plan, job.secrets, pipes, assign, report, notify)
         if spool.has_result(job.cmd_id):
             keeper.say(b"a restarted agent recorded this command as not started")
         else:
@@ -317,10 +392,22 @@ class _Out:
 
 
 class _Keeper:
-    def __init__(self, spool: Spool, cmd_id: str, plan: Plan, secrets: list[bytes], report: int, notify: int) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        cmd_id: str,
+        plan: Plan,
+        secrets: list[bytes],
+        pipes: procgroup.Pipes,
+        assign: int,
+        report: int,
+        notify: int,
+    ) -> None:
         self.spool = spool
         self.cmd_id = cmd_id
         self.plan = plan
+        self.pipes = pipes
+        self.assign = assign  # where the agent's GO comes once the spool entry is durable
         self.redactor = Redactor()
         self.redactor.secrets = list(secrets)
         self.report: int | None = report
@@ -328,7 +415,7 @@ class _Keeper:
         self.sel = selectors.DefaultSelector()
         self.stdin = memoryview(plan.stdin or b"")
         self.cut: int | None = None
-        self.proc: subprocess.Popen | None = None
+        self.proc: procgroup.Child | None = None
 
     def run(self) -> None:
         try:
@@ -338,9 +425,13 @@ class _Keeper:
             self.say(f"cannot create its output files in the spool: {exc}".encode())
             return
         try:
-            proc = procgroup.popen_piped(
-                self.plan.argv, self.plan.stdin is not None or self.plan.lifeline, self.plan.cwd, self.plan.env
-            )
+            if self.plan.cwd is not None:
+                os.chdir(self.plan.cwd)  # this process is the command's alone
+            if os.read(self.assign, len(GO)) != GO:
+                self.say(b"the agent did not confirm the command (its spool entry may not be durable)")
+                return
+            with_stdin = self.plan.stdin is not None or self.plan.lifeline
+            proc = procgroup.spawn_piped(self._executable(), self.plan.argv, with_stdin, self.pipes, self.plan.env)
         except (OSError, ValueError) as exc:
             self.say(str(exc).encode())
             return
@@ -357,33 +448,44 @@ class _Keeper:
             self.say(f"cannot record its pid in the spool: {exc}".encode())
             return
         self.say(b"ok %d" % proc.pid)
-        assert proc.stdout is not None and proc.stderr is not None
-        for out, pipe in zip(outs, (proc.stdout, proc.stderr), strict=True):
-            out.fd = pipe.fileno()
+        for out, fd in zip(outs, (proc.stdout, proc.stderr), strict=True):
+            out.fd = fd
             self.sel.register(out.fd, selectors.EVENT_READ, out)
         if proc.stdin is not None:
-            os.set_blocking(proc.stdin.fileno(), False)
+            os.set_blocking(proc.stdin, False)
             if self.stdin:
-                self.sel.register(proc.stdin.fileno(), selectors.EVENT_WRITE, None)
+                self.sel.register(proc.stdin, selectors.EVENT_WRITE, None)
             elif not self.plan.lifeline:
-                proc.stdin.close()
+                proc.close_stdin()
         returncode = self._watch(proc, outs)
-        if proc.stdin is not None and not proc.stdin.closed:
-            proc.stdin.close()
+        proc.close_stdin()
         failed = [o for o in outs if o.failed]
         why = "; ".join(f"{proto.STREAM_NAMES[o.stream]}: {o.failed} ({o.dropped} bytes not spooled)" for o in failed)
         self.spool.write_exit(self.cmd_id, KeeperExit(returncode, time.time(), self.cut, why))
+        # The agent can finish the command now, not once this process has been torn down.
+        if self.notify is not None:
+            os.close(self.notify)
+            self.notify = None
+
+    def _executable(self) -> str:
+        if self.plan.executable:
+            return self.plan.executable
+        argv0 = self.plan.argv[0]
+        if "/" in argv0:
+            return argv0
+        env = os.environ if self.plan.env is None else self.plan.env
+        return shutil.which(argv0, path=env.get("PATH", os.defpath)) or argv0
 
     def say(self, report: bytes) -> None:
         assert self.report is not None
         try:
-            os.write(self.report, report)
+            os.write(self.report, report[:REPORT_MAX])
         except OSError:
             pass  # the agent is gone: the pid file says what it would have heard
         os.close(self.report)
         self.report = None
 
-    def _watch(self, proc: subprocess.Popen, outs: list[_Out]) -> int:
+    def _watch(self, proc: procgroup.Child, outs: list[_Out]) -> int:
         pidfd: int | None = None
         try:
             pidfd = os.pidfd_open(proc.pid)
@@ -495,17 +597,17 @@ class _Keeper:
             self.stdin = self.stdin[:0]  # the command closed its stdin: nothing more to give it
         if not self.stdin:
             self.sel.unregister(fd)
-            if not self.plan.lifeline and self.proc is not None and self.proc.stdin is not None:
-                self.proc.stdin.close()
+            if not self.plan.lifeline and self.proc is not None:
+                self.proc.close_stdin()
 
     def _on_kill_signal(self, sig: int, _frame: object) -> None:
         """Lifeline mode: the agent asks for TERM (SIGUSR1) or KILL (SIGUSR2)."""
         stdin = self.proc.stdin if self.proc is not None else None
-        if stdin is None or stdin.closed:
+        if stdin is None:
             return
         if not self.stdin:
             try:
-                os.write(stdin.fileno(), KILL_LINES[signal.Signals(sig)])
+                os.write(stdin, KILL_LINES[signal.Signals(sig)])
                 return
             except BlockingIOError:
                 pass  # the remote is not reading: cutting the session is all that is left

@@ -42,6 +42,7 @@ class Launch:
     argv: list[str]
     cwd: str
     env: dict[str, str]
+    executable: str | None = None  # the file argv[0] resolved to, which was checked
 
 
 def roots(conf: AgentConf) -> list[str]:
@@ -168,4 +169,4 @@ def check(conf: AgentConf, spec: CmdSpec, workspace: str | None, agent_env: Mapp
     check_executable(conf, argv0, located)
     if p4args.is_p4(argv0, located):
         p4args.check(spec.argv, spec.stdin, cwd, roots(conf), os.path.realpath)
-    return Launch(argv=list(spec.argv), cwd=cwd, env=env)
+    return Launch(argv=list(spec.argv), cwd=cwd, env=env, executable=located)

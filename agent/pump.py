@@ -35,7 +35,7 @@ from typing import Any
 
 import zmq
 
-from agent.capture import capture_file
+from agent.capture import capture_fd
 from agent.executor import Handle
 from agent.spool import Spool
 from common import logs, topics, zmqutil
@@ -372,11 +372,12 @@ class Pump(threading.Thread):
         for s in run.streams:
             if s.fill:
                 self._publish_chunk(run, s)
-            os.close(s.fd)
         if st.notify is not None:
             self._sel.unregister(st.notify)
             os.close(st.notify)
         status = self._status(run)
+        for s in run.streams:
+            os.close(s.fd)
         try:
             self._spool.write_result(status)
         except OSError as exc:
@@ -391,7 +392,7 @@ class Pump(threading.Thread):
     def _status(self, run: _Running) -> proto.CmdStatus:
         st = run.started
         ended = self._spool.read_exit(st.cmd_id)
-        out, err = (capture_file(self._spool.output_path(st.cmd_id, s), self._capture) for s in proto.STREAM_NAMES)
+        out, err = (capture_fd(s.fd, self._capture) for s in run.streams)
         status = proto.CmdStatus(
             cmd_id=st.cmd_id,
             job_id=st.job_id,

@@ -34,7 +34,7 @@ import zmq
 
 from agent import policy, recovery
 from agent.executor import executor_for
-from agent.keeper import Keepers
+from agent.keeper import Keepers, StartError
 from agent.links import MasterLink
 from agent.metrics import AgentMetrics
 from agent.pump import Pump, Started
@@ -75,9 +75,9 @@ class Agent:
         self.agent_id = cfg.agent_id()
         self.epoch = new_epoch()
         self.spool = Spool(self.conf.spool_dir or cfg.state_path / "spool" / self.agent_id)
-        # Forked now, while this process has no threads or sockets yet (agent/keeper.py).
+        # The keeper factory starts now and makes the first keeper while the agent starts up.
         self.keepers = Keepers(self.spool)
-        self.keepers.start()
+        self.keepers.ready()
         security = auth.for_service(cfg, "agent", self.agent_id)
         if security is not None:
             for broker in cfg.agent_brokers():  # a missing key fails here, not in the pump
@@ -123,6 +123,10 @@ class Agent:
         self._stop = True
 
     def run(self) -> int:
+        try:
+            self.keepers.prime()
+        except StartError as exc:
+            log.error("no keeper yet; the first command tries again", error=str(exc))
         attach, recovered = recovery.recover(self.spool, self.agent_id, self.conf.capture_bytes, self.executor)
         self.executor.open()
         self.pump.start()
@@ -312,16 +316,21 @@ class Agent:
             return self._unstarted(req, str(exc))
         if spec.stdin_secret and spec.stdin:
             self.redactor.learn(spec.stdin)
+        # Made durable by the keepers while a keeper gets ready for it (Keepers.spawn).
         self.spool.create(
-            req.cmd_id, SpoolEntry(spec=spec, job_id=req.job_id, workspace=req.workspace, received_at=time.time())
+            req.cmd_id,
+            SpoolEntry(spec=spec, job_id=req.job_id, workspace=req.workspace, received_at=time.time()),
+            durable=False,
         )
+        # Taken before the keeper starts it: a command that ends at once must not look shorter
+        # than it was (its keeper's grace for leftovers runs from the leader's exit).
+        started_at = time.time()
         try:
             handle, notify = starter(self.keepers, req.cmd_id, self.redactor.secrets)
         except OSError as exc:
             # It never ran: forget it, so that the same cmd_id can be sent again.
             self.spool.discard(req.cmd_id)
             return self._unstarted(req, f"cannot execute {spec.argv[0]!r}: {exc}")
-        started_at = time.time()
         pid = handle.pid
         self.running[req.cmd_id] = _Slot(req.job_id, req.workspace, pid, started_at)
         self.pump.start_cmd(Started(req.cmd_id, req.job_id, list(spec.argv), handle, started_at, spec.timeout, notify))

@@ -119,21 +119,33 @@ class Spool:
     def exists(self, cmd_id: str) -> bool:
         return self.dir(cmd_id).is_dir()
 
-    def create(self, cmd_id: str, entry: SpoolEntry) -> None:
+    def create(self, cmd_id: str, entry: SpoolEntry, durable: bool = True) -> None:
         """Record a command before anything runs; raises FileExistsError for a known cmd_id.
 
         A failed write (a full disk) leaves nothing behind: a half-made directory would make
-        every resend of the same cmd_id fail with FileExistsError."""
+        every resend of the same cmd_id fail with FileExistsError. ``durable=False``: the
+        caller makes it durable with ``sync`` before the command may start."""
         d = self.dir(cmd_id)
         d.mkdir(mode=0o700)
         if entry.spec.stdin_secret:
             entry = msgspec.structs.replace(entry, spec=msgspec.structs.replace(entry.spec, stdin=None))
         try:
-            _write_atomic(d / "spec", proto.encode(entry), durable=True)
+            _write_atomic(d / "spec", proto.encode(entry), durable=durable)
         except OSError:
             shutil.rmtree(d, ignore_errors=True)
             raise
         # The output files are created by the keeper, off this path.
+
+    def sync(self, cmd_id: str) -> None:
+        """Make what ``create(durable=False)`` wrote survive a power cut: the spec and its
+        directory (with every entry made in it so far) are fsynced."""
+        d = self.dir(cmd_id)
+        for path, flags in ((d / "spec", os.O_RDONLY), (d, os.O_RDONLY | os.O_DIRECTORY)):
+            fd = os.open(path, flags | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def discard(self, cmd_id: str) -> None:
         """Forget a command that never started (its keeper could not be made): a resend may run it."""

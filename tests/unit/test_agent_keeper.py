@@ -1,11 +1,13 @@
 """The keeper with real processes: it spools redacted output, records the exit, survives the
 loss of its agent's end of the notify pipe, and reports a command that cannot start."""
 
+import errno
 import os
 import select
 import signal
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from agent import keeper
@@ -103,3 +105,39 @@ def test_lifeline_signals_become_kill_lines(tmp_path: Path) -> None:
     until_eof(kept.notify)
     assert spool.output_path("c", proto.STDOUT).read_bytes() == b"got TERM\n"
     assert spool.read_exit("c").returncode == 5
+
+
+class _UnsyncableSpool(Spool):
+    """A disk that fails the fsync of a new command's spool entry (EIO)."""
+
+    def sync(self, cmd_id: str) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+
+def test_a_command_whose_spool_entry_is_not_durable_never_starts(tmp_path: Path) -> None:
+    spool = _UnsyncableSpool(tmp_path / "spool")
+    spool.create("c", SpoolEntry(spec=proto.CmdSpec(argv=["sh"])), durable=False)
+    plan = keeper.Plan(["sh", "-c", "echo ran > ran"], str(tmp_path), None, None, grace_s=1.0)
+    keepers = keeper.Keepers(spool)
+    with pytest.raises(keeper.StartError, match=r"cannot record it durably in the spool: .*Input/output error"):
+        keepers.spawn("c", plan, [])
+    assert spool.read_pid("c") is None and spool.read_exit("c") is None
+    wait_for(lambda: not spool.keeper_alive("c"), 10, "the keeper to exit")
+    assert not (tmp_path / "ran").exists()
+    keepers.close()
+
+
+def test_a_keeper_whose_agent_dies_before_the_go_starts_nothing(tmp_path: Path) -> None:
+    spool, plan = spool_with(tmp_path, ["sh", "-c", "echo ran > ran"])
+    keepers = keeper.Keepers(spool)
+    keepers.ready()
+    spare = keepers._receive()  # what the agent holds, then loses when it dies mid-hand-over
+    data = msgspec.msgpack.encode(keeper._Assignment("c", plan, []))
+    os.write(spare.assign, len(data).to_bytes(8, "big") + data)
+    os.close(spare.assign)  # no GO: the agent died before the spool entry was durable
+    assert os.read(spare.report, keeper.REPORT_MAX).startswith(b"the agent did not confirm the command")
+    wait_for(lambda: not spool.keeper_alive("c"), 10, "the keeper to exit")
+    assert spool.read_pid("c") is None and not (tmp_path / "ran").exists()
+    for fd in (spare.report, spare.notify):
+        os.close(fd)
+    keepers.close()
