@@ -284,6 +284,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     broker_xpub: str = ""
     broker_replay: str = ""
     orchestrator_api: str = ""
+    # Every orchestrator's API, for clients (CLI, web, tail): one is active, the others are
+    # standbys (docs/operations.md, "Standby orchestrators"); default: [orchestrator_api].
+    # Each orchestrator process binds its own orchestrator_api.
+    orchestrators: list[str] = []
     log_level: str = "info"
     insecure: bool = False
     broker: BrokerConf = msgspec.field(default_factory=BrokerConf)
@@ -352,6 +356,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
 
     def client_masters(self) -> list[str]:
         return self.orchestrator.masters or [self.endpoint("master_clients")]
+
+    def client_orchestrators(self) -> list[str]:
+        return self.orchestrators or [self.endpoint("orchestrator_api")]
 
     def notify_web_url(self) -> str:
         # The dashboard's own address ([web] url, else its bind) unless [notify] names another.

@@ -23,7 +23,9 @@ from orchestrator.change_poll import ChangePoller
 from orchestrator.dispatcher import Dispatcher
 from orchestrator.engine import Effects, Engine, JobError
 from orchestrator.known import KnownAgents
+from orchestrator.lease import LeaseLost, for_store
 from orchestrator.scheduler import Scheduler
+from orchestrator.standby import Role
 from orchestrator.store import OPEN, CmdState, Store
 from orchestrator.trust import EarlyEvents, source_forged
 
@@ -52,14 +54,11 @@ class Orchestrator:
         self.api = zmqutil.router(self.ctx, cfg.endpoint("orchestrator_api"), security, roles.ORCHESTRATOR_API)
         self.api_guard = auth.Guard(security, roles.ORCHESTRATOR_API)
         self.scheduler = Scheduler(self.store, self.engine, ChangePoller(cfg.client_masters(), security, self.ctx))
-        self.sub = zmqutil.sub(self.ctx, cfg.endpoint("broker_xpub"), security, [topics.CMD + ".", topics.AGENT + "."])
         self.id = f"orchestrator-{ids.host_id()}"
-        self.events = Publisher(
-            zmqutil.pub(self.ctx, cfg.endpoint("broker_xsub"), security),
-            self.id,
-            ids.new_epoch(),
-            cfg.orchestrator.beacon_s,
-        )
+        # Active or standby (orchestrator/standby.py): a standby is on the bus only by its API.
+        self.role = Role(for_store(self.store), self.id)
+        self.sub: zmq.Socket  # join_bus()
+        self.events: Publisher
         self.gaps = GapDetector()
         self.early = EarlyEvents()
         self._insecure_logged = False
@@ -91,13 +90,18 @@ class Orchestrator:
             store=str(self.store.path),
             masters=self.cfg.client_masters(),
         )
-        self.recover()
+        active = self.role.await_lease(self.api, self.on_api_frames, stop)
+        if active:
+            self.join_bus()
+            self.recover()
         poller = zmq.Poller()
-        poller.register(self.sub, zmq.POLLIN)
+        if active:
+            poller.register(self.sub, zmq.POLLIN)
         poller.register(self.api, zmq.POLLIN)
         for s in self.dispatcher.socks:
             poller.register(s, zmq.POLLIN)
-        while not stop.is_set():
+        while active and not stop.is_set():
+            self.role.check()
             ready = dict(poller.poll(int(TICK_S * 1000)))
             if self.sub in ready:
                 zmqutil.drain(self.sub, self.on_event_frames, 1000)
@@ -108,13 +112,27 @@ class Orchestrator:
                     self.on_dispatch_replies(self.dispatcher.drain(s))
             self.on_dispatch_replies(self.dispatcher.expire())
             self.tick(self.clock())
-        for s in (self.api, self.sub):
-            s.close(linger=zmqutil.LINGER_MS)
-        self.events.close(linger=zmqutil.LINGER_MS)  # stops its beacon thread before the socket closes
+        self.api.close(linger=zmqutil.LINGER_MS)
+        if active:
+            self.sub.close(linger=zmqutil.LINGER_MS)
+            self.events.close(linger=zmqutil.LINGER_MS)  # stops its beacon thread before the socket closes
         self.dispatcher.close()
         self.masters.close()
         self.scheduler.close()
         self.store.close()
+
+    def join_bus(self) -> None:
+        """Subscribe before recovering (nothing that happens after recovery's questions is missed)
+        and publish under a new epoch, as after a restart."""
+        self.sub = zmqutil.sub(
+            self.ctx, self.cfg.endpoint("broker_xpub"), self.security, [topics.CMD + ".", topics.AGENT + "."]
+        )
+        self.events = Publisher(
+            zmqutil.pub(self.ctx, self.cfg.endpoint("broker_xsub"), self.security),
+            self.id,
+            ids.new_epoch(),
+            self.cfg.orchestrator.beacon_s,
+        )
 
     def recover(self) -> None:
         """Start-up: pick up where the store says we were."""
@@ -386,6 +404,7 @@ class Orchestrator:
 
     def handle(self, msg: P.OrchestratorRequest, user: str = "") -> tuple[P.Base, Effects]:
         e = self.engine
+        self.role.refuse_writes(msg)
         match msg:
             case P.Submit():
                 # Who submits is the orchestrator's finding, not the request's word (_submitter).
@@ -398,9 +417,12 @@ class Orchestrator:
             case P.ListJobs():
                 return P.JobList(req_id=msg.req_id, jobs=e.views(msg.all, msg.limit)), Effects()
             case P.Ping():
-                return P.Pong(req_id=msg.req_id, source=self.id), Effects()
+                return P.Pong(req_id=msg.req_id, source=self.id, role=self.role.name), Effects()
             case P.Stats():
-                return P.StatsReply(req_id=msg.req_id, source=self.id, counters=dict(self.counters)), Effects()
+                stats = P.StatsReply(
+                    req_id=msg.req_id, source=self.id, counters=dict(self.counters), role=self.role.name
+                )
+                return stats, Effects()
             case P.Resume():
                 eff = e.resume(msg.job_id)
             case P.Cancel():
@@ -455,4 +477,9 @@ def main(cfg: Config) -> None:
         orch = Orchestrator(cfg)
     except JobError as exc:
         raise SystemExit(f"p4bus orchestrator: {exc}") from None
-    orch.run(lifecycle.stop_on_signals())
+    try:
+        orch.run(lifecycle.stop_on_signals())
+    except LeaseLost as exc:
+        # Not one more step: a standby has the lease (or will have it) and acts from the store.
+        log.error("orchestrator.lease_lost", error=str(exc))
+        raise SystemExit(f"p4bus orchestrator: {exc}; exiting (a standby takes over)") from None

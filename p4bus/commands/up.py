@@ -88,13 +88,18 @@ def up(obj: Ctx, state_dir: str | None, up_port_base: int | None, workspace_root
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     try:
         for service in SERVICES:
-            stack.start(service)
+            if service == "orchestrator":
+                stack.start_orchestrators()  # several when `orchestrators` lists several: standbys
+            else:
+                stack.start(service)
         if notify_wanted(tree):
             stack.start("notify")
         stack.wait_ready(agents=1)
         click.echo("p4bus is up:")
         for name in PORT_OFFSETS:
             click.echo(f"  {name:16} {cfg.endpoint(name)}")
+        if len(cfg.orchestrators) > 1:
+            click.echo(f"  {'orchestrators':16} {', '.join(cfg.orchestrators)}  (one active, the others standbys)")
         for name, url in PEOPLE_URLS.items():
             click.echo(f"  {name:16} {url(cfg)}")
         click.echo(f"  state dir        {cfg.state_path}  (logs in {cfg.state_path / 'logs'})")

@@ -98,7 +98,7 @@ class Web:
         feeds = Feeds(self.cfg, self.security, loop)
         self.streams = Streams(self.bus, feeds, watch)
         reaper = asyncio.create_task(self._reap(feeds))
-        log.info("web.ready", url=self.cfg.web_url(), orchestrator=self.cfg.endpoint("orchestrator_api"))
+        log.info("web.ready", url=self.cfg.web_url(), orchestrators=self.cfg.client_orchestrators())
         try:
             yield
         finally:
