@@ -17,7 +17,9 @@ from common.rpc import HEDGE_S, OrchestratorClient, RequestError
 
 pytestmark = pytest.mark.timeout(30)
 
-JOB = P.JobView(job_id="j1", state="QUEUED", stage="", pipeline="integrate", workspace="ws", created_at=0.0, updated_at=0.0)
+JOB = P.JobView(
+    job_id="j1", state="QUEUED", stage="", pipeline="integrate", workspace="ws", created_at=0.0, updated_at=0.0
+)
 
 
 class FakeOrchestrator:
