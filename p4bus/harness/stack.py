@@ -219,14 +219,24 @@ class Stack:
     def start_orchestrators(self) -> list[ServiceProc]:
         """One orchestrator per endpoint the tree's ``orchestrators`` lists, each binding its own
         (named orchestrator, orchestrator-2, ...), all on the same store: one takes the lease and
-        is active, the others are standbys. Without the list, the one orchestrator."""
+        is active, the others are standbys. Without the list, the one orchestrator.
+
+        The others start once the first answers: it has brought the store's schema up to date
+        by then (two processes migrating a new store at once would race) and holds the lease."""
         endpoints = self.config().orchestrators
         if len(endpoints) < 2:
             return [self.start("orchestrator")]
-        return [
-            self.start("orchestrator", name=orchestrator_name(i), extra={"orchestrator_api": endpoint})
-            for i, endpoint in enumerate(endpoints)
-        ]
+        started = []
+        for i, endpoint in enumerate(endpoints):
+            started.append(self.start("orchestrator", name=orchestrator_name(i), extra={"orchestrator_api": endpoint}))
+            if i == 0:
+                with OrchestratorClient([endpoint], self.security(), timeout=ASK_TIMEOUT_S) as oc:
+                    self._until(
+                        lambda: _answer(oc.ping) is not None,
+                        time.monotonic() + START_TIMEOUT_S,
+                        "the first orchestrator",
+                    )
+        return started
 
     def proc(self, name: str) -> ServiceProc:
         """The most recent process started under ``name``."""
