@@ -91,7 +91,7 @@ def _start_and_find_active(jobs, endpoints: list[str]) -> tuple[str, str]:
     jobs.stack.wait_ready()
     names = [p.name for p in procs]
     roles = wait_for(
-        lambda: (r if sorted(r := [_role(jobs.stack, e) for e in endpoints]) == ["active", "standby"] else None),
+        lambda: r if sorted(r := [_role(jobs.stack, e) for e in endpoints]) == ["active", "standby"] else None,
         30,
         "one active orchestrator and one standby",
     )
