@@ -17,6 +17,7 @@ import pytest
 
 from common import ids
 from common import protocol as P
+from common.auth import Security
 from common.rpc import OrchestratorClient, RequestError
 from common.zmqutil import free_port
 from tests.conftest import REPO, wait_for
@@ -33,9 +34,9 @@ class StatusPoller(threading.Thread):
     """Asks for the job list over and over, as a person running `p4bus status` would, through a
     client given every orchestrator; records the longest time between two answers and any error."""
 
-    def __init__(self, endpoints: list[str], security: object) -> None:
+    def __init__(self, endpoints: list[str], security: Security | None) -> None:
         super().__init__(daemon=True)
-        self.client = OrchestratorClient(endpoints, security, timeout=20.0)  # type: ignore[arg-type]
+        self.client = OrchestratorClient(endpoints, security, timeout=20.0)
         self.stop = threading.Event()
         self.errors: list[str] = []
         self.answers = 0
@@ -56,7 +57,7 @@ class StatusPoller(threading.Thread):
                 self.stop.wait(0.05)
 
 
-def _ask(stack, endpoint: str, msg: P.Request) -> P.Base | RequestError:  # type: ignore[type-arg]
+def _ask(stack, endpoint: str, msg: P.Ping | P.Cancel) -> P.Base | RequestError:
     with OrchestratorClient([endpoint], stack.security(), timeout=0.5) as oc:
         try:
             return oc.request(msg)
