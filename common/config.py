@@ -181,7 +181,10 @@ def read_password_file(path: str) -> str:
 
 
 class OrchestratorConf(msgspec.Struct, forbid_unknown_fields=True):
-    store: str = ""  # default: <state_dir>/jobs.db
+    # A SQLite file (default: <state_dir>/jobs.db) or a PostgreSQL DSN, postgresql://USER@HOST:PORT/DB
+    # (never with the password: that is in store_password_file, 0600, or libpq's PGPASSFILE).
+    store: str = ""
+    store_password_file: str = ""
     masters: list[str] = []  # default: [master_clients]
     workspaces: dict[str, WorkspaceConf] = {}
     recheck_interval_s: float = 0.0  # auto re-check of WAITING_RESOLVE jobs; 0 = off

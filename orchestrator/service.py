@@ -44,7 +44,7 @@ class Orchestrator:
         self.cfg = cfg
         self.ctx = ctx or zmq.Context.instance()
         store_path = cfg.orchestrator.store or str(Path(cfg.state_path) / "jobs.db")
-        self.store = Store(store_path)
+        self.store = Store(store_path, cfg.orchestrator.store_password_file)
         self.engine = Engine(self.store, cfg.orchestrator)
         self.clock = self.engine.clock
         security = self.security = auth.for_service(cfg, "orchestrator", "orchestrator")

@@ -1,17 +1,18 @@
 """The orchestrator's durable truth: jobs, their commands, and the events already handled.
 
-SQLite in WAL mode with synchronous=FULL: a committed transition survives a crash of the
-process or the machine. Every change the engine makes goes through ``tx()``, one transaction
+On SQLite (the embedded default: WAL, synchronous=FULL) or PostgreSQL (a ``postgresql://``
+DSN), through orchestrator/db.py: a committed transition survives a crash of the process (and,
+durable, of the machine). Every change the engine makes goes through ``tx()``, one transaction
 per step (event + job transition + next command row), committed before anything is sent.
 
-All SQL lives here. Rows come out typed (states as enums, stored JSON decoded) and every
-change is a named method; times are passed in by the caller, whose clock is the one truth.
+All SQL lives here, written once in the subset both engines run (db.py translates what
+differs). Rows come out typed (states as enums, stored JSON decoded) and every change is a
+named method; times are passed in by the caller, whose clock is the one truth.
 """
 
 from __future__ import annotations
 
 import enum
-import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -22,10 +23,12 @@ import msgspec
 
 from common import ids
 from common import protocol as P
+from orchestrator.db import Db, PgDb, PgTarget, SqliteDb, open_db
 from orchestrator.pipeline.model import CommandSpec, JobParams
 from orchestrator.pipeline.transition import TERMINAL, JobState
 
 # Each entry migrates the schema from version i to i+1. Append; never edit a released one.
+# Both engines run the same text (db.py maps BLOB, REAL and INTEGER to PostgreSQL's types).
 MIGRATIONS: list[str] = [
     """
     CREATE TABLE jobs (
@@ -116,6 +119,15 @@ MIGRATIONS: list[str] = [
     -- When the command's agent became unreachable (UNKNOWN), and when agents began refusing it.
     ALTER TABLE commands ADD COLUMN unknown_since REAL NOT NULL DEFAULT 0;
     ALTER TABLE commands ADD COLUMN refused_since REAL NOT NULL DEFAULT 0;
+    """,
+    """
+    -- The order commands were written in (as SQLite's rowid was, which PostgreSQL lacks). Rows
+    -- from before are numbered by creation time, then id.
+    ALTER TABLE commands ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+    UPDATE commands SET seq = numbered.r FROM
+        (SELECT cmd_id, ROW_NUMBER() OVER (ORDER BY created_at, cmd_id) AS r FROM commands) AS numbered
+        WHERE numbered.cmd_id = commands.cmd_id;
+    CREATE INDEX commands_seq ON commands(seq);
     """,
 ]
 
@@ -223,14 +235,23 @@ def _command_row(r: tuple[Any, ...]) -> CommandRow:
 
 
 class Store:
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self.migrate()
+    """The store at ``location``: a SQLite file, or a ``postgresql://`` DSN (its password, if
+    one is needed, in ``password_file``, 0600, or libpq's PGPASSFILE; never in the DSN).
+
+    ``path`` is where it is, fit for logs (a DSN without any password). ``pg`` is how to reach
+    the PostgreSQL server (None on SQLite): ``store.pg.connect()`` opens another session with
+    the same parameters, for what needs its own (a standby's lease).
+    """
+
+    def __init__(self, location: str | Path, password_file: str = "") -> None:
+        self.db: Db = open_db(location, password_file)
+        self.path: str | Path = self.db.path if isinstance(self.db, SqliteDb) else self.db.location
+        self.pg: PgTarget | None = self.db.target if isinstance(self.db, PgDb) else None
+        try:
+            self.migrate()
+        except BaseException:
+            self.db.close()
+            raise
 
     def close(self) -> None:
         self.db.close()
@@ -238,53 +259,44 @@ class Store:
     # ------------------------------------------------------------------ schema
 
     def schema_version(self) -> int:
-        version: int = self.db.execute("PRAGMA user_version").fetchone()[0]
-        return version
+        return self.db.schema_version()
 
     def migrate(self) -> None:
-        version = self.schema_version()
-        if version > len(MIGRATIONS):
-            raise RuntimeError(
-                f"store {self.path} has schema version {version}, newer than this p4bus "
-                f"({len(MIGRATIONS)}): upgrade p4bus"
-            )
-        for i in range(version, len(MIGRATIONS)):
+        """Each pending migration in a transaction of its own, under a lock (on PostgreSQL
+        several orchestrators may start at once; the first migrates, the others find it done)."""
+        while True:
             with self.tx():
-                for statement in _split_sql(MIGRATIONS[i]):
-                    self.db.execute(statement)
-                self.db.execute(f"PRAGMA user_version={i + 1}")
+                self.db.lock_schema()
+                version = self.db.schema_version()
+                if version > len(MIGRATIONS):
+                    raise RuntimeError(
+                        f"store {self.path} has schema version {version}, newer than this p4bus "
+                        f"({len(MIGRATIONS)}): upgrade p4bus"
+                    )
+                if version == len(MIGRATIONS):
+                    return
+                for statement in _split_sql(MIGRATIONS[version]):
+                    self.db.ddl(statement)
+                self.db.set_schema_version(version + 1)
 
     @contextmanager
-    def tx(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+    def tx(self, durable: bool = True) -> Iterator[Db]:
         """One atomic step; nested use joins the outer transaction.
 
         ``durable=False`` is for bookkeeping that reconciliation can rebuild from the agents
         (a command was accepted, has started, was heard from): it survives a process crash,
-        just not a power cut, and spares the dispatch path a second fsync.
+        just not a power cut (SQLite) or a server crash (PostgreSQL), and spares the dispatch
+        path a second flush to disk.
         """
-        if self.db.in_transaction:
-            yield self.db
-            return
-        if not durable:
-            self.db.execute("PRAGMA synchronous=NORMAL")
-        try:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.db
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-            self.db.execute("COMMIT")
-        finally:
-            if not durable:
-                self.db.execute("PRAGMA synchronous=FULL")
+        with self.db.tx(durable) as db:
+            yield db
 
     # ------------------------------------------------------------------ ids and events
 
     def next_counter(self, name: str) -> int:
         with self.tx():
             self.db.execute(
-                "INSERT INTO counters(name, value) VALUES (?, 1) ON CONFLICT(name) DO UPDATE SET value = value + 1",
+                "INSERT INTO counters(name, value) VALUES (?, 1) ON CONFLICT(name) DO UPDATE SET value = counters.value + 1",
                 (name,),
             )
             value: int = self.db.execute("SELECT value FROM counters WHERE name=?", (name,)).fetchone()[0]
@@ -293,7 +305,7 @@ class Store:
     def record_event(self, source: str, epoch: str, kind: str, seq: int, now: float) -> bool:
         """False when this event was handled before (events are handled exactly once)."""
         cur = self.db.execute(
-            "INSERT OR IGNORE INTO handled_events VALUES (?,?,?,?,?)", (source, epoch, kind, seq, now)
+            "INSERT INTO handled_events VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING", (source, epoch, kind, seq, now)
         )
         return cur.rowcount == 1
 
@@ -420,7 +432,7 @@ class Store:
     def list_jobs(self, include_finished: bool, limit: int) -> list[JobRow]:
         """The newest ``limit`` jobs (unfinished ones only, unless ``include_finished``), oldest first."""
         if include_finished:
-            rows = self._jobs("1", (), limit, newest=True)
+            rows = self._jobs("TRUE", (), limit, newest=True)
         else:
             rows = self._jobs(f"state NOT IN ({_marks(len(TERMINAL))})", tuple(TERMINAL), limit, newest=True)
         return rows[::-1]
@@ -432,8 +444,8 @@ class Store:
     def job_with_change(self, workspace: str, change: int, other_than: str) -> JobRow | None:
         """The newest job of ``workspace`` but ``other_than`` whose pending change is ``change``."""
         rows = self._jobs(
-            "workspace=? AND id!=? AND json_extract(CAST(vars AS TEXT), '$.change')=?",
-            (workspace, other_than, change),
+            f"workspace=? AND id!=? AND {self.db.json_text('vars', 'change')}=?",
+            (workspace, other_than, str(change)),
             limit=1,
             newest=True,
         )
@@ -488,7 +500,7 @@ class Store:
         cmd_id = ids.new_id("c")
         self.db.execute(
             "INSERT INTO commands(cmd_id, job_id, kind, stage, step, attempt, spec, secret, state, not_before, "
-            "created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            "created_at, seq) VALUES (?,?,?,?,?,?,?,?,?,?,?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM commands))",
             (
                 cmd_id,
                 job_id,
@@ -604,7 +616,7 @@ class Store:
 
     def _commands(self, where: str, args: tuple[Any, ...]) -> list[CommandRow]:
         rows = self.db.execute(
-            f"SELECT {_CMD_COLS} FROM commands WHERE {where} ORDER BY created_at, rowid", args
+            f"SELECT {_CMD_COLS} FROM commands WHERE {where} ORDER BY created_at, seq", args
         ).fetchall()
         return [_command_row(r) for r in rows]
 

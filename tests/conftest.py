@@ -66,26 +66,60 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     s.stop_all()
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
-    """A real PostgreSQL server (p4bus/harness/postgres.py) for the session, one per xdist worker."""
+# One PostgreSQL server per process (each xdist worker), started once collection shows a test
+# wants it: outside any test's timeout, since initdb on a loaded machine can take seconds.
+_PG_FIXTURES = {"pg_server", "store_at"}
+
+
+class _Pg:
+    server: PgServer | None = None
+    skip_reason = "no PostgreSQL server was started for this session"
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if not any(_PG_FIXTURES & set(getattr(item, "fixturenames", ())) for item in session.items):
+        return
     from p4bus.harness.postgres import PgServer, PgUnavailable
 
     try:
         server = PgServer()
     except PgUnavailable as e:
-        pytest.skip(str(e))
-    with server:
-        yield server
+        _Pg.skip_reason = str(e)
+        return
+    server.start()
+    _Pg.server = server
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _Pg.server is not None:
+        _Pg.server.stop()
+        _Pg.server = None
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> PgServer:
+    """A real PostgreSQL server (p4bus/harness/postgres.py) for the session, one per xdist worker."""
+    if _Pg.server is None:
+        pytest.skip(_Pg.skip_reason)
+    return _Pg.server
 
 
 _pg_databases = itertools.count(1)
 
 
 @pytest.fixture
-def pg_database(pg_server: PgServer) -> Callable[[], str]:
-    """Make a fresh, empty database on the session's server; returns its DSN (unix socket, no password)."""
-    return lambda: pg_server.create_database(f"t{next(_pg_databases)}")
+def pg_database(pg_server: PgServer) -> Iterator[Callable[[], str]]:
+    """Make a fresh, empty database on the session's server; returns its DSN (unix socket, no
+    password). The test's databases are dropped after it, with any session still open on them."""
+    made: list[str] = []
+
+    def make() -> str:
+        made.append(f"t{next(_pg_databases)}")
+        return pg_server.create_database(made[-1])
+
+    yield make
+    for name in made:
+        pg_server.drop_database(name)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

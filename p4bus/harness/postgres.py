@@ -241,3 +241,11 @@ class PgServer:
         with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {} STRATEGY file_copy").format(sql.Identifier(dbname)))
         return self.dsn(dbname)
+
+    def drop_database(self, dbname: str) -> None:
+        """Remove a database, ending any session still on it (a store a test did not close)."""
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))

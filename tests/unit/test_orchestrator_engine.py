@@ -156,8 +156,8 @@ class Rig:
 
 
 @pytest.fixture
-def rig(tmp_path) -> Rig:
-    return Rig(Store(tmp_path / "jobs.db"))
+def rig(store_at) -> Rig:
+    return Rig(Store(store_at()))
 
 
 # ---------------------------------------------------------------------------- submit and queue
@@ -431,8 +431,8 @@ def test_a_pin_that_was_asked_for_stays_when_the_agent_is_given_up_on(rig):
     assert rig.engine.route(rig.cmd(rig.open_cmd(job_id)))["agent"] == "a1"
 
 
-def test_a_stage_may_set_its_own_deadline_and_fail_rather_than_run_twice(tmp_path):
-    rig = Rig(Store(tmp_path / "jobs.db"), unknown_deadline_s=10_000.0)
+def test_a_stage_may_set_its_own_deadline_and_fail_rather_than_run_twice(store_at):
+    rig = Rig(Store(store_at()), unknown_deadline_s=10_000.0)
     job_id, _ = rig.submit()
     waiting, _ = rig.submit()
     rig.step(job_id)
@@ -463,8 +463,8 @@ def test_cancel_of_an_unknown_job_frees_its_workspace(rig):
 # ---------------------------------------------------------------------------- refused dispatch
 
 
-def test_a_dispatch_refused_again_and_again_fails_its_stage_after_the_deadline(tmp_path):
-    rig = Rig(Store(tmp_path / "jobs.db"), dispatch_refused_deadline_s=60.0)
+def test_a_dispatch_refused_again_and_again_fails_its_stage_after_the_deadline(store_at):
+    rig = Rig(Store(store_at()), dispatch_refused_deadline_s=60.0)
     job_id, eff = rig.submit()
     waiting, _ = rig.submit()
     cmd_id = eff.dispatch[0]
@@ -487,8 +487,8 @@ def test_a_dispatch_refused_again_and_again_fails_its_stage_after_the_deadline(t
     assert eff.dispatch == [rig.open_cmd(waiting)]
 
 
-def test_a_job_whose_agent_is_gone_between_commands_is_unpinned_then_fails_if_nothing_takes_it(tmp_path):
-    rig = Rig(Store(tmp_path / "jobs.db"), dispatch_refused_deadline_s=100.0, unknown_deadline_s=50.0)
+def test_a_job_whose_agent_is_gone_between_commands_is_unpinned_then_fails_if_nothing_takes_it(store_at):
+    rig = Rig(Store(store_at()), dispatch_refused_deadline_s=100.0, unknown_deadline_s=50.0)
     job_id, _ = rig.submit()
     rig.step(job_id)  # SYNC ran on a1, which pinned the job there
     check = rig.open_cmd(job_id)
@@ -511,8 +511,8 @@ def test_a_job_whose_agent_is_gone_between_commands_is_unpinned_then_fails_if_no
     assert rig.job(job_id).state == JobState.FAILED
 
 
-def test_a_pin_that_was_asked_for_is_refused_until_the_stage_fails(tmp_path):
-    rig = Rig(Store(tmp_path / "jobs.db"), dispatch_refused_deadline_s=100.0, unknown_deadline_s=50.0)
+def test_a_pin_that_was_asked_for_is_refused_until_the_stage_fails(store_at):
+    rig = Rig(Store(store_at()), dispatch_refused_deadline_s=100.0, unknown_deadline_s=50.0)
     job_id, eff = rig.engine.submit(
         P.Submit(
             req_id="r", workspace="ws", source="//depot/dev/...", target="//depot/main/...", pipeline="toy", agent="a1"
@@ -528,8 +528,8 @@ def test_a_pin_that_was_asked_for_is_refused_until_the_stage_fails(tmp_path):
     assert rig.job(job_id).state == JobState.FAILED and rig.job(job_id).agent == "a1"
 
 
-def test_nobody_answering_a_dispatch_is_not_a_refusal(tmp_path):
-    rig = Rig(Store(tmp_path / "jobs.db"), dispatch_refused_deadline_s=60.0)
+def test_nobody_answering_a_dispatch_is_not_a_refusal(store_at):
+    rig = Rig(Store(store_at()), dispatch_refused_deadline_s=60.0)
     job_id, eff = rig.submit()
     cmd_id = eff.dispatch[0]
     for _ in range(3):
@@ -570,8 +570,8 @@ def test_waiting_for_a_resolve_holds_the_workspace_until_resume_finishes(rig):
     assert rig.job(job_id).state == JobState.DONE and rig.job(waiting).state == JobState.RUNNING
 
 
-def test_waiting_jobs_are_rechecked_once_the_interval_has_passed(tmp_path):
-    rig = Rig(Store(tmp_path / "jobs.db"), recheck_interval_s=30.0)
+def test_waiting_jobs_are_rechecked_once_the_interval_has_passed(store_at):
+    rig = Rig(Store(store_at()), recheck_interval_s=30.0)
     job_id, _ = rig.submit()
     rig.step(job_id)
     rig.step(job_id, "CONFLICT")
@@ -722,15 +722,15 @@ def test_views_list_unfinished_jobs_and_a_jobs_timeline(rig):
     assert err.value.code == "unknown_job"
 
 
-def test_submit_without_a_workspace(tmp_path):
-    one = Rig(Store(tmp_path / "one.db"), workspaces=("only",))
+def test_submit_without_a_workspace(store_at):
+    one = Rig(Store(store_at("one")), workspaces=("only",))
     job_id, _ = one.submit(workspace=None)
     assert one.job(job_id).workspace == "only"
     with pytest.raises(JobError) as err:
-        Rig(Store(tmp_path / "two.db")).submit(workspace=None)
+        Rig(Store(store_at("two"))).submit(workspace=None)
     assert str(err.value) == "no workspace given and more than one is configured: pass --workspace (ws, ws2)"
     with pytest.raises(JobError) as err:
-        Rig(Store(tmp_path / "none.db"), workspaces=()).submit(workspace=None)
+        Rig(Store(store_at("none")), workspaces=()).submit(workspace=None)
     message = str(err.value)
     assert "none is configured" in message and "[orchestrator.workspaces.NAME]" in message
     assert "more than one" not in message

@@ -28,8 +28,8 @@ pytestmark = pytest.mark.timeout(10)
 
 
 @pytest.fixture
-def rig(tmp_path) -> Rig:
-    return Rig(Store(tmp_path / "jobs.db"))
+def rig(store_at) -> Rig:
+    return Rig(Store(store_at()))
 
 
 def _fail(rig: Rig) -> str:
@@ -137,8 +137,8 @@ HOLD = Pipeline(
 )
 
 
-def test_a_failure_on_a_change_another_job_left_names_that_job_and_how_to_clean_it(tmp_path):
-    rig = Rig(Store(tmp_path / "jobs.db"))
+def test_a_failure_on_a_change_another_job_left_names_that_job_and_how_to_clean_it(store_at):
+    rig = Rig(Store(store_at()))
     rig.engine = Engine(rig.store, rig.engine.conf, environ={}, pipelines={"toy": HOLD}, clock=rig.clock)
     left, _ = rig.submit()
     rig.step(left, "5")
@@ -170,8 +170,8 @@ REVIEW = Pipeline(
 )
 
 
-def test_a_reviewed_workspace_waits_for_approval_before_submit_holding_the_workspace(tmp_path):
-    rig = Rig(Store(tmp_path / "jobs.db"))
+def test_a_reviewed_workspace_waits_for_approval_before_submit_holding_the_workspace(store_at):
+    rig = Rig(Store(store_at()))
     rig.engine.conf.workspaces["ws"].review_before_submit = True
     rig.engine = Engine(rig.store, rig.engine.conf, environ={}, pipelines={"toy": REVIEW}, clock=rig.clock)
     job_id, _ = rig.submit()

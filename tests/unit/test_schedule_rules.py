@@ -1,11 +1,11 @@
 """Templates, schedules and retention without sockets: the pure decisions, then the scheduler on a
-real SQLite store with a clock the test moves by hand (restarts are a new Store on the same file)."""
+real store (SQLite and PostgreSQL) with a clock the test moves by hand (restarts are a new Store on
+the same file or database)."""
 
 from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from test_pipeline_helpers import interpret, ok, workspace
@@ -183,9 +183,9 @@ DEV_MAIN = P.Template(name="dev-main", source="//depot/dev/...", target="//depot
 
 
 class Orch:
-    """The orchestrator's store, engine and scheduler on one file; a new one is a restart."""
+    """The orchestrator's store, engine and scheduler on one store; a new one is a restart."""
 
-    def __init__(self, path: Path, clock: Clock) -> None:
+    def __init__(self, path: str, clock: Clock) -> None:
         self.store = Store(path)
         self.engine = Engine(self.store, CONF, environ={}, clock=clock)
         self.poller = Poller()
@@ -209,8 +209,8 @@ def clock() -> Clock:
     return Clock(utc(2026, 7, 10, 12))
 
 
-def test_templates_are_checked_saved_and_kept_while_a_schedule_runs_them(tmp_path, clock):
-    o = Orch(tmp_path / "jobs.db", clock)
+def test_templates_are_checked_saved_and_kept_while_a_schedule_runs_them(store_at, clock):
+    o = Orch(store_at(), clock)
     with pytest.raises(JobError, match="workspace 'nope' is not configured"):
         o.put(
             P.PutTemplate(
@@ -234,8 +234,8 @@ def test_templates_are_checked_saved_and_kept_while_a_schedule_runs_them(tmp_pat
     assert o.put(P.ListTemplates(req_id="r")) == P.TemplateList(req_id="r", templates=[])
 
 
-def test_submit_with_a_template_and_overrides(tmp_path, clock):
-    o = Orch(tmp_path / "jobs.db", clock)
+def test_submit_with_a_template_and_overrides(store_at, clock):
+    o = Orch(store_at(), clock)
     o.put(P.PutTemplate(req_id="r", template=DEV_MAIN))
     job_id, _ = o.sched.submit(P.Submit(req_id="r", template="dev-main", change=5))
     job = o.store.job(job_id)
@@ -245,8 +245,8 @@ def test_submit_with_a_template_and_overrides(tmp_path, clock):
         o.sched.submit(P.Submit(req_id="r", template="nope"))
 
 
-def test_cron_runs_once_per_time_never_beside_an_active_job_and_collapses_missed_runs_across_a_restart(tmp_path, clock):
-    o = Orch(tmp_path / "jobs.db", clock)
+def test_cron_runs_once_per_time_never_beside_an_active_job_and_collapses_missed_runs_across_a_restart(store_at, clock):
+    o = Orch(store_at(), clock)
     o.put(P.PutTemplate(req_id="r", template=DEV_MAIN))
     o.put(P.PutSchedule(req_id="r", schedule=NIGHTLY))
     assert o.sched.t.schedule("nightly").next_at == utc(2026, 7, 11, 0)  # 02:00 Berlin summer time
@@ -268,7 +268,7 @@ def test_cron_runs_once_per_time_never_beside_an_active_job_and_collapses_missed
     o.close()
     # The orchestrator was down for a week: one run at start, then the next night.
     clock.t = utc(2026, 7, 21, 9)
-    o = Orch(tmp_path / "jobs.db", clock)
+    o = Orch(store_at(), clock)
     o.sched.tick(clock.t)
     o.sched.tick(clock.t)
     jobs = o.jobs()
@@ -277,8 +277,8 @@ def test_cron_runs_once_per_time_never_beside_an_active_job_and_collapses_missed
     assert (s.last_job, s.last_run_at, s.next_at, s.note) == (jobs[1], clock.t, utc(2026, 7, 22, 0), "")
 
 
-def test_on_change_runs_for_a_newer_change_once(tmp_path, clock):
-    o = Orch(tmp_path / "jobs.db", clock)
+def test_on_change_runs_for_a_newer_change_once(store_at, clock):
+    o = Orch(store_at(), clock)
     o.put(P.PutTemplate(req_id="r", template=DEV_MAIN))
     o.put(P.PutSchedule(req_id="r", schedule=WATCH))
     o.sched.tick(clock.t)
@@ -321,8 +321,8 @@ def test_on_change_runs_for_a_newer_change_once(tmp_path, clock):
     assert len(o.poller.asked) == 4
 
 
-def test_retention_prunes_finished_jobs_but_not_active_ones_or_ones_cleaning_up(tmp_path, clock):
-    o = Orch(tmp_path / "jobs.db", clock)
+def test_retention_prunes_finished_jobs_but_not_active_ones_or_ones_cleaning_up(store_at, clock):
+    o = Orch(store_at(), clock)
     o.put(P.PutTemplate(req_id="r", template=DEV_MAIN))
     old, _ = o.sched.submit(P.Submit(req_id="r", template="dev-main"))
     o.finish(old)

@@ -1,0 +1,360 @@
+"""The store's connection: SQLite or PostgreSQL behind one small interface.
+
+The store (orchestrator/store.py) writes its SQL once, in a subset both engines run: ``?``
+placeholders, ``ON CONFLICT ... DO NOTHING/UPDATE``, ``TRUE``, and SQLite's type names in its
+migrations. What differs is here, in one place: placeholders (``?`` -> ``%s``), the column types
+of migrations (BLOB, REAL, INTEGER -> BYTEA, DOUBLE PRECISION, BIGINT), reading a JSON field,
+the schema version (SQLite's ``PRAGMA user_version``, so existing files keep migrating;
+PostgreSQL's one-row ``p4bus_schema`` table), and transactions:
+
+- SQLite: ``BEGIN IMMEDIATE`` with ``synchronous=FULL``; a non-durable step drops to NORMAL.
+- PostgreSQL: the default isolation (one writer); a non-durable step is
+  ``SET LOCAL synchronous_commit = off`` (it survives the orchestrator's crash, not the server's).
+
+A location is a PostgreSQL DSN when it starts with ``postgresql://`` or ``postgres://``,
+otherwise a SQLite file. The DSN never holds the password (refused): it comes from a 0600
+file (``[orchestrator] store_password_file``) or libpq's own PGPASSFILE / ~/.pgpass.
+
+When the PostgreSQL connection is lost the orchestrator cannot know what its last step left
+behind, so it must not act further: ``StoreLost`` ends the process (a SystemExit, so that no
+``except Exception`` on the way carries on) after one log line; whatever restarts it recovers
+from the store as after any crash.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+
+from common import logs
+from common.config import ConfigError, read_password_file
+
+if TYPE_CHECKING:
+    import psycopg
+
+log = logs.get("orchestrator")
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+# Any value works: only p4bus's migrations take this transaction-scoped lock.
+_MIGRATION_LOCK = 0x70346275_73000001
+# Unless the DSN says otherwise: fail fast at start, and notice a server that went silent
+# (no FIN, e.g. a host or network gone) within about 15 s instead of waiting on TCP for hours.
+_PG_DEFAULTS = {
+    "connect_timeout": "10",
+    "keepalives": "1",
+    "keepalives_idle": "5",
+    "keepalives_interval": "2",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "15000",
+    "application_name": "p4bus-orchestrator",
+}
+
+
+def is_postgres(location: str | Path) -> bool:
+    return str(location).startswith(POSTGRES_SCHEMES)
+
+
+def redact(dsn: str) -> str:
+    """The DSN as it may be shown: any password (user:PASSWORD@ or password=...) replaced by ***."""
+    dsn = re.sub(r"(://[^:/@?]*):[^@/?]*@", r"\1:***@", dsn)
+    return re.sub(r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*)", r"\1***", dsn)
+
+
+class StoreError(SystemExit):
+    """The store cannot be used: the orchestrator exits non-zero with this one line."""
+
+
+class StoreLost(StoreError):
+    """The PostgreSQL connection broke mid-run: the last step's outcome is unknown."""
+
+
+class Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Db(ABC):
+    """One connection, used by one thread at a time (the orchestrator's loop)."""
+
+    location: str  # for logs and messages: a path, or the DSN without any password
+
+    @abstractmethod
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> Cursor: ...
+
+    @abstractmethod
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
+
+    @abstractmethod
+    def tx(self, durable: bool = True) -> AbstractContextManager[Db]:
+        """One atomic step; nested use joins the outer transaction."""
+
+    @property
+    @abstractmethod
+    def in_transaction(self) -> bool: ...
+
+    @abstractmethod
+    def lock_schema(self) -> None:
+        """Inside a transaction: keep other processes' migrations out until it ends."""
+
+    @abstractmethod
+    def schema_version(self) -> int: ...
+
+    @abstractmethod
+    def set_schema_version(self, version: int) -> None: ...
+
+    @abstractmethod
+    def ddl(self, statement: str) -> None:
+        """Run one migration statement, its column types in this engine's names."""
+
+    @abstractmethod
+    def json_text(self, column: str, key: str) -> str:
+        """An SQL expression: the top-level ``key`` of the JSON document in ``column``, as text."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+def open_db(location: str | Path, password_file: str = "") -> Db:
+    """The store's connection: PostgreSQL for a postgresql:// DSN, else a SQLite file."""
+    if is_postgres(location):
+        return PgDb(PgTarget.from_config(str(location), password_file))
+    if password_file:
+        raise ConfigError(
+            f"orchestrator.store_password_file is set but the store {location} is a SQLite file: "
+            "a password is only for a postgresql:// store; remove it"
+        )
+    return SqliteDb(Path(location))
+
+
+# ---------------------------------------------------------------------------------- SQLite
+
+
+class SqliteDb(Db):
+    """WAL mode, synchronous=FULL: a committed step survives a crash of the process or the machine."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.location = str(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.execute("PRAGMA foreign_keys=ON")
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> Cursor:
+        return self.conn.execute(sql, args)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self.conn.executemany(sql, rows)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn.in_transaction
+
+    @contextmanager
+    def tx(self, durable: bool = True) -> Iterator[Db]:
+        if self.conn.in_transaction:
+            yield self
+            return
+        if not durable:
+            # Survives a process crash, not a power cut; spares the dispatch path a second fsync.
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+        finally:
+            if not durable:
+                self.conn.execute("PRAGMA synchronous=FULL")
+
+    def lock_schema(self) -> None:
+        pass  # BEGIN IMMEDIATE already holds the file's write lock
+
+    def schema_version(self) -> int:
+        version: int = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        return version
+
+    def set_schema_version(self, version: int) -> None:
+        self.conn.execute(f"PRAGMA user_version={int(version)}")
+
+    def ddl(self, statement: str) -> None:
+        self.conn.execute(statement)
+
+    def json_text(self, column: str, key: str) -> str:
+        return f"CAST(json_extract(CAST({column} AS TEXT), '$.{key}') AS TEXT)"
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+# ---------------------------------------------------------------------------------- PostgreSQL
+
+
+@dataclass(frozen=True)
+class PgTarget:
+    """How to reach the PostgreSQL store: the DSN (never with a password) and the password read
+    from ``store_password_file`` (None: libpq's PGPASSFILE/~/.pgpass, or no password at all).
+
+    Other parts that need their own session on the same database (a standby's lease) use
+    ``Store.pg.connect()``: the same server, user, password and timeouts as the store's.
+    """
+
+    dsn: str
+    password: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_config(cls, dsn: str, password_file: str = "") -> PgTarget:
+        from psycopg import conninfo
+
+        try:
+            params = conninfo.conninfo_to_dict(dsn)
+        except Exception as exc:  # psycopg.ProgrammingError: libpq's own words on what is wrong
+            raise ConfigError(f"orchestrator.store {redact(dsn)} is not a valid PostgreSQL DSN: {exc}") from None
+        if params.get("password"):
+            raise ConfigError(
+                f"orchestrator.store {redact(dsn)} holds a password: remove it from the DSN and put it in "
+                "orchestrator.store_password_file (mode 0600) or libpq's PGPASSFILE"
+            )
+        password = read_password_file(password_file) if password_file else None
+        return cls(dsn, password)
+
+    @property
+    def location(self) -> str:
+        return redact(self.dsn)
+
+    def connect(self) -> psycopg.Connection[tuple[Any, ...]]:
+        """A new autocommit session; psycopg.OperationalError if the server cannot be reached."""
+        import psycopg
+        from psycopg import conninfo
+
+        given = conninfo.conninfo_to_dict(self.dsn)
+        extra: dict[str, Any] = {k: v for k, v in _PG_DEFAULTS.items() if k not in given}
+        if self.password is not None:
+            extra["password"] = self.password
+        return psycopg.connect(self.dsn, autocommit=True, **extra)
+
+
+@lru_cache(maxsize=512)
+def _pg_sql(sql: str) -> str:
+    """The store's SQL with psycopg's placeholders (the store's SQL has no ? or % in literals)."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+_PG_TYPES = (("BLOB", "BYTEA"), ("REAL", "DOUBLE PRECISION"), ("INTEGER", "BIGINT"))
+
+
+def pg_ddl(statement: str) -> str:
+    """A migration statement with PostgreSQL's column types (timestamps as doubles, counters 64-bit)."""
+    for sqlite_type, pg_type in _PG_TYPES:
+        statement = re.sub(rf"\b{sqlite_type}\b", pg_type, statement)
+    return statement
+
+
+class PgDb(Db):
+    """One autocommit session; a step is an explicit BEGIN ... COMMIT."""
+
+    def __init__(self, target: PgTarget) -> None:
+        import psycopg
+
+        self.target = target
+        self.location = target.location
+        self._errors: tuple[type[BaseException], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
+        try:
+            self.conn = target.connect()
+        except psycopg.OperationalError as exc:
+            raise StoreError(
+                f"p4bus orchestrator: cannot connect to the store {self.location}: {_one_line(exc)} "
+                "(is the server up, the DSN right, the password in store_password_file or PGPASSFILE?)"
+            ) from None
+
+    def _lost(self, exc: BaseException) -> NoReturn:
+        """The session is gone: what the last statement did is unknown. Say so once and end."""
+        log.error("store.connection_lost", store=self.location, error=_one_line(exc))
+        raise StoreLost(
+            f"p4bus orchestrator: lost the connection to the store {self.location} ({_one_line(exc)}); "
+            "exiting so that nothing acts on a half-known state (a restart recovers from the store)"
+        ) from None
+
+    def _guard(self, exc: BaseException) -> None:
+        if self.conn.closed or self.conn.broken:
+            self._lost(exc)
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> Cursor:
+        try:
+            return self.conn.execute(_pg_sql(sql), args)
+        except self._errors as exc:
+            self._guard(exc)
+            raise
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        try:
+            with self.conn.cursor() as cur:
+                cur.executemany(_pg_sql(sql), rows)
+        except self._errors as exc:
+            self._guard(exc)
+            raise
+
+    @property
+    def in_transaction(self) -> bool:
+        from psycopg.pq import TransactionStatus
+
+        return self.conn.info.transaction_status != TransactionStatus.IDLE
+
+    @contextmanager
+    def tx(self, durable: bool = True) -> Iterator[Db]:
+        if self.in_transaction:
+            yield self
+            return
+        self.execute("BEGIN")
+        try:
+            if not durable:
+                self.execute("SET LOCAL synchronous_commit = off")
+            yield self
+        except BaseException:
+            if not (self.conn.closed or self.conn.broken):
+                self.conn.execute("ROLLBACK")
+            raise
+        self.execute("COMMIT")
+
+    def lock_schema(self) -> None:
+        self.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
+        # Created under the lock: two orchestrators starting at once do not race to create it.
+        self.execute(
+            "CREATE TABLE IF NOT EXISTS p4bus_schema (one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one), "
+            "version BIGINT NOT NULL)"
+        )
+        self.execute("INSERT INTO p4bus_schema (version) VALUES (0) ON CONFLICT DO NOTHING")
+
+    def schema_version(self) -> int:
+        version: int = self.execute("SELECT version FROM p4bus_schema").fetchone()[0]
+        return version
+
+    def set_schema_version(self, version: int) -> None:
+        self.execute("UPDATE p4bus_schema SET version=?", (version,))
+
+    def ddl(self, statement: str) -> None:
+        self.execute(pg_ddl(statement))
+
+    def json_text(self, column: str, key: str) -> str:
+        return f"(convert_from({column}, 'UTF8')::jsonb ->> '{key}')"
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
