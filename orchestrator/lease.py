@@ -20,9 +20,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-if TYPE_CHECKING:
-    import psycopg
+from orchestrator.db import Db, PgDb
 
+if TYPE_CHECKING:
     from orchestrator.store import Store
 
 # The advisory lock's key: the ASCII of "p4bus_or". Advisory locks are per database, so
@@ -35,7 +35,9 @@ class LeaseLost(RuntimeError):
 
 
 class Lease(Protocol):
-    what: str  # for logs: what the lease is, e.g. "advisory lock 8085... on postgresql://..."
+    """Held until the process ends (a clean stop closes the store, which lets it go)."""
+
+    what: str  # for logs: what the lease is, e.g. "flock on /var/lib/p4bus/jobs.db.lease"
 
     def try_acquire(self) -> bool:
         """Take the lease if nobody holds it; True if this process holds it now."""
@@ -44,8 +46,6 @@ class Lease(Protocol):
     def check(self) -> None:
         """Raise LeaseLost unless this process still holds the lease."""
         ...
-
-    def release(self) -> None: ...
 
 
 class FileLease:
@@ -73,64 +73,41 @@ class FileLease:
         if self._fd is None:
             raise LeaseLost(f"{self.what} is not held")
 
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
 
 class AdvisoryLease:
-    """``pg_try_advisory_lock(LEASE_KEY)`` on ``conn``, which must be the connection the store
-    writes through (so that a session that lost the lock cannot write either)."""
+    """``pg_try_advisory_lock(LEASE_KEY)`` through ``db``, which must be the store's own
+    connection (so that a session that lost the lock cannot write either). A connection that
+    breaks on the way ends the process (db.StoreLost), as it does for any of the store's steps."""
 
-    def __init__(self, conn: psycopg.Connection, where: str, key: int = LEASE_KEY) -> None:
-        self.conn = conn
+    def __init__(self, db: Db, key: int = LEASE_KEY) -> None:
+        self.db = db
         self.key = key
-        self.what = f"advisory lock {key} on {where}"
+        self.what = f"advisory lock {key} on {db.location}"
         self._held = False
 
     def try_acquire(self) -> bool:
-        if self._held:
-            return True
-        # Its own short transaction: a session-level lock outlives it (and a failed one).
-        with self.conn.transaction():
-            row = self.conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
-        self._held = bool(row and row[0])
+        if not self._held:
+            # A session-level lock: it outlives the statement's transaction and ends with the session.
+            self._held = bool(self.db.execute("SELECT pg_try_advisory_lock(?)", (self.key,)).fetchone()[0])
         return self._held
 
     def check(self) -> None:
-        if not self._held:
-            raise LeaseLost(f"{self.what} is not held")
-        import psycopg
-
         # pg_locks shows a bigint key as two unsigned 32-bit halves, classid and objid.
-        try:
-            with self.conn.transaction():
-                row = self.conn.execute(
-                    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                    "AND pid = pg_backend_pid() AND classid::bigint = %s AND objid::bigint = %s AND objsubid = 1)",
-                    (self.key >> 32, self.key & 0xFFFFFFFF),
-                ).fetchone()
-        except psycopg.Error as exc:
-            self._held = False
-            raise LeaseLost(f"{self.what}: the store's session is gone ({exc})") from None
-        if not (row and row[0]):
-            self._held = False
-            raise LeaseLost(f"{self.what} is no longer held by this session")
-
-    def release(self) -> None:
-        if not self._held:
+        if (
+            self._held
+            and self.db.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND pid = pg_backend_pid() AND classid::bigint = ? AND objid::bigint = ? AND objsubid = 1)",
+                (self.key >> 32, self.key & 0xFFFFFFFF),
+            ).fetchone()[0]
+        ):
             return
         self._held = False
-        import psycopg
-
-        try:
-            with self.conn.transaction():
-                self.conn.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
-        except psycopg.Error:
-            pass  # the session is gone, and the lock with it
+        raise LeaseLost(f"{self.what} is no longer held by this session")
 
 
 def for_store(store: Store) -> Lease:
     """The lease that guards ``store``: see the module's docstring."""
+    if isinstance(store.db, PgDb):
+        return AdvisoryLease(store.db)
     return FileLease(Path(f"{store.path}.lease"))

@@ -101,7 +101,7 @@ def _start_and_find_active(jobs, endpoints: list[str]) -> tuple[str, str]:
 
 
 def test_active_orchestrator_sigkilled_mid_jobs_standby_takes_over(jobs, pg_database):
-    endpoints = _two_orchestrators(jobs, None)  # TEMP sqlite
+    endpoints = _two_orchestrators(jobs, pg_database())
     names = [f"ws{i}" for i in range(20)]
     for n in names:
         jobs.workspace(n, "clean", env={"P4SIM_DELAY_PER_FILE": "0.03"})
