@@ -157,19 +157,15 @@ def test_active_orchestrator_sigkilled_mid_jobs_standby_takes_over(jobs, pg_data
 
 
 def test_second_orchestrator_on_one_sqlite_file_is_a_standby_until_the_first_exits(jobs):
-    """SQLite: the lease is an flock beside the file; the same roles on one host."""
+    """SQLite: the lease is an flock beside the file; the same roles on one host (the jobs'
+    side of a takeover is the test above's)."""
     endpoints = _two_orchestrators(jobs, None)
-    jobs.workspace("ws1", "clean", env={"P4SIM_DELAY_PER_FILE": "0.05"})
+    jobs.workspace("ws1", "clean")
     jobs.start("broker", "master")
     active, active_ep = _start_and_find_active(jobs, endpoints)
     standby_ep = next(e for e in endpoints if e != active_ep)
-    job_id = jobs.submit("ws1")  # the client finds the active one
-    assert not _takes_writes(jobs.stack, standby_ep)
-    _wait_for_p4_runs(jobs, 2)
+    assert _takes_writes(jobs.stack, active_ep) and not _takes_writes(jobs.stack, standby_ep)
+    killed_at = time.monotonic()
     jobs.stack.kill(active)
-    runs_at_kill = _p4_runs(jobs)
     wait_for(lambda: _takes_writes(jobs.stack, standby_ep), TAKEOVER_BOUND_S, "the standby to take over")
-    view = jobs.wait_state(job_id)
-    assert view.state == "DONE", view.reason
-    assert _p4_runs(jobs) > runs_at_kill
-    _assert_each_command_ran_once(jobs, "ws1", view)
+    print(f"\nSQLite standby takeover: answering writes {time.monotonic() - killed_at:.2f}s after the SIGKILL")
