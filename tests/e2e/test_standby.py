@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 
+import psycopg
 import pytest
 
 from common import ids
@@ -20,6 +21,7 @@ from common import protocol as P
 from common.auth import Security
 from common.rpc import OrchestratorClient, RequestError
 from common.zmqutil import free_port
+from orchestrator.lease import LEASE_KEY
 from tests.conftest import REPO, wait_for
 from tests.e2e.test_reliability import _assert_each_command_ran_once, _p4_runs, _wait_for_p4_runs
 
@@ -169,3 +171,32 @@ def test_second_orchestrator_on_one_sqlite_file_is_a_standby_until_the_first_exi
     jobs.stack.kill(active)
     wait_for(lambda: _takes_writes(jobs.stack, standby_ep), TAKEOVER_BOUND_S, "the standby to take over")
     print(f"\nSQLite standby takeover: answering writes {time.monotonic() - killed_at:.2f}s after the SIGKILL")
+
+
+def test_an_active_whose_store_session_is_cut_exits_at_once_and_the_standby_takes_over(jobs, pg_database):
+    """Fencing: the server ends the active one's session (as when it notices a network cut):
+    that session's lock is gone, and so is the active's means to write; it exits, non-zero."""
+    dsn = pg_database()
+    endpoints = _two_orchestrators(jobs, dsn)
+    jobs.workspace("ws1", "clean")
+    jobs.start("broker", "master")
+    active, active_ep = _start_and_find_active(jobs, endpoints)
+    standby_ep = next(e for e in endpoints if e != active_ep)
+    proc = jobs.stack.proc(active)
+    proc.stopped = True  # its exit is the point
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        holder = admin.execute(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND classid::bigint = %s AND objid::bigint = %s AND objsubid = 1",
+            (LEASE_KEY >> 32, LEASE_KEY & 0xFFFFFFFF),
+        ).fetchall()
+        assert len(holder) == 1
+        cut_at = time.monotonic()
+        admin.execute("SELECT pg_terminate_backend(%s)", (holder[0][0],))
+    assert proc.wait(TAKEOVER_BOUND_S) != 0
+    exited = time.monotonic() - cut_at
+    assert "store.connection_lost" in proc.log_path.read_text()
+    wait_for(lambda: _takes_writes(jobs.stack, standby_ep), TAKEOVER_BOUND_S, "the standby to take over")
+    print(
+        f"\nsession cut: the active exited {exited:.2f}s after, the standby took writes {time.monotonic() - cut_at:.2f}s after"
+    )
