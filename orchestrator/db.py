@@ -3,7 +3,7 @@
 The store (orchestrator/store.py) writes its SQL once, in a subset both engines run: ``?``
 placeholders, ``ON CONFLICT ... DO NOTHING/UPDATE``, ``TRUE``, and SQLite's type names in its
 migrations. What differs is here, in one place: placeholders (``?`` -> ``%s``), the column types
-of migrations (BLOB, REAL, INTEGER -> BYTEA, DOUBLE PRECISION, BIGINT), reading a JSON field,
+of migrations (BLOB, REAL, INTEGER -> BYTEA, DOUBLE PRECISION, BIGINT), reading a JSON number,
 the schema version (SQLite's ``PRAGMA user_version``, so existing files keep migrating;
 PostgreSQL's one-row ``p4bus_schema`` table), and transactions:
 
@@ -117,8 +117,9 @@ class Db(ABC):
         """Run one migration statement, its column types in this engine's names."""
 
     @abstractmethod
-    def json_text(self, column: str, key: str) -> str:
-        """An SQL expression: the top-level ``key`` of the JSON document in ``column``, as text."""
+    def json_int(self, column: str, key: str) -> str:
+        """An SQL expression: the top-level ``key`` of the JSON document in ``column`` when it
+        is a number (NULL otherwise: a string "42" is not the number 42)."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -194,8 +195,9 @@ class SqliteDb(Db):
     def ddl(self, statement: str) -> None:
         self.conn.execute(statement)
 
-    def json_text(self, column: str, key: str) -> str:
-        return f"CAST(json_extract(CAST({column} AS TEXT), '$.{key}') AS TEXT)"
+    def json_int(self, column: str, key: str) -> str:
+        doc = f"CAST({column} AS TEXT)"
+        return f"CASE WHEN json_type({doc}, '$.{key}') = 'integer' THEN json_extract({doc}, '$.{key}') END"
 
     def close(self) -> None:
         self.conn.close()
@@ -349,8 +351,9 @@ class PgDb(Db):
     def ddl(self, statement: str) -> None:
         self.execute(pg_ddl(statement))
 
-    def json_text(self, column: str, key: str) -> str:
-        return f"(convert_from({column}, 'UTF8')::jsonb ->> '{key}')"
+    def json_int(self, column: str, key: str) -> str:
+        doc = f"convert_from({column}, 'UTF8')::jsonb"
+        return f"CASE WHEN jsonb_typeof({doc} -> '{key}') = 'number' THEN ({doc} ->> '{key}')::numeric END"
 
     def close(self) -> None:
         self.conn.close()

@@ -444,8 +444,8 @@ class Store:
     def job_with_change(self, workspace: str, change: int, other_than: str) -> JobRow | None:
         """The newest job of ``workspace`` but ``other_than`` whose pending change is ``change``."""
         rows = self._jobs(
-            f"workspace=? AND id!=? AND {self.db.json_text('vars', 'change')}=?",
-            (workspace, other_than, str(change)),
+            f"workspace=? AND id!=? AND {self.db.json_int('vars', 'change')}=?",
+            (workspace, other_than, change),
             limit=1,
             newest=True,
         )

@@ -20,17 +20,15 @@ def _add(store: Store, n: int, workspace: str = "ws") -> str:
     return f"J{n}"
 
 
-def test_schema_migrates_once_and_refuses_a_newer_store(tmp_path):
-    path = tmp_path / "jobs.db"
-    Store(path).close()
-    store = Store(path)  # reopening applies nothing twice
+def test_schema_migrates_once_and_refuses_a_newer_store(store_at):
+    Store(store_at()).close()
+    store = Store(store_at())  # reopening applies nothing twice
     assert store.schema_version() == len(MIGRATIONS)
+    with store.tx():
+        store.db.set_schema_version(len(MIGRATIONS) + 1)
     store.close()
-    con = sqlite3.connect(path)
-    con.execute(f"PRAGMA user_version={len(MIGRATIONS) + 1}")
-    con.close()
     with pytest.raises(RuntimeError, match="newer than this p4bus"):
-        Store(path)
+        Store(store_at())
 
 
 def test_a_store_of_the_first_schema_keeps_its_jobs_and_commands(tmp_path):
@@ -57,16 +55,16 @@ def test_a_store_of_the_first_schema_keeps_its_jobs_and_commands(tmp_path):
     assert store.in_flight_on("a1") == [cmd]
 
 
-def test_a_failed_step_leaves_nothing_behind(tmp_path):
-    store = Store(tmp_path / "jobs.db")
+def test_a_failed_step_leaves_nothing_behind(store_at):
+    store = Store(store_at())
     with pytest.raises(RuntimeError, match="mid-step"), store.tx():
         _add(store, 1)
         raise RuntimeError("mid-step failure")
     assert store.job("J1") is None
 
 
-def test_events_are_handled_once_and_counters_count(tmp_path):
-    store = Store(tmp_path / "jobs.db")
+def test_events_are_handled_once_and_counters_count(store_at):
+    store = Store(store_at())
     with store.tx():
         assert store.record_event("agent-1", "e1", "cmd", 7, now=1.0)
         assert not store.record_event("agent-1", "e1", "cmd", 7, now=2.0)
@@ -78,8 +76,8 @@ def test_events_are_handled_once_and_counters_count(tmp_path):
     assert [store.next_counter("day") for _ in range(3)] == [1, 2, 3]
 
 
-def test_queue_order_busy_workspace_and_newest_jobs(tmp_path):
-    store = Store(tmp_path / "jobs.db")
+def test_queue_order_busy_workspace_and_newest_jobs(store_at):
+    store = Store(store_at())
     with store.tx():
         for n in range(1, 6):
             _add(store, n)
@@ -97,8 +95,8 @@ def test_queue_order_busy_workspace_and_newest_jobs(tmp_path):
     assert store.waiting_resolve_since(10.0) == []
 
 
-def test_rows_come_back_typed_and_a_secret_stdin_is_never_stored(tmp_path):
-    store = Store(tmp_path / "jobs.db")
+def test_rows_come_back_typed_and_a_secret_stdin_is_never_stored(store_at, tmp_path):
+    store = Store(store_at())
     secret = CommandSpec(argv=["p4", "login"], stdin=b"hunter2\n", stdin_secret=True)
     with store.tx():
         _add(store, 1)
@@ -107,11 +105,15 @@ def test_rows_come_back_typed_and_a_secret_stdin_is_never_stored(tmp_path):
     assert job.state is JobState.QUEUED and job.params == PARAMS and job.vars == {}
     assert cmd.state is CmdState.PENDING and cmd.kind is CmdKind.STAGE and cmd.secret
     assert cmd.spec == CommandSpec(argv=["p4", "login"], stdin_secret=True)
-    assert b"hunter2" not in b"".join(tmp_path.joinpath(name).read_bytes() for name in ("jobs.db", "jobs.db-wal"))
+    if store.pg is None:
+        stored = b"".join(tmp_path.joinpath(name).read_bytes() for name in ("jobs.db", "jobs.db-wal"))
+    else:  # every column of every row, as PostgreSQL writes it out (bytea in hex)
+        stored = "".join(r[0] for r in store.db.execute("SELECT CAST(commands AS TEXT) FROM commands")).encode()
+    assert b"hunter2" not in stored and b"hunter2".hex().encode() not in stored
 
 
-def test_a_command_moves_through_its_states(tmp_path):
-    store = Store(tmp_path / "jobs.db")
+def test_a_command_moves_through_its_states(store_at):
+    store = Store(store_at())
     with store.tx():
         _add(store, 1)
         cmd_id = store.add_command("J1", CmdKind.STAGE, "SYNC", 0, 1, CommandSpec(argv=["p4", "sync"]), 0.0, 1.0)
@@ -139,3 +141,53 @@ def test_a_command_moves_through_its_states(tmp_path):
     )
     assert cmd.status == msgspec.structs.replace(status, stdout=b"")
     assert store.open_commands() == [] and store.in_flight_on("a1") == []
+
+
+def test_commands_keep_the_order_they_were_written_in(store_at):
+    store = Store(store_at())
+    with store.tx():
+        _add(store, 1)
+        written = [
+            store.add_command("J1", CmdKind.STAGE, "SYNC", i, 1, CommandSpec(argv=["p4", str(i)]), 0.0, now=5.0)
+            for i in range(8)
+        ]
+    assert [c.cmd_id for c in store.job_commands("J1")] == written
+    assert [c.cmd_id for c in store.open_commands()] == written
+
+
+def test_a_job_is_found_by_the_pending_change_it_holds(store_at):
+    store = Store(store_at())
+    with store.tx():
+        for n in (1, 2, 3):
+            _add(store, n)
+        store.set_vars("J1", {"change": 41}, now=2.0)
+        store.set_vars("J2", {"change": 42, "note": "x"}, now=2.0)
+        store.set_vars("J3", {"change": "42"}, now=2.0)  # a string is no change number
+    assert store.job_with_change("ws", 42, other_than="J9").id == "J2"
+    assert store.job_with_change("ws", 41, other_than="J9").id == "J1"
+    assert store.job_with_change("ws", 41, other_than="J1") is None
+    assert store.job_with_change("other", 41, other_than="J9") is None
+
+
+def test_a_store_of_the_third_schema_numbers_its_commands_in_the_order_they_were_made(tmp_path):
+    path = tmp_path / "jobs.db"
+    con = sqlite3.connect(path)
+    con.executescript("".join(m + ";" for m in MIGRATIONS[:3]) + "PRAGMA user_version=3;")
+    con.execute(
+        "INSERT INTO jobs(id, n, pipeline, workspace, params, state, stage, vars, created_at, updated_at) "
+        "VALUES ('J1', 1, 'toy', 'ws', ?, 'RUNNING', 'SYNC', '{}', 1, 1)",
+        (msgspec.json.encode(PARAMS),),
+    )
+    for cmd_id, created in (("c3", 1.0), ("c1", 2.0), ("c2", 2.0)):
+        con.execute(
+            "INSERT INTO commands(cmd_id, job_id, kind, stage, step, attempt, spec, state, created_at) "
+            "VALUES (?, 'J1', 'stage', 'SYNC', 0, 1, '{\"argv\": [\"p4\"]}', 'DONE', ?)",
+            (cmd_id, created),
+        )
+    con.commit()
+    con.close()
+    store = Store(path)
+    with store.tx():
+        new = store.add_command("J1", CmdKind.STAGE, "SYNC", 1, 1, CommandSpec(argv=["p4"]), 0.0, now=2.0)
+    assert [c.cmd_id for c in store.job_commands("J1")] == ["c3", "c1", "c2", new]
+    assert [r[0] for r in store.db.execute("SELECT seq FROM commands ORDER BY seq")] == [1, 2, 3, 4]
