@@ -101,9 +101,7 @@ class RpcClient:
                 left = deadline - time.monotonic()
                 if left <= 0 or not sock.poll(int(left * 1000)):
                     last = f"{endpoint} did not answer within {timeout:g}s"
-                    # A late reply must not be read as the answer to a later request.
-                    sock.close(linger=0)
-                    del self._socks[endpoint]
+                    self._forget(endpoint)
                     break
                 try:
                     reply: P.Reply = P.decode(sock.recv(), P.Reply)
