@@ -318,6 +318,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     orchestrator_api: str = ""
     # Several brokers (replicated: each gets every event); default: the one broker_* name.
     brokers: list[BrokerEndpoints] = []
+    # Every orchestrator's API, for clients (CLI, web, tail): one is active, the others are
+    # standbys (docs/operations.md, "Standby orchestrators"); default: [orchestrator_api].
+    # Each orchestrator process binds its own orchestrator_api.
+    orchestrators: list[str] = []
     log_level: str = "info"
     insecure: bool = False
     broker: BrokerConf = msgspec.field(default_factory=BrokerConf)
@@ -415,6 +419,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
 
     def client_masters(self) -> list[str]:
         return self.orchestrator.masters or [self.endpoint("master_clients")]
+
+    def client_orchestrators(self) -> list[str]:
+        return self.orchestrators or [self.endpoint("orchestrator_api")]
 
     def notify_web_url(self) -> str:
         # The dashboard's own address ([web] url, else its bind) unless [notify] names another.

@@ -173,12 +173,15 @@ class AgentList(Base, tag="agents_r"):
 class Pong(Base, tag="pong"):
     req_id: str
     source: str = ""
+    # An orchestrator's: "active" (acts on jobs) or "standby" (answers reads, waits for the
+    # lease: orchestrator/standby.py); "" from every other service.
+    role: str = ""
 
 
 class ErrorReply(Base, tag="error"):
     """``code`` is one of: bad_frame (undecodable, not a message, wrong frame count),
     unknown_type, bad_request (decodable but invalid), no_agent (no live agent fits a dispatch),
-    agent_unreachable, agent_busy, unknown_cmd, unknown_job, timeout, internal. A plain str on
+    agent_unreachable, agent_busy, unknown_cmd, unknown_job, timeout, standby, internal. A plain str on
     the wire, so a newer peer's code does not make the reply undecodable."""
 
     req_id: str
@@ -526,6 +529,7 @@ class StatsReply(Base, tag="stats_r"):
     req_id: str
     source: str
     counters: dict[str, int]
+    role: str = ""  # as Pong's
 
 
 class Replay(Request[ReplayPage], tag="replay"):
@@ -570,6 +574,9 @@ OrchestratorRequest = (
     Submit | GetJob | ListJobs | Resume | Cancel | RetryJob | CleanupJob | Approve | Ping | Stats | TemplateRequest
 )
 ReplayRequest = Replay | Stats | Ping
+# The orchestrator requests that change nothing: a standby answers them (every other one is
+# refused with code ``standby``), and a client may send them again to another orchestrator.
+ORCHESTRATOR_READS = (GetJob, ListJobs, GetTemplate, ListTemplates, ListSchedules, Ping, Stats)
 Event = LogChunk | CmdStarted | CmdDone | AgentUp | AgentLost | AgentGone | JobChanged | Beacon
 
 

@@ -8,6 +8,10 @@ Used by the CLI, the orchestrator and anyone scripting p4bus from Python:
 
 A request goes to the current master; on a timeout or an unreachable master it is resent
 through the next one. Dispatch is idempotent by cmd_id, so a resend never runs twice.
+
+Orchestrators are different: of several, one is active and the others are standbys that
+answer only reads (orchestrator/standby.py), and a write is not idempotent (a submit resent
+after a timeout could queue the job twice). OrchestratorClient.request says how it chooses.
 """
 
 from __future__ import annotations
@@ -22,6 +26,12 @@ from common import protocol as P
 from common.auth import Security
 
 R = TypeVar("R", bound=P.Base)
+
+# Several orchestrators: a read unanswered for HEDGE_S is sent to the next one as well (reads
+# change nothing, so asking twice is harmless; the first answer wins), and a standby that
+# refused a write is asked again after STANDBY_RETRY_S (it may have taken the lease by then).
+HEDGE_S = 1.0
+STANDBY_RETRY_S = 0.2
 
 
 class RequestError(Exception):
@@ -56,6 +66,8 @@ class RpcClient:
         self.ctx = ctx or zmq.Context.instance()
         self._socks: dict[str, zmq.Socket] = {}
         self._current = 0
+        # Queue nothing for an endpoint not connected now, so that a request can go to another.
+        self._immediate = False
 
     def __enter__(self) -> Self:
         return self
@@ -71,7 +83,9 @@ class RpcClient:
     def _sock(self, endpoint: str) -> zmq.Socket:
         s = self._socks.get(endpoint)
         if s is None:
-            s = self._socks[endpoint] = zmqutil.dealer(self.ctx, endpoint, self.security, self.server_role)
+            s = self._socks[endpoint] = zmqutil.dealer(
+                self.ctx, endpoint, self.security, self.server_role, immediate=self._immediate
+            )
         return s
 
     def request(self, msg: P.Request[R], timeout: float | None = None) -> R:
@@ -87,9 +101,7 @@ class RpcClient:
                 left = deadline - time.monotonic()
                 if left <= 0 or not sock.poll(int(left * 1000)):
                     last = f"{endpoint} did not answer within {timeout:g}s"
-                    # A late reply must not be read as the answer to a later request.
-                    sock.close(linger=0)
-                    del self._socks[endpoint]
+                    self._forget(endpoint)
                     break
                 try:
                     reply: P.Reply = P.decode(sock.recv(), P.Reply)
@@ -97,17 +109,34 @@ class RpcClient:
                     continue  # not a reply (a misbehaving peer): keep waiting for ours
                 if reply.req_id != msg.req_id:
                     continue  # a stale reply to an earlier, timed-out request
-                if isinstance(reply, P.ErrorReply):
-                    if reply.code in ("agent_unreachable",) and len(self.endpoints) > 1:
-                        last = reply.message
-                        break  # another master may still reach the agent
-                    raise RequestError(reply.code, reply.message)
+                if isinstance(reply, P.ErrorReply) and reply.code == "agent_unreachable" and len(self.endpoints) > 1:
+                    last = reply.message
+                    break  # another master may still reach the agent
                 self._current = (self._current + attempt) % len(self.endpoints)
-                try:
-                    return P.reply_to(msg, reply)
-                except P.ProtocolError as exc:
-                    raise RequestError(exc.code, exc.message) from None
+                return _answer(msg, reply)
         raise RequestError("timeout", f"no answer: {last} (is the service running? check the endpoints)")
+
+    def _reply(self, endpoint: str, req_id: str) -> P.Reply | None:
+        """The reply to ``req_id`` waiting on ``endpoint``'s socket, if it has come."""
+        sock = self._socks[endpoint]
+        while True:
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return None
+            try:
+                reply: P.Reply = P.decode(frame, P.Reply)
+            except P.ProtocolError:
+                continue  # not a reply (a misbehaving peer): keep waiting for ours
+            if reply.req_id == req_id:
+                return reply
+
+    def _forget(self, endpoint: str) -> None:
+        """Close the socket of a request left unanswered: its late reply must not be read as
+        the answer to a later request."""
+        sock = self._socks.pop(endpoint, None)
+        if sock is not None:
+            sock.close(linger=0)
 
     def ping(self, timeout: float | None = None) -> P.Pong:
         return self.request(P.Ping(req_id=ids.new_id("r")), timeout)
@@ -158,10 +187,101 @@ class MasterClient(RpcClient):
         return self.request(P.ListAgents(req_id=ids.new_id("r"), include_gone=include_gone)).agents
 
 
+def _answer(msg: P.Request[R], reply: P.Reply) -> R:
+    if isinstance(reply, P.ErrorReply):
+        raise RequestError(reply.code, reply.message)
+    try:
+        return P.reply_to(msg, reply)
+    except P.ProtocolError as exc:
+        raise RequestError(exc.code, exc.message) from None
+
+
 class OrchestratorClient(RpcClient):
     """Jobs: submit, look at, resume, cancel, retry; templates and schedules."""
 
     server_role = roles.ORCHESTRATOR
+
+    def __init__(
+        self,
+        endpoints: list[str],
+        security: Security | None,
+        timeout: float = 10.0,
+        ctx: zmq.Context | None = None,
+    ) -> None:
+        super().__init__(endpoints, security, timeout, ctx)
+        self._immediate = len(self.endpoints) > 1
+
+    def request(self, msg: P.Request[R], timeout: float | None = None) -> R:
+        """Send msg and return its reply; raise RequestError.
+
+        Of several orchestrators (the ``orchestrators`` setting), the request goes to the one
+        that answered last, or else to the first one connected. A standby's refusal (code
+        ``standby``) sends it on to the others, the refusing one again after STANDBY_RETRY_S,
+        until ``timeout``: a takeover is a pause, not an error. A read is also sent to the next
+        one after HEDGE_S without an answer. A write that went out unanswered is not sent again
+        (it may have been carried out): that is a ``timeout`` error saying so.
+        """
+        timeout = self.timeout if timeout is None else timeout
+        if len(self.endpoints) == 1:
+            return super().request(msg, timeout)
+        deadline = time.monotonic() + timeout
+        read = isinstance(msg, P.ORCHESTRATOR_READS)
+        frame = P.encode(msg)
+        asked: dict[str, float] = {}  # endpoint -> when the request went there, unanswered
+        refused: dict[str, float] = {}  # endpoint (a standby) -> when to ask it again
+        standbys: set[str] = set()
+        try:
+            while (now := time.monotonic()) < deadline:
+                refused = {e: t for e, t in refused.items() if t > now}
+                hedge_at = max(asked.values()) + HEDGE_S if asked and read else deadline
+                send = not asked or now >= hedge_at
+                idle = [e for e in self._preferred() if e not in asked and e not in refused] if send else []
+                poller = zmq.Poller()
+                for e in asked:
+                    poller.register(self._sock(e), zmq.POLLIN)
+                for e in idle:
+                    poller.register(self._sock(e), zmq.POLLOUT)
+                wake = min([deadline, *refused.values()] + ([hedge_at] if hedge_at > now else []))
+                ready = dict(poller.poll(max(1, int((wake - now) * 1000))))
+                for e in list(asked):
+                    reply = self._reply(e, msg.req_id) if ready.get(self._socks[e]) else None
+                    if reply is None:
+                        continue
+                    del asked[e]
+                    if isinstance(reply, P.ErrorReply) and reply.code == "standby":
+                        refused[e] = time.monotonic() + STANDBY_RETRY_S
+                        standbys.add(e)
+                        continue
+                    self._current = self.endpoints.index(e)
+                    return _answer(msg, reply)
+                for e in idle:
+                    if ready.get(self._socks[e]):
+                        try:
+                            self._socks[e].send(frame, zmq.NOBLOCK)
+                        except zmq.Again:
+                            continue  # its connection went away since the poll
+                        asked[e] = time.monotonic()
+                        break
+        finally:
+            for e in asked:
+                self._forget(e)
+        if asked and not read:
+            raise RequestError(
+                "timeout",
+                f"no answer from the orchestrator at {', '.join(asked)} within {timeout:g}s; it may have "
+                "carried out the request before it stopped answering: look (p4bus status) before repeating it",
+            )
+        said = f"{', '.join(sorted(standbys))} answered as standby, no other" if standbys else "none answered"
+        raise RequestError(
+            "timeout",
+            f"no answer: of the orchestrators at {', '.join(self.endpoints)}, {said} within {timeout:g}s "
+            "(are they running? is the store reachable, so that one can be active?)",
+        )
+
+    def _preferred(self) -> list[str]:
+        """The endpoints, the one that answered last first."""
+        n = len(self.endpoints)
+        return [self.endpoints[(self._current + i) % n] for i in range(n)]
 
     def submit(self, **fields: Any) -> P.JobView:
         return self.request(P.Submit(req_id=ids.new_id("r"), **fields)).job

@@ -23,8 +23,10 @@ from orchestrator.change_poll import ChangePoller
 from orchestrator.channel import NO_ANSWER, MasterChannel
 from orchestrator.engine import Effects, Engine, JobError
 from orchestrator.known import Answers, KnownAgents, Listing
+from orchestrator.lease import LeaseLost, for_store
 from orchestrator.metrics import OrchestratorMetrics
 from orchestrator.scheduler import Scheduler
+from orchestrator.standby import Role
 from orchestrator.store import IN_FLIGHT, OPEN, CmdState, Store
 from orchestrator.trust import EarlyEvents, source_forged
 from orchestrator.whole_output import OutputRead, Stamp, wanted
@@ -53,14 +55,11 @@ class Orchestrator:
         self.api = zmqutil.router(self.ctx, cfg.endpoint("orchestrator_api"), security, roles.ORCHESTRATOR_API)
         self.api_guard = auth.Guard(security, roles.ORCHESTRATOR_API)
         self.scheduler = Scheduler(self.store, self.engine, ChangePoller(cfg.client_masters(), security, self.ctx))
-        self.sub = zmqutil.sub(self.ctx, cfg.broker_xpubs(), security, [topics.CMD + ".", topics.AGENT + "."])
         self.id = f"orchestrator-{ids.host_id()}"
-        self.events = Publisher(
-            zmqutil.pub(self.ctx, cfg.broker_xsubs(), security),
-            self.id,
-            ids.new_epoch(),
-            cfg.orchestrator.beacon_s,
-        )
+        # Active or standby (orchestrator/standby.py): a standby is on the bus only by its API.
+        self.role = Role(for_store(self.store), self.id)
+        self.sub: zmq.Socket  # join_bus()
+        self.events: Publisher
         self.gaps = GapDetector(keep_holes=len(cfg.bus_brokers()) > 1)  # a copy per broker
         self.early = EarlyEvents()
         self._insecure_logged = False
@@ -94,14 +93,19 @@ class Orchestrator:
             store=str(self.store.path),
             masters=self.cfg.client_masters(),
         )
-        self.recover()
-        self.metrics.active.set(1)
+        active = self.role.await_lease(self.api, self.on_api_frames, stop, tick=self.metrics.health.tick)
+        if active:
+            self.join_bus()
+            self.recover()
+            self.metrics.active.set(1)
         poller = zmq.Poller()
-        poller.register(self.sub, zmq.POLLIN)
+        if active:
+            poller.register(self.sub, zmq.POLLIN)
         poller.register(self.api, zmq.POLLIN)
         for s in self.channel.socks:
             poller.register(s, zmq.POLLIN)
-        while not stop.is_set():
+        while active and not stop.is_set():
+            self.role.check()
             ready = dict(poller.poll(int(TICK_S * 1000)))
             if self.sub in ready:
                 zmqutil.drain(self.sub, self.on_event_frames, 1000)
@@ -113,12 +117,24 @@ class Orchestrator:
             self.channel.expire()
             self.tick(self.clock())
             self.metrics.health.tick()
-        for s in (self.api, self.sub):
-            s.close(linger=zmqutil.LINGER_MS)
-        self.events.close(linger=zmqutil.LINGER_MS)  # stops its beacon thread before the socket closes
+        self.api.close(linger=zmqutil.LINGER_MS)
+        if active:
+            self.sub.close(linger=zmqutil.LINGER_MS)
+            self.events.close(linger=zmqutil.LINGER_MS)  # stops its beacon thread before the socket closes
         self.channel.close()
         self.scheduler.close()
         self.store.close()
+
+    def join_bus(self) -> None:
+        """Subscribe before recovering (nothing that happens after recovery's questions is missed)
+        and publish under a new epoch, as after a restart."""
+        self.sub = zmqutil.sub(self.ctx, self.cfg.broker_xpubs(), self.security, [topics.CMD + ".", topics.AGENT + "."])
+        self.events = Publisher(
+            zmqutil.pub(self.ctx, self.cfg.broker_xsubs(), self.security),
+            self.id,
+            ids.new_epoch(),
+            self.cfg.orchestrator.beacon_s,
+        )
 
     def recover(self) -> None:
         """Start-up: pick up where the store says we were."""
@@ -451,6 +467,7 @@ class Orchestrator:
 
     def handle(self, msg: P.OrchestratorRequest, user: str = "") -> tuple[P.Base, Effects]:
         e = self.engine
+        self.role.refuse_writes(msg)
         match msg:
             case P.Submit():
                 # Who submits is the orchestrator's finding, not the request's word (_submitter).
@@ -463,9 +480,12 @@ class Orchestrator:
             case P.ListJobs():
                 return P.JobList(req_id=msg.req_id, jobs=e.views(msg.all, msg.limit)), Effects()
             case P.Ping():
-                return P.Pong(req_id=msg.req_id, source=self.id), Effects()
+                return P.Pong(req_id=msg.req_id, source=self.id, role=self.role.name), Effects()
             case P.Stats():
-                return P.StatsReply(req_id=msg.req_id, source=self.id, counters=dict(self.counters)), Effects()
+                stats = P.StatsReply(
+                    req_id=msg.req_id, source=self.id, counters=dict(self.counters), role=self.role.name
+                )
+                return stats, Effects()
             case P.Resume():
                 eff = e.resume(msg.job_id)
             case P.Cancel():
@@ -540,4 +560,9 @@ def main(cfg: Config) -> None:
     except JobError as exc:
         raise SystemExit(f"p4bus orchestrator: {exc}") from None
     metrics.serve(cfg, "orchestrator", orch.metrics)
-    orch.run(lifecycle.stop_on_signals())
+    try:
+        orch.run(lifecycle.stop_on_signals())
+    except LeaseLost as exc:
+        # Not one more step: a standby has the lease (or will have it) and acts from the store.
+        log.error("orchestrator.lease_lost", error=str(exc))
+        raise SystemExit(f"p4bus orchestrator: {exc}; exiting (a standby takes over)") from None

@@ -87,7 +87,7 @@ def complete_job(ctx: click.Context, param: click.Parameter, incomplete: str) ->
         from common import auth
 
         cfg = _config(ctx)
-        endpoint = [cfg.endpoint("orchestrator_api")]
+        endpoint = cfg.client_orchestrators()
         with OrchestratorClient(endpoint, auth.for_client(cfg), timeout=COMPLETE_TIMEOUT_S) as oc:
             jobs = oc.jobs(True, limit=SEARCH_LIMIT)
         start = [j for j in jobs if j.job_id.upper().startswith(incomplete.upper())]

@@ -138,7 +138,7 @@ class JobTail:
         self.printer = printer
         self.on_state = on_state
         self.security = auth.for_client(cfg)
-        self.orch = OrchestratorClient([cfg.endpoint("orchestrator_api")], self.security, timeout=5.0)
+        self.orch = OrchestratorClient(cfg.client_orchestrators(), self.security, timeout=5.0)
         self.masters = MasterClient(cfg.client_masters(), self.security, timeout=5.0)
         self.outputs: dict[str, OutputAssembler] = {}
         self.finished: set[str] = set()

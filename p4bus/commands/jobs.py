@@ -22,7 +22,7 @@ SERVICE = "orchestrator"
 
 
 def _client(obj: Ctx) -> OrchestratorClient:
-    return OrchestratorClient([obj.cfg().endpoint("orchestrator_api")], obj.security(), timeout=5.0)
+    return OrchestratorClient(obj.cfg().client_orchestrators(), obj.security(), timeout=5.0)
 
 
 def _call(obj: Ctx, fn: Callable[[OrchestratorClient], T]) -> T:

@@ -109,6 +109,8 @@ def up(
             if service == "broker" and replicas:
                 for name, extra in replicas.items():
                     stack.start(service, name=name, extra=extra)
+            elif service == "orchestrator":
+                stack.start_orchestrators()  # several when `orchestrators` lists several: standbys
             else:
                 stack.start(service)
         if notify_wanted(tree):
@@ -119,6 +121,8 @@ def up(
             click.echo(f"  {name:16} {cfg.endpoint(name)}")
         for i, b in enumerate(stack.config().bus_brokers()[1:], start=2):
             click.echo(f"  broker-{i:<9} {b.xsub} {b.xpub} {b.replay}")
+        if len(cfg.orchestrators) > 1:
+            click.echo(f"  {'orchestrators':16} {', '.join(cfg.orchestrators)}  (one active, the others standbys)")
         for name, url in PEOPLE_URLS.items():
             click.echo(f"  {name:16} {url(cfg)}")
         for name in stack.current():

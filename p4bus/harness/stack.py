@@ -263,6 +263,28 @@ class Stack:
         launch = self.proc(name).launch
         return self.metrics_urls.get(name) or self.config(launch.extra).metrics_url(launch.service)
 
+    def start_orchestrators(self) -> list[ServiceProc]:
+        """One orchestrator per endpoint the tree's ``orchestrators`` lists, each binding its own
+        (named orchestrator, orchestrator-2, ...), all on the same store: one takes the lease and
+        is active, the others are standbys. Without the list, the one orchestrator.
+
+        The others start once the first answers: it has brought the store's schema up to date
+        by then (two processes migrating a new store at once would race) and holds the lease."""
+        endpoints = self.config().orchestrators
+        if len(endpoints) < 2:
+            return [self.start("orchestrator")]
+        started = []
+        for i, endpoint in enumerate(endpoints):
+            started.append(self.start("orchestrator", name=orchestrator_name(i), extra={"orchestrator_api": endpoint}))
+            if i == 0:
+                with OrchestratorClient([endpoint], self.security(), timeout=ASK_TIMEOUT_S) as oc:
+                    self._until(
+                        lambda: _answer(oc.ping) is not None,
+                        time.monotonic() + START_TIMEOUT_S,
+                        "the first orchestrator",
+                    )
+        return started
+
     def proc(self, name: str) -> ServiceProc:
         """The most recent process started under ``name``."""
         for p in reversed(self.procs):
@@ -330,9 +352,12 @@ class Stack:
                 return len(alive) >= agents and want <= alive
 
             self._until(listed, deadline, "the master to list the agents")
-        if "orchestrator" in self.current():
-            with OrchestratorClient([self.endpoint("orchestrator_api")], self.security(), timeout=ASK_TIMEOUT_S) as oc:
-                self._until(lambda: _answer(oc.ping) is not None, deadline, "the orchestrator to answer")
+        for name, p in self.current().items():
+            if p.service != "orchestrator":
+                continue
+            endpoint = self.config(p.launch.extra).endpoint("orchestrator_api")
+            with OrchestratorClient([endpoint], self.security(), timeout=ASK_TIMEOUT_S) as oc:
+                self._until(lambda: _answer(oc.ping) is not None, deadline, f"{name} to answer")
         started = {p.service for p in self.current().values()}
         cfg = self.config()
         for service, ready in READY.items():
@@ -359,6 +384,11 @@ def _web_ready(cfg: cfgmod.Config) -> bool:
 READY: dict[str, Callable[[cfgmod.Config], bool]] = {"web": _web_ready}
 # Where people reach a service: name -> its address, printed by `up` and `demo`.
 PEOPLE_URLS: dict[str, Callable[[cfgmod.Config], str]] = {"web": lambda cfg: cfg.web_url()}
+
+
+def orchestrator_name(i: int) -> str:
+    """The stack's name of its ``i``-th orchestrator (0: the one a single-orchestrator stack has)."""
+    return "orchestrator" if i == 0 else f"orchestrator-{i + 1}"
 
 
 def notify_wanted(tree: Mapping[str, Any]) -> bool:

@@ -102,7 +102,7 @@ class Web:
         self.streams = Streams(self.bus, feeds, watch)
         reaper = asyncio.create_task(self._reap(feeds))
         ticker = asyncio.create_task(self.metrics.ticker())
-        log.info("web.ready", url=self.cfg.web_url(), orchestrator=self.cfg.endpoint("orchestrator_api"))
+        log.info("web.ready", url=self.cfg.web_url(), orchestrators=self.cfg.client_orchestrators())
         try:
             yield
         finally:

@@ -37,7 +37,7 @@ class Bus:
         got = getattr(self._local, "clients", None)
         if got is None:
             got = self._local.clients = (
-                OrchestratorClient([self.cfg.endpoint("orchestrator_api")], self.security, timeout=5.0),
+                OrchestratorClient(self.cfg.client_orchestrators(), self.security, timeout=5.0),
                 MasterClient(self.cfg.client_masters(), self.security, timeout=10.0),
             )
         return got

@@ -253,7 +253,7 @@ class JobFeed(threading.Thread):
         prefixes = [f"{topics.LOG}.{self.job_id}.", f"{topics.CMD}.{self.job_id}.", topics.job(self.job_id)]
         sub = zmqutil.sub(ctx, self.cfg.endpoint("broker_xpub"), self.security, prefixes)
         replay = ReplayClient(ctx, self.cfg.endpoint("broker_replay"), self.security, timeout_s=10.0)
-        self.orch = OrchestratorClient([self.cfg.endpoint("orchestrator_api")], self.security, timeout=5.0, ctx=ctx)
+        self.orch = OrchestratorClient(self.cfg.client_orchestrators(), self.security, timeout=5.0, ctx=ctx)
         self.masters = MasterClient(self.cfg.client_masters(), self.security, timeout=10.0, ctx=ctx)
         cursor = JournalCursor(replay, prefixes)
         try:

@@ -83,7 +83,7 @@ class JobStack:
         self.stack.wait_ready(agents=n_agents)
 
     def orch(self) -> OrchestratorClient:
-        return OrchestratorClient([self.stack.endpoint("orchestrator_api")], self.stack.security(), timeout=5.0)
+        return OrchestratorClient(self.stack.config().client_orchestrators(), self.stack.security(), timeout=5.0)
 
     def masters(self) -> MasterClient:
         return MasterClient([self.stack.endpoint("master_clients")], self.stack.security(), timeout=5.0)

@@ -58,6 +58,7 @@ class Orch:
             },
         }
         self.o = Orchestrator(cfgmod.from_tree(tree, "test"))
+        self.o.join_bus()  # as run() does once the orchestrator is active
         job_id, _effects = self.o.engine.submit(
             P.Submit(req_id="r", source="//depot/dev/...", target="//depot/main/...")
         )
