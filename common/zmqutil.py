@@ -230,3 +230,13 @@ def free_port_base(count: int = 6, host: str = "127.0.0.1") -> int:
 
 def free_port(host: str = "127.0.0.1") -> int:
     return free_port_base(1, host)
+
+
+def ephemeral_port(host: str = "127.0.0.1") -> int:
+    """A port the kernel picks from its ephemeral range, free right now: for an HTTP server that
+    stacks side by side must not meet, as it lies outside the range free_port_base draws the
+    stacks' own ports from (only a client's source port could take it before it is bound)."""
+    with _socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port

@@ -30,7 +30,7 @@ class Stack(harness.Stack):
 
     def __init__(self, tmp_path: Path) -> None:
         self.tmp = tmp_path
-        self.port_base = free_port_base(6)
+        self.port_base = free_port_base(7)  # the bus's six and the dashboard's
         tree = {
             "state_dir": str(tmp_path / "state"),
             "port_base": self.port_base,

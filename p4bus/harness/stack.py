@@ -32,7 +32,7 @@ import tomli_w
 from common import auth, keys, roles
 from common import config as cfgmod
 from common.rpc import MasterClient, OrchestratorClient, RequestError
-from common.zmqutil import free_port, free_port_base
+from common.zmqutil import ephemeral_port, free_port_base
 
 # What `p4bus up` and `p4bus demo` start, in this order (each is a `p4bus SERVICE` command): the
 # bus, then its clients. A new service adds its name here, its key to LOCAL_KEYS, and, if it
@@ -141,7 +141,8 @@ class Stack:
         self.placement: dict[str, tuple[str, ...]] = {}
         self._prefix = config_prefix
         # Each service's metrics endpoint: with free_metrics, a free loopback port per name (kept
-        # across restarts) unless the settings name one, so that stacks side by side (tests,
+        # across restarts; from the ephemeral range, where no stack's port_base range lies)
+        # unless the settings name one, so that stacks side by side (tests,
         # several agents in one stack) never meet on port_base's metrics ports; without, the
         # settings' own (`p4bus up`: ports an operator can point Prometheus at).
         self.free_metrics = free_metrics
@@ -255,7 +256,7 @@ class Stack:
             return launch.extra
         if self.settings(launch.extra).get(service, {}).get("metrics"):
             return launch.extra
-        url = self.metrics_urls.setdefault(launch.name, f"http://127.0.0.1:{free_port()}/")
+        url = self.metrics_urls.setdefault(launch.name, f"http://127.0.0.1:{ephemeral_port()}/")
         return cfgmod.deep_merge({service: {"metrics": url}}, launch.extra)
 
     def metrics_url(self, name: str) -> str | None:
