@@ -520,15 +520,31 @@ def _agent_publisher(bus: Bus, name: str, beacon_s: float) -> Publisher:
 def test_a_lost_tail_shows_no_hole_until_the_publishers_beacon_repairs_it(bus: Bus) -> None:
     """The reader stalls through 32 MB of events paced below the broker's own speed, so the
     broker drops none of them until its queue for the reader (behind the reader's queue and TCP's
-    buffers) is full, and then drops every one: a pure tail loss. The publisher then falls
+    buffers) is full, and then, as a rule, every one: a pure tail loss. The publisher then falls
     silent. Nothing shows the loss -- a fence from other publishers gets through after the
     reader drained what it had, and nothing was replayed -- until the publisher's beacon, which
-    brings the whole tail back from the journal."""
+    brings the whole tail back from the journal.
+
+    Now and then libzmq lets an event through mid-burst (the reader's queue takes a batch), so
+    the loss shows as a hole and is repaired at once: right, but not what this test is about.
+    Such a run is checked for completeness and the scenario played again by a new publisher; one
+    of three must be a pure tail loss."""
     reader = Reader(bus, [""])
-    pub = _agent_publisher(bus, "agent-t", beacon_s=0)  # its beacon is sent below, when the test says
     try:
         _live(bus, reader)
-        wait_for(lambda: bool(_probe(pub) and reader.seqs("agent-t", "job")), what="the publisher connected")
+        pure = any(_tail_loss_then_beacon(bus, reader, f"agent-t{n}") for n in range(3))  # stops at the first
+        assert pure, "every burst lost events mid-stream: no pure tail loss was seen"
+        assert reader.missing == []
+    finally:
+        reader.stop(bus)
+
+
+def _tail_loss_then_beacon(bus: Bus, reader: Reader, name: str) -> bool:
+    """One burst from publisher ``name`` while ``reader`` stalls, all of it delivered in the end;
+    True if the loss was a pure tail that only the beacon revealed."""
+    pub = _agent_publisher(bus, name, beacon_s=0)  # its beacon is sent below, when the test says
+    try:
+        wait_for(lambda: bool(_probe(pub) and reader.seqs(name, "job")), what="the publisher connected")
         reader.pause()
         total, chunk = 2000, os.urandom(16 * 1024)
         for i in range(total):
@@ -540,16 +556,22 @@ def test_a_lost_tail_shows_no_hole_until_the_publishers_beacon_repairs_it(bus: B
         reader.resume()
         fences = iter(range(1_000_000))
         wait_for(lambda: _fence(bus, next(fences)) and reader.seqs_of("fence-"), what="a fence through the reader")
-        before = reader.seqs("agent-t", "log")
-        assert before == list(range(1, len(before) + 1)) and len(before) < total, "no tail lost: nothing proved"
-        assert bus.stats()["replay_requests"] == requests, "a hole showed: the loss was not a pure tail"
-        pub.beacon()
-        wait_for(lambda: len(reader.seqs("agent-t", "log")) == total, 30, "the tail, after the beacon")
-        assert reader.seqs("agent-t", "log") == list(range(1, total + 1))
-        assert reader.missing == []
+        before = reader.seqs(name, "log")
+        pure = len(before) < total and bus.stats()["replay_requests"] == requests
+        if pure:
+            assert before == list(range(1, len(before) + 1)), "a pure tail loss, yet a hole in what came"
+        # Beacons as the publisher's thread sends them, here every half second (a hole repaired
+        # mid-burst may still leave a tail behind; a beacon is live only, and one may be dropped).
+        wait_for(
+            lambda: pub.beacon() and len(reader.seqs(name, "log")) == total,
+            30,
+            "the tail, after a beacon",
+            interval=0.5,
+        )
+        assert reader.seqs(name, "log") == list(range(1, total + 1))
+        return pure
     finally:
         pub.close(linger=0)
-        reader.stop(bus)
 
 
 def _fence(bus: Bus, n: int) -> bool:
