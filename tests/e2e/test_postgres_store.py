@@ -4,16 +4,13 @@ and the database connection cut under a running orchestrator."""
 
 from __future__ import annotations
 
-import os
-import random
-
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from p4bus.harness.postgres import PgServer
 from tests.conftest import wait_for
-from tests.e2e.test_reliability import _assert_each_command_ran_once, _p4_runs, _wait_for_p4_runs
+from tests.e2e.test_reliability import _assert_each_command_ran_once, _wait_for_p4_runs, orchestrator_sigkilled_mid_jobs
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -64,23 +61,7 @@ def test_a_job_is_done_and_a_conflict_is_resumed_on_postgresql(pg_jobs, pg_serve
 
 
 def test_orchestrator_sigkilled_mid_job_on_postgresql_nothing_runs_twice(pg_jobs):
-    jobs = pg_jobs
-    names = [f"ws{i}" for i in range(3)]
-    for n in names:
-        jobs.workspace(n, "clean", env={"P4SIM_DELAY_PER_FILE": "0.03"})
-    jobs.start(agents={"agent-1": names[:2], "agent-2": names[2:]})
-    ids = [jobs.submit(n) for n in names]
-    rng = random.Random(int(os.environ.get("P4BUS_TEST_SEED", "1234")))
-    for _ in range(3):
-        _wait_for_p4_runs(jobs, _p4_runs(jobs) + rng.randint(2, 8))
-        jobs.restart("orchestrator")
-    runs_at_last_kill = _p4_runs(jobs)
-    views = [jobs.wait_state(j, timeout=120) for j in ids]
-    assert _p4_runs(jobs) > runs_at_last_kill
-    assert [v.state for v in views] == ["DONE"] * 3, [(v.job_id, v.stage, v.reason) for v in views]
-    for n, v in zip(names, views, strict=True):
-        _assert_each_command_ran_once(jobs, n, v)
-        assert all(r.attempt == 1 for r in v.timeline)
+    orchestrator_sigkilled_mid_jobs(pg_jobs, workspaces=3, kills=3)
 
 
 def test_a_lost_database_connection_stops_the_orchestrator_and_a_restart_finishes_the_job(pg_jobs, pg_server):

@@ -123,13 +123,21 @@ def _wait_for_p4_runs(jobs, n: int) -> None:
 
 
 def test_orchestrator_sigkilled_repeatedly_jobs_finish_nothing_runs_twice(jobs):
-    names = [f"ws{i}" for i in range(6)]
+    orchestrator_sigkilled_mid_jobs(jobs, workspaces=6, kills=4)
+
+
+def orchestrator_sigkilled_mid_jobs(jobs, workspaces: int, kills: int) -> None:
+    """Jobs on ``workspaces`` workspaces over two agents; the orchestrator SIGKILLed and
+    restarted ``kills`` times at random points: every job DONE at its first attempt, each p4
+    command run once (also tests/e2e/test_postgres_store.py, on PostgreSQL)."""
+    names = [f"ws{i}" for i in range(workspaces)]
     for n in names:
         jobs.workspace(n, "clean", env={"P4SIM_DELAY_PER_FILE": "0.03"})
-    jobs.start(agents={"agent-1": names[:3], "agent-2": names[3:]})
+    half = (workspaces + 1) // 2
+    jobs.start(agents={"agent-1": names[:half], "agent-2": names[half:]})
     ids = [jobs.submit(n) for n in names]
     rng = random.Random(int(os.environ.get("P4BUS_TEST_SEED", "1234")))
-    for _ in range(4):
+    for _ in range(kills):
         # A random point in the jobs' lives: once a few more p4 commands have started, with most
         # of them still ahead (it may fall in the restarted orchestrator's recovery: so be it).
         _wait_for_p4_runs(jobs, _p4_runs(jobs) + rng.randint(2, 8))
@@ -137,8 +145,8 @@ def test_orchestrator_sigkilled_repeatedly_jobs_finish_nothing_runs_twice(jobs):
     runs_at_last_kill = _p4_runs(jobs)
     views = [jobs.wait_state(j, timeout=120) for j in ids]
     assert _p4_runs(jobs) > runs_at_last_kill  # the last restart, too, had work left to resume
-    assert [v.state for v in views] == ["DONE"] * 6, [(v.job_id, v.stage, v.reason) for v in views]
-    for n, v in zip(names, views, strict=False):
+    assert [v.state for v in views] == ["DONE"] * workspaces, [(v.job_id, v.stage, v.reason) for v in views]
+    for n, v in zip(names, views, strict=True):
         _assert_each_command_ran_once(jobs, n, v)
         assert all(r.attempt == 1 for r in v.timeline)
 
