@@ -281,7 +281,8 @@ def report(r: Result) -> None:
                     r.agents_cpu_s,
                     ", ".join(f"{total - j.lines:,} ({j.offset_gaps})" for j in r.journals.values()),
                     r.live.lines,
-                    f"{total - r.live.lines:,} ({r.live.offset_gaps}, {r.live.seq_holes}; {r.reported_lost})",
+                    f"{total - r.live.lines:,} ({r.live.offset_gaps}, {r.live.seq_holes}; "
+                    f"{r.reported_lost if several else '–'})",
                     r.journal_s,
                 )
             ],
