@@ -182,6 +182,7 @@ class BusStack:
         orchestrator: dict[str, Any] | None = None,
         path: str | None = None,
         curve: bool = True,
+        brokers: int = 1,
     ) -> None:
         self.tmp = tmp
         self.agents = agents
@@ -195,6 +196,9 @@ class BusStack:
             tree["orchestrator"] = {"workspaces": orchestrator}
         self.core = ("broker", "master") + (("orchestrator",) if orchestrator is not None else ())
         self.stack = Stack(tree, tmp, log_dir=tmp / "logs", env={"PATH": path} if path else None)
+        # Replicated brokers as `p4bus up --brokers N` starts them: the tree lists them all (so every
+        # service publishes to each), each started under its own name with its own journal.
+        self.brokers = self.stack.replicate_brokers(brokers) if brokers > 1 else {"broker": {}}
 
     def endpoint(self, name: str) -> str:
         return self.stack.endpoint(name)
@@ -211,7 +215,11 @@ class BusStack:
     def __enter__(self) -> BusStack:
         try:
             for service in self.core:
-                self.stack.start(service)
+                if service == "broker":
+                    for name, extra in self.brokers.items():
+                        self.stack.start(service, name=name, extra=extra)
+                else:
+                    self.stack.start(service)
             for a in self.agents:
                 settings = {"id": a.id, "allowed_executables": a.allowed, **a.settings}
                 self.stack.start("agent", name=a.id, extra={"agent": settings})
