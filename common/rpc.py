@@ -66,8 +66,6 @@ class RpcClient:
         self.ctx = ctx or zmq.Context.instance()
         self._socks: dict[str, zmq.Socket] = {}
         self._current = 0
-        # Queue nothing for an endpoint not connected now, so that a request can go to another.
-        self._immediate = False
 
     def __enter__(self) -> Self:
         return self
@@ -79,6 +77,11 @@ class RpcClient:
         for s in self._socks.values():
             s.close(linger=0)
         self._socks.clear()
+
+    @property
+    def _immediate(self) -> bool:
+        """Queue nothing for an endpoint not connected now, so that a request can go to another."""
+        return False
 
     def _sock(self, endpoint: str) -> zmq.Socket:
         s = self._socks.get(endpoint)
@@ -201,15 +204,10 @@ class OrchestratorClient(RpcClient):
 
     server_role = roles.ORCHESTRATOR
 
-    def __init__(
-        self,
-        endpoints: list[str],
-        security: Security | None,
-        timeout: float = 10.0,
-        ctx: zmq.Context | None = None,
-    ) -> None:
-        super().__init__(endpoints, security, timeout, ctx)
-        self._immediate = len(self.endpoints) > 1
+    @property
+    def _immediate(self) -> bool:
+        # Several orchestrators (one active, the others standbys): a dead one costs no timeout.
+        return len(self.endpoints) > 1
 
     def request(self, msg: P.Request[R], timeout: float | None = None) -> R:
         """Send msg and return its reply; raise RequestError.
