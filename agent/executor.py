@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 from agent import keeper, policy, procgroup
-from agent.keeper import Keepers
+from agent.keeper import Keepers, Kept
 from agent.spool import KeeperExit, Pids
 from agent.ssh_exec import SshExecutor
 from common.config import AgentConf
@@ -42,9 +42,8 @@ class Handle(Protocol):
         """The final status, given the one the output thread derived from the keeper's record."""
 
 
-# (the agent's keepers, cmd_id, the secrets to take out of its output) -> its handle and the
-# keeper's notify fd
-Starter = Callable[[Keepers, str, list[bytes]], tuple[Handle, int]]
+# (the agent's keepers, cmd_id, the secrets to take out of its output) -> its handle and its keeper
+Starter = Callable[[Keepers, str, list[bytes]], tuple[Handle, Kept]]
 
 
 class Executor(Protocol):
@@ -96,9 +95,9 @@ class LocalExecutor:
             launch.argv, launch.cwd, launch.env, spec.stdin, self.conf.kill_grace_s, executable=launch.executable
         )
 
-        def start(keepers: Keepers, cmd_id: str, secrets: list[bytes]) -> tuple[Handle, int]:
+        def start(keepers: Keepers, cmd_id: str, secrets: list[bytes]) -> tuple[Handle, Kept]:
             kept = keepers.spawn(cmd_id, plan, secrets)
-            return LocalHandle(kept.pid, kept.keeper), kept.notify
+            return LocalHandle(kept.pid, kept.keeper), kept
 
         return start
 

@@ -10,19 +10,24 @@ spec, and on the agent's GO starts the command (posix_spawn, a session of its ow
 the pipes), records its pid, reports "ok <pid>", and then, until the command has ended:
 - copies stdout/stderr into the spool files, taking out the secrets the agent sent with the
   command (agent/redact.py), so no secret ever reaches the disk; after every write it pokes
-  the agent's ``notify`` pipe (a byte; EOF on that pipe = the keeper has recorded the exit,
-  or died);
+  the agent's ``notify`` pipe (a byte);
 - writes the request's stdin; in ``lifeline`` mode (the SSH executor's session) it then keeps
   the stdin open and turns SIGUSR1/SIGUSR2 into the wrapper's ``TERM``/``KILL`` lines;
 - when the leader has exited, gives what is left of its group ``grace_s`` to close the pipes,
   then SIGKILLs the group (the agent's long-standing rule for leftovers);
-- fills in the ``exit`` record it reserved before starting the command, closes the notify
-  pipe (the agent need not wait for this process's teardown), and exits.
-The exclusive flock on ``keeper`` is held from before the command starts to the keeper's exit,
-so "is the keeper alive?" has an exact answer that no pid reuse can fool.
+- fills in the ``exit`` record it reserved before starting the command, releases the
+  command's lock and says DONE on the notify pipe (EOF there instead: the keeper died).
+Then it waits for its next command: the agent gives a keeper that finished cleanly the next
+one (up to ``MAX_USES``), so that the fork, the copy-on-write faults of a fresh process and its
+teardown are not paid per command. An agent that is gone, or retires the keeper, closes
+``assign``; the keeper exits at that EOF, after the command it keeps, if any.
+The exclusive flock on the command's ``keeper`` file is held from before the command starts
+until its exit is recorded, so "is its keeper still at work?" has an exact answer that no pid
+reuse can fool.
 
-Once started, it never talks to the agent except by those pokes: an agent that dies or restarts changes
-nothing for it, and a restarted agent finds everything it needs in the spool.
+Once a command started, its keeper never talks to the agent except by those pokes: an agent
+that dies or restarts changes nothing for it, and a restarted agent finds everything it needs in
+the spool.
 """
 
 from __future__ import annotations
@@ -37,8 +42,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import msgspec
@@ -56,6 +64,12 @@ HOLD_S = 1.0
 POLL_S = 0.05
 # The agent's word that the command's spool entry is durable: the keeper may start it.
 GO = b"g"
+# The keeper's last byte on the notify pipe for a command: its exit is recorded, its lock
+# released, and the keeper waits for its next command. (Every other byte there is a poke.)
+DONE = b"\1"
+# Commands one keeper keeps, one after the other, before the agent lets it go: bounds what a
+# long-lived keeper could accumulate (fragmented memory) at one fork per that many commands.
+MAX_USES = 256
 # A keeper's report is one write of at most this (atomic on a pipe), so one read gets it whole.
 REPORT_MAX = select.PIPE_BUF
 # How long a closing agent waits for its keeper factory to exit.
@@ -88,7 +102,11 @@ class Kept:
 
     pid: int  # the command's process (its group's leader)
     keeper: int
-    notify: int  # read end, the agent's: a byte per spooled write, EOF once the keeper exited
+    # Read end, the agent's: a byte per spooled write, then DONE (or EOF: the keeper died).
+    notify: int
+    # Called once the agent has seen DONE (True) or EOF (False) on ``notify`` and is no longer
+    # reading it: the keeper is kept for another command or let go, and ``notify`` with it.
+    release: Callable[[bool], None] = field(repr=False, compare=False)
 
 
 class StartError(OSError):
@@ -97,39 +115,61 @@ class StartError(OSError):
 
 @dataclass
 class _Spare:
-    """A keeper forked ahead of need, waiting for its command on ``assign``."""
+    """A keeper waiting for its next command on ``assign``."""
 
     pid: int
-    assign: int  # write end: one length-prefixed _Assignment
-    report: int  # read end: "ok <pid>" or why not, then EOF
+    assign: int  # write end: a length-prefixed _Assignment and GO per command; -1 once closed
+    report: int  # read end: "ok <pid>" or why not, per command
     notify: int  # read end, see Kept
+    uses: int = 0
+
+    def close(self) -> None:
+        """Let it go: at the EOF on ``assign`` it exits (after the command it keeps, if any)."""
+        for fd in (self.assign, self.report, self.notify):
+            if fd >= 0:
+                os.close(fd)
+        self.assign = self.report = self.notify = -1
 
 
 class Keepers:
-    """Keepers for one agent's commands, forked ahead of need by a **factory** process that the
-    agent starts once (``start``): forking a keeper from the running agent would copy its page
-    tables and leave it copy-on-write faults on the dispatch path, and the new process waits
-    for a CPU on a busy host; handing a command
-    to a keeper that is already waiting is a pipe write that wakes it at once. The factory
-    passes each keeper's pipes over a unix socket and exits when the agent closes it (or dies)."""
+    """Keepers for one agent's commands. A keeper whose command has ended cleanly waits for the
+    next one (``idle_max`` of them at most); new ones are forked ahead of need by a **factory**
+    process that the agent starts once (``start``): forking a keeper from the running agent
+    would copy its page tables and leave it copy-on-write faults on the dispatch path, and the
+    new process waits for a CPU on a busy host; handing a command to a keeper that is already
+    waiting is a pipe write that wakes it at once. The factory passes each keeper's pipes over
+    a unix socket and exits when the agent closes it (or dies).
 
-    def __init__(self, spool: Spool) -> None:
+    ``spawn``, ``ready``, ``prime`` and ``close`` belong to the agent's session thread; a
+    ``Kept.release`` comes from its output thread."""
+
+    def __init__(self, spool: Spool, idle_max: int = 1) -> None:
         self.spool = spool
-        self._spare: _Spare | None = None
+        self._idle_max = max(1, idle_max)
+        self._idle: list[_Spare] = []  # the most recently used last: its pages are warmest
+        self._lock = threading.Lock()
+        self._closed = False
         self._factory: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
-        self._asked = False  # a spare is on its way from the factory
+        self._asked = False  # a keeper is on its way from the factory
 
     def ready(self) -> None:
-        """Ask for a keeper to wait for the next command (without waiting for it)."""
-        if self._spare is None and not self._asked:
+        """Ask for a keeper to wait for the next command (without waiting for it), unless one
+        already does."""
+        with self._lock:
+            idle = bool(self._idle)
+        if not idle and not self._asked:
             self._ask()
 
     def prime(self) -> None:
         """Wait for the first keeper -- the factory's start-up, a fresh interpreter -- before the
         agent serves requests: a first command must not hold its main loop (and heartbeats)."""
-        if self._spare is None:
-            self._spare = self._receive()
+        with self._lock:
+            idle = bool(self._idle)
+        if not idle:
+            spare = self._receive()
+            with self._lock:
+                self._idle.append(spare)
 
     def spawn(self, cmd_id: str, plan: Plan, secrets: list[bytes]) -> Kept:
         """Hand ``cmd_id`` (already created in the spool, durably or not) to a keeper and wait
@@ -138,47 +178,74 @@ class Keepers:
         The spool entry is made durable (``Spool.sync``) while the keeper gets ready (its lock,
         exit record and output files), and only then is it told to go: the fsync and the
         keeper's preparations overlap, and nothing starts that a power cut could make unknown."""
-        spare, self._spare = self._spare or self._receive(), None
         data = msgspec.msgpack.encode(_Assignment(cmd_id, plan, secrets))
+        spare = self._hand(len(data).to_bytes(8, "big") + data)
         unsynced: OSError | None = None
         try:
-            _write_all(spare.assign, len(data).to_bytes(8, "big") + data)
+            self.spool.sync(cmd_id)
+        except OSError as exc:
+            unsynced = exc  # no go: the keeper starts nothing, and says so
+        else:
             try:
-                self.spool.sync(cmd_id)
-            except OSError as exc:
-                unsynced = exc  # no go: the keeper starts nothing, and says so
-            else:
                 os.write(spare.assign, GO)
-        except OSError:
-            pass  # it died waiting: its report says nothing, which is reported below
-        finally:
+            except OSError:
+                pass  # it died waiting: its report says nothing, which is reported below
+        spare.uses += 1
+        if unsynced is not None or plan.lifeline or spare.uses >= MAX_USES:
+            # Its last command: the EOF after it lets the keeper go. A lifeline keeper is never
+            # given another command, so that a signal meant for one cannot reach the next.
             os.close(spare.assign)
+            spare.assign = -1
         # One read: a report is one atomic write (REPORT_MAX), or nothing and EOF if the keeper
         # died; waiting for the EOF that follows a report would cost a second wake-up.
-        try:
-            report = os.read(spare.report, REPORT_MAX)
-        finally:
-            os.close(spare.report)
+        report = os.read(spare.report, REPORT_MAX)
         if not report.startswith(b"ok "):
-            os.close(spare.notify)
+            spare.close()
             if unsynced is not None:
                 raise StartError(f"cannot record it durably in the spool: {unsynced}")
             raise StartError(report.decode(errors="replace") or "the command's keeper died before starting it")
         os.set_blocking(spare.notify, False)
-        return Kept(int(report.split()[1]), spare.pid, spare.notify)
+        return Kept(int(report.split()[1]), spare.pid, spare.notify, partial(self._release, spare))
 
     def close(self) -> None:
-        """The waiting keeper and the factory exit (EOF on their pipe and socket)."""
-        spare, self._spare = self._spare, None
-        if spare is not None:
-            for fd in (spare.assign, spare.report, spare.notify):
-                os.close(fd)
+        """The waiting keepers and the factory exit (EOF on their pipes and socket); keepers
+        still at work exit after their commands."""
+        with self._lock:
+            idle, self._idle, self._closed = self._idle, [], True
+        for spare in idle:
+            spare.close()
         if self._sock is not None:
             self._sock.close()
             self._sock = None
         if self._factory is not None:
             _end(self._factory)
             self._factory = None
+
+    def _hand(self, assignment: bytes) -> _Spare:
+        """A keeper that has taken ``assignment``: a waiting one, else a new one."""
+        while True:
+            with self._lock:
+                spare = self._idle.pop() if self._idle else None
+            if spare is None:
+                break
+            try:
+                _write_all(spare.assign, assignment)
+                return spare
+            except OSError:
+                spare.close()  # it died while it waited (killed by hand): the next one
+        spare = self._receive()
+        try:
+            _write_all(spare.assign, assignment)
+        except OSError:
+            pass  # it died before its first command: its report says nothing, which is reported
+        return spare
+
+    def _release(self, spare: _Spare, clean: bool) -> None:
+        with self._lock:
+            if clean and spare.assign >= 0 and not self._closed and len(self._idle) < self._idle_max:
+                self._idle.append(spare)
+                return
+        spare.close()
 
     def start(self) -> None:
         """Start the factory (again, if it has died): a fresh interpreter that imports only
@@ -345,24 +412,41 @@ def _child(spool: Spool, keep: tuple[int, int, int]) -> None:
             signal.signal(sig, _ignore)
         _close_all_but(keep)
         assign, report, notify = keep
-        pipes = procgroup.Pipes()  # made while nothing waits for this keeper
-        data = _read_message(assign)
-        if data is None:
-            code = 0  # the agent is gone, or let us go: nothing to keep
-            return
-        job = msgspec.msgpack.decode(data, type=_Assignment)
-        # Held until we exit. A restarted agent that found the command without a keeper holds
-        # it while it records that; then there is a result, and the command must not start.
-        lock = os.open(spool.keeper_lock_path(job.cmd_id), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # Where a command without a cwd of its own runs (an fd: right even if it is renamed).
+        home = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        while True:
+            pipes = procgroup.Pipes()  # made while nothing waits for this keeper
+            data = _read_message(assign)
+            if data is None:
+                code = 0  # the agent is gone, or let us go: nothing (more) to keep
+                return
+            job = msgspec.msgpack.decode(data, type=_Assignment)
+            if not _keep(spool, job, pipes, assign, report, notify):
+                code = 0  # it did not start, and the agent lets this keeper go
+                return
+            os.fchdir(home)
+            try:
+                os.write(notify, DONE)
+            except OSError:
+                pass  # the agent is gone: the EOF on assign comes next
+    finally:
+        os._exit(code)
+
+
+def _keep(spool: Spool, job: _Assignment, pipes: procgroup.Pipes, assign: int, report: int, notify: int) -> bool:
+    """Start ``job`` and keep it until its exit is recorded (True), or say why it did not start."""
+    # Held until the exit is recorded. A restarted agent that found the command without a keeper
+    # holds it while it records that; then there is a result, and the command must not start.
+    lock = os.open(spool.keeper_lock_path(job.cmd_id), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         keeper = _Keeper(spool, job.cmd_id, job.plan, job.secrets, pipes, assign, report, notify)
         if spool.has_result(job.cmd_id):
             keeper.say(b"a restarted agent recorded this command as not started")
-        else:
-            keeper.run()
-        code = 0
+            return False
+        return keeper.run()
     finally:
-        os._exit(code)
+        os.close(lock)
 
 
 def _ignore(_sig: int, _frame: object) -> None:
@@ -410,31 +494,33 @@ class _Keeper:
         self.assign = assign  # where the agent's GO comes once the spool entry is durable
         self.redactor = Redactor()
         self.redactor.secrets = list(secrets)
-        self.report: int | None = report
-        self.notify: int | None = notify
+        self.report = report
+        self.notify: int | None = notify  # None once the agent is gone: no more pokes
         self.sel = selectors.DefaultSelector()
         self.stdin = memoryview(plan.stdin or b"")
         self.cut: int | None = None
         self.proc: procgroup.Child | None = None
 
-    def run(self) -> None:
+    def run(self) -> bool:
+        """Start the command and keep it until its exit is recorded (True), or say why it did
+        not start (False; the keeper then exits)."""
         try:
             self.spool.reserve_exit(self.cmd_id)
             outs = [_Out(s, 0, self.spool.dir(self.cmd_id) / STREAM_FILES[s]) for s in (proto.STDOUT, proto.STDERR)]
         except OSError as exc:
             self.say(f"cannot create its output files in the spool: {exc}".encode())
-            return
+            return False
         try:
             if self.plan.cwd is not None:
-                os.chdir(self.plan.cwd)  # this process is the command's alone
+                os.chdir(self.plan.cwd)  # the keeper's own cwd does not matter: back home after
             if os.read(self.assign, len(GO)) != GO:
                 self.say(b"the agent did not confirm the command (its spool entry may not be durable)")
-                return
+                return False
             with_stdin = self.plan.stdin is not None or self.plan.lifeline
             proc = procgroup.spawn_piped(self._executable(), self.plan.argv, with_stdin, self.pipes, self.plan.env)
         except (OSError, ValueError) as exc:
             self.say(str(exc).encode())
-            return
+            return False
         self.proc = proc
         if self.plan.lifeline:
             for sig in KILL_LINES:  # before the agent can know of us and send one
@@ -446,7 +532,7 @@ class _Keeper:
             procgroup.signal_group(proc.pid, signal.SIGKILL)
             proc.wait()
             self.say(f"cannot record its pid in the spool: {exc}".encode())
-            return
+            return False
         self.say(b"ok %d" % proc.pid)
         for out, fd in zip(outs, (proc.stdout, proc.stderr), strict=True):
             out.fd = fd
@@ -462,10 +548,10 @@ class _Keeper:
         failed = [o for o in outs if o.failed]
         why = "; ".join(f"{proto.STREAM_NAMES[o.stream]}: {o.failed} ({o.dropped} bytes not spooled)" for o in failed)
         self.spool.write_exit(self.cmd_id, KeeperExit(returncode, time.time(), self.cut, why))
-        # The agent can finish the command now, not once this process has been torn down.
-        if self.notify is not None:
-            os.close(self.notify)
-            self.notify = None
+        for out in outs:
+            os.close(out.file)
+        self.sel.close()
+        return True
 
     def _executable(self) -> str:
         if self.plan.executable:
@@ -477,13 +563,10 @@ class _Keeper:
         return shutil.which(argv0, path=env.get("PATH", os.defpath)) or argv0
 
     def say(self, report: bytes) -> None:
-        assert self.report is not None
         try:
             os.write(self.report, report[:REPORT_MAX])
         except OSError:
             pass  # the agent is gone: the pid file says what it would have heard
-        os.close(self.report)
-        self.report = None
 
     def _watch(self, proc: procgroup.Child, outs: list[_Out]) -> int:
         pidfd: int | None = None
@@ -584,8 +667,9 @@ class _Keeper:
         except BlockingIOError:
             pass  # the pipe is full of pokes already
         except OSError:
-            os.close(self.notify)
-            self.notify = None  # the agent is gone; a restarted one polls the spool
+            # The agent is gone; a restarted one polls the spool. (Not closed: the fd number
+            # is this keeper's for DONE, and must not be reused by another file meanwhile.)
+            self.notify = None
 
     def _feed(self, fd: int) -> None:
         try:

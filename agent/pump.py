@@ -11,9 +11,10 @@ pokes a notify pipe after each write; this thread, per command,
   resumes;
 - enforces the timeout and kill requests: SIGTERM to the whole command (through its executor
   handle), SIGKILL after ``kill_grace_s``;
-- when the keeper has exited (EOF on the notify pipe; for a command re-attached after a
-  restart, whose notify pipe died with the old agent, the keeper's lock is polled): publishes
-  the rest of the files, builds the status from the keeper's ``exit`` record, lets the handle
+- when the keeper has recorded the exit (DONE on the notify pipe, or EOF if it died; for a
+  command re-attached after a restart, whose notify pipe died with the old agent, the keeper's
+  lock is polled): publishes the rest of the files, gives the keeper back for another
+  command (``Kept.release``), builds the status from the keeper's ``exit`` record, lets the handle
   conclude it, writes the result to the spool, THEN publishes CmdDone, then hands the status to
   the session thread.
 The session thread talks to it only through ``start_cmd``/``kill``/``publish_done``/``shutdown``
@@ -37,6 +38,7 @@ import zmq
 
 from agent.capture import capture_fd
 from agent.executor import Handle
+from agent.keeper import DONE, Kept
 from agent.spool import Spool
 from common import logs, topics, zmqutil
 from common import protocol as proto
@@ -63,7 +65,7 @@ class Started:
     handle: Handle
     started_at: float  # wall clock
     timeout: float | None
-    notify: int | None  # the keeper's notify pipe; None: re-attached, polled
+    kept: Kept | None  # its keeper, whose notify pipe is read; None: re-attached, polled
     published: tuple[int, int] = (0, 0)  # stdout, stderr bytes published already
 
 
@@ -194,7 +196,7 @@ class Pump(threading.Thread):
         due: list[float] = []
         for run in self._runs.values():
             due += [t for t in (run.deadline, run.kill_at) if t is not None]
-            if run.started.notify is None:
+            if run.started.kept is None:
                 due.append(now + POLL_S)
             due += [s.pending_since + self._flush_s for s in run.streams if s.fill]
         return max(0.0, min(due) - now) if due else None
@@ -226,7 +228,7 @@ class Pump(threading.Thread):
             saved=st.published,
         )
         self._runs[st.cmd_id] = run
-        if st.notify is not None:
+        if st.kept is not None:
             # CmdStarted precedes every LogChunk of the command. A re-attached command had
             # its CmdStarted from the agent that started it.
             self._publish(
@@ -238,7 +240,7 @@ class Pump(threading.Thread):
                 pid=st.handle.pid,
                 argv=st.argv,
             )
-            self._sel.register(st.notify, selectors.EVENT_READ, partial(self._on_notify, run))
+            self._sel.register(st.kept.notify, selectors.EVENT_READ, partial(self._on_notify, run))
         for stream, offset in zip((proto.STDOUT, proto.STDERR), st.published, strict=True):
             fd = os.open(self._spool.output_path(st.cmd_id, stream), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
             os.lseek(fd, offset, os.SEEK_SET)
@@ -246,7 +248,7 @@ class Pump(threading.Thread):
         if self._stopping:
             run.killed = True
             self._terminate(run)
-        if st.notify is None:
+        if st.kept is None:
             self._poll(run)  # what was written while no agent watched goes out now
 
     # ------------------------------------------------------------------ reading
@@ -256,8 +258,8 @@ class Pump(threading.Thread):
         except BlockingIOError:
             return
         self._read_all(run)
-        if not pokes:  # EOF: the keeper has exited, its exit record is written
-            self._finish(run)
+        if not pokes or DONE in pokes:  # its exit is recorded (or at EOF: its keeper died)
+            self._finish(run, clean=bool(pokes))
 
     def _poll(self, run: _Running) -> None:
         """A re-attached command: no pokes, so look at its files and its keeper's lock."""
@@ -314,7 +316,7 @@ class Pump(threading.Thread):
         if run.kill_at is not None and now >= run.kill_at:
             run.kill_at = None
             run.started.handle.signal(signal.SIGKILL)
-        if run.started.notify is None and run.started.cmd_id in self._runs:
+        if run.started.kept is None and run.started.cmd_id in self._runs:
             self._poll(run)
 
     # ------------------------------------------------------------------ publishing
@@ -366,15 +368,16 @@ class Pump(threading.Thread):
         self._events.publish(cls, topic, **fields)
 
     # ------------------------------------------------------------------ the end of a command
-    def _finish(self, run: _Running) -> None:
+    def _finish(self, run: _Running, clean: bool = False) -> None:
+        """``clean``: its keeper said DONE (else it is re-attached, or its keeper died)."""
         st = run.started
-        self._read_all(run)  # the keeper has exited: nothing more will be written
+        self._read_all(run)  # its exit is recorded: nothing more will be written
         for s in run.streams:
             if s.fill:
                 self._publish_chunk(run, s)
-        if st.notify is not None:
-            self._sel.unregister(st.notify)
-            os.close(st.notify)
+        if st.kept is not None:
+            self._sel.unregister(st.kept.notify)
+            st.kept.release(clean)  # from now on, the notify pipe may carry another command's pokes
         status = self._status(run)
         for s in run.streams:
             os.close(s.fd)

@@ -76,7 +76,7 @@ class Agent:
         self.epoch = new_epoch()
         self.spool = Spool(self.conf.spool_dir or cfg.state_path / "spool" / self.agent_id)
         # The keeper factory starts now and makes the first keeper while the agent starts up.
-        self.keepers = Keepers(self.spool)
+        self.keepers = Keepers(self.spool, idle_max=self.conf.slots)
         self.keepers.ready()
         security = auth.for_service(cfg, "agent", self.agent_id)
         if security is not None:
@@ -326,14 +326,14 @@ class Agent:
         # than it was (its keeper's grace for leftovers runs from the leader's exit).
         started_at = time.time()
         try:
-            handle, notify = starter(self.keepers, req.cmd_id, self.redactor.secrets)
+            handle, kept = starter(self.keepers, req.cmd_id, self.redactor.secrets)
         except OSError as exc:
             # It never ran: forget it, so that the same cmd_id can be sent again.
             self.spool.discard(req.cmd_id)
             return self._unstarted(req, f"cannot execute {spec.argv[0]!r}: {exc}")
         pid = handle.pid
         self.running[req.cmd_id] = _Slot(req.job_id, req.workspace, pid, started_at)
-        self.pump.start_cmd(Started(req.cmd_id, req.job_id, list(spec.argv), handle, started_at, spec.timeout, notify))
+        self.pump.start_cmd(Started(req.cmd_id, req.job_id, list(spec.argv), handle, started_at, spec.timeout, kept))
         # Debug only: the CmdStarted event (journalled by the broker) is the record, and a log
         # line per command costs measurable time on the dispatch round trip.
         log.debug("command started", cmd_id=req.cmd_id, job_id=req.job_id, pid=pid, argv0=spec.argv[0])

@@ -38,7 +38,7 @@ from pathlib import Path
 import msgspec
 
 from agent import keeper, procgroup, ssh_policy
-from agent.keeper import Keepers
+from agent.keeper import Keepers, Kept
 from agent.spool import KeeperExit, Pids
 from common import logs
 from common.config import AgentConf
@@ -145,17 +145,17 @@ class SshExecutor:
 
     def prepare(
         self, spec: CmdSpec, workspace: str | None
-    ) -> Callable[[Keepers, str, list[bytes]], tuple[RemoteRun, int]]:
+    ) -> Callable[[Keepers, str, list[bytes]], tuple[RemoteRun, Kept]]:
         """Raises policy.Refusal; the starter raises OSError (SshError included) if ssh cannot be started."""
         launch = ssh_policy.check(self.conf, spec, workspace)
 
-        def start(keepers: Keepers, cmd_id: str, secrets: list[bytes]) -> tuple[RemoteRun, int]:
+        def start(keepers: Keepers, cmd_id: str, secrets: list[bytes]) -> tuple[RemoteRun, Kept]:
             master_pid = self.master.ensure()
             argv = self.master.session(remote_command(launch, len(spec.stdin or b""), self.conf.kill_grace_s))
             # Always a stdin: it is the lifeline even when the request has none.
             plan = keeper.Plan(argv, None, None, spec.stdin, self.conf.kill_grace_s, lifeline=True)
             kept = keepers.spawn(cmd_id, plan, secrets)
-            return RemoteRun(kept.pid, kept.keeper, str(self.master.dest), master_pid), kept.notify
+            return RemoteRun(kept.pid, kept.keeper, str(self.master.dest), master_pid), kept
 
         return start
 

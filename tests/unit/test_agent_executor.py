@@ -39,8 +39,8 @@ def start_with_child(ex: LocalExecutor, tmp_path: Path) -> tuple[LocalHandle, in
     spool = Spool(tmp_path / "spool")
     spec = CmdSpec(argv=["sh", "-c", "sleep 60 & echo $!; wait"])
     spool.create("c", SpoolEntry(spec=spec))
-    handle, notify = ex.prepare(spec, None)(Keepers(spool), "c", [])
-    os.close(notify)
+    handle, kept = ex.prepare(spec, None)(Keepers(spool), "c", [])
+    kept.release(False)  # as if the agent were gone: the keeper exits after the command
     assert isinstance(handle, LocalHandle)
     out = spool.output_path("c", 1)
     wait_for(lambda: out.read_bytes().endswith(b"\n"), 10, "the background pid")
