@@ -102,9 +102,7 @@ def test_a_command_that_cannot_start_is_reported_and_nothing_runs(tmp_path: Path
     wait_for(lambda: not spool.keeper_alive("c"), 10, "the keeper to exit")
 
 
-def test_a_keeper_given_back_keeps_the_next_command_from_its_own_home(
-    tmp_path: Path, keepers: keeper.Keepers
-) -> None:
+def test_a_keeper_given_back_keeps_the_next_command_from_its_own_home(tmp_path: Path, keepers: keeper.Keepers) -> None:
     spool = Spool(tmp_path / "spool")
     (tmp_path / "w1").mkdir()
     runs = []
@@ -124,17 +122,18 @@ def test_a_keeper_given_back_keeps_the_next_command_from_its_own_home(
 
 def test_a_keeper_killed_while_it_waits_is_replaced(tmp_path: Path, keepers: keeper.Keepers) -> None:
     spool = Spool(tmp_path / "spool")
-    first = None
-    for cmd_id in ("c1", "c2"):
+
+    def run(cmd_id: str) -> int:
         spool.create(cmd_id, SpoolEntry(spec=proto.CmdSpec(argv=["true"])))
         kept = keepers.spawn(cmd_id, keeper.Plan(["true"], None, None, None, grace_s=1.0), [])
         until_done(kept.notify)
         kept.release(True)
-        if first is None:
-            first = kept.keeper
-            os.kill(first, signal.SIGKILL)  # by hand, while it waits for its next command
-            wait_for(lambda: gone(first), 10, "the keeper killed")
-    assert kept.keeper != first and spool.read_exit("c2").returncode == 0
+        return kept.keeper
+
+    first = run("c1")
+    os.kill(first, signal.SIGKILL)  # by hand, while it waits for its next command
+    wait_for(lambda: gone(first), 10, "the keeper killed")
+    assert run("c2") != first and spool.read_exit("c2").returncode == 0
 
 
 def test_a_keeper_is_let_go_after_its_last_use(
