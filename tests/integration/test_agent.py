@@ -414,6 +414,21 @@ def test_a_command_whose_keeper_was_killed_is_ended_and_recorded_as_unknown(rig:
     wait_for(lambda: not group_members(started.pid), timeout=5, what="the orphaned group ended")
 
 
+def test_one_keeper_keeps_command_after_command_and_goes_with_its_agent(rig: Rig) -> None:
+    keepers = set()
+    for code in (0, 3, 0):
+        reply, status, _ = rig.run(["sh", "-c", f"echo {code}; exit {code}"])
+        assert (status.exit_code, status.stdout) == (code, b"%d\n" % code)
+        keepers.add(int(read_spool(rig, reply.cmd_id, "pid").split()[2]))
+    # No fork per command: the keeper whose command ended was given the next one.
+    assert len(keepers) == 1
+    keeper = keepers.pop()
+    assert group_members(keeper)
+    rig.stop(signal.SIGKILL)
+    # Waiting for its next command, it sees its agent's end of the pipe close, and exits.
+    wait_for(lambda: not group_members(keeper), what="the waiting keeper to exit with its agent")
+
+
 def test_a_command_spooled_by_an_agent_from_before_keepers_is_ended_as_restarted(rig: Rig) -> None:
     rig.master.exec("old", ["sleep", "100"])
     started = rig.sink.until_started("old")
