@@ -505,10 +505,9 @@ class _Keeper:
         """Start the command and keep it until its exit is recorded (True), or say why it did
         not start (False; the keeper then exits)."""
         try:
-            self.spool.reserve_exit(self.cmd_id)
             outs = [_Out(s, 0, self.spool.dir(self.cmd_id) / STREAM_FILES[s]) for s in (proto.STDOUT, proto.STDERR)]
         except OSError as exc:
-            self.say(f"cannot create its output files in the spool: {exc}".encode())
+            self.say(f"cannot open its output files in the spool: {exc}".encode())
             return False
         try:
             if self.plan.cwd is not None:

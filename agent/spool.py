@@ -2,13 +2,16 @@
 
 Files per command (the directory's existence is what makes an Exec a duplicate):
 - ``spec``   msgpack SpoolEntry: the CmdSpec (a secret stdin removed), job, workspace, time
-- ``keeper`` empty; flock()ed by the command's keeper (agent/keeper.py) for as long as it lives
+- ``keeper`` empty; flock()ed by the command's keeper (agent/keeper.py) from before the command
+  starts until its exit is recorded
 - ``pid``    "<pid> <start ticks> <keeper pid>" of the process-group leader (start ticks tell a
   reused pid), written by the keeper once the command runs; its mtime is the start time
 - ``stdout``, ``stderr``  output bytes (redacted), written by the keeper; byte offset N of a
   LogChunk is byte N here
-- ``exit``   how the command ended: a KeeperExit (4-byte length + msgpack) in a record its
-  keeper reserves before starting the command and fills in place when it ends
+- ``exit``   how the command ended: a KeeperExit (4-byte length + msgpack) in a record reserved
+  before the command starts and filled in place by its keeper when it ends
+``create`` makes spec, keeper, stdout, stderr and exit at once, so that one journal commit
+(``sync``) makes them all durable and the keeper only opens them.
 - ``published`` "<stdout offset> <stderr offset>": how far the agent had published, saved about
   once a second, so a restarted agent resumes there (tail drops the little it sends twice)
 - ``result`` msgpack CmdStatus, written atomically (tmp + fsync + rename): present = finished
@@ -18,7 +21,6 @@ This module only stores and reads; deciding what a missing result means is the c
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import re
@@ -66,6 +68,17 @@ class Pids(NamedTuple):
 
 def valid_cmd_id(cmd_id: str) -> bool:
     return bool(_SAFE_ID.match(cmd_id))
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """A file that must not exist yet, with ``data``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]  # a full disk raises ENOSPC here
+    finally:
+        os.close(fd)
 
 
 def _write_atomic(path: Path, data: bytes, durable: bool) -> None:
@@ -120,21 +133,32 @@ class Spool:
         return self.dir(cmd_id).is_dir()
 
     def create(self, cmd_id: str, entry: SpoolEntry, durable: bool = True) -> None:
-        """Record a command before anything runs; raises FileExistsError for a known cmd_id.
+        """Record a command before anything runs, with every file its keeper will write;
+        raises FileExistsError for a known cmd_id.
 
         A failed write (a full disk) leaves nothing behind: a half-made directory would make
         every resend of the same cmd_id fail with FileExistsError. ``durable=False``: the
-        caller makes it durable with ``sync`` before the command may start."""
+        caller makes it durable with ``sync`` before the command may start.
+
+        The spec is written in place, not through a temporary file: the directory is new, and
+        a spec torn by a crash belongs to a command that never started (nothing starts before
+        ``sync``), which recovery records as such."""
         d = self.dir(cmd_id)
         d.mkdir(mode=0o700)
         if entry.spec.stdin_secret:
             entry = msgspec.structs.replace(entry, spec=msgspec.structs.replace(entry.spec, stdin=None))
         try:
-            _write_atomic(d / "spec", proto.encode(entry), durable=durable)
+            _write_new(d / "spec", proto.encode(entry))
+            # Reserved, so that a disk the command fills cannot keep its keeper from recording
+            # how it ended (filled in place, not renamed).
+            _write_new(d / "exit", bytes(EXIT_RECORD))
+            for name in ("keeper", *STREAM_FILES.values()):
+                os.close(os.open(d / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+            if durable:
+                self.sync(cmd_id)
         except OSError:
             shutil.rmtree(d, ignore_errors=True)
             raise
-        # The output files are created by the keeper, off this path.
 
     def sync(self, cmd_id: str) -> None:
         """Make what ``create(durable=False)`` wrote survive a power cut: the spec and its
@@ -186,16 +210,6 @@ class Spool:
             return False
         except BlockingIOError:
             return True
-        finally:
-            os.close(fd)
-
-    def reserve_exit(self, cmd_id: str) -> None:
-        """Allocate the exit record before the command starts, so that a disk the command fills
-        cannot keep its keeper from recording how it ended (written in place, not renamed)."""
-        fd = os.open(self.dir(cmd_id) / "exit", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            if os.write(fd, bytes(EXIT_RECORD)) != EXIT_RECORD:
-                raise OSError(errno.ENOSPC, "short write of the exit record")
         finally:
             os.close(fd)
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from agent import spool as spool_mod
-from agent.spool import KeeperExit, Spool, SpoolEntry, valid_cmd_id
+from agent.spool import EXIT_RECORD, KeeperExit, Spool, SpoolEntry, valid_cmd_id
 from common import protocol as proto
 
 
@@ -28,9 +28,11 @@ def test_pid_result_and_ranges(tmp_path: Path) -> None:
     s.write_pid("c", 123, 456, 789)
     pids = s.read_pid("c")
     assert (pids.pid, pids.ticks, pids.keeper) == (123, 456, 789) and pids.started_at > 0
-    assert not s.keeper_alive("c") and s.read_exit("c") is None
-    s.reserve_exit("c")
+    assert not s.keeper_alive("c")
+    # Made with the spec, so that one fsync makes every file of the command durable.
+    assert (s.dir("c") / "exit").stat().st_size == EXIT_RECORD
     assert s.read_exit("c") is None  # reserved, not written
+    assert all((s.dir("c") / name).read_bytes() == b"" for name in ("keeper", "stdout", "stderr"))
     s.write_exit("c", KeeperExit(returncode=-9, ended_at=1.0, spool_error="x" * 5000))
     ended = s.read_exit("c")
     assert ended.returncode == -9 and len(ended.spool_error) == 1024
@@ -84,7 +86,7 @@ def test_a_failed_create_leaves_nothing_so_a_resend_can_succeed(tmp_path: Path, 
         raise OSError(28, "No space left on device")
 
     with monkeypatch.context() as m:
-        m.setattr(spool_mod, "_write_atomic", full)
+        m.setattr(spool_mod, "_write_new", full)
         with pytest.raises(OSError, match="No space"):
             s.create("c", SpoolEntry(spec=proto.CmdSpec(argv=["x"])))
     assert not s.exists("c")
