@@ -1,14 +1,14 @@
-"""The keeper: one small process per command that owns it for its whole life, so that the
-command outlives the agent process that started it (as Jenkins' durable tasks do).
+"""The keeper: a small process that owns a command for its whole life, so that the command
+outlives the agent process that started it (as Jenkins' durable tasks do).
 
 Keepers are forked ahead of need by the agent's keeper factory (``Keepers``, started once when
 the agent starts: no fork of the running agent, no interpreter start on the dispatch path). A
 keeper leaves the agent's session (``setsid``), closes everything it inherited, makes the
-command's pipes and waits for its command. Given one, it takes the spool's ``keeper`` lock,
-reserves the exit record and creates the output files while the agent fsyncs the command's
-spec, and on the agent's GO starts the command (posix_spawn, a session of its own, output on
-the pipes), records its pid, reports "ok <pid>", and then, until the command has ended:
-- copies stdout/stderr into the spool files, taking out the secrets the agent sent with the
+command's pipes and waits for its command. Given one, it takes the command's lock (a flock on
+its reserved exit record, agent/spool.py) while the agent fsyncs the command's spool entry, and
+on the agent's GO starts the command (posix_spawn, a session of its own, output on the pipes),
+records its pid, reports "ok <pid>", and then, until the command has ended:
+- copies stdout/stderr into the spool files (made now: the output waits in the pipes), taking out the secrets the agent sent with the
   command (agent/redact.py), so no secret ever reaches the disk; after every write it pokes
   the agent's ``notify`` pipe (a byte);
 - writes the request's stdin; in ``lifeline`` mode (the SSH executor's session) it then keeps
@@ -21,8 +21,8 @@ Then it waits for its next command: the agent gives a keeper that finished clean
 one (up to ``MAX_USES``), so that the fork, the copy-on-write faults of a fresh process and its
 teardown are not paid per command. An agent that is gone, or retires the keeper, closes
 ``assign``; the keeper exits at that EOF, after the command it keeps, if any.
-The exclusive flock on the command's ``keeper`` file is held from before the command starts
-until its exit is recorded, so "is its keeper still at work?" has an exact answer that no pid
+The exclusive flock on the command's lock file is held from before the command starts until
+its exit is recorded, so "is its keeper still at work?" has an exact answer that no pid
 reuse can fool.
 
 Once a command started, its keeper never talks to the agent except by those pokes: an agent
@@ -53,7 +53,7 @@ import msgspec
 
 from agent import procgroup
 from agent.redact import Redactor
-from agent.spool import STREAM_FILES, KeeperExit, Spool
+from agent.spool import KeeperExit, Spool
 from common import protocol as proto
 
 BLOCK = 1 << 20
@@ -467,12 +467,18 @@ class _Out:
     def __init__(self, stream: int, fd: int, path: Path) -> None:
         self.stream = stream
         self.fd = fd
-        self.file = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         self.held = b""  # a tail that may be the start of a secret
         self.held_since = 0.0
         self.open = True
         self.failed = ""  # why writing to the spool stopped
         self.dropped = 0
+        try:
+            self.file = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            # (A disk that held the spec and the exit record a moment ago.) The output is
+            # drained and dropped, and the exit record says so.
+            self.file = -1
+            self.failed = f"cannot create its spool file: {exc.strerror or exc}"
 
 
 class _Keeper:
@@ -505,11 +511,6 @@ class _Keeper:
         """Start the command and keep it until its exit is recorded (True), or say why it did
         not start (False; the keeper then exits)."""
         try:
-            outs = [_Out(s, 0, self.spool.dir(self.cmd_id) / STREAM_FILES[s]) for s in (proto.STDOUT, proto.STDERR)]
-        except OSError as exc:
-            self.say(f"cannot open its output files in the spool: {exc}".encode())
-            return False
-        try:
             if self.plan.cwd is not None:
                 os.chdir(self.plan.cwd)  # the keeper's own cwd does not matter: back home after
             if os.read(self.assign, len(GO)) != GO:
@@ -533,8 +534,13 @@ class _Keeper:
             self.say(f"cannot record its pid in the spool: {exc}".encode())
             return False
         self.say(b"ok %d" % proc.pid)
-        for out, fd in zip(outs, (proc.stdout, proc.stderr), strict=True):
-            out.fd = fd
+        # Made while it runs, off the dispatch path (its output waits in the pipes meanwhile):
+        # each file made before the start is a journal entry the dispatch waits for.
+        outs = [
+            _Out(s, fd, self.spool.output_path(self.cmd_id, s))
+            for s, fd in ((proto.STDOUT, proc.stdout), (proto.STDERR, proc.stderr))
+        ]
+        for out in outs:
             self.sel.register(out.fd, selectors.EVENT_READ, out)
         if proc.stdin is not None:
             os.set_blocking(proc.stdin, False)
@@ -548,7 +554,8 @@ class _Keeper:
         why = "; ".join(f"{proto.STREAM_NAMES[o.stream]}: {o.failed} ({o.dropped} bytes not spooled)" for o in failed)
         self.spool.write_exit(self.cmd_id, KeeperExit(returncode, time.time(), self.cut, why))
         for out in outs:
-            os.close(out.file)
+            if out.file >= 0:
+                os.close(out.file)
         self.sel.close()
         return True
 

@@ -2,16 +2,16 @@
 
 Files per command (the directory's existence is what makes an Exec a duplicate):
 - ``spec``   msgpack SpoolEntry: the CmdSpec (a secret stdin removed), job, workspace, time
-- ``keeper`` empty; flock()ed by the command's keeper (agent/keeper.py) from before the command
-  starts until its exit is recorded
 - ``pid``    "<pid> <start ticks> <keeper pid>" of the process-group leader (start ticks tell a
   reused pid), written by the keeper once the command runs; its mtime is the start time
 - ``stdout``, ``stderr``  output bytes (redacted), written by the keeper; byte offset N of a
   LogChunk is byte N here
 - ``exit``   how the command ended: a KeeperExit (4-byte length + msgpack) in a record reserved
-  before the command starts and filled in place by its keeper when it ends
-``create`` makes spec, keeper, stdout, stderr and exit at once, so that one journal commit
-(``sync``) makes them all durable and the keeper only opens them.
+  with the spec and filled in place by its keeper when it ends. Its keeper flock()s it from
+  before the command starts until the exit is recorded. (Entries made by agents from before
+  2026-12 have a separate ``keeper`` file for that lock, honoured while their keepers run.)
+Only spec and exit are made before the command starts (one journal commit, ``sync``, makes
+both durable); everything else is made while it runs.
 - ``published`` "<stdout offset> <stderr offset>": how far the agent had published, saved about
   once a second, so a restarted agent resumes there (tail drops the little it sends twice)
 - ``result`` msgpack CmdStatus, written atomically (tmp + fsync + rename): present = finished
@@ -133,8 +133,9 @@ class Spool:
         return self.dir(cmd_id).is_dir()
 
     def create(self, cmd_id: str, entry: SpoolEntry, durable: bool = True) -> None:
-        """Record a command before anything runs, with every file its keeper will write;
-        raises FileExistsError for a known cmd_id.
+        """Record a command before anything runs, with its reserved exit record; raises
+        FileExistsError for a known cmd_id. (Each file made here is a journal entry that the
+        dispatch waits for; the output files are made by the keeper while the command runs.)
 
         A failed write (a full disk) leaves nothing behind: a half-made directory would make
         every resend of the same cmd_id fail with FileExistsError. ``durable=False``: the
@@ -150,10 +151,8 @@ class Spool:
         try:
             _write_new(d / "spec", proto.encode(entry))
             # Reserved, so that a disk the command fills cannot keep its keeper from recording
-            # how it ended (filled in place, not renamed).
+            # how it ended (filled in place, not renamed); also the keeper's lock.
             _write_new(d / "exit", bytes(EXIT_RECORD))
-            for name in ("keeper", *STREAM_FILES.values()):
-                os.close(os.open(d / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
             if durable:
                 self.sync(cmd_id)
         except OSError:
@@ -196,7 +195,11 @@ class Spool:
             return None
 
     def keeper_lock_path(self, cmd_id: str) -> Path:
-        return self.dir(cmd_id) / "keeper"
+        """What a command's keeper flock()s while it keeps the command: the exit record, or the
+        ``keeper`` file of an entry made before 2026-12 (its keeper may outlive an upgrade)."""
+        d = self.dir(cmd_id)
+        old = d / "keeper"
+        return old if old.exists() else d / "exit"
 
     def keeper_alive(self, cmd_id: str) -> bool:
         """True while the command's keeper lives: it holds the lock until it exits (whatever

@@ -1,3 +1,4 @@
+import fcntl
 import os
 import time
 from pathlib import Path
@@ -29,10 +30,10 @@ def test_pid_result_and_ranges(tmp_path: Path) -> None:
     pids = s.read_pid("c")
     assert (pids.pid, pids.ticks, pids.keeper) == (123, 456, 789) and pids.started_at > 0
     assert not s.keeper_alive("c")
-    # Made with the spec, so that one fsync makes every file of the command durable.
+    # Reserved with the spec, and the keeper's lock.
     assert (s.dir("c") / "exit").stat().st_size == EXIT_RECORD
     assert s.read_exit("c") is None  # reserved, not written
-    assert all((s.dir("c") / name).read_bytes() == b"" for name in ("keeper", "stdout", "stderr"))
+    assert s.keeper_lock_path("c") == s.dir("c") / "exit"
     s.write_exit("c", KeeperExit(returncode=-9, ended_at=1.0, spool_error="x" * 5000))
     ended = s.read_exit("c")
     assert ended.returncode == -9 and len(ended.spool_error) == 1024
@@ -92,3 +93,19 @@ def test_a_failed_create_leaves_nothing_so_a_resend_can_succeed(tmp_path: Path, 
     assert not s.exists("c")
     s.create("c", SpoolEntry(spec=proto.CmdSpec(argv=["x"])))  # no FileExistsError
     assert s.read_spec("c") is not None
+
+
+def test_the_keeper_file_of_an_entry_from_before_2026_12_is_still_its_lock(tmp_path: Path) -> None:
+    s = Spool(tmp_path)
+    s.create("c", SpoolEntry(spec=proto.CmdSpec(argv=["x"])))
+    lock = s.take_keeper_lock("c")  # the exit record is the lock now
+    assert lock is not None and s.keeper_alive("c") and s.take_keeper_lock("c") is None
+    os.close(lock)
+    # An entry made by an older agent, whose keeper still runs after the upgrade: its lock is
+    # the separate keeper file, and holding it is what tells that the keeper is at work.
+    (s.dir("c") / "keeper").touch()
+    old = os.open(s.dir("c") / "keeper", os.O_WRONLY)
+    fcntl.flock(old, fcntl.LOCK_EX)
+    assert s.keeper_alive("c") and s.take_keeper_lock("c") is None
+    os.close(old)
+    assert not s.keeper_alive("c")
