@@ -462,23 +462,20 @@ def _close_all_but(keep: tuple[int, ...]) -> None:
 
 
 class _Out:
-    """One output pipe of the command and its spool file."""
+    """One output pipe of the command and its spool file, opened at the first output: a
+    command that prints nothing makes no file here (the agent's output thread makes it), so
+    its end is not held up by a file creation waiting for the disk's journal."""
 
     def __init__(self, stream: int, fd: int, path: Path) -> None:
         self.stream = stream
         self.fd = fd
+        self.path = path
+        self.file = -1
         self.held = b""  # a tail that may be the start of a secret
         self.held_since = 0.0
         self.open = True
         self.failed = ""  # why writing to the spool stopped
         self.dropped = 0
-        try:
-            self.file = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            # (A disk that held the spec and the exit record a moment ago.) The output is
-            # drained and dropped, and the exit record says so.
-            self.file = -1
-            self.failed = f"cannot create its spool file: {exc.strerror or exc}"
 
 
 class _Keeper:
@@ -534,8 +531,8 @@ class _Keeper:
             self.say(f"cannot record its pid in the spool: {exc}".encode())
             return False
         self.say(b"ok %d" % proc.pid)
-        # Made while it runs, off the dispatch path (its output waits in the pipes meanwhile):
-        # each file made before the start is a journal entry the dispatch waits for.
+        # Each file made before the start would be a journal entry the dispatch waits for: the
+        # output files are opened (made, if the agent has not yet) at the first output.
         outs = [
             _Out(s, fd, self.spool.output_path(self.cmd_id, s))
             for s, fd in ((proto.STDOUT, proc.stdout), (proto.STDERR, proc.stderr))
@@ -657,6 +654,8 @@ class _Keeper:
             return
         view = memoryview(data)
         try:
+            if o.file < 0:
+                o.file = os.open(o.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
             while view:
                 view = view[os.write(o.file, view) :]
         except OSError as exc:
