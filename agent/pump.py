@@ -32,11 +32,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import zmq
 
-from agent.capture import capture_fd
+from agent.capture import Capture, capture_fd
 from agent.executor import Handle
 from agent.keeper import DONE, Kept
 from agent.spool import Spool
@@ -71,15 +72,41 @@ class Started:
 
 class _Stream:
     """One spool file of one command. Output is read straight into a fixed chunk-sized buffer
-    (no per-read allocation or copy); a full buffer, or one older than flush_ms, is published."""
+    (no per-read allocation or copy); a full buffer, or one older than flush_ms, is published.
 
-    def __init__(self, stream: int, fd: int, offset: int, chunk: int) -> None:
+    The file is opened once it exists: the keeper makes it at the command's first output, so
+    a command that prints nothing costs no file creation (a journal entry on the disk) at all."""
+
+    def __init__(self, stream: int, path: Path, offset: int, chunk: int) -> None:
         self.stream = stream
-        self.fd = fd
+        self.path = path
+        self.fd = -1
         self.buf = memoryview(bytearray(chunk))
         self.fill = 0  # bytes in buf not yet published
         self.offset = offset  # bytes published so far; the file is read from offset + fill
         self.pending_since = 0.0
+
+    def opened(self) -> bool:
+        if self.fd < 0:
+            try:
+                self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return False
+            os.lseek(self.fd, self.offset, os.SEEK_SET)
+        return True
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def make(self) -> None:
+        """The file of a stream that had no output (its keeper never made it)."""
+        if self.offset == 0 and not os.path.exists(self.path):
+            try:
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            except OSError:
+                pass  # a full disk: readers take a missing file for an empty one
 
 
 @dataclass
@@ -242,9 +269,7 @@ class Pump(threading.Thread):
             )
             self._sel.register(st.kept.notify, selectors.EVENT_READ, partial(self._on_notify, run))
         for stream, offset in zip((proto.STDOUT, proto.STDERR), st.published, strict=True):
-            fd = os.open(self._spool.output_path(st.cmd_id, stream), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            os.lseek(fd, offset, os.SEEK_SET)
-            run.streams.append(_Stream(stream, fd, offset, self._chunk))
+            run.streams.append(_Stream(stream, self._spool.output_path(st.cmd_id, stream), offset, self._chunk))
         if self._stopping:
             run.killed = True
             self._terminate(run)
@@ -270,7 +295,7 @@ class Pump(threading.Thread):
 
     def _read_all(self, run: _Running) -> None:
         for s in run.streams:
-            while True:
+            while s.opened():
                 n = os.readv(s.fd, [s.buf[s.fill :]])
                 if not n:
                     break
@@ -380,7 +405,7 @@ class Pump(threading.Thread):
             st.kept.release(clean)  # from now on, the notify pipe may carry another command's pokes
         status = self._status(run)
         for s in run.streams:
-            os.close(s.fd)
+            s.close()
         try:
             self._spool.write_result(status)
         except OSError as exc:
@@ -391,11 +416,14 @@ class Pump(threading.Thread):
         _poke(self._done_w)
         self._send_done(status)
         del self._runs[st.cmd_id]
+        # Off the round trip, now: a finished command has both files, empty or not.
+        for s in run.streams:
+            s.make()
 
     def _status(self, run: _Running) -> proto.CmdStatus:
         st = run.started
         ended = self._spool.read_exit(st.cmd_id)
-        out, err = (capture_fd(s.fd, self._capture) for s in run.streams)
+        out, err = (capture_fd(s.fd, self._capture) if s.fd >= 0 else Capture(self._capture) for s in run.streams)
         status = proto.CmdStatus(
             cmd_id=st.cmd_id,
             job_id=st.job_id,

@@ -23,6 +23,7 @@ from common import protocol as P
 from common import topics
 from p4bus.harness.tail_output import sections, streams
 from tests.conftest import REPO, wait_for
+from tests.e2e.test_cli_jobs import _spool
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -48,8 +49,7 @@ def _check_tail(jobs, job_id: str, out: str) -> None:
     got = sections(out)
     assert len(got) == len(view.timeline), [h for h, _ in got]
     for run, (_header, body) in zip(view.timeline, got, strict=True):
-        spool = jobs.tmp / "spool" / run.agent / run.cmd_id
-        assert streams(body) == ((spool / "stdout").read_text(), (spool / "stderr").read_text()), run.stage
+        assert streams(body) == (_spool(jobs, run, "stdout"), _spool(jobs, run, "stderr")), run.stage
 
 
 def _journalled(path: Path, prefix: str) -> int:

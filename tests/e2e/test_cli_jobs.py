@@ -31,7 +31,9 @@ def p4bus(jobs, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
 
 
 def _spool(jobs, run, stream: str) -> str:
-    return (jobs.tmp / "spool" / run.agent / run.cmd_id / stream).read_text()
+    path = jobs.tmp / "spool" / run.agent / run.cmd_id / stream
+    # Made at the first output, or by the output thread just after CmdDone.
+    return path.read_text() if path.exists() else ""
 
 
 def test_submit_follow_then_tail_shows_every_byte_once(jobs):

@@ -75,7 +75,8 @@ def rig(stack: Stack, ctx: zmq.Context) -> Rig:
 
 def read_spool(rig: Rig, cmd_id: str, name: str) -> bytes:
     path = rig.spool / cmd_id / name
-    # The output thread creates the output files when it takes the command over.
+    # The keeper makes an output file at the command's first output; the output thread makes
+    # an empty one after CmdDone.
     return path.read_bytes() if path.exists() else b""
 
 

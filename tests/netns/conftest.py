@@ -92,7 +92,9 @@ class NetJobs(JobStack):
         return wait_for(reached, timeout, f"{job_id} to reach {states}", interval=0.3)
 
     def spool(self, run: P.StageRun, stream: str) -> str:
-        return (self.tmp / "spool" / run.agent / run.cmd_id / stream).read_text()
+        path = self.tmp / "spool" / run.agent / run.cmd_id / stream
+        # Made at the first output, or by the output thread just after CmdDone.
+        return path.read_text() if path.exists() else ""
 
 
 @contextmanager

@@ -43,7 +43,7 @@ def start_with_child(ex: LocalExecutor, tmp_path: Path) -> tuple[LocalHandle, in
     kept.release(False)  # as if the agent were gone: the keeper exits after the command
     assert isinstance(handle, LocalHandle)
     out = spool.output_path("c", 1)
-    wait_for(lambda: out.read_bytes().endswith(b"\n"), 10, "the background pid")
+    wait_for(lambda: out.exists() and out.read_bytes().endswith(b"\n"), 10, "the background pid")
     return handle, int(out.read_bytes()), spool
 
 
