@@ -8,8 +8,8 @@ command's pipes and waits for its command. Given one, it takes the command's loc
 its reserved exit record, agent/spool.py) while the agent fsyncs the command's spool entry, and
 on the agent's GO starts the command (posix_spawn, a session of its own, output on the pipes),
 records its pid, reports "ok <pid>", and then, until the command has ended:
-- copies stdout/stderr into the spool files (made now: the output waits in the pipes), taking out the secrets the agent sent with the
-  command (agent/redact.py), so no secret ever reaches the disk; after every write it pokes
+- copies stdout/stderr into the spool files (made at the first output), taking out the
+  secrets the agent sent with the command (agent/redact.py), so no secret ever reaches the disk; after every write it pokes
   the agent's ``notify`` pipe (a byte);
 - writes the request's stdin; in ``lifeline`` mode (the SSH executor's session) it then keeps
   the stdin open and turns SIGUSR1/SIGUSR2 into the wrapper's ``TERM``/``KILL`` lines;
@@ -175,9 +175,9 @@ class Keepers:
         """Hand ``cmd_id`` (already created in the spool, durably or not) to a keeper and wait
         until it has started the command and recorded its pid; raises StartError if it could not.
 
-        The spool entry is made durable (``Spool.sync``) while the keeper gets ready (its lock,
-        exit record and output files), and only then is it told to go: the fsync and the
-        keeper's preparations overlap, and nothing starts that a power cut could make unknown."""
+        The spool entry is made durable (``Spool.sync``) while the keeper takes the command's
+        lock, and only then is it told to go: nothing starts that a power cut could make
+        unknown."""
         data = msgspec.msgpack.encode(_Assignment(cmd_id, plan, secrets))
         spare = self._hand(len(data).to_bytes(8, "big") + data)
         unsynced: OSError | None = None
