@@ -9,8 +9,8 @@ its reserved exit record, agent/spool.py) while the agent fsyncs the command's s
 on the agent's GO starts the command (posix_spawn, a session of its own, output on the pipes),
 records its pid, reports "ok <pid>", and then, until the command has ended:
 - copies stdout/stderr into the spool files (made at the first output), taking out the
-  secrets the agent sent with the command (agent/redact.py), so no secret ever reaches the disk; after every write it pokes
-  the agent's ``notify`` pipe (a byte);
+  secrets the agent sent with the command (agent/redact.py), so no secret ever reaches the
+  disk; after every write it pokes the agent's ``notify`` pipe (a byte);
 - writes the request's stdin; in ``lifeline`` mode (the SSH executor's session) it then keeps
   the stdin open and turns SIGUSR1/SIGUSR2 into the wrapper's ``TERM``/``KILL`` lines;
 - when the leader has exited, gives what is left of its group ``grace_s`` to close the pipes,
