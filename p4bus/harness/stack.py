@@ -144,9 +144,12 @@ class Stack:
         # across restarts; from the ephemeral range, where no stack's port_base range lies)
         # unless the settings name one, so that stacks side by side (tests,
         # several agents in one stack) never meet on port_base's metrics ports; without, the
-        # settings' own (`p4bus up`: ports an operator can point Prometheus at).
+        # settings' own (`p4bus up`: ports an operator can point Prometheus at) for the first
+        # name of each service, and a free port for any other (a second broker or orchestrator
+        # would fail to bind the first one's).
         self.free_metrics = free_metrics
         self.metrics_urls: dict[str, str] = {}
+        self._settings_metrics: dict[str, str] = {}  # service -> the name that has its port
         self._files = 0
         self._last_file: tuple[dict[str, Any], Path] | None = None
 
@@ -250,11 +253,11 @@ class Stack:
 
     def _with_metrics(self, launch: Launch) -> Mapping[str, Any]:
         """The launch's extra settings, with the service's metrics endpoint added if the stack
-        chooses it (free_metrics) and the settings do not."""
+        chooses it (free_metrics, or a second name of one service) and the settings do not."""
         service = launch.service
-        if not self.free_metrics or service not in cfgmod.METRICS_PORT_OFFSETS:
+        if service not in cfgmod.METRICS_PORT_OFFSETS or self.settings(launch.extra).get(service, {}).get("metrics"):
             return launch.extra
-        if self.settings(launch.extra).get(service, {}).get("metrics"):
+        if not self.free_metrics and self._settings_metrics.setdefault(service, launch.name) == launch.name:
             return launch.extra
         url = self.metrics_urls.setdefault(launch.name, f"http://127.0.0.1:{ephemeral_port()}/")
         return cfgmod.deep_merge({service: {"metrics": url}}, launch.extra)

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.timeout(120)
 class Up:
     """`p4bus up` as a person runs it, its stderr in a file the test reads."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *options: str) -> None:
         self.state = tmp / "state"
         # The bus's six, the dashboard's and the services' metrics (port_base + 7 ... + 12).
         self.port_base = free_port_base(13)
@@ -42,6 +42,7 @@ class Up:
                     str(self.state),
                     "--port-base",
                     str(self.port_base),
+                    *options,
                 ],
                 stdout=out,
                 stderr=err,
@@ -51,6 +52,12 @@ class Up:
 
     def said(self) -> str:
         return self.err.read_text()
+
+    def metrics_urls(self) -> dict[str, str]:
+        """Each service's metrics URL as up printed it, by name, once it is up."""
+        wait_for(lambda: "p4bus is up" in self.out.read_text() or self.proc.poll() is not None, 60, "p4bus up")
+        assert self.proc.poll() is None, self.said()
+        return dict(re.findall(r"([\w-]+) metrics\s+(http://\S+)", self.out.read_text()))
 
     def service_pid(self, service: str) -> int | None:
         """The pid of the up's child running ``service`` (its command line ends with it)."""
@@ -102,10 +109,8 @@ def up(tmp_path: Path) -> Iterator[Up]:
 
 
 def test_a_killed_master_and_agent_come_back_and_run_works_again(up: Up) -> None:
-    wait_for(lambda: "p4bus is up" in up.out.read_text() or up.proc.poll() is not None, 60, "p4bus up")
-    assert up.proc.poll() is None, up.said()
     # Each service's metrics URL is printed (on port_base's metrics ports) and answers /health.
-    urls = dict(re.findall(r"(\w+) metrics\s+(http://\S+)", up.out.read_text()))
+    urls = up.metrics_urls()
     assert sorted(urls) == ["agent", "broker", "master", "orchestrator", "web"], up.out.read_text()
     assert urls["broker"] == f"http://127.0.0.1:{up.port_base + 7}/"
     for url in urls.values():
@@ -123,3 +128,18 @@ def test_a_killed_master_and_agent_come_back_and_run_works_again(up: Up) -> None
     done = wait_for(lambda: (r := up.run("echo", "after")).returncode == 0 and r, 60, "`p4bus run` to work again")
     assert done.stdout == "after\n"
     assert up.proc.poll() is None, up.said()
+
+
+def test_a_second_broker_serves_metrics_of_its_own(tmp_path: Path) -> None:
+    """The settings' metrics port is the first broker's; the second would fail to bind it."""
+    up = Up(tmp_path, "--brokers", "2")
+    try:
+        urls = up.metrics_urls()
+        assert urls["broker"] == f"http://127.0.0.1:{up.port_base + 7}/", up.out.read_text()
+        assert "broker-2" in urls and len(set(urls.values())) == len(urls), urls  # every service its own
+        for url in (urls["broker"], urls["broker-2"]):
+            wait_for(lambda u=url: health_ok(u), 20, f"{url}health to say ok")
+        logs = up.state / "logs"
+        assert not [f.name for f in logs.iterdir() if "metrics.bind_failed" in f.read_text(errors="replace")]
+    finally:
+        up.stop()
