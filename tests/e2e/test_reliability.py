@@ -53,10 +53,10 @@ def _pid_of(jobs, agent: str, cmd_id: str) -> int:
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False  # gone (reading the stat of a process reaped meanwhile fails with ESRCH)
 
 
 def _running_cmd(jobs, job_id: str, stage: str):
