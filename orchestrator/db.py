@@ -11,6 +11,13 @@ PostgreSQL's one-row ``p4bus_schema`` table), and transactions:
 - PostgreSQL: the default isolation (one writer); a non-durable step is
   ``SET LOCAL synchronous_commit = off`` (it survives the orchestrator's crash, not the server's).
 
+Transactions nest and group (written once, in ``Db``, for both): a ``tx()`` inside another is a
+SAVEPOINT, rolled back alone when its block raises; inside ``batch()`` the first ``tx()`` begins
+one transaction that the batch's end commits (group commit: one flush for every step of a loop
+wake-up), durable if any step in it asked to be. ``after_commit(fn)`` holds ``fn`` until the
+transaction that is open commits (at once when none is), and drops it if the step that held it
+is rolled back: whatever leaves the process for a step goes after the step is on disk.
+
 A location is a PostgreSQL DSN when it starts with ``postgresql://`` or ``postgres://``,
 otherwise a SQLite file. The DSN never holds the password (refused): it comes from a 0600
 file (``[orchestrator] store_password_file``) or libpq's own PGPASSFILE / ~/.pgpass.
@@ -28,7 +35,7 @@ import sqlite3
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -88,8 +95,15 @@ class Db(ABC):
     """One connection, used by one thread at a time (the orchestrator's loop)."""
 
     location: str  # for logs and messages: a path, or the DSN without any password
-    # Seconds each commit took (orchestrator/metrics.py observes them, through the Store).
+    # Called with the seconds each commit took (orchestrator/metrics.py observes them, through
+    # the Store), right after the commit and before the effects it held (after_commit) run.
     on_commit: Callable[[float], None] = staticmethod(lambda _s: None)
+
+    def __init__(self) -> None:
+        self._held: list[Callable[[], None]] = []  # after_commit's, in order
+        self._batching = False
+        self._durable = False  # the open transaction must be flushed to disk at its commit
+        self._began_durable = False  # ... and was begun so (else its commit must say so)
 
     @abstractmethod
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Cursor: ...
@@ -97,13 +111,123 @@ class Db(ABC):
     @abstractmethod
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
 
-    @abstractmethod
-    def tx(self, durable: bool = True) -> AbstractContextManager[Db]:
-        """One atomic step; nested use joins the outer transaction."""
-
     @property
     @abstractmethod
     def in_transaction(self) -> bool: ...
+
+    @abstractmethod
+    def _begin(self, durable: bool) -> None:
+        """Open a transaction (not durable: its commit need not wait for the disk)."""
+
+    @abstractmethod
+    def _commit(self, durable: bool, began_durable: bool) -> None:
+        """Commit the open transaction, durably if ``durable`` (it may have begun as not)."""
+
+    @abstractmethod
+    def _usable(self) -> bool:
+        """The connection can still be spoken to (a rollback is worth trying)."""
+
+    @contextmanager
+    def tx(self, durable: bool = True) -> Iterator[Db]:
+        """One atomic step. Inside an open transaction it is a savepoint of it (rolled back alone
+        if the block raises); inside ``batch()`` it joins the batch's transaction, opening it if
+        it is the first; otherwise a transaction of its own, committed at the block's end.
+        ``durable=False``: the step may commit without waiting for the disk (a batch waits if
+        any of its steps asked to)."""
+        if self.in_transaction:
+            self._durable |= durable
+            with self._savepoint():
+                yield self
+            return
+        self._begin(durable)
+        self._durable = self._began_durable = durable
+        if self._batching:
+            with self._savepoint():  # the batch commits; this step is rolled back alone
+                yield self
+            return
+        try:
+            yield self
+        except BaseException:
+            self._abort()
+            raise
+        self._finish()
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Every ``tx()`` until the block ends is one transaction (begun by the first of them, so a
+        batch that writes nothing commits nothing), committed when the block ends; the effects
+        they held run after that commit. The block raising rolls all of it back."""
+        assert not self._batching and not self.in_transaction, "a batch does not nest"
+        self._batching = True
+        try:
+            yield
+        except BaseException:
+            self._batching = False
+            if self.in_transaction:
+                self._abort()
+            raise
+        self._batching = False
+        if self.in_transaction:
+            self._finish()
+
+    @contextmanager
+    def step(self) -> Iterator[None]:
+        """One step of the open batch (an event, a request, a reply): a savepoint, rolled back
+        alone if the block raises, so one bad step does not undo the others. Outside a batch
+        (a standby answering reads) nothing: it must not take the write lock."""
+        if not self._batching:
+            yield
+            return
+        with self.tx(durable=False):
+            yield
+
+    def after_commit(self, effect: Callable[[], None]) -> None:
+        """Run ``effect`` once the open transaction has committed (now, when none is open); never
+        if the step that held it is rolled back."""
+        if self.in_transaction:
+            self._held.append(effect)
+        else:
+            effect()
+
+    @property
+    def held(self) -> int:
+        """How many effects wait for the open transaction's commit."""
+        return len(self._held)
+
+    @contextmanager
+    def _savepoint(self) -> Iterator[None]:
+        mark = len(self._held)
+        self.execute("SAVEPOINT step")
+        try:
+            yield
+        except BaseException:
+            del self._held[mark:]  # the effects of what is undone never happen
+            if self._usable():
+                self.execute("ROLLBACK TO SAVEPOINT step")
+                self.execute("RELEASE SAVEPOINT step")
+            raise
+        self.execute("RELEASE SAVEPOINT step")
+
+    def _finish(self) -> None:
+        try:
+            started = time.perf_counter()
+            self._commit(self._durable, self._began_durable)
+            seconds = time.perf_counter() - started
+        except BaseException:
+            self._held.clear()  # not known to be committed: act on none of it
+            raise
+        self.on_commit(seconds)  # with ``held`` still counting what is about to go out
+        held, self._held = self._held, []
+        for effect in held:
+            try:
+                effect()
+            except Exception:  # committed: one effect failing must not keep the others back
+                log.exception("store.after_commit_failed", effect=getattr(effect, "__name__", repr(effect)))
+
+    def _abort(self) -> None:
+        self._held.clear()
+        if self._usable():
+            self.execute("ROLLBACK")
 
     @abstractmethod
     def lock_schema(self) -> None:
@@ -147,6 +271,7 @@ class SqliteDb(Db):
     """WAL mode, synchronous=FULL: a committed step survives a crash of the process or the machine."""
 
     def __init__(self, path: Path) -> None:
+        super().__init__()
         self.path = path
         self.location = str(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -165,27 +290,50 @@ class SqliteDb(Db):
     def in_transaction(self) -> bool:
         return self.conn.in_transaction
 
-    @contextmanager
-    def tx(self, durable: bool = True) -> Iterator[Db]:
-        if self.conn.in_transaction:
-            yield self
+    def _begin(self, durable: bool) -> None:
+        if durable:
+            self.conn.execute("BEGIN IMMEDIATE")
             return
-        if not durable:
-            # Survives a process crash, not a power cut; spares the dispatch path a second fsync.
-            self.conn.execute("PRAGMA synchronous=NORMAL")
+        # Survives a process crash, not a power cut; spares the dispatch path a second fsync.
+        self.conn.execute("PRAGMA synchronous=NORMAL")
         try:
             self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-            started = time.perf_counter()
+        except BaseException:
+            self.conn.execute("PRAGMA synchronous=FULL")
+            raise
+
+    def _commit(self, durable: bool, began_durable: bool) -> None:
+        if began_durable:
             self.conn.execute("COMMIT")
-            self.on_commit(time.perf_counter() - started)
+            return
+        try:
+            self.conn.execute("COMMIT")
         finally:
-            if not durable:
-                self.conn.execute("PRAGMA synchronous=FULL")
+            self.conn.execute("PRAGMA synchronous=FULL")
+        if durable:
+            self._flush_wal()
+
+    def _flush_wal(self) -> None:
+        """Make what was just committed without a sync durable. SQLite fixes a transaction's
+        synchronous setting when it begins, so a batch begun with bookkeeping that came to hold
+        a transition cannot be committed durably itself; one more commit at synchronous=FULL
+        syncs the WAL file, and with it every frame before its own. Its one change rewrites
+        the schema version with its own value (a header field: no table of the store touched)."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute(f"PRAGMA user_version={self.schema_version()}")
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    def _abort(self) -> None:
+        super()._abort()
+        if not self._began_durable:
+            self.conn.execute("PRAGMA synchronous=FULL")
+
+    def _usable(self) -> bool:
+        return True
 
     def lock_schema(self) -> None:
         pass  # BEGIN IMMEDIATE already holds the file's write lock
@@ -279,6 +427,7 @@ class PgDb(Db):
         import psycopg
         from psycopg.pq import TransactionStatus
 
+        super().__init__()
         self.target = target
         self.location = target.location
         self._idle = TransactionStatus.IDLE
@@ -322,23 +471,18 @@ class PgDb(Db):
     def in_transaction(self) -> bool:
         return self.conn.info.transaction_status != self._idle
 
-    @contextmanager
-    def tx(self, durable: bool = True) -> Iterator[Db]:
-        if self.in_transaction:
-            yield self
-            return
+    def _begin(self, durable: bool) -> None:
         self.execute("BEGIN")
-        try:
-            if not durable:
-                self.execute("SET LOCAL synchronous_commit = off")
-            yield self
-        except BaseException:
-            if not (self.conn.closed or self.conn.broken):
-                self.conn.execute("ROLLBACK")
-            raise
-        started = time.perf_counter()
+        if not durable:
+            self.execute("SET LOCAL synchronous_commit = off")
+
+    def _commit(self, durable: bool, began_durable: bool) -> None:
+        if durable and not began_durable:
+            self.execute("SET LOCAL synchronous_commit = on")  # a batch begun with bookkeeping
         self.execute("COMMIT")
-        self.on_commit(time.perf_counter() - started)
+
+    def _usable(self) -> bool:
+        return not (self.conn.closed or self.conn.broken)
 
     def lock_schema(self) -> None:
         self.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
