@@ -616,17 +616,19 @@ class Engine:
         return self._view(job, self.store.job_commands(job.id))
 
     def summary(self, job_id: str) -> P.JobView:
-        """The view without its timeline (no command row but the open ones read): what a job
-        event says."""
-        return self._view(self._job(job_id), [])
+        """What a job event says: the view without its timeline and parameters (no command row
+        but the open ones read, the parameters not decoded)."""
+        return self._view(self._job(job_id), [], full=False)
 
     def views(self, include_finished: bool, limit: int) -> list[P.JobView]:
         active: dict[str, JobRow | None] = {}  # by workspace: a deep queue lists many of each
         return [self._view(j, [], active) for j in self.store.list_jobs(include_finished, limit)]
 
-    def _view(self, job: JobRow, cmds: list[CommandRow], active: dict[str, JobRow | None] | None = None) -> P.JobView:
+    def _view(
+        self, job: JobRow, cmds: list[CommandRow], active: dict[str, JobRow | None] | None = None, full: bool = True
+    ) -> P.JobView:
         vars = job.vars
-        params = msgspec.structs.asdict(job.params)
+        params = msgspec.structs.asdict(job.params) if full else {}
         waiting = ""
         position = 0
         live = cmds or self.store.open_commands(job.id)

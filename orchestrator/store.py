@@ -168,7 +168,7 @@ class JobRow:
     workspace: str
     agent: str | None
     pool: str | None
-    params: JobParams
+    params_json: bytes  # the params column; ``params`` decodes it (a job event never does)
     state: JobState
     stage: str
     step: int
@@ -180,6 +180,10 @@ class JobRow:
     created_at: float
     updated_at: float
     agent_pinned: bool  # by the orchestrator, to where its first command ran
+
+    @cached_property
+    def params(self) -> JobParams:
+        return msgspec.json.decode(self.params_json, type=JobParams)
 
 
 @dataclass(frozen=True)
@@ -221,7 +225,7 @@ class CommandRow:
         return None if self.status_packed is None else msgspec.msgpack.decode(self.status_packed, type=P.CmdStatus)
 
 
-_JOB_FIELDS = tuple(f.name for f in fields(JobRow))
+_JOB_FIELDS = tuple("params" if f.name == "params_json" else f.name for f in fields(JobRow))
 _CMD_FIELDS = tuple({"spec_json": "spec", "status_packed": "status"}.get(f.name, f.name) for f in fields(CommandRow))
 _JOB_COLS = ", ".join(_JOB_FIELDS)
 _CMD_COLS = ", ".join(_CMD_FIELDS)
@@ -233,7 +237,7 @@ _KIND, _SECRET, _STATE = (_CMD_FIELDS.index(c) for c in ("kind", "secret", "stat
 
 def _job_row(r: tuple[Any, ...]) -> JobRow:
     col = dict(zip(_JOB_FIELDS, r, strict=True))
-    col["params"] = msgspec.json.decode(col["params"], type=JobParams)
+    col["params_json"] = col.pop("params")
     col["state"] = _JOB_STATES[col["state"]]
     col["vars"] = msgspec.json.decode(col["vars"], type=dict[str, Any])
     col["agent_pinned"] = bool(col["agent_pinned"])
