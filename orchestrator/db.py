@@ -91,6 +91,20 @@ class Cursor(Protocol):
     def __iter__(self) -> Iterator[Any]: ...
 
 
+# Statements that only read: they need no savepoint (a scope that only reads costs none).
+_READS = ("SELECT", "SHOW")
+
+
+@dataclass(slots=True)
+class _Scope:
+    """A step open in a transaction or batch (Db._scope)."""
+
+    held: int  # effects held before it: dropped back to this if it is rolled back
+    durable: bool
+    savepoint: str = ""  # made at the first write inside it, maybe shared with scopes around it
+    owner: bool = False  # it made the savepoint and releases it
+
+
 class Db(ABC):
     """One connection, used by one thread at a time (the orchestrator's loop)."""
 
@@ -104,6 +118,8 @@ class Db(ABC):
         self._batching = False
         self._durable = False  # the open transaction must be flushed to disk at its commit
         self._began_durable = False  # ... and was begun so (else its commit must say so)
+        self._scopes: list[_Scope] = []  # the steps open in the transaction (or batch), outermost first
+        self._savepoints = 0  # to name each one
 
     @abstractmethod
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Cursor: ...
@@ -127,24 +143,22 @@ class Db(ABC):
     def _usable(self) -> bool:
         """The connection can still be spoken to (a rollback is worth trying)."""
 
+    @abstractmethod
+    def _run(self, sql: str) -> None:
+        """A transaction-control statement (BEGIN, SAVEPOINT, ...): not one of the store's."""
+
     @contextmanager
     def tx(self, durable: bool = True) -> Iterator[Db]:
-        """One atomic step. Inside an open transaction it is a savepoint of it (rolled back alone
-        if the block raises); inside ``batch()`` it joins the batch's transaction, opening it if
-        it is the first; otherwise a transaction of its own, committed at the block's end.
-        ``durable=False``: the step may commit without waiting for the disk (a batch waits if
-        any of its steps asked to)."""
-        if self.in_transaction:
-            self._durable |= durable
-            with self._savepoint():
+        """One atomic step. Inside an open transaction, or a batch, it is a scope of it (a
+        savepoint, rolled back alone if the block raises); otherwise a transaction of its own,
+        committed at the block's end. ``durable=False``: the step may commit without waiting for
+        the disk (a batch waits if any of its steps asked to)."""
+        if self._batching or self.in_transaction:
+            with self._scope(durable):
                 yield self
             return
         self._begin(durable)
         self._durable = self._began_durable = durable
-        if self._batching:
-            with self._savepoint():  # the batch commits; this step is rolled back alone
-                yield self
-            return
         try:
             yield self
         except BaseException:
@@ -154,8 +168,8 @@ class Db(ABC):
 
     @contextmanager
     def batch(self) -> Iterator[None]:
-        """Every ``tx()`` until the block ends is one transaction (begun by the first of them, so a
-        batch that writes nothing commits nothing), committed when the block ends; the effects
+        """Every ``tx()`` until the block ends is one transaction (begun by the first write, so
+        a batch that writes nothing commits nothing), committed when the block ends; the effects
         they held run after that commit. The block raising rolls all of it back."""
         assert not self._batching and not self.in_transaction, "a batch does not nest"
         self._batching = True
@@ -163,6 +177,7 @@ class Db(ABC):
             yield
         except BaseException:
             self._batching = False
+            self._scopes.clear()
             if self.in_transaction:
                 self._abort()
             raise
@@ -172,13 +187,13 @@ class Db(ABC):
 
     @contextmanager
     def step(self) -> Iterator[None]:
-        """One step of the open batch (an event, a request, a reply): a savepoint, rolled back
-        alone if the block raises, so one bad step does not undo the others. Outside a batch
-        (a standby answering reads) nothing: it must not take the write lock."""
+        """One step of the open batch (an event, a request, a reply): a scope rolled back alone
+        if the block raises, so one bad step does not undo the others. Outside a batch (a
+        standby answering reads) nothing: it must not take the write lock."""
         if not self._batching:
             yield
             return
-        with self.tx(durable=False):
+        with self._scope(durable=False):
             yield
 
     def after_commit(self, effect: Callable[[], None]) -> None:
@@ -194,19 +209,50 @@ class Db(ABC):
         """How many effects wait for the open transaction's commit."""
         return len(self._held)
 
+    # Savepoints are made lazily, at a scope's first write, and shared: the scopes open with no
+    # write between their starts take one savepoint, made by the outermost of them (which
+    # releases it). Rolling back to it undoes exactly an inner one's writes too, since nothing
+    # was written between. A step that only reads costs no statement; a step around an engine
+    # step, one savepoint instead of two.
+
     @contextmanager
-    def _savepoint(self) -> Iterator[None]:
-        mark = len(self._held)
-        self.execute("SAVEPOINT step")
+    def _scope(self, durable: bool) -> Iterator[None]:
+        if self.in_transaction:
+            self._durable |= durable
+        scope = _Scope(len(self._held), durable)
+        self._scopes.append(scope)
         try:
             yield
         except BaseException:
-            del self._held[mark:]  # the effects of what is undone never happen
-            if self._usable():
-                self.execute("ROLLBACK TO SAVEPOINT step")
-                self.execute("RELEASE SAVEPOINT step")
+            self._scopes.pop()
+            del self._held[scope.held :]  # the effects of what is undone never happen
+            if scope.savepoint and self._usable():
+                self._run(f"ROLLBACK TO SAVEPOINT {scope.savepoint}")
+                if scope.owner:
+                    self._run(f"RELEASE SAVEPOINT {scope.savepoint}")
             raise
-        self.execute("RELEASE SAVEPOINT step")
+        self._scopes.pop()
+        if scope.owner:
+            self._run(f"RELEASE SAVEPOINT {scope.savepoint}")
+
+    def _will_write(self) -> None:
+        """Before a statement that may write: the open scopes without a savepoint get one (and
+        a batch's transaction begins, at its first write, durable if a scope open asks it)."""
+        if not self._scopes or self._scopes[-1].savepoint:
+            return
+        if not self.in_transaction:
+            durable = any(scope.durable for scope in self._scopes)
+            self._begin(durable)
+            self._durable = self._began_durable = durable
+        self._savepoints += 1
+        name = f"s{self._savepoints}"
+        self._run(f"SAVEPOINT {name}")
+        outermost = self._scopes[-1]
+        for scope in reversed(self._scopes):
+            if scope.savepoint:
+                break
+            scope.savepoint, outermost = name, scope
+        outermost.owner = True
 
     def _finish(self) -> None:
         try:
@@ -227,7 +273,7 @@ class Db(ABC):
     def _abort(self) -> None:
         self._held.clear()
         if self._usable():
-            self.execute("ROLLBACK")
+            self._run("ROLLBACK")
 
     @abstractmethod
     def lock_schema(self) -> None:
@@ -281,10 +327,17 @@ class SqliteDb(Db):
         self.conn.execute("PRAGMA foreign_keys=ON")
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Cursor:
+        if self._scopes and not sql.startswith(_READS):
+            self._will_write()
         return self.conn.execute(sql, args)
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        if self._scopes:
+            self._will_write()
         self.conn.executemany(sql, rows)
+
+    def _run(self, sql: str) -> None:
+        self.conn.execute(sql)
 
     @property
     def in_transaction(self) -> bool:
@@ -453,13 +506,24 @@ class PgDb(Db):
             self._lost(exc)
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Cursor:
+        if self._scopes and not sql.startswith(_READS):
+            self._will_write()
         try:
             return self.conn.execute(_pg_sql(sql), args)
         except self._errors as exc:
             self._guard(exc)
             raise
 
+    def _run(self, sql: str) -> None:
+        try:
+            self.conn.execute(sql)
+        except self._errors as exc:
+            self._guard(exc)
+            raise
+
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        if self._scopes:
+            self._will_write()
         try:
             with self.conn.cursor() as cur:
                 cur.executemany(_pg_sql(sql), rows)
@@ -472,14 +536,14 @@ class PgDb(Db):
         return self.conn.info.transaction_status != self._idle
 
     def _begin(self, durable: bool) -> None:
-        self.execute("BEGIN")
+        self._run("BEGIN")
         if not durable:
-            self.execute("SET LOCAL synchronous_commit = off")
+            self._run("SET LOCAL synchronous_commit = off")
 
     def _commit(self, durable: bool, began_durable: bool) -> None:
         if durable and not began_durable:
-            self.execute("SET LOCAL synchronous_commit = on")  # a batch begun with bookkeeping
-        self.execute("COMMIT")
+            self._run("SET LOCAL synchronous_commit = on")  # a batch begun with bookkeeping
+        self._run("COMMIT")
 
     def _usable(self) -> bool:
         return not (self.conn.closed or self.conn.broken)

@@ -162,3 +162,36 @@ def test_rows_decode_their_spec_and_status_only_when_asked(store):
     cmd = store.command(cmd_id)
     assert msgspec.json.decode(cmd.spec_json)["argv"] == ["p4", "sync"]
     assert cmd.spec.argv == ["p4", "sync"] and cmd.status is None
+
+
+def test_a_shared_savepoint_undoes_exactly_the_inner_step(store, committed):
+    """Savepoints are made at a step's first write and shared by the steps open with nothing
+    written between their starts: rolling the inner one back undoes its writes only."""
+    with store.batch():
+        with store.step():  # nothing written before the inner step: they share one savepoint
+            with pytest.raises(ValueError), store.tx():
+                _add(store, 1)
+                raise ValueError("refused")
+            _add(store, 2)  # the step goes on after its inner step was undone
+        with pytest.raises(ValueError), store.step():
+            with store.tx():
+                _add(store, 3)  # committed by the inner step, undone with the step around it
+            raise ValueError("the step fails after its inner step")
+    assert committed() == ["J2"]
+
+
+def test_a_step_that_only_reads_costs_no_statement_and_nested_steps_share_one_savepoint(tmp_path):
+    store = Store(tmp_path / "jobs.db")
+    _add(store, 1)
+    said: list[str] = []
+    store.db.conn.set_trace_callback(said.append)
+    with store.batch():
+        with store.step():
+            store.job("J1")
+        assert [s for s in said if not s.startswith("SELECT")] == []  # no BEGIN, no SAVEPOINT
+        with store.step(), store.tx(), store.tx():
+            store.move_state("J1", JobState.QUEUED, JobState.RUNNING, 2.0)
+    assert sum(s.startswith("SAVEPOINT") for s in said) == 1
+    assert sum(s.startswith("RELEASE") for s in said) == 1
+    assert store.job("J1").state == JobState.RUNNING
+    store.close()
