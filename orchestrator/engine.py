@@ -1,7 +1,8 @@
 """Jobs moving through their pipelines: every decision, persisted before anything is sent.
 
 The engine owns the store and the pure pipeline logic; it performs no I/O on sockets. Each
-public method runs one transaction and returns the Effects to carry out after the commit
+public method runs one atomic step (a transaction of its own, or a savepoint of the loop's
+batch: orchestrator/service.py) and returns the Effects to carry out after the commit
 (dispatch a command, kill one, publish a job event). If the process dies between the commit
 and the effects, start-up reconciliation redoes them: a PENDING command is dispatched again
 (idempotent by cmd_id), an in-flight one is asked about.
