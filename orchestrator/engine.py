@@ -277,8 +277,9 @@ class Engine:
 
     def on_dispatched(self, cmd_id: str, reply: P.ExecReply) -> Effects:
         """The agent accepted (or already knew) the command. Its STARTED event may have come
-        first; its result may come with the reply (then it is applied in the same step)."""
-        with self.store.tx(durable=False):
+        first; its result may come with the reply (then it is applied in the same step, durable
+        from its start: a batch it begins need not be flushed again at its end)."""
+        with self.store.tx(durable=reply.status.state == "done"):
             cmd = self.store.command(cmd_id)
             if cmd is None or cmd.state not in OPEN:
                 return Effects()
