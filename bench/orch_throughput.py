@@ -24,6 +24,7 @@ Goal (issue 13): >= 1,000 transitions/s.
 from __future__ import annotations
 
 import contextlib
+import shlex
 import shutil
 import tempfile
 import time
@@ -123,16 +124,20 @@ def fleet(
     answers: dict[str, Answer] | None = None,
     hold: bool = False,
     orchestrator: dict[str, Any] | None = None,
+    profile: Path | None = None,
 ) -> Iterator[Fleet]:
     """Broker, master and orchestrator with ``n_workspaces`` copies of the workspace ``conf``
     (other names, same p4 settings), held by ``n_agents`` simulated agents (one process each);
-    ``orchestrator``: more [orchestrator] settings (e.g. its store)."""
+    ``orchestrator``: more [orchestrator] settings (e.g. its store); ``profile``: run the
+    orchestrator under cProfile, its stats written there when the fleet stops."""
     names = [f"ws{i:03d}" for i in range(n_workspaces)]
     held = {f"sim-{a + 1}": names[a::n_agents] for a in range(n_agents)}
     tmp.mkdir(parents=True, exist_ok=True)
     bus = B.BusStack(tmp, [], {n: dict(conf) for n in names})
     if orchestrator:
         bus.stack.tree["orchestrator"].update(orchestrator)
+    if profile is not None:
+        bus.stack.placement["orchestrator"] = profiled(tmp, profile)
     with bus as stack:
         cfg = stack.stack.config()
         agents = new_agents(list(held), held)
@@ -154,6 +159,16 @@ def fleet(
                 stats = s.stats()
                 if stats["misses"] or s.errors:
                     print(f"agentsim {s.pid}: {stats['misses']} Execs without a recorded answer; {s.errors[:3]}")
+
+
+def profiled(tmp: Path, out: Path) -> tuple[str, ...]:
+    """A placement (Stack.placement) that runs a service under cProfile: the wrapper execs the
+    service's Python with ``-m cProfile -o OUT`` before its ``-m p4bus ...`` (its pid stays the
+    service's); the stats are written when it stops cleanly (SIGTERM)."""
+    wrapper = tmp / "cprofile.sh"
+    wrapper.write_text(f'#!/bin/sh\npy="$1"; shift\nexec "$py" -m cProfile -o {shlex.quote(str(out))} "$@"\n')
+    wrapper.chmod(0o700)
+    return (str(wrapper),)
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -276,6 +291,12 @@ def main() -> None:
         help="also measure with the SQLite file in this directory, e.g. /dev/shm (tmpfs: fsync costs "
         "nothing, so the row shows what the orchestrator does when the disk is not what it waits for)",
     )
+    p.add_argument(
+        "--profile",
+        type=Path,
+        help="run the orchestrator of the last store measured under cProfile and write its stats to this "
+        "file (read them with `python -m pstats FILE`)",
+    )
     args = p.parse_args()
     print(B.machine())
     results = []
@@ -290,8 +311,11 @@ def main() -> None:
             stores.append(("PostgreSQL (fsync off)", {"store": pg.create_database("bench")}))
         rec = record(tmp / "rec")
         print(f"recorded one job: {len(rec.stages)} commands ({', '.join(rec.stages)})")
-        for store, settings in stores:
-            with fleet(tmp / store, rec.conf, args.workspaces, args.agents, rec.answers, orchestrator=settings) as f:
+        for i, (store, settings) in enumerate(stores):
+            profile = args.profile.resolve() if args.profile and i == len(stores) - 1 else None
+            with fleet(
+                tmp / store, rec.conf, args.workspaces, args.agents, rec.answers, orchestrator=settings, profile=profile
+            ) as f:
                 results.append(measure(f, rec.facts, args.jobs, store))
             report(results[-1:])  # now: a later row may fail
     report(results)

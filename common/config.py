@@ -24,6 +24,8 @@ ENV_PREFIX = "P4BUS_"
 CONFIG_ENV = "P4BUS_CONFIG"
 # The CLI's key pair (a .key_secret file); not a setting, so not read by env_overrides.
 KEY_ENV = "P4BUS_KEY"
+# Test-only hooks a service reads itself (e.g. orchestrator/service.py's SelfKill): not settings.
+TEST_ENV_PREFIX = "P4BUS_TEST_"
 DEFAULT_PORT_BASE = 9090
 # Every publisher's beacon interval (common/publisher.py): how soon a subscriber that lost the
 # tail of a publisher's events learns it. 0 turns beacons off.
@@ -465,7 +467,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict:
     out: dict = {}
     top = _fields(Config)
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name in (CONFIG_ENV, KEY_ENV):
+        if not name.startswith(ENV_PREFIX) or name in (CONFIG_ENV, KEY_ENV) or name.startswith(TEST_ENV_PREFIX):
             continue
         key = name[len(ENV_PREFIX) :].lower()
         if key in top and key not in _SECTIONS:

@@ -11,6 +11,13 @@ PostgreSQL's one-row ``p4bus_schema`` table), and transactions:
 - PostgreSQL: the default isolation (one writer); a non-durable step is
   ``SET LOCAL synchronous_commit = off`` (it survives the orchestrator's crash, not the server's).
 
+Transactions nest and group (written once, in ``Db``, for both): a ``tx()`` inside another is a
+SAVEPOINT, rolled back alone when its block raises; inside ``batch()`` the first ``tx()`` begins
+one transaction that the batch's end commits (group commit: one flush for every step of a loop
+wake-up), durable if any step in it asked to be. ``after_commit(fn)`` holds ``fn`` until the
+transaction that is open commits (at once when none is), and drops it if the step that held it
+is rolled back: whatever leaves the process for a step goes after the step is on disk.
+
 A location is a PostgreSQL DSN when it starts with ``postgresql://`` or ``postgres://``,
 otherwise a SQLite file. The DSN never holds the password (refused): it comes from a 0600
 file (``[orchestrator] store_password_file``) or libpq's own PGPASSFILE / ~/.pgpass.
@@ -28,7 +35,7 @@ import sqlite3
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -84,12 +91,35 @@ class Cursor(Protocol):
     def __iter__(self) -> Iterator[Any]: ...
 
 
+# Statements that only read: they need no savepoint (a scope that only reads costs none).
+_READS = ("SELECT", "SHOW")
+
+
+@dataclass(slots=True)
+class _Scope:
+    """A step open in a transaction or batch (Db._scope)."""
+
+    held: int  # effects held before it: dropped back to this if it is rolled back
+    durable: bool
+    savepoint: str = ""  # made at the first write inside it, maybe shared with scopes around it
+    owner: bool = False  # it made the savepoint and releases it
+
+
 class Db(ABC):
     """One connection, used by one thread at a time (the orchestrator's loop)."""
 
     location: str  # for logs and messages: a path, or the DSN without any password
-    # Seconds each commit took (orchestrator/metrics.py observes them, through the Store).
+    # Called with the seconds each commit took (orchestrator/metrics.py observes them, through
+    # the Store), right after the commit and before the effects it held (after_commit) run.
     on_commit: Callable[[float], None] = staticmethod(lambda _s: None)
+
+    def __init__(self) -> None:
+        self._held: list[Callable[[], None]] = []  # after_commit's, in order
+        self._batching = False
+        self._durable = False  # the open transaction must be flushed to disk at its commit
+        self._began_durable = False  # ... and was begun so (else its commit must say so)
+        self._scopes: list[_Scope] = []  # the steps open in the transaction (or batch), outermost first
+        self._savepoints = 0  # to name each one
 
     @abstractmethod
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Cursor: ...
@@ -97,13 +127,153 @@ class Db(ABC):
     @abstractmethod
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
 
-    @abstractmethod
-    def tx(self, durable: bool = True) -> AbstractContextManager[Db]:
-        """One atomic step; nested use joins the outer transaction."""
-
     @property
     @abstractmethod
     def in_transaction(self) -> bool: ...
+
+    @abstractmethod
+    def _begin(self, durable: bool) -> None:
+        """Open a transaction (not durable: its commit need not wait for the disk)."""
+
+    @abstractmethod
+    def _commit(self, durable: bool, began_durable: bool) -> None:
+        """Commit the open transaction, durably if ``durable`` (it may have begun as not)."""
+
+    @abstractmethod
+    def _usable(self) -> bool:
+        """The connection can still be spoken to (a rollback is worth trying)."""
+
+    @abstractmethod
+    def _run(self, sql: str) -> None:
+        """A transaction-control statement (BEGIN, SAVEPOINT, ...): not one of the store's."""
+
+    @contextmanager
+    def tx(self, durable: bool = True) -> Iterator[Db]:
+        """One atomic step. Inside an open transaction, or a batch, it is a scope of it (a
+        savepoint, rolled back alone if the block raises); otherwise a transaction of its own,
+        committed at the block's end. ``durable=False``: the step may commit without waiting for
+        the disk (a batch waits if any of its steps asked to)."""
+        if self._batching or self.in_transaction:
+            with self._scope(durable):
+                yield self
+            return
+        self._begin(durable)
+        self._durable = self._began_durable = durable
+        try:
+            yield self
+        except BaseException:
+            self._abort()
+            raise
+        self._finish()
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Every ``tx()`` until the block ends is one transaction (begun by the first write, so
+        a batch that writes nothing commits nothing), committed when the block ends; the effects
+        they held run after that commit. The block raising rolls all of it back."""
+        assert not self._batching and not self.in_transaction, "a batch does not nest"
+        self._batching = True
+        try:
+            yield
+        except BaseException:
+            self._batching = False
+            self._scopes.clear()
+            if self.in_transaction:
+                self._abort()
+            raise
+        self._batching = False
+        if self.in_transaction:
+            self._finish()
+
+    @contextmanager
+    def step(self) -> Iterator[None]:
+        """One step of the open batch (an event, a request, a reply): a scope rolled back alone
+        if the block raises, so one bad step does not undo the others. Outside a batch (a
+        standby answering reads) nothing: it must not take the write lock."""
+        if not self._batching:
+            yield
+            return
+        with self._scope(durable=False):
+            yield
+
+    def after_commit(self, effect: Callable[[], None]) -> None:
+        """Run ``effect`` once the open transaction has committed (now, when none is open); never
+        if the step that held it is rolled back."""
+        if self.in_transaction:
+            self._held.append(effect)
+        else:
+            effect()
+
+    @property
+    def held(self) -> int:
+        """How many effects wait for the open transaction's commit."""
+        return len(self._held)
+
+    # Savepoints are made lazily, at a scope's first write, and shared: the scopes open with no
+    # write between their starts take one savepoint, made by the outermost of them (which
+    # releases it). Rolling back to it undoes exactly an inner one's writes too, since nothing
+    # was written between. A step that only reads costs no statement; a step around an engine
+    # step, one savepoint instead of two.
+
+    @contextmanager
+    def _scope(self, durable: bool) -> Iterator[None]:
+        if self.in_transaction:
+            self._durable |= durable
+        scope = _Scope(len(self._held), durable)
+        self._scopes.append(scope)
+        try:
+            yield
+        except BaseException:
+            self._scopes.pop()
+            del self._held[scope.held :]  # the effects of what is undone never happen
+            if scope.savepoint and self._usable():
+                self._run(f"ROLLBACK TO SAVEPOINT {scope.savepoint}")
+                if scope.owner:
+                    self._run(f"RELEASE SAVEPOINT {scope.savepoint}")
+            raise
+        self._scopes.pop()
+        if scope.owner:
+            self._run(f"RELEASE SAVEPOINT {scope.savepoint}")
+
+    def _will_write(self) -> None:
+        """Before a statement that may write: the open scopes without a savepoint get one (and
+        a batch's transaction begins, at its first write, durable if a scope open asks it)."""
+        if not self._scopes or self._scopes[-1].savepoint:
+            return
+        if not self.in_transaction:
+            durable = any(scope.durable for scope in self._scopes)
+            self._begin(durable)
+            self._durable = self._began_durable = durable
+        self._savepoints += 1
+        name = f"s{self._savepoints}"
+        self._run(f"SAVEPOINT {name}")
+        outermost = self._scopes[-1]
+        for scope in reversed(self._scopes):
+            if scope.savepoint:
+                break
+            scope.savepoint, outermost = name, scope
+        outermost.owner = True
+
+    def _finish(self) -> None:
+        try:
+            started = time.perf_counter()
+            self._commit(self._durable, self._began_durable)
+            seconds = time.perf_counter() - started
+        except BaseException:
+            self._held.clear()  # not known to be committed: act on none of it
+            raise
+        self.on_commit(seconds)  # with ``held`` still counting what is about to go out
+        held, self._held = self._held, []
+        for effect in held:
+            try:
+                effect()
+            except Exception:  # committed: one effect failing must not keep the others back
+                log.exception("store.after_commit_failed", effect=getattr(effect, "__name__", repr(effect)))
+
+    def _abort(self) -> None:
+        self._held.clear()
+        if self._usable():
+            self._run("ROLLBACK")
 
     @abstractmethod
     def lock_schema(self) -> None:
@@ -147,6 +317,7 @@ class SqliteDb(Db):
     """WAL mode, synchronous=FULL: a committed step survives a crash of the process or the machine."""
 
     def __init__(self, path: Path) -> None:
+        super().__init__()
         self.path = path
         self.location = str(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -156,36 +327,66 @@ class SqliteDb(Db):
         self.conn.execute("PRAGMA foreign_keys=ON")
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Cursor:
+        if self._scopes and not sql.startswith(_READS):
+            self._will_write()
         return self.conn.execute(sql, args)
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        if self._scopes:
+            self._will_write()
         self.conn.executemany(sql, rows)
+
+    def _run(self, sql: str) -> None:
+        self.conn.execute(sql)
 
     @property
     def in_transaction(self) -> bool:
         return self.conn.in_transaction
 
-    @contextmanager
-    def tx(self, durable: bool = True) -> Iterator[Db]:
-        if self.conn.in_transaction:
-            yield self
+    def _begin(self, durable: bool) -> None:
+        if durable:
+            self.conn.execute("BEGIN IMMEDIATE")
             return
-        if not durable:
-            # Survives a process crash, not a power cut; spares the dispatch path a second fsync.
-            self.conn.execute("PRAGMA synchronous=NORMAL")
+        # Survives a process crash, not a power cut; spares the dispatch path a second fsync.
+        self.conn.execute("PRAGMA synchronous=NORMAL")
         try:
             self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-            started = time.perf_counter()
+        except BaseException:
+            self.conn.execute("PRAGMA synchronous=FULL")
+            raise
+
+    def _commit(self, durable: bool, began_durable: bool) -> None:
+        if began_durable:
             self.conn.execute("COMMIT")
-            self.on_commit(time.perf_counter() - started)
+            return
+        try:
+            self.conn.execute("COMMIT")
         finally:
-            if not durable:
-                self.conn.execute("PRAGMA synchronous=FULL")
+            self.conn.execute("PRAGMA synchronous=FULL")
+        if durable:
+            self._flush_wal()
+
+    def _flush_wal(self) -> None:
+        """Make what was just committed without a sync durable. SQLite fixes a transaction's
+        synchronous setting when it begins, so a batch begun with bookkeeping that came to hold
+        a transition cannot be committed durably itself; one more commit at synchronous=FULL
+        syncs the WAL file, and with it every frame before its own. Its one change rewrites
+        the schema version with its own value (a header field: no table of the store touched)."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute(f"PRAGMA user_version={self.schema_version()}")
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    def _abort(self) -> None:
+        super()._abort()
+        if not self._began_durable:
+            self.conn.execute("PRAGMA synchronous=FULL")
+
+    def _usable(self) -> bool:
+        return True
 
     def lock_schema(self) -> None:
         pass  # BEGIN IMMEDIATE already holds the file's write lock
@@ -279,6 +480,7 @@ class PgDb(Db):
         import psycopg
         from psycopg.pq import TransactionStatus
 
+        super().__init__()
         self.target = target
         self.location = target.location
         self._idle = TransactionStatus.IDLE
@@ -304,13 +506,24 @@ class PgDb(Db):
             self._lost(exc)
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Cursor:
+        if self._scopes and not sql.startswith(_READS):
+            self._will_write()
         try:
             return self.conn.execute(_pg_sql(sql), args)
         except self._errors as exc:
             self._guard(exc)
             raise
 
+    def _run(self, sql: str) -> None:
+        try:
+            self.conn.execute(sql)
+        except self._errors as exc:
+            self._guard(exc)
+            raise
+
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        if self._scopes:
+            self._will_write()
         try:
             with self.conn.cursor() as cur:
                 cur.executemany(_pg_sql(sql), rows)
@@ -322,23 +535,18 @@ class PgDb(Db):
     def in_transaction(self) -> bool:
         return self.conn.info.transaction_status != self._idle
 
-    @contextmanager
-    def tx(self, durable: bool = True) -> Iterator[Db]:
-        if self.in_transaction:
-            yield self
-            return
-        self.execute("BEGIN")
-        try:
-            if not durable:
-                self.execute("SET LOCAL synchronous_commit = off")
-            yield self
-        except BaseException:
-            if not (self.conn.closed or self.conn.broken):
-                self.conn.execute("ROLLBACK")
-            raise
-        started = time.perf_counter()
-        self.execute("COMMIT")
-        self.on_commit(time.perf_counter() - started)
+    def _begin(self, durable: bool) -> None:
+        self._run("BEGIN")
+        if not durable:
+            self._run("SET LOCAL synchronous_commit = off")
+
+    def _commit(self, durable: bool, began_durable: bool) -> None:
+        if durable and not began_durable:
+            self._run("SET LOCAL synchronous_commit = on")  # a batch begun with bookkeeping
+        self._run("COMMIT")
+
+    def _usable(self) -> bool:
+        return not (self.conn.closed or self.conn.broken)
 
     def lock_schema(self) -> None:
         self.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))

@@ -1,7 +1,8 @@
 """Jobs moving through their pipelines: every decision, persisted before anything is sent.
 
 The engine owns the store and the pure pipeline logic; it performs no I/O on sockets. Each
-public method runs one transaction and returns the Effects to carry out after the commit
+public method runs one atomic step (a transaction of its own, or a savepoint of the loop's
+batch: orchestrator/service.py) and returns the Effects to carry out after the commit
 (dispatch a command, kill one, publish a job event). If the process dies between the commit
 and the effects, start-up reconciliation redoes them: a PENDING command is dispatched again
 (idempotent by cmd_id), an in-flight one is asked about.
@@ -13,6 +14,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypedDict
 
 import msgspec
@@ -274,33 +276,32 @@ class Engine:
             return self._running_on(cmd, agent)
 
     def on_dispatched(self, cmd_id: str, reply: P.ExecReply) -> Effects:
-        """The agent accepted (or already knew) the command. Its STARTED event may have come first."""
-        with self.store.tx(durable=False):
+        """The agent accepted (or already knew) the command. Its STARTED event may have come
+        first; its result may come with the reply (then it is applied in the same step, durable
+        from its start: a batch it begins need not be flushed again at its end)."""
+        with self.store.tx(durable=reply.status.state == "done"):
             cmd = self.store.command(cmd_id)
             if cmd is None or cmd.state not in OPEN:
                 return Effects()
-            state = None
+            state = cmd.state
             if cmd.state == CmdState.PENDING:
                 state = CmdState.RUNNING if reply.status.state == "running" else CmdState.DISPATCHED
             self.store.record_dispatch(cmd_id, reply.agent, state, self.clock())
             eff = self._running_on(cmd, reply.agent)
-        if reply.status.state == "done":
-            eff.add(self.on_done(cmd_id, reply.status))
+            if reply.status.state == "done":
+                # The row as just written: the result is applied without reading it again.
+                eff.add(self._done(dataclasses.replace(cmd, state=state, agent=reply.agent), reply.status))
         return eff
 
     def _running_on(self, cmd: CommandRow, agent: str) -> Effects:
         """A job's command reached its agent: pin the job there (its workspace lives there, later
-        stages follow) and leave RETRY_WAIT."""
-        job = self.store.job(cmd.job_id)
-        assert job is not None
-        pin = not job.agent
-        leave_wait = job.state == JobState.RETRY_WAIT and cmd.kind == CmdKind.STAGE
+        stages follow) and leave RETRY_WAIT. Conditional updates: the job is not read to decide."""
         now = self.clock()
-        if pin:
-            self.store.pin_agent(job.id, agent, now)
-        if leave_wait:
-            self.store.leave_retry_wait(job.id, now)
-        return Effects(publish=[job.id]) if pin or leave_wait else Effects()
+        pinned = self.store.pin_agent(cmd.job_id, agent, now)
+        left_wait = cmd.kind == CmdKind.STAGE and self.store.move_state(
+            cmd.job_id, JobState.RETRY_WAIT, JobState.RUNNING, now
+        )
+        return Effects(publish=[cmd.job_id]) if pinned or left_wait else Effects()
 
     def still_running(self, cmd_id: str) -> Effects:
         """Its agent's spool says it runs: heard from, and RUNNING again if it was UNKNOWN."""
@@ -402,25 +403,33 @@ class Engine:
             cmd = self.store.command(cmd_id)
             if cmd is None or cmd.state not in OPEN:
                 return Effects()  # unknown, or handled before: events are idempotent
-            self.store.finish_command(
-                cmd_id,
+            return self._done(cmd, status, lost)
+
+    def _done(self, cmd: CommandRow, status: P.CmdStatus, lost: bool = False) -> Effects:
+        """on_done for an open command's row (inside the caller's transaction)."""
+        with self.store.tx():
+            job = self.store.job(cmd.job_id)
+            assert job is not None
+            finish = partial(
+                self.store.finish_command,
+                cmd.cmd_id,
                 CmdState.LOST if lost else CmdState.DONE,
                 status,
                 started_at=cmd.started_at or status.started_at,
                 ended_at=status.ended_at or self.clock(),
                 agent=status.agent or cmd.agent,
             )
-            job = self.store.job(cmd.job_id)
-            assert job is not None
             if cmd.kind == CmdKind.CLEANUP:
+                finish()
                 return Effects(dispatch=self._next_cleanup(job.id)).add(self._schedule_workspace(job.workspace))
             moving = job.state in (JobState.RUNNING, JobState.UNKNOWN, JobState.RETRY_WAIT)
             if not moving or (job.stage, job.step, job.attempt) != (cmd.stage, cmd.step, cmd.attempt):
+                finish()
                 return Effects()  # a command the job has moved past (cancelled, superseded)
             pipeline = self.pipelines[job.pipeline]
             ctx = self.ctx(job)
             outcome = pipeline.stage(job.stage).interpret(ctx, result_of(status, lost))
-            self.store.record_outcome(cmd_id, str(outcome.kind), outcome.key_line, outcome.reason)
+            finish(outcome=(str(outcome.kind), outcome.key_line, outcome.reason))
             return self._apply(job, transition(pipeline, ctx, outcome), outcome)
 
     def _apply(self, job: JobRow, tr: Transition, outcome: Outcome | None) -> Effects:
@@ -465,20 +474,22 @@ class Engine:
 
     def due_pending(self, now: float) -> list[CommandRow]:
         """PENDING commands that may go now: at most one open command per job, oldest first."""
-        out: list[CommandRow] = []
-        seen_jobs: set[str] = set()
-        for cmd in self.store.open_commands():
-            if cmd.job_id in seen_jobs:
-                continue
-            seen_jobs.add(cmd.job_id)
-            if cmd.state == CmdState.PENDING and cmd.not_before <= now:
-                out.append(cmd)
-        return out
+        return self.store.due(now)
 
     def route(self, cmd: CommandRow) -> Route:
         job = self.store.job(cmd.job_id)
         assert job is not None
         return Route(job_id=job.id, agent=job.agent or None, pool=job.pool or None, workspace=job.workspace)
+
+    def exec_of(self, cmd_id: str) -> tuple[CommandRow, Route, P.CmdSpec] | None:
+        """What an Exec of a PENDING command carries (its route and spec), from one read of the
+        store; None when it is not PENDING any more."""
+        found = self.store.dispatchable(cmd_id)
+        if found is None:
+            return None
+        cmd, agent, pool, workspace = found
+        route = Route(job_id=cmd.job_id, agent=agent or None, pool=pool or None, workspace=workspace)
+        return cmd, route, self.dispatch_spec(cmd)
 
     # ------------------------------------------------------------------ requests from people
 
@@ -606,13 +617,20 @@ class Engine:
         job = self._job(job_id)
         return self._view(job, self.store.job_commands(job.id))
 
+    def summary(self, job_id: str) -> P.JobView:
+        """What a job event says: the view without its timeline and parameters (no command row
+        but the open ones read, the parameters not decoded)."""
+        return self._view(self._job(job_id), [], full=False)
+
     def views(self, include_finished: bool, limit: int) -> list[P.JobView]:
         active: dict[str, JobRow | None] = {}  # by workspace: a deep queue lists many of each
         return [self._view(j, [], active) for j in self.store.list_jobs(include_finished, limit)]
 
-    def _view(self, job: JobRow, cmds: list[CommandRow], active: dict[str, JobRow | None] | None = None) -> P.JobView:
+    def _view(
+        self, job: JobRow, cmds: list[CommandRow], active: dict[str, JobRow | None] | None = None, full: bool = True
+    ) -> P.JobView:
         vars = job.vars
-        params = msgspec.structs.asdict(job.params)
+        params = msgspec.structs.asdict(job.params) if full else {}
         waiting = ""
         position = 0
         live = cmds or self.store.open_commands(job.id)

@@ -2,14 +2,27 @@
 
 Edge-triggered for speed (cmd.* and agent.* events), level-triggered for truth (periodic
 reconciliation asks the agents' spools about anything in flight that has gone quiet).
+
+Group commit: everything one wake-up of the loop drains (events, requests, the masters'
+replies, the tick) is one transaction of the store (``Store.batch``), each event, request or
+reply a savepoint of it (a bad one is rolled back and logged alone), and every effect they
+cause -- an Exec or Kill sent, a job event published, an answer to a client -- is held until
+that transaction has committed (``Store.after_commit``). A wake-up drains at most BATCH_MAX
+messages of each socket and for at most BATCH_BUDGET_S, so a flood cannot starve the tick, the
+health clock or the lease check. Reads of the agents (query, fetch, listings) go at once: they
+change nothing.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+import time
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import msgspec
 import zmq
@@ -25,6 +38,7 @@ from orchestrator.engine import Effects, Engine, JobError
 from orchestrator.known import Answers, KnownAgents, Listing
 from orchestrator.lease import LeaseLost, for_store
 from orchestrator.metrics import OrchestratorMetrics
+from orchestrator.pipeline.transition import TERMINAL
 from orchestrator.scheduler import Scheduler
 from orchestrator.standby import Role
 from orchestrator.store import IN_FLIGHT, OPEN, CmdState, Store
@@ -34,6 +48,42 @@ from orchestrator.whole_output import OutputRead, Stamp, wanted
 log = logs.get("orchestrator")
 
 TICK_S = 0.05
+# One wake-up's batch, per socket: at most this many messages, for at most this long.
+BATCH_MAX = 1000
+BATCH_BUDGET_S = 0.05
+# Test only: SIGKILL the process at a point of the batch (SelfKill).
+SELF_KILL_ENV = "P4BUS_TEST_SIGKILL"
+
+
+class SelfKill:
+    """A crash test's kill at an exact point: ``P4BUS_TEST_SIGKILL=POINT:N`` makes the
+    orchestrator SIGKILL itself the Nth time it reaches POINT with effects held --
+    ``mid_batch``: after a step was applied, before the batch commits; ``after_commit``: right
+    after a batch committed, before any of its effects went out. Read once at start; unset (as
+    in production) there is no SelfKill at all (tests/e2e/test_group_commit.py)."""
+
+    POINTS = ("mid_batch", "after_commit")
+
+    def __init__(self, point: str, n: int) -> None:
+        if point not in self.POINTS or n < 1:
+            raise ValueError(f"{SELF_KILL_ENV}={point}:{n}: want one of {self.POINTS} and a count >= 1")
+        self.point, self.n, self.seen = point, n, 0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> SelfKill | None:
+        value = environ.get(SELF_KILL_ENV)
+        if not value:
+            return None
+        point, _, n = value.partition(":")
+        return cls(point, int(n or 1))
+
+    def at(self, point: str, held: int) -> None:
+        if point != self.point or not held:
+            return
+        self.seen += 1
+        if self.seen == self.n:
+            log.warning("test.sigkill_self", at=point, held_effects=held)
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Orchestrator:
@@ -83,6 +133,11 @@ class Orchestrator:
         self._last_prune = 0.0
         self.metrics = OrchestratorMetrics(self.id, lambda: self.counters)
         self.metrics.attach(self.store, self.channel)
+        self.commits = 0  # the store's commits so far: a job is published once per commit
+        self._published: dict[str, int] = {}  # job id -> self.commits when last published
+        self.self_kill = SelfKill.from_env(os.environ)
+        observe = self.store.on_commit
+        self.store.on_commit = partial(self._committed, observe)
 
     # ------------------------------------------------------------------ loop
 
@@ -96,7 +151,8 @@ class Orchestrator:
         active = self.role.await_lease(self.api, self.on_api_frames, stop, tick=self.metrics.health.tick)
         if active:
             self.join_bus()
-            self.recover()
+            with self.store.batch():
+                self.recover()
             self.metrics.active.set(1)
         poller = zmq.Poller()
         if active:
@@ -107,15 +163,8 @@ class Orchestrator:
         while active and not stop.is_set():
             self.role.check()
             ready = dict(poller.poll(int(TICK_S * 1000)))
-            if self.sub in ready:
-                zmqutil.drain(self.sub, self.on_event_frames, 1000)
-            if self.api in ready:
-                zmqutil.drain(self.api, self.on_api_frames, 1000, copy=False)
-            for s in self.channel.socks:
-                if s in ready:
-                    self.channel.drain(s)
-            self.channel.expire()
-            self.tick(self.clock())
+            with self.store.batch():  # one commit for the wake-up; its effects after it
+                self.wake_up(ready)
             self.metrics.health.tick()
         self.api.close(linger=zmqutil.LINGER_MS)
         if active:
@@ -124,6 +173,54 @@ class Orchestrator:
         self.channel.close()
         self.scheduler.close()
         self.store.close()
+
+    def wake_up(self, ready: Mapping[zmq.Socket, int]) -> None:
+        """What one wake-up does, inside its batch."""
+        if self.sub in ready:
+            self._drain(self.sub, self.on_event_frames)
+        if self.api in ready:
+            self._drain(self.api, self.on_api_frames, copy=False)
+        for s in self.channel.socks:
+            if s in ready:
+                self.channel.drain(s)  # as many as are in flight: each runs as a step (_ask)
+        self.channel.expire()
+        self.tick(self.clock())
+
+    def _drain(self, sock: zmq.Socket, handler: Callable[[list[Any]], None], copy: bool = True) -> None:
+        """Each message waiting on ``sock`` as a step, up to BATCH_MAX or BATCH_BUDGET_S."""
+        until = time.monotonic() + BATCH_BUDGET_S
+        for _ in range(BATCH_MAX):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=copy)
+            except zmq.Again:
+                return
+            self.step(handler, frames)
+            if time.monotonic() >= until:
+                return
+
+    def step(self, handler: Callable[..., None], *args: Any) -> None:
+        """One event, request or reply: applied in a savepoint of the batch, so that a bug in
+        it rolls back (and logs) it alone, with its held effects, and not the rest."""
+        try:
+            with self.store.step():
+                handler(*args)
+        except Exception:
+            log.exception("orchestrator.step_failed", step=getattr(handler, "__name__", repr(handler)))
+        if self.self_kill is not None:
+            self.self_kill.at("mid_batch", self.store.held)
+
+    def _committed(self, observe: Callable[[float], None], seconds: float) -> None:
+        """The store committed (metrics observe how long it took); its effects go out next."""
+        observe(seconds)
+        self.commits += 1
+        if self.self_kill is not None:
+            self.self_kill.at("after_commit", self.store.held)
+
+    def _ask(
+        self, msg: P.Request[Any], on_reply: Callable[[Any], None], key: Any = None, master: int | None = None
+    ) -> None:
+        """A request to the masters whose reply is handled as a step of the batch it comes in."""
+        self.channel.request(msg, partial(self.step, on_reply), key=key, master=master)
 
     def join_bus(self) -> None:
         """Subscribe before recovering (nothing that happens after recovery's questions is missed)
@@ -175,14 +272,19 @@ class Orchestrator:
     # ------------------------------------------------------------------ effects
 
     def execute(self, eff: Effects) -> None:
+        """Carry out what a step decided, once it is committed (held until then)."""
+        if eff.kill or eff.dispatch or eff.publish:
+            self.store.after_commit(partial(self._carry_out, eff))
+
+    def _carry_out(self, eff: Effects) -> None:
         # The next command first: job events are for people and can wait a millisecond.
         for cmd_id, agent in eff.kill:
             msg = P.Kill(req_id=ids.new_id("r"), cmd_id=cmd_id, agent=agent or None)
-            self.channel.request(msg, partial(self.on_killed, cmd_id, agent))
+            self._ask(msg, partial(self.on_killed, cmd_id, agent))
         for cmd_id in eff.dispatch:
-            self.dispatch(cmd_id)
+            self._send_exec(cmd_id)
         for job_id in eff.publish:
-            self.publish(job_id)
+            self._publish_now(job_id)
 
     def on_killed(self, cmd_id: str, agent: str, reply: P.KillReply | P.ErrorReply) -> None:
         # Nothing waits for a kill: its command's DONE (or reconciliation) ends it.
@@ -194,16 +296,21 @@ class Orchestrator:
             self.dispatch(cmd.cmd_id)
 
     def dispatch(self, cmd_id: str) -> None:
-        """Send a PENDING command's Exec; the reply is handled when it arrives."""
+        """Send a PENDING command's Exec once what made it so is committed."""
+        if not self.channel.busy(("exec", cmd_id)):
+            self.store.after_commit(partial(self._send_exec, cmd_id))
+
+    def _send_exec(self, cmd_id: str) -> None:
+        """The Exec of a command still PENDING; the reply is handled when it arrives."""
         if self.channel.busy(("exec", cmd_id)):
             return
-        cmd = self.store.command(cmd_id)
-        if cmd is None or cmd.state != CmdState.PENDING:
+        found = self.engine.exec_of(cmd_id)
+        if found is None:
             return
         self.counters["dispatches"] += 1
-        route = self.engine.route(cmd)
-        msg = P.Exec(req_id=ids.new_id("r"), cmd_id=cmd_id, spec=self.engine.dispatch_spec(cmd), **route)
-        self.channel.request(msg, partial(self.on_dispatch_reply, cmd_id), key=("exec", cmd_id))
+        _cmd, route, spec = found
+        msg = P.Exec(req_id=ids.new_id("r"), cmd_id=cmd_id, spec=spec, **route)
+        self._ask(msg, partial(self.on_dispatch_reply, cmd_id), key=("exec", cmd_id))
 
     def on_dispatch_reply(self, cmd_id: str, reply: P.ExecReply | P.ErrorReply) -> None:
         if isinstance(reply, P.ExecReply):
@@ -237,7 +344,7 @@ class Orchestrator:
             return
         self.counters["reconciles"] += 1
         msg = P.Query(req_id=ids.new_id("r"), cmd_ids=[c.cmd_id for c in cmds], agent=agent)
-        self.channel.request(msg, partial(self.on_statuses, agent), key=("query", agent))
+        self._ask(msg, partial(self.on_statuses, agent), key=("query", agent))
 
     def on_statuses(self, agent: str, reply: P.QueryReply | P.ErrorReply) -> None:
         """The spool's answer to a reconciliation, or no master reaching the agent.
@@ -315,7 +422,7 @@ class Orchestrator:
             size=size,
             agent=status.agent or None,
         )
-        self.channel.request(msg, partial(self.on_chunk, read))
+        self._ask(msg, partial(self.on_chunk, read))
 
     def on_chunk(self, read: OutputRead, reply: P.FetchReply | P.ErrorReply) -> None:
         try:
@@ -414,10 +521,21 @@ class Orchestrator:
             )
 
     def publish(self, job_id: str) -> None:
+        """A job event for ``job_id``, once what changed it is committed."""
+        self.store.after_commit(partial(self._publish_now, job_id))
+
+    def _publish_now(self, job_id: str) -> None:
+        # A job is published once per commit: a second time would say the same (it is read
+        # from the store, as committed).
+        if self._published.get(job_id) == self.commits:
+            return
+        self._published[job_id] = self.commits
         try:
-            view = self.engine.view(job_id)
+            view = self.engine.summary(job_id)
         except JobError:
             return
+        if view.state in TERMINAL:
+            self._published.pop(job_id, None)  # keeps the map to the jobs still moving
         self.metrics.job_changed(view)
         detail = {
             "reason": view.reason,
@@ -455,13 +573,14 @@ class Orchestrator:
     def answer(self, client: bytes, msg: P.OrchestratorRequest, user: str) -> None:
         eff = Effects()
         try:
-            reply, eff = self.handle(msg, user)
+            with self.store.step():  # a refused request changes nothing, whatever it had written
+                reply, eff = self.handle(msg, user)
         except JobError as exc:
             reply = P.ErrorReply(req_id=msg.req_id, code=exc.code, message=str(exc))
         except Exception as exc:  # a bug must not take the orchestrator down with it
             log.exception("api.internal_error", request=type(msg).__name__)
             reply = P.ErrorReply(req_id=msg.req_id, code="internal", message=f"internal error: {exc}")
-        # The decision is committed: answer the person first, then act on it.
+        # Both wait for the commit: answer the person first, then act on it.
         self._reply(client, reply)
         self.execute(eff)
 
@@ -522,7 +641,7 @@ class Orchestrator:
             self.listing = Listing(len(self.channel.socks))
             for master in range(self.listing.masters):
                 ask = P.ListAgents(req_id=ids.new_id("r"), include_gone=True)
-                self.channel.request(ask, partial(self.on_listed, master), master=master)
+                self._ask(ask, partial(self.on_listed, master), master=master)
         self.listing.waiting.append(partial(self.answer, client, msg, user))
         return True
 
@@ -548,6 +667,10 @@ class Orchestrator:
         return user
 
     def _reply(self, client: bytes, msg: P.Base) -> None:
+        """Answer once what the request wrote (or read, of this batch's writes) is committed."""
+        self.store.after_commit(partial(self._send_reply, client, msg))
+
+    def _send_reply(self, client: bytes, msg: P.Base) -> None:
         try:
             self.api.send_multipart([client, P.encode(msg)], zmq.NOBLOCK)
         except zmq.ZMQError:

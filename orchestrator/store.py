@@ -2,8 +2,10 @@
 
 On SQLite (the embedded default: WAL, synchronous=FULL) or PostgreSQL (a ``postgresql://``
 DSN), through orchestrator/db.py: a committed transition survives a crash of the process (and,
-durable, of the machine). Every change the engine makes goes through ``tx()``, one transaction
-per step (event + job transition + next command row), committed before anything is sent.
+durable, of the machine). Every change the engine makes goes through ``tx()``, one atomic
+step (event + job transition + next command row); the orchestrator's loop groups the steps of
+one wake-up into one transaction (``batch()``, a savepoint per step) and holds what they send
+until it has committed (``after_commit``): nothing leaves the process before its step is stored.
 
 All SQL lives here, written once in the subset both engines run (db.py translates what
 differs). Rows come out typed (states as enums, stored JSON decoded) and every change is a
@@ -14,8 +16,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +168,7 @@ class JobRow:
     workspace: str
     agent: str | None
     pool: str | None
-    params: JobParams
+    params_json: bytes  # the params column; ``params`` decodes it (a job event never does)
     state: JobState
     stage: str
     step: int
@@ -178,6 +181,10 @@ class JobRow:
     updated_at: float
     agent_pinned: bool  # by the orchestrator, to where its first command ran
 
+    @cached_property
+    def params(self) -> JobParams:
+        return msgspec.json.decode(self.params_json, type=JobParams)
+
 
 @dataclass(frozen=True)
 class CommandRow:
@@ -187,7 +194,7 @@ class CommandRow:
     stage: str
     step: int
     attempt: int
-    spec: CommandSpec  # as stored: a secret stdin is not in it
+    spec_json: bytes  # the spec column; ``spec`` decodes it when asked (most reads never do)
     secret: bool
     state: CmdState
     agent: str
@@ -199,7 +206,7 @@ class CommandRow:
     last_contact: float
     exit_code: int | None
     signal: int | None
-    status: P.CmdStatus | None  # the final status without its output
+    status_packed: bytes | None  # the status column; ``status`` decodes it
     key_line: str
     outcome: str
     reason: str
@@ -207,31 +214,42 @@ class CommandRow:
     unknown_since: float  # 0 unless UNKNOWN
     refused_since: float  # 0 unless agents are refusing it (PENDING)
 
+    @cached_property
+    def spec(self) -> CommandSpec:
+        """As stored: a secret stdin is not in it."""
+        return msgspec.json.decode(self.spec_json, type=CommandSpec)
 
-_JOB_FIELDS = tuple(f.name for f in fields(JobRow))
-_CMD_FIELDS = tuple(f.name for f in fields(CommandRow))
+    @cached_property
+    def status(self) -> P.CmdStatus | None:
+        """The final status without its output."""
+        return None if self.status_packed is None else msgspec.msgpack.decode(self.status_packed, type=P.CmdStatus)
+
+
+_JOB_FIELDS = tuple("params" if f.name == "params_json" else f.name for f in fields(JobRow))
+_CMD_FIELDS = tuple({"spec_json": "spec", "status_packed": "status"}.get(f.name, f.name) for f in fields(CommandRow))
 _JOB_COLS = ", ".join(_JOB_FIELDS)
 _CMD_COLS = ", ".join(_CMD_FIELDS)
+_JOB_STATES = {s.value: s for s in JobState}
+_CMD_STATES = {s.value: s for s in CmdState}
+_CMD_KINDS = {k.value: k for k in CmdKind}
+_KIND, _SECRET, _STATE = (_CMD_FIELDS.index(c) for c in ("kind", "secret", "state"))
 
 
 def _job_row(r: tuple[Any, ...]) -> JobRow:
     col = dict(zip(_JOB_FIELDS, r, strict=True))
-    col["params"] = msgspec.json.decode(col["params"], type=JobParams)
-    col["state"] = JobState(col["state"])
+    col["params_json"] = col.pop("params")
+    col["state"] = _JOB_STATES[col["state"]]
     col["vars"] = msgspec.json.decode(col["vars"], type=dict[str, Any])
     col["agent_pinned"] = bool(col["agent_pinned"])
     return JobRow(**col)
 
 
 def _command_row(r: tuple[Any, ...]) -> CommandRow:
-    col = dict(zip(_CMD_FIELDS, r, strict=True))
-    col["kind"] = CmdKind(col["kind"])
-    col["spec"] = msgspec.json.decode(col["spec"], type=CommandSpec)
-    col["secret"] = bool(col["secret"])
-    col["state"] = CmdState(col["state"])
-    if col["status"] is not None:
-        col["status"] = msgspec.msgpack.decode(col["status"], type=P.CmdStatus)
-    return CommandRow(**col)
+    col = list(r)
+    col[_KIND] = _CMD_KINDS[col[_KIND]]
+    col[_SECRET] = bool(col[_SECRET])
+    col[_STATE] = _CMD_STATES[col[_STATE]]
+    return CommandRow(*col)
 
 
 class Store:
@@ -290,15 +308,36 @@ class Store:
 
     @contextmanager
     def tx(self, durable: bool = True) -> Iterator[Db]:
-        """One atomic step; nested use joins the outer transaction.
+        """One atomic step: a transaction of its own, or a savepoint of the open one (a batch's,
+        or an outer step's), rolled back alone if the block raises.
 
         ``durable=False`` is for bookkeeping that reconciliation can rebuild from the agents
         (a command was accepted, has started, was heard from): it survives a process crash,
         just not a power cut (SQLite) or a server crash (PostgreSQL), and spares the dispatch
-        path a second flush to disk.
+        path a flush to disk (a batch is flushed if any of its steps is durable).
         """
         with self.db.tx(durable) as db:
             yield db
+
+    def batch(self) -> AbstractContextManager[None]:
+        """The steps of the block are one transaction, committed (once) when it ends: group
+        commit for one wake-up of the orchestrator's loop (db.Db.batch)."""
+        return self.db.batch()
+
+    def step(self) -> AbstractContextManager[None]:
+        """One event's, request's or reply's step of the open batch, rolled back alone if it
+        raises (db.Db.step)."""
+        return self.db.step()
+
+    def after_commit(self, effect: Callable[[], None]) -> None:
+        """Run ``effect`` (a send, a publish, an answer) once what is being written is
+        committed; at once when nothing is; never if its step is rolled back."""
+        self.db.after_commit(effect)
+
+    @property
+    def held(self) -> int:
+        """Effects waiting for the open transaction's commit."""
+        return self.db.held
 
     # ------------------------------------------------------------------ ids and events
 
@@ -396,8 +435,13 @@ class Store:
             (state, stage, step, attempt, msgspec.json.encode(vars), reason, key_line, key_line, now, job_id),
         )
 
-    def pin_agent(self, job_id: str, agent: str, now: float) -> None:
-        self.db.execute("UPDATE jobs SET agent=?, agent_pinned=1, updated_at=? WHERE id=?", (agent, now, job_id))
+    def pin_agent(self, job_id: str, agent: str, now: float) -> bool:
+        """Pin a job that has no agent yet to ``agent``; False (and no change) if it has one."""
+        cur = self.db.execute(
+            "UPDATE jobs SET agent=?, agent_pinned=1, updated_at=? WHERE id=? AND (agent IS NULL OR agent='')",
+            (agent, now, job_id),
+        )
+        return cur.rowcount == 1
 
     def unpin_agent(self, job_id: str, agent: str, now: float) -> None:
         """Free a job the orchestrator pinned to ``agent`` to run anywhere its workspace is
@@ -413,9 +457,6 @@ class Store:
             "UPDATE jobs SET state=?, updated_at=? WHERE id=? AND state=?", (to_state, now, job_id, from_state)
         )
         return cur.rowcount == 1
-
-    def leave_retry_wait(self, job_id: str, now: float) -> None:
-        self.move_state(job_id, JobState.RETRY_WAIT, JobState.RUNNING, now)
 
     def requeue(self, job_id: str, from_stage: str, now: float) -> None:
         """Back in its workspace's queue, to run again from ``from_stage`` when its turn comes."""
@@ -582,12 +623,20 @@ class Store:
         )
 
     def finish_command(
-        self, cmd_id: str, state: CmdState, status: P.CmdStatus, started_at: float, ended_at: float, agent: str
+        self,
+        cmd_id: str,
+        state: CmdState,
+        status: P.CmdStatus,
+        started_at: float,
+        ended_at: float,
+        agent: str,
+        outcome: tuple[str, str, str] = ("", "", ""),
     ) -> None:
-        """DONE or LOST, with its final status (its output is in the agent's spool, not here)."""
+        """DONE or LOST, with its final status (its output is in the agent's spool, not here)
+        and what the stage's interpreter made of it: (outcome, key line, reason)."""
         self.db.execute(
-            "UPDATE commands SET state=?, started_at=?, ended_at=?, exit_code=?, signal=?, status=?, agent=? "
-            "WHERE cmd_id=?",
+            "UPDATE commands SET state=?, started_at=?, ended_at=?, exit_code=?, signal=?, status=?, agent=?, "
+            "outcome=?, key_line=?, reason=? WHERE cmd_id=?",
             (
                 state,
                 started_at,
@@ -596,14 +645,9 @@ class Store:
                 status.signal,
                 msgspec.msgpack.encode(msgspec.structs.replace(status, stdout=b"", stderr=b"")),
                 agent,
+                *outcome,
                 cmd_id,
             ),
-        )
-
-    def record_outcome(self, cmd_id: str, outcome: str, key_line: str, reason: str) -> None:
-        """What the stage's interpreter made of the command's result."""
-        self.db.execute(
-            "UPDATE commands SET outcome=?, key_line=?, reason=? WHERE cmd_id=?", (outcome, key_line, reason, cmd_id)
         )
 
     def cancel_command(self, cmd_id: str, reason: str, now: float) -> None:
@@ -627,6 +671,30 @@ class Store:
         if job_id is None:
             return self._commands(f"state IN ({_marks(len(OPEN))})", tuple(OPEN))
         return self._commands(f"job_id=? AND state IN ({_marks(len(OPEN))})", (job_id, *OPEN))
+
+    def due(self, now: float) -> list[CommandRow]:
+        """PENDING commands that may go now, each the oldest open command of its job (a job
+        runs one command at a time), oldest first; read from the state index, not every open row."""
+        return self._commands(
+            f"state=? AND not_before <= ? AND NOT EXISTS (SELECT 1 FROM commands o WHERE o.job_id=commands.job_id "
+            f"AND o.state IN ({_marks(len(OPEN))}) AND (o.created_at < commands.created_at "
+            f"OR (o.created_at = commands.created_at AND o.seq < commands.seq)))",
+            (CmdState.PENDING, now, *OPEN),
+        )
+
+    def dispatchable(self, cmd_id: str) -> tuple[CommandRow, str | None, str | None, str] | None:
+        """A PENDING command with where its job may run it (agent, pool, workspace), in one
+        read; None when it is not PENDING (any more)."""
+        cols = ", ".join(f"c.{c}" for c in _CMD_FIELDS)
+        row = self.db.execute(
+            f"SELECT {cols}, j.agent, j.pool, j.workspace FROM commands c JOIN jobs j ON j.id=c.job_id "
+            "WHERE c.cmd_id=? AND c.state=?",
+            (cmd_id, CmdState.PENDING),
+        ).fetchone()
+        if row is None:
+            return None
+        *cmd, agent, pool, workspace = row
+        return _command_row(tuple(cmd)), agent, pool, workspace
 
     def in_flight_on(self, agent: str) -> list[CommandRow]:
         return self._commands(f"agent=? AND state IN ({_marks(len(IN_FLIGHT))})", (agent, *IN_FLIGHT))

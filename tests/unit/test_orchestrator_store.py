@@ -134,8 +134,9 @@ def test_a_command_moves_through_its_states(store_at):
     assert [c.cmd_id for c in store.in_flight_on("a1")] == [cmd_id]
     status = P.CmdStatus(cmd_id=cmd_id, agent="a1", state="done", exit_code=0, stdout=b"big output")
     with store.tx():
-        store.finish_command(cmd_id, CmdState.DONE, status, started_at=4.5, ended_at=9.0, agent="a1")
-        store.record_outcome(cmd_id, "NEXT", "synced", "")
+        store.finish_command(
+            cmd_id, CmdState.DONE, status, started_at=4.5, ended_at=9.0, agent="a1", outcome=("NEXT", "synced", "")
+        )
     cmd = store.command(cmd_id)
     assert (cmd.state, cmd.exit_code, cmd.ended_at, cmd.outcome, cmd.key_line) == (
         CmdState.DONE,
