@@ -302,42 +302,42 @@ def normalize_prefixes(prefixes: Iterable[str]) -> list[str]:
 _BEACONS = topics.BEACON + "."
 
 
-class _Pings:
-    """A ping sent to each broker at once, and the answers as they come. With ``fail_fast``, a
-    broker whose connection drops or is refused meanwhile has failed at once (its replay
-    client's ``drops``), so a repair does not wait PROBE_S for a broker that was just killed."""
+class Pings:
+    """A ping sent to each replay client at once, and the answers as they come. With
+    ``fail_fast``, a client whose connection drops or is refused meanwhile has failed at once
+    (its ``drops``), so a repair does not wait PROBE_S for a broker that was just killed."""
 
-    def __init__(self, brokers: list[_Broker], fail_fast: bool = False) -> None:
-        self.waiting: dict[zmq.Socket, tuple[_Broker, str]] = {}
-        self.drops: dict[zmq.Socket, _Broker] = {}
+    def __init__(self, clients: Sequence[ReplayClient], fail_fast: bool = False) -> None:
+        self.waiting: dict[zmq.Socket, tuple[ReplayClient, str]] = {}
+        self.drops: dict[zmq.Socket, ReplayClient] = {}
         self.poller = zmq.Poller()
-        for b in brokers:
+        for c in clients:
             req_id = ids.new_id()
-            b.client.forget_drops()
-            b.client.sock.send(protocol.encode(protocol.Ping(req_id=req_id)))
-            self.waiting[b.client.sock] = (b, req_id)
-            self.poller.register(b.client.sock, zmq.POLLIN)
-            if fail_fast and b.client.drops is not None:
-                self.drops[b.client.drops] = b
-                self.poller.register(b.client.drops, zmq.POLLIN)
+            c.forget_drops()
+            c.sock.send(protocol.encode(protocol.Ping(req_id=req_id)))
+            self.waiting[c.sock] = (c, req_id)
+            self.poller.register(c.sock, zmq.POLLIN)
+            if fail_fast and c.drops is not None:
+                self.drops[c.drops] = c
+                self.poller.register(c.drops, zmq.POLLIN)
 
-    def answered(self, timeout_s: float) -> tuple[list[_Broker], list[_Broker]]:
-        """(brokers whose answer arrived, brokers whose connection failed), waiting up to
+    def answered(self, timeout_s: float) -> tuple[list[ReplayClient], list[ReplayClient]]:
+        """(clients whose answer arrived, clients whose connection failed), waiting up to
         ``timeout_s`` for one of either."""
-        ok: list[_Broker] = []
-        failed: list[_Broker] = []
+        ok: list[ReplayClient] = []
+        failed: list[ReplayClient] = []
         for sock, _ in self.poller.poll(int(timeout_s * 1000)):
             if sock in self.drops:
-                b = self.drops.pop(sock)
+                c = self.drops.pop(sock)
                 self.poller.unregister(sock)
-                if b.client.sock in self.waiting:
-                    self.poller.unregister(b.client.sock)
-                    del self.waiting[b.client.sock]
-                    failed.append(b)
+                if c.sock in self.waiting:
+                    self.poller.unregister(c.sock)
+                    del self.waiting[c.sock]
+                    failed.append(c)
                 continue
             if sock not in self.waiting:
                 continue
-            b, req_id = self.waiting[sock]
+            c, req_id = self.waiting[sock]
             try:
                 reply = protocol.decode(sock.recv(), protocol.Reply)
             except protocol.ProtocolError:
@@ -345,11 +345,34 @@ class _Pings:
             if reply.req_id == req_id:
                 self.poller.unregister(sock)
                 del self.waiting[sock]
-                if b.client.drops is not None and b.client.drops in self.drops:
-                    self.poller.unregister(b.client.drops)
-                    del self.drops[b.client.drops]
-                ok.append(b)
+                if c.drops is not None and c.drops in self.drops:
+                    self.poller.unregister(c.drops)
+                    del self.drops[c.drops]
+                ok.append(c)
         return ok, failed
+
+
+def in_answer_order(
+    clients: Sequence[ReplayClient], first_wait_s: float, fail_fast: bool
+) -> Iterator[tuple[ReplayClient, str]]:
+    """Ping every client at once; yield (client, "") for each as it answers, then (client, why)
+    for each that failed or did not answer: the first answer is waited for up to
+    ``first_wait_s``, the others PROBE_S after it (so a dead broker among live ones costs
+    PROBE_S, and nothing with ``fail_fast`` if its connection drops or is refused)."""
+    pings = Pings(clients, fail_fast)
+    deadline = time.monotonic() + first_wait_s
+    while pings.waiting:
+        ready, failed = pings.answered(max(0.0, deadline - time.monotonic()))
+        if not ready and not failed:
+            break
+        for c in failed:
+            yield c, f"the connection to the broker's replay endpoint {c.endpoint} failed"
+        if ready:
+            deadline = min(deadline, time.monotonic() + PROBE_S)
+        for c in ready:
+            yield c, ""
+    for c, _req in pings.waiting.values():
+        yield c, f"no answer from the broker's replay endpoint {c.endpoint} within {PROBE_S}s"
 
 
 class _Broker:
@@ -442,23 +465,16 @@ class _Splice:
         connection drops or is refused meanwhile). One that fails or does not answer is marked
         down. ``first_wait_s``: how long to wait for the first (at the start: the replay timeout,
         as with one broker, so brokers still starting are waited for)."""
-        pings = _Pings(brokers, fail_fast)
-        deadline = time.monotonic() + first_wait_s
-        while pings.waiting:
-            ready, failed = pings.answered(max(0.0, deadline - time.monotonic()))
-            if not ready and not failed:
-                break
-            for b in failed:
-                self._down(b, f"the connection to the broker's replay endpoint {b.name} failed")
-            if ready:
-                deadline = min(deadline, time.monotonic() + PROBE_S)
-            for b in ready:
-                try:
-                    yield from self.catch_up(b)
-                except (ReplayError, ReplayTimeout) as exc:
-                    self._down(b, str(exc))
-        for b, _req in pings.waiting.values():
-            self._down(b, f"no answer from the broker's replay endpoint {b.name} within {PROBE_S}s")
+        by_client = {b.client: b for b in brokers}
+        for client, why in in_answer_order([b.client for b in brokers], first_wait_s, fail_fast):
+            b = by_client[client]
+            if why:
+                self._down(b, why)
+                continue
+            try:
+                yield from self.catch_up(b)
+            except (ReplayError, ReplayTimeout) as exc:
+                self._down(b, str(exc))
 
     def _down(self, b: _Broker, why: str) -> None:
         if not b.down:
