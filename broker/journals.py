@@ -62,7 +62,7 @@ class BrokerJournal:
         self.client = client
         self.sub = sub
         self.cursor = dict.fromkeys(prefixes, 0)
-        self.since_ts = 0.0  # only events stamped at or after this
+        self.since_ts = 0.0  # only events the broker received at or after this (its clock)
         self.at_head = False  # the first read only finds the head: what came before is history
         self.read_to = dict(self.cursor)
         self.down = ""
@@ -152,16 +152,24 @@ class Journals:
 
     def start_at(self, broker: int, after: int | None, since_ts: float = 0.0) -> None:
         """Read ``broker``'s journal after id ``after`` (every prefix; None: after its head when
-        it first answers), only events stamped at or after ``since_ts``."""
+        it first answers), only events the broker received at or after ``since_ts``."""
         j = self.journals[broker]
         j.cursor = dict.fromkeys(j.cursor, after or 0)
         j.read_to = dict(j.cursor)
         j.at_head = after is None
         j.since_ts = since_ts
 
-    def cursor(self, broker: int) -> int:
-        """Where ``broker``'s reading stands: every event of every prefix up to it was handled."""
-        return min(self.journals[broker].cursor.values())
+    def history_before(self, ts: float) -> None:
+        """Events every broker received before ``ts`` are not read any more (a reader that
+        forgets what it handled that long ago must not take them for new)."""
+        for j in self.journals:
+            j.since_ts = max(j.since_ts, ts)
+
+    def cursor(self, broker: int) -> int | None:
+        """Where ``broker``'s reading stands: every event of every prefix up to it was handled
+        (None while a broker to be read from its head has not answered yet)."""
+        j = self.journals[broker]
+        return None if j.at_head else min(j.cursor.values())
 
     def read(self) -> list[Copy]:
         """Every new copy of every broker that answers (module docstring)."""

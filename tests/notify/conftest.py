@@ -102,8 +102,12 @@ class NotifyStack:
                 return []  # the notifier has not made its tables yet
 
     def cursor(self) -> int | None:
-        rows = self._query("SELECT journal_id FROM cursor")
-        return rows[0][0] if rows else None
+        """The first broker's journal cursor (None until the notifier has read that journal)."""
+        return self.cursors().get(self.stack.config().bus_brokers()[0].replay)
+
+    def cursors(self) -> dict[str, int]:
+        """Broker (replay endpoint) -> the notifier's journal cursor in it."""
+        return dict(self._query("SELECT broker, journal_id FROM cursors"))
 
     def outbox(self, key: str) -> dict[str, tuple[str, int]]:
         """receiver -> (state, attempts) of notice ``key``."""

@@ -226,9 +226,9 @@ class _Journal:
 def test_a_failed_spool_read_loses_and_repeats_nothing(monkeypatch):
     import asyncio
 
+    from broker.journals import BrokerJournal, Journals
     from common.config import Config
     from common.rpc import RequestError
-    from broker.journals import BrokerJournal, Journals
     from p4bus.web.feed import JobFeed
 
     spool = b"0123456789ab"
