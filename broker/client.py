@@ -363,8 +363,8 @@ def in_answer_order(
     deadline = time.monotonic() + first_wait_s
     while pings.waiting:
         ready, failed = pings.answered(max(0.0, deadline - time.monotonic()))
-        if not ready and not failed:
-            break
+        if not ready and not failed and time.monotonic() >= deadline:
+            break  # (nothing, before the deadline: a late answer to an earlier ping was skipped)
         for c in failed:
             yield c, f"the connection to the broker's replay endpoint {c.endpoint} failed"
         if ready:

@@ -12,6 +12,12 @@ per broker that has it: the caller drops all but the first by the event's stamp 
 source, kind, epoch, seq), with whatever memory of handled events it keeps (in memory for the
 web, in its state file for the notifier), and tells ``commit`` how many copies it handled.
 
+A journal can be lost (its broker restarted with a new file). Each broker's reading remembers
+the last event it handled there (``Mark``: id, topic, a digest of the body); when the broker
+comes back from being down, and at the first read, that event must still be at that id, else
+the journal is a new one and is read from its start (also when its head is below the cursor).
+The caller's stamps drop what it already handled through another broker.
+
 A broker that does not answer costs its timeout once: it is marked down and skipped by every
 read until its live stream delivers again (it is back) and RETRY_DOWN_S have passed; the brokers
 are pinged at once and read in the order they answer, and a connection that drops or is refused
@@ -21,6 +27,7 @@ that applies: it is read as before, and its errors are the caller's.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -43,7 +50,20 @@ Journalled = tuple[int, str, bytes, str]  # (journal id, topic, body, publisher)
 class Copy(NamedTuple):
     broker: int  # index in the brokers given
     journal_id: int
+    topic: str
+    body: bytes
     got: protocol.Delivered | None  # None: not a well-formed event (skip it, but move past)
+
+
+class Mark(NamedTuple):
+    """Where the reading of one broker's journal stands: every event of the reader's prefixes up
+    to ``cursor`` handled, and the last one read (id, topic, digest of its body), by which the
+    same journal is told from a new one."""
+
+    cursor: int
+    anchor_id: int = 0
+    anchor_topic: str = ""
+    anchor_digest: str = ""
 
 
 class Endpoints(NamedTuple):
@@ -54,14 +74,21 @@ class Endpoints(NamedTuple):
 OnDown = Callable[[str, str], None]  # (replay endpoint, why)
 
 
+def digest(body: bytes) -> str:
+    return hashlib.blake2b(body, digest_size=16).hexdigest()
+
+
 class BrokerJournal:
     """One broker: its replay client and live SUB, a cursor per prefix, how far the last read
-    went per prefix, and whether it is down (why, since when)."""
+    went per prefix, the last event handled (the anchor), and whether it is down (why, since
+    when)."""
 
     def __init__(self, client: ReplayClient, sub: zmq.Socket | None, prefixes: list[str]) -> None:
         self.client = client
         self.sub = sub
         self.cursor = dict.fromkeys(prefixes, 0)
+        self.anchor: tuple[int, str, str] | None = None  # (id, topic, digest)
+        self.verify = False  # check the anchor before the next read
         self.since_ts = 0.0  # only events the broker received at or after this (its clock)
         self.at_head = False  # the first read only finds the head: what came before is history
         self.read_to = dict(self.cursor)
@@ -73,13 +100,23 @@ class BrokerJournal:
         if self.at_head:
             self.at_head = False
             self.cursor = dict.fromkeys(self.cursor, horizon)
-        elif max(self.cursor.values()) > horizon:
-            # A journal younger than our cursor (a new journal file): every event in it is new
-            # to this cursor; the caller's stamps drop what it handled through another broker.
+        elif max(self.cursor.values()) > horizon or (self.verify and not self._anchored()):
+            # A new journal (its head below our cursor, or our last event not where it was):
+            # every event in it is new to this cursor.
             log.warning("journal.reset", broker=self.client.endpoint, cursor=self.cursor, head=horizon)
             self.cursor = dict.fromkeys(self.cursor, 0)
+            self.anchor = None
+        self.verify = False
         self.read_to = dict(self.cursor)
         return list(heapq.merge(*(self._stream(p, horizon) for p in self.cursor)))
+
+    def _anchored(self) -> bool:
+        """The last event handled is still at its id, the same event."""
+        if self.anchor is None:
+            return True
+        jid, topic, dig = self.anchor
+        page = self.client.page(topic, after=jid - 1, limit=1)
+        return bool(page.events) and page.events[0][0] == jid and digest(page.events[0][2]) == dig
 
     def _stream(self, prefix: str, horizon: int) -> Iterator[Journalled]:
         after = self.cursor[prefix]
@@ -98,10 +135,17 @@ class BrokerJournal:
             if not page.more:
                 return
 
-    def commit(self, upto: int) -> None:
+    def commit(self, upto: int, last: Copy | None) -> None:
         # Prefixes come merged by id, so every event of a prefix up to ``upto`` has been handled.
         for p, read_to in self.read_to.items():
             self.cursor[p] = max(self.cursor[p], min(read_to, upto))
+        if last is not None:
+            self.anchor = (last.journal_id, last.topic, digest(last.body))
+
+    def mark(self) -> Mark | None:
+        if self.at_head:
+            return None
+        return Mark(min(self.cursor.values()), *(self.anchor or (0, "", "")))
 
 
 class Journals:
@@ -150,13 +194,15 @@ class Journals:
     def names(self) -> list[str]:
         return [j.client.endpoint for j in self.journals]
 
-    def start_at(self, broker: int, after: int | None, since_ts: float = 0.0) -> None:
-        """Read ``broker``'s journal after id ``after`` (every prefix; None: after its head when
-        it first answers), only events the broker received at or after ``since_ts``."""
+    def start_at(self, broker: int, mark: Mark | None, since_ts: float = 0.0) -> None:
+        """Read ``broker``'s journal from ``mark`` (None: after its head when it first
+        answers), only events the broker received at or after ``since_ts``."""
         j = self.journals[broker]
-        j.cursor = dict.fromkeys(j.cursor, after or 0)
+        j.cursor = dict.fromkeys(j.cursor, mark.cursor if mark else 0)
         j.read_to = dict(j.cursor)
-        j.at_head = after is None
+        j.at_head = mark is None
+        j.anchor = (mark.anchor_id, mark.anchor_topic, mark.anchor_digest) if mark and mark.anchor_id else None
+        j.verify = j.anchor is not None
         j.since_ts = since_ts
 
     def history_before(self, ts: float) -> None:
@@ -165,11 +211,10 @@ class Journals:
         for j in self.journals:
             j.since_ts = max(j.since_ts, ts)
 
-    def cursor(self, broker: int) -> int | None:
-        """Where ``broker``'s reading stands: every event of every prefix up to it was handled
-        (None while a broker to be read from its head has not answered yet)."""
-        j = self.journals[broker]
-        return None if j.at_head else min(j.cursor.values())
+    def mark(self, broker: int) -> Mark | None:
+        """Where ``broker``'s reading stands (None while a broker to be read from its head has
+        not answered yet)."""
+        return self.journals[broker].mark()
 
     def read(self) -> list[Copy]:
         """Every new copy of every broker that answers (module docstring)."""
@@ -182,9 +227,8 @@ class Journals:
         return self._read
 
     def _read_several(self) -> list[list[Copy]]:
-        up = [j for j in self.journals if not j.down]
-        if not up:
-            raise ReplayTimeout("no broker answered: " + "; ".join(j.down for j in self.journals))
+        # Every broker down (the caller backs off after each such read): all are asked again.
+        up = [j for j in self.journals if not j.down] or self.journals
         # Until one has answered, wait for the brokers as for one (they may still be starting).
         first_wait = up[0].client.timeout_s if not self.answered_once else PROBE_S
         index = {j.client: i for i, j in enumerate(self.journals)}
@@ -210,17 +254,19 @@ class Journals:
                 got: protocol.Delivered | None = protocol.decode_delivered([topic.encode(), body, publisher.encode()])
             except protocol.ProtocolError:
                 got = None  # only well-formed events are journalled; be lenient anyway
-            out.append(Copy(broker, jid, got))
+            out.append(Copy(broker, jid, topic, body, got))
         return out
 
     def commit(self, handled: int | None = None) -> None:
         """Move each broker's cursors past the copies of the last read it handled: all of them,
         or the first ``handled`` (where handling failed: the rest comes again with the next
         read, and the copies after it that were handled are dropped then by their stamps)."""
+        done = self._read if handled is None else self._read[:handled]
         rest = [] if handled is None else self._read[handled:]
         for i, j in enumerate(self.journals):
             pending = [c.journal_id for c in rest if c.broker == i]
-            j.commit(min(pending) - 1 if pending else BEYOND_HEAD)
+            last = next((c for c in reversed(done) if c.broker == i), None)
+            j.commit(min(pending) - 1 if pending else BEYOND_HEAD, last)
 
     def _down(self, broker: int, why: str) -> None:
         j = self.journals[broker]
@@ -228,6 +274,7 @@ class Journals:
             self.on_down(j.client.endpoint, why)
         j.down = why
         j.down_at = time.monotonic()
+        j.verify = True  # it may come back with another journal
         j.read_to = dict(j.cursor)  # nothing of it was read
 
     def wait(self, timeout_s: float) -> bool:
@@ -239,6 +286,7 @@ class Journals:
             j = next(j for j in self.journals if j.sub is sock)
             zmqutil.drain(sock, lambda _frames: None)  # what they say is read from the journal
             if j.down and time.monotonic() - j.down_at >= RETRY_DOWN_S:
+                log.info("broker.back", broker=j.client.endpoint)
                 j.down = ""
         return bool(ready)
 

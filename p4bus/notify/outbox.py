@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import msgspec
 
+from broker.journals import Mark
 from orchestrator.pipeline.transition import TERMINAL
 from p4bus.notify.message import Notice
 
@@ -34,7 +35,14 @@ ENDED = tuple(sorted(TERMINAL))
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS cursor (one INTEGER PRIMARY KEY CHECK (one = 1), journal_id INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS cursors (broker TEXT PRIMARY KEY, journal_id INTEGER NOT NULL);
+-- per broker (its replay endpoint): broker/journals.py's Mark
+CREATE TABLE IF NOT EXISTS cursors (
+    broker TEXT PRIMARY KEY,
+    journal_id INTEGER NOT NULL,
+    anchor_id INTEGER NOT NULL DEFAULT 0,
+    anchor_topic TEXT NOT NULL DEFAULT '',
+    anchor_digest TEXT NOT NULL DEFAULT ''
+);
 CREATE TABLE IF NOT EXISTS seen (
     publisher TEXT NOT NULL,
     source TEXT NOT NULL,
@@ -101,9 +109,10 @@ class Outbox:
         self.db.close()
 
     # ---------------------------------------------------------------- reading side
-    def cursors(self) -> dict[str, int]:
-        """Broker (its replay endpoint) -> the journal id read up to."""
-        return {broker: int(jid) for broker, jid in self.db.execute("SELECT broker, journal_id FROM cursors")}
+    def cursors(self) -> dict[str, Mark]:
+        """Broker (its replay endpoint) -> where reading its journal stands."""
+        rows = self.db.execute("SELECT broker, journal_id, anchor_id, anchor_topic, anchor_digest FROM cursors")
+        return {broker: Mark(*rest) for broker, *rest in rows}
 
     def take_legacy_cursor(self, broker: str) -> None:
         """A state file of a notifier that read one broker: its journal id becomes ``broker``'s
@@ -115,12 +124,12 @@ class Outbox:
             self.db.execute("INSERT OR IGNORE INTO cursors (broker, journal_id) VALUES (?, ?)", (broker, row[0]))
             self.db.execute("DELETE FROM cursor")
 
-    def set_cursors(self, cursors: dict[str, int]) -> None:
+    def set_cursors(self, cursors: dict[str, Mark]) -> None:
         with self._transaction():
             self.db.executemany(
-                "INSERT INTO cursors (broker, journal_id) VALUES (?, ?) "
-                "ON CONFLICT (broker) DO UPDATE SET journal_id = excluded.journal_id",
-                cursors.items(),
+                "INSERT OR REPLACE INTO cursors (broker, journal_id, anchor_id, anchor_topic, anchor_digest) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(broker, *mark) for broker, mark in cursors.items()],
             )
 
     def last_update(self) -> float | None:

@@ -10,7 +10,7 @@ import time
 import zmq
 
 from broker.client import ReplayError, ReplayTimeout
-from broker.journals import Endpoints
+from broker.journals import Endpoints, Mark
 from common import auth, ids, lifecycle, logs, metrics
 from common.auth import Security
 from common.config import Config, read_password_file
@@ -63,7 +63,7 @@ class Notifier:
             for name, rcv in cfg.notify.receivers.items()
         }
         self.metrics = NotifyMetrics(f"notify-{ids.host_id()}", self.workers)
-        self.cursors: dict[str, int] = {}  # as last written to the state file
+        self.cursors: dict[str, Mark] = {}  # as last written to the state file
 
     def run(self) -> None:
         outbox = Outbox(self.path)

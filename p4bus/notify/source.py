@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import zmq
 
-from broker.journals import Endpoints, Journals
+from broker.journals import Endpoints, Journals, Mark
 from common import logs, roles, topics
 from common import protocol as P
 from common.auth import Security
@@ -45,7 +45,7 @@ class JobEvents:
     def close(self) -> None:
         self.journals.close()
 
-    def start(self, cursors: dict[str, int], history_before: float, new_broker_since: float | None) -> None:
+    def start(self, cursors: dict[str, Mark], history_before: float, new_broker_since: float | None) -> None:
         """Read each broker after its cursor. A broker without one: after its head when no
         broker has one (a first start: events from before the notifier existed are history,
         not news); else (a broker added, or the migration of one-broker state) all that it
@@ -58,7 +58,7 @@ class JobEvents:
             elif not cursors or new_broker_since is None:
                 self.journals.start_at(i, None)
             else:
-                self.journals.start_at(i, 0, new_broker_since)
+                self.journals.start_at(i, Mark(0), new_broker_since)
         self.journals.history_before(history_before)
 
     def read(self) -> list[JobEvent]:
@@ -70,11 +70,11 @@ class JobEvents:
                 out.append(JobEvent(Stamp(copy.got.publisher, ev.source, ev.epoch, ev.seq), ev))
         return out
 
-    def commit(self) -> dict[str, int]:
-        """Every event of the last read was handled: the cursors past it, per broker."""
+    def commit(self) -> dict[str, Mark]:
+        """Every event of the last read was handled: where each broker's reading stands now."""
         self.journals.commit()
-        cursors = {name: self.journals.cursor(i) for i, name in enumerate(self.names)}
-        return {name: c for name, c in cursors.items() if c is not None}
+        marks = {name: self.journals.mark(i) for i, name in enumerate(self.names)}
+        return {name: m for name, m in marks.items() if m is not None}
 
     def history_before(self, ts: float) -> None:
         self.journals.history_before(ts)

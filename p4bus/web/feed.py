@@ -304,15 +304,15 @@ class JobFeed(threading.Thread):
         pos = self.model_pos
         self.failure = None
         with self.model_lock:
-            for broker, jid, got in copies:
-                if got is not None and self._new(got):
+            for c in copies:
+                if c.got is not None and self._new(c.got):
                     try:
-                        ops += self.model.apply(got, self._orchestrator_key)
+                        ops += self.model.apply(c.got, self._orchestrator_key)
                     except (RequestError, TimeoutError) as exc:
                         self.failure = exc
                         break
-                    self._handled(got)
-                pos = journal.advance(pos, broker, jid)
+                    self._handled(c.got)
+                pos = journal.advance(pos, c.broker, c.journal_id)
                 handled += 1
             partial = self.model.take()
             self.model_pos = pos
