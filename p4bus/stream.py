@@ -99,10 +99,12 @@ class HoldBack(Generic[E]):
     ``offer`` takes events in arrival order and hands them to ``handle`` in that order, except
     that an event filling the hole at the head goes first (it is the next byte of that stream).
     The head waits until its hole is filled or it has waited ``grace_s`` (``expire``, called by
-    the reader at least every ``waiting_s()``); then it is handled as it is (the spool fills
-    the hole) and the next one is looked at. ``gap(event)``: the hole handling it now would
-    fill from the spool (None: none); ``fills(event, gap)``: whether it brings that hole's first
-    missing byte. With ``grace_s`` 0 (one broker) every event is handled at once.
+    the reader at least every ``waiting_s()``); then ``repair(gap)`` may bring the missing
+    events from elsewhere (the brokers' journals: a broker drops a slow subscriber's events
+    past its queue, and its journal still has them), and whatever is still missing the spool
+    fills when the head is handled. ``gap(event)``: the hole handling it now would fill from the
+    spool (None: none); ``fills(event, gap)``: whether it brings that hole's first missing
+    byte. With ``grace_s`` 0 (one broker) every event is handled at once.
     """
 
     def __init__(
@@ -111,12 +113,14 @@ class HoldBack(Generic[E]):
         gap: Callable[[E], Gap | None],
         fills: Callable[[E, Gap], bool],
         handle: Callable[[E], None],
+        repair: Callable[[Gap], list[E]] = lambda _gap: [],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.grace_s = grace_s
         self.gap = gap
         self.fills = fills
         self.handle = handle
+        self.repair = repair
         self.clock = clock
         self.held: deque[tuple[float, E]] = deque()
         self.waiting: Gap | None = None  # the head's hole, once looked for among the held
@@ -145,9 +149,21 @@ class HoldBack(Generic[E]):
         return max(0.0, self.held[0][0] + self.grace_s - self.clock())
 
     def _release(self, force: bool) -> None:
+        repaired: list[E] = []  # what the repairs of this release brought
+        asked: set[tuple[str, int]] = set()  # of which (cmd_id, stream)
         while self.held:
             arrived, event = self.held[0]
-            gap = None if force or self.clock() - arrived >= self.grace_s else self.gap(event)
+            gap = self.gap(event)
+            if gap is not None and (force or self.clock() - arrived >= self.grace_s):
+                if gap[:2] not in asked and not any(self.fills(e, gap) for e in repaired):
+                    asked.add(gap[:2])
+                    repaired += self.repair(gap)
+                brought = next((e for e in repaired if self.fills(e, gap)), None)
+                if brought is not None:
+                    repaired.remove(brought)
+                    self.handle(brought)
+                    continue
+                gap = None  # nowhere else to get it: the spool fills it
             if gap is None:
                 self.held.popleft()
                 self.handle(event)

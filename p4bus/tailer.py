@@ -37,6 +37,7 @@ from common import auth, roles, topics
 from common import protocol as P
 from common.config import Config
 from common.rpc import MasterClient, OrchestratorClient, RequestError
+from p4bus.journal_chunks import JournalChunks
 from p4bus.render import END_STATES
 from p4bus.stream import Gap, HoldBack, MissingOutput, OutputAssembler
 
@@ -48,6 +49,9 @@ CHECK_EVERY_S = 5.0
 _ENDED_RUNS = ("DONE", "LOST", "CANCELLED")
 # Events handled between two renders at most: a render is never more than this far behind.
 BATCH = 5000
+# A hole in a command's output is looked for in the journals from this long before the publish
+# time of the chunk before it (the brokers stamp their own receive time: clocks may differ).
+JOURNAL_MARGIN_S = 10.0
 
 
 class Printer(Protocol):
@@ -155,12 +159,16 @@ class JobTail:
         # the other broker's copy before the spool is asked (p4bus/stream.py, HoldBack).
         grace = HOLE_GRACE_S if len(cfg.bus_brokers()) > 1 else 0.0
         self.hold: HoldBack[P.LogChunk | P.CmdStarted | P.CmdDone] = HoldBack(
-            grace, self._gap, _fills, self._command_event
+            grace, self._gap, _fills, self._command_event, self._from_journals
         )
+        self.journals = JournalChunks(cfg, self.security) if grace else None
+        self.chunk_ts: dict[tuple[str, int], float] = {}  # (cmd, stream) -> publish time of its last chunk
 
     def close(self) -> None:
         self.orch.close()
         self.masters.close()
+        if self.journals is not None:
+            self.journals.close()
 
     def follow(self, until: tuple[str, ...] = END_STATES) -> P.JobView:
         """Print everything until the job reaches one of ``until``; returns its final view."""
@@ -285,8 +293,22 @@ class JobTail:
             return next(((ev.cmd_id, s, at[s]) for s in (P.STDOUT, P.STDERR) if ends[s] > at[s]), None)
         return None
 
+    def _from_journals(self, gap: Gap) -> list[P.LogChunk | P.CmdStarted | P.CmdDone]:
+        """The chunks of the gap's command and stream the brokers journalled since a little
+        before the last one handled: the live stream may have dropped some (a subscriber queue
+        full) that a journal has."""
+        cmd_id, stream, _at = gap
+        run = self.runs.get(cmd_id)
+        if self.journals is None or run is None:
+            return []
+        since = self.chunk_ts.get((cmd_id, stream), 0.0)
+        got = self.journals.chunks(self.job_id, cmd_id, stream, since and since - JOURNAL_MARGIN_S)
+        return [c for c, publisher in got if not publisher or publisher == run.agent]
+
     def _command_event(self, ev: P.LogChunk | P.CmdStarted | P.CmdDone) -> None:
         if isinstance(ev, P.LogChunk):
+            if self.journals is not None:
+                self.chunk_ts[(ev.cmd_id, ev.stream)] = ev.ts
             self._guarded(ev.cmd_id, lambda out: out.chunk(ev.stream, ev.offset, ev.data))
         elif isinstance(ev, P.CmdStarted):
             self._guarded(ev.cmd_id, lambda _out: None)

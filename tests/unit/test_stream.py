@@ -51,7 +51,7 @@ class _Clock:
         return self.now
 
 
-def _held(grace: float = 1.0):
+def _held(grace: float = 1.0, journal=()):
     """A HoldBack over (stream, offset, data) chunks of one command, in front of an assembler
     whose spool counts what it is asked for."""
     from p4bus.stream import HoldBack
@@ -67,7 +67,14 @@ def _held(grace: float = 1.0):
     def fills(ch, g):
         return ch[0] == g[1] and ch[1] <= g[2] < ch[1] + len(ch[2])
 
-    hold = HoldBack(grace, gap, fills, lambda ch: a.chunk(*ch), clock)
+    repairs = []
+
+    def repair(g):
+        repairs.append(g)
+        return list(journal)
+
+    hold = HoldBack(grace, gap, fills, lambda ch: a.chunk(*ch), repair, clock)
+    hold.repairs = repairs
     return hold, a, got, spool, clock
 
 
@@ -102,7 +109,7 @@ def test_a_hole_nobody_fills_is_read_from_the_spool_after_the_grace_and_only_the
 
 
 def test_a_filler_already_held_behind_a_later_hole_is_found():
-    hold, a, got, spool, clock = _held()
+    hold, a, got, spool, _clock = _held()
     hold.offer((STDOUT, 10, spool[10:20]))  # hole 0..10
     hold.offer((STDOUT, 30, spool[30:40]))  # hole 20..30, its filler arrives before 0..10's
     hold.offer((STDOUT, 20, spool[20:30]))
@@ -111,13 +118,27 @@ def test_a_filler_already_held_behind_a_later_hole_is_found():
 
 
 def test_with_no_grace_every_event_is_handled_at_once():
-    hold, a, got, spool, clock = _held(grace=0.0)
+    hold, a, got, spool, _clock = _held(grace=0.0)
     hold.offer((STDOUT, 20, spool[20:30]))
     assert bytes(got) == spool[:30] and a.fetched_bytes == 20 and not hold.held
 
 
 def test_flush_hands_over_everything_held():
-    hold, a, got, spool, clock = _held()
+    hold, _a, got, spool, _clock = _held()
     hold.offer((STDOUT, 20, spool[20:30]))
     hold.flush()
     assert bytes(got) == spool[:30] and not hold.held
+
+
+def test_holes_still_open_after_the_grace_are_repaired_from_one_read_of_the_journal():
+    spool = bytes(range(200))
+    journal = [(STDOUT, 30, spool[30:40]), (STDOUT, 10, spool[10:20]), (STDOUT, 0, spool[0:10])]
+    hold, a, got, spool, clock = _held(journal=journal)
+    hold.offer((STDOUT, 0, spool[0:10]))
+    hold.offer((STDOUT, 20, spool[20:30]))  # hole 10..20: in the journal
+    hold.offer((STDOUT, 40, spool[40:50]))  # hole 30..40: in the journal
+    hold.offer((STDOUT, 60, spool[60:70]))  # hole 50..60: nowhere but the spool
+    clock.now += 1.0
+    hold.expire()
+    assert bytes(got) == spool[:70] and a.fetched_bytes == 10  # only 50..60 from the spool
+    assert hold.repairs == [("c", STDOUT, 10)]  # one read of the journal served every hole of the stream
