@@ -386,7 +386,7 @@ class JobTail:
     def _complete(self, view: P.JobView, pump: _Pump | None) -> None:
         """The job has ended: print whatever output neither history nor live delivered (with
         several brokers, after waiting up to the hold's grace for what is still on its way)."""
-        if pump is not None:
+        if pump is not None and pump.is_alive():
             self._settle(view, pump)
         self.hold.flush()
         for run in view.timeline:
