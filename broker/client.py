@@ -302,7 +302,7 @@ def normalize_prefixes(prefixes: Iterable[str]) -> list[str]:
 _BEACONS = topics.BEACON + "."
 
 
-class Pings:
+class _Pings:
     """A ping sent to each replay client at once, and the answers as they come. With
     ``fail_fast``, a client whose connection drops or is refused meanwhile has failed at once
     (its ``drops``), so a repair does not wait PROBE_S for a broker that was just killed."""
@@ -359,7 +359,7 @@ def in_answer_order(
     for each that failed or did not answer: the first answer is waited for up to
     ``first_wait_s``, the others PROBE_S after it (so a dead broker among live ones costs
     PROBE_S, and nothing with ``fail_fast`` if its connection drops or is refused)."""
-    pings = Pings(clients, fail_fast)
+    pings = _Pings(clients, fail_fast)
     deadline = time.monotonic() + first_wait_s
     while pings.waiting:
         ready, failed = pings.answered(max(0.0, deadline - time.monotonic()))

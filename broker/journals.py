@@ -220,7 +220,11 @@ class Journals:
         """Every new copy of every broker that answers (module docstring)."""
         lists: list[list[Copy]] = []
         if not self.several:
-            lists.append(self._copies(0, self.journals[0].read()))
+            try:
+                lists.append(self._copies(0, self.journals[0].read()))
+            except (ReplayError, ReplayTimeout):
+                self.journals[0].verify = True  # it may come back with another journal
+                raise
         else:
             lists = self._read_several()
         self._read = list(heapq.merge(*lists, key=_publish_time))
