@@ -303,11 +303,12 @@ _BEACONS = topics.BEACON + "."
 
 
 class _Pings:
-    """A ping sent to each replay client at once, and the answers as they come. With
-    ``fail_fast``, a client whose connection drops or is refused meanwhile has failed at once
-    (its ``drops``), so a repair does not wait PROBE_S for a broker that was just killed."""
+    """A ping sent to each replay client at once, and the answers as they come, with the clients
+    whose connection dropped or was refused meanwhile (their ``drops``: only readers of several
+    brokers have them). A dropped client stays waiting until ``give_up``: a broker still
+    starting refuses connections for a moment, and the ping waits in its queue."""
 
-    def __init__(self, clients: Sequence[ReplayClient], fail_fast: bool = False) -> None:
+    def __init__(self, clients: Sequence[ReplayClient]) -> None:
         self.waiting: dict[zmq.Socket, tuple[ReplayClient, str]] = {}
         self.drops: dict[zmq.Socket, ReplayClient] = {}
         self.poller = zmq.Poller()
@@ -317,22 +318,20 @@ class _Pings:
             c.sock.send(protocol.encode(protocol.Ping(req_id=req_id)))
             self.waiting[c.sock] = (c, req_id)
             self.poller.register(c.sock, zmq.POLLIN)
-            if fail_fast and c.drops is not None:
+            if c.drops is not None:
                 self.drops[c.drops] = c
                 self.poller.register(c.drops, zmq.POLLIN)
 
     def answered(self, timeout_s: float) -> tuple[list[ReplayClient], list[ReplayClient]]:
-        """(clients whose answer arrived, clients whose connection failed), waiting up to
-        ``timeout_s`` for one of either."""
+        """(clients whose answer arrived, waiting clients whose connection failed), waiting up
+        to ``timeout_s`` for one of either."""
         ok: list[ReplayClient] = []
         failed: list[ReplayClient] = []
         for sock, _ in self.poller.poll(int(timeout_s * 1000)):
             if sock in self.drops:
-                c = self.drops.pop(sock)
-                self.poller.unregister(sock)
+                c = self.drops[sock]
+                c.forget_drops()
                 if c.sock in self.waiting:
-                    self.poller.unregister(c.sock)
-                    del self.waiting[c.sock]
                     failed.append(c)
                 continue
             if sock not in self.waiting:
@@ -343,35 +342,47 @@ class _Pings:
             except protocol.ProtocolError:
                 continue
             if reply.req_id == req_id:
-                self.poller.unregister(sock)
-                del self.waiting[sock]
-                if c.drops is not None and c.drops in self.drops:
-                    self.poller.unregister(c.drops)
-                    del self.drops[c.drops]
+                self.give_up(c)
                 ok.append(c)
         return ok, failed
+
+    def give_up(self, c: ReplayClient) -> None:
+        """Stop waiting for ``c``."""
+        if self.waiting.pop(c.sock, None) is not None:
+            self.poller.unregister(c.sock)
+        if c.drops is not None and self.drops.pop(c.drops, None) is not None:
+            self.poller.unregister(c.drops)
 
 
 def in_answer_order(
     clients: Sequence[ReplayClient], first_wait_s: float, fail_fast: bool
 ) -> Iterator[tuple[ReplayClient, str]]:
-    """Ping every client at once; yield (client, "") for each as it answers, then (client, why)
-    for each that failed or did not answer: the first answer is waited for up to
-    ``first_wait_s``, the others PROBE_S after it (so a dead broker among live ones costs
-    PROBE_S, and nothing with ``fail_fast`` if its connection drops or is refused)."""
-    pings = _Pings(clients, fail_fast)
+    """Ping every client at once; yield (client, "") for each as it answers, and (client, why)
+    for each that failed or did not answer. The first answer is waited for up to
+    ``first_wait_s``, the others PROBE_S after it, so a broker that hangs among live ones costs
+    PROBE_S. One whose connection drops or is refused has failed at once once another has
+    answered (it is dead, not starting), or at once anyway with ``fail_fast``: a killed broker
+    costs nothing."""
+    pings = _Pings(clients)
     deadline = time.monotonic() + first_wait_s
+    dropped: dict[ReplayClient, None] = {}  # (ordered) connections that failed, not given up yet
+    answered = False
     while pings.waiting:
         ready, failed = pings.answered(max(0.0, deadline - time.monotonic()))
         if not ready and not failed and time.monotonic() >= deadline:
             break  # (nothing, before the deadline: a late answer to an earlier ping was skipped)
-        for c in failed:
-            yield c, f"the connection to the broker's replay endpoint {c.endpoint} failed"
+        dropped.update(dict.fromkeys(failed))
         if ready:
+            answered = True
             deadline = min(deadline, time.monotonic() + PROBE_S)
+        if fail_fast or answered:
+            for c in [c for c in dropped if c.sock in pings.waiting]:
+                pings.give_up(c)
+                yield c, f"the connection to the broker's replay endpoint {c.endpoint} failed"
+            dropped.clear()
         for c in ready:
             yield c, ""
-    for c, _req in pings.waiting.values():
+    for c, _req in list(pings.waiting.values()):
         yield c, f"no answer from the broker's replay endpoint {c.endpoint} within {PROBE_S}s"
 
 
