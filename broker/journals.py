@@ -90,17 +90,14 @@ class BrokerJournal:
         self.anchor: tuple[int, str, str] | None = None  # (id, topic, digest)
         self.verify = False  # check the anchor before the next read
         self.since_ts = 0.0  # only events the broker received at or after this (its clock)
-        self.at_head = False  # the first read only finds the head: what came before is history
+        self.read_once = False  # its position means something only once it has been read
         self.read_to = dict(self.cursor)
         self.down = ""
         self.down_at = 0.0
 
     def read(self) -> list[Journalled]:
         horizon = self.client.page(next(iter(self.cursor)), after=BEYOND_HEAD).head_id
-        if self.at_head:
-            self.at_head = False
-            self.cursor = dict.fromkeys(self.cursor, horizon)
-        elif max(self.cursor.values()) > horizon or (self.verify and not self._anchored()):
+        if max(self.cursor.values()) > horizon or (self.verify and not self._anchored()):
             # A new journal (its head below our cursor, or our last event not where it was):
             # every event in it is new to this cursor.
             log.warning("journal.reset", broker=self.client.endpoint, cursor=self.cursor, head=horizon)
@@ -108,7 +105,9 @@ class BrokerJournal:
             self.anchor = None
         self.verify = False
         self.read_to = dict(self.cursor)
-        return list(heapq.merge(*(self._stream(p, horizon) for p in self.cursor)))
+        rows = list(heapq.merge(*(self._stream(p, horizon) for p in self.cursor)))
+        self.read_once = True
+        return rows
 
     def _anchored(self) -> bool:
         """The last event handled is still at its id, the same event."""
@@ -143,7 +142,7 @@ class BrokerJournal:
             self.anchor = (last.journal_id, last.topic, digest(last.body))
 
     def mark(self) -> Mark | None:
-        if self.at_head:
+        if not self.read_once:
             return None
         return Mark(min(self.cursor.values()), *(self.anchor or (0, "", "")))
 
@@ -194,14 +193,13 @@ class Journals:
     def names(self) -> list[str]:
         return [j.client.endpoint for j in self.journals]
 
-    def start_at(self, broker: int, mark: Mark | None, since_ts: float = 0.0) -> None:
-        """Read ``broker``'s journal from ``mark`` (None: after its head when it first
-        answers), only events the broker received at or after ``since_ts``."""
+    def start_at(self, broker: int, mark: Mark, since_ts: float = 0.0) -> None:
+        """Read ``broker``'s journal from ``mark``, only events the broker received at or after
+        ``since_ts``."""
         j = self.journals[broker]
-        j.cursor = dict.fromkeys(j.cursor, mark.cursor if mark else 0)
+        j.cursor = dict.fromkeys(j.cursor, mark.cursor)
         j.read_to = dict(j.cursor)
-        j.at_head = mark is None
-        j.anchor = (mark.anchor_id, mark.anchor_topic, mark.anchor_digest) if mark and mark.anchor_id else None
+        j.anchor = (mark.anchor_id, mark.anchor_topic, mark.anchor_digest) if mark.anchor_id else None
         j.verify = j.anchor is not None
         j.since_ts = since_ts
 
@@ -212,8 +210,7 @@ class Journals:
             j.since_ts = max(j.since_ts, ts)
 
     def mark(self, broker: int) -> Mark | None:
-        """Where ``broker``'s reading stands (None while a broker to be read from its head has
-        not answered yet)."""
+        """Where ``broker``'s reading stands (None until it has been read once)."""
         return self.journals[broker].mark()
 
     def read(self) -> list[Copy]:

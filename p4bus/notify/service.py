@@ -26,10 +26,13 @@ log = logs.get("notify")
 # Read the journal at least this often while no live event comes (a lost live copy waits no longer).
 IDLE_S = 1.0
 PRUNE_EVERY_S = 3600.0
-# A broker met with no cursor of its own while others have one (added to the configuration, or
-# the one-broker state migrated) is read from a little before the newest job state recorded: the
-# events a reader was handling then may not all have been recorded yet.
+# A broker met with no cursor of its own is read from a little before the newest job state
+# recorded (a broker added to the configuration, the one-broker state migrated: the events a
+# reader was handling then may not all have been recorded yet), or, on a first start, from a
+# little before it (events from before the notifier existed are history, not news; the margin
+# is for a broker's clock behind ours).
 NEW_BROKER_MARGIN_S = 300.0
+FIRST_START_MARGIN_S = 10.0
 
 
 def main(cfg: Config) -> None:
@@ -116,7 +119,7 @@ class Notifier:
         outbox.take_legacy_cursor(source.names[0])
         cursors = outbox.cursors()
         last = outbox.last_update()
-        since = None if last is None else last - NEW_BROKER_MARGIN_S
+        since = time.time() - FIRST_START_MARGIN_S if last is None else last - NEW_BROKER_MARGIN_S
         source.start(cursors, time.time() - self.cfg.notify.keep_sent_s, since)
         log.info("notify.cursors", cursors=cursors, new_brokers=[n for n in source.names if n not in cursors])
 

@@ -45,20 +45,14 @@ class JobEvents:
     def close(self) -> None:
         self.journals.close()
 
-    def start(self, cursors: dict[str, Mark], history_before: float, new_broker_since: float | None) -> None:
-        """Read each broker after its cursor. A broker without one: after its head when no
-        broker has one (a first start: events from before the notifier existed are history,
-        not news); else (a broker added, or the migration of one-broker state) all that it
+    def start(self, cursors: dict[str, Mark], history_before: float, new_broker_since: float) -> None:
+        """Read each broker after its cursor; one without a cursor (a first start, a broker
+        added, the migration of one-broker state, or one that never answered) all that it
         received since ``new_broker_since`` (the copies already handled are dropped by stamp).
         What the brokers received before ``history_before`` is not read (its stamps are
         forgotten)."""
         for i, name in enumerate(self.names):
-            if name in cursors:
-                self.journals.start_at(i, cursors[name])
-            elif not cursors or new_broker_since is None:
-                self.journals.start_at(i, None)
-            else:
-                self.journals.start_at(i, Mark(0), new_broker_since)
+            self.journals.start_at(i, cursors.get(name, Mark(0)), 0.0 if name in cursors else new_broker_since)
         self.journals.history_before(history_before)
 
     def read(self) -> list[JobEvent]:
