@@ -359,27 +359,21 @@ def in_answer_order(
 ) -> Iterator[tuple[ReplayClient, str]]:
     """Ping every client at once; yield (client, "") for each as it answers, and (client, why)
     for each that failed or did not answer. The first answer is waited for up to
-    ``first_wait_s``, the others PROBE_S after it, so a broker that hangs among live ones costs
-    PROBE_S. One whose connection drops or is refused has failed at once once another has
-    answered (it is dead, not starting), or at once anyway with ``fail_fast``: a killed broker
-    costs nothing."""
+    ``first_wait_s``, the others PROBE_S after it, so a broker that is dead or hangs among live
+    ones costs PROBE_S. With ``fail_fast`` (a reader that has read the brokers before: a refusal
+    now is a death, not a broker still starting), one whose connection drops or is refused has
+    failed at once: a killed broker costs nothing."""
     pings = _Pings(clients)
     deadline = time.monotonic() + first_wait_s
-    dropped: dict[ReplayClient, None] = {}  # (ordered) connections that failed, not given up yet
-    answered = False
     while pings.waiting:
         ready, failed = pings.answered(max(0.0, deadline - time.monotonic()))
         if not ready and not failed and time.monotonic() >= deadline:
             break  # (nothing, before the deadline: a late answer to an earlier ping was skipped)
-        dropped.update(dict.fromkeys(failed))
         if ready:
-            answered = True
             deadline = min(deadline, time.monotonic() + PROBE_S)
-        if fail_fast or answered:
-            for c in [c for c in dropped if c.sock in pings.waiting]:
-                pings.give_up(c)
-                yield c, f"the connection to the broker's replay endpoint {c.endpoint} failed"
-            dropped.clear()
+        for c in failed if fail_fast else []:
+            pings.give_up(c)
+            yield c, f"the connection to the broker's replay endpoint {c.endpoint} failed"
         for c in ready:
             yield c, ""
     for c, _req in list(pings.waiting.values()):

@@ -86,8 +86,9 @@ def test_first_of_two_brokers_killed_for_good_mid_run_every_notice_once(
 
     wait_for(read_the_new_journal, 30, "the notifier to read the first broker's new journal", 0.5)
 
-    # The dead broker cost no wait: its connection was refused, and the other had answered.
-    assert not [line for line in notify.log_lines() if "no answer from the broker" in line]
+    # The dead broker cost a wait once, at the restart (PROBE_S: it might have been starting),
+    # not at every read: found down, it is skipped until it delivers live again.
+    assert len([line for line in notify.log_lines() if "no answer from the broker" in line]) <= 1
 
     sentinel = notify.publish("sentinel", "FAILED", workspace="ws")
     smtp.wait_mails(21)
