@@ -303,53 +303,81 @@ _BEACONS = topics.BEACON + "."
 
 
 class _Pings:
-    """A ping sent to each broker at once, and the answers as they come. With ``fail_fast``, a
-    broker whose connection drops or is refused meanwhile has failed at once (its replay
-    client's ``drops``), so a repair does not wait PROBE_S for a broker that was just killed."""
+    """A ping sent to each replay client at once, and the answers as they come, with the clients
+    whose connection dropped or was refused meanwhile (their ``drops``: only readers of several
+    brokers have them). A dropped client stays waiting until ``give_up``: a broker still
+    starting refuses connections for a moment, and the ping waits in its queue."""
 
-    def __init__(self, brokers: list[_Broker], fail_fast: bool = False) -> None:
-        self.waiting: dict[zmq.Socket, tuple[_Broker, str]] = {}
-        self.drops: dict[zmq.Socket, _Broker] = {}
+    def __init__(self, clients: Sequence[ReplayClient]) -> None:
+        self.waiting: dict[zmq.Socket, tuple[ReplayClient, str]] = {}
+        self.drops: dict[zmq.Socket, ReplayClient] = {}
         self.poller = zmq.Poller()
-        for b in brokers:
+        for c in clients:
             req_id = ids.new_id()
-            b.client.forget_drops()
-            b.client.sock.send(protocol.encode(protocol.Ping(req_id=req_id)))
-            self.waiting[b.client.sock] = (b, req_id)
-            self.poller.register(b.client.sock, zmq.POLLIN)
-            if fail_fast and b.client.drops is not None:
-                self.drops[b.client.drops] = b
-                self.poller.register(b.client.drops, zmq.POLLIN)
+            c.forget_drops()
+            c.sock.send(protocol.encode(protocol.Ping(req_id=req_id)))
+            self.waiting[c.sock] = (c, req_id)
+            self.poller.register(c.sock, zmq.POLLIN)
+            if c.drops is not None:
+                self.drops[c.drops] = c
+                self.poller.register(c.drops, zmq.POLLIN)
 
-    def answered(self, timeout_s: float) -> tuple[list[_Broker], list[_Broker]]:
-        """(brokers whose answer arrived, brokers whose connection failed), waiting up to
-        ``timeout_s`` for one of either."""
-        ok: list[_Broker] = []
-        failed: list[_Broker] = []
+    def answered(self, timeout_s: float) -> tuple[list[ReplayClient], list[ReplayClient]]:
+        """(clients whose answer arrived, waiting clients whose connection failed), waiting up
+        to ``timeout_s`` for one of either."""
+        ok: list[ReplayClient] = []
+        failed: list[ReplayClient] = []
         for sock, _ in self.poller.poll(int(timeout_s * 1000)):
             if sock in self.drops:
-                b = self.drops.pop(sock)
-                self.poller.unregister(sock)
-                if b.client.sock in self.waiting:
-                    self.poller.unregister(b.client.sock)
-                    del self.waiting[b.client.sock]
-                    failed.append(b)
+                c = self.drops[sock]
+                c.forget_drops()
+                if c.sock in self.waiting:
+                    failed.append(c)
                 continue
             if sock not in self.waiting:
                 continue
-            b, req_id = self.waiting[sock]
+            c, req_id = self.waiting[sock]
             try:
                 reply = protocol.decode(sock.recv(), protocol.Reply)
             except protocol.ProtocolError:
                 continue
             if reply.req_id == req_id:
-                self.poller.unregister(sock)
-                del self.waiting[sock]
-                if b.client.drops is not None and b.client.drops in self.drops:
-                    self.poller.unregister(b.client.drops)
-                    del self.drops[b.client.drops]
-                ok.append(b)
+                self.give_up(c)
+                ok.append(c)
         return ok, failed
+
+    def give_up(self, c: ReplayClient) -> None:
+        """Stop waiting for ``c``."""
+        if self.waiting.pop(c.sock, None) is not None:
+            self.poller.unregister(c.sock)
+        if c.drops is not None and self.drops.pop(c.drops, None) is not None:
+            self.poller.unregister(c.drops)
+
+
+def in_answer_order(
+    clients: Sequence[ReplayClient], first_wait_s: float, fail_fast: bool
+) -> Iterator[tuple[ReplayClient, str]]:
+    """Ping every client at once; yield (client, "") for each as it answers, and (client, why)
+    for each that failed or did not answer. The first answer is waited for up to
+    ``first_wait_s``, the others PROBE_S after it, so a broker that is dead or hangs among live
+    ones costs PROBE_S. With ``fail_fast`` (a reader that has read the brokers before: a refusal
+    now is a death, not a broker still starting), one whose connection drops or is refused has
+    failed at once: a killed broker costs nothing."""
+    pings = _Pings(clients)
+    deadline = time.monotonic() + first_wait_s
+    while pings.waiting:
+        ready, failed = pings.answered(max(0.0, deadline - time.monotonic()))
+        if not ready and not failed and time.monotonic() >= deadline:
+            break  # (nothing, before the deadline: a late answer to an earlier ping was skipped)
+        if ready:
+            deadline = min(deadline, time.monotonic() + PROBE_S)
+        for c in failed if fail_fast else []:
+            pings.give_up(c)
+            yield c, f"the connection to the broker's replay endpoint {c.endpoint} failed"
+        for c in ready:
+            yield c, ""
+    for c, _req in list(pings.waiting.values()):
+        yield c, f"no answer from the broker's replay endpoint {c.endpoint} within {PROBE_S}s"
 
 
 class _Broker:
@@ -442,23 +470,16 @@ class _Splice:
         connection drops or is refused meanwhile). One that fails or does not answer is marked
         down. ``first_wait_s``: how long to wait for the first (at the start: the replay timeout,
         as with one broker, so brokers still starting are waited for)."""
-        pings = _Pings(brokers, fail_fast)
-        deadline = time.monotonic() + first_wait_s
-        while pings.waiting:
-            ready, failed = pings.answered(max(0.0, deadline - time.monotonic()))
-            if not ready and not failed:
-                break
-            for b in failed:
-                self._down(b, f"the connection to the broker's replay endpoint {b.name} failed")
-            if ready:
-                deadline = min(deadline, time.monotonic() + PROBE_S)
-            for b in ready:
-                try:
-                    yield from self.catch_up(b)
-                except (ReplayError, ReplayTimeout) as exc:
-                    self._down(b, str(exc))
-        for b, _req in pings.waiting.values():
-            self._down(b, f"no answer from the broker's replay endpoint {b.name} within {PROBE_S}s")
+        by_client = {b.client: b for b in brokers}
+        for client, why in in_answer_order([b.client for b in brokers], first_wait_s, fail_fast):
+            b = by_client[client]
+            if why:
+                self._down(b, why)
+                continue
+            try:
+                yield from self.catch_up(b)
+            except (ReplayError, ReplayTimeout) as exc:
+                self._down(b, str(exc))
 
     def _down(self, b: _Broker, why: str) -> None:
         if not b.down:

@@ -112,6 +112,15 @@ class GapDetector:
             return None
         return Gap(publisher, source, kind, epoch, last + 1, seq - 1)
 
+    def is_new(self, source: str, topic: str, epoch: str, seq: int, publisher: str = "") -> bool:
+        """Whether ``observe`` would call this event new, without recording anything (a reader
+        that records an event only once it has handled it, so one it failed on comes again)."""
+        run = self.seen.get((publisher, source, topics.kind(topic)), {}).get(epoch)
+        if run is None or seq > run.top:
+            return True
+        i = bisect.bisect_right(run.holes, seq, key=lambda h: h[0]) - 1
+        return self.keep_holes and i >= 0 and seq <= run.holes[i][1]
+
     def observe(
         self, source: str, topic: str, epoch: str, seq: int, publisher: str = ""
     ) -> tuple[bool, Gap | None, bool]:

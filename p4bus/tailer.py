@@ -32,13 +32,14 @@ from typing import Protocol
 
 import zmq
 
-from broker.client import history_then_live
+from broker.client import HOLE_GRACE_S, history_then_live
 from common import auth, roles, topics
 from common import protocol as P
 from common.config import Config
 from common.rpc import MasterClient, OrchestratorClient, RequestError
+from p4bus.journal_chunks import JournalChunks
 from p4bus.render import END_STATES
-from p4bus.stream import MissingOutput, OutputAssembler
+from p4bus.stream import Gap, HoldBack, MissingOutput, OutputAssembler
 
 # No event for this long: ask the orchestrator whether the job has ended.
 QUIET_S = 1.0
@@ -48,6 +49,9 @@ CHECK_EVERY_S = 5.0
 _ENDED_RUNS = ("DONE", "LOST", "CANCELLED")
 # Events handled between two renders at most: a render is never more than this far behind.
 BATCH = 5000
+# A hole in a command's output is looked for in the journals from this long before the publish
+# time of the chunk before it (the brokers stamp their own receive time: clocks may differ).
+JOURNAL_MARGIN_S = 10.0
 
 
 class Printer(Protocol):
@@ -151,10 +155,20 @@ class JobTail:
         self.spool_bytes = 0
         self.since = after.updated_at if after else 0.0
         self.old = {r.cmd_id for r in after.timeline if r.state in _ENDED_RUNS} if after else set()
+        # With several brokers, a command's events past a hole in its output wait a moment for
+        # the other broker's copy before the spool is asked (p4bus/stream.py, HoldBack).
+        grace = HOLE_GRACE_S if len(cfg.bus_brokers()) > 1 else 0.0
+        self.hold: HoldBack[P.LogChunk | P.CmdStarted | P.CmdDone] = HoldBack(
+            grace, self._gap, _fills, self._command_event, self._from_journals
+        )
+        self.journals = JournalChunks(cfg, self.security) if grace else None
+        self.chunk_ts: dict[tuple[str, int], float] = {}  # (cmd, stream) -> publish time of its last chunk
 
     def close(self) -> None:
         self.orch.close()
         self.masters.close()
+        if self.journals is not None:
+            self.journals.close()
 
     def follow(self, until: tuple[str, ...] = END_STATES) -> P.JobView:
         """Print everything until the job reaches one of ``until``; returns its final view."""
@@ -165,9 +179,12 @@ class JobTail:
         last_check = time.monotonic()
         try:
             while True:
-                batch = _take(pump.events, QUIET_S if pump.is_alive() else CHECK_EVERY_S / 5)
+                wait_s = QUIET_S if pump.is_alive() else CHECK_EVERY_S / 5
+                held_s = self.hold.waiting_s()
+                batch = _take(pump.events, wait_s if held_s is None else min(wait_s, held_s))
                 if (ended := self._handle(pump, batch, until)) is not None:
                     return ended
+                self.hold.expire()
                 self.printer.tick()
                 if batch and pump.is_alive() and time.monotonic() - last_check < CHECK_EVERY_S:
                     continue
@@ -178,7 +195,7 @@ class JobTail:
                     while rest := _take(pump.events, 0):
                         if (ended := self._handle(pump, rest, until)) is not None:
                             return ended
-                    self._complete(view)
+                    self._complete(view, pump)
                     return view
         finally:
             pump.stop()
@@ -189,7 +206,7 @@ class JobTail:
         for got in batch:
             if got is None:
                 self._pump_ended(pump)
-            elif (ended := self._event(got, until)) is not None:
+            elif (ended := self._event(got, until, pump)) is not None:
                 return ended
         return None
 
@@ -212,7 +229,7 @@ class JobTail:
                 "following the job through the orchestrator and the agents' spools"
             )
 
-    def _event(self, got: P.Delivered, until: tuple[str, ...]) -> P.JobView | None:
+    def _event(self, got: P.Delivered, until: tuple[str, ...], pump: _Pump | None = None) -> P.JobView | None:
         """Handle one event; the job's final view if it ended."""
         ev, publisher = got
         if isinstance(ev, P.JobChanged):
@@ -223,7 +240,7 @@ class JobTail:
             if ev.state in until:
                 view = self.orch.job(self.job_id)  # the event is a claim; the orchestrator knows
                 if view.state in until:
-                    self._complete(view)
+                    self._complete(view, pump)
                     return view
         elif (
             isinstance(ev, P.LogChunk | P.CmdStarted | P.CmdDone)
@@ -231,7 +248,7 @@ class JobTail:
             and ev.cmd_id not in self.old
             and self._from_its_agent(ev.cmd_id, publisher)
         ):
-            self._command_event(ev)
+            self.hold.offer(ev)
         return None
 
     def _from_an_orchestrator(self, publisher: str) -> bool:
@@ -263,8 +280,35 @@ class JobTail:
             self.printer.note(f"ignoring events about {cmd_id} published by key {publisher}: {why}")
         return False
 
+    def _gap(self, ev: P.LogChunk | P.CmdStarted | P.CmdDone) -> Gap | None:
+        """The hole in its command's output that handling ``ev`` now would fill from the spool."""
+        if ev.cmd_id in self.broken or ev.cmd_id in self.finished:
+            return None
+        out = self.outputs.get(ev.cmd_id)
+        at = {s: (out.cursors[s].next if out else 0) for s in (P.STDOUT, P.STDERR)}
+        if isinstance(ev, P.LogChunk):
+            return (ev.cmd_id, ev.stream, at[ev.stream]) if ev.offset > at[ev.stream] else None
+        if isinstance(ev, P.CmdDone):
+            ends = {P.STDOUT: ev.status.stdout_bytes, P.STDERR: ev.status.stderr_bytes}
+            return next(((ev.cmd_id, s, at[s]) for s in (P.STDOUT, P.STDERR) if ends[s] > at[s]), None)
+        return None
+
+    def _from_journals(self, gap: Gap) -> list[P.LogChunk | P.CmdStarted | P.CmdDone]:
+        """The chunks of the gap's command and stream the brokers journalled since a little
+        before the last one handled: the live stream may have dropped some (a subscriber queue
+        full) that a journal has."""
+        cmd_id, stream, _at = gap
+        run = self.runs.get(cmd_id)
+        if self.journals is None or run is None:
+            return []
+        since = self.chunk_ts.get((cmd_id, stream), 0.0)
+        got = self.journals.chunks(self.job_id, cmd_id, stream, since and since - JOURNAL_MARGIN_S)
+        return [c for c, publisher in got if not publisher or publisher == run.agent]
+
     def _command_event(self, ev: P.LogChunk | P.CmdStarted | P.CmdDone) -> None:
         if isinstance(ev, P.LogChunk):
+            if self.journals is not None:
+                self.chunk_ts[(ev.cmd_id, ev.stream)] = ev.ts
             self._guarded(ev.cmd_id, lambda out: out.chunk(ev.stream, ev.offset, ev.data))
         elif isinstance(ev, P.CmdStarted):
             self._guarded(ev.cmd_id, lambda _out: None)
@@ -339,10 +383,40 @@ class JobTail:
                 f"output of {cmd_id} is incomplete: the agent could not spool it all: {status.spool_error}"
             )
 
-    def _complete(self, view: P.JobView) -> None:
-        """The job has ended: print whatever output neither history nor live delivered."""
+    def _complete(self, view: P.JobView, pump: _Pump | None) -> None:
+        """The job has ended: print whatever output neither history nor live delivered (with
+        several brokers, after waiting up to the hold's grace for what is still on its way)."""
+        if pump is not None and pump.is_alive():
+            self._settle(view, pump)
+        self.hold.flush()
         for run in view.timeline:
             if run.cmd_id in self.finished | self.old or run.state in ("PENDING", "CANCELLED") or not run.agent:
                 continue
             self.runs[run.cmd_id] = run
             self._finish_from_spool(run)
+
+    def _settle(self, view: P.JobView, pump: _Pump) -> None:
+        """Until nothing is held and every command that ran has had its end (or the hold's grace
+        has passed): the job's end can overtake its last output on a broker that lags."""
+        deadline = time.monotonic() + self.hold.grace_s
+        while (left := deadline - time.monotonic()) > 0 and (self.hold.held or self._unfinished(view)):
+            for got in _take(pump.events, min(left, 0.05)):
+                if got is not None and not isinstance(got.event, P.JobChanged):
+                    self._event(got, ())
+            self.hold.expire()
+
+    def _unfinished(self, view: P.JobView) -> bool:
+        return any(
+            r.agent and r.state not in ("PENDING", "CANCELLED") and r.cmd_id not in self.finished | self.old
+            for r in view.timeline
+        )
+
+
+def _fills(ev: P.LogChunk | P.CmdStarted | P.CmdDone, gap: Gap) -> bool:
+    """``ev`` brings the first byte missing in ``gap``."""
+    cmd_id, stream, at = gap
+    return (
+        isinstance(ev, P.LogChunk)
+        and (ev.cmd_id, ev.stream) == (cmd_id, stream)
+        and ev.offset <= at < ev.offset + len(ev.data)
+    )

@@ -10,15 +10,15 @@ import time
 import zmq
 
 from broker.client import ReplayError, ReplayTimeout
+from broker.journals import Endpoints, Mark
 from common import auth, ids, lifecycle, logs, metrics
-from common import protocol as P
 from common.auth import Security
 from common.config import Config, read_password_file
 from p4bus.notify import backoff, message, rules
 from p4bus.notify.metrics import NotifyMetrics
 from p4bus.notify.outbox import Outbox
 from p4bus.notify.senders import sender
-from p4bus.notify.source import JobEvents
+from p4bus.notify.source import JobEvent, JobEvents
 from p4bus.notify.worker import Worker
 
 log = logs.get("notify")
@@ -26,6 +26,13 @@ log = logs.get("notify")
 # Read the journal at least this often while no live event comes (a lost live copy waits no longer).
 IDLE_S = 1.0
 PRUNE_EVERY_S = 3600.0
+# A broker met with no cursor of its own is read from a little before the newest job state
+# recorded (a broker added to the configuration, the one-broker state migrated: the events a
+# reader was handling then may not all have been recorded yet), or, on a first start, from a
+# little before it (events from before the notifier existed are history, not news; the margin
+# is for a broker's clock behind ours).
+NEW_BROKER_MARGIN_S = 300.0
+FIRST_START_MARGIN_S = 10.0
 
 
 def main(cfg: Config) -> None:
@@ -59,13 +66,15 @@ class Notifier:
             for name, rcv in cfg.notify.receivers.items()
         }
         self.metrics = NotifyMetrics(f"notify-{ids.host_id()}", self.workers)
+        self.cursors: dict[str, Mark] = {}  # as last written to the state file
 
     def run(self) -> None:
         outbox = Outbox(self.path)
         for w in self.workers.values():
             w.start()
         ctx = zmq.Context()
-        source = JobEvents(ctx, self.cfg.endpoint("broker_xpub"), self.cfg.endpoint("broker_replay"), self.security)
+        brokers = [Endpoints(b.xpub, b.replay) for b in self.cfg.bus_brokers()]
+        source = JobEvents(ctx, brokers, self.security)
         log.info("notify.ready", receivers=sorted(self.workers), state=str(self.path), web_url=self.web_url)
         try:
             self._loop(outbox, source)
@@ -83,62 +92,69 @@ class Notifier:
             raise RuntimeError(f"the delivery worker of {', '.join(failed)} failed (see the log); restart the notifier")
 
     def _loop(self, outbox: Outbox, source: JobEvents) -> None:
-        cursor: int | None = None
+        self._start(outbox, source)
         failures = 0
         pruned = 0.0
         while not self.stop.is_set():
             self.metrics.health.tick()
             try:
-                if cursor is None:
-                    cursor = self._start_cursor(outbox, source)
-                cursor = self._read(outbox, source, cursor)
+                self._read(outbox, source)
                 failures = 0
             except (ReplayTimeout, ReplayError) as exc:
                 failures += 1
                 wait = backoff.delay_s(failures, IDLE_S, 30.0)
                 log.warning("notify.broker_unavailable", error=str(exc), retry_in_s=wait)
-                cursor = None  # the broker may come back with another journal: check again
                 self.stop.wait(wait)
                 continue
             if time.monotonic() - pruned > PRUNE_EVERY_S:
                 pruned = time.monotonic()
-                outbox.prune(time.time() - self.cfg.notify.keep_sent_s)
+                horizon = time.time() - self.cfg.notify.keep_sent_s
+                outbox.prune(horizon)
+                source.history_before(horizon)
             source.wait(IDLE_S)
 
-    def _start_cursor(self, outbox: Outbox, source: JobEvents) -> int:
-        """Where to read from: the remembered journal id; the head on a first start (events
-        from before the notifier existed are history, not news); 0 if the journal is younger
-        than the cursor (a new journal file: all of its events are new)."""
-        head = source.head()
-        cursor = outbox.cursor()
-        if cursor is None:
-            outbox.set_cursor(head)
-            log.info("notify.first_start", journal_id=head)
-            return head
-        if head < cursor:
-            log.warning("notify.journal_reset", cursor=cursor, head=head)
-            outbox.set_cursor(0)
-            return 0
-        return cursor
+    def _start(self, outbox: Outbox, source: JobEvents) -> None:
+        """Where to read each broker's journal from (JobEvents.start): the remembered cursors,
+        after migrating the one cursor of a notifier that read only the first broker."""
+        outbox.take_legacy_cursor(source.names[0])
+        cursors = outbox.cursors()
+        last = outbox.last_update()
+        since = time.time() - FIRST_START_MARGIN_S if last is None else last - NEW_BROKER_MARGIN_S
+        source.start(cursors, time.time() - self.cfg.notify.keep_sent_s, since)
+        log.info("notify.cursors", cursors=cursors, new_brokers=[n for n in source.names if n not in cursors])
 
-    def _read(self, outbox: Outbox, source: JobEvents, cursor: int) -> int:
-        for journal_id, ev in source.after(cursor):
-            if ev is None:
-                outbox.set_cursor(journal_id)
-            else:
-                self._handle(outbox, journal_id, ev)
-            cursor = journal_id
-        return cursor
+    def _read(self, outbox: Outbox, source: JobEvents) -> None:
+        for got in source.read():
+            self._handle(outbox, got)
+        cursors = source.commit()
+        if cursors != self.cursors:
+            outbox.set_cursors(cursors)
+            self.cursors = cursors
 
-    def _handle(self, outbox: Outbox, journal_id: int, ev: P.JobChanged) -> None:
-        kind = rules.news(outbox.job_state(ev.job_id), ev.state)
+    def _handle(self, outbox: Outbox, got: JobEvent) -> None:
+        """One copy of a job event: nothing if its stamp was handled (another broker's copy, or
+        read again after a crash); no state change nor notice if the job has a newer state (a
+        copy one broker lacked, delivered late by another: the job has moved on)."""
+        if outbox.seen(got.stamp):
+            return
+        ev = got.event
+        known = outbox.job(ev.job_id)
+        if known is not None and ev.ts < known[1]:
+            log.info("notify.superseded", job_id=ev.job_id, state=ev.state, now=known[0])
+            outbox.record(got.stamp, None, ev.job_id, ev.state, [])
+            return
+        kind = rules.news(known[0] if known else None, ev.state)
         notices: list[tuple[str, message.Notice]] = []
         if kind is not None:
             n = message.notice(ev, kind, self.web_url)
             notices = [(name, n) for name in rules.receivers_for(self.cfg.notify.rules, n.workspace, kind)]
-        if outbox.record(journal_id, ev.job_id, ev.state, notices):
+        if outbox.record(got.stamp, ev.ts, ev.job_id, ev.state, notices):
             log.info(
-                "notify.recorded", job_id=ev.job_id, kind=kind, journal_id=journal_id, receivers=[r for r, _ in notices]
+                "notify.recorded",
+                job_id=ev.job_id,
+                kind=kind,
+                key=message.event_key(ev),
+                receivers=[r for r, _ in notices],
             )
         for name, _ in notices:
             self.workers[name].wake.set()

@@ -1,11 +1,15 @@
 """One job's output and state as a stream of SSE messages, shared by everyone watching the job.
 
-A ``JobFeed`` is a thread: it reads the job's events from the journal (journal.py), woken by
-the live stream, turns them into display operations, and keeps
+A ``JobFeed`` is a thread: it reads the job's events from every broker's journal
+(broker/journals.py), woken by the live streams, drops the copies a second broker has of an
+event (by its stamp: publisher, source, kind, epoch, seq), turns them into display operations,
+and keeps
 
-- a ring of recent messages, each with the journal id of its last event: a browser that
-  reconnects with ``Last-Event-ID`` gets exactly the messages after it (no gap, no duplicate);
-  one whose id fell out of the ring gets a ``reset`` and a fresh snapshot;
+- a ring of recent messages, each with the feed's journal position after it (journal.py: with
+  one broker the journal id of its last event): a browser that reconnects with
+  ``Last-Event-ID`` gets exactly the messages after it (no gap, no duplicate); one whose id fell
+  out of the ring, or names no position of the brokers configured now, gets a ``reset`` and a
+  fresh snapshot;
 - per command: its heading, the tail of each stream and its end, from which a new watcher's
   first message (the snapshot) is made, so a job with 500,000 lines starts with its last
   lines, not all of them (earlier bytes come from the agent's spool on demand).
@@ -29,14 +33,16 @@ from typing import Any
 
 import zmq
 
-from broker.client import ReplayClient
-from common import logs, roles, topics, zmqutil
+from broker.journals import Copy, Endpoints, Journals
+from common import logs, roles, topics
 from common import protocol as P
 from common.auth import Security
 from common.config import Config
 from common.rpc import MasterClient, OrchestratorClient, RequestError
+from common.sequence import GapDetector
 from p4bus.stream import Cursor
-from p4bus.web.journal import JournalCursor, Journalled
+from p4bus.web import journal
+from p4bus.web.journal import Position
 from p4bus.web.wakeup import Wakeup
 
 log = logs.get("web.feed")
@@ -51,8 +57,8 @@ BATCH_EVENTS = 16  # journal events per SSE message (an agent's chunk holds up t
 Op = dict[str, Any]
 
 
-def sse(msg_id: int, ops: list[Op]) -> bytes:
-    return f"id: {msg_id}\ndata: {json.dumps(ops, separators=(',', ':'))}\n\n".encode()
+def sse(pos: Position, ops: list[Op]) -> bytes:
+    return f"id: {journal.encode(pos)}\ndata: {json.dumps(ops, separators=(',', ':'))}\n\n".encode()
 
 
 @dataclass
@@ -194,16 +200,16 @@ class OutputModel:
 
 
 class Ring:
-    """Recent SSE messages by journal id, bounded in count and bytes (not thread-safe)."""
+    """Recent SSE messages by journal position, bounded in count and bytes (not thread-safe)."""
 
-    def __init__(self) -> None:
-        self.ids: list[int] = []
+    def __init__(self, brokers: int = 1) -> None:
+        self.ids: list[Position] = []
         self.msgs: list[bytes] = []
         self.size = 0
-        self.floor = 0  # the highest id no longer held (0: nothing dropped yet)
+        self.floor: Position = (0,) * brokers  # the position of the last message no longer held
 
-    def add(self, msg_id: int, msg: bytes) -> None:
-        self.ids.append(msg_id)
+    def add(self, pos: Position, msg: bytes) -> None:
+        self.ids.append(pos)
         self.msgs.append(msg)
         self.size += len(msg)
         if len(self.ids) > RING_MESSAGES or self.size > RING_BYTES:
@@ -212,11 +218,12 @@ class Ring:
             self.size -= sum(len(m) for m in self.msgs[:cut])
             del self.ids[:cut], self.msgs[:cut]
 
-    def after(self, last_id: int) -> list[bytes] | None:
-        """Messages after ``last_id``, or None when some of them are no longer held."""
-        if last_id < self.floor:
+    def after(self, pos: Position) -> list[bytes] | None:
+        """Messages after ``pos``, or None when some of them are no longer held."""
+        if not journal.covered(self.floor, pos):
             return None
-        return self.msgs[bisect.bisect_right(self.ids, last_id) :]
+        # Positions grow message after message: the covered ones are a prefix.
+        return self.msgs[bisect.bisect_left(self.ids, True, key=lambda p: not journal.covered(p, pos)) :]
 
 
 class JobFeed(threading.Thread):
@@ -228,14 +235,18 @@ class JobFeed(threading.Thread):
         self.security = security
         self.job_id = job_id
         self.loop = loop
-        # ``lock`` guards the ring and last_id (the event loop reads them for every watcher);
+        # ``lock`` guards the ring and pos (the event loop reads them for every watcher);
         # ``model_lock`` the display state, held while events are applied (which may ask the
         # orchestrator or a spool), so only a new watcher's snapshot waits on it, in a thread.
         self.lock = threading.Lock()
         self.model_lock = threading.Lock()
-        self.ring = Ring()
-        self.last_id = 0
-        self.model_id = 0
+        self.brokers = [Endpoints(b.xpub, b.replay) for b in cfg.bus_brokers()]
+        self.ring = Ring(len(self.brokers))
+        self.pos: Position = (0,) * len(self.brokers)  # of the last message in the ring
+        self.model_pos = self.pos  # of the display state (the events applied to the model)
+        # With several brokers, the events handled so far by stamp (a second broker's copy of
+        # one is dropped); with one, its journal holds each event once.
+        self.gaps = GapDetector(keep_holes=True) if len(self.brokers) > 1 else None
         self.ready = threading.Event()  # the history has been read once
         self.stopping = threading.Event()
         self.watchers = 0
@@ -251,70 +262,79 @@ class JobFeed(threading.Thread):
     def run(self) -> None:
         ctx: zmq.Context = zmq.Context.instance()
         prefixes = [f"{topics.LOG}.{self.job_id}.", f"{topics.CMD}.{self.job_id}.", topics.job(self.job_id)]
-        sub = zmqutil.sub(ctx, self.cfg.endpoint("broker_xpub"), self.security, prefixes)
-        replay = ReplayClient(ctx, self.cfg.endpoint("broker_replay"), self.security, timeout_s=10.0)
+        journals = Journals.connect(ctx, self.brokers, self.security, prefixes, timeout_s=10.0, on_down=self._down)
         self.orch = OrchestratorClient(self.cfg.client_orchestrators(), self.security, timeout=5.0, ctx=ctx)
         self.masters = MasterClient(self.cfg.client_masters(), self.security, timeout=10.0, ctx=ctx)
-        cursor = JournalCursor(replay, prefixes)
         try:
             while not self.stopping.is_set():
                 try:
-                    self._read(cursor)
+                    self._read(journals)
                 except (RequestError, TimeoutError, RuntimeError) as exc:
                     if str(exc) != self.error:
                         log.warning("feed.read_failed", job=self.job_id, error=str(exc))
                     self.error = str(exc)
                 self.ready.set()
-                if sub.poll(int(IDLE_READ_S * 1000)):
-                    while sub.poll(0):
-                        sub.recv_multipart()  # only a wake-up: the journal has the event, with its id
+                journals.wait(IDLE_READ_S)  # only a wake-up: the journals have the events, with their ids
         finally:
-            for closable in (sub, replay, self.orch, self.masters):
-                closable.close()
+            journals.close()
+            self.orch.close()
+            self.masters.close()
 
-    def _read(self, cursor: JournalCursor) -> None:
-        events = cursor.read()
+    def _down(self, broker: str, why: str) -> None:
+        log.warning("feed.broker_unavailable", job=self.job_id, broker=broker, error=why)
+
+    def _read(self, journals: Journals) -> None:
+        copies = journals.read()
         # A long history becomes many messages: a watcher that resumes needs only the tail of it.
-        for start in range(0, len(events), BATCH_EVENTS):
-            handled = self._apply(events[start : start + BATCH_EVENTS])
+        for start in range(0, len(copies), BATCH_EVENTS):
+            handled = self._apply(copies[start : start + BATCH_EVENTS])
             if self.failure is not None:
-                cursor.commit(handled)
+                journals.commit(start + handled)
                 raise self.failure
-        cursor.commit()
+        journals.commit()
         self.error = ""
 
-    def _apply(self, events: list[Journalled]) -> int:
-        """Apply and publish a batch; returns the id of the last event handled whole (0: none).
-        When asking a spool or the orchestrator failed (``failure``), the events after it are
-        read again. Operations of an event handled only in part are carried over
-        and published with the id of that event, once it has been handled whole."""
+    def _apply(self, copies: list[Copy]) -> int:
+        """Apply and publish a batch; returns how many of its copies were handled whole. When
+        asking a spool or the orchestrator failed (``failure``), the copies after it are read
+        again. Operations of an event handled only in part are carried over and published with
+        the position after that event, once it has been handled whole."""
         ops, self._carry = self._carry, []
-        last = 0
+        handled = 0
+        pos = self.model_pos
         self.failure = None
         with self.model_lock:
-            for jid, topic, body, publisher in events:
-                try:
-                    got = P.decode_delivered([topic.encode(), body, publisher.encode()])
-                    ops += self.model.apply(got, self._orchestrator_key)
-                except P.ProtocolError:
-                    pass
-                except (RequestError, TimeoutError) as exc:
-                    self.failure = exc
-                    break
-                last = jid
+            for c in copies:
+                if c.got is not None and self._new(c.got):
+                    try:
+                        ops += self.model.apply(c.got, self._orchestrator_key)
+                    except (RequestError, TimeoutError) as exc:
+                        self.failure = exc
+                        break
+                    self._handled(c.got)
+                pos = journal.advance(pos, c.broker, c.journal_id)
+                handled += 1
             partial = self.model.take()
-            if last:
-                self.model_id = max(self.model_id, last)
-        if not last:
+            self.model_pos = pos
+        if not handled:
             self._carry = ops + partial
             return 0
         self._carry = partial
         with self.lock:
-            self.last_id = max(self.last_id, last)
+            self.pos = pos
             if ops:
-                self.ring.add(last, sse(last, ops))
+                self.ring.add(pos, sse(pos, ops))
         self.wakeup.bump()
-        return last
+        return handled
+
+    def _new(self, got: P.Delivered) -> bool:
+        ev, publisher = got
+        return self.gaps is None or self.gaps.is_new(ev.source, ev.topic, ev.epoch, ev.seq, publisher)
+
+    def _handled(self, got: P.Delivered) -> None:
+        if self.gaps is not None:
+            ev, publisher = got
+            self.gaps.observe(ev.source, ev.topic, ev.epoch, ev.seq, publisher)
 
     def _orchestrator_key(self, publisher: str) -> bool:
         return self.security is not None and self.security.role_of(publisher) == roles.ORCHESTRATOR
@@ -330,14 +350,16 @@ class JobFeed(threading.Thread):
         return self.masters.fetch(cmd_id, stream, offset, size, agent=agent or None).data
 
     # ---------------------------------------------------------------- the event loop's side
-    def since(self, last_id: int) -> tuple[int, list[bytes]] | None:
-        """(the id now reached, the messages after ``last_id``), or None if the ring no longer
+    def since(self, pos: Position) -> tuple[Position, list[bytes]] | None:
+        """(the position now reached, the messages after ``pos``), or None if the ring no longer
         holds them all: then the watcher needs a snapshot."""
         with self.lock:
-            msgs = self.ring.after(last_id)
-            return None if msgs is None else (max(last_id, self.last_id), msgs)
+            msgs = self.ring.after(pos)
+            if msgs is None:
+                return None
+            return (self.pos if msgs else pos), msgs
 
-    def snapshot(self) -> tuple[int, bytes]:
-        """A new watcher's first message and its id (blocking: call it from a worker thread)."""
+    def snapshot(self) -> tuple[Position, bytes]:
+        """A new watcher's first message and its position (blocking: call it from a worker thread)."""
         with self.model_lock:
-            return self.model_id, sse(self.model_id, self.model.snapshot())
+            return self.model_pos, sse(self.model_pos, self.model.snapshot())

@@ -1,5 +1,5 @@
-"""The dashboard's streams: a job's output as SSE (ids are journal ids), the jobs/agents change
-notices, and byte-exact downloads of output from the agents' spools."""
+"""The dashboard's streams: a job's output as SSE (ids are journal positions, journal.py), the
+jobs/agents change notices, and byte-exact downloads of output from the agents' spools."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 
 from common import protocol as P
 from common.rpc import MasterClient
+from p4bus.web import journal
 from p4bus.web.bus import Bus, BusWatch, Feeds
+from p4bus.web.journal import Position
 
 KEEPALIVE_S = 15.0
 LIVE_MIN_GAP_S = 0.25  # jobs/agents change notices, at most this often per page
@@ -33,7 +35,7 @@ class Streams:
     async def job_events(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]
         raw = request.headers.get("last-event-id") or request.query_params.get("after") or ""
-        at = int(raw) if raw.isdigit() else None
+        at = journal.decode(raw, len(self.feeds.cfg.bus_brokers()))  # None: a snapshot first
         await self.bus.orch(lambda oc: oc.job(job_id))  # no feed (a thread) for a job that does not exist
         feeds = self.feeds
 
@@ -44,10 +46,10 @@ class Streams:
                 while not feed.ready.is_set() and time.monotonic() < deadline:
                     await feed.wakeup.wait(feed.wakeup.version, 0.1)
                 yield b"retry: 500\n\n"
-                pos = -1 if at is None else at
+                pos: Position | None = at
                 while True:
                     seen = feed.wakeup.version
-                    got = feed.since(pos) if pos >= 0 else None
+                    got = feed.since(pos) if pos is not None else None
                     if got is None:
                         pos, msg = await asyncio.to_thread(feed.snapshot)
                         yield msg

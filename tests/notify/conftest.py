@@ -30,6 +30,9 @@ class NotifyStack:
         self.ctx = zmq.Context()
         self.pubs: dict[str, Publisher] = {}
         self.probes = 0
+        # The replay endpoints an event must be journalled in before publish() returns (the
+        # brokers up); default: the one broker.
+        self.journals: list[str] = []
         stack.tree["notify"] = {
             "web_url": WEB_URL,
             "retry_initial_s": 0.2,
@@ -48,6 +51,12 @@ class NotifyStack:
     # ------------------------------------------------------------------ processes
     def start_broker(self) -> None:
         self.stack.start("broker")
+
+    def start_brokers(self, n: int) -> None:
+        """``n`` replicated brokers, each journalling every event (the first is ``broker``)."""
+        for name, extra in self.stack.replicate_brokers(n).items():
+            self.stack.start("broker", name=name, extra=extra)
+        self.journals = self.stack.config().broker_replays()
 
     def start_notifier(self) -> ServiceProc:
         """Start (or start again) the notifier; returns once it has its journal cursor, so
@@ -72,18 +81,29 @@ class NotifyStack:
     def _publisher(self, key: str) -> Publisher:
         if key not in self.pubs:
             sec = self.stack.security(key, "agent" if key != "orchestrator" else None)
-            pub = Publisher(zmqutil.pub(self.ctx, self.stack.endpoint("broker_xsub"), sec), f"{key}-test", ids.new_id())
+            xsubs = self.stack.config().broker_xsubs()
+            pub = Publisher(zmqutil.pub(self.ctx, xsubs, sec), f"{key}-test", ids.new_id())
             self.pubs[key] = pub
-            # PUB drops what it sends before it is connected: probe until a probe is journalled.
-            wait_for(lambda: self._journalled(self._probe(pub)), 20, "the test publisher's connection", 0.1)
+            self.connected(key)
         return self.pubs[key]
+
+    def connected(self, key: str = "orchestrator") -> None:
+        """PUB drops what it sends before it is connected (again, to a broker that restarted):
+        probe until a probe is journalled by every broker in ``journals``."""
+        pub = self.pubs[key]
+        wait_for(lambda: self._journalled(self._probe(pub)), 20, "the test publisher's connection", 0.1)
 
     def _probe(self, pub: Publisher) -> P.JobChanged:
         self.probes += 1
         return pub.publish(P.JobChanged, "job.probe", job_id="probe", state=f"PROBE-{self.probes}")
 
     def _journalled(self, ev: P.JobChanged) -> bool:
-        with ReplayClient(self.ctx, self.stack.endpoint("broker_replay"), self.stack.security()) as replay:
+        return all(
+            self._journalled_in(replay, ev) for replay in self.journals or [self.stack.endpoint("broker_replay")]
+        )
+
+    def _journalled_in(self, endpoint: str, ev: P.JobChanged) -> bool:
+        with ReplayClient(self.ctx, endpoint, self.stack.security()) as replay:
             for page in replay.pages(ev.topic):
                 for _id, _topic, body in page:
                     got = P.decode(body, P.Event)
@@ -102,8 +122,12 @@ class NotifyStack:
                 return []  # the notifier has not made its tables yet
 
     def cursor(self) -> int | None:
-        rows = self._query("SELECT journal_id FROM cursor")
-        return rows[0][0] if rows else None
+        """The first broker's journal cursor (None until the notifier has read that journal)."""
+        return self.cursors().get(self.stack.config().bus_brokers()[0].replay)
+
+    def cursors(self) -> dict[str, int]:
+        """Broker (replay endpoint) -> the notifier's journal cursor in it."""
+        return dict(self._query("SELECT broker, journal_id FROM cursors"))
 
     def outbox(self, key: str) -> dict[str, tuple[str, int]]:
         """receiver -> (state, attempts) of notice ``key``."""

@@ -9,10 +9,11 @@ from email import message_from_bytes, policy
 
 import msgspec
 
+from broker.journals import Mark
 from common import protocol as P
 from p4bus.notify import message
 from p4bus.notify.message import Notice
-from p4bus.notify.outbox import REJECTED, Outbox
+from p4bus.notify.outbox import REJECTED, Outbox, Stamp
 
 WEB = "https://dash.example.com"
 
@@ -86,17 +87,23 @@ def test_mail_has_a_stable_message_id_and_a_one_line_subject():
     assert "//a.c" in body and f"Job page: {WEB}/jobs/j1" in body and "line one\nline two" in body
 
 
-def test_outbox_records_an_event_once_with_its_cursor(tmp_path):
+def _stamp(seq: int) -> Stamp:
+    return Stamp("orchestrator", "orch", "e1", seq)
+
+
+def test_outbox_records_an_event_once_with_its_stamp(tmp_path):
     path = tmp_path / "state" / "notify.db"
     box = Outbox(path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert box.cursor() is None and box.next_pending("hook") is None
+    assert box.cursors() == {} and box.next_pending("hook") is None
     n = waiting()
-    assert box.record(5, "j1", "WAITING_RESOLVE", [("hook", n), ("mail", n)]) == 2
-    assert box.record(5, "j1", "WAITING_RESOLVE", [("hook", n)]) == 0  # read again after a crash: nothing new
-    assert box.cursor() == 5 and box.job_state("j1") == "WAITING_RESOLVE"
+    assert box.record(_stamp(7), 1.0e9, "j1", "WAITING_RESOLVE", [("hook", n), ("mail", n)]) == 2
+    # Read again after a crash: nothing new.
+    assert box.record(_stamp(7), 1.0e9, "j1", "WAITING_RESOLVE", [("hook", n)]) == 0
+    assert box.seen(_stamp(7)) and not box.seen(_stamp(9)) and box.job("j1") == ("WAITING_RESOLVE", 1.0e9)
+    box.set_cursors({"tcp://b1:4": Mark(5, 5, "job.j1", "d1"), "tcp://b2:4": Mark(8)})
     later = message.notice(event("FAILED", seq=9), "failed", WEB)
-    box.record(9, "j1", "FAILED", [("hook", later)])
+    box.record(_stamp(9), 1.0e9 + 1, "j1", "FAILED", [("hook", later)])
     assert box.next_pending("hook") == (n.key, n, 0)
     box.failed("hook", n.key, "refused")
     assert box.next_pending("hook") == (n.key, n, 1)  # oldest first, also after a failure
@@ -107,16 +114,18 @@ def test_outbox_records_an_event_once_with_its_cursor(tmp_path):
     assert box.counts() == {("hook", "sent"): 1, ("hook", "rejected"): 1, ("mail", "pending"): 1}
     box.close()
     reopened = Outbox(path)
-    assert reopened.cursor() == 9 and reopened.next_pending("mail") == (n.key, n, 0)
+    assert reopened.cursors() == {"tcp://b1:4": Mark(5, 5, "job.j1", "d1"), "tcp://b2:4": Mark(8)}
+    assert reopened.next_pending("mail") == (n.key, n, 0)
 
 
 def test_prune_keeps_pending_notices_and_jobs_still_going(tmp_path):
     box = Outbox(tmp_path / "notify.db")
     a, b = waiting(), message.notice(event("FAILED", seq=8), "failed", WEB)
-    box.record(1, "j1", "WAITING_RESOLVE", [("hook", a), ("mail", a)])
-    box.record(2, "j2", "FAILED", [("hook", b)])
+    box.record(_stamp(7), 1.0e9, "j1", "WAITING_RESOLVE", [("hook", a), ("mail", a)])
+    box.record(_stamp(8), 1.0e9, "j2", "FAILED", [("hook", b)])
     box.done("hook", a.key)
     box.done("hook", b.key)
     assert box.prune(older_than=4.0e9) == 2
     assert box.counts() == {("mail", "pending"): 1}
-    assert box.job_state("j1") == "WAITING_RESOLVE" and box.job_state("j2") is None
+    assert box.job("j1") == ("WAITING_RESOLVE", 1.0e9) and box.job("j2") is None
+    assert not box.seen(_stamp(8))  # handled long ago: forgotten (the reader skips it: history_before)

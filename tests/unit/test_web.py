@@ -123,13 +123,49 @@ def test_the_ring_resumes_after_any_id_it_holds_and_says_when_it_cannot(monkeypa
     monkeypatch.setattr("p4bus.web.feed.RING_MESSAGES", 8)
     ring = Ring()
     for i in range(1, 11):
-        ring.add(i * 10, sse(i * 10, [{"k": "note", "i": i}]))
-    assert ring.floor == 20  # two dropped
-    assert ring.after(20) == [sse(i * 10, [{"k": "note", "i": i}]) for i in range(3, 11)]
-    assert ring.after(55) == [sse(i * 10, [{"k": "note", "i": i}]) for i in range(6, 11)]
-    assert ring.after(100) == []
-    assert ring.after(19) is None
-    assert json.loads(sse(7, [{"k": "x"}]).decode().split("data: ")[1]) == [{"k": "x"}]
+        ring.add((i * 10,), sse((i * 10,), [{"k": "note", "i": i}]))
+    assert ring.floor == (20,)  # two dropped
+    assert ring.after((20,)) == [sse((i * 10,), [{"k": "note", "i": i}]) for i in range(3, 11)]
+    assert ring.after((55,)) == [sse((i * 10,), [{"k": "note", "i": i}]) for i in range(6, 11)]
+    assert ring.after((100,)) == []
+    assert ring.after((19,)) is None
+    assert json.loads(sse((7,), [{"k": "x"}]).decode().split("data: ")[1]) == [{"k": "x"}]
+    assert sse((7,), []).startswith(b"id: 7\n")  # one broker: the journal id, as it always was
+
+
+def test_with_two_brokers_the_ring_resumes_after_a_position_of_both(monkeypatch):
+    monkeypatch.setattr("p4bus.web.feed.RING_MESSAGES", 8)
+    ring = Ring(2)
+    # Both brokers' copies at first, then the first broker is gone and only the second moves.
+    positions = [(i * 10, i * 10 + 1) for i in range(1, 6)] + [(50, 51 + i * 10) for i in range(1, 6)]
+    for n, pos in enumerate(positions):
+        ring.add(pos, sse(pos, [{"k": "note", "n": n}]))
+    assert ring.floor == (20, 21)
+    assert ring.after((40, 41)) == [sse(p, [{"k": "note", "n": n}]) for n, p in enumerate(positions)][4:]
+    assert ring.after((50, 71)) == [sse(p, [{"k": "note", "n": n}]) for n, p in enumerate(positions)][7:]
+    assert ring.after((20, 0)) is None  # the second broker's messages before it are gone
+    assert sse((50, 71), []).startswith(b"id: 50.71\n")
+
+
+@pytest.mark.parametrize(
+    ("raw", "brokers", "pos"),
+    [
+        ("17", 1, (17,)),
+        ("17", 2, None),  # an old browser's journal id, now that there are two brokers: a snapshot
+        ("17.4", 2, (17, 4)),
+        ("17.4", 1, None),
+        ("17.x", 2, None),
+        ("", 1, None),
+        ("-1", 1, None),
+        ("9" * 20, 1, None),
+    ],
+)
+def test_an_sse_id_names_a_position_only_for_the_brokers_configured_now(raw, brokers, pos):
+    from p4bus.web import journal
+
+    assert journal.decode(raw, brokers) == pos
+    if pos is not None:
+        assert journal.encode(pos) == raw
 
 
 def test_token_commands(tmp_path):
@@ -190,10 +226,10 @@ class _Journal:
 def test_a_failed_spool_read_loses_and_repeats_nothing(monkeypatch):
     import asyncio
 
+    from broker.journals import BrokerJournal, Journals
     from common.config import Config
     from common.rpc import RequestError
     from p4bus.web.feed import JobFeed
-    from p4bus.web.journal import JournalCursor
 
     spool = b"0123456789ab"
     job = P.JobChanged(topic="job.J", source="o", epoch="e", seq=1, ts=0.0, job_id="J", state="DONE")
@@ -213,18 +249,19 @@ def test_a_failed_spool_read_loses_and_repeats_nothing(monkeypatch):
     try:
         feed = JobFeed(Config(), None, "J", loop)
         feed.model = OutputModel("J", fetch, lambda cmd: _run())
-        cursor = JournalCursor(_Journal(rows), ["log.J.", "cmd.J.", "job.J"])
+        prefixes = ["log.J.", "cmd.J.", "job.J"]
+        cursor = Journals([BrokerJournal(_Journal(rows), None, prefixes)])  # type: ignore[arg-type]
         with pytest.raises(RequestError):
             feed._read(cursor)
-        assert feed.ring.ids == [1]  # what was handled is out; the rest is read again
+        assert feed.ring.ids == [(1,)]  # what was handled is out; the rest is read again
         feed._read(cursor)
-        assert feed.ring.ids == [1, 3] and feed.last_id == 3  # events 2 and 3: one message
+        assert feed.ring.ids == [(1,), (3,)] and feed.pos == (3,)  # events 2 and 3: one message
         ops = [op for m in feed.ring.msgs for op in json.loads(m.decode().split("data: ", 1)[1])]
         assert _bytes(ops) == spool
         assert [op["o"] for op in ops if op["k"] == "out"] == [0, 4, 8]
         assert [op["k"] for op in ops].count("section") == 1
         feed._read(cursor)  # nothing new
-        assert feed.ring.ids == [1, 3]
+        assert feed.ring.ids == [(1,), (3,)]
     finally:
         loop.close()
 
