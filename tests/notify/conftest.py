@@ -186,3 +186,18 @@ def secret_file(dir, secret: str, mode: int = 0o600, name: str = "smtp-password"
     path.write_text(secret + "\n")
     os.chmod(path, mode)
     return path
+
+
+def mail_receiver(notify: NotifyStack, smtp: SmtpReceiver, tmp_path, **overrides: Any) -> None:
+    """The receiver "mail": email through the test's SMTP server (its CA, a 0600 password file)."""
+    settings: dict[str, Any] = {
+        "kind": "email",
+        "smtp_host": "127.0.0.1",
+        "smtp_port": smtp.port,
+        "ca_file": str(smtp.tls.cert),
+        "username": smtp.user,
+        "password_file": str(secret_file(tmp_path, smtp.password)),
+        "sender": "p4bus@build.example.com",
+        "to": ["release@example.com"],
+    }
+    notify.receiver("mail", **{**settings, **overrides})

@@ -10,24 +10,14 @@ from collections import Counter
 import pytest
 
 from tests.conftest import wait_for
-from tests.notify.conftest import NotifyStack, secret_file
+from tests.notify.conftest import NotifyStack, mail_receiver
 from tests.notify.receivers import SmtpReceiver
 
 pytestmark = pytest.mark.timeout(180)
 
 
 def _mail_receiver(notify: NotifyStack, smtp: SmtpReceiver, tmp_path) -> None:
-    notify.receiver(
-        "mail",
-        kind="email",
-        smtp_host="127.0.0.1",
-        smtp_port=smtp.port,
-        ca_file=str(smtp.tls.cert),
-        username=smtp.user,
-        password_file=str(secret_file(tmp_path, smtp.password)),
-        sender="p4bus@build.example.com",
-        to=["release@example.com"],
-    )
+    mail_receiver(notify, smtp, tmp_path)
     notify.rule(["mail"], events=["failed", "done"])
 
 

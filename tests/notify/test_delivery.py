@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from tests.notify.conftest import WEB_URL, NotifyStack, secret_file
+from tests.notify.conftest import WEB_URL, NotifyStack, mail_receiver, secret_file
 from tests.notify.receivers import HttpReceiver, SmtpReceiver, self_signed
 
 pytestmark = pytest.mark.timeout(90)
@@ -20,17 +20,7 @@ def test_each_receiver_gets_its_notices_in_its_format(
     notify.receiver("hook", kind="webhook", url=http.url("/hook"))
     # Slack's URL is its secret: from a 0600 file.
     notify.receiver("chat", kind="slack", url_file=str(secret_file(tmp_path, http.url("/slack"), name="slack-url")))
-    notify.receiver(
-        "mail",
-        kind="email",
-        smtp_host="127.0.0.1",
-        smtp_port=smtp.port,
-        ca_file=str(smtp.tls.cert),
-        username=smtp.user,
-        password_file=str(secret_file(tmp_path, smtp.password)),
-        sender="p4bus@build.example.com",
-        to=["release@example.com"],
-    )
+    mail_receiver(notify, smtp, tmp_path)
     notify.rule(["hook", "chat", "mail"], workspaces=["ws-*"], events=["waiting"])
     notify.rule(["hook"], events=["failed", "done"])
     notify.start_broker()
@@ -86,17 +76,8 @@ def test_mail_goes_only_to_a_server_whose_certificate_verifies(
 ) -> None:
     other = tmp_path / "other-ca"
     other.mkdir()
-    notify.receiver(
-        "mail",
-        kind="email",
-        smtp_host="127.0.0.1",
-        smtp_port=smtp.port,
-        ca_file=str(self_signed(other).cert),  # not the CA of the server's certificate
-        username=smtp.user,
-        password_file=str(secret_file(tmp_path, smtp.password)),
-        sender="p4bus@example.com",
-        to=["a@example.com"],
-    )
+    # Not the CA of the server's certificate.
+    mail_receiver(notify, smtp, tmp_path, ca_file=str(self_signed(other).cert), to=["a@example.com"])
     notify.rule(["mail"])
     notify.start_broker()
     notify.start_notifier()
