@@ -414,8 +414,11 @@ class LineReader:
         with self.cond:
             found = self.cond.wait_for(lambda: any(map(match, self.lines)) or b"" in self.lines, timeout)
             line = next((line for line in self.lines if match(line)), None)
-            assert found and line is not None, f"no such line in {b''.join(self.lines)!r}"
-            return line
+        if not (found and line is not None):
+            # Ended without it: what it said on stderr is why.
+            said = self.proc.stderr.read() if self.proc.poll() is not None and self.proc.stderr else b""
+            raise AssertionError(f"no such line in {b''.join(self.lines)!r} (stderr: {said!r})")
+        return line
 
     def finish(self) -> tuple[bytes, bytes]:
         """All of stdout and stderr, once the child has exited."""
