@@ -32,6 +32,7 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,6 +45,11 @@ from common import logs
 from common.config import AgentConf
 from common.protocol import CmdSpec, CmdStatus
 from common.ssh import ControlMaster, SshDest, SshError, pid_alive
+
+# A SIGKILLed ControlMaster closes its sockets (and so ends its clients with 255) a moment
+# before it is gone from /proc: how long a client's 255 waits for that before it is taken
+# for the remote command's own exit status.
+MASTER_GONE_WAIT_S = 0.5
 
 q = shlex.quote
 log = logs.get("agent.ssh")
@@ -116,7 +122,7 @@ class RemoteRun:
             return self._lost(status, f"the ssh client was ended by signal {-rc}")
         if rc == 255 and self.master_pid is None:
             return self._lost(status, f"the session to {self.dest} ended with 255 while the agent restarted")
-        if rc == 255 and self.master_pid is not None and not pid_alive(self.master_pid):
+        if rc == 255 and self.master_pid is not None and _gone(self.master_pid):
             return self._lost(
                 status, f"the connection to {self.dest} closed (ssh master pid {self.master_pid} is gone)"
             )
@@ -127,6 +133,15 @@ class RemoteRun:
 
     def _lost(self, status: CmdStatus, why: str) -> CmdStatus:
         return msgspec.structs.replace(status, exit_code=255, signal=None, error=f"ssh connection lost: {why}")
+
+
+def _gone(pid: int) -> bool:
+    deadline = time.monotonic() + MASTER_GONE_WAIT_S
+    while pid_alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 class SshExecutor:
