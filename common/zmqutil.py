@@ -212,6 +212,22 @@ def _bindable(host: str, port: int) -> bool:
             return False
 
 
+# free_port_base draws from here up to the kernel's ephemeral range.
+PORT_FLOOR = 10000
+# Processes that start stacks side by side (the test suite's workers) each draw from a band of
+# their own, set with ``port_band``: "free right now" in one process says nothing of the ports
+# another one has just chosen and not yet bound.
+_band: tuple[int, int] | None = None
+
+
+def port_band(index: int, of: int) -> None:
+    """Draw from band ``index`` of ``of`` equal parts of the range free_port_base uses."""
+    low, _ = _ephemeral_range()
+    width = (low - PORT_FLOOR) // max(1, of)
+    global _band
+    _band = (PORT_FLOOR + index * width, PORT_FLOOR + (index + 1) * width)
+
+
 def free_port_base(count: int = 6, host: str = "127.0.0.1") -> int:
     """A base port N such that N..N+count-1 are free right now (best effort).
 
@@ -219,10 +235,10 @@ def free_port_base(count: int = 6, host: str = "127.0.0.1") -> int:
     inside that range can be handed that very port as its own source port and connect to
     itself (TCP simultaneous open), and would then read its own requests as replies.
     """
-    low, _ = _ephemeral_range()
+    floor, ceiling = _band or (PORT_FLOOR, _ephemeral_range()[0])
     rng = random.Random()
     for _ in range(500):
-        base = rng.randrange(10000, max(10001, low - count))
+        base = rng.randrange(floor, max(floor + 1, ceiling - count))
         if all(_bindable(host, p) for p in range(base, base + count)):
             return base
     raise RuntimeError("no free port range found below the ephemeral range")

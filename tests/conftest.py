@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
+from common import zmqutil
 from common.zmqutil import free_port_base
 from p4bus.harness import stack as harness
 from p4bus.harness.stack import wait_for
@@ -18,6 +20,13 @@ if TYPE_CHECKING:
     from p4bus.harness.postgres import PgServer
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Each xdist worker starts its stacks on ports of its own band: two workers choosing ports at
+# the same moment met on one (a service's "Address already in use", twice in one day's CI).
+if "PYTEST_XDIST_WORKER" in os.environ:
+    zmqutil.port_band(
+        int(os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw")), int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    )
 
 __all__ = ["REPO", "Stack", "wait_for"]
 
